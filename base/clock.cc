@@ -1,0 +1,43 @@
+#include "base/clock.h"
+
+#include <time.h>
+
+#include "absl/time/clock.h"
+
+namespace ipcrpc::internal {
+
+int64_t MonotonicNowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+int64_t AddDurationNs(int64_t now_ns, absl::Duration d) {
+  if (d == absl::InfiniteDuration()) return kNoDeadline;
+  if (d <= absl::ZeroDuration()) {
+    // Past or now: keep it in the past (clamped at 0, which is always past).
+    int64_t ns = absl::ToInt64Nanoseconds(d);  // saturates at INT64_MIN
+    return ns < -now_ns ? 0 : now_ns + ns;
+  }
+  int64_t ns = absl::ToInt64Nanoseconds(d);  // saturates at INT64_MAX
+  if (ns >= kNoDeadline - now_ns) return kNoDeadline;
+  return now_ns + ns;
+}
+
+int64_t WallToMonotonicNs(absl::Time t) {
+  if (t == absl::InfiniteFuture()) return kNoDeadline;
+  return AddDurationNs(MonotonicNowNs(), t - absl::Now());
+}
+
+absl::Time MonotonicToWall(int64_t deadline_ns) {
+  if (deadline_ns == kNoDeadline) return absl::InfiniteFuture();
+  return absl::Now() + absl::Nanoseconds(deadline_ns - MonotonicNowNs());
+}
+
+absl::Duration RemainingUntil(int64_t deadline_ns) {
+  if (deadline_ns == kNoDeadline) return absl::InfiniteDuration();
+  int64_t left = deadline_ns - MonotonicNowNs();
+  return left > 0 ? absl::Nanoseconds(left) : absl::ZeroDuration();
+}
+
+}  // namespace ipcrpc::internal

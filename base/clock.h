@@ -1,0 +1,35 @@
+// Time on the wire and inside ipcrpc is CLOCK_MONOTONIC: every peer is on the
+// same host, so one clock serves both sides and wall-clock jumps change
+// nothing. A deadline is an absolute monotonic time in nanoseconds;
+// kNoDeadline (INT64_MAX) means none. absl::Time / absl::Duration are the
+// public types; these helpers convert at the API boundary, once.
+#ifndef IPCRPC_BASE_CLOCK_H_
+#define IPCRPC_BASE_CLOCK_H_
+
+#include <cstdint>
+#include <limits>
+
+#include "absl/time/time.h"
+
+namespace ipcrpc::internal {
+
+inline constexpr int64_t kNoDeadline = std::numeric_limits<int64_t>::max();
+
+// CLOCK_MONOTONIC now, in ns.
+int64_t MonotonicNowNs();
+
+// now_ns + d, saturating at kNoDeadline (and at 0 below).
+int64_t AddDurationNs(int64_t now_ns, absl::Duration d);
+
+// The monotonic deadline for an absolute wall time `t` (InfiniteFuture → none).
+int64_t WallToMonotonicNs(absl::Time t);
+
+// The wall time for a monotonic deadline (kNoDeadline → InfiniteFuture).
+absl::Time MonotonicToWall(int64_t deadline_ns);
+
+// Remaining time until `deadline_ns` (never negative; Infinite for none).
+absl::Duration RemainingUntil(int64_t deadline_ns);
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_BASE_CLOCK_H_

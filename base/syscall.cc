@@ -1,0 +1,77 @@
+#include "base/syscall.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "base/strings.h"
+
+namespace ipcrpc::internal {
+
+absl::Status ErrnoStatus(int error_number, std::string_view call, std::string_view object) {
+  return absl::ErrnoToStatus(error_number, absl::StrCat(Av(call), "(", Av(object), ")"));
+}
+
+void UniqueFd::Reset(int fd) {
+  if (fd_ >= 0) {
+    // close() must not be retried on EINTR on Linux: the descriptor is gone.
+    ::close(fd_);
+  }
+  fd_ = fd;
+}
+
+absl::Status SetNonBlocking(int fd, bool non_blocking, std::string_view object) {
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0) return ErrnoStatus(errno, "fcntl(F_GETFL)", object);
+  int wanted = non_blocking ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
+  if (wanted != flags && ::fcntl(fd, F_SETFL, wanted) < 0) {
+    return ErrnoStatus(errno, "fcntl(F_SETFL)", object);
+  }
+  return absl::OkStatus();
+}
+
+// The technique: block SIGPIPE in this thread; a write that hits a closed pipe
+// then leaves SIGPIPE pending (for the thread) instead of delivering it; after
+// the write, if it was not pending before, consume it with sigtimedwait.
+SigpipeGuard::SigpipeGuard() {
+  sigset_t pending;
+  sigemptyset(&pending);
+  sigpending(&pending);
+  was_pending = sigismember(&pending, SIGPIPE) == 1;
+  sigset_t block;
+  sigemptyset(&block);
+  sigaddset(&block, SIGPIPE);
+  sigset_t old;
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  was_blocked = sigismember(&old, SIGPIPE) == 1;
+}
+
+SigpipeGuard::~SigpipeGuard() {
+  int saved_errno = errno;
+  if (!was_pending) {
+    sigset_t pending;
+    sigemptyset(&pending);
+    sigpending(&pending);
+    if (sigismember(&pending, SIGPIPE) == 1) {
+      sigset_t sigpipe;
+      sigemptyset(&sigpipe);
+      sigaddset(&sigpipe, SIGPIPE);
+      struct timespec zero = {0, 0};
+      while (sigtimedwait(&sigpipe, nullptr, &zero) == -1 && errno == EINTR) {
+      }
+    }
+  }
+  if (!was_blocked) {
+    sigset_t unblock;
+    sigemptyset(&unblock);
+    sigaddset(&unblock, SIGPIPE);
+    pthread_sigmask(SIG_UNBLOCK, &unblock, nullptr);
+  }
+  errno = saved_errno;
+}
+
+}  // namespace ipcrpc::internal

@@ -1,0 +1,80 @@
+// The one seam through which ipcrpc talks to the kernel: helpers that retry
+// EINTR and turn errno into an absl::Status whose message names the call and
+// the object ("connect(unix:/run/x.sock): Connection refused").
+#ifndef IPCRPC_BASE_SYSCALL_H_
+#define IPCRPC_BASE_SYSCALL_H_
+
+#include <cerrno>
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace ipcrpc::internal {
+
+// Calls `f()` until it does not fail with EINTR; returns its last result.
+template <typename F>
+auto RetryEintr(F&& f) -> decltype(f()) {
+  decltype(f()) result;
+  do {
+    result = f();
+  } while (result == -1 && errno == EINTR);
+  return result;
+}
+
+// absl::ErrnoToStatus with a message "<call>(<object>): <strerror>".
+absl::Status ErrnoStatus(int error_number, std::string_view call, std::string_view object);
+
+// An owned file descriptor, closed on destruction. Move-only.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.Release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    if (this != &other) Reset(other.Release());
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd() { Reset(); }
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int Release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void Reset(int fd = -1);
+
+ private:
+  int fd_ = -1;
+};
+
+// Sets or clears O_NONBLOCK.
+absl::Status SetNonBlocking(int fd, bool non_blocking, std::string_view object);
+
+// Runs `f` with SIGPIPE blocked in the calling thread, and discards a SIGPIPE
+// that `f` raised, so that writing to a pipe whose reader died returns EPIPE
+// instead of killing the process, without touching the process-wide
+// disposition that belongs to the application.
+template <typename F>
+auto WithoutSigpipe(F&& f) -> decltype(f());
+
+// Implementation details of WithoutSigpipe.
+struct SigpipeGuard {
+  SigpipeGuard();
+  ~SigpipeGuard();
+  bool was_pending;
+  bool was_blocked;
+};
+
+template <typename F>
+auto WithoutSigpipe(F&& f) -> decltype(f()) {
+  SigpipeGuard guard;
+  return f();
+}
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_BASE_SYSCALL_H_

@@ -1,0 +1,114 @@
+// The client side: a Channel to one endpoint, on which calls are made.
+//
+//   auto channel = ipcrpc::Channel::Connect("unix:/run/user/1000/calc.sock");
+//   if (!channel.ok()) return channel.status();
+//   ipcrpc::CallOptions options;
+//   options.timeout = absl::Milliseconds(100);
+//   absl::StatusOr<std::string> reply =
+//       (*channel)->CallMethod("calc.Calculator/Add", request_bytes, options);
+//
+// Generated stubs sit on the generic untyped calls below (method name plus
+// serialized bytes); applications normally use the stubs.
+#ifndef IPCRPC_CHANNEL_H_
+#define IPCRPC_CHANNEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "ipcrpc/options.h"
+
+namespace ipcrpc {
+
+namespace internal {
+class ChannelCore;
+class PendingCall;
+}  // namespace internal
+
+// Handle of an async call; cheap to copy or drop. Dropping it does not
+// cancel the call.
+class Call {
+ public:
+  Call() = default;
+
+  // The callback then runs with CANCELLED, unless it already ran (or is
+  // running). The server is told (best effort) and its handler sees
+  // IsCancelled(). Safe from any thread, any number of times.
+  void Cancel();
+
+ private:
+  friend class internal::ChannelCore;
+  Call(std::weak_ptr<internal::ChannelCore> core, std::weak_ptr<internal::PendingCall> call)
+      : core_(std::move(core)), call_(std::move(call)) {}
+
+  std::weak_ptr<internal::ChannelCore> core_;
+  std::weak_ptr<internal::PendingCall> call_;
+};
+
+// A connection to one server endpoint, with a response thread that resolves
+// pending calls and enforces async deadlines. Thread-safe: any number of
+// threads may call on one channel at once.
+//
+// Every call completes exactly once: with the response, the handler's status,
+// or DEADLINE_EXCEEDED (the deadline passed, whatever the server does),
+// CANCELLED, UNAVAILABLE (no server, or the connection was lost: promptly),
+// UNIMPLEMENTED, RESOURCE_EXHAUSTED or INVALID_ARGUMENT. When the connection
+// is lost, every pending call fails UNAVAILABLE at once and the next call
+// connects again.
+class Channel {
+ public:
+  // Connects to `endpoint` now. INVALID_ARGUMENT for a malformed endpoint,
+  // UNAVAILABLE if no server is listening there.
+  static absl::StatusOr<std::shared_ptr<Channel>> Connect(std::string_view endpoint,
+                                                          const ChannelOptions& options = {});
+
+  // Ends every pending call (async callbacks run, with CANCELLED, before the
+  // destructor returns) and closes the connection.
+  ~Channel();
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+
+  // A blocking call of `method` ("package.Service/Method") with serialized
+  // `request`; returns the serialized response.
+  absl::StatusOr<std::string> CallMethod(std::string_view method, std::string_view request,
+                                         const CallOptions& options = {});
+
+  // An async call: `done` runs once, on the channel's response thread, never
+  // inside this function and never after the channel is destroyed.
+  Call CallMethodAsync(std::string_view method, std::string_view request,
+                       const CallOptions& options,
+                       absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done);
+
+  struct Stats {
+    uint64_t calls_started = 0;
+    uint64_t late_responses_dropped = 0;  // responses that came after their call ended
+    uint64_t connects = 0;                // connections made, the first included
+  };
+  Stats stats() const;
+
+  const std::string& endpoint() const;
+
+  // For SpawnChild and Connect only.
+  explicit Channel(std::shared_ptr<internal::ChannelCore> core);
+
+ private:
+  std::shared_ptr<internal::ChannelCore> core_;
+};
+
+// pipe: starts argv[0] (searched in PATH) as a child process connected by two
+// pipes and returns a channel to the server it runs (`Listen("pipe:")`).
+// The child's death fails pending calls UNAVAILABLE, and the child is reaped
+// (no zombie). Destroying the channel closes the pipes, which ends the
+// child's server; a child still running after ChannelOptions::
+// child_exit_grace is killed.
+absl::StatusOr<std::shared_ptr<Channel>> SpawnChild(const std::vector<std::string>& argv,
+                                                    const ChannelOptions& options = {});
+
+}  // namespace ipcrpc
+
+#endif  // IPCRPC_CHANNEL_H_

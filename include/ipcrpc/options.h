@@ -1,0 +1,75 @@
+// Options of channels, servers and calls.
+//
+//   ipcrpc::CallOptions options;
+//   options.timeout = absl::Milliseconds(50);
+//   absl::StatusOr<std::string> reply = channel->CallMethod("echo.Echo/Echo", "hi", options);
+#ifndef IPCRPC_OPTIONS_H_
+#define IPCRPC_OPTIONS_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/time/time.h"
+
+namespace ipcrpc {
+
+class ServerContext;
+namespace internal {
+class ServerCallState;
+}  // namespace internal
+
+// Limits and settings of a client channel.
+struct ChannelOptions {
+  // Largest request or response payload; a larger request fails
+  // RESOURCE_EXHAUSTED, a larger response from the server closes the
+  // connection. Nothing a peer sends makes the channel allocate more.
+  size_t max_message_size = 64u << 20;
+  // Mode of named objects the client creates (reply queues, private FIFOs).
+  unsigned mode = 0600;
+  // pipe: when the channel is destroyed, how long to wait for the child to
+  // exit after its pipes close before killing it.
+  absl::Duration child_exit_grace = absl::Seconds(5);
+};
+
+// Limits and settings of a server.
+struct ServerOptions {
+  // Threads that run handlers. 0: the number of CPUs, at least 2.
+  int handler_threads = 0;
+  // Largest request or response payload (see ChannelOptions).
+  size_t max_message_size = 64u << 20;
+  // Connections served at once; more are refused with a logged reason.
+  int max_connections = 1024;
+  // Calls in flight on one connection, and on the whole server; past either,
+  // a call fails at once with RESOURCE_EXHAUSTED naming the limit.
+  int max_calls_per_connection = 1024;
+  int max_calls_in_flight = 16384;
+  // Mode of the named objects the server creates (socket files, FIFOs, queues).
+  unsigned mode = 0600;
+  // Peers of a uid other than the server's are refused unless listed here.
+  std::vector<uid_t> allowed_uids;
+};
+
+// Options of one call.
+struct CallOptions {
+  absl::Duration timeout = absl::InfiniteDuration();  // relative ...
+  absl::Time deadline = absl::InfiniteFuture();       // ... or absolute: the earlier wins
+  int priority = 0;                                   // 0..31, higher served first where the transport can
+  std::vector<std::pair<std::string, std::string>> metadata;
+
+  // Inside a handler: options for a nested call that inherit the caller's
+  // deadline (less `shave`) and are cancelled when the incoming call is.
+  static CallOptions From(const ServerContext& parent,
+                          absl::Duration shave = absl::ZeroDuration());
+
+  // Set by From(): the incoming call whose cancellation cancels this one.
+  std::shared_ptr<internal::ServerCallState> parent_call;
+};
+
+}  // namespace ipcrpc
+
+#endif  // IPCRPC_OPTIONS_H_

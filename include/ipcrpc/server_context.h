@@ -1,0 +1,50 @@
+// What a handler knows about the call it serves.
+#ifndef IPCRPC_SERVER_CONTEXT_H_
+#define IPCRPC_SERVER_CONTEXT_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/time/time.h"
+
+namespace ipcrpc {
+
+namespace internal {
+class ServerCallState;
+}  // namespace internal
+
+// The context of one incoming call, valid while its handler runs.
+// Thread-safe: IsCancelled and OnCancel may be called from any thread.
+class ServerContext {
+ public:
+  explicit ServerContext(std::shared_ptr<internal::ServerCallState> state);
+
+  // The call's deadline (InfiniteFuture if none).
+  absl::Time deadline() const;
+  // True once the client cancelled, the deadline passed, the client went away
+  // or the server is shutting down past its grace period.
+  bool IsCancelled() const;
+  pid_t peer_pid() const;
+  uid_t peer_uid() const;
+  const std::vector<std::pair<std::string, std::string>>& metadata() const;
+  // "package.Service/Method".
+  const std::string& method() const;
+  // Runs `callback` once when the call is cancelled (at once, on this thread,
+  // if it already is). Callbacks registered after the handler returned never
+  // run. A callback must be quick: it runs on the thread that cancels.
+  void OnCancel(absl::AnyInvocable<void() &&> callback);
+
+  const std::shared_ptr<internal::ServerCallState>& state() const { return state_; }
+
+ private:
+  std::shared_ptr<internal::ServerCallState> state_;
+};
+
+}  // namespace ipcrpc
+
+#endif  // IPCRPC_SERVER_CONTEXT_H_

@@ -1,0 +1,60 @@
+// The base of every service: a table from full method names to handlers.
+// Generated `Service` classes fill it in their constructors; it can also be
+// filled by hand, for the generic untyped API:
+//
+//   class EchoService : public ipcrpc::Service {
+//    public:
+//     EchoService() {
+//       AddMethod("echo.Echo/Echo", [](ipcrpc::ServerContext&, std::string_view request,
+//                                      std::string& response) {
+//         response.assign(request);
+//         return absl::OkStatus();
+//       });
+//     }
+//   };
+#ifndef IPCRPC_SERVICE_H_
+#define IPCRPC_SERVICE_H_
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "ipcrpc/server_context.h"
+
+namespace ipcrpc {
+
+class Service {
+ public:
+  // Serves one call: `request` holds the request bytes; on OK, `response`
+  // holds the response bytes. May run on several threads at once.
+  using MethodHandler = absl::AnyInvocable<absl::Status(
+      ServerContext& context, std::string_view request, std::string& response) const>;
+
+  struct Method {
+    std::string name;  // "package.Service/Method"
+    MethodHandler handler;
+  };
+
+  Service() = default;
+  virtual ~Service() = default;
+  Service(const Service&) = delete;
+  Service& operator=(const Service&) = delete;
+
+  const std::vector<Method>& methods() const { return methods_; }
+
+  // Adds a method; registering the service with a server that already has a
+  // method of that name fails ALREADY_EXISTS.
+  void AddMethod(std::string full_name, MethodHandler handler) {
+    methods_.push_back(Method{std::move(full_name), std::move(handler)});
+  }
+
+ private:
+  std::vector<Method> methods_;
+};
+
+}  // namespace ipcrpc
+
+#endif  // IPCRPC_SERVICE_H_

@@ -1,0 +1,466 @@
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "asio/post.hpp"
+#include "base/clock.h"
+#include "base/logging.h"
+#include "base/status_macros.h"
+#include "base/strings.h"
+#include "ipcrpc/channel.h"
+#include "ipcrpc/server_context.h"
+#include "rpc/channel_core.h"
+#include "rpc/frame.h"
+#include "rpc/server_call_state.h"
+
+namespace ipcrpc {
+namespace internal {
+namespace {
+
+TransportOptions ToTransportOptions(const ChannelOptions& options) {
+  TransportOptions transport;
+  // The transport carries whole frames: payload plus header, name, metadata.
+  transport.max_message_size = options.max_message_size + kMaxFrameOverhead;
+  transport.mode = options.mode;
+  transport.child_exit_grace = options.child_exit_grace;
+  return transport;
+}
+
+int64_t DeadlineOf(const CallOptions& options) {
+  int64_t from_timeout = AddDurationNs(MonotonicNowNs(), options.timeout);
+  int64_t from_deadline = WallToMonotonicNs(options.deadline);
+  return std::min(from_timeout, from_deadline);
+}
+
+std::chrono::steady_clock::time_point SteadyTimeOf(int64_t deadline_ns) {
+  // steady_clock is CLOCK_MONOTONIC on Linux, the clock of deadline_ns.
+  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
+}
+
+absl::Status DeadlineExceeded(std::string_view method) {
+  return absl::DeadlineExceededError(absl::StrCat("deadline exceeded calling ", Av(method)));
+}
+
+}  // namespace
+
+// ------------------------------------------------------------ ClientConnection
+
+bool ClientConnection::Insert(const std::shared_ptr<PendingCall>& call, absl::Status* why) {
+  absl::MutexLock lock(&mu_);
+  if (!lost_.ok()) {
+    *why = absl::UnavailableError(absl::StrCat(transport->description(), ": ", lost_.message()));
+    return false;
+  }
+  pending_.emplace(call->id, call);
+  return true;
+}
+
+std::shared_ptr<PendingCall> ClientConnection::Take(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  auto it = pending_.find(id);
+  if (it == pending_.end()) return nullptr;
+  std::shared_ptr<PendingCall> call = std::move(it->second);
+  pending_.erase(it);
+  return call;
+}
+
+std::vector<std::shared_ptr<PendingCall>> ClientConnection::TakeAll(absl::Status reason) {
+  std::vector<std::shared_ptr<PendingCall>> calls;
+  absl::MutexLock lock(&mu_);
+  if (lost_.ok()) lost_ = std::move(reason);
+  calls.reserve(pending_.size());
+  for (auto& [id, call] : pending_) calls.push_back(std::move(call));
+  pending_.clear();
+  return calls;
+}
+
+void ClientConnection::Drain() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+}
+
+bool ClientConnection::Usable() {
+  absl::MutexLock lock(&mu_);
+  return lost_.ok() && !draining_;
+}
+
+// ----------------------------------------------------------------- ChannelCore
+
+ChannelCore::ChannelCore(std::unique_ptr<Connector> connector, const ChannelOptions& options)
+    : connector_(std::move(connector)), options_(options) {}
+
+ChannelCore::~ChannelCore() {
+  if (loop_thread_.joinable()) loop_thread_.join();
+}
+
+absl::Status ChannelCore::Start() {
+  work_.emplace(asio::make_work_guard(io_));
+  // The thread keeps the core alive until its loop ends, so Shutdown may
+  // run on the loop thread itself (a callback dropping the last reference).
+  loop_thread_ = std::thread([self = shared_from_this()] {
+    self->loop_thread_id_.store(std::this_thread::get_id());
+    self->io_.run();
+  });
+  auto connection = GetConnection();
+  if (!connection.ok()) {
+    Shutdown();
+    return connection.status();
+  }
+  return absl::OkStatus();
+}
+
+void ChannelCore::Shutdown() {
+  std::vector<std::shared_ptr<ClientConnection>> connections;
+  {
+    absl::MutexLock lock(&connect_mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+    for (auto& weak : connections_) {
+      if (auto connection = weak.lock()) connections.push_back(std::move(connection));
+    }
+    connections_.clear();
+    current_.reset();
+  }
+  for (auto& connection : connections) {
+    for (auto& call : connection->TakeAll(absl::CancelledError("channel destroyed"))) {
+      Complete(call, absl::CancelledError(absl::StrCat("channel to ", endpoint(),
+                                                       " destroyed with the call pending")));
+    }
+    connection->transport->Close();
+  }
+  connector_->Shutdown();
+  work_.reset();
+  if (OnLoopThread()) {
+    loop_thread_.detach();  // the loop ends once its last handler returns
+  } else if (loop_thread_.joinable()) {
+    loop_thread_.join();
+  }
+}
+
+absl::StatusOr<std::shared_ptr<ClientConnection>> ChannelCore::GetConnection() {
+  absl::MutexLock lock(&connect_mu_);
+  if (shut_down_) return absl::CancelledError(absl::StrCat("channel to ", endpoint(), " is shut down"));
+  if (current_ != nullptr && current_->Usable()) return current_;
+  IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<Connection> transport, connector_->Connect(io_));
+  auto connection = std::make_shared<ClientConnection>(transport);
+  connects_.fetch_add(1, std::memory_order_relaxed);
+  // Handlers run on the loop, which runs only while this core is alive.
+  transport->Start(
+      io_,
+      [this, connection](std::string_view message) { OnMessage(connection, message); },
+      [this, connection](absl::Status reason) { OnClosed(connection, std::move(reason)); });
+  std::string hello;
+  FrameHeader header;
+  header.type = FrameType::kHello;
+  IPCRPC_RETURN_IF_ERROR(EncodeFramePrefix(header, "", {}, 0, 0, &hello));
+  std::string_view parts[] = {hello};
+  absl::Status sent = transport->Send(parts);
+  if (!sent.ok()) {
+    transport->Close();
+    return sent;
+  }
+  std::erase_if(connections_, [](const std::weak_ptr<ClientConnection>& weak) {
+    return weak.expired();
+  });
+  connections_.push_back(connection);
+  current_ = connection;
+  return connection;
+}
+
+absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
+                                    std::string_view method, std::string_view request,
+                                    const CallOptions& options, int64_t deadline_ns) {
+  calls_started_.fetch_add(1, std::memory_order_relaxed);
+  FrameHeader header;
+  header.type = FrameType::kRequest;
+  header.deadline_ns = deadline_ns;
+  if (options.priority < 0 || options.priority > kMaxPriority) {
+    return absl::InvalidArgumentError(absl::StrCat("CallOptions::priority ", options.priority,
+                                                   " is outside 0..", kMaxPriority));
+  }
+  header.priority = static_cast<uint8_t>(options.priority);
+  if (method.empty()) return absl::InvalidArgumentError("empty method name");
+  // Encode before connecting so that a bad call costs no connection; the
+  // request id is patched in below.
+  std::string prefix;
+  IPCRPC_RETURN_IF_ERROR(EncodeFramePrefix(header, method, options.metadata, request.size(),
+                                           options_.max_message_size, &prefix));
+  IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<ClientConnection> connection, GetConnection());
+  call->id = connection->next_id.fetch_add(1, std::memory_order_relaxed);
+  call->connection = connection;
+  for (int i = 0; i < 8; ++i) prefix[8 + i] = static_cast<char>((call->id >> (8 * i)) & 0xff);
+  absl::Status why;
+  if (!connection->Insert(call, &why)) return why;
+  std::string_view parts[] = {prefix, request};
+  absl::Status sent = connection->transport->Send(parts);
+  if (!sent.ok() && connection->Take(call->id) != nullptr) {
+    if (absl::IsUnavailable(sent)) return sent;
+    return absl::UnavailableError(sent.message());
+  }
+  // Either sent, or the connection's loss completes the call.
+  return absl::OkStatus();
+}
+
+void ChannelCore::Complete(const std::shared_ptr<PendingCall>& call,
+                           absl::StatusOr<std::string> result) {
+  if (!call->is_async) {
+    std::lock_guard<std::mutex> lock(call->mu);
+    call->result.emplace(std::move(result));
+    call->done = true;
+    call->cv.notify_all();
+    return;
+  }
+  auto run = [call](absl::StatusOr<std::string> value) {
+    if (call->timer.has_value()) call->timer->cancel();
+    if (call->callback) {
+      PendingCall::Callback callback = std::move(call->callback);
+      call->callback = nullptr;
+      std::move(callback)(std::move(value));
+    }
+  };
+  if (OnLoopThread()) {
+    run(std::move(result));
+  } else {
+    asio::post(io_, [run, result = std::move(result)]() mutable { run(std::move(result)); });
+  }
+}
+
+void ChannelCore::SendCancel(const std::shared_ptr<ClientConnection>& connection, uint64_t id) {
+  FrameHeader header;
+  header.type = FrameType::kCancel;
+  header.request_id = id;
+  std::string frame;
+  if (!EncodeFramePrefix(header, "", {}, 0, 0, &frame).ok()) return;
+  std::string_view parts[] = {frame};
+  // Best effort: if the connection is gone, so is the call on the server.
+  connection->transport->Send(parts).IgnoreError();
+}
+
+absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
+                                                  std::string_view request,
+                                                  const CallOptions& options) {
+  const int64_t deadline_ns = DeadlineOf(options);
+  if (deadline_ns <= MonotonicNowNs()) return DeadlineExceeded(method);
+  auto call = std::make_shared<PendingCall>(deadline_ns, nullptr);
+  if (options.parent_call != nullptr) {
+    if (options.parent_call->IsCancelled()) {
+      return absl::CancelledError(absl::StrCat("calling ", Av(method), ": the incoming call is cancelled"));
+    }
+  }
+  IPCRPC_RETURN_IF_ERROR(StartCall(call, method, request, options, deadline_ns));
+  if (options.parent_call != nullptr) {
+    std::weak_ptr<PendingCall> weak = call;
+    std::weak_ptr<ChannelCore> core = weak_from_this();
+    options.parent_call->OnCancel([weak, core] {
+      auto pending = weak.lock();
+      auto self = core.lock();
+      if (pending && self) self->Cancel(pending);
+    });
+  }
+  std::unique_lock<std::mutex> lock(call->mu);
+  if (deadline_ns == kNoDeadline) {
+    call->cv.wait(lock, [&] { return call->done; });
+  } else {
+    call->cv.wait_until(lock, SteadyTimeOf(deadline_ns), [&] { return call->done; });
+  }
+  if (!call->done) {
+    lock.unlock();
+    if (auto connection = call->connection.lock()) {
+      if (connection->Take(call->id) != nullptr) {
+        SendCancel(connection, call->id);
+        return DeadlineExceeded(method);
+      }
+    }
+    // Someone else took it out and is completing it now.
+    lock.lock();
+    call->cv.wait(lock, [&] { return call->done; });
+  }
+  return std::move(*call->result);
+}
+
+Call ChannelCore::CallAsync(std::string_view method, std::string_view request,
+                            const CallOptions& options, PendingCall::Callback done) {
+  const int64_t deadline_ns = DeadlineOf(options);
+  auto call = std::make_shared<PendingCall>(deadline_ns, std::move(done));
+  Call handle(weak_from_this(), call);
+  auto fail = [&](absl::Status status) {
+    // Never on the caller's stack: through the loop.
+    asio::post(io_, [call, status = std::move(status)]() mutable {
+      if (call->callback) {
+        PendingCall::Callback callback = std::move(call->callback);
+        call->callback = nullptr;
+        std::move(callback)(std::move(status));
+      }
+    });
+    return handle;
+  };
+  if (deadline_ns <= MonotonicNowNs()) return fail(DeadlineExceeded(method));
+  if (options.parent_call != nullptr && options.parent_call->IsCancelled()) {
+    return fail(absl::CancelledError(absl::StrCat("calling ", Av(method), ": the incoming call is cancelled")));
+  }
+  absl::Status started = StartCall(call, method, request, options, deadline_ns);
+  if (!started.ok()) return fail(std::move(started));
+  if (deadline_ns != kNoDeadline) ArmTimer(call);
+  if (options.parent_call != nullptr) {
+    options.parent_call->OnCancel([handle]() mutable { handle.Cancel(); });
+  }
+  return handle;
+}
+
+void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
+  asio::post(io_, [this, call] {
+    if (!call->callback) return;  // completed already
+    call->timer.emplace(io_, SteadyTimeOf(call->deadline_ns));
+    std::weak_ptr<PendingCall> weak = call;
+    call->timer->async_wait([this, weak](const asio::error_code& ec) {
+      if (ec) return;
+      auto expired = weak.lock();
+      if (expired == nullptr) return;
+      auto connection = expired->connection.lock();
+      if (connection == nullptr || connection->Take(expired->id) == nullptr) return;
+      SendCancel(connection, expired->id);
+      Complete(expired, absl::DeadlineExceededError("deadline exceeded"));
+    });
+  });
+}
+
+void ChannelCore::Cancel(const std::shared_ptr<PendingCall>& call) {
+  auto connection = call->connection.lock();
+  if (connection == nullptr || connection->Take(call->id) == nullptr) return;
+  SendCancel(connection, call->id);
+  Complete(call, absl::CancelledError("call cancelled by the client"));
+}
+
+void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
+                            std::string_view message) {
+  auto frame = DecodeFrame(message, options_.max_message_size);
+  if (!frame.ok()) {
+    IPCRPC_LOG(WARNING) << connection->transport->description()
+                        << ": closing the connection: bad frame from the server: "
+                        << frame.status();
+    connection->transport->Close();
+    return;
+  }
+  switch (frame->header.type) {
+    case FrameType::kResponse: {
+      auto call = connection->Take(frame->header.request_id);
+      if (call == nullptr) {
+        late_responses_.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+      if (frame->header.status_code == 0) {
+        Complete(call, std::string(frame->payload));
+      } else {
+        Complete(call, absl::Status(static_cast<absl::StatusCode>(frame->header.status_code),
+                                    Av(frame->name)));
+      }
+      return;
+    }
+    case FrameType::kGoAway:
+      IPCRPC_LOG(INFO) << connection->transport->description() << ": server going away: "
+                       << frame->name;
+      connection->Drain();
+      return;
+    case FrameType::kPing: {
+      FrameHeader header;
+      header.type = FrameType::kPong;
+      header.request_id = frame->header.request_id;
+      std::string pong;
+      if (EncodeFramePrefix(header, "", {}, 0, 0, &pong).ok()) {
+        std::string_view parts[] = {pong};
+        connection->transport->Send(parts).IgnoreError();
+      }
+      return;
+    }
+    case FrameType::kHello:
+    case FrameType::kPong:
+      return;
+    case FrameType::kRequest:
+    case FrameType::kCancel:
+      IPCRPC_LOG(WARNING) << connection->transport->description()
+                          << ": closing the connection: the server sent a "
+                          << FrameTypeName(frame->header.type) << " frame";
+      connection->transport->Close();
+      return;
+  }
+}
+
+void ChannelCore::OnClosed(const std::shared_ptr<ClientConnection>& connection,
+                           absl::Status reason) {
+  if (!absl::IsCancelled(reason)) {
+    IPCRPC_LOG(INFO) << "connection lost: " << reason;
+  }
+  for (auto& call : connection->TakeAll(reason)) {
+    Complete(call, absl::UnavailableError(
+                       absl::StrCat("connection to ", endpoint(), " lost: ", reason.message())));
+  }
+}
+
+Channel::Stats ChannelCore::stats() const {
+  Channel::Stats stats;
+  stats.calls_started = calls_started_.load(std::memory_order_relaxed);
+  stats.late_responses_dropped = late_responses_.load(std::memory_order_relaxed);
+  stats.connects = connects_.load(std::memory_order_relaxed);
+  return stats;
+}
+
+}  // namespace internal
+
+// --------------------------------------------------------------------- public
+
+void Call::Cancel() {
+  auto core = core_.lock();
+  auto call = call_.lock();
+  if (core != nullptr && call != nullptr) core->Cancel(call);
+}
+
+Channel::Channel(std::shared_ptr<internal::ChannelCore> core) : core_(std::move(core)) {}
+
+Channel::~Channel() { core_->Shutdown(); }
+
+absl::StatusOr<std::shared_ptr<Channel>> Channel::Connect(std::string_view endpoint,
+                                                          const ChannelOptions& options) {
+  IPCRPC_ASSIGN_OR_RETURN(
+      auto connector,
+      internal::CreateConnector(endpoint, internal::ToTransportOptions(options)));
+  auto core = std::make_shared<internal::ChannelCore>(std::move(connector), options);
+  IPCRPC_RETURN_IF_ERROR(core->Start());
+  return std::make_shared<Channel>(std::move(core));
+}
+
+absl::StatusOr<std::shared_ptr<Channel>> SpawnChild(const std::vector<std::string>& argv,
+                                                    const ChannelOptions& options) {
+  IPCRPC_ASSIGN_OR_RETURN(
+      auto connector,
+      internal::SpawnChildConnector(argv, internal::ToTransportOptions(options)));
+  auto core = std::make_shared<internal::ChannelCore>(std::move(connector), options);
+  IPCRPC_RETURN_IF_ERROR(core->Start());
+  return std::make_shared<Channel>(std::move(core));
+}
+
+absl::StatusOr<std::string> Channel::CallMethod(std::string_view method, std::string_view request,
+                                                const CallOptions& options) {
+  return core_->CallSync(method, request, options);
+}
+
+Call Channel::CallMethodAsync(std::string_view method, std::string_view request,
+                              const CallOptions& options,
+                              absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done) {
+  return core_->CallAsync(method, request, options, std::move(done));
+}
+
+Channel::Stats Channel::stats() const { return core_->stats(); }
+
+const std::string& Channel::endpoint() const { return core_->endpoint(); }
+
+CallOptions CallOptions::From(const ServerContext& parent, absl::Duration shave) {
+  CallOptions options;
+  const int64_t parent_deadline = parent.state()->deadline_ns;
+  if (parent_deadline != internal::kNoDeadline) {
+    options.deadline = internal::MonotonicToWall(parent_deadline) - shave;
+  }
+  options.priority = parent.state()->priority;
+  options.parent_call = parent.state();
+  return options;
+}
+
+}  // namespace ipcrpc

@@ -1,0 +1,146 @@
+// The inside of a Channel: the connection, its pending-call table, the
+// response thread (an asio loop) and the deadline timers of async calls.
+//
+// Invariants:
+// - A pending call lives in exactly one connection's table until it is
+//   taken out; whoever takes it out (response, timeout, Cancel, connection
+//   loss, channel shutdown) completes it, so every call completes once.
+// - A PendingCall is shared by the table and its waiter: nobody writes into
+//   memory the waiter may have released.
+// - Async callbacks and timers run on the loop thread only; sync waiters
+//   block on their own PendingCall.
+#ifndef IPCRPC_RPC_CHANNEL_CORE_H_
+#define IPCRPC_RPC_CHANNEL_CORE_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "asio/executor_work_guard.hpp"
+#include "asio/io_context.hpp"
+#include "asio/steady_timer.hpp"
+#include "ipcrpc/channel.h"
+#include "transports/transport.h"
+
+namespace ipcrpc::internal {
+
+class ClientConnection;
+
+class PendingCall {
+ public:
+  using Callback = absl::AnyInvocable<void(absl::StatusOr<std::string>) &&>;
+
+  PendingCall(int64_t deadline, Callback on_done)
+      : deadline_ns(deadline), is_async(on_done != nullptr), callback(std::move(on_done)) {}
+
+  uint64_t id = 0;  // set before the call is inserted into a table
+  const int64_t deadline_ns;
+  const bool is_async;
+  std::weak_ptr<ClientConnection> connection;
+
+  // Async calls: run on the loop by whoever completes the call.
+  Callback callback;
+  std::optional<asio::steady_timer> timer;  // loop only
+
+  // Sync calls: the waiter blocks here. std::condition_variable waits on
+  // CLOCK_MONOTONIC (wait_until with steady_clock), so a wall-clock jump
+  // neither shortens nor stretches a deadline.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;  // guarded by mu
+  std::optional<absl::StatusOr<std::string>> result;  // guarded by mu
+};
+
+// One transport connection and the calls pending on it.
+class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
+ public:
+  explicit ClientConnection(std::shared_ptr<Connection> connection)
+      : transport(std::move(connection)) {}
+
+  const std::shared_ptr<Connection> transport;
+
+  // Inserts `call`; false if the connection is lost or draining.
+  bool Insert(const std::shared_ptr<PendingCall>& call, absl::Status* why);
+  // Takes the call with `id` out of the table, or nullptr if it is gone.
+  std::shared_ptr<PendingCall> Take(uint64_t id);
+  // Marks the connection lost and takes every pending call out.
+  std::vector<std::shared_ptr<PendingCall>> TakeAll(absl::Status reason);
+  // The server said GOAWAY: no new calls here.
+  void Drain();
+  bool Usable();
+
+  std::atomic<uint64_t> next_id{1};
+
+ private:
+  absl::Mutex mu_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<PendingCall>> pending_ ABSL_GUARDED_BY(mu_);
+  absl::Status lost_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
+ public:
+  ChannelCore(std::unique_ptr<Connector> connector, const ChannelOptions& options);
+  ~ChannelCore();
+
+  // Starts the loop thread and connects.
+  absl::Status Start();
+  // Ends every pending call with CANCELLED, closes the connection, stops the
+  // loop. Called by ~Channel.
+  void Shutdown();
+
+  absl::StatusOr<std::string> CallSync(std::string_view method, std::string_view request,
+                                       const CallOptions& options);
+  Call CallAsync(std::string_view method, std::string_view request, const CallOptions& options,
+                 PendingCall::Callback done);
+  void Cancel(const std::shared_ptr<PendingCall>& call);
+
+  Channel::Stats stats() const;
+  const std::string& endpoint() const { return connector_->endpoint(); }
+
+ private:
+  // The current connection, connecting first if there is none usable.
+  absl::StatusOr<std::shared_ptr<ClientConnection>> GetConnection();
+  // Common start of a call: inserted and sent; on error the call is already
+  // completed and the status is returned.
+  absl::Status StartCall(const std::shared_ptr<PendingCall>& call, std::string_view method,
+                         std::string_view request, const CallOptions& options, int64_t deadline_ns);
+  // Completes a call that was taken out of its table.
+  void Complete(const std::shared_ptr<PendingCall>& call, absl::StatusOr<std::string> result);
+  void SendCancel(const std::shared_ptr<ClientConnection>& connection, uint64_t id);
+  void OnMessage(const std::shared_ptr<ClientConnection>& connection, std::string_view message);
+  void OnClosed(const std::shared_ptr<ClientConnection>& connection, absl::Status reason);
+  void ArmTimer(const std::shared_ptr<PendingCall>& call);
+  bool OnLoopThread() const { return std::this_thread::get_id() == loop_thread_id_.load(); }
+
+  const std::unique_ptr<Connector> connector_;
+  const ChannelOptions options_;
+
+  asio::io_context io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::thread loop_thread_;
+  std::atomic<std::thread::id> loop_thread_id_{};
+
+  absl::Mutex connect_mu_;
+  std::shared_ptr<ClientConnection> current_ ABSL_GUARDED_BY(connect_mu_);
+  // Every connection that may still have pending calls (a draining one too).
+  std::vector<std::weak_ptr<ClientConnection>> connections_ ABSL_GUARDED_BY(connect_mu_);
+  bool shut_down_ ABSL_GUARDED_BY(connect_mu_) = false;
+
+  std::atomic<uint64_t> calls_started_{0};
+  std::atomic<uint64_t> late_responses_{0};
+  std::atomic<uint64_t> connects_{0};
+};
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_RPC_CHANNEL_CORE_H_

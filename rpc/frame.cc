@@ -1,0 +1,192 @@
+#include "rpc/frame.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace ipcrpc::internal {
+namespace {
+
+void PutLe(std::string* out, uint64_t value, int bytes) {
+  for (int i = 0; i < bytes; ++i) out->push_back(static_cast<char>((value >> (8 * i)) & 0xff));
+}
+
+uint64_t GetLe(const char* p, int bytes) {
+  uint64_t value = 0;
+  for (int i = 0; i < bytes; ++i) {
+    value |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+  }
+  return value;
+}
+
+// Checks the metadata block's structure: (u32 length, bytes) pairs that use
+// up the block exactly.
+bool MetadataWellFormed(std::string_view block) {
+  size_t at = 0;
+  while (at < block.size()) {
+    for (int field = 0; field < 2; ++field) {
+      if (block.size() - at < 4) return false;
+      uint64_t length = GetLe(block.data() + at, 4);
+      at += 4;
+      if (length > block.size() - at) return false;
+      at += length;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+const char* FrameTypeName(FrameType type) {
+  switch (type) {
+    case FrameType::kHello: return "HELLO";
+    case FrameType::kRequest: return "REQUEST";
+    case FrameType::kResponse: return "RESPONSE";
+    case FrameType::kCancel: return "CANCEL";
+    case FrameType::kGoAway: return "GOAWAY";
+    case FrameType::kPing: return "PING";
+    case FrameType::kPong: return "PONG";
+  }
+  return "UNKNOWN";
+}
+
+absl::Status EncodeFramePrefix(const FrameHeader& header, std::string_view name,
+                               const Metadata& metadata, size_t payload_size,
+                               size_t max_payload_size, std::string* out) {
+  if (name.size() > kMaxNameSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("frame name of ", name.size(), " bytes is over the limit of ", kMaxNameSize));
+  }
+  if (payload_size > max_payload_size || payload_size > UINT32_MAX) {
+    return absl::ResourceExhaustedError(absl::StrCat("message of ", payload_size,
+                                                     " bytes exceeds max_message_size ",
+                                                     max_payload_size));
+  }
+  if (header.priority > kMaxPriority) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("priority ", header.priority, " is outside 0..", kMaxPriority));
+  }
+  size_t metadata_size = 0;
+  for (const auto& [key, value] : metadata) metadata_size += 8 + key.size() + value.size();
+  if (metadata_size > kMaxMetadataSize) {
+    return absl::InvalidArgumentError(absl::StrCat("metadata of ", metadata_size,
+                                                   " bytes is over the limit of ",
+                                                   kMaxMetadataSize));
+  }
+  out->clear();
+  out->reserve(kHeaderSize + name.size() + metadata_size);
+  out->append(reinterpret_cast<const char*>(kMagic), 4);
+  out->push_back(static_cast<char>(kProtocolVersion));
+  out->push_back(static_cast<char>(header.type));
+  PutLe(out, header.flags, 2);
+  PutLe(out, header.request_id, 8);
+  PutLe(out, static_cast<uint64_t>(header.deadline_ns), 8);
+  out->push_back(static_cast<char>(header.priority));
+  out->push_back(0);  // reserved
+  PutLe(out, header.status_code, 2);
+  PutLe(out, name.size(), 4);
+  PutLe(out, metadata_size, 4);
+  PutLe(out, payload_size, 4);
+  out->append(name);
+  for (const auto& [key, value] : metadata) {
+    PutLe(out, key.size(), 4);
+    out->append(key);
+    PutLe(out, value.size(), 4);
+    out->append(value);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<FrameView> DecodeFrame(std::string_view bytes, size_t max_payload_size) {
+  if (bytes.size() < kHeaderSize) {
+    return absl::DataLossError(absl::StrCat("truncated frame: ", bytes.size(),
+                                            " bytes, shorter than the ", kHeaderSize,
+                                            "-byte header"));
+  }
+  const char* p = bytes.data();
+  if (std::memcmp(p, kMagic, 4) != 0) {
+    return absl::DataLossError("bad frame magic (not an ipcrpc peer?)");
+  }
+  const uint8_t version = static_cast<uint8_t>(p[4]);
+  if (version != kProtocolVersion) {
+    return absl::FailedPreconditionError(absl::StrCat("protocol version ", version,
+                                                      " is not supported (this side speaks ",
+                                                      kProtocolVersion, ")"));
+  }
+  FrameView frame;
+  const uint8_t type = static_cast<uint8_t>(p[5]);
+  if (type < static_cast<uint8_t>(FrameType::kHello) ||
+      type > static_cast<uint8_t>(FrameType::kPong)) {
+    return absl::DataLossError(absl::StrCat("unknown frame type ", type));
+  }
+  frame.header.type = static_cast<FrameType>(type);
+  frame.header.flags = static_cast<uint16_t>(GetLe(p + 6, 2));
+  frame.header.request_id = GetLe(p + 8, 8);
+  frame.header.deadline_ns = static_cast<int64_t>(GetLe(p + 16, 8));
+  frame.header.priority = static_cast<uint8_t>(p[24]);
+  frame.header.status_code = static_cast<uint16_t>(GetLe(p + 26, 2));
+  const uint64_t name_size = GetLe(p + 28, 4);
+  const uint64_t metadata_size = GetLe(p + 32, 4);
+  const uint64_t payload_size = GetLe(p + 36, 4);
+  if (frame.header.priority > kMaxPriority) {
+    return absl::DataLossError(
+        absl::StrCat("priority ", frame.header.priority, " is outside 0..", kMaxPriority));
+  }
+  if (frame.header.status_code > 16) {
+    return absl::DataLossError(absl::StrCat("status code ", frame.header.status_code,
+                                            " is not a valid code"));
+  }
+  if (frame.header.deadline_ns < 0) {
+    return absl::DataLossError("negative deadline");
+  }
+  if (name_size > kMaxNameSize) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("frame name of ", name_size, " bytes is over the limit of ", kMaxNameSize));
+  }
+  if (metadata_size > kMaxMetadataSize) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "frame metadata of ", metadata_size, " bytes is over the limit of ", kMaxMetadataSize));
+  }
+  if (payload_size > max_payload_size) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "frame payload of ", payload_size, " bytes exceeds max_message_size ", max_payload_size));
+  }
+  // Each term is below 2^32, so the sum cannot overflow 64 bits.
+  const uint64_t expected = kHeaderSize + name_size + metadata_size + payload_size;
+  if (expected != bytes.size()) {
+    return absl::DataLossError(absl::StrCat("frame lengths add up to ", expected,
+                                            " bytes but the message has ", bytes.size()));
+  }
+  size_t at = kHeaderSize;
+  frame.name = bytes.substr(at, name_size);
+  at += name_size;
+  frame.metadata = bytes.substr(at, metadata_size);
+  at += metadata_size;
+  frame.payload = bytes.substr(at, payload_size);
+  if (!MetadataWellFormed(frame.metadata)) {
+    return absl::DataLossError("malformed metadata block");
+  }
+  if (frame.header.type == FrameType::kRequest && frame.name.empty()) {
+    return absl::DataLossError("REQUEST without a method name");
+  }
+  return frame;
+}
+
+Metadata DecodeMetadata(std::string_view block) {
+  Metadata metadata;
+  size_t at = 0;
+  while (block.size() - at >= 4) {
+    std::string_view fields[2];
+    for (int field = 0; field < 2; ++field) {
+      uint64_t length = block.size() - at >= 4 ? GetLe(block.data() + at, 4) : 0;
+      at += 4;
+      if (length > block.size() - at) return metadata;  // not well formed: checked before
+      fields[field] = block.substr(at, length);
+      at += length;
+    }
+    metadata.emplace_back(std::string(fields[0]), std::string(fields[1]));
+  }
+  return metadata;
+}
+
+}  // namespace ipcrpc::internal

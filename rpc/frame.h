@@ -1,0 +1,84 @@
+// Wire protocol v1: the frame codec. docs/PROTOCOL.md is the normative text;
+// this file implements it.
+//
+// A frame is one transport message: a fixed 40-byte little-endian header,
+// then `name` (the method of a REQUEST, the status message of a RESPONSE, the
+// reason of a GOAWAY), then the metadata block, then the payload. Decoding
+// checks every length against the bytes received and the limits before
+// anything is allocated or copied; a frame that fails is reported as
+// DATA_LOSS (corrupt), RESOURCE_EXHAUSTED (over a limit) or
+// FAILED_PRECONDITION (a protocol version we do not speak).
+#ifndef IPCRPC_RPC_FRAME_H_
+#define IPCRPC_RPC_FRAME_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace ipcrpc::internal {
+
+inline constexpr uint8_t kMagic[4] = {'I', 'P', 'R', 'C'};
+inline constexpr uint8_t kProtocolVersion = 1;
+inline constexpr size_t kHeaderSize = 40;
+inline constexpr size_t kMaxNameSize = 64 * 1024;
+inline constexpr size_t kMaxMetadataSize = 64 * 1024;
+inline constexpr int kMaxPriority = 31;
+// Bytes a frame may add around its payload: header, name, metadata.
+inline constexpr size_t kMaxFrameOverhead = kHeaderSize + kMaxNameSize + kMaxMetadataSize;
+// The wire value for "no deadline".
+inline constexpr int64_t kWireNoDeadline = INT64_MAX;
+
+enum class FrameType : uint8_t {
+  kHello = 1,
+  kRequest = 2,
+  kResponse = 3,
+  kCancel = 4,
+  kGoAway = 5,
+  kPing = 6,
+  kPong = 7,
+};
+
+using Metadata = std::vector<std::pair<std::string, std::string>>;
+
+struct FrameHeader {
+  FrameType type = FrameType::kRequest;
+  uint16_t flags = 0;
+  uint64_t request_id = 0;
+  int64_t deadline_ns = kWireNoDeadline;  // absolute CLOCK_MONOTONIC
+  uint8_t priority = 0;
+  uint16_t status_code = 0;  // absl::StatusCode of a RESPONSE
+};
+
+// A decoded frame; the views point into the bytes given to DecodeFrame.
+struct FrameView {
+  FrameHeader header;
+  std::string_view name;
+  std::string_view metadata;  // the raw block, already checked well formed
+  std::string_view payload;
+};
+
+// Writes header, name and metadata of a frame whose payload has
+// `payload_size` bytes into `out` (replacing its contents). The payload is
+// sent after it as a separate part, so it is never copied.
+// INVALID_ARGUMENT/RESOURCE_EXHAUSTED if a field is out of range.
+absl::Status EncodeFramePrefix(const FrameHeader& header, std::string_view name,
+                               const Metadata& metadata, size_t payload_size,
+                               size_t max_payload_size, std::string* out);
+
+// Decodes one whole frame; see the file comment for the errors.
+absl::StatusOr<FrameView> DecodeFrame(std::string_view bytes, size_t max_payload_size);
+
+// Decodes a metadata block returned by DecodeFrame.
+Metadata DecodeMetadata(std::string_view block);
+
+const char* FrameTypeName(FrameType type);
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_RPC_FRAME_H_

@@ -1,0 +1,549 @@
+#include "ipcrpc/server.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "asio/executor_work_guard.hpp"
+#include "asio/io_context.hpp"
+#include "asio/post.hpp"
+#include "asio/steady_timer.hpp"
+#include "asio/thread_pool.hpp"
+#include "base/clock.h"
+#include "base/logging.h"
+#include "base/status_macros.h"
+#include "base/strings.h"
+#include "rpc/frame.h"
+#include "rpc/server_call_state.h"
+#include "transports/transport.h"
+
+namespace ipcrpc {
+namespace internal {
+namespace {
+
+std::chrono::steady_clock::time_point SteadyTimeOf(int64_t deadline_ns) {
+  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
+}
+
+}  // namespace
+
+// One accepted connection and the calls in flight on it.
+struct ServerConnection {
+  ServerConnection(std::shared_ptr<Connection> connection, bool ends_server_with_it)
+      : transport(std::move(connection)), ends_server(ends_server_with_it) {}
+
+  const std::shared_ptr<Connection> transport;
+  const bool ends_server;  // pipe: the server lives for this connection only
+
+  absl::Mutex mu;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<ServerCallState>> calls ABSL_GUARDED_BY(mu);
+};
+
+// The inside of a Server. Frames are read and dispatched on one loop thread;
+// handlers and every send run on the handler pool, so the loop never blocks
+// on a peer and always drains what clients send.
+class ServerCore {
+ public:
+  explicit ServerCore(const ServerOptions& options);
+  ~ServerCore();
+
+  absl::Status RegisterService(Service* service);
+  absl::Status Listen(std::string_view endpoint);
+  absl::Status Start();
+  void Wait();
+  void Shutdown(absl::Duration grace);
+
+ private:
+  enum class State { kNew, kRunning, kDone };
+
+  void OnAccept(bool ends_server, std::shared_ptr<Connection> transport);
+  void OnMessage(const std::shared_ptr<ServerConnection>& connection, std::string_view message);
+  void OnRequest(const std::shared_ptr<ServerConnection>& connection, const FrameView& frame);
+  void OnClosed(const std::shared_ptr<ServerConnection>& connection, absl::Status reason);
+  void RunHandler(const std::shared_ptr<ServerConnection>& connection,
+                  const std::shared_ptr<ServerCallState>& call,
+                  const Service::MethodHandler* handler, const std::string& request);
+  void FinishCall(const std::shared_ptr<ServerConnection>& connection,
+                  const std::shared_ptr<ServerCallState>& call, const absl::Status& status,
+                  const std::string& response);
+  // Sends a RESPONSE (from a pool thread, or Shutdown's).
+  void SendResponse(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
+                    const absl::Status& status, std::string_view payload);
+  // An immediate answer to a request that does not reach a handler.
+  void Reject(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
+              absl::Status status);
+  void SendControl(const std::shared_ptr<ServerConnection>& connection, FrameType type,
+                   uint64_t request_id, std::string_view text);
+
+  const ServerOptions options_;
+  TransportOptions transport_options_;
+
+  asio::io_context io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::thread loop_thread_;
+  std::optional<asio::thread_pool> pool_;
+
+  // Filled before Start, read-only after (the loop starts in Start).
+  absl::flat_hash_map<std::string, const Service::MethodHandler*> methods_;
+
+  std::atomic<bool> draining_{false};
+  std::atomic<int> calls_in_flight_{0};
+
+  absl::Mutex mu_;
+  State state_ ABSL_GUARDED_BY(mu_) = State::kNew;
+  bool shutdown_started_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::unique_ptr<Listener>> listeners_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::shared_ptr<ServerConnection>> connections_ ABSL_GUARDED_BY(mu_);
+  std::thread auto_shutdown_ ABSL_GUARDED_BY(mu_);
+};
+
+ServerCore::ServerCore(const ServerOptions& options) : options_(options) {
+  transport_options_.max_message_size = options.max_message_size + kMaxFrameOverhead;
+  transport_options_.mode = options.mode;
+  transport_options_.allowed_uids = options.allowed_uids;
+  int threads = options.handler_threads;
+  if (threads <= 0) {
+    threads = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
+  }
+  pool_.emplace(threads);
+  work_.emplace(asio::make_work_guard(io_));
+}
+
+ServerCore::~ServerCore() {
+  Shutdown(absl::ZeroDuration());
+  std::thread auto_shutdown;
+  {
+    absl::MutexLock lock(&mu_);
+    auto_shutdown = std::move(auto_shutdown_);
+  }
+  if (auto_shutdown.joinable()) auto_shutdown.join();
+}
+
+absl::Status ServerCore::RegisterService(Service* service) {
+  absl::MutexLock lock(&mu_);
+  if (state_ != State::kNew) {
+    return absl::FailedPreconditionError("RegisterService: the server has already started");
+  }
+  for (const Service::Method& method : service->methods()) {
+    if (methods_.contains(method.name)) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("RegisterService: method ", method.name, " is registered already"));
+    }
+  }
+  for (const Service::Method& method : service->methods()) {
+    methods_.emplace(method.name, &method.handler);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::Listen(std::string_view endpoint) {
+  IPCRPC_ASSIGN_OR_RETURN(std::unique_ptr<Listener> listener,
+                          CreateListener(endpoint, transport_options_));
+  absl::MutexLock lock(&mu_);
+  if (shutdown_started_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("Listen(", Av(endpoint), "): the server is shut down"));
+  }
+  const bool ends_server = listener->EndsServerWithConnection();
+  IPCRPC_RETURN_IF_ERROR(listener->Start(io_, [this, ends_server](std::shared_ptr<Connection> c) {
+    OnAccept(ends_server, std::move(c));
+  }));
+  listeners_.push_back(std::move(listener));
+  return absl::OkStatus();
+}
+
+absl::Status ServerCore::Start() {
+  absl::MutexLock lock(&mu_);
+  if (state_ != State::kNew || shutdown_started_) {
+    return absl::FailedPreconditionError("Start: the server was started or shut down already");
+  }
+  state_ = State::kRunning;
+  loop_thread_ = std::thread([this] { io_.run(); });
+  return absl::OkStatus();
+}
+
+void ServerCore::Wait() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](State* state) { return *state == State::kDone; }, &state_));
+}
+
+void ServerCore::OnAccept(bool ends_server, std::shared_ptr<Connection> transport) {
+  auto connection = std::make_shared<ServerConnection>(transport, ends_server);
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutdown_started_) {
+      transport->Close();
+      return;
+    }
+    if (static_cast<int>(connections_.size()) >= options_.max_connections) {
+      IPCRPC_LOG(WARNING) << transport->description() << ": refusing the connection: "
+                          << "ServerOptions::max_connections (" << options_.max_connections
+                          << ") reached";
+      transport->Close();
+      return;
+    }
+    connections_.insert(connection);
+  }
+  transport->Start(
+      io_, [this, connection](std::string_view message) { OnMessage(connection, message); },
+      [this, connection](absl::Status reason) { OnClosed(connection, std::move(reason)); });
+}
+
+void ServerCore::OnMessage(const std::shared_ptr<ServerConnection>& connection,
+                           std::string_view message) {
+  auto frame = DecodeFrame(message, options_.max_message_size);
+  if (!frame.ok()) {
+    IPCRPC_LOG(WARNING) << connection->transport->description()
+                        << ": closing the connection: bad frame: " << frame.status();
+    connection->transport->Close();
+    return;
+  }
+  switch (frame->header.type) {
+    case FrameType::kRequest:
+      OnRequest(connection, *frame);
+      return;
+    case FrameType::kCancel: {
+      std::shared_ptr<ServerCallState> call;
+      {
+        absl::MutexLock lock(&connection->mu);
+        auto it = connection->calls.find(frame->header.request_id);
+        if (it != connection->calls.end()) call = it->second;
+      }
+      if (call != nullptr) {
+        call->cancelled_by_client.store(true);
+        call->Cancel();
+      }
+      return;
+    }
+    case FrameType::kHello:
+      SendControl(connection, FrameType::kHello, 0, "");
+      return;
+    case FrameType::kPing:
+      SendControl(connection, FrameType::kPong, frame->header.request_id, "");
+      return;
+    case FrameType::kPong:
+      return;
+    case FrameType::kResponse:
+    case FrameType::kGoAway:
+      IPCRPC_LOG(WARNING) << connection->transport->description()
+                          << ": closing the connection: a client sent a "
+                          << FrameTypeName(frame->header.type) << " frame";
+      connection->transport->Close();
+      return;
+  }
+}
+
+void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
+                           const FrameView& frame) {
+  const uint64_t id = frame.header.request_id;
+  if (draining_.load()) {
+    Reject(connection, id, absl::UnavailableError("the server is shutting down"));
+    return;
+  }
+  if (frame.header.deadline_ns <= MonotonicNowNs()) {
+    Reject(connection, id,
+           absl::DeadlineExceededError(absl::StrCat(
+               "deadline passed before ", Av(frame.name), " started on the server")));
+    return;
+  }
+  auto method = methods_.find(Av(frame.name));
+  if (method == methods_.end()) {
+    Reject(connection, id,
+           absl::UnimplementedError(
+               absl::StrCat("method ", Av(frame.name), " is not implemented by this server")));
+    return;
+  }
+  if (calls_in_flight_.load() >= options_.max_calls_in_flight) {
+    Reject(connection, id,
+           absl::ResourceExhaustedError(
+               absl::StrCat("server overloaded: ServerOptions::max_calls_in_flight (",
+                            options_.max_calls_in_flight, ") reached")));
+    return;
+  }
+  const PeerCredentials& peer = connection->transport->peer();
+  auto call = std::make_shared<ServerCallState>(id, frame.header.deadline_ns,
+                                                frame.header.priority, std::string(frame.name),
+                                                DecodeMetadata(frame.metadata), peer.pid, peer.uid);
+  {
+    absl::MutexLock lock(&connection->mu);
+    if (static_cast<int>(connection->calls.size()) >= options_.max_calls_per_connection) {
+      Reject(connection, id,
+             absl::ResourceExhaustedError(absl::StrCat(
+                 "server overloaded: ServerOptions::max_calls_per_connection (",
+                 options_.max_calls_per_connection, ") reached")));
+      return;
+    }
+    if (!connection->calls.emplace(id, call).second) {
+      IPCRPC_LOG(WARNING) << connection->transport->description()
+                          << ": closing the connection: request id " << id
+                          << " is already in flight";
+      connection->transport->Close();
+      return;
+    }
+  }
+  calls_in_flight_.fetch_add(1);
+  if (call->deadline_ns != kNoDeadline) {
+    call->deadline_timer.emplace(io_, SteadyTimeOf(call->deadline_ns));
+    std::weak_ptr<ServerCallState> weak = call;
+    call->deadline_timer->async_wait([weak](const asio::error_code& ec) {
+      if (ec) return;
+      if (auto expired = weak.lock()) expired->Cancel();
+    });
+  }
+  const Service::MethodHandler* handler = method->second;
+  asio::post(*pool_, [this, connection, call, handler, request = std::string(frame.payload)] {
+    RunHandler(connection, call, handler, request);
+  });
+}
+
+void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
+                            const std::shared_ptr<ServerCallState>& call,
+                            const Service::MethodHandler* handler, const std::string& request) {
+  absl::Status status;
+  std::string response;
+  if (call->IsCancelled()) {
+    // Expired or cancelled while it waited for a thread: never run.
+    status = MonotonicNowNs() >= call->deadline_ns
+                 ? absl::DeadlineExceededError(absl::StrCat(
+                       "deadline passed before ", call->method, " started on the server"))
+                 : absl::CancelledError(absl::StrCat(call->method, " cancelled before it started"));
+  } else {
+    ServerContext context(call);
+    try {
+      status = (*handler)(context, request, response);
+    } catch (const std::exception& e) {
+      status = absl::InternalError(absl::StrCat(call->method, " threw: ", e.what()));
+    } catch (...) {
+      status = absl::InternalError(absl::StrCat(call->method, " threw an exception"));
+    }
+  }
+  call->Finish();
+  FinishCall(connection, call, status, response);
+}
+
+void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
+                            const std::shared_ptr<ServerCallState>& call,
+                            const absl::Status& status, const std::string& response) {
+  {
+    absl::MutexLock lock(&connection->mu);
+    connection->calls.erase(call->request_id);
+  }
+  if (call->deadline_ns != kNoDeadline) {
+    // The timer belongs to the loop; cancel it there.
+    asio::post(io_, [call] {
+      if (call->deadline_timer.has_value()) call->deadline_timer->cancel();
+    });
+  }
+  if (!call->cancelled_by_client.load() && call->ClaimResponse()) {
+    if (status.ok() && response.size() > options_.max_message_size) {
+      SendResponse(connection, call->request_id,
+                   absl::ResourceExhaustedError(absl::StrCat(
+                       call->method, ": response of ", response.size(),
+                       " bytes exceeds the server's max_message_size ", options_.max_message_size)),
+                   "");
+    } else {
+      SendResponse(connection, call->request_id, status, status.ok() ? response : "");
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  calls_in_flight_.fetch_sub(1);
+}
+
+void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connection,
+                              uint64_t request_id, const absl::Status& status,
+                              std::string_view payload) {
+  FrameHeader header;
+  header.type = FrameType::kResponse;
+  header.request_id = request_id;
+  header.status_code = static_cast<uint16_t>(status.code());
+  std::string_view message = Sv(status.message());
+  if (message.size() > kMaxNameSize) message = message.substr(0, kMaxNameSize);
+  std::string prefix;
+  absl::Status encoded =
+      EncodeFramePrefix(header, message, {}, payload.size(), options_.max_message_size, &prefix);
+  if (!encoded.ok()) {
+    IPCRPC_LOG(ERROR) << "cannot encode a response: " << encoded;
+    return;
+  }
+  std::string_view parts[] = {prefix, payload};
+  absl::Status sent = connection->transport->Send(parts);
+  if (!sent.ok()) {
+    IPCRPC_LOG(INFO) << connection->transport->description() << ": response to request "
+                     << request_id << " not sent: " << sent;
+  }
+}
+
+void ServerCore::Reject(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
+                        absl::Status status) {
+  asio::post(*pool_, [this, connection, request_id, status = std::move(status)] {
+    SendResponse(connection, request_id, status, "");
+  });
+}
+
+void ServerCore::SendControl(const std::shared_ptr<ServerConnection>& connection, FrameType type,
+                             uint64_t request_id, std::string_view text) {
+  asio::post(*pool_, [connection, type, request_id, text = std::string(text)] {
+    FrameHeader header;
+    header.type = type;
+    header.request_id = request_id;
+    std::string frame;
+    if (!EncodeFramePrefix(header, text, {}, 0, 0, &frame).ok()) return;
+    std::string_view parts[] = {frame};
+    connection->transport->Send(parts).IgnoreError();
+  });
+}
+
+void ServerCore::OnClosed(const std::shared_ptr<ServerConnection>& connection,
+                          absl::Status reason) {
+  if (!absl::IsCancelled(reason)) {
+    IPCRPC_LOG(INFO) << connection->transport->description() << ": connection ended: " << reason;
+  }
+  std::vector<std::shared_ptr<ServerCallState>> calls;
+  {
+    absl::MutexLock lock(&connection->mu);
+    for (auto& [id, call] : connection->calls) calls.push_back(call);
+  }
+  for (auto& call : calls) {
+    call->cancelled_by_client.store(true);  // nobody to answer
+    call->Cancel();
+  }
+  absl::MutexLock lock(&mu_);
+  connections_.erase(connection);
+  if (connection->ends_server && !shutdown_started_ && !auto_shutdown_.joinable()) {
+    // pipe: the parent is gone or closed the channel; the server ends. Not on
+    // the loop: Shutdown waits for the loop.
+    auto_shutdown_ = std::thread([this] { Shutdown(absl::ZeroDuration()); });
+  }
+}
+
+void ServerCore::Shutdown(absl::Duration grace) {
+  std::vector<std::unique_ptr<Listener>> listeners;
+  std::vector<std::shared_ptr<ServerConnection>> connections;
+  bool loop_running;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shutdown_started_) {
+      mu_.Await(absl::Condition(
+          +[](State* state) { return *state == State::kDone; }, &state_));
+      return;
+    }
+    shutdown_started_ = true;
+    draining_.store(true);
+    listeners = std::move(listeners_);
+    connections.assign(connections_.begin(), connections_.end());
+    loop_running = state_ == State::kRunning;
+  }
+  // 1. Stop accepting; tell clients to take new calls elsewhere.
+  for (auto& listener : listeners) listener->Close();
+  for (auto& connection : connections) {
+    SendControl(connection, FrameType::kGoAway, 0, "server shutting down");
+  }
+  // 2. Let running handlers finish within the grace period.
+  const int64_t grace_end = AddDurationNs(MonotonicNowNs(), grace);
+  {
+    absl::MutexLock lock(&mu_);
+    while (calls_in_flight_.load() > 0) {
+      absl::Duration left = RemainingUntil(grace_end);
+      if (left <= absl::ZeroDuration()) break;
+      mu_.AwaitWithTimeout(absl::Condition(
+                               +[](std::atomic<int>* n) { return n->load() == 0; },
+                               &calls_in_flight_),
+                           std::min(left, absl::Milliseconds(100)));
+    }
+  }
+  // 3. Cancel the rest; their clients get CANCELLED now.
+  for (auto& connection : connections) {
+    std::vector<std::shared_ptr<ServerCallState>> calls;
+    {
+      absl::MutexLock lock(&connection->mu);
+      for (auto& [id, in_flight] : connection->calls) calls.push_back(in_flight);
+    }
+    for (auto& call : calls) {
+      call->Cancel();
+      if (!call->cancelled_by_client.load() && call->ClaimResponse()) {
+        SendResponse(connection, call->request_id,
+                     absl::CancelledError(absl::StrCat(
+                         call->method, ": the server shut down before the call finished")),
+                     "");
+      }
+    }
+  }
+  // 4. Wait for the handlers to return, then close every connection.
+  {
+    absl::MutexLock lock(&mu_);
+    while (!mu_.AwaitWithTimeout(absl::Condition(
+                                     +[](std::atomic<int>* n) { return n->load() == 0; },
+                                     &calls_in_flight_),
+                                 absl::Seconds(5))) {
+      IPCRPC_LOG(WARNING) << "Shutdown: waiting for " << calls_in_flight_.load()
+                          << " cancelled handlers to return";
+    }
+    connections.assign(connections_.begin(), connections_.end());
+  }
+  for (auto& connection : connections) connection->transport->Close();
+  // 5. Stop the loop once everything on it has finished, and the pool.
+  work_.reset();
+  if (loop_running) {
+    loop_thread_.join();
+  } else {
+    io_.run();  // never started: run what Listen and Close queued
+  }
+  pool_->join();
+  listeners.clear();
+  absl::MutexLock lock(&mu_);
+  state_ = State::kDone;
+}
+
+}  // namespace internal
+
+// --------------------------------------------------------------------- public
+
+Server::Server(const ServerOptions& options)
+    : core_(std::make_shared<internal::ServerCore>(options)) {}
+
+Server::~Server() = default;
+
+absl::Status Server::RegisterService(Service* service) { return core_->RegisterService(service); }
+
+absl::Status Server::Listen(std::string_view endpoint) { return core_->Listen(endpoint); }
+
+absl::Status Server::Start() { return core_->Start(); }
+
+void Server::Wait() { core_->Wait(); }
+
+void Server::Shutdown(absl::Duration grace) { core_->Shutdown(grace); }
+
+// -------------------------------------------------------------- ServerContext
+
+ServerContext::ServerContext(std::shared_ptr<internal::ServerCallState> state)
+    : state_(std::move(state)) {}
+
+absl::Time ServerContext::deadline() const { return internal::MonotonicToWall(state_->deadline_ns); }
+
+bool ServerContext::IsCancelled() const { return state_->IsCancelled(); }
+
+pid_t ServerContext::peer_pid() const { return state_->peer_pid; }
+
+uid_t ServerContext::peer_uid() const { return state_->peer_uid; }
+
+const std::vector<std::pair<std::string, std::string>>& ServerContext::metadata() const {
+  return state_->metadata;
+}
+
+const std::string& ServerContext::method() const { return state_->method; }
+
+void ServerContext::OnCancel(absl::AnyInvocable<void() &&> callback) {
+  state_->OnCancel(std::move(callback));
+}
+
+}  // namespace ipcrpc

@@ -1,0 +1,98 @@
+// The shared state of one incoming call: what ServerContext shows the
+// handler, and the cancellation that the server's loop (CANCEL frames,
+// deadline timer, client death) and Shutdown trigger.
+#ifndef IPCRPC_RPC_SERVER_CALL_STATE_H_
+#define IPCRPC_RPC_SERVER_CALL_STATE_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/synchronization/mutex.h"
+#include "asio/steady_timer.hpp"
+#include "rpc/frame.h"
+
+namespace ipcrpc::internal {
+
+class ServerCallState {
+ public:
+  ServerCallState(uint64_t id, int64_t deadline, int call_priority, std::string method_name,
+                  Metadata call_metadata, pid_t pid, uid_t uid)
+      : request_id(id),
+        deadline_ns(deadline),
+        priority(call_priority),
+        method(std::move(method_name)),
+        metadata(std::move(call_metadata)),
+        peer_pid(pid),
+        peer_uid(uid) {}
+
+  const uint64_t request_id;
+  const int64_t deadline_ns;
+  const int priority;
+  const std::string method;
+  const Metadata metadata;
+  const pid_t peer_pid;
+  const uid_t peer_uid;
+
+  bool IsCancelled() const { return cancelled_.load(std::memory_order_acquire); }
+
+  // Marks the call cancelled and runs the OnCancel callbacks on this thread.
+  // Returns false if it was cancelled or finished already.
+  bool Cancel() {
+    std::vector<absl::AnyInvocable<void() &&>> callbacks;
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_ || cancelled_.load(std::memory_order_relaxed)) return false;
+      cancelled_.store(true, std::memory_order_release);
+      callbacks.swap(callbacks_);
+    }
+    for (auto& callback : callbacks) std::move(callback)();
+    return true;
+  }
+
+  void OnCancel(absl::AnyInvocable<void() &&> callback) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      if (!cancelled_.load(std::memory_order_relaxed)) {
+        callbacks_.push_back(std::move(callback));
+        return;
+      }
+    }
+    std::move(callback)();
+  }
+
+  // The handler returned: later cancellations run no callbacks.
+  void Finish() {
+    std::vector<absl::AnyInvocable<void() &&>> dropped;
+    absl::MutexLock lock(&mu_);
+    finished_ = true;
+    dropped.swap(callbacks_);
+  }
+
+  // Claims the right to send the one response of this call.
+  bool ClaimResponse() { return !responded_.exchange(true, std::memory_order_acq_rel); }
+
+  // The client withdrew the call (CANCEL frame): no response is sent.
+  std::atomic<bool> cancelled_by_client{false};
+
+  // The deadline timer; touched only on the server's loop.
+  std::optional<asio::steady_timer> deadline_timer;
+
+ private:
+  std::atomic<bool> cancelled_{false};
+  std::atomic<bool> responded_{false};
+  absl::Mutex mu_;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<absl::AnyInvocable<void() &&>> callbacks_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_RPC_SERVER_CALL_STATE_H_

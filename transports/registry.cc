@@ -1,0 +1,89 @@
+// The transport registry: endpoint syntax and the table of schemes. Adding a
+// transport means adding its row here and its folder beside this file.
+#include <cctype>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "base/status_macros.h"
+#include "base/strings.h"
+#include "transports/pipe/pipe_transport.h"
+#include "transports/transport.h"
+#include "transports/unix/unix_transport.h"
+
+namespace ipcrpc::internal {
+namespace {
+
+using ListenerFactory = absl::StatusOr<std::unique_ptr<Listener>> (*)(const Endpoint&,
+                                                                      const TransportOptions&);
+using ConnectorFactory = absl::StatusOr<std::unique_ptr<Connector>> (*)(const Endpoint&,
+                                                                        const TransportOptions&);
+
+struct Transport {
+  const char* scheme;
+  ListenerFactory listen;    // nullptr: reserved, not built yet
+  ConnectorFactory connect;
+};
+
+constexpr Transport kTransports[] = {
+    {"unix", &CreateUnixListener, &CreateUnixConnector},
+    {"pipe", &CreatePipeListener, &CreatePipeConnector},
+    {"fifo", nullptr, nullptr},
+    {"mq", nullptr, nullptr},
+    {"shm", nullptr, nullptr},
+};
+
+absl::StatusOr<const Transport*> Find(const Endpoint& endpoint) {
+  for (const Transport& transport : kTransports) {
+    if (endpoint.scheme != transport.scheme) continue;
+    if (transport.listen == nullptr) {
+      return absl::UnimplementedError(absl::StrCat("endpoint '", endpoint.text, "': transport '",
+                                                   endpoint.scheme, ":' is not built yet"));
+    }
+    return &transport;
+  }
+  std::vector<std::string> schemes;
+  for (const Transport& transport : kTransports) schemes.push_back(transport.scheme);
+  return absl::InvalidArgumentError(absl::StrCat("endpoint '", endpoint.text,
+                                                 "': unknown scheme '", endpoint.scheme,
+                                                 "' (known: ", absl::StrJoin(schemes, ", "), ")"));
+}
+
+}  // namespace
+
+absl::StatusOr<Endpoint> ParseEndpoint(std::string_view text) {
+  size_t colon = text.find(':');
+  if (colon == std::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("endpoint '", Av(text),
+                     "': no scheme (expected scheme:address, e.g. unix:/run/app.sock or pipe:)"));
+  }
+  std::string_view scheme = text.substr(0, colon);
+  if (scheme.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("endpoint '", Av(text), "': empty scheme"));
+  }
+  for (char c : scheme) {
+    if (!std::islower(static_cast<unsigned char>(c))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("endpoint '", Av(text), "': scheme '", Av(scheme), "' is not lower-case letters"));
+    }
+  }
+  Endpoint endpoint{std::string(scheme), std::string(text.substr(colon + 1)), std::string(text)};
+  IPCRPC_RETURN_IF_ERROR(Find(endpoint).status());
+  return endpoint;
+}
+
+absl::StatusOr<std::unique_ptr<Listener>> CreateListener(std::string_view text,
+                                                         const TransportOptions& options) {
+  IPCRPC_ASSIGN_OR_RETURN(Endpoint endpoint, ParseEndpoint(text));
+  IPCRPC_ASSIGN_OR_RETURN(const Transport* transport, Find(endpoint));
+  return transport->listen(endpoint, options);
+}
+
+absl::StatusOr<std::unique_ptr<Connector>> CreateConnector(std::string_view text,
+                                                           const TransportOptions& options) {
+  IPCRPC_ASSIGN_OR_RETURN(Endpoint endpoint, ParseEndpoint(text));
+  IPCRPC_ASSIGN_OR_RETURN(const Transport* transport, Find(endpoint));
+  return transport->connect(endpoint, options);
+}
+
+}  // namespace ipcrpc::internal

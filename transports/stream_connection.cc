@@ -1,0 +1,285 @@
+#include "transports/stream_connection.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "absl/container/inlined_vector.h"
+#include "absl/strings/str_cat.h"
+#include "asio/post.hpp"
+#include "base/logging.h"
+
+namespace ipcrpc::internal {
+namespace {
+
+constexpr size_t kPrefixSize = 4;
+constexpr size_t kInitialBuffer = 64 * 1024;
+// A buffer grown past this for one large message is released once empty.
+constexpr size_t kKeepBuffer = 1024 * 1024;
+
+uint32_t LoadLe32(const char* p) {
+  const auto* u = reinterpret_cast<const unsigned char*>(p);
+  return static_cast<uint32_t>(u[0]) | static_cast<uint32_t>(u[1]) << 8 |
+         static_cast<uint32_t>(u[2]) << 16 | static_cast<uint32_t>(u[3]) << 24;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<StreamConnection>> StreamConnection::Create(
+    UniqueFd read_fd, UniqueFd write_fd, bool is_socket, PeerCredentials peer,
+    std::string description, size_t max_message_size) {
+  absl::Status status = SetNonBlocking(read_fd.get(), true, description);
+  if (!status.ok()) return status;
+  if (write_fd.valid()) {
+    status = SetNonBlocking(write_fd.get(), true, description);
+    if (!status.ok()) return status;
+  }
+  UniqueFd close_event(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!close_event.valid()) return ErrnoStatus(errno, "eventfd", description);
+  return std::make_shared<StreamConnection>(std::move(read_fd), std::move(write_fd),
+                                            std::move(close_event), is_socket, peer,
+                                            std::move(description), max_message_size);
+}
+
+StreamConnection::StreamConnection(UniqueFd read_fd, UniqueFd write_fd, UniqueFd close_event,
+                                   bool is_socket, PeerCredentials peer, std::string description,
+                                   size_t max_message_size)
+    : read_fd_(read_fd.get()),
+      write_fd_(write_fd.valid() ? write_fd.get() : read_fd.get()),
+      is_socket_(is_socket),
+      peer_(peer),
+      description_(std::move(description)),
+      max_message_size_(max_message_size),
+      owned_read_fd_(std::move(read_fd)),
+      owned_write_fd_(std::move(write_fd)),
+      close_event_(std::move(close_event)) {}
+
+StreamConnection::~StreamConnection() {
+  // Not started, or finished: the descriptor wrapper is gone already, and
+  // UniqueFd closes what is left.
+  if (readable_.has_value()) readable_->release();
+}
+
+void StreamConnection::Start(asio::io_context& io, MessageHandler on_message,
+                             CloseHandler on_closed) {
+  io_.store(&io, std::memory_order_release);
+  on_message_ = std::move(on_message);
+  on_closed_ = std::move(on_closed);
+  auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
+  asio::post(io, [self] {
+    if (self->closing_.load(std::memory_order_acquire)) {
+      self->Finish(absl::CancelledError(absl::StrCat(self->description_, ": closed")));
+      return;
+    }
+    self->readable_.emplace(*self->io_.load(std::memory_order_acquire), self->read_fd_);
+    self->OnReadable();  // data may already be there
+  });
+}
+
+void StreamConnection::WaitReadable() {
+  auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
+  readable_->async_wait(asio::posix::stream_descriptor::wait_read,
+                        [self](const asio::error_code& ec) {
+                          if (self->finished_) return;
+                          if (ec) {
+                            self->Finish(absl::UnavailableError(
+                                absl::StrCat(self->description_, ": wait: ", ec.message())));
+                            return;
+                          }
+                          self->OnReadable();
+                        });
+}
+
+void StreamConnection::OnReadable() {
+  for (;;) {
+    if (closing_.load(std::memory_order_acquire)) {
+      Finish(absl::CancelledError(absl::StrCat(description_, ": closed")));
+      return;
+    }
+    if (buffer_.empty()) buffer_.resize(kInitialBuffer);
+    if (end_ == buffer_.size()) {
+      // DeliverMessages made room for the message in progress, so a full
+      // buffer here means bytes of the next message: compact.
+      std::memmove(buffer_.data(), buffer_.data() + begin_, end_ - begin_);
+      end_ -= begin_;
+      begin_ = 0;
+      if (end_ == buffer_.size()) buffer_.resize(buffer_.size() * 2);
+    }
+    ssize_t n = ::read(read_fd_, buffer_.data() + end_, buffer_.size() - end_);
+    if (n > 0) {
+      end_ += static_cast<size_t>(n);
+      if (!DeliverMessages()) return;
+      continue;
+    }
+    if (n == 0) {
+      Finish(absl::UnavailableError(absl::StrCat(description_, ": peer closed the connection")));
+      return;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+    Finish(ErrnoStatus(errno, "read", description_));
+    return;
+  }
+  WaitReadable();
+}
+
+bool StreamConnection::DeliverMessages() {
+  while (end_ - begin_ >= kPrefixSize) {
+    const uint32_t length = LoadLe32(buffer_.data() + begin_);
+    if (length > max_message_size_) {
+      IPCRPC_LOG(WARNING) << description_ << ": closing: peer announced a message of " << length
+                          << " bytes, over max_message_size " << max_message_size_;
+      Finish(absl::ResourceExhaustedError(
+          absl::StrCat(description_, ": message of ", length, " bytes exceeds max_message_size ",
+                       max_message_size_)));
+      return false;
+    }
+    const size_t whole = kPrefixSize + length;
+    if (end_ - begin_ < whole) {
+      // Make room for the whole message (its length is within the limit).
+      if (buffer_.size() - begin_ < whole) {
+        std::memmove(buffer_.data(), buffer_.data() + begin_, end_ - begin_);
+        end_ -= begin_;
+        begin_ = 0;
+        if (buffer_.size() < whole) buffer_.resize(whole);
+      }
+      return true;
+    }
+    on_message_(std::string_view(buffer_.data() + begin_ + kPrefixSize, length));
+    begin_ += whole;
+    if (closing_.load(std::memory_order_acquire) || finished_) {
+      if (!finished_) Finish(absl::CancelledError(absl::StrCat(description_, ": closed")));
+      return false;
+    }
+  }
+  if (begin_ == end_) {
+    begin_ = end_ = 0;
+    if (buffer_.size() > kKeepBuffer) {
+      buffer_.resize(kInitialBuffer);
+      buffer_.shrink_to_fit();
+    }
+  }
+  return true;
+}
+
+absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts) {
+  size_t total = 0;
+  for (std::string_view part : parts) total += part.size();
+  if (total > max_message_size_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        description_, ": message of ", total, " bytes exceeds max_message_size ", max_message_size_));
+  }
+  unsigned char prefix[kPrefixSize] = {
+      static_cast<unsigned char>(total), static_cast<unsigned char>(total >> 8),
+      static_cast<unsigned char>(total >> 16), static_cast<unsigned char>(total >> 24)};
+  absl::InlinedVector<struct iovec, 8> iov;
+  iov.push_back({prefix, kPrefixSize});
+  for (std::string_view part : parts) {
+    if (!part.empty()) iov.push_back({const_cast<char*>(part.data()), part.size()});
+  }
+
+  absl::MutexLock lock(&write_mu_);
+  size_t first = 0;
+  while (first < iov.size()) {
+    if (write_fd_closed_ || closing_.load(std::memory_order_acquire)) {
+      return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+    }
+    ssize_t n;
+    if (is_socket_) {
+      struct msghdr msg = {};
+      msg.msg_iov = iov.data() + first;
+      msg.msg_iovlen = iov.size() - first;
+      n = ::sendmsg(write_fd_, &msg, MSG_NOSIGNAL);
+    } else {
+      n = WithoutSigpipe([&] {
+        return ::writev(write_fd_, iov.data() + first, static_cast<int>(iov.size() - first));
+      });
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        absl::Status waited = WaitWritable();
+        if (!waited.ok()) return waited;
+        continue;
+      }
+      if (errno == EPIPE || errno == ECONNRESET) {
+        return absl::UnavailableError(absl::StrCat(description_, ": peer closed the connection"));
+      }
+      return ErrnoStatus(errno, "write", description_);
+    }
+    size_t written = static_cast<size_t>(n);
+    while (first < iov.size() && written >= iov[first].iov_len) {
+      written -= iov[first].iov_len;
+      ++first;
+    }
+    if (first < iov.size()) {
+      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + written;
+      iov[first].iov_len -= written;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StreamConnection::WaitWritable() {
+  struct pollfd fds[2] = {{write_fd_, POLLOUT, 0}, {close_event_.get(), POLLIN, 0}};
+  int n = RetryEintr([&] { return ::poll(fds, 2, -1); });
+  if (n < 0) return ErrnoStatus(errno, "poll", description_);
+  if (fds[1].revents != 0) {
+    return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+  }
+  if (fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+    return absl::UnavailableError(absl::StrCat(description_, ": peer closed the connection"));
+  }
+  return absl::OkStatus();
+}
+
+void StreamConnection::Close() {
+  if (closing_.exchange(true, std::memory_order_acq_rel)) return;
+  uint64_t one = 1;
+  ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
+  (void)ignored;
+  {
+    absl::MutexLock lock(&write_mu_);
+    // The peer sees EOF at once, even before the loop closes the descriptor.
+    if (!write_fd_closed_ && is_socket_) ::shutdown(write_fd_, SHUT_RDWR);
+  }
+  if (asio::io_context* io = io_.load(std::memory_order_acquire); io != nullptr) {
+    auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
+    asio::post(*io, [self] {
+      self->Finish(absl::CancelledError(absl::StrCat(self->description_, ": closed")));
+    });
+  }
+}
+
+void StreamConnection::Finish(absl::Status reason) {
+  if (finished_) return;
+  finished_ = true;
+  closing_.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
+  (void)ignored;
+  if (readable_.has_value()) {
+    readable_->release();  // cancels the pending wait; we keep the descriptor
+    readable_.reset();
+  }
+  {
+    absl::MutexLock lock(&write_mu_);
+    write_fd_closed_ = true;
+    owned_read_fd_.Reset();
+    owned_write_fd_.Reset();
+  }
+  buffer_.clear();
+  buffer_.shrink_to_fit();
+  on_message_ = nullptr;
+  if (on_closed_) {
+    CloseHandler on_closed = std::move(on_closed_);
+    on_closed_ = nullptr;
+    std::move(on_closed)(std::move(reason));
+  }
+}
+
+}  // namespace ipcrpc::internal

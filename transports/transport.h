@@ -1,0 +1,149 @@
+// The transport interface: how ipcrpc moves whole messages (bytes with
+// boundaries) between two processes. A transport is a Listener (server side),
+// a Connector (client side) and the Connection both produce; the registry in
+// registry.cc maps an endpoint's scheme to them. Transports know nothing of
+// RPC, frames, methods or protobuf.
+//
+// Every transport is driven by an asio::io_context: the connection waits for
+// readability of a descriptor on the loop and hands each whole message to the
+// owner's callback on the loop's thread.
+#ifndef IPCRPC_TRANSPORTS_TRANSPORT_H_
+#define IPCRPC_TRANSPORTS_TRANSPORT_H_
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+
+namespace asio {
+class io_context;
+}  // namespace asio
+
+namespace ipcrpc::internal {
+
+// Who is at the other end, as the kernel tells it (SO_PEERCRED, the pid of a
+// spawned child, the parent of a spawned child).
+struct PeerCredentials {
+  pid_t pid = 0;
+  uid_t uid = 0;
+};
+
+// Limits and modes a transport applies. max_message_size bounds every message
+// the transport accepts or sends; nothing is allocated for a message before
+// its length has been checked against it.
+struct TransportOptions {
+  size_t max_message_size = 64u << 20;
+  unsigned mode = 0600;            // mode of created named objects
+  std::vector<uid_t> allowed_uids;  // peers of other uids than ours that may connect
+  // pipe: how long a closed channel waits for its child to exit before
+  // killing it.
+  absl::Duration child_exit_grace = absl::Seconds(5);
+};
+
+// A parsed endpoint "scheme:address".
+struct Endpoint {
+  std::string scheme;
+  std::string address;
+  std::string text;  // the whole endpoint as given, for messages
+};
+
+// Splits and validates an endpoint's syntax. INVALID_ARGUMENT naming the
+// endpoint and what is wrong; UNIMPLEMENTED for a scheme reserved for a
+// transport that is not built yet.
+absl::StatusOr<Endpoint> ParseEndpoint(std::string_view endpoint);
+
+// One connection: a stream of whole messages in each direction.
+//
+// Thread-safety: Send and Close may be called from any thread, concurrently.
+// Start is called once. The callbacks run on the io_context's thread.
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  // `message` is valid only during the call.
+  using MessageHandler = absl::AnyInvocable<void(std::string_view message)>;
+  using CloseHandler = absl::AnyInvocable<void(absl::Status reason) &&>;
+
+  virtual ~Connection() = default;
+
+  // Begins reading on `io`. `on_message` runs for every whole message, in
+  // order; `on_closed` runs exactly once when the connection ends (peer gone:
+  // UNAVAILABLE; garbage from the peer: DATA_LOSS or RESOURCE_EXHAUSTED;
+  // Close(): CANCELLED), after which neither callback runs again.
+  virtual void Start(asio::io_context& io, MessageHandler on_message,
+                     CloseHandler on_closed) = 0;
+
+  // Sends one message: the concatenation of `parts`, whole; concurrent sends
+  // are never interleaved. Blocks until written. UNAVAILABLE if the peer is
+  // gone or the connection closed, RESOURCE_EXHAUSTED if the message is over
+  // max_message_size.
+  virtual absl::Status Send(absl::Span<const std::string_view> parts) = 0;
+
+  // Ends the connection: blocked senders return, the peer sees it closed,
+  // on_closed runs (on the loop) if Start was called. Idempotent.
+  virtual void Close() = 0;
+
+  virtual const PeerCredentials& peer() const = 0;
+
+  // For logs: "unix:/run/x.sock peer pid 123".
+  virtual const std::string& description() const = 0;
+};
+
+// Server side of a transport.
+class Listener {
+ public:
+  using AcceptHandler = absl::AnyInvocable<void(std::shared_ptr<Connection>)>;
+
+  virtual ~Listener() = default;
+
+  // Begins accepting on `io`; `on_accept` runs on the loop for each new
+  // connection (not yet started).
+  virtual absl::Status Start(asio::io_context& io, AcceptHandler on_accept) = 0;
+
+  // Stops accepting and removes the named objects this listener created (and
+  // only those). Idempotent; safe from any thread.
+  virtual void Close() = 0;
+
+  // True when the server exists to serve this listener's single connection
+  // (`pipe:`): when that connection ends, the server shuts down.
+  virtual bool EndsServerWithConnection() const { return false; }
+
+  virtual const std::string& endpoint() const = 0;
+};
+
+// Client side of a transport.
+class Connector {
+ public:
+  virtual ~Connector() = default;
+
+  // Opens a new connection (not yet started). UNAVAILABLE if nobody listens.
+  virtual absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context& io) = 0;
+
+  // Stops anything the connector watches on the loop it was given. Called
+  // before the loop stops; idempotent.
+  virtual void Shutdown() {}
+
+  virtual const std::string& endpoint() const = 0;
+};
+
+// The registry: by scheme.
+absl::StatusOr<std::unique_ptr<Listener>> CreateListener(std::string_view endpoint,
+                                                         const TransportOptions& options);
+absl::StatusOr<std::unique_ptr<Connector>> CreateConnector(std::string_view endpoint,
+                                                           const TransportOptions& options);
+
+// `pipe:` parent side: spawns argv[0] (searched in PATH) with a pair of pipes
+// named in IPCRPC_PIPE_FDS; the connector yields one connection to it.
+absl::StatusOr<std::unique_ptr<Connector>> SpawnChildConnector(
+    const std::vector<std::string>& argv, const TransportOptions& options);
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_TRANSPORTS_TRANSPORT_H_
