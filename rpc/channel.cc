@@ -347,7 +347,10 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
         late_responses_.fetch_add(1, std::memory_order_relaxed);
         return;
       }
-      if (frame->header.status_code == 0) {
+      if (call->deadline_ns <= MonotonicNowNs()) {
+        // The deadline passed: that is the outcome, whatever the server said.
+        Complete(call, absl::DeadlineExceededError("deadline exceeded"));
+      } else if (frame->header.status_code == 0) {
         Complete(call, std::string(frame->payload));
       } else {
         Complete(call, absl::Status(static_cast<absl::StatusCode>(frame->header.status_code),

@@ -345,7 +345,14 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
     });
   }
   if (!call->cancelled_by_client.load() && call->ClaimResponse()) {
-    if (status.ok() && response.size() > options_.max_message_size) {
+    if (MonotonicNowNs() >= call->deadline_ns) {
+      // Past the deadline the answer is DEADLINE_EXCEEDED, whatever the
+      // handler made of its cancellation.
+      SendResponse(connection, call->request_id,
+                   absl::DeadlineExceededError(
+                       absl::StrCat(call->method, ": deadline exceeded on the server")),
+                   "");
+    } else if (status.ok() && response.size() > options_.max_message_size) {
       SendResponse(connection, call->request_id,
                    absl::ResourceExhaustedError(absl::StrCat(
                        call->method, ": response of ", response.size(),
@@ -469,13 +476,15 @@ void ServerCore::Shutdown(absl::Duration grace) {
       for (auto& [id, in_flight] : connection->calls) calls.push_back(in_flight);
     }
     for (auto& call : calls) {
-      call->Cancel();
+      // Claim the response first, so that the handler's own reaction to the
+      // cancellation is not what the client sees.
       if (!call->cancelled_by_client.load() && call->ClaimResponse()) {
         SendResponse(connection, call->request_id,
                      absl::CancelledError(absl::StrCat(
                          call->method, ": the server shut down before the call finished")),
                      "");
       }
+      call->Cancel();
     }
   }
   // 4. Wait for the handlers to return, then close every connection.

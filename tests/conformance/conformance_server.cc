@@ -1,0 +1,53 @@
+// A server process for the conformance suite: serves TestService on
+// --endpoint, writes "READY" to --ready_fd once serving, shuts down cleanly
+// (exit 0) on SIGTERM or, for pipe:, when its parent goes away.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "ipcrpc/ipcrpc.h"
+#include "tests/conformance/test_service.h"
+
+int main(int argc, char** argv) {
+  std::string endpoint;
+  int ready_fd = -1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--endpoint=", 11) == 0) endpoint = argv[i] + 11;
+    if (std::strncmp(argv[i], "--ready_fd=", 11) == 0) ready_fd = std::atoi(argv[i] + 11);
+  }
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  ipcrpc::testing::TestService service;
+  ipcrpc::ServerOptions options;
+  options.handler_threads = 4;
+  ipcrpc::Server server(options);
+  absl::Status status = server.RegisterService(&service);
+  if (status.ok()) status = server.Listen(endpoint);
+  if (status.ok()) status = server.Start();
+  if (!status.ok()) {
+    std::fprintf(stderr, "conformance_server: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  if (ready_fd >= 0) {
+    ssize_t ignored = write(ready_fd, "READY\n", 6);
+    (void)ignored;
+    close(ready_fd);
+  }
+  std::thread signal_thread([&server, signals] {
+    int signal_number = 0;
+    sigwait(&signals, &signal_number);
+    server.Shutdown(absl::Seconds(1));
+  });
+  server.Wait();
+  pthread_kill(signal_thread.native_handle(), SIGTERM);
+  signal_thread.join();
+  return 0;
+}

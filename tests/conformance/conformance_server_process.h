@@ -1,0 +1,64 @@
+// A conformance_server process on one transport, and the channel to it.
+// Adding a transport to the suite means teaching this class to start a server
+// on it (and, for a raw peer, to reach it without the library).
+#ifndef IPCRPC_TESTS_CONFORMANCE_CONFORMANCE_SERVER_PROCESS_H_
+#define IPCRPC_TESTS_CONFORMANCE_CONFORMANCE_SERVER_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "base/syscall.h"
+#include "ipcrpc/ipcrpc.h"
+
+namespace ipcrpc::testing {
+
+struct TransportTraits {
+  std::string name;
+  bool many_clients;  // false for pipe: (one parent, one child)
+};
+
+class ConformanceServerProcess {
+ public:
+  static absl::StatusOr<std::unique_ptr<ConformanceServerProcess>> Start(
+      const TransportTraits& transport);
+  // Stops the server: unix: SIGTERM, and checks it exited 0 and removed its
+  // socket file; pipe: closes the channel, which ends the child.
+  ~ConformanceServerProcess();
+
+  const std::shared_ptr<Channel>& channel() const { return channel_; }
+  // Another client's channel (many_clients transports only).
+  absl::StatusOr<std::shared_ptr<Channel>> NewChannel() const;
+  // Arguments that let conformance_client reach this server (for pipe:, it
+  // spawns its own server).
+  std::vector<std::string> ClientArgs() const;
+  pid_t pid() const { return pid_; }
+  // SIGKILL the server process.
+  void Kill();
+
+  // A peer that speaks to a server process without the library.
+  struct RawPeer {
+    internal::UniqueFd to_server;
+    internal::UniqueFd from_server;
+    pid_t own_server = -1;  // pipe: a server spawned for this peer alone
+  };
+  absl::StatusOr<RawPeer> OpenRawPeer() const;
+
+ private:
+  ConformanceServerProcess() = default;
+
+  TransportTraits transport_;
+  std::string endpoint_;
+  std::string socket_path_;
+  pid_t pid_ = -1;
+  bool we_spawned_ = false;  // unix: our child; pipe: the channel's
+  bool killed_ = false;
+  std::shared_ptr<Channel> channel_;
+};
+
+}  // namespace ipcrpc::testing
+
+#endif  // IPCRPC_TESTS_CONFORMANCE_CONFORMANCE_SERVER_PROCESS_H_

@@ -1,0 +1,111 @@
+// The service every conformance test talks to, in a real server process
+// (conformance_server) or in-process.
+//
+//   test.Test/Echo                  returns the request
+//   test.Test/Sleep                 request "<ms>": sleeps, or ends CANCELLED when cancelled
+//   test.Test/Pid                   the server's pid
+//   test.Test/WaitForCancellations  request "<n>": returns once n Sleep calls saw cancellation
+//   test.Test/WaitForActive         request "<n>": returns once n Sleep calls are running
+//   test.Test/Metadata              "k=v;..." of the call's metadata
+#ifndef IPCRPC_TESTS_CONFORMANCE_TEST_SERVICE_H_
+#define IPCRPC_TESTS_CONFORMANCE_TEST_SERVICE_H_
+
+#include <unistd.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "ipcrpc/ipcrpc.h"
+
+namespace ipcrpc::testing {
+
+class TestService : public Service {
+ public:
+  TestService() {
+    AddMethod("test.Test/Echo", [](ServerContext&, std::string_view request, std::string& response) {
+      response.assign(request);
+      return absl::OkStatus();
+    });
+    AddMethod("test.Test/Pid", [](ServerContext&, std::string_view, std::string& response) {
+      response = std::to_string(getpid());
+      return absl::OkStatus();
+    });
+    AddMethod("test.Test/Sleep",
+              [this](ServerContext& context, std::string_view request, std::string& response) {
+                return Sleep(context, request, response);
+              });
+    AddMethod("test.Test/WaitForCancellations",
+              [this](ServerContext& context, std::string_view request, std::string&) {
+                return WaitFor(context, request, &cancellations_);
+              });
+    AddMethod("test.Test/WaitForActive",
+              [this](ServerContext& context, std::string_view request, std::string&) {
+                return WaitFor(context, request, &active_);
+              });
+    AddMethod("test.Test/Metadata",
+              [](ServerContext& context, std::string_view, std::string& response) {
+                for (const auto& [key, value] : context.metadata()) {
+                  absl::StrAppend(&response, key, "=", value, ";");
+                }
+                return absl::OkStatus();
+              });
+  }
+
+  int cancellations() {
+    absl::MutexLock lock(&mu_);
+    return cancellations_;
+  }
+
+ private:
+  // Blocks until *counter >= n, or the call is cancelled.
+  absl::Status WaitFor(ServerContext& context, std::string_view request, int* counter) {
+    int n = 0;
+    if (!absl::SimpleAtoi(absl::string_view(request.data(), request.size()), &n)) {
+      return absl::InvalidArgumentError("expected a number");
+    }
+    auto cancelled = std::make_shared<bool>(false);
+    context.OnCancel([this, cancelled] {
+      absl::MutexLock lock(&mu_);
+      *cancelled = true;
+    });
+    absl::MutexLock lock(&mu_);
+    auto done = [&] { return *counter >= n || *cancelled; };
+    mu_.Await(absl::Condition(&done));
+    if (*counter >= n) return absl::OkStatus();
+    return absl::CancelledError("cancelled while waiting");
+  }
+
+  absl::Status Sleep(ServerContext& context, std::string_view request, std::string& response) {
+    int ms = 0;
+    if (!absl::SimpleAtoi(absl::string_view(request.data(), request.size()), &ms)) {
+      return absl::InvalidArgumentError("expected milliseconds");
+    }
+    auto cancelled = std::make_shared<bool>(false);
+    context.OnCancel([this, cancelled] {
+      absl::MutexLock lock(&mu_);
+      *cancelled = true;
+    });
+    absl::MutexLock lock(&mu_);
+    ++active_;
+    const bool was_cancelled =
+        mu_.AwaitWithTimeout(absl::Condition(cancelled.get()), absl::Milliseconds(ms));
+    --active_;
+    if (was_cancelled) {
+      ++cancellations_;
+      return absl::CancelledError("Sleep was cancelled");
+    }
+    response = "slept";
+    return absl::OkStatus();
+  }
+
+  absl::Mutex mu_;
+  int active_ ABSL_GUARDED_BY(mu_) = 0;
+  int cancellations_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace ipcrpc::testing
+
+#endif  // IPCRPC_TESTS_CONFORMANCE_TEST_SERVICE_H_

@@ -1,0 +1,196 @@
+#include "rpc/frame.h"
+
+#include <random>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/util/status_matchers.h"
+
+namespace ipcrpc::internal {
+namespace {
+
+using ::ipcrpc::testing::IsOk;
+using ::ipcrpc::testing::StatusIs;
+using ::testing::HasSubstr;
+
+constexpr size_t kMax = 1 << 20;
+
+std::string Encode(const FrameHeader& header, std::string_view name, const Metadata& metadata,
+                   std::string_view payload) {
+  std::string frame;
+  EXPECT_THAT(EncodeFramePrefix(header, name, metadata, payload.size(), kMax, &frame), IsOk());
+  frame.append(payload);
+  return frame;
+}
+
+std::string ValidRequest() {
+  FrameHeader header;
+  header.type = FrameType::kRequest;
+  header.request_id = 0x0102030405060708;
+  header.deadline_ns = 123456789;
+  header.priority = 7;
+  return Encode(header, "pkg.Service/Method", {{"k", "v"}, {"trace", "abc"}}, "payload bytes");
+}
+
+TEST(FrameTest, RoundTripsEveryField) {
+  const std::string bytes = ValidRequest();
+  auto frame = DecodeFrame(bytes, kMax);
+  ASSERT_THAT(frame, IsOk());
+  EXPECT_EQ(frame->header.type, FrameType::kRequest);
+  EXPECT_EQ(frame->header.request_id, 0x0102030405060708u);
+  EXPECT_EQ(frame->header.deadline_ns, 123456789);
+  EXPECT_EQ(frame->header.priority, 7);
+  EXPECT_EQ(frame->name, "pkg.Service/Method");
+  EXPECT_EQ(frame->payload, "payload bytes");
+  EXPECT_THAT(DecodeMetadata(frame->metadata),
+              ::testing::ElementsAre(::testing::Pair("k", "v"), ::testing::Pair("trace", "abc")));
+}
+
+TEST(FrameTest, HeaderLayoutIsTheDocumentedOne) {
+  FrameHeader header;
+  header.type = FrameType::kResponse;
+  header.request_id = 1;
+  header.deadline_ns = kWireNoDeadline;
+  header.status_code = 4;
+  const std::string bytes = Encode(header, "late", {}, "xy");
+  ASSERT_EQ(bytes.size(), kHeaderSize + 4 + 2);
+  EXPECT_EQ(bytes.substr(0, 4), "IPRC");
+  EXPECT_EQ(bytes[4], 1);                       // version
+  EXPECT_EQ(bytes[5], 3);                       // RESPONSE
+  EXPECT_EQ(bytes[8], 1);                       // request_id, little-endian
+  EXPECT_EQ(static_cast<unsigned char>(bytes[23]), 0x7f);  // INT64_MAX, top byte
+  EXPECT_EQ(bytes[26], 4);                      // status code
+  EXPECT_EQ(bytes[28], 4);                      // name length
+  EXPECT_EQ(bytes[36], 2);                      // payload length
+}
+
+TEST(FrameTest, EmptyPayloadAndNoMetadata) {
+  FrameHeader header;
+  header.type = FrameType::kCancel;
+  header.request_id = 9;
+  auto frame = DecodeFrame(Encode(header, "", {}, ""), kMax);
+  ASSERT_THAT(frame, IsOk());
+  EXPECT_EQ(frame->header.type, FrameType::kCancel);
+  EXPECT_TRUE(frame->payload.empty());
+}
+
+TEST(FrameTest, EveryTruncationIsDataLoss) {
+  const std::string bytes = ValidRequest();
+  for (size_t length = 0; length < bytes.size(); ++length) {
+    EXPECT_THAT(DecodeFrame(std::string_view(bytes).substr(0, length), kMax),
+                StatusIs(absl::StatusCode::kDataLoss))
+        << "length " << length;
+  }
+}
+
+TEST(FrameTest, TrailingBytesAreDataLoss) {
+  EXPECT_THAT(DecodeFrame(ValidRequest() + "x", kMax),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("add up")));
+}
+
+TEST(FrameTest, OversizedPayloadIsRefusedBeforeAnythingElse) {
+  std::string bytes = ValidRequest();
+  // Claim a 4 GiB - 1 payload in a short message.
+  bytes[36] = bytes[37] = bytes[38] = bytes[39] = static_cast<char>(0xff);
+  EXPECT_THAT(DecodeFrame(bytes, kMax),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("max_message_size")));
+}
+
+TEST(FrameTest, OversizedNameAndMetadataAreRefused) {
+  std::string bytes = ValidRequest();
+  bytes[28] = bytes[29] = bytes[30] = static_cast<char>(0xff);
+  EXPECT_THAT(DecodeFrame(bytes, kMax), StatusIs(absl::StatusCode::kResourceExhausted));
+  bytes = ValidRequest();
+  bytes[32] = bytes[33] = bytes[34] = static_cast<char>(0xff);
+  EXPECT_THAT(DecodeFrame(bytes, kMax), StatusIs(absl::StatusCode::kResourceExhausted));
+}
+
+TEST(FrameTest, EncoderRefusesOversizedPayloadAndBadPriority) {
+  std::string out;
+  FrameHeader header;
+  EXPECT_THAT(EncodeFramePrefix(header, "m", {}, kMax + 1, kMax, &out),
+              StatusIs(absl::StatusCode::kResourceExhausted));
+  header.priority = 32;
+  EXPECT_THAT(EncodeFramePrefix(header, "m", {}, 0, kMax, &out),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("priority")));
+}
+
+TEST(FrameTest, WrongMagicIsDataLoss) {
+  std::string bytes = ValidRequest();
+  bytes[0] = 'X';
+  EXPECT_THAT(DecodeFrame(bytes, kMax), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("magic")));
+}
+
+TEST(FrameTest, WrongVersionIsNamed) {
+  std::string bytes = ValidRequest();
+  bytes[4] = 2;
+  EXPECT_THAT(DecodeFrame(bytes, kMax),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("version 2")));
+}
+
+TEST(FrameTest, UnknownTypeBadPriorityBadStatusAreDataLoss) {
+  std::string bytes = ValidRequest();
+  bytes[5] = 99;
+  EXPECT_THAT(DecodeFrame(bytes, kMax), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("type")));
+  bytes = ValidRequest();
+  bytes[24] = 40;
+  EXPECT_THAT(DecodeFrame(bytes, kMax),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("priority")));
+  bytes = ValidRequest();
+  bytes[26] = 17;
+  EXPECT_THAT(DecodeFrame(bytes, kMax),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("status code")));
+}
+
+TEST(FrameTest, MetadataLengthsThatLieAreDataLoss) {
+  FrameHeader header;
+  header.type = FrameType::kRequest;
+  std::string bytes = Encode(header, "m", {{"key", "value"}}, "");
+  // The key's length (first 4 bytes of the block, after the 1-byte name)
+  // now points past the block.
+  bytes[kHeaderSize + 1] = 100;
+  EXPECT_THAT(DecodeFrame(bytes, kMax),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("metadata")));
+}
+
+TEST(FrameTest, RequestWithoutMethodIsDataLoss) {
+  FrameHeader header;
+  header.type = FrameType::kRequest;
+  EXPECT_THAT(DecodeFrame(Encode(header, "", {}, "x"), kMax),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("method")));
+}
+
+TEST(FrameTest, RandomGarbageNeverDecodesWrongly) {
+  std::mt19937 rng(12345);
+  for (int i = 0; i < 20000; ++i) {
+    std::string bytes(rng() % 200, '\0');
+    for (char& c : bytes) c = static_cast<char>(rng());
+    if (i % 2 == 0 && bytes.size() >= 5) std::memcpy(bytes.data(), "IPRC\x01", 5);
+    auto frame = DecodeFrame(bytes, kMax);
+    if (frame.ok()) {
+      // Anything accepted must be self-consistent.
+      EXPECT_EQ(kHeaderSize + frame->name.size() + frame->metadata.size() + frame->payload.size(),
+                bytes.size());
+      DecodeMetadata(frame->metadata);
+    }
+  }
+}
+
+TEST(FrameTest, RandomMutationsOfAValidFrame) {
+  std::mt19937 rng(777);
+  const std::string valid = ValidRequest();
+  for (int i = 0; i < 20000; ++i) {
+    std::string bytes = valid;
+    const int flips = 1 + rng() % 4;
+    for (int f = 0; f < flips; ++f) bytes[rng() % bytes.size()] = static_cast<char>(rng());
+    auto frame = DecodeFrame(bytes, kMax);
+    if (frame.ok()) {
+      EXPECT_LE(frame->payload.size(), kMax);
+      DecodeMetadata(frame->metadata);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ipcrpc::internal

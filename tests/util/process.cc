@@ -1,0 +1,129 @@
+#include "tests/util/process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "base/clock.h"
+
+extern char** environ;
+
+namespace ipcrpc::testing {
+
+absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::vector<int>& keep_fds,
+                            const std::vector<std::string>& env, int stdout_fd) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (stdout_fd >= 0) posix_spawn_file_actions_adddup2(&actions, stdout_fd, STDOUT_FILENO);
+  for (int fd : keep_fds) posix_spawn_file_actions_adddup2(&actions, fd, fd);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t empty;
+  sigemptyset(&empty);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
+  std::vector<std::string> extra = env;
+  for (std::string& e : extra) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = 0;
+  int error = posix_spawn(&pid, argv[0].c_str(), &actions, &attr, args.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (error != 0) return absl::ErrnoToStatus(error, absl::StrCat("posix_spawn ", argv[0]));
+  return pid;
+}
+
+std::optional<int> WaitForExit(pid_t pid, absl::Duration timeout) {
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd >= 0) {
+    struct pollfd pfd = {pidfd, POLLIN, 0};
+    int ms = static_cast<int>(absl::ToInt64Milliseconds(timeout));
+    while (poll(&pfd, 1, ms) < 0 && errno == EINTR) {
+    }
+    close(pidfd);
+  }
+  int status = 0;
+  pid_t r;
+  do {
+    r = waitpid(pid, &status, WNOHANG);
+  } while (r < 0 && errno == EINTR);
+  if (r == pid) return status;
+  return std::nullopt;
+}
+
+bool WaitUntilGone(pid_t pid, absl::Duration timeout) {
+  int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) return errno == ESRCH;
+  struct pollfd pfd = {pidfd, POLLIN, 0};
+  int ms = static_cast<int>(absl::ToInt64Milliseconds(timeout));
+  int n;
+  while ((n = poll(&pfd, 1, ms)) < 0 && errno == EINTR) {
+  }
+  close(pidfd);
+  return n == 1;
+}
+
+bool WaitUntilReaped(pid_t pid, absl::Duration timeout) {
+  const int64_t deadline = internal::AddDurationNs(internal::MonotonicNowNs(), timeout);
+  while (internal::MonotonicNowNs() < deadline) {
+    if (kill(pid, 0) == -1 && errno == ESRCH) return true;
+    usleep(1000);
+  }
+  return false;
+}
+
+absl::StatusOr<std::string> ReadLine(int fd, absl::Duration timeout) {
+  const int64_t deadline = internal::AddDurationNs(internal::MonotonicNowNs(), timeout);
+  std::string line;
+  for (;;) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    int64_t left_ms = (deadline - internal::MonotonicNowNs()) / 1000000;
+    if (left_ms <= 0) return absl::DeadlineExceededError("no line in time: '" + line + "'");
+    int n = poll(&pfd, 1, static_cast<int>(left_ms));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) continue;
+    char c;
+    ssize_t r = read(fd, &c, 1);
+    if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (r <= 0) return absl::UnavailableError("EOF before a line: '" + line + "'");
+    if (c == '\n') return line;
+    line.push_back(c);
+  }
+}
+
+bool WaitForEof(int fd, absl::Duration timeout) {
+  const int64_t deadline = internal::AddDurationNs(internal::MonotonicNowNs(), timeout);
+  char buffer[4096];
+  for (;;) {
+    int64_t left_ms = (deadline - internal::MonotonicNowNs()) / 1000000;
+    if (left_ms <= 0) return false;
+    struct pollfd pfd = {fd, POLLIN, 0};
+    int n = poll(&pfd, 1, static_cast<int>(left_ms));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) continue;
+    ssize_t r = read(fd, buffer, sizeof(buffer));
+    if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (r <= 0) return true;
+  }
+}
+
+std::string UniqueName(const std::string& prefix) {
+  static std::atomic<int> counter{0};
+  return absl::StrCat(prefix, "-", getpid(), "-", counter.fetch_add(1));
+}
+
+}  // namespace ipcrpc::testing

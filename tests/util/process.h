@@ -1,0 +1,48 @@
+// Real child processes for tests: spawn with chosen descriptors, wait with a
+// bound, read a line with a bound.
+#ifndef IPCRPC_TESTS_UTIL_PROCESS_H_
+#define IPCRPC_TESTS_UTIL_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace ipcrpc::testing {
+
+// Spawns argv (argv[0] a path). `keep_fds` survive exec under the same
+// numbers; `env` entries ("K=V") are added to the environment; `stdout_fd`,
+// if set, becomes the child's standard output.
+absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
+                            const std::vector<int>& keep_fds = {},
+                            const std::vector<std::string>& env = {}, int stdout_fd = -1);
+
+// Waits up to `timeout` for `pid` (a child) to exit; its wait status, or
+// nullopt on timeout.
+std::optional<int> WaitForExit(pid_t pid, absl::Duration timeout);
+
+// True once `pid` (any process) has exited, within `timeout` (pidfd based).
+bool WaitUntilGone(pid_t pid, absl::Duration timeout);
+
+// True once `pid` has exited and been reaped by its parent (no zombie), within
+// `timeout`. Polls: the reaping happens in another process or thread.
+bool WaitUntilReaped(pid_t pid, absl::Duration timeout);
+
+// Reads one '\n'-terminated line from `fd` within `timeout`.
+absl::StatusOr<std::string> ReadLine(int fd, absl::Duration timeout);
+
+// True if `fd` reaches EOF (or an error) within `timeout`, after reading and
+// discarding whatever comes before it.
+bool WaitForEof(int fd, absl::Duration timeout);
+
+// A name unique to this process and call: "<prefix>-<pid>-<n>".
+std::string UniqueName(const std::string& prefix);
+
+}  // namespace ipcrpc::testing
+
+#endif  // IPCRPC_TESTS_UTIL_PROCESS_H_
