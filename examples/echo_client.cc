@@ -18,6 +18,8 @@ ABSL_FLAG(std::string, server, "", "With --endpoint=pipe:, the server program to
 ABSL_FLAG(std::string, message, "hello, ipcrpc", "What to send");
 ABSL_FLAG(int, count, 1, "How many calls of each method to make");
 ABSL_FLAG(int, timeout_ms, 1000, "Deadline of each call, in ms");
+ABSL_FLAG(int, wait_for_server_ms, 0,
+          "Keep trying to connect for this long while no server is listening yet");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
@@ -31,7 +33,12 @@ int main(int argc, char** argv) {
     }
     channel = ipcrpc::SpawnChild({server, "--endpoint=pipe:"});
   } else {
-    channel = ipcrpc::Channel::Connect(endpoint);
+    // Like gRPC's wait_for_ready: a server that is starting is waited for.
+    const absl::Time give_up = absl::Now() + absl::Milliseconds(absl::GetFlag(FLAGS_wait_for_server_ms));
+    while (!(channel = ipcrpc::Channel::Connect(endpoint)).ok() &&
+           absl::IsUnavailable(channel.status()) && absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
   }
   if (!channel.ok()) {
     std::fprintf(stderr, "echo_client: %s\n", channel.status().ToString().c_str());

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# One entry point for people and CI, as root on Debian 12:
+#
+#   bash scripts/dev.sh example   # install what is missing, build, run the echo pair
+#   bash scripts/dev.sh test      # install what is missing, build, run every test
+#
+# Environment: BUILD_DIR (default build), IPCRPC_WERROR=ON, IPCRPC_SANITIZE=address|thread,
+# BUILD_TYPE (default RelWithDebInfo), JOBS (default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(cmake g++ make pkg-config ccache
+          libprotobuf-dev libprotoc-dev protobuf-compiler
+          libabsl-dev libasio-dev libgtest-dev libgmock-dev libbenchmark-dev)
+
+install_missing() {
+  local missing=()
+  for package in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$package")
+  done
+  if ((${#missing[@]})); then
+    echo "dev.sh: installing ${missing[*]}"
+    local sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+BUILD_DIR=${BUILD_DIR:-build}
+JOBS=${JOBS:-2}
+
+configure_and_build() {
+  local launcher=()
+  command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  cmake -S . -B "$BUILD_DIR" "${launcher[@]}" \
+    -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" \
+    -DIPCRPC_WERROR="${IPCRPC_WERROR:-OFF}" \
+    -DIPCRPC_SANITIZE="${IPCRPC_SANITIZE:-}"
+  cmake --build "$BUILD_DIR" -j "$JOBS"
+}
+
+run_example() {
+  local bin="$BUILD_DIR/examples"
+  echo "== pipe: the client spawns the server as its child"
+  "$bin/echo_client" --endpoint=pipe: --server="$bin/echo_server" --count=1000
+  echo "== unix: a server process and a client process"
+  local socket="${TMPDIR:-/tmp}/ipcrpc-echo-$$.sock"
+  "$bin/echo_server" --endpoint="unix:$socket" &
+  local server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  # The client waits (up to 10 s) for the server to be listening.
+  "$bin/echo_client" --endpoint="unix:$socket" --count=1000 --wait_for_server_ms=10000
+  kill -TERM "$server"
+  wait "$server"
+  trap - EXIT
+  [[ ! -e $socket ]] || { echo "dev.sh: $socket left behind" >&2; exit 1; }
+  echo "== both transports work"
+}
+
+run_tests() {
+  # Sanitizer runtimes: fail on the first report, in every child process too.
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+  export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
+  ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" --timeout 300
+}
+
+case "${1:-}" in
+  example) install_missing; configure_and_build; run_example ;;
+  test) install_missing; configure_and_build; run_tests ;;
+  *) echo "usage: $0 example|test" >&2; exit 2 ;;
+esac
