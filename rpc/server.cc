@@ -311,9 +311,11 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
                             const Service::MethodHandler* handler, const std::string& request) {
   absl::Status status;
   std::string response;
-  if (call->IsCancelled()) {
-    // Expired or cancelled while it waited for a thread: never run.
-    status = MonotonicNowNs() >= call->deadline_ns
+  const bool expired = MonotonicNowNs() >= call->deadline_ns;
+  if (expired || call->IsCancelled()) {
+    // Expired or cancelled while it waited for a thread: never run. (The
+    // deadline is checked here too: the loop's timer may not have fired yet.)
+    status = expired
                  ? absl::DeadlineExceededError(absl::StrCat(
                        "deadline passed before ", call->method, " started on the server"))
                  : absl::CancelledError(absl::StrCat(call->method, " cancelled before it started"));

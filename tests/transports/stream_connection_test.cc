@@ -1,0 +1,140 @@
+// The stream framing shared by unix: and pipe:.
+#include "transports/stream_connection.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <string>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "asio/io_context.hpp"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/util/status_matchers.h"
+
+namespace ipcrpc::internal {
+namespace {
+
+using ::ipcrpc::testing::IsOk;
+using ::ipcrpc::testing::StatusIs;
+using ::testing::HasSubstr;
+
+// Two pipes, as a parent and child would hold them.
+struct PipePair {
+  UniqueFd a_read, a_write, b_read, b_write;
+  PipePair() {
+    int ab[2], ba[2];
+    EXPECT_EQ(pipe2(ab, O_CLOEXEC), 0);
+    EXPECT_EQ(pipe2(ba, O_CLOEXEC), 0);
+    b_read.Reset(ab[0]);
+    a_write.Reset(ab[1]);
+    a_read.Reset(ba[0]);
+    b_write.Reset(ba[1]);
+  }
+};
+
+TEST(StreamConnectionTest, WritingToADeadReaderIsUnavailableNotSigpipe) {
+  // SIGPIPE keeps its default disposition (which would kill this process).
+  signal(SIGPIPE, SIG_DFL);
+  PipePair pipes;
+  pipes.b_read.Reset();  // the peer's reading end is gone
+  auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
+                                             /*is_socket=*/false, {}, "test pipe", 1 << 20);
+  ASSERT_THAT(connection, IsOk());
+  std::string_view parts[] = {"hello"};
+  EXPECT_THAT((*connection)->Send(parts),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("peer closed")));
+  // No SIGPIPE is left pending for the thread either.
+  sigset_t pending;
+  sigpending(&pending);
+  EXPECT_EQ(sigismember(&pending, SIGPIPE), 0);
+}
+
+TEST(StreamConnectionTest, MessagesArriveWholeAndInOrderAcrossPartialReads) {
+  PipePair pipes;
+  auto sender = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write), false,
+                                         {}, "sender", 1 << 20);
+  auto receiver = StreamConnection::Create(std::move(pipes.b_read), std::move(pipes.b_write),
+                                           false, {}, "receiver", 1 << 20);
+  ASSERT_THAT(sender, IsOk());
+  ASSERT_THAT(receiver, IsOk());
+  asio::io_context io;
+  std::vector<std::string> received;
+  absl::Status closed;
+  (*receiver)->Start(
+      io, [&](std::string_view message) { received.emplace_back(message); },
+      [&](absl::Status reason) { closed = reason; });
+  // Bigger than the pipe buffer, so the receiver sees it in pieces; sent from
+  // a thread because the pipe blocks until the loop reads.
+  const std::string big(300 * 1024, 'z');
+  std::thread writer([&] {
+    for (std::string_view message : {std::string_view(""), std::string_view("one"),
+                                     std::string_view(big), std::string_view("two")}) {
+      std::string_view parts[] = {message.substr(0, message.size() / 2),
+                                  message.substr(message.size() / 2)};
+      EXPECT_THAT((*sender)->Send(parts), IsOk());
+    }
+    // The sender was never started: destroying it closes its pipes, which
+    // ends the receiver with EOF.
+    sender->reset();
+  });
+  io.run();
+  writer.join();
+  ASSERT_EQ(received.size(), 4u);
+  EXPECT_EQ(received[0], "");
+  EXPECT_EQ(received[1], "one");
+  EXPECT_EQ(received[2], big);
+  EXPECT_EQ(received[3], "two");
+  EXPECT_THAT(closed, StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST(StreamConnectionTest, OversizedLengthClosesBeforeAllocating) {
+  PipePair pipes;
+  auto receiver = StreamConnection::Create(std::move(pipes.b_read), std::move(pipes.b_write),
+                                           false, {}, "receiver", 1024);
+  ASSERT_THAT(receiver, IsOk());
+  asio::io_context io;
+  absl::Status closed;
+  int messages = 0;
+  (*receiver)->Start(
+      io, [&](std::string_view) { ++messages; }, [&](absl::Status reason) { closed = reason; });
+  const char prefix[] = "\x01\x04\x00\x00";  // 1025 bytes announced
+  ASSERT_EQ(write(pipes.a_write.get(), prefix, 4), 4);
+  io.run();
+  EXPECT_EQ(messages, 0);
+  EXPECT_THAT(closed, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("1025")));
+}
+
+TEST(StreamConnectionTest, SendOverTheLimitIsRefused) {
+  PipePair pipes;
+  auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
+                                             false, {}, "c", 16);
+  ASSERT_THAT(connection, IsOk());
+  std::string_view parts[] = {"0123456789", "0123456789"};
+  EXPECT_THAT((*connection)->Send(parts), StatusIs(absl::StatusCode::kResourceExhausted));
+}
+
+TEST(StreamConnectionTest, CloseWakesABlockedSender) {
+  PipePair pipes;  // nobody reads b_read: the pipe fills up
+  auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
+                                             false, {}, "c", 8 << 20);
+  ASSERT_THAT(connection, IsOk());
+  absl::Notification returned;
+  absl::Status status;
+  std::thread sender([&] {
+    const std::string big(4 << 20, 'x');
+    std::string_view parts[] = {big};
+    status = (*connection)->Send(parts);
+    returned.Notify();
+  });
+  EXPECT_FALSE(returned.WaitForNotificationWithTimeout(absl::Milliseconds(50)));
+  (*connection)->Close();
+  EXPECT_TRUE(returned.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  sender.join();
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kUnavailable));
+}
+
+}  // namespace
+}  // namespace ipcrpc::internal
