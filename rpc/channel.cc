@@ -73,6 +73,11 @@ std::vector<std::shared_ptr<PendingCall>> ClientConnection::TakeAll(absl::Status
   return calls;
 }
 
+void ClientConnection::MarkLost(absl::Status reason) {
+  absl::MutexLock lock(&mu_);
+  if (lost_.ok()) lost_ = std::move(reason);
+}
+
 void ClientConnection::Drain() {
   absl::MutexLock lock(&mu_);
   draining_ = true;
@@ -192,6 +197,12 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
   if (!connection->Insert(call, &why)) return why;
   std::string_view parts[] = {prefix, request};
   absl::Status sent = connection->transport->Send(parts);
+  if (!sent.ok()) {
+    // The connection is broken even if its loop has not seen it yet: the
+    // next call must not pick it again.
+    connection->MarkLost(sent);
+    connection->transport->Close();
+  }
   if (!sent.ok() && connection->Take(call->id) != nullptr) {
     if (absl::IsUnavailable(sent)) return sent;
     return absl::UnavailableError(sent.message());

@@ -74,6 +74,8 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   std::shared_ptr<PendingCall> Take(uint64_t id);
   // Marks the connection lost and takes every pending call out.
   std::vector<std::shared_ptr<PendingCall>> TakeAll(absl::Status reason);
+  // A send failed: no new calls here (pending ones end when the loop sees it).
+  void MarkLost(absl::Status reason);
   // The server said GOAWAY: no new calls here.
   void Drain();
   bool Usable();
