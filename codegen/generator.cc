@@ -1,0 +1,386 @@
+#include "codegen/generator.h"
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <google/protobuf/compiler/code_generator.h>
+#include <google/protobuf/compiler/cpp/names.h>
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/descriptor.pb.h>
+#include <google/protobuf/io/printer.h>
+#include <google/protobuf/io/zero_copy_stream.h>
+
+namespace ipcrpc::codegen {
+namespace {
+
+using google::protobuf::FileDescriptor;
+using google::protobuf::MethodDescriptor;
+using google::protobuf::ServiceDescriptor;
+using google::protobuf::io::Printer;
+using Vars = std::map<std::string, std::string>;
+
+const std::set<std::string>& Reserved() {
+  static const auto* reserved = new std::set<std::string>{
+      // C++ keywords and alternative tokens.
+      "alignas", "alignof", "and", "and_eq", "asm", "auto", "bitand", "bitor", "bool", "break",
+      "case", "catch", "char", "char8_t", "char16_t", "char32_t", "class", "compl", "concept",
+      "const", "consteval", "constexpr", "constinit", "const_cast", "continue", "co_await",
+      "co_return", "co_yield", "decltype", "default", "delete", "do", "double", "dynamic_cast",
+      "else", "enum", "explicit", "export", "extern", "false", "float", "for", "friend", "goto",
+      "if", "inline", "int", "long", "mutable", "namespace", "new", "noexcept", "not", "not_eq",
+      "nullptr", "operator", "or", "or_eq", "private", "protected", "public", "register",
+      "reinterpret_cast", "requires", "return", "short", "signed", "sizeof", "static",
+      "static_assert", "static_cast", "struct", "switch", "template", "this", "thread_local",
+      "throw", "true", "try", "typedef", "typeid", "typename", "union", "unsigned", "using",
+      "virtual", "void", "volatile", "wchar_t", "while", "xor", "xor_eq",
+      // Names the generated classes use themselves.
+      "Stub", "Service", "kServiceName"};
+  return *reserved;
+}
+
+std::string StripProto(const std::string& filename) {
+  for (const char* suffix : {".protodevel", ".proto"}) {
+    const std::string s(suffix);
+    if (filename.size() > s.size() && filename.compare(filename.size() - s.size(), s.size(), s) == 0) {
+      return filename.substr(0, filename.size() - s.size());
+    }
+  }
+  return filename;
+}
+
+// "a.b.c" -> ["a", "b", "c"]; the namespaces protobuf's own code uses.
+std::vector<std::string> PackageParts(const std::string& package) {
+  std::vector<std::string> parts;
+  std::string part;
+  for (char c : package) {
+    if (c == '.') {
+      parts.push_back(part);
+      part.clear();
+    } else {
+      part.push_back(c);
+    }
+  }
+  if (!part.empty()) parts.push_back(part);
+  return parts;
+}
+
+std::string HeaderGuard(const std::string& filename) {
+  std::string guard = "IPCRPC_GENERATED_";
+  for (char c : StripProto(filename)) {
+    guard.push_back(std::isalnum(static_cast<unsigned char>(c)) ? static_cast<char>(std::toupper(c)) : '_');
+  }
+  return guard + "_IPCRPC_H_";
+}
+
+// The method's C++ name; "...Async" is its async twin.
+std::string MethodName(const MethodDescriptor* method) { return CppIdentifier(method->name()); }
+
+// Proto comments (leading, then trailing) as "// " lines, indented.
+std::string Comments(const google::protobuf::SourceLocation& location, const std::string& indent) {
+  std::string text = location.leading_comments;
+  if (!location.trailing_comments.empty()) {
+    if (!text.empty() && text.back() != '\n') text.push_back('\n');
+    text += location.trailing_comments;
+  }
+  std::string out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(start, end - start);
+    while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.pop_back();
+    out += indent + (line.empty() ? "//" : "//" + (line[0] == ' ' ? line : " " + line)) + "\n";
+    start = end + 1;
+  }
+  return out;
+}
+
+template <typename Descriptor>
+std::string CommentsOf(const Descriptor* descriptor, const std::string& indent) {
+  google::protobuf::SourceLocation location;
+  if (!descriptor->GetSourceLocation(&location)) return "";
+  return Comments(location, indent);
+}
+
+Vars MethodVars(const ServiceDescriptor* service, const MethodDescriptor* method) {
+  namespace cpp = google::protobuf::compiler::cpp;
+  return {
+      {"service", CppIdentifier(service->name())},
+      {"method", MethodName(method)},
+      {"full_method", service->full_name() + "/" + method->name()},
+      {"request", cpp::QualifiedClassName(method->input_type())},
+      {"reply", cpp::QualifiedClassName(method->output_type())},
+      {"request_name", method->input_type()->full_name()},
+      {"reply_name", method->output_type()->full_name()},
+  };
+}
+
+// ------------------------------------------------------------------ header
+
+void PrintServiceDeclaration(Printer& p, const ServiceDescriptor* service) {
+  Vars vars = {{"service", CppIdentifier(service->name())}, {"full_name", service->full_name()}};
+  p.PrintRaw(CommentsOf(service, ""));
+  p.Print(vars,
+          "class $service$ final {\n"
+          " public:\n"
+          "  static constexpr char kServiceName[] = \"$full_name$\";\n"
+          "\n"
+          "  // Client side: one method per RPC, sync and async, over a channel.\n"
+          "  class Stub final {\n"
+          "   public:\n"
+          "    explicit Stub(::std::shared_ptr<::ipcrpc::Channel> channel);\n");
+  for (int i = 0; i < service->method_count(); ++i) {
+    const MethodDescriptor* method = service->method(i);
+    Vars m = MethodVars(service, method);
+    p.Print("\n");
+    p.PrintRaw(CommentsOf(method, "    "));
+    p.Print(m,
+            "    ::absl::StatusOr<$reply$> $method$(const $request$& request,\n"
+            "        const ::ipcrpc::CallOptions& options = {});\n"
+            "    ::ipcrpc::Call $method$Async(const $request$& request,\n"
+            "        const ::ipcrpc::CallOptions& options,\n"
+            "        ::absl::AnyInvocable<void(::absl::StatusOr<$reply$>) &&> done);\n");
+  }
+  p.Print(
+      "\n"
+      "   private:\n"
+      "    ::std::shared_ptr<::ipcrpc::Channel> ipcrpc_channel_;\n"
+      "  };\n"
+      "\n"
+      "  // Server side: override the methods; each defaults to UNIMPLEMENTED.\n"
+      "  class Service : public ::ipcrpc::Service {\n"
+      "   public:\n"
+      "    Service();\n"
+      "    ~Service() override = default;\n");
+  for (int i = 0; i < service->method_count(); ++i) {
+    const MethodDescriptor* method = service->method(i);
+    Vars m = MethodVars(service, method);
+    p.Print("\n");
+    p.PrintRaw(CommentsOf(method, "    "));
+    p.Print(m,
+            "    virtual ::absl::Status $method$(::ipcrpc::ServerContext& context,\n"
+            "        const $request$& request, $reply$& reply);\n");
+  }
+  p.Print(
+      "  };\n"
+      "};\n");
+}
+
+std::string GenerateHeader(const FileDescriptor* file, const std::string& include_prefix) {
+  std::string out;
+  {
+    google::protobuf::io::StringOutputStream stream(&out);
+    Printer p(&stream, '$');
+    Vars vars = {{"file", file->name()},
+                 {"guard", HeaderGuard(file->name())},
+                 {"pb_h", include_prefix + StripProto(file->name()) + ".pb.h"}};
+    p.Print(vars,
+            "// Generated by protoc-gen-ipcrpc from $file$. DO NOT EDIT.\n"
+            "#ifndef $guard$\n"
+            "#define $guard$\n"
+            "\n"
+            "#include <memory>\n"
+            "#include <string>\n"
+            "\n"
+            "#include \"absl/functional/any_invocable.h\"\n"
+            "#include \"absl/status/status.h\"\n"
+            "#include \"absl/status/statusor.h\"\n"
+            "#include \"ipcrpc/ipcrpc.h\"\n"
+            "#include \"$pb_h$\"\n"
+            "\n");
+    for (const std::string& part : PackageParts(file->package())) {
+      p.Print("namespace $part$ {\n", "part", part);
+    }
+    for (int i = 0; i < file->service_count(); ++i) {
+      p.Print("\n");
+      PrintServiceDeclaration(p, file->service(i));
+    }
+    p.Print("\n");
+    std::vector<std::string> parts = PackageParts(file->package());
+    for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+      p.Print("}  // namespace $part$\n", "part", *it);
+    }
+    p.Print(vars, "\n#endif  // $guard$\n");
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- source
+
+void PrintServiceDefinition(Printer& p, const ServiceDescriptor* service) {
+  Vars vars = {{"service", CppIdentifier(service->name())}};
+  p.Print(vars,
+          "// $service$::Stub\n"
+          "\n"
+          "$service$::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)\n"
+          "    : ipcrpc_channel_(::std::move(channel)) {}\n");
+  for (int i = 0; i < service->method_count(); ++i) {
+    Vars m = MethodVars(service, service->method(i));
+    // The request is serialized even if a proto2 required field is missing:
+    // the server's parse then answers INVALID_ARGUMENT, the documented code.
+    p.Print(m,
+            "\n"
+            "::absl::StatusOr<$reply$> $service$::Stub::$method$(\n"
+            "    const $request$& request, const ::ipcrpc::CallOptions& options) {\n"
+            "  ::std::string request_bytes;\n"
+            "  request.SerializePartialToString(&request_bytes);\n"
+            "  ::absl::StatusOr<::std::string> response_bytes =\n"
+            "      ipcrpc_channel_->CallMethod(\"$full_method$\", request_bytes, options);\n"
+            "  if (!response_bytes.ok()) return ::std::move(response_bytes).status();\n"
+            "  $reply$ reply;\n"
+            "  if (!reply.ParseFromString(*response_bytes)) {\n"
+            "    return ::absl::InternalError(\n"
+            "        \"$full_method$: the response does not parse as $reply_name$\");\n"
+            "  }\n"
+            "  return reply;\n"
+            "}\n"
+            "\n"
+            "::ipcrpc::Call $service$::Stub::$method$Async(\n"
+            "    const $request$& request, const ::ipcrpc::CallOptions& options,\n"
+            "    ::absl::AnyInvocable<void(::absl::StatusOr<$reply$>) &&> done) {\n"
+            "  ::std::string request_bytes;\n"
+            "  request.SerializePartialToString(&request_bytes);\n"
+            "  return ipcrpc_channel_->CallMethodAsync(\n"
+            "      \"$full_method$\", request_bytes, options,\n"
+            "      [done = ::std::move(done)](::absl::StatusOr<::std::string> response_bytes) mutable {\n"
+            "        if (!response_bytes.ok()) {\n"
+            "          ::std::move(done)(::std::move(response_bytes).status());\n"
+            "          return;\n"
+            "        }\n"
+            "        $reply$ reply;\n"
+            "        if (!reply.ParseFromString(*response_bytes)) {\n"
+            "          ::std::move(done)(::absl::InternalError(\n"
+            "              \"$full_method$: the response does not parse as $reply_name$\"));\n"
+            "          return;\n"
+            "        }\n"
+            "        ::std::move(done)(::std::move(reply));\n"
+            "      });\n"
+            "}\n");
+  }
+  p.Print(vars,
+          "\n"
+          "// $service$::Service\n"
+          "\n"
+          "$service$::Service::Service() {\n");
+  for (int i = 0; i < service->method_count(); ++i) {
+    Vars m = MethodVars(service, service->method(i));
+    // Qualified, so that an RPC called AddMethod cannot hide it.
+    p.Print(m,
+            "  ::ipcrpc::Service::AddMethod(\"$full_method$\",\n"
+            "      [this](::ipcrpc::ServerContext& context, ::std::string_view request_bytes,\n"
+            "             ::std::string& response_bytes) -> ::absl::Status {\n"
+            "        $request$ request;\n"
+            "        if (!request.ParseFromArray(request_bytes.data(),\n"
+            "                                    static_cast<int>(request_bytes.size()))) {\n"
+            "          return ::absl::InvalidArgumentError(\n"
+            "              \"$full_method$: the request does not parse as $request_name$\");\n"
+            "        }\n"
+            "        $reply$ reply;\n"
+            "        ::absl::Status status = this->$method$(context, request, reply);\n"
+            "        if (status.ok() && !reply.SerializeToString(&response_bytes)) {\n"
+            "          return ::absl::InternalError(\n"
+            "              \"$full_method$: the handler's reply is missing required fields\");\n"
+            "        }\n"
+            "        return status;\n"
+            "      });\n");
+  }
+  p.Print("}\n");
+  for (int i = 0; i < service->method_count(); ++i) {
+    Vars m = MethodVars(service, service->method(i));
+    p.Print(m,
+            "\n"
+            "::absl::Status $service$::Service::$method$(::ipcrpc::ServerContext&,\n"
+            "    const $request$&, $reply$&) {\n"
+            "  return ::absl::UnimplementedError(\"$full_method$ is not implemented\");\n"
+            "}\n");
+  }
+}
+
+std::string GenerateSource(const FileDescriptor* file, const std::string& include_prefix) {
+  std::string out;
+  {
+    google::protobuf::io::StringOutputStream stream(&out);
+    Printer p(&stream, '$');
+    Vars vars = {{"file", file->name()},
+                 {"ipcrpc_h", include_prefix + StripProto(file->name()) + ".ipcrpc.h"}};
+    p.Print(vars,
+            "// Generated by protoc-gen-ipcrpc from $file$. DO NOT EDIT.\n"
+            "#include \"$ipcrpc_h$\"\n"
+            "\n"
+            "#include <string>\n"
+            "#include <string_view>\n"
+            "#include <utility>\n"
+            "\n");
+    for (const std::string& part : PackageParts(file->package())) {
+      p.Print("namespace $part$ {\n", "part", part);
+    }
+    for (int i = 0; i < file->service_count(); ++i) {
+      p.Print("\n");
+      PrintServiceDefinition(p, file->service(i));
+    }
+    p.Print("\n");
+    std::vector<std::string> parts = PackageParts(file->package());
+    for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+      p.Print("}  // namespace $part$\n", "part", *it);
+    }
+  }
+  return out;
+}
+
+bool WriteFile(google::protobuf::compiler::GeneratorContext* context, const std::string& name,
+               const std::string& contents) {
+  std::unique_ptr<google::protobuf::io::ZeroCopyOutputStream> output(context->Open(name));
+  google::protobuf::io::Printer p(output.get(), '$');
+  p.PrintRaw(contents);
+  return !p.failed();
+}
+
+}  // namespace
+
+std::string CppIdentifier(const std::string& name) {
+  return Reserved().count(name) ? name + "_" : name;
+}
+
+bool IpcrpcGenerator::Generate(const FileDescriptor* file, const std::string& parameter,
+                               google::protobuf::compiler::GeneratorContext* context,
+                               std::string* error) const {
+  std::vector<std::pair<std::string, std::string>> options;
+  google::protobuf::compiler::ParseGeneratorParameter(parameter, &options);
+  std::string include_prefix;
+  for (const auto& [key, value] : options) {
+    if (key == "include_prefix") {
+      include_prefix = value;
+      if (!include_prefix.empty() && include_prefix.back() != '/') include_prefix += "/";
+    } else {
+      *error = "protoc-gen-ipcrpc: unknown parameter '" + key +
+               "' (known: include_prefix=DIR)";
+      return false;
+    }
+  }
+  if (file->service_count() == 0) return true;
+  for (int i = 0; i < file->service_count(); ++i) {
+    const ServiceDescriptor* service = file->service(i);
+    for (int j = 0; j < service->method_count(); ++j) {
+      const MethodDescriptor* method = service->method(j);
+      if (method->client_streaming() || method->server_streaming()) {
+        *error = file->name() + ": service " + service->full_name() + ", method " +
+                 method->name() +
+                 ": streaming methods are not supported by protoc-gen-ipcrpc yet";
+        return false;
+      }
+    }
+  }
+  const std::string base = StripProto(file->name());
+  if (!WriteFile(context, base + ".ipcrpc.h", GenerateHeader(file, include_prefix)) ||
+      !WriteFile(context, base + ".ipcrpc.cc", GenerateSource(file, include_prefix))) {
+    *error = file->name() + ": cannot write the generated files";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace ipcrpc::codegen
