@@ -361,7 +361,8 @@ bool IpcrpcGenerator::Generate(const FileDescriptor* file, const std::string& pa
       return false;
     }
   }
-  if (file->service_count() == 0) return true;
+  // Files are written even for a .proto without services (they then only
+  // include its .pb.h), so that build rules can name their outputs up front.
   for (int i = 0; i < file->service_count(); ++i) {
     const ServiceDescriptor* service = file->service(i);
     for (int j = 0; j < service->method_count(); ++j) {

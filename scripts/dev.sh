@@ -42,16 +42,16 @@ configure_and_build() {
 }
 
 run_example() {
-  local bin="$BUILD_DIR/examples"
-  echo "== pipe: the client spawns the server as its child"
-  "$bin/echo_client" --endpoint=pipe: --server="$bin/echo_server" --count=1000
-  echo "== unix: a server process and a client process"
-  local socket="${TMPDIR:-/tmp}/ipcrpc-echo-$$.sock"
-  "$bin/echo_server" --endpoint="unix:$socket" &
+  local bin="$BUILD_DIR/examples/calculator"
+  echo "== calculator over pipe: (the client spawns the server as its child)"
+  "$bin/calculator_client" --endpoint=pipe: --server="$bin/calculator_server"
+  echo "== calculator over unix: (a server process and a client process)"
+  local socket="${TMPDIR:-/tmp}/ipcrpc-calculator-$$.sock"
+  "$bin/calculator_server" --endpoint="unix:$socket" &
   local server=$!
   trap 'kill $server 2>/dev/null || true' EXIT
   # The client waits (up to 10 s) for the server to be listening.
-  "$bin/echo_client" --endpoint="unix:$socket" --count=1000 --wait_for_server_ms=10000
+  "$bin/calculator_client" --endpoint="unix:$socket" --wait_for_server_ms=10000
   kill -TERM "$server"
   wait "$server"
   trap - EXIT
@@ -64,7 +64,9 @@ run_tests() {
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
   export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
-  ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" --timeout 300
+  # IPCRPC_CTEST_ARGS: extra ctest arguments, e.g. "-LE consumer".
+  # shellcheck disable=SC2086
+  ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" --timeout 900 ${IPCRPC_CTEST_ARGS:-}
 }
 
 case "${1:-}" in

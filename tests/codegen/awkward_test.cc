@@ -1,0 +1,121 @@
+// The generated code of a deliberately awkward .proto compiles with
+// -Wall -Wextra -Wshadow -Werror and works over real transports.
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/notification.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/codegen/awkward_services.h"
+#include "tests/util/process.h"
+#include "tests/util/status_matchers.h"
+
+namespace awk_test {
+namespace {
+
+using ::ipcrpc::testing::IsOk;
+using ::ipcrpc::testing::StatusIs;
+using ::testing::HasSubstr;
+using Clashes = ::awk::ward::v1::Clashes;
+
+static_assert(std::string_view(Clashes::kServiceName) == "awk.ward.v1.Clashes");
+static_assert(std::string_view(::awk::ward::v1::union_::kServiceName) == "awk.ward.v1.union");
+static_assert(std::string_view(::First::kServiceName) == "First");
+
+// Every generated method of every service, against a server on `channel`.
+void ExerciseAll(const std::shared_ptr<ipcrpc::Channel>& channel) {
+  Clashes::Stub clashes(channel);
+  Request in;
+  in.set_text("x");
+  auto expect = [&](absl::StatusOr<Reply> reply, const std::string& label) {
+    ASSERT_THAT(reply, IsOk()) << label;
+    EXPECT_EQ(reply->text(), label + ":x");
+  };
+  expect(clashes.Stub_(in), "Stub");
+  expect(clashes.Service_(in), "Service");
+  expect(clashes.Call(in), "Call");
+  expect(clashes.channel(in), "channel");
+  expect(clashes.New(in), "New");
+  expect(clashes.Delete(in), "Delete");
+  expect(clashes.delete_(in), "delete");
+  expect(clashes.class_(in), "class");
+  expect(clashes.AddMethod(in), "AddMethod");
+  expect(clashes.kServiceName_(in), "kServiceName");
+  expect(clashes.context(in), "context");
+  expect(clashes.request(in), "request");
+  expect(clashes.reply(in), "reply");
+  expect(clashes.done(in), "done");
+  expect(clashes.options(in), "options");
+
+  absl::Notification async_done;
+  absl::StatusOr<Reply> async_reply;
+  clashes.CallAsync(in, {}, [&](absl::StatusOr<Reply> reply) {
+    async_reply = std::move(reply);
+    async_done.Notify();
+  });
+  ASSERT_TRUE(async_done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  expect(async_reply, "Call");
+
+  ::awk::ward::v1::Types::Stub types(channel);
+  auto now = types.Now(::google::protobuf::Empty());
+  ASSERT_THAT(now, IsOk());
+  EXPECT_EQ(now->seconds(), 1234);
+  ::other::types::Thing thing;
+  thing.set_name("apples");
+  thing.set_count(3);
+  auto counted = types.Count(thing);
+  ASSERT_THAT(counted, IsOk());
+  EXPECT_EQ(counted->value(), "apples=3");
+  // proto2: a request missing a required field does not parse on the server.
+  EXPECT_THAT(types.Count(::other::types::Thing()),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("other.types.Thing")));
+  // A method the implementation did not override.
+  EXPECT_THAT(types.Wait(::google::protobuf::Duration()),
+              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("awk.ward.v1.Types/Wait")));
+
+  ::awk::ward::v1::union_::Stub union_stub(channel);
+  EXPECT_THAT(union_stub.Ping(::google::protobuf::Empty()), IsOk());
+
+  ::First::Stub first(channel);
+  ::Ping ping;
+  ping.set_n(41);
+  auto pong = first.Go(ping);
+  ASSERT_THAT(pong, IsOk());
+  EXPECT_EQ(pong->n(), 42);
+  ::Second::Stub second(channel);
+  EXPECT_THAT(second.Go(ping), StatusIs(absl::StatusCode::kUnimplemented));
+}
+
+TEST(AwkwardProtoTest, WorksOverUnix) {
+  AllServices services;
+  ipcrpc::Server server;
+  ASSERT_THAT(services.RegisterWith(server), IsOk());
+  const std::string endpoint = "unix:" + ipcrpc::testing::UniqueName("/tmp/ipcrpc-awk") + ".sock";
+  ASSERT_THAT(server.Listen(endpoint), IsOk());
+  ASSERT_THAT(server.Start(), IsOk());
+  auto channel = ipcrpc::Channel::Connect(endpoint);
+  ASSERT_THAT(channel, IsOk());
+  ExerciseAll(*channel);
+}
+
+TEST(AwkwardProtoTest, WorksOverPipeToAServerProcess) {
+  auto channel = ipcrpc::SpawnChild({IPCRPC_AWKWARD_SERVER, "--endpoint=pipe:"});
+  ASSERT_THAT(channel, IsOk());
+  ExerciseAll(*channel);
+}
+
+TEST(AwkwardProtoTest, GarbageRequestBytesAreInvalidArgument) {
+  AllServices services;
+  ipcrpc::Server server;
+  ASSERT_THAT(services.RegisterWith(server), IsOk());
+  const std::string endpoint = "unix:" + ipcrpc::testing::UniqueName("/tmp/ipcrpc-awk") + ".sock";
+  ASSERT_THAT(server.Listen(endpoint), IsOk());
+  ASSERT_THAT(server.Start(), IsOk());
+  auto channel = ipcrpc::Channel::Connect(endpoint);
+  ASSERT_THAT(channel, IsOk());
+  EXPECT_THAT((*channel)->CallMethod("First/Go", std::string("\xff\xff\xff", 3)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("Ping")));
+}
+
+}  // namespace
+}  // namespace awk_test
