@@ -17,6 +17,7 @@
 #include "base/logging.h"
 #include "base/status_macros.h"
 #include "base/syscall.h"
+#include "transports/named_object.h"
 #include "transports/stream_connection.h"
 
 namespace ipcrpc::internal {
@@ -214,96 +215,43 @@ class UnixListener final : public Listener {
     return fd;
   }
 
-  // Looks at what is at PATH: OK if nothing is there (any more), after
-  // removing a stale socket; an error if something live or foreign is there.
-  absl::Status ReclaimIfStale() {
-    const std::string& path = endpoint_.address;
-    struct stat st;
-    if (::lstat(path.c_str(), &st) < 0) {
-      if (errno == ENOENT) return absl::OkStatus();
-      return ErrnoStatus(errno, "lstat", endpoint_.text);
-    }
-    if (!S_ISSOCK(st.st_mode)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          endpoint_.text, ": ", path, " exists and is not a socket; refusing to replace it"));
-    }
-    auto [probe, error] = ConnectTo(path);
-    if (probe.valid()) {
-      return absl::AlreadyExistsError(
-          absl::StrCat(endpoint_.text, ": a live server is listening on ", path));
-    }
-    if (error != ECONNREFUSED) {
-      if (error == ENOENT) return absl::OkStatus();  // went away meanwhile
-      return ErrnoStatus(error, "connect", endpoint_.text);
-    }
-    IPCRPC_LOG(INFO) << endpoint_.text << ": reclaiming stale socket file " << path;
-    if (::unlink(path.c_str()) < 0 && errno != ENOENT) {
-      return ErrnoStatus(errno, "unlink", endpoint_.text);
-    }
-    return absl::OkStatus();
-  }
-
   absl::StatusOr<UniqueFd> BindPath() {
-    const std::string& path = endpoint_.address;
-    size_t slash = path.rfind('/');
-    std::string dir = slash == std::string::npos ? std::string(".") : path.substr(0, slash + 1);
-    static std::atomic<unsigned> counter{0};
-    for (int attempt = 0; attempt < 5; ++attempt) {
-      IPCRPC_RETURN_IF_ERROR(ReclaimIfStale());
+    NamedObjectKind kind;
+    kind.type = S_IFSOCK;
+    kind.noun = "socket";
+    kind.is_live = [](const std::string& path) -> absl::StatusOr<bool> {
+      auto [probe, error] = ConnectTo(path);
+      if (probe.valid()) return true;
+      if (error == ECONNREFUSED || error == ENOENT) return false;
+      return ErrnoStatus(error, "connect", path);
+    };
+    kind.create = [this](const std::string& path) -> absl::StatusOr<UniqueFd> {
       IPCRPC_ASSIGN_OR_RETURN(UniqueFd fd, NewSocket(endpoint_.text));
-      std::string temp = absl::StrCat(slash == std::string::npos ? "" : dir, ".ipcrpc-",
-                                      ::getpid(), "-", counter.fetch_add(1), ".sock");
-      const bool via_temp = temp.size() <= kMaxPathLength;
-      const std::string& bind_path = via_temp ? temp : path;
       sockaddr_un addr;
-      socklen_t len = MakeAddress(bind_path, &addr);
+      socklen_t len = MakeAddress(path, &addr);
       if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0) {
-        if (errno == EADDRINUSE && !via_temp) continue;  // someone came first: look again
-        return ErrnoStatus(errno, "bind", absl::StrCat(endpoint_.text, " at ", bind_path));
-      }
-      // Without the temporary name (PATH too long for one), the file exists
-      // with the umask's mode until this chmod.
-      if (::chmod(bind_path.c_str(), options_.mode) < 0 ||
-          ::listen(fd.get(), SOMAXCONN) < 0) {
-        absl::Status status = ErrnoStatus(errno, "chmod/listen", endpoint_.text);
-        ::unlink(bind_path.c_str());
-        return status;
-      }
-      if (via_temp) {
-        int linked = ::link(temp.c_str(), path.c_str());
-        int link_errno = errno;
-        ::unlink(temp.c_str());
-        if (linked < 0) {
-          if (link_errno == EEXIST) continue;  // someone came first: look again
-          return ErrnoStatus(link_errno, "link", endpoint_.text);
+        if (errno == EADDRINUSE) {
+          return absl::AlreadyExistsError(absl::StrCat(endpoint_.text, ": ", path, " is taken"));
         }
+        return ErrnoStatus(errno, "bind", absl::StrCat(endpoint_.text, " at ", path));
       }
-      struct stat st;
-      if (::lstat(path.c_str(), &st) == 0) {
-        our_file_ = std::make_pair(st.st_dev, st.st_ino);
-      }
+      if (::listen(fd.get(), SOMAXCONN) < 0) return ErrnoStatus(errno, "listen", endpoint_.text);
       return fd;
-    }
-    return absl::AlreadyExistsError(
-        absl::StrCat(endpoint_.text, ": another server keeps taking ", path));
+    };
+    IPCRPC_ASSIGN_OR_RETURN(
+        auto published,
+        PublishNamedObject(endpoint_.text, endpoint_.address, options_.mode, kind, kMaxPathLength));
+    published_ = std::move(published.second);
+    return std::move(published.first);
   }
 
-  // Unlinks PATH only if it is still the socket file we created.
-  void RemoveOurFile() {
-    if (!our_file_.has_value()) return;
-    struct stat st;
-    if (::lstat(endpoint_.address.c_str(), &st) == 0 && st.st_dev == our_file_->first &&
-        st.st_ino == our_file_->second) {
-      ::unlink(endpoint_.address.c_str());
-    }
-    our_file_.reset();
-  }
+  void RemoveOurFile() { published_.Remove(); }
 
   const Endpoint endpoint_;
   const TransportOptions options_;
   asio::io_context* io_ = nullptr;
   std::shared_ptr<AcceptorState> state_;
-  std::optional<std::pair<dev_t, ino_t>> our_file_;
+  PublishedObject published_;
   bool closed_ = false;
 };
 
