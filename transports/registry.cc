@@ -6,6 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
 #include "base/strings.h"
+#include "transports/fifo/fifo_transport.h"
 #include "transports/pipe/pipe_transport.h"
 #include "transports/transport.h"
 #include "transports/unix/unix_transport.h"
@@ -27,7 +28,7 @@ struct Transport {
 constexpr Transport kTransports[] = {
     {"unix", &CreateUnixListener, &CreateUnixConnector},
     {"pipe", &CreatePipeListener, &CreatePipeConnector},
-    {"fifo", nullptr, nullptr},
+    {"fifo", &CreateFifoListener, &CreateFifoConnector},
     {"mq", nullptr, nullptr},
     {"shm", nullptr, nullptr},
 };

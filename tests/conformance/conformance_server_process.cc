@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/util/process.h"
+#include "transports/fifo/fifo_transport.h"
 
 namespace ipcrpc::testing {
 
@@ -23,9 +25,10 @@ absl::StatusOr<std::unique_ptr<ConformanceServerProcess>> ConformanceServerProce
     const TransportTraits& transport) {
   std::unique_ptr<ConformanceServerProcess> server(new ConformanceServerProcess());
   server->transport_ = transport;
-  if (transport.name == "unix") {
-    server->socket_path_ = UniqueName("/tmp/ipcrpc-conformance") + ".sock";
-    server->endpoint_ = "unix:" + server->socket_path_;
+  if (transport.name == "unix" || transport.name == "fifo") {
+    // Servers with a path: a separate process that says when it is ready.
+    server->socket_path_ = UniqueName("/tmp/ipcrpc-conformance") + "." + transport.name;
+    server->endpoint_ = transport.name + ":" + server->socket_path_;
     int ready[2];
     if (pipe2(ready, O_CLOEXEC) < 0) return absl::InternalError("pipe2");
     UniqueFd ready_read(ready[0]);
@@ -134,6 +137,31 @@ absl::StatusOr<ConformanceServerProcess::RawPeer> ConformanceServerProcess::Open
                      {absl::StrCat("IPCRPC_PIPE_FDS=", child_read.get(), ",", child_write.get())});
     if (!pid.ok()) return pid.status();
     peer.own_server = *pid;
+    return peer;
+  }
+  if (transport_.name == "fifo") {
+    // The fifo: handshake by hand (docs/PROTOCOL.md): a private directory with
+    // two FIFOs, a connect record, an 8-byte acknowledgement.
+    std::string dir = UniqueName("/tmp/ipcrpc-raw-fifo");
+    if (mkdir(dir.c_str(), 0700) < 0) return absl::ErrnoToStatus(errno, "mkdir");
+    const std::string c2s = dir + "/c2s";
+    const std::string s2c = dir + "/s2c";
+    if (mkfifo(c2s.c_str(), 0600) < 0 || mkfifo(s2c.c_str(), 0600) < 0) {
+      return absl::ErrnoToStatus(errno, "mkfifo");
+    }
+    peer.from_server = UniqueFd(open(s2c.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+    peer.to_server = UniqueFd(open(c2s.c_str(), O_RDWR | O_CLOEXEC));
+    UniqueFd server_fifo(open(socket_path_.c_str(), O_WRONLY | O_CLOEXEC));
+    const std::string record = internal::MakeFifoConnectRecord(dir, getpid());
+    if (write(server_fifo.get(), record.data(), record.size()) !=
+        static_cast<ssize_t>(record.size())) {
+      return absl::ErrnoToStatus(errno, "write connect record");
+    }
+    auto ack = ReadBytes(peer.from_server.get(), internal::kFifoAckSize, absl::Seconds(10));
+    unlink(c2s.c_str());
+    unlink(s2c.c_str());
+    rmdir(dir.c_str());
+    if (!ack.ok()) return ack.status();
     return peer;
   }
   return absl::UnimplementedError("no raw peer for " + transport_.name);

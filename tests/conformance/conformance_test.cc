@@ -41,6 +41,7 @@ namespace {
 const TransportTraits kTransports[] = {
     {"unix", true},
     {"pipe", false},
+    {"fifo", true},
 };
 
 std::string Pattern(size_t size, uint32_t seed) {

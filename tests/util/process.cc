@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -103,6 +104,24 @@ absl::StatusOr<std::string> ReadLine(int fd, absl::Duration timeout) {
     if (c == '\n') return line;
     line.push_back(c);
   }
+}
+
+absl::StatusOr<std::string> ReadBytes(int fd, size_t n, absl::Duration timeout) {
+  const int64_t deadline = internal::AddDurationNs(internal::MonotonicNowNs(), timeout);
+  std::string bytes;
+  while (bytes.size() < n) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    int64_t left_ms = (deadline - internal::MonotonicNowNs()) / 1000000;
+    if (left_ms <= 0) return absl::DeadlineExceededError("not enough bytes in time");
+    int ready = poll(&pfd, 1, static_cast<int>(left_ms));
+    if (ready <= 0) continue;
+    char buffer[256];
+    ssize_t r = read(fd, buffer, std::min(sizeof(buffer), n - bytes.size()));
+    if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (r <= 0) return absl::UnavailableError("EOF");
+    bytes.append(buffer, static_cast<size_t>(r));
+  }
+  return bytes;
 }
 
 bool WaitForEof(int fd, absl::Duration timeout) {

@@ -33,6 +33,9 @@ bool WaitUntilGone(pid_t pid, absl::Duration timeout);
 // `timeout`. Polls: the reaping happens in another process or thread.
 bool WaitUntilReaped(pid_t pid, absl::Duration timeout);
 
+// Reads exactly `n` bytes from `fd` within `timeout`.
+absl::StatusOr<std::string> ReadBytes(int fd, size_t n, absl::Duration timeout);
+
 // Reads one '\n'-terminated line from `fd` within `timeout`.
 absl::StatusOr<std::string> ReadLine(int fd, absl::Duration timeout);
 
