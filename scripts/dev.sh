@@ -56,7 +56,17 @@ run_example() {
   wait "$server"
   trap - EXIT
   [[ ! -e $socket ]] || { echo "dev.sh: $socket left behind" >&2; exit 1; }
-  echo "== both transports work"
+  echo "== calculator over fifo: (a server FIFO, a private FIFO pair per client)"
+  local fifo="${TMPDIR:-/tmp}/ipcrpc-calculator-$$.fifo"
+  "$bin/calculator_server" --endpoint="fifo:$fifo" &
+  server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  "$bin/calculator_client" --endpoint="fifo:$fifo" --wait_for_server_ms=10000
+  kill -TERM "$server"
+  wait "$server"
+  trap - EXIT
+  [[ ! -e $fifo ]] || { echo "dev.sh: $fifo left behind" >&2; exit 1; }
+  echo "== every transport works"
 }
 
 run_tests() {

@@ -155,6 +155,7 @@ TEST_F(FifoTransportTest, BadConnectRecordsAreRefusedAndTheServerIsUnharmed) {
   StartServer();
   // Short, garbage, and records that name what is not there or not FIFOs.
   WriteToServerFifo(std::string(100, 'x'));
+  WriteToServerFifo("IFCR" + std::string(20, '\x01'));  // a record's start, then junk
   WriteToServerFifo(std::string(internal::kFifoRecordSize, '\xab'));
   WriteToServerFifo(internal::MakeFifoConnectRecord("/nonexistent/dir", 1));
   WriteToServerFifo(internal::MakeFifoConnectRecord("relative/dir", 1));

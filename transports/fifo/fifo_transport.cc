@@ -75,6 +75,7 @@ struct FifoAcceptor {
   std::optional<asio::posix::stream_descriptor> readable;
   Listener::AcceptHandler on_accept;
   std::atomic<bool> closed{false};
+  std::string pending;  // bytes of a connect record not yet complete (loop only)
 
   void ShutdownOnLoop() {
     if (readable.has_value()) {
@@ -104,18 +105,10 @@ struct FifoAcceptor {
     return fd;
   }
 
+  // `record` is well formed (RecordWellFormed).
   void HandleRecord(const char* record) {
-    if (std::memcmp(record, kRecordMagic, 4) != 0 || GetLe(record + 4, 2) != kRecordVersion) {
-      IPCRPC_LOG(WARNING) << description << ": dropping a connect record: bad magic or version";
-      return;
-    }
     const size_t dir_length = GetLe(record + 6, 2);
     const uint32_t pid = static_cast<uint32_t>(GetLe(record + 8, 4));
-    if (dir_length == 0 || dir_length > kFifoMaxDirLength) {
-      IPCRPC_LOG(WARNING) << description << ": dropping a connect record from pid " << pid
-                          << ": directory length " << dir_length << " is out of range";
-      return;
-    }
     const std::string dir(record + 16, dir_length);
     if (!ValidClientDir(dir)) {
       IPCRPC_LOG(WARNING) << description << ": dropping a connect record from pid " << pid
@@ -171,6 +164,22 @@ struct FifoAcceptor {
 
 void WaitForRecords(const std::shared_ptr<FifoAcceptor>& state);
 
+// Whether `record` (kFifoRecordSize bytes) is well formed: magic, version,
+// a directory length in range, zeros after the directory and in the reserved
+// field.
+bool RecordWellFormed(const char* record) {
+  if (std::memcmp(record, kRecordMagic, 4) != 0 || GetLe(record + 4, 2) != kRecordVersion ||
+      GetLe(record + 12, 4) != 0) {
+    return false;
+  }
+  const size_t dir_length = GetLe(record + 6, 2);
+  if (dir_length == 0 || dir_length > kFifoMaxDirLength) return false;
+  for (size_t i = 16 + dir_length; i < kFifoRecordSize; ++i) {
+    if (record[i] != 0) return false;
+  }
+  return true;
+}
+
 void ReadRecords(const std::shared_ptr<FifoAcceptor>& state) {
   char buffer[16 * kFifoRecordSize];
   for (;;) {
@@ -187,14 +196,38 @@ void ReadRecords(const std::shared_ptr<FifoAcceptor>& state) {
       state->ShutdownOnLoop();
       return;
     }
-    // Honest clients write whole records atomically, so a read returns whole
-    // records; a remainder is a short write from a misbehaving peer.
-    const size_t whole = static_cast<size_t>(n) / kFifoRecordSize;
-    for (size_t i = 0; i < whole; ++i) state->HandleRecord(buffer + i * kFifoRecordSize);
-    if (static_cast<size_t>(n) % kFifoRecordSize != 0) {
-      IPCRPC_LOG(WARNING) << state->description << ": dropping "
-                          << static_cast<size_t>(n) % kFifoRecordSize
-                          << " bytes that are not a whole connect record";
+    // Honest clients write whole records atomically. Bytes from a peer that
+    // does not (a short or garbage write) would shift every record after
+    // them, so records are found by their magic and checked whole; what lies
+    // between is dropped, and a record not yet complete waits for the rest.
+    std::string& pending = state->pending;
+    pending.append(buffer, static_cast<size_t>(n));
+    size_t at = 0;
+    size_t dropped = 0;
+    for (;;) {
+      size_t magic = pending.find(std::string_view(kRecordMagic, 4), at);
+      if (magic == std::string::npos) {
+        // Keep a tail that may be the start of a magic.
+        size_t keep = std::min<size_t>(3, pending.size() - at);
+        dropped += pending.size() - at - keep;
+        at = pending.size() - keep;
+        break;
+      }
+      dropped += magic - at;
+      at = magic;
+      if (pending.size() - at < kFifoRecordSize) break;
+      if (RecordWellFormed(pending.data() + at)) {
+        state->HandleRecord(pending.data() + at);
+        at += kFifoRecordSize;
+      } else {
+        dropped += 1;
+        at += 1;
+      }
+    }
+    pending.erase(0, at);
+    if (dropped > 0) {
+      IPCRPC_LOG(WARNING) << state->description << ": dropped " << dropped
+                          << " bytes that are not a well-formed connect record";
     }
   }
   WaitForRecords(state);
