@@ -158,7 +158,7 @@ absl::StatusOr<std::shared_ptr<ClientConnection>> ChannelCore::GetConnection() {
   header.type = FrameType::kHello;
   IPCRPC_RETURN_IF_ERROR(EncodeFramePrefix(header, "", {}, 0, 0, &hello));
   std::string_view parts[] = {hello};
-  absl::Status sent = transport->Send(parts);
+  absl::Status sent = transport->Send(parts, 0);
   if (!sent.ok()) {
     transport->Close();
     return sent;
@@ -196,7 +196,7 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
   absl::Status why;
   if (!connection->Insert(call, &why)) return why;
   std::string_view parts[] = {prefix, request};
-  absl::Status sent = connection->transport->Send(parts);
+  absl::Status sent = connection->transport->Send(parts, options.priority);
   if (!sent.ok()) {
     // The connection is broken even if its loop has not seen it yet: the
     // next call must not pick it again.
@@ -243,7 +243,7 @@ void ChannelCore::SendCancel(const std::shared_ptr<ClientConnection>& connection
   if (!EncodeFramePrefix(header, "", {}, 0, 0, &frame).ok()) return;
   std::string_view parts[] = {frame};
   // Best effort: if the connection is gone, so is the call on the server.
-  connection->transport->Send(parts).IgnoreError();
+  connection->transport->Send(parts, 0).IgnoreError();
 }
 
 absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
@@ -381,7 +381,7 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
       std::string pong;
       if (EncodeFramePrefix(header, "", {}, 0, 0, &pong).ok()) {
         std::string_view parts[] = {pong};
-        connection->transport->Send(parts).IgnoreError();
+        connection->transport->Send(parts, 0).IgnoreError();
       }
       return;
     }

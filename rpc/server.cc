@@ -385,7 +385,7 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
     return;
   }
   std::string_view parts[] = {prefix, payload};
-  absl::Status sent = connection->transport->Send(parts);
+  absl::Status sent = connection->transport->Send(parts, 0);
   if (!sent.ok()) {
     IPCRPC_LOG(INFO) << connection->transport->description() << ": response to request "
                      << request_id << " not sent: " << sent;
@@ -408,7 +408,7 @@ void ServerCore::SendControl(const std::shared_ptr<ServerConnection>& connection
     std::string frame;
     if (!EncodeFramePrefix(header, text, {}, 0, 0, &frame).ok()) return;
     std::string_view parts[] = {frame};
-    connection->transport->Send(parts).IgnoreError();
+    connection->transport->Send(parts, 0).IgnoreError();
   });
 }
 

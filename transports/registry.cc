@@ -7,6 +7,7 @@
 #include "base/status_macros.h"
 #include "base/strings.h"
 #include "transports/fifo/fifo_transport.h"
+#include "transports/mq/mq_transport.h"
 #include "transports/pipe/pipe_transport.h"
 #include "transports/transport.h"
 #include "transports/unix/unix_transport.h"
@@ -29,7 +30,7 @@ constexpr Transport kTransports[] = {
     {"unix", &CreateUnixListener, &CreateUnixConnector},
     {"pipe", &CreatePipeListener, &CreatePipeConnector},
     {"fifo", &CreateFifoListener, &CreateFifoConnector},
-    {"mq", nullptr, nullptr},
+    {"mq", &CreateMqListener, &CreateMqConnector},
     {"shm", nullptr, nullptr},
 };
 

@@ -166,7 +166,7 @@ bool StreamConnection::DeliverMessages() {
   return true;
 }
 
-absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts) {
+absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts, int /*priority*/) {
   size_t total = 0;
   for (std::string_view part : parts) total += part.size();
   if (total > max_message_size_) {

@@ -33,7 +33,7 @@ class StreamConnection final : public Connection {
   ~StreamConnection() override;
 
   void Start(asio::io_context& io, MessageHandler on_message, CloseHandler on_closed) override;
-  absl::Status Send(absl::Span<const std::string_view> parts) override;
+  absl::Status Send(absl::Span<const std::string_view> parts, int priority) override;
   void Close() override;
   const PeerCredentials& peer() const override { return peer_; }
   const std::string& description() const override { return description_; }

@@ -81,10 +81,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
                      CloseHandler on_closed) = 0;
 
   // Sends one message: the concatenation of `parts`, whole; concurrent sends
-  // are never interleaved. Blocks until written. UNAVAILABLE if the peer is
-  // gone or the connection closed, RESOURCE_EXHAUSTED if the message is over
-  // max_message_size.
-  virtual absl::Status Send(absl::Span<const std::string_view> parts) = 0;
+  // are never interleaved. `priority` (0..31, higher first) orders messages
+  // where the transport can (mq:); others ignore it. Blocks until written.
+  // UNAVAILABLE if the peer is gone or the connection closed,
+  // RESOURCE_EXHAUSTED if the message is over max_message_size.
+  virtual absl::Status Send(absl::Span<const std::string_view> parts, int priority) = 0;
 
   // Ends the connection: blocked senders return, the peer sees it closed,
   // on_closed runs (on the loop) if Start was called. Idempotent.

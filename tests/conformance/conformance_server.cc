@@ -16,9 +16,13 @@
 int main(int argc, char** argv) {
   std::string endpoint;
   int ready_fd = -1;
+  int handler_threads = 4;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--endpoint=", 11) == 0) endpoint = argv[i] + 11;
     if (std::strncmp(argv[i], "--ready_fd=", 11) == 0) ready_fd = std::atoi(argv[i] + 11);
+    if (std::strncmp(argv[i], "--handler_threads=", 18) == 0) {
+      handler_threads = std::atoi(argv[i] + 18);
+    }
   }
   sigset_t signals;
   sigemptyset(&signals);
@@ -27,7 +31,7 @@ int main(int argc, char** argv) {
 
   ipcrpc::testing::TestService service;
   ipcrpc::ServerOptions options;
-  options.handler_threads = 4;
+  options.handler_threads = handler_threads;
   ipcrpc::Server server(options);
   absl::Status status = server.RegisterService(&service);
   if (status.ok()) status = server.Listen(endpoint);

@@ -1,6 +1,8 @@
 #include "tests/conformance/conformance_server_process.h"
 
 #include <fcntl.h>
+#include <mqueue.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -16,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "tests/util/process.h"
 #include "transports/fifo/fifo_transport.h"
+#include "transports/mq/mq_transport.h"
 
 namespace ipcrpc::testing {
 
@@ -25,9 +28,11 @@ absl::StatusOr<std::unique_ptr<ConformanceServerProcess>> ConformanceServerProce
     const TransportTraits& transport) {
   std::unique_ptr<ConformanceServerProcess> server(new ConformanceServerProcess());
   server->transport_ = transport;
-  if (transport.name == "unix" || transport.name == "fifo") {
-    // Servers with a path: a separate process that says when it is ready.
-    server->socket_path_ = UniqueName("/tmp/ipcrpc-conformance") + "." + transport.name;
+  if (transport.name == "unix" || transport.name == "fifo" || transport.name == "mq") {
+    // Servers with a name: a separate process that says when it is ready.
+    server->socket_path_ = transport.name == "mq"
+                               ? UniqueName("ipcrpc-conformance")
+                               : UniqueName("/tmp/ipcrpc-conformance") + "." + transport.name;
     server->endpoint_ = transport.name + ":" + server->socket_path_;
     int ready[2];
     if (pipe2(ready, O_CLOEXEC) < 0) return absl::InternalError("pipe2");
@@ -76,7 +81,10 @@ ConformanceServerProcess::~ConformanceServerProcess() {
       kill(pid_, SIGKILL);
       WaitForExit(pid_, absl::Seconds(20));
     }
-    if (!socket_path_.empty()) {
+    if (transport_.name == "mq") {
+      UniqueFd queue(static_cast<int>(mq_open(("/" + socket_path_).c_str(), O_RDONLY | O_CLOEXEC)));
+      EXPECT_FALSE(queue.valid()) << "queue /" << socket_path_ << " was left behind";
+    } else if (!socket_path_.empty()) {
       struct stat st;
       EXPECT_NE(lstat(socket_path_.c_str(), &st), 0)
           << socket_path_ << " was left behind by a clean shutdown";
@@ -86,7 +94,11 @@ ConformanceServerProcess::~ConformanceServerProcess() {
   }
   // After a SIGKILL the socket file stays (the next server reclaims it); the
   // test removes it so that nothing is left.
-  if (!socket_path_.empty()) unlink(socket_path_.c_str());
+  if (transport_.name == "mq") {
+    mq_unlink(("/" + socket_path_).c_str());
+  } else if (!socket_path_.empty()) {
+    unlink(socket_path_.c_str());
+  }
 }
 
 absl::StatusOr<std::shared_ptr<Channel>> ConformanceServerProcess::NewChannel() const {
@@ -106,6 +118,63 @@ std::vector<std::string> ConformanceServerProcess::ClientArgs() const {
 void ConformanceServerProcess::Kill() {
   killed_ = true;
   kill(pid_, SIGKILL);
+}
+
+bool ConformanceServerProcess::RawPeer::SendMessage(std::string_view frame) {
+  if (mq_server.valid()) {
+    std::string message(internal::kMqHeaderSize, '\0');
+    internal::MqHeader header;
+    header.kind = internal::MqKind::kData;
+    header.connection = mq_connection;
+    header.total_length = static_cast<uint32_t>(frame.size());
+    internal::EncodeMqHeader(header, message.data());
+    message.append(frame);
+    return mq_send(mq_server.get(), message.data(), message.size(), 0) == 0;
+  }
+  uint32_t size = static_cast<uint32_t>(frame.size());
+  std::string message = std::string(reinterpret_cast<const char*>(&size), 4);
+  message.append(frame);
+  return write(to_server.get(), message.data(), message.size()) ==
+         static_cast<ssize_t>(message.size());
+}
+
+bool ConformanceServerProcess::RawPeer::SendOversized() {
+  if (mq_server.valid()) {
+    std::string message(internal::kMqHeaderSize, '\0');
+    internal::MqHeader header;
+    header.kind = internal::MqKind::kData;
+    header.connection = mq_connection;
+    header.total_length = 0xffffffff;
+    header.last = false;
+    internal::EncodeMqHeader(header, message.data());
+    message.append("xxxx");
+    return mq_send(mq_server.get(), message.data(), message.size(), 0) == 0;
+  }
+  return write(to_server.get(), "\xff\xff\xff\xffxxxx", 8) == 8;
+}
+
+bool ConformanceServerProcess::RawPeer::WaitClosed(absl::Duration timeout) {
+  if (mq_reply.valid()) {
+    // The server says CLOSE on our reply queue.
+    const absl::Time give_up = absl::Now() + timeout;
+    std::vector<char> buffer(65536);
+    while (absl::Now() < give_up) {
+      struct pollfd pfd = {mq_reply.get(), POLLIN, 0};
+      if (poll(&pfd, 1, 100) <= 0) continue;
+      ssize_t n = mq_receive(mq_reply.get(), buffer.data(), buffer.size(), nullptr);
+      if (n >= static_cast<ssize_t>(internal::kMqHeaderSize) &&
+          buffer[0] == static_cast<char>(internal::MqKind::kClose)) {
+        return true;
+      }
+    }
+    return false;
+  }
+  return WaitForEof(from_server.get(), timeout);
+}
+
+void ConformanceServerProcess::RawPeer::Finish() {
+  to_server.Reset();
+  mq_server.Reset();
 }
 
 absl::StatusOr<ConformanceServerProcess::RawPeer> ConformanceServerProcess::OpenRawPeer() const {
@@ -137,6 +206,42 @@ absl::StatusOr<ConformanceServerProcess::RawPeer> ConformanceServerProcess::Open
                      {absl::StrCat("IPCRPC_PIPE_FDS=", child_read.get(), ",", child_write.get())});
     if (!pid.ok()) return pid.status();
     peer.own_server = *pid;
+    return peer;
+  }
+  if (transport_.name == "mq") {
+    // The mq: handshake by hand (docs/PROTOCOL.md).
+    const std::string server_name = "/" + socket_path_;
+    const std::string reply_name = "/" + UniqueName("ipcrpc-raw-mq");
+    struct mq_attr attr = {};
+    attr.mq_maxmsg = 10;
+    attr.mq_msgsize = 8192;
+    peer.mq_reply = UniqueFd(static_cast<int>(
+        mq_open(reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_CLOEXEC, 0600, &attr)));
+    peer.mq_server = UniqueFd(static_cast<int>(mq_open(server_name.c_str(), O_WRONLY | O_CLOEXEC)));
+    if (!peer.mq_reply.valid() || !peer.mq_server.valid()) {
+      mq_unlink(reply_name.c_str());
+      return absl::ErrnoToStatus(errno, "mq_open");
+    }
+    std::string connect(internal::kMqHeaderSize, '\0');
+    internal::MqHeader header;
+    header.kind = internal::MqKind::kConnect;
+    internal::EncodeMqHeader(header, connect.data());
+    uint32_t fields[2] = {1, static_cast<uint32_t>(getpid())};
+    connect.append("IMQC");
+    connect.append(reinterpret_cast<const char*>(fields), sizeof(fields));
+    connect.append(reply_name);
+    mq_send(peer.mq_server.get(), connect.data(), connect.size(), 31);
+    std::vector<char> buffer(8192);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    ssize_t n = mq_timedreceive(peer.mq_reply.get(), buffer.data(), buffer.size(), nullptr,
+                                &deadline);
+    mq_unlink(reply_name.c_str());
+    if (n < static_cast<ssize_t>(internal::kMqHeaderSize)) return absl::InternalError("no ACCEPT");
+    auto accept = internal::DecodeMqHeader(std::string_view(buffer.data(), n));
+    if (!accept.ok()) return accept.status();
+    peer.mq_connection = accept->connection;
     return peer;
   }
   if (transport_.name == "fifo") {

@@ -39,11 +39,26 @@ class ConformanceServerProcess {
   // SIGKILL the server process.
   void Kill();
 
-  // A peer that speaks to a server process without the library.
+  // A peer that speaks to a server process without the library: it frames
+  // whatever bytes it is given as one transport message.
   struct RawPeer {
+    // Stream transports (unix:, pipe:, fifo:).
     internal::UniqueFd to_server;
     internal::UniqueFd from_server;
     pid_t own_server = -1;  // pipe: a server spawned for this peer alone
+    // mq: the server's queue, our reply queue, our connection id.
+    internal::UniqueFd mq_server;
+    internal::UniqueFd mq_reply;
+    uint64_t mq_connection = 0;
+
+    // Sends `frame` as one whole transport message.
+    bool SendMessage(std::string_view frame);
+    // Announces a message longer than any limit (and sends a little of it).
+    bool SendOversized();
+    // True once the server has closed this connection.
+    bool WaitClosed(absl::Duration timeout);
+    // Ends our side (closes what we write).
+    void Finish();
   };
   absl::StatusOr<RawPeer> OpenRawPeer() const;
 

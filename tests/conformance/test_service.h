@@ -7,6 +7,8 @@
 //   test.Test/WaitForCancellations  request "<n>": returns once n Sleep calls saw cancellation
 //   test.Test/WaitForActive         request "<n>": returns once n Sleep calls are running
 //   test.Test/Metadata              "k=v;..." of the call's metadata
+//   test.Test/Record                appends the request to a log
+//   test.Test/Log                   the log, entries joined by ','
 #ifndef IPCRPC_TESTS_CONFORMANCE_TEST_SERVICE_H_
 #define IPCRPC_TESTS_CONFORMANCE_TEST_SERVICE_H_
 
@@ -45,6 +47,18 @@ class TestService : public Service {
               [this](ServerContext& context, std::string_view request, std::string&) {
                 return WaitFor(context, request, &active_);
               });
+    AddMethod("test.Test/Record",
+              [this](ServerContext&, std::string_view request, std::string&) {
+                absl::MutexLock lock(&mu_);
+                if (!log_.empty()) log_ += ",";
+                log_.append(request);
+                return absl::OkStatus();
+              });
+    AddMethod("test.Test/Log", [this](ServerContext&, std::string_view, std::string& response) {
+      absl::MutexLock lock(&mu_);
+      response = log_;
+      return absl::OkStatus();
+    });
     AddMethod("test.Test/Metadata",
               [](ServerContext& context, std::string_view, std::string& response) {
                 for (const auto& [key, value] : context.metadata()) {
@@ -104,6 +118,7 @@ class TestService : public Service {
   absl::Mutex mu_;
   int active_ ABSL_GUARDED_BY(mu_) = 0;
   int cancellations_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string log_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ipcrpc::testing

@@ -44,7 +44,7 @@ TEST(StreamConnectionTest, WritingToADeadReaderIsUnavailableNotSigpipe) {
                                              /*is_socket=*/false, {}, "test pipe", 1 << 20);
   ASSERT_THAT(connection, IsOk());
   std::string_view parts[] = {"hello"};
-  EXPECT_THAT((*connection)->Send(parts),
+  EXPECT_THAT((*connection)->Send(parts, 0),
               StatusIs(absl::StatusCode::kUnavailable, HasSubstr("peer closed")));
   // No SIGPIPE is left pending for the thread either.
   sigset_t pending;
@@ -74,7 +74,7 @@ TEST(StreamConnectionTest, MessagesArriveWholeAndInOrderAcrossPartialReads) {
                                      std::string_view(big), std::string_view("two")}) {
       std::string_view parts[] = {message.substr(0, message.size() / 2),
                                   message.substr(message.size() / 2)};
-      EXPECT_THAT((*sender)->Send(parts), IsOk());
+      EXPECT_THAT((*sender)->Send(parts, 0), IsOk());
     }
     // The sender was never started: destroying it closes its pipes, which
     // ends the receiver with EOF.
@@ -113,7 +113,7 @@ TEST(StreamConnectionTest, SendOverTheLimitIsRefused) {
                                              false, {}, "c", 16);
   ASSERT_THAT(connection, IsOk());
   std::string_view parts[] = {"0123456789", "0123456789"};
-  EXPECT_THAT((*connection)->Send(parts), StatusIs(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT((*connection)->Send(parts, 0), StatusIs(absl::StatusCode::kResourceExhausted));
 }
 
 TEST(StreamConnectionTest, CloseWakesABlockedSender) {
@@ -126,7 +126,7 @@ TEST(StreamConnectionTest, CloseWakesABlockedSender) {
   std::thread sender([&] {
     const std::string big(4 << 20, 'x');
     std::string_view parts[] = {big};
-    status = (*connection)->Send(parts);
+    status = (*connection)->Send(parts, 0);
     returned.Notify();
   });
   EXPECT_FALSE(returned.WaitForNotificationWithTimeout(absl::Milliseconds(50)));

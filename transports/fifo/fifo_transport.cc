@@ -145,7 +145,10 @@ struct FifoAcceptor {
     char ack[kFifoAckSize];
     std::memcpy(ack, kAckMagic, 4);
     PutLe(ack + 4, static_cast<uint32_t>(::getpid()), 4);
-    if (::write(responses->get(), ack, sizeof(ack)) != static_cast<ssize_t>(sizeof(ack))) {
+    // The client may die at any moment: EPIPE, never SIGPIPE.
+    const ssize_t written =
+        WithoutSigpipe([&] { return ::write(responses->get(), ack, sizeof(ack)); });
+    if (written != static_cast<ssize_t>(sizeof(ack))) {
       IPCRPC_LOG(WARNING) << description << ": client pid " << pid
                           << " went away during the handshake";
       return;
@@ -382,7 +385,8 @@ class FifoConnector final : public Connector {
 
     const std::string record = MakeFifoConnectRecord(dir, static_cast<uint32_t>(::getpid()));
     for (;;) {
-      ssize_t n = ::write(server.get(), record.data(), record.size());
+      // The server may die at any moment: EPIPE, never SIGPIPE.
+      ssize_t n = WithoutSigpipe([&] { return ::write(server.get(), record.data(), record.size()); });
       if (n == static_cast<ssize_t>(record.size())) break;
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EAGAIN) {

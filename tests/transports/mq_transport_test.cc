@@ -1,0 +1,274 @@
+// The mq: transport's own rules: many clients, priorities, stale and live
+// queues, the kernel's limits, hostile messages.
+#include <fcntl.h>
+#include <mqueue.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/barrier.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "base/syscall.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "ipcrpc/ipcrpc.h"
+#include "tests/conformance/test_service.h"
+#include "tests/util/process.h"
+#include "tests/util/status_matchers.h"
+#include "transports/mq/mq_transport.h"
+
+namespace ipcrpc::testing {
+namespace {
+
+using internal::MqHeader;
+using internal::MqKind;
+using ::testing::HasSubstr;
+
+
+class MqTransportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    name_ = UniqueName("ipcrpc-mq-test");
+    endpoint_ = "mq:" + name_;
+  }
+  void TearDown() override {
+    server_.reset();
+    mq_unlink(("/" + name_).c_str());
+  }
+  void StartServer(ServerOptions options = {}) {
+    options.handler_threads = 4;
+    server_ = std::make_unique<Server>(options);
+    ASSERT_THAT(server_->RegisterService(&service_), IsOk());
+    ASSERT_THAT(server_->Listen(endpoint_), IsOk());
+    ASSERT_THAT(server_->Start(), IsOk());
+  }
+  void ExpectServed() {
+    auto channel = Channel::Connect(endpoint_);
+    ASSERT_THAT(channel, IsOk());
+    EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", "still serving"), IsOk());
+  }
+  // Sends raw bytes into the server's queue, as a hostile peer would.
+  void SendRaw(const std::string& message) {
+    internal::UniqueFd queue(static_cast<int>(mq_open(("/" + name_).c_str(), O_WRONLY | O_CLOEXEC)));
+    ASSERT_TRUE(queue.valid());
+    ASSERT_EQ(mq_send(queue.get(), message.data(), message.size(), 0), 0);
+  }
+
+  std::string name_;
+  std::string endpoint_;
+  TestService service_;
+  std::unique_ptr<Server> server_;
+};
+
+TEST_F(MqTransportTest, ThirtyTwoClientsAtOnce) {
+  // Within the default RLIMIT_MSGQUEUE (800 KiB per user): the reply queues
+  // are small.
+  StartServer();
+  constexpr int kClients = 32;
+  absl::Barrier* start = new absl::Barrier(kClients);
+  std::atomic<int> served{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      if (start->Block()) delete start;
+      auto channel = Channel::Connect(endpoint_);
+      if (!channel.ok()) {
+        ADD_FAILURE() << "client " << i << ": " << channel.status();
+        return;
+      }
+      for (int call = 0; call < 20; ++call) {
+        const std::string request = absl::StrCat("client ", i, " call ", call);
+        auto response = (*channel)->CallMethod("test.Test/Echo", request);
+        if (!response.ok() || *response != request) return;
+      }
+      served++;
+    });
+  }
+  for (auto& client : clients) client.join();
+  EXPECT_EQ(served.load(), kClients);
+}
+
+TEST_F(MqTransportTest, HighPriorityCallOvertakesQueuedOnes) {
+  // A server process with one handler thread, stopped while the calls queue
+  // up in /NAME; it then takes them in priority order.
+  int ready[2];
+  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
+  internal::UniqueFd ready_read(ready[0]);
+  internal::UniqueFd ready_write(ready[1]);
+  auto server = Spawn({IPCRPC_CONFORMANCE_SERVER, "--endpoint=" + endpoint_,
+                       "--handler_threads=1", absl::StrCat("--ready_fd=", ready[1])},
+                      {ready[1]});
+  ASSERT_THAT(server, IsOk());
+  ready_write.Reset();
+  ASSERT_THAT(ReadLine(ready_read.get(), absl::Seconds(20)), IsOk());
+  auto channel = Channel::Connect(endpoint_);
+  ASSERT_THAT(channel, IsOk());
+  ASSERT_THAT((*channel)->CallMethod("test.Test/Echo", "warm"), IsOk());
+
+  kill(*server, SIGSTOP);
+  int stopped = 0;
+  ASSERT_EQ(waitpid(*server, &stopped, WUNTRACED), *server);  // stopped for sure
+  ASSERT_TRUE(WIFSTOPPED(stopped));
+  absl::BlockingCounter done(6);
+  for (int i = 0; i < 5; ++i) {
+    (*channel)->CallMethodAsync("test.Test/Record", absl::StrCat("low", i), {},
+                                [&](absl::StatusOr<std::string>) { done.DecrementCount(); });
+  }
+  CallOptions urgent;
+  urgent.priority = 31;
+  (*channel)->CallMethodAsync("test.Test/Record", "high", urgent,
+                              [&](absl::StatusOr<std::string>) { done.DecrementCount(); });
+  kill(*server, SIGCONT);
+  done.Wait();
+  auto log = (*channel)->CallMethod("test.Test/Log", "");
+  ASSERT_THAT(log, IsOk());
+  EXPECT_EQ(*log, "high,low0,low1,low2,low3,low4");
+  channel->reset();
+  kill(*server, SIGTERM);
+  auto status = WaitForExit(*server, absl::Seconds(20));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0);
+}
+
+TEST_F(MqTransportTest, StaleQueueIsReclaimedLiveOneIsNot) {
+  // A server killed with SIGKILL leaves /NAME behind, but not its lock.
+  int ready[2];
+  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
+  internal::UniqueFd ready_read(ready[0]);
+  internal::UniqueFd ready_write(ready[1]);
+  auto server = Spawn({IPCRPC_CONFORMANCE_SERVER, "--endpoint=" + endpoint_,
+                       absl::StrCat("--ready_fd=", ready[1])},
+                      {ready[1]});
+  ASSERT_THAT(server, IsOk());
+  ready_write.Reset();
+  ASSERT_THAT(ReadLine(ready_read.get(), absl::Seconds(20)), IsOk());
+  Server second;
+  EXPECT_THAT(second.Listen(endpoint_), StatusIs(absl::StatusCode::kAlreadyExists));
+  kill(*server, SIGKILL);
+  ASSERT_TRUE(WaitForExit(*server, absl::Seconds(20)).has_value());
+  internal::UniqueFd left(static_cast<int>(mq_open(("/" + name_).c_str(), O_RDONLY | O_CLOEXEC)));
+  EXPECT_TRUE(left.valid()) << "expected the killed server's queue to be left";
+  left.Reset();
+  StartServer();
+  ExpectServed();
+  server_->Shutdown(absl::ZeroDuration());
+  left.Reset(static_cast<int>(mq_open(("/" + name_).c_str(), O_RDONLY | O_CLOEXEC)));
+  EXPECT_FALSE(left.valid()) << "Shutdown left the queue";
+}
+
+TEST_F(MqTransportTest, QueueIsCreated0600) {
+  StartServer();
+  internal::UniqueFd queue(static_cast<int>(mq_open(("/" + name_).c_str(), O_RDONLY | O_CLOEXEC)));
+  ASSERT_TRUE(queue.valid());
+  struct stat st;
+  ASSERT_EQ(fstat(queue.get(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+TEST_F(MqTransportTest, NamesAreValidated) {
+  Server server;
+  EXPECT_THAT(server.Listen("mq:"), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(server.Listen("mq:a/b"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'/'")));
+  EXPECT_THAT(server.Listen("mq:.."), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(server.Listen("mq:" + std::string(300, 'q')),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("200")));
+  EXPECT_THAT(Channel::Connect(endpoint_),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr("no server")));
+}
+
+TEST_F(MqTransportTest, TheQueueLimitIsNamedWhenHit) {
+  struct rlimit saved;
+  ASSERT_EQ(getrlimit(RLIMIT_MSGQUEUE, &saved), 0);
+  struct rlimit tiny = {1024, saved.rlim_max};
+  ASSERT_EQ(setrlimit(RLIMIT_MSGQUEUE, &tiny), 0);
+  Server server;
+  absl::Status status = server.Listen(endpoint_);
+  setrlimit(RLIMIT_MSGQUEUE, &saved);
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("RLIMIT_MSGQUEUE")));
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("ulimit -q")));
+}
+
+TEST_F(MqTransportTest, HostileMessagesAreDroppedAndOnlyTheirConnectionSuffers) {
+  StartServer();
+  auto bystander = Channel::Connect(endpoint_);
+  ASSERT_THAT(bystander, IsOk());
+  // Not even a header; an unknown kind; a CONNECT that is not one; data for a
+  // connection that does not exist.
+  SendRaw("short");
+  SendRaw(std::string(internal::kMqHeaderSize, '\x09'));
+  std::string connect(internal::kMqHeaderSize, '\0');
+  MqHeader header;
+  header.kind = MqKind::kConnect;
+  internal::EncodeMqHeader(header, connect.data());
+  SendRaw(connect + "garbage");
+  std::string data(internal::kMqHeaderSize, '\0');
+  header.kind = MqKind::kData;
+  header.connection = 12345;
+  header.total_length = 4;
+  internal::EncodeMqHeader(header, data.data());
+  SendRaw(data + "abcd");
+  EXPECT_THAT((*bystander)->CallMethod("test.Test/Echo", "unharmed"), IsOk());
+  ExpectServed();
+}
+
+TEST(MqReassemblerTest, RulesForFragments) {
+  internal::MqReassembler reassembler(100, 2);
+  MqHeader header;
+  header.sequence = 1;
+  header.total_length = 6;
+  header.last = false;
+  ASSERT_THAT(reassembler.Add(header, "abc"), IsOk());
+  // Another message interleaves (a different priority).
+  MqHeader other;
+  other.sequence = 2;
+  other.total_length = 2;
+  auto whole = reassembler.Add(other, "xy");
+  ASSERT_THAT(whole, IsOk());
+  EXPECT_EQ(whole->value_or(""), "xy");
+  header.offset = 3;
+  header.last = true;
+  auto done = reassembler.Add(header, "def");
+  ASSERT_THAT(done, IsOk());
+  EXPECT_EQ(done->value_or(""), "abcdef");
+
+  // Out of order, over the limit, a wrong 'last', too many partial messages.
+  MqHeader gap;
+  gap.sequence = 3;
+  gap.total_length = 10;
+  gap.offset = 5;
+  gap.last = false;
+  EXPECT_THAT(reassembler.Add(gap, "zz"), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("order")));
+  MqHeader huge;
+  huge.sequence = 4;
+  huge.total_length = 101;
+  huge.last = false;
+  EXPECT_THAT(reassembler.Add(huge, "z"), StatusIs(absl::StatusCode::kResourceExhausted));
+  MqHeader liar;
+  liar.sequence = 5;
+  liar.total_length = 10;
+  liar.last = true;
+  EXPECT_THAT(reassembler.Add(liar, "z"), StatusIs(absl::StatusCode::kDataLoss));
+  for (uint32_t s = 10; s < 12; ++s) {
+    MqHeader part;
+    part.sequence = s;
+    part.total_length = 10;
+    part.last = false;
+    ASSERT_THAT(reassembler.Add(part, "a"), IsOk());
+  }
+  MqHeader third;
+  third.sequence = 12;
+  third.total_length = 10;
+  third.last = false;
+  EXPECT_THAT(reassembler.Add(third, "a"),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("partially")));
+}
+
+}  // namespace
+}  // namespace ipcrpc::testing

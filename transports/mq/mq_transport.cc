@@ -1,0 +1,888 @@
+#include "transports/mq/mq_transport.h"
+
+#include <fcntl.h>
+#include <mqueue.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "asio/io_context.hpp"
+#include "asio/posix/stream_descriptor.hpp"
+#include "asio/post.hpp"
+#include "base/logging.h"
+#include "base/status_macros.h"
+#include "base/strings.h"
+#include "base/syscall.h"
+#include "transports/runtime_dir.h"
+
+namespace ipcrpc::internal {
+namespace {
+
+constexpr char kConnectMagic[4] = {'I', 'M', 'Q', 'C'};
+constexpr uint32_t kMqVersion = 1;
+constexpr int kHandshakeTimeoutMs = 5000;
+constexpr int kConnectPriority = 31;  // new clients are not stuck behind queued work
+
+void PutLe(char* p, uint64_t value, int bytes) {
+  for (int i = 0; i < bytes; ++i) p[i] = static_cast<char>((value >> (8 * i)) & 0xff);
+}
+
+uint64_t GetLe(const char* p, int bytes) {
+  uint64_t value = 0;
+  for (int i = 0; i < bytes; ++i) {
+    value |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+  }
+  return value;
+}
+
+long ReadProcLong(const char* path, long fallback) {
+  std::ifstream in(path);
+  long value = 0;
+  if (in >> value && value > 0) return value;
+  return fallback;
+}
+
+// An errno from mq_open as a status that names the limit and how to raise it.
+absl::Status MqOpenError(int error, std::string_view name) {
+  switch (error) {
+    case EMFILE: {
+      struct rlimit limit;
+      getrlimit(RLIMIT_MSGQUEUE, &limit);
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "mq_open(", Av(name), "): RLIMIT_MSGQUEUE (", limit.rlim_cur,
+          " bytes of queues per user) is used up, or the process is out of descriptors; "
+          "raise it with `ulimit -q` (or setrlimit(RLIMIT_MSGQUEUE)), or close other queues"));
+    }
+    case ENOSPC:
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "mq_open(", Av(name), "): /proc/sys/fs/mqueue/queues_max (",
+          ReadProcLong("/proc/sys/fs/mqueue/queues_max", 256),
+          " queues) reached; raise it with `sysctl fs.mqueue.queues_max=N`"));
+    case EINVAL:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "mq_open(", Av(name), "): queue attributes over /proc/sys/fs/mqueue/msg_max or "
+          "msgsize_max, or an invalid name"));
+    case ENOENT:
+      return absl::UnavailableError(
+          absl::StrCat("mq_open(", Av(name), "): no such queue: no server is listening"));
+    default:
+      return ErrnoStatus(error, "mq_open", name);
+  }
+}
+
+// Queue sizes. Every queue is charged to its creator's RLIMIT_MSGQUEUE
+// (800 KiB per user by default) for maxmsg * msgsize plus overhead, so the
+// server's queue takes the kernel's largest messages (8 KiB by default: about
+// 82 KiB), and each client's reply queue small ones (1 KiB: about 11 KiB), so
+// that dozens of clients fit under the default limit; larger responses are
+// fragmented.
+struct mq_attr QueueAttributes(bool server) {
+  const MqLimits limits = ReadMqLimits();
+  struct mq_attr attr = {};
+  attr.mq_maxmsg = std::min<long>(limits.max_messages, 10);
+  attr.mq_msgsize = std::min<long>(limits.message_size, server ? 8192 : 1024);
+  return attr;
+}
+
+uint64_t RandomId() {
+  static std::atomic<uint64_t> counter{0};
+  thread_local std::mt19937_64 rng(std::random_device{}() ^ (uint64_t{static_cast<uint32_t>(::getpid())} << 32));
+  return (rng() & ~uint64_t{0xffff}) | (counter.fetch_add(1) & 0xffff);
+}
+
+UniqueFd PidFd(pid_t pid) { return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))); }
+
+// Waits until `fd` is ready for `events` or `close_event` is signalled.
+absl::Status WaitFor(int fd, short events, int close_event, int timeout_ms,
+                     std::string_view what) {
+  struct pollfd fds[2] = {{fd, events, 0}, {close_event, POLLIN, 0}};
+  int n = RetryEintr([&] { return ::poll(fds, close_event >= 0 ? 2 : 1, timeout_ms); });
+  if (n < 0) return ErrnoStatus(errno, "poll", what);
+  if (n == 0) return absl::DeadlineExceededError(absl::StrCat(Av(what), ": timed out"));
+  if (close_event >= 0 && fds[1].revents != 0) {
+    return absl::UnavailableError(absl::StrCat(Av(what), ": connection closed"));
+  }
+  return absl::OkStatus();
+}
+
+// ------------------------------------------------------------- connection
+
+// One connection, on either side. Writes go to the peer's queue, fragmented.
+// Reads: the client reads its own reply queue; on the server, the listener
+// reads /NAME and hands this connection its fragments (Deliver).
+class MqConnection final : public Connection {
+ public:
+  MqConnection(UniqueFd read_queue, UniqueFd write_queue, long write_message_size,
+               uint64_t connection_id, UniqueFd peer_pidfd, PeerCredentials peer,
+               std::string description, size_t max_message_size, UniqueFd close_event)
+      : read_queue_(std::move(read_queue)),
+        write_queue_(std::move(write_queue)),
+        write_message_size_(static_cast<size_t>(write_message_size)),
+        connection_id_(connection_id),
+        peer_pidfd_(std::move(peer_pidfd)),
+        peer_(peer),
+        description_(std::move(description)),
+        close_event_(std::move(close_event)),
+        reassembler_(max_message_size, kMqMaxPartialMessages),
+        max_message_size_(max_message_size) {
+    if (read_queue_.valid()) {
+      struct mq_attr attr;
+      mq_getattr(read_queue_.get(), &attr);
+      receive_buffer_.resize(static_cast<size_t>(attr.mq_msgsize));
+    }
+    send_buffer_.resize(write_message_size_);
+  }
+
+  ~MqConnection() override {
+    if (readable_.has_value()) readable_->release();
+    if (peer_watch_.has_value()) peer_watch_->release();
+  }
+
+  // Server side: runs on the loop when the connection ends (to unroute it).
+  void SetOnFinish(absl::AnyInvocable<void() &&> on_finish) { on_finish_ = std::move(on_finish); }
+
+  void Start(asio::io_context& io, MessageHandler on_message, CloseHandler on_closed) override {
+    on_message_ = std::move(on_message);
+    on_closed_ = std::move(on_closed);
+    io_.store(&io);
+    auto self = std::static_pointer_cast<MqConnection>(shared_from_this());
+    asio::post(io, [self, &io] {
+      if (self->closing_.load()) {
+        self->Finish(absl::CancelledError(absl::StrCat(self->description_, ": closed")));
+        return;
+      }
+      self->started_ = true;
+      self->peer_watch_.emplace(io, self->peer_pidfd_.get());
+      self->peer_watch_->async_wait(asio::posix::stream_descriptor::wait_read,
+                                    [self](const asio::error_code& ec) {
+                                      if (ec || self->finished_) return;
+                                      self->Finish(absl::UnavailableError(absl::StrCat(
+                                          self->description_, ": peer pid ", self->peer_.pid,
+                                          " exited")));
+                                    });
+      if (self->read_queue_.valid()) {
+        self->readable_.emplace(io, self->read_queue_.get());
+        self->ReadQueue();
+      }
+      // Fragments that came before Start.
+      for (auto& [header, chunk] : self->early_) {
+        if (self->finished_) break;
+        self->Deliver(header, chunk);
+      }
+      self->early_.clear();
+    });
+  }
+
+  // On the loop: one message of this connection (DATA or CLOSE).
+  void Deliver(const MqHeader& header, std::string_view chunk) {
+    if (finished_) return;
+    if (!started_) {
+      early_.emplace_back(header, std::string(chunk));
+      return;
+    }
+    if (header.kind == MqKind::kClose) {
+      Finish(absl::UnavailableError(absl::StrCat(description_, ": the peer closed the connection")));
+      return;
+    }
+    if (header.kind != MqKind::kData) {
+      IPCRPC_LOG(WARNING) << description_ << ": closing: unexpected message kind "
+                          << static_cast<int>(header.kind);
+      Finish(absl::DataLossError(absl::StrCat(description_, ": unexpected message kind")));
+      return;
+    }
+    auto message = reassembler_.Add(header, chunk);
+    if (!message.ok()) {
+      IPCRPC_LOG(WARNING) << description_ << ": closing: " << message.status();
+      Finish(message.status());
+      return;
+    }
+    if (message->has_value()) on_message_(**message);
+    if (closing_.load() && !finished_) {
+      Finish(absl::CancelledError(absl::StrCat(description_, ": closed")));
+    }
+  }
+
+  absl::Status Send(absl::Span<const std::string_view> parts, int priority) override {
+    size_t total = 0;
+    for (std::string_view part : parts) total += part.size();
+    if (total > max_message_size_) {
+      return absl::ResourceExhaustedError(absl::StrCat(description_, ": message of ", total,
+                                                       " bytes exceeds max_message_size ",
+                                                       max_message_size_));
+    }
+    const unsigned mq_priority = static_cast<unsigned>(std::clamp(priority, 0, 31));
+    absl::MutexLock lock(&write_mu_);
+    if (closing_.load()) {
+      return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+    }
+    MqHeader header;
+    header.kind = MqKind::kData;
+    header.sequence = next_sequence_++;
+    header.connection = connection_id_;
+    header.total_length = static_cast<uint32_t>(total);
+    const size_t room = write_message_size_ - kMqHeaderSize;
+    size_t part = 0;
+    size_t part_offset = 0;
+    size_t offset = 0;
+    do {
+      const size_t chunk = std::min(room, total - offset);
+      header.offset = static_cast<uint32_t>(offset);
+      header.last = offset + chunk == total;
+      EncodeMqHeader(header, send_buffer_.data());
+      // Gather the chunk from the parts (mq_send takes one buffer).
+      size_t filled = 0;
+      while (filled < chunk) {
+        const size_t n = std::min(chunk - filled, parts[part].size() - part_offset);
+        std::memcpy(send_buffer_.data() + kMqHeaderSize + filled, parts[part].data() + part_offset, n);
+        filled += n;
+        part_offset += n;
+        if (part_offset == parts[part].size()) {
+          ++part;
+          part_offset = 0;
+        }
+      }
+      while (part < parts.size() && parts[part].size() == part_offset) {
+        ++part;
+        part_offset = 0;
+      }
+      IPCRPC_RETURN_IF_ERROR(SendOne(send_buffer_.data(), kMqHeaderSize + chunk, mq_priority));
+      offset += chunk;
+    } while (offset < total);
+    return absl::OkStatus();
+  }
+
+  void Close() override {
+    if (closing_.exchange(true)) return;
+    uint64_t one = 1;
+    ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
+    (void)ignored;
+    SayClose();
+    if (asio::io_context* io = io_.load(); io != nullptr) {
+      auto self = std::static_pointer_cast<MqConnection>(shared_from_this());
+      asio::post(*io, [self] {
+        self->Finish(absl::CancelledError(absl::StrCat(self->description_, ": closed")));
+      });
+    }
+  }
+
+  const PeerCredentials& peer() const override { return peer_; }
+  const std::string& description() const override { return description_; }
+
+ private:
+  absl::Status SendOne(const char* data, size_t size, unsigned priority)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
+    for (;;) {
+      if (closing_.load()) {
+        return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+      }
+      if (mq_send(write_queue_.get(), data, size, priority) == 0) return absl::OkStatus();
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        // The peer's queue is full: wait for room, or for the end.
+        absl::Status waited =
+            WaitFor(write_queue_.get(), POLLOUT, close_event_.get(), -1, description_);
+        if (!waited.ok()) return waited;
+        continue;
+      }
+      return ErrnoStatus(errno, "mq_send", description_);
+    }
+  }
+
+  // Tells the peer the connection is over, once, at once (best effort: if
+  // its queue is full it learns from our pid instead).
+  void SayClose() {
+    absl::MutexLock lock(&write_mu_);
+    if (said_close_ || !write_queue_.valid()) return;
+    said_close_ = true;
+    MqHeader header;
+    header.kind = MqKind::kClose;
+    header.connection = connection_id_;
+    char message[kMqHeaderSize];
+    EncodeMqHeader(header, message);
+    mq_send(write_queue_.get(), message, sizeof(message), 0);
+  }
+
+  void ReadQueue() {
+    for (;;) {
+      if (finished_) return;
+      unsigned priority = 0;
+      ssize_t n = mq_receive(read_queue_.get(), receive_buffer_.data(), receive_buffer_.size(),
+                             &priority);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) break;
+        Finish(ErrnoStatus(errno, "mq_receive", description_));
+        return;
+      }
+      std::string_view message(receive_buffer_.data(), static_cast<size_t>(n));
+      auto header = DecodeMqHeader(message);
+      if (!header.ok()) {
+        IPCRPC_LOG(WARNING) << description_ << ": closing: " << header.status();
+        Finish(header.status());
+        return;
+      }
+      Deliver(*header, message.substr(kMqHeaderSize));
+    }
+    auto self = std::static_pointer_cast<MqConnection>(shared_from_this());
+    readable_->async_wait(asio::posix::stream_descriptor::wait_read,
+                          [self](const asio::error_code& ec) {
+                            if (ec || self->finished_) return;
+                            self->ReadQueue();
+                          });
+  }
+
+  void Finish(absl::Status reason) {
+    if (finished_) return;
+    finished_ = true;
+    closing_.store(true);
+    uint64_t one = 1;
+    ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
+    (void)ignored;
+    if (readable_.has_value()) {
+      readable_->release();
+      readable_.reset();
+    }
+    if (peer_watch_.has_value()) {
+      peer_watch_->release();
+      peer_watch_.reset();
+    }
+    SayClose();
+    {
+      absl::MutexLock lock(&write_mu_);
+      read_queue_.Reset();
+      write_queue_.Reset();
+      peer_pidfd_.Reset();
+    }
+    on_message_ = nullptr;
+    if (on_finish_) std::move(on_finish_)();
+    on_finish_ = nullptr;
+    if (on_closed_) {
+      CloseHandler on_closed = std::move(on_closed_);
+      on_closed_ = nullptr;
+      std::move(on_closed)(std::move(reason));
+    }
+  }
+
+  UniqueFd read_queue_;
+  UniqueFd write_queue_;
+  const size_t write_message_size_;
+  const uint64_t connection_id_;
+  UniqueFd peer_pidfd_;
+  const PeerCredentials peer_;
+  const std::string description_;
+  UniqueFd close_event_;
+
+  std::atomic<bool> closing_{false};
+  std::atomic<asio::io_context*> io_{nullptr};
+
+  // Loop only.
+  bool started_ = false;
+  bool finished_ = false;
+  std::optional<asio::posix::stream_descriptor> readable_;
+  std::optional<asio::posix::stream_descriptor> peer_watch_;
+  MessageHandler on_message_;
+  CloseHandler on_closed_;
+  absl::AnyInvocable<void() &&> on_finish_;
+  MqReassembler reassembler_;
+  std::vector<char> receive_buffer_;
+  std::vector<std::pair<MqHeader, std::string>> early_;
+  const size_t max_message_size_;
+
+  absl::Mutex write_mu_;
+  uint32_t next_sequence_ ABSL_GUARDED_BY(write_mu_) = 0;
+  bool said_close_ ABSL_GUARDED_BY(write_mu_) = false;
+  std::vector<char> send_buffer_ ABSL_GUARDED_BY(write_mu_);
+};
+
+absl::StatusOr<UniqueFd> NewCloseEvent(std::string_view what) {
+  UniqueFd fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!fd.valid()) return ErrnoStatus(errno, "eventfd", what);
+  return fd;
+}
+
+// ----------------------------------------------------------------- server
+
+struct MqAcceptor {
+  std::string description;
+  std::string queue_name;  // "/NAME"
+  TransportOptions options;
+  UniqueFd queue;
+  std::optional<asio::posix::stream_descriptor> readable;
+  Listener::AcceptHandler on_accept;
+  std::atomic<bool> closed{false};
+  std::vector<char> buffer;
+  asio::io_context* io = nullptr;
+  // Loop only.
+  absl::flat_hash_map<uint64_t, std::weak_ptr<MqConnection>> routes;
+
+  void ShutdownOnLoop() {
+    if (readable.has_value()) {
+      readable->release();
+      readable.reset();
+    }
+    queue.Reset();
+    on_accept = nullptr;
+  }
+
+  void HandleConnect(std::string_view payload) {
+    // CONNECT payload: u32 version, u32 pid, then the reply queue's name.
+    if (payload.size() < 12 || std::memcmp(payload.data(), kConnectMagic, 4) != 0 ||
+        GetLe(payload.data() + 4, 4) != kMqVersion) {
+      IPCRPC_LOG(WARNING) << description << ": dropping a CONNECT that is not well formed";
+      return;
+    }
+    const pid_t pid = static_cast<pid_t>(GetLe(payload.data() + 8, 4));
+    const std::string reply_name(payload.substr(12));
+    if (reply_name.size() < 2 || reply_name[0] != '/' ||
+        reply_name.find('/', 1) != std::string::npos ||
+        reply_name.find('\0') != std::string::npos || reply_name.size() > 255) {
+      IPCRPC_LOG(WARNING) << description << ": dropping a CONNECT from pid " << pid
+                          << ": bad reply queue name";
+      return;
+    }
+    UniqueFd reply(static_cast<int>(
+        mq_open(reply_name.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC)));
+    if (!reply.valid()) {
+      IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid << ": "
+                          << MqOpenError(errno, reply_name);
+      return;
+    }
+    struct stat st;
+    if (::fstat(reply.get(), &st) < 0 ||
+        (st.st_uid != ::geteuid() &&
+         std::find(options.allowed_uids.begin(), options.allowed_uids.end(), st.st_uid) ==
+             options.allowed_uids.end())) {
+      IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid << ": reply queue "
+                          << reply_name << " belongs to uid " << st.st_uid
+                          << ", which is not ours and not in ServerOptions::allowed_uids";
+      return;
+    }
+    UniqueFd pidfd = PidFd(pid);
+    if (!pidfd.valid()) {
+      IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid << ": "
+                          << ErrnoStatus(errno, "pidfd_open", "the client");
+      return;
+    }
+    struct mq_attr attr;
+    if (mq_getattr(reply.get(), &attr) < 0 ||
+        attr.mq_msgsize < static_cast<long>(kMqHeaderSize) + 1) {
+      IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid
+                          << ": reply queue messages too small";
+      return;
+    }
+    auto close_event = NewCloseEvent(description);
+    if (!close_event.ok()) return;
+    uint64_t id = RandomId();
+    while (id == 0 || routes.contains(id)) id = RandomId();
+    // ACCEPT: the connection id, our pid.
+    char accept[kMqHeaderSize + 4];
+    MqHeader header;
+    header.kind = MqKind::kAccept;
+    header.connection = id;
+    EncodeMqHeader(header, accept);
+    PutLe(accept + kMqHeaderSize, static_cast<uint32_t>(::getpid()), 4);
+    if (mq_send(reply.get(), accept, sizeof(accept), kConnectPriority) < 0) {
+      IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid
+                          << ": cannot answer on its reply queue: " << std::strerror(errno);
+      return;
+    }
+    auto connection = std::make_shared<MqConnection>(
+        UniqueFd(), std::move(reply), attr.mq_msgsize, id, std::move(pidfd),
+        PeerCredentials{pid, st.st_uid}, absl::StrCat(description, " peer pid ", pid),
+        options.max_message_size, *std::move(close_event));
+    routes.emplace(id, connection);
+    connection->SetOnFinish([this, id] { routes.erase(id); });
+    on_accept(std::move(connection));
+  }
+
+  void HandleMessage(std::string_view message) {
+    auto header = DecodeMqHeader(message);
+    if (!header.ok()) {
+      IPCRPC_LOG(WARNING) << description << ": dropping a message: " << header.status();
+      return;
+    }
+    if (header->kind == MqKind::kConnect) {
+      HandleConnect(message.substr(kMqHeaderSize));
+      return;
+    }
+    auto route = routes.find(header->connection);
+    std::shared_ptr<MqConnection> connection =
+        route == routes.end() ? nullptr : route->second.lock();
+    if (connection == nullptr) {
+      IPCRPC_LOG(INFO) << description << ": dropping a message for connection "
+                       << header->connection << ", which does not exist";
+      return;
+    }
+    connection->Deliver(*header, message.substr(kMqHeaderSize));
+  }
+};
+
+void WaitForMessages(const std::shared_ptr<MqAcceptor>& state);
+
+void ReadMessages(const std::shared_ptr<MqAcceptor>& state) {
+  for (;;) {
+    if (state->closed.load()) {
+      state->ShutdownOnLoop();
+      return;
+    }
+    unsigned priority = 0;
+    ssize_t n = mq_receive(state->queue.get(), state->buffer.data(), state->buffer.size(),
+                           &priority);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) break;
+      IPCRPC_LOG(ERROR) << state->description << ": stops serving: mq_receive: "
+                        << std::strerror(errno);
+      state->ShutdownOnLoop();
+      return;
+    }
+    state->HandleMessage(std::string_view(state->buffer.data(), static_cast<size_t>(n)));
+  }
+  WaitForMessages(state);
+}
+
+void WaitForMessages(const std::shared_ptr<MqAcceptor>& state) {
+  state->readable->async_wait(asio::posix::stream_descriptor::wait_read,
+                              [state](const asio::error_code& ec) {
+                                if (state->closed.load() || ec) {
+                                  state->ShutdownOnLoop();
+                                  return;
+                                }
+                                ReadMessages(state);
+                              });
+}
+
+class MqListener final : public Listener {
+ public:
+  MqListener(Endpoint endpoint, TransportOptions options)
+      : endpoint_(std::move(endpoint)), options_(std::move(options)) {}
+  ~MqListener() override { Close(); }
+
+  absl::Status Start(asio::io_context& io, AcceptHandler on_accept) override {
+    const std::string name = "/" + endpoint_.address;
+    IPCRPC_RETURN_IF_ERROR(TakeLock());
+    struct mq_attr attr = QueueAttributes(/*server=*/true);
+    UniqueFd queue;
+    for (int attempt = 0; attempt < 2 && !queue.valid(); ++attempt) {
+      queue.Reset(static_cast<int>(mq_open(name.c_str(),
+                                           O_CREAT | O_EXCL | O_RDONLY | O_NONBLOCK | O_CLOEXEC,
+                                           0600, &attr)));
+      if (!queue.valid() && errno == EEXIST) {
+        // We hold the lock, so the queue's server is gone: it is stale.
+        IPCRPC_LOG(INFO) << endpoint_.text << ": reclaiming stale queue " << name;
+        mq_unlink(name.c_str());
+        continue;
+      }
+      if (!queue.valid()) {
+        absl::Status status = MqOpenError(errno, name);
+        ReleaseLock();
+        return status;
+      }
+    }
+    if (!queue.valid() || ::fchmod(queue.get(), options_.mode) < 0) {
+      absl::Status status = queue.valid() ? ErrnoStatus(errno, "fchmod", name)
+                                          : absl::AlreadyExistsError(name + " keeps reappearing");
+      if (queue.valid()) mq_unlink(name.c_str());
+      ReleaseLock();
+      return status;
+    }
+    created_ = true;
+    state_ = std::make_shared<MqAcceptor>();
+    state_->description = endpoint_.text;
+    state_->queue_name = name;
+    state_->options = options_;
+    state_->queue = std::move(queue);
+    state_->buffer.resize(static_cast<size_t>(attr.mq_msgsize));
+    state_->on_accept = std::move(on_accept);
+    state_->io = &io;
+    io_ = &io;
+    auto state = state_;
+    asio::post(io, [state, &io] {
+      if (state->closed.load()) {
+        state->ShutdownOnLoop();
+        return;
+      }
+      state->readable.emplace(io, state->queue.get());
+      ReadMessages(state);
+    });
+    return absl::OkStatus();
+  }
+
+  void Close() override {
+    if (closed_) return;
+    closed_ = true;
+    if (created_) mq_unlink(("/" + endpoint_.address).c_str());
+    ReleaseLock();
+    if (state_ != nullptr) {
+      state_->closed.store(true);
+      auto state = state_;
+      asio::post(*io_, [state] { state->ShutdownOnLoop(); });
+    }
+  }
+
+  const std::string& endpoint() const override { return endpoint_.text; }
+
+ private:
+  // The lock that says "a live server owns /NAME".
+  absl::Status TakeLock() {
+    IPCRPC_ASSIGN_OR_RETURN(std::string dir, RuntimeDirectory());
+    lock_path_ = absl::StrCat(dir, "/mq-", endpoint_.address, ".lock");
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      UniqueFd fd(::open(lock_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+      if (!fd.valid()) return ErrnoStatus(errno, "open", lock_path_);
+      if (::flock(fd.get(), LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK) {
+          return absl::AlreadyExistsError(
+              absl::StrCat(endpoint_.text, ": a live server owns queue /", endpoint_.address));
+        }
+        return ErrnoStatus(errno, "flock", lock_path_);
+      }
+      // The file we locked must still be the one at the path (a server that
+      // was shutting down may have unlinked it meanwhile).
+      struct stat locked;
+      struct stat named;
+      if (::fstat(fd.get(), &locked) == 0 && ::stat(lock_path_.c_str(), &named) == 0 &&
+          locked.st_ino == named.st_ino && locked.st_dev == named.st_dev) {
+        std::string pid = std::to_string(::getpid()) + "\n";
+        if (::ftruncate(fd.get(), 0) == 0) {
+          ssize_t ignored = ::pwrite(fd.get(), pid.data(), pid.size(), 0);
+          (void)ignored;
+        }
+        lock_ = std::move(fd);
+        return absl::OkStatus();
+      }
+    }
+    return absl::AlreadyExistsError(absl::StrCat(endpoint_.text, ": cannot take ", lock_path_));
+  }
+
+  void ReleaseLock() {
+    if (!lock_.valid()) return;
+    ::unlink(lock_path_.c_str());
+    lock_.Reset();
+  }
+
+  const Endpoint endpoint_;
+  const TransportOptions options_;
+  asio::io_context* io_ = nullptr;
+  std::shared_ptr<MqAcceptor> state_;
+  std::string lock_path_;
+  UniqueFd lock_;
+  bool created_ = false;
+  bool closed_ = false;
+};
+
+// ----------------------------------------------------------------- client
+
+class MqConnector final : public Connector {
+ public:
+  MqConnector(Endpoint endpoint, TransportOptions options)
+      : endpoint_(std::move(endpoint)), options_(std::move(options)) {}
+
+  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&) override {
+    const std::string& text = endpoint_.text;
+    const std::string server_name = "/" + endpoint_.address;
+    UniqueFd server(static_cast<int>(
+        mq_open(server_name.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC)));
+    if (!server.valid()) return MqOpenError(errno, server_name);
+    struct mq_attr server_attr;
+    struct stat server_st;
+    if (mq_getattr(server.get(), &server_attr) < 0 || ::fstat(server.get(), &server_st) < 0) {
+      return ErrnoStatus(errno, "mq_getattr", server_name);
+    }
+    if (server_attr.mq_msgsize < static_cast<long>(kMqHeaderSize) + 256 + 12) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(text, ": the server queue's messages are too small"));
+    }
+    // A queue whose server's lock (docs/PROTOCOL.md) is free has no server:
+    // say so now rather than after the handshake's timeout.
+    if (auto dir = RuntimeDirectory(); dir.ok()) {
+      UniqueFd lock(::open(absl::StrCat(*dir, "/mq-", endpoint_.address, ".lock").c_str(),
+                           O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+      if (lock.valid() && ::flock(lock.get(), LOCK_SH | LOCK_NB) == 0) {
+        return absl::UnavailableError(absl::StrCat(
+            text, ": no server is listening (queue ", server_name, " is stale)"));
+      }
+    }
+
+    static std::atomic<unsigned> counter{0};
+    const std::string reply_name = absl::StrCat("/ipcrpc-", ::getpid(), "-", counter.fetch_add(1),
+                                                "-", RandomId() % 1000000);
+    struct mq_attr attr = QueueAttributes(/*server=*/false);
+    UniqueFd reply(static_cast<int>(mq_open(
+        reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0600, &attr)));
+    if (!reply.valid()) return MqOpenError(errno, reply_name);
+    // The name goes as soon as the server has opened it, or on any failure.
+    absl::Cleanup unlink_reply = [&] { mq_unlink(reply_name.c_str()); };
+    if (::fchmod(reply.get(), options_.mode) < 0) return ErrnoStatus(errno, "fchmod", reply_name);
+
+    std::string connect(kMqHeaderSize + 12 + reply_name.size(), '\0');
+    MqHeader header;
+    header.kind = MqKind::kConnect;
+    EncodeMqHeader(header, connect.data());
+    std::memcpy(connect.data() + kMqHeaderSize, kConnectMagic, 4);
+    PutLe(connect.data() + kMqHeaderSize + 4, kMqVersion, 4);
+    PutLe(connect.data() + kMqHeaderSize + 8, static_cast<uint32_t>(::getpid()), 4);
+    std::memcpy(connect.data() + kMqHeaderSize + 12, reply_name.data(), reply_name.size());
+    for (;;) {
+      if (mq_send(server.get(), connect.data(), connect.size(), kConnectPriority) == 0) break;
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        IPCRPC_RETURN_IF_ERROR(WaitFor(server.get(), POLLOUT, -1, kHandshakeTimeoutMs,
+                                       absl::StrCat(text, ": waiting for room to connect")));
+        continue;
+      }
+      return ErrnoStatus(errno, "mq_send", text);
+    }
+    std::vector<char> buffer(static_cast<size_t>(attr.mq_msgsize));
+    ssize_t n;
+    for (;;) {
+      absl::Status waited = WaitFor(reply.get(), POLLIN, -1, kHandshakeTimeoutMs, text);
+      if (!waited.ok()) {
+        return absl::UnavailableError(absl::StrCat(
+            text, ": the server did not accept the connection within ", kHandshakeTimeoutMs,
+            " ms (its log says why)"));
+      }
+      n = mq_receive(reply.get(), buffer.data(), buffer.size(), nullptr);
+      if (n >= 0) break;
+      if (errno != EINTR && errno != EAGAIN) return ErrnoStatus(errno, "mq_receive", reply_name);
+    }
+    auto accept = DecodeMqHeader(std::string_view(buffer.data(), static_cast<size_t>(n)));
+    if (!accept.ok() || accept->kind != MqKind::kAccept ||
+        static_cast<size_t>(n) < kMqHeaderSize + 4) {
+      return absl::UnavailableError(absl::StrCat(text, ": bad ACCEPT from the server"));
+    }
+    std::move(unlink_reply).Invoke();
+    const pid_t server_pid = static_cast<pid_t>(GetLe(buffer.data() + kMqHeaderSize, 4));
+    UniqueFd pidfd = PidFd(server_pid);
+    if (!pidfd.valid()) {
+      return absl::UnavailableError(absl::StrCat(text, ": server pid ", server_pid, " is gone"));
+    }
+    IPCRPC_ASSIGN_OR_RETURN(UniqueFd close_event, NewCloseEvent(text));
+    return std::make_shared<MqConnection>(
+        std::move(reply), std::move(server), server_attr.mq_msgsize, accept->connection,
+        std::move(pidfd), PeerCredentials{server_pid, server_st.st_uid},
+        absl::StrCat(text, " server pid ", server_pid), options_.max_message_size,
+        std::move(close_event));
+  }
+
+  const std::string& endpoint() const override { return endpoint_.text; }
+
+ private:
+  const Endpoint endpoint_;
+  const TransportOptions options_;
+};
+
+absl::Status ValidateMqName(const Endpoint& endpoint) {
+  const std::string& name = endpoint.address;
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
+      name.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "endpoint '", endpoint.text, "': mq: needs a queue name without '/' (e.g. mq:calc)"));
+  }
+  if (name.size() > 200) {
+    return absl::InvalidArgumentError(absl::StrCat("endpoint '", endpoint.text,
+                                                   "': the queue name is over 200 bytes"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void EncodeMqHeader(const MqHeader& header, char* out) {
+  out[0] = static_cast<char>(header.kind);
+  out[1] = header.last ? 1 : 0;
+  out[2] = out[3] = 0;
+  PutLe(out + 4, header.sequence, 4);
+  PutLe(out + 8, header.connection, 8);
+  PutLe(out + 16, header.total_length, 4);
+  PutLe(out + 20, header.offset, 4);
+}
+
+absl::StatusOr<MqHeader> DecodeMqHeader(std::string_view message) {
+  if (message.size() < kMqHeaderSize) {
+    return absl::DataLossError(absl::StrCat("queue message of ", message.size(),
+                                            " bytes is shorter than its ", kMqHeaderSize,
+                                            "-byte header"));
+  }
+  const uint8_t kind = static_cast<uint8_t>(message[0]);
+  if (kind < 1 || kind > 4) return absl::DataLossError(absl::StrCat("unknown message kind ", kind));
+  MqHeader header;
+  header.kind = static_cast<MqKind>(kind);
+  header.last = (message[1] & 1) != 0;
+  header.sequence = static_cast<uint32_t>(GetLe(message.data() + 4, 4));
+  header.connection = GetLe(message.data() + 8, 8);
+  header.total_length = static_cast<uint32_t>(GetLe(message.data() + 16, 4));
+  header.offset = static_cast<uint32_t>(GetLe(message.data() + 20, 4));
+  return header;
+}
+
+absl::StatusOr<std::optional<std::string_view>> MqReassembler::Add(const MqHeader& header,
+                                                                   std::string_view chunk) {
+  const size_t total = header.total_length;
+  if (total > max_message_size_) {
+    return absl::ResourceExhaustedError(absl::StrCat("fragmented message of ", total,
+                                                     " bytes exceeds max_message_size ",
+                                                     max_message_size_));
+  }
+  if (static_cast<uint64_t>(header.offset) + chunk.size() > total) {
+    return absl::DataLossError("fragment runs past its message's length");
+  }
+  const bool ends = header.offset + chunk.size() == total;
+  if (ends != header.last) return absl::DataLossError("fragment's 'last' flag is wrong");
+  auto it = partial_.find(header.sequence);
+  if (header.offset == 0) {
+    if (it != partial_.end()) {
+      return absl::DataLossError(absl::StrCat("message ", header.sequence, " started twice"));
+    }
+    if (ends) return std::optional<std::string_view>(chunk);  // the common case: no copy
+    if (partial_.size() >= max_partial_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "more than ", max_partial_, " partially received messages on one connection"));
+    }
+    std::string& data = partial_[header.sequence];
+    data.reserve(total);
+    data.append(chunk);
+    return std::optional<std::string_view>();
+  }
+  if (it == partial_.end() || it->second.size() != header.offset) {
+    return absl::DataLossError(absl::StrCat("fragment of message ", header.sequence, " at offset ",
+                                            header.offset, " is out of order"));
+  }
+  it->second.append(chunk);
+  if (!ends) return std::optional<std::string_view>();
+  complete_ = std::move(it->second);
+  partial_.erase(it);
+  return std::optional<std::string_view>(complete_);
+}
+
+MqLimits ReadMqLimits() {
+  return MqLimits{ReadProcLong("/proc/sys/fs/mqueue/msg_max", 10),
+                  ReadProcLong("/proc/sys/fs/mqueue/msgsize_max", 8192)};
+}
+
+absl::StatusOr<std::unique_ptr<Listener>> CreateMqListener(const Endpoint& endpoint,
+                                                           const TransportOptions& options) {
+  IPCRPC_RETURN_IF_ERROR(ValidateMqName(endpoint));
+  return std::make_unique<MqListener>(endpoint, options);
+}
+
+absl::StatusOr<std::unique_ptr<Connector>> CreateMqConnector(const Endpoint& endpoint,
+                                                             const TransportOptions& options) {
+  IPCRPC_RETURN_IF_ERROR(ValidateMqName(endpoint));
+  return std::make_unique<MqConnector>(endpoint, options);
+}
+
+}  // namespace ipcrpc::internal
