@@ -66,6 +66,15 @@ run_example() {
   wait "$server"
   trap - EXIT
   [[ ! -e $fifo ]] || { echo "dev.sh: $fifo left behind" >&2; exit 1; }
+  echo "== calculator over mq: (queue /NAME, a reply queue per client)"
+  local queue="ipcrpc-calculator-$$"
+  "$bin/calculator_server" --endpoint="mq:$queue" &
+  server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  "$bin/calculator_client" --endpoint="mq:$queue" --wait_for_server_ms=10000
+  kill -TERM "$server"
+  wait "$server"
+  trap - EXIT
   echo "== every transport works"
 }
 
