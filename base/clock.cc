@@ -2,15 +2,34 @@
 
 #include <time.h>
 
+#include <atomic>
+
 #include "absl/time/clock.h"
 
 namespace ipcrpc::internal {
 
+namespace {
+std::atomic<int64_t> test_offset_ns{0};
+}  // namespace
+
 int64_t MonotonicNowNs() {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+  // Relaxed: the offset only changes in tests, between steps they order.
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec +
+         test_offset_ns.load(std::memory_order_relaxed);
 }
+
+void AdvanceClockForTesting(absl::Duration d) {
+  test_offset_ns.fetch_add(absl::ToInt64Nanoseconds(d), std::memory_order_relaxed);
+}
+
+std::chrono::steady_clock::time_point SteadyTimeOf(int64_t deadline_ns) {
+  return std::chrono::steady_clock::time_point(
+      std::chrono::nanoseconds(deadline_ns - test_offset_ns.load(std::memory_order_relaxed)));
+}
+
+void ResetClockForTesting() { test_offset_ns.store(0, std::memory_order_relaxed); }
 
 int64_t AddDurationNs(int64_t now_ns, absl::Duration d) {
   if (d == absl::InfiniteDuration()) return kNoDeadline;

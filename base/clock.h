@@ -6,6 +6,7 @@
 #ifndef IPCRPC_BASE_CLOCK_H_
 #define IPCRPC_BASE_CLOCK_H_
 
+#include <chrono>
 #include <cstdint>
 #include <limits>
 
@@ -15,8 +16,15 @@ namespace ipcrpc::internal {
 
 inline constexpr int64_t kNoDeadline = std::numeric_limits<int64_t>::max();
 
-// CLOCK_MONOTONIC now, in ns.
+// CLOCK_MONOTONIC now, in ns (plus the test offset below, normally 0).
 int64_t MonotonicNowNs();
+
+// Tests: moves this process's view of the clock forward by `d` (on top of
+// CLOCK_MONOTONIC), so that deadline checks (expiry on arrival, while
+// queued, of a response) see time pass without waiting for it. Timers still
+// fire in real time. Reset with ResetClockForTesting.
+void AdvanceClockForTesting(absl::Duration d);
+void ResetClockForTesting();
 
 // now_ns + d, saturating at kNoDeadline (and at 0 below).
 int64_t AddDurationNs(int64_t now_ns, absl::Duration d);
@@ -26,6 +34,11 @@ int64_t WallToMonotonicNs(absl::Time t);
 
 // The wall time for a monotonic deadline (kNoDeadline → InfiniteFuture).
 absl::Time MonotonicToWall(int64_t deadline_ns);
+
+// The steady_clock (CLOCK_MONOTONIC on Linux) time point of a deadline, for
+// timers and condition-variable waits (less the test offset). Not for
+// kNoDeadline.
+std::chrono::steady_clock::time_point SteadyTimeOf(int64_t deadline_ns);
 
 // Remaining time until `deadline_ns` (never negative; Infinite for none).
 absl::Duration RemainingUntil(int64_t deadline_ns);

@@ -31,10 +31,6 @@ int64_t DeadlineOf(const CallOptions& options) {
   return std::min(from_timeout, from_deadline);
 }
 
-std::chrono::steady_clock::time_point SteadyTimeOf(int64_t deadline_ns) {
-  // steady_clock is CLOCK_MONOTONIC on Linux, the clock of deadline_ns.
-  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
-}
 
 absl::Status DeadlineExceeded(std::string_view method) {
   return absl::DeadlineExceededError(absl::StrCat("deadline exceeded calling ", Av(method)));

@@ -17,25 +17,17 @@
 #include "asio/io_context.hpp"
 #include "asio/post.hpp"
 #include "asio/steady_timer.hpp"
-#include "asio/thread_pool.hpp"
 #include "base/clock.h"
 #include "base/logging.h"
 #include "base/status_macros.h"
 #include "base/strings.h"
 #include "rpc/frame.h"
+#include "rpc/handler_scheduler.h"
 #include "rpc/server_call_state.h"
 #include "transports/transport.h"
 
 namespace ipcrpc {
 namespace internal {
-namespace {
-
-std::chrono::steady_clock::time_point SteadyTimeOf(int64_t deadline_ns) {
-  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(deadline_ns));
-}
-
-}  // namespace
-
 // One accepted connection and the calls in flight on it.
 struct ServerConnection {
   ServerConnection(std::shared_ptr<Connection> connection, bool ends_server_with_it)
@@ -49,7 +41,8 @@ struct ServerConnection {
 };
 
 // The inside of a Server. Frames are read and dispatched on one loop thread;
-// handlers and every send run on the handler pool, so the loop never blocks
+// handlers and every send run on the handler threads (HandlerScheduler:
+// highest priority, then earliest deadline first), so the loop never blocks
 // on a peer and always drains what clients send.
 class ServerCore {
  public:
@@ -61,6 +54,7 @@ class ServerCore {
   absl::Status Start();
   void Wait();
   void Shutdown(absl::Duration grace);
+  Server::Stats stats() const;
 
  private:
   enum class State { kNew, kRunning, kDone };
@@ -90,13 +84,16 @@ class ServerCore {
   asio::io_context io_;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
   std::thread loop_thread_;
-  std::optional<asio::thread_pool> pool_;
+  std::optional<HandlerScheduler> pool_;
 
   // Filled before Start, read-only after (the loop starts in Start).
   absl::flat_hash_map<std::string, const Service::MethodHandler*> methods_;
 
   std::atomic<bool> draining_{false};
   std::atomic<int> calls_in_flight_{0};
+  std::atomic<int64_t> calls_queued_{0};
+  std::atomic<int64_t> calls_handled_{0};
+  std::atomic<int64_t> calls_rejected_{0};
 
   absl::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kNew;
@@ -301,7 +298,10 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     });
   }
   const Service::MethodHandler* handler = method->second;
-  asio::post(*pool_, [this, connection, call, handler, request = std::string(frame.payload)] {
+  calls_queued_.fetch_add(1);
+  pool_->Post(call->priority, call->deadline_ns,
+              [this, connection, call, handler, request = std::string(frame.payload)] {
+    calls_queued_.fetch_sub(1);
     RunHandler(connection, call, handler, request);
   });
 }
@@ -313,6 +313,7 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
   std::string response;
   const bool expired = MonotonicNowNs() >= call->deadline_ns;
   if (expired || call->IsCancelled()) {
+    calls_rejected_.fetch_add(1);
     // Expired or cancelled while it waited for a thread: never run. (The
     // deadline is checked here too: the loop's timer may not have fired yet.)
     status = expired
@@ -320,6 +321,7 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
                        "deadline passed before ", call->method, " started on the server"))
                  : absl::CancelledError(absl::StrCat(call->method, " cancelled before it started"));
   } else {
+    calls_handled_.fetch_add(1);
     ServerContext context(call);
     try {
       status = (*handler)(context, request, response);
@@ -394,14 +396,17 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
 
 void ServerCore::Reject(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
                         absl::Status status) {
-  asio::post(*pool_, [this, connection, request_id, status = std::move(status)] {
+  calls_rejected_.fetch_add(1);
+  pool_->Post(HandlerScheduler::kControlPriority, 0,
+              [this, connection, request_id, status = std::move(status)] {
     SendResponse(connection, request_id, status, "");
   });
 }
 
 void ServerCore::SendControl(const std::shared_ptr<ServerConnection>& connection, FrameType type,
                              uint64_t request_id, std::string_view text) {
-  asio::post(*pool_, [connection, type, request_id, text = std::string(text)] {
+  pool_->Post(HandlerScheduler::kControlPriority, 0,
+              [connection, type, request_id, text = std::string(text)] {
     FrameHeader header;
     header.type = type;
     header.request_id = request_id;
@@ -509,7 +514,7 @@ void ServerCore::Shutdown(absl::Duration grace) {
   } else {
     io_.run();  // never started: run what Listen and Close queued
   }
-  pool_->join();
+  pool_->Join();
   listeners.clear();
   absl::MutexLock lock(&mu_);
   state_ = State::kDone;
@@ -517,7 +522,18 @@ void ServerCore::Shutdown(absl::Duration grace) {
 
 }  // namespace internal
 
+Server::Stats internal::ServerCore::stats() const {
+  Server::Stats stats;
+  stats.calls_in_flight = calls_in_flight_.load();
+  stats.calls_queued = calls_queued_.load();
+  stats.calls_handled = calls_handled_.load();
+  stats.calls_rejected = calls_rejected_.load();
+  return stats;
+}
+
 // --------------------------------------------------------------------- public
+
+Server::Stats Server::stats() const { return core_->stats(); }
 
 Server::Server(const ServerOptions& options)
     : core_(std::make_shared<internal::ServerCore>(options)) {}

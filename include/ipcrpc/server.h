@@ -9,6 +9,7 @@
 #ifndef IPCRPC_SERVER_H_
 #define IPCRPC_SERVER_H_
 
+#include <cstdint>
 #include <memory>
 #include <string_view>
 
@@ -55,6 +56,15 @@ class Server {
   // cancels the rest (their clients get CANCELLED) and waits for their
   // handlers to return. Removes the named objects the server created.
   void Shutdown(absl::Duration grace = absl::Seconds(5));
+
+  // Counters, for monitoring and tests. A snapshot; thread-safe.
+  struct Stats {
+    int64_t calls_in_flight = 0;  // accepted and not yet answered
+    int64_t calls_queued = 0;     // of those, waiting for a handler thread
+    int64_t calls_handled = 0;    // handlers that ran
+    int64_t calls_rejected = 0;   // answered without a handler (expired, overload, unknown method, ...)
+  };
+  Stats stats() const;
 
  private:
   std::shared_ptr<internal::ServerCore> core_;

@@ -36,6 +36,7 @@ class ExtraService : public Service {
       return absl::OkStatus();
     });
     AddMethod("extra.Extra/Block", [this](ServerContext&, std::string_view, std::string&) {
+      if (!block_started.HasBeenNotified()) block_started.Notify();
       release_.WaitForNotification();
       return absl::OkStatus();
     });
@@ -68,6 +69,7 @@ class ExtraService : public Service {
   absl::Time deadline;
   std::string method;
   std::shared_ptr<Channel> inner_channel;
+  absl::Notification block_started;
 
  private:
   absl::Notification release_;
@@ -178,6 +180,7 @@ TEST_F(ChannelServerTest, RequestThatExpiresWhileQueuedNeverRuns) {
   absl::Notification blocked_done;
   channel_->CallMethodAsync("extra.Extra/Block", "", {},
                             [&](absl::StatusOr<std::string>) { blocked_done.Notify(); });
+  extra_.block_started.WaitForNotification();  // the only handler thread is taken
   CallOptions short_deadline;
   short_deadline.timeout = absl::Milliseconds(50);
   // Queued behind Block on the only handler thread until its deadline passes.

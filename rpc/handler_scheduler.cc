@@ -1,0 +1,48 @@
+#include "rpc/handler_scheduler.h"
+
+#include <utility>
+
+namespace ipcrpc::internal {
+
+HandlerScheduler::HandlerScheduler(int threads) {
+  threads_.reserve(threads);
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
+}
+
+HandlerScheduler::~HandlerScheduler() { Join(); }
+
+void HandlerScheduler::Post(int priority, int64_t deadline_ns,
+                            absl::AnyInvocable<void() &&> task) {
+  absl::MutexLock lock(&mu_);
+  queue_.push(Task{priority, deadline_ns, next_sequence_++, std::move(task)});
+}
+
+void HandlerScheduler::Join() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (std::thread& thread : threads_) {
+    if (thread.joinable()) thread.join();
+  }
+}
+
+void HandlerScheduler::Work() {
+  for (;;) {
+    absl::AnyInvocable<void() &&> run;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](HandlerScheduler* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return !self->queue_.empty() || self->stopping_;
+          },
+          this));
+      if (queue_.empty()) return;  // stopping, and nothing left
+      run = std::move(queue_.top().run);
+      queue_.pop();
+    }
+    std::move(run)();
+  }
+}
+
+}  // namespace ipcrpc::internal

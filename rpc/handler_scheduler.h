@@ -1,0 +1,60 @@
+// The server's handler threads and their queue. A task waiting for a thread
+// is served highest priority first, then earliest deadline first, then in
+// arrival order; control work (answers that need no handler) goes before any
+// call. Thread-safe.
+#ifndef IPCRPC_RPC_HANDLER_SCHEDULER_H_
+#define IPCRPC_RPC_HANDLER_SCHEDULER_H_
+
+#include <cstdint>
+#include <queue>
+#include <thread>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/synchronization/mutex.h"
+
+namespace ipcrpc::internal {
+
+class HandlerScheduler {
+ public:
+  // Priority of work that is not a call (above every call priority 0..31).
+  static constexpr int kControlPriority = 32;
+
+  explicit HandlerScheduler(int threads);
+  // Runs what is queued, then joins the threads.
+  ~HandlerScheduler();
+
+  // Queues `task`; `deadline_ns` is monotonic (INT64_MAX for none).
+  void Post(int priority, int64_t deadline_ns, absl::AnyInvocable<void() &&> task);
+
+  // Stops accepting nothing: runs every queued task, then joins. Idempotent.
+  void Join();
+
+ private:
+  struct Task {
+    int priority;
+    int64_t deadline_ns;
+    uint64_t sequence;
+    mutable absl::AnyInvocable<void() &&> run;
+  };
+  struct Later {
+    // True if a should run after b.
+    bool operator()(const Task& a, const Task& b) const {
+      if (a.priority != b.priority) return a.priority < b.priority;
+      if (a.deadline_ns != b.deadline_ns) return a.deadline_ns > b.deadline_ns;
+      return a.sequence > b.sequence;
+    }
+  };
+
+  void Work();
+
+  absl::Mutex mu_;
+  std::priority_queue<Task, std::vector<Task>, Later> queue_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_RPC_HANDLER_SCHEDULER_H_
