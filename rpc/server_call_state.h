@@ -16,6 +16,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 #include "asio/steady_timer.hpp"
+#include "base/clock.h"
 #include "rpc/frame.h"
 
 namespace ipcrpc::internal {
@@ -40,7 +41,12 @@ class ServerCallState {
   const pid_t peer_pid;
   const uid_t peer_uid;
 
-  bool IsCancelled() const { return cancelled_.load(std::memory_order_acquire); }
+  // Cancelled, or past the deadline (also before the loop's timer has fired
+  // and run the OnCancel callbacks).
+  bool IsCancelled() const {
+    return cancelled_.load(std::memory_order_acquire) ||
+           (deadline_ns != kNoDeadline && MonotonicNowNs() >= deadline_ns);
+  }
 
   // Marks the call cancelled and runs the OnCancel callbacks on this thread.
   // Returns false if it was cancelled or finished already.

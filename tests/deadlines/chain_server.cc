@@ -1,0 +1,165 @@
+// One hop of a chain of servers, each in its own process: chain.Chain/Call
+// calls the next hop with CallOptions::From(context), and the last hop waits
+// until its call is cancelled. The first hop starts the others:
+//
+//   chain_server --endpoint=unix:/tmp/a.sock --hops=3 --transport=unix [--ready_fd=N]
+//
+// chain.Chain/WaitCancelled returns, once this hop and every later one have
+// seen their call cancelled, "1,1,1" (one entry per hop: IsCancelled() was
+// true when the handler returned).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "ipcrpc/ipcrpc.h"
+
+namespace {
+
+std::string Flag(int argc, char** argv, const char* name) {
+  const std::string prefix = absl::StrCat("--", name, "=");
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], prefix.c_str(), prefix.size()) == 0) return argv[i] + prefix.size();
+  }
+  return "";
+}
+
+class ChainService : public ipcrpc::Service {
+ public:
+  explicit ChainService(std::shared_ptr<ipcrpc::Channel> next) : next_(std::move(next)) {
+    AddMethod("chain.Chain/Call", [this](ipcrpc::ServerContext& context, std::string_view,
+                                         std::string&) { return Call(context); });
+    AddMethod("chain.Chain/WaitCancelled",
+              [this](ipcrpc::ServerContext& context, std::string_view, std::string& response) {
+                absl::MutexLock lock(&mu_);
+                auto seen = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return saw_cancel_ > 0; };
+                if (!mu_.AwaitWithDeadline(absl::Condition(&seen), context.deadline())) {
+                  return absl::DeadlineExceededError("this hop never saw its call cancelled");
+                }
+                response.clear();
+                response.push_back('1');
+                if (next_ == nullptr) return absl::OkStatus();
+                mu_.Unlock();
+                auto rest = next_->CallMethod("chain.Chain/WaitCancelled", "",
+                                              ipcrpc::CallOptions::From(context));
+                mu_.Lock();
+                if (!rest.ok()) return rest.status();
+                absl::StrAppend(&response, ",", *rest);
+                return absl::OkStatus();
+              });
+  }
+
+ private:
+  absl::Status Call(ipcrpc::ServerContext& context) {
+    absl::Status status;
+    if (next_ != nullptr) {
+      status = next_->CallMethod("chain.Chain/Call", "", ipcrpc::CallOptions::From(context))
+                   .status();
+    } else {
+      absl::Notification cancelled;
+      context.OnCancel([&cancelled] { cancelled.Notify(); });
+      cancelled.WaitForNotification();
+      status = absl::CancelledError("the last hop was cancelled");
+    }
+    if (context.IsCancelled()) {
+      absl::MutexLock lock(&mu_);
+      ++saw_cancel_;
+    }
+    return status;
+  }
+
+  std::shared_ptr<ipcrpc::Channel> next_;
+  absl::Mutex mu_;
+  int saw_cancel_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string endpoint = Flag(argc, argv, "endpoint");
+  const std::string transport = Flag(argc, argv, "transport");
+  const int hops = std::atoi(Flag(argc, argv, "hops").c_str());
+  const std::string ready = Flag(argc, argv, "ready_fd");
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  // The next hop, started by this one.
+  std::shared_ptr<ipcrpc::Channel> next;
+  pid_t next_pid = -1;
+  if (hops > 1) {
+    const std::string self = "/proc/self/exe";
+    const std::string rest = absl::StrCat("--hops=", hops - 1);
+    absl::StatusOr<std::shared_ptr<ipcrpc::Channel>> channel;
+    if (transport == "pipe") {
+      channel = ipcrpc::SpawnChild({self, "--endpoint=pipe:", rest, "--transport=pipe"});
+    } else {
+      const std::string name = absl::StrCat("ipcrpc-chain-", getpid());
+      const std::string next_endpoint =
+          transport == "mq" ? "mq:" + name : absl::StrCat(transport, ":/tmp/", name);
+      int pipefd[2];
+      if (pipe(pipefd) != 0) return 1;
+      next_pid = fork();
+      if (next_pid == 0) {
+        close(pipefd[0]);
+        const std::string ready_flag = absl::StrCat("--ready_fd=", pipefd[1]);
+        const std::string endpoint_flag = "--endpoint=" + next_endpoint;
+        const std::string transport_flag = "--transport=" + transport;
+        execl(self.c_str(), self.c_str(), endpoint_flag.c_str(), rest.c_str(),
+              transport_flag.c_str(), ready_flag.c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+      }
+      close(pipefd[1]);
+      char line[8] = {};
+      if (read(pipefd[0], line, sizeof(line) - 1) <= 0) return 1;
+      close(pipefd[0]);
+      channel = ipcrpc::Channel::Connect(next_endpoint);
+    }
+    if (!channel.ok()) {
+      std::fprintf(stderr, "chain_server: next hop: %s\n", channel.status().ToString().c_str());
+      return 1;
+    }
+    next = *std::move(channel);
+  }
+
+  ChainService service(next);
+  ipcrpc::Server server;
+  absl::Status status = server.RegisterService(&service);
+  if (status.ok()) status = server.Listen(endpoint);
+  if (status.ok()) status = server.Start();
+  if (!status.ok()) {
+    std::fprintf(stderr, "chain_server: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  if (!ready.empty()) {
+    const int fd = std::atoi(ready.c_str());
+    ssize_t ignored = write(fd, "READY\n", 6);
+    (void)ignored;
+    close(fd);
+  }
+  std::thread signal_thread([&server, signals] {
+    int signal_number = 0;
+    sigwait(&signals, &signal_number);
+    server.Shutdown(absl::Seconds(1));
+  });
+  server.Wait();
+  pthread_kill(signal_thread.native_handle(), SIGTERM);
+  signal_thread.join();
+  next.reset();
+  if (next_pid > 0) {
+    kill(next_pid, SIGTERM);
+    waitpid(next_pid, nullptr, 0);
+  }
+  return 0;
+}

@@ -1,0 +1,105 @@
+// Deadlines carried across hops: a chain of three servers in three
+// processes, on every transport. A 50 ms deadline at the top ends all three
+// hops by about 50 ms, and each handler sees IsCancelled().
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "base/syscall.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "ipcrpc/ipcrpc.h"
+#include "tests/util/process.h"
+#include "tests/util/status_matchers.h"
+
+namespace ipcrpc::testing {
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr int kSlowdown = 5;
+#else
+constexpr int kSlowdown = 1;
+#endif
+
+class ChainTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    const std::string transport = GetParam();
+    if (transport == "pipe") {
+      auto channel = SpawnChild({IPCRPC_CHAIN_SERVER, "--endpoint=pipe:", "--hops=3",
+                                 "--transport=pipe"});
+      ASSERT_THAT(channel, IsOk());
+      channel_ = *std::move(channel);
+      return;
+    }
+    const std::string name = UniqueName("ipcrpc-chain-top");
+    endpoint_ = transport == "mq" ? "mq:" + name : absl::StrCat(transport, ":/tmp/", name);
+    int ready[2];
+    ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
+    internal::UniqueFd ready_read(ready[0]);
+    internal::UniqueFd ready_write(ready[1]);
+    auto pid = Spawn({IPCRPC_CHAIN_SERVER, "--endpoint=" + endpoint_, "--hops=3",
+                      "--transport=" + transport, absl::StrCat("--ready_fd=", ready[1])},
+                     {ready[1]});
+    ASSERT_THAT(pid, IsOk());
+    top_pid_ = *pid;
+    ready_write.Reset();
+    ASSERT_THAT(ReadLine(ready_read.get(), absl::Seconds(30)), IsOk());
+    auto channel = Channel::Connect(endpoint_);
+    ASSERT_THAT(channel, IsOk());
+    channel_ = *std::move(channel);
+  }
+  void TearDown() override {
+    channel_.reset();
+    if (top_pid_ > 0) {
+      kill(top_pid_, SIGTERM);
+      auto status = WaitForExit(top_pid_, absl::Seconds(30));
+      EXPECT_TRUE(status.has_value() && WIFEXITED(*status) && WEXITSTATUS(*status) == 0);
+    }
+  }
+
+  std::string endpoint_;
+  pid_t top_pid_ = -1;
+  std::shared_ptr<Channel> channel_;
+};
+
+TEST_P(ChainTest, FiftyMillisecondsAtTheTopEndAllThreeHops) {
+  CallOptions options;
+  options.timeout = absl::Milliseconds(50);
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(channel_->CallMethod("chain.Chain/Call", "", options),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  const absl::Duration elapsed = absl::Now() - start;
+  EXPECT_GE(elapsed, absl::Milliseconds(50));
+  EXPECT_LT(elapsed, absl::Milliseconds(50 + 100 * kSlowdown));
+  // Every hop's handler saw its call cancelled, by about the same deadline.
+  CallOptions wait;
+  wait.timeout = absl::Seconds(10);
+  const absl::Time asked = absl::Now();
+  auto seen = channel_->CallMethod("chain.Chain/WaitCancelled", "", wait);
+  ASSERT_THAT(seen, IsOk());
+  EXPECT_EQ(*seen, "1,1,1");
+  EXPECT_LT(absl::Now() - asked, absl::Milliseconds(100 * kSlowdown))
+      << "a hop was still running long after the deadline";
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, ChainTest,
+                         ::testing::Values("unix", "pipe", "fifo", "mq"),
+                         [](const ::testing::TestParamInfo<std::string>& param) {
+                           return param.param;
+                         });
+
+}  // namespace
+}  // namespace ipcrpc::testing
+
+int main(int argc, char** argv) {
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}
