@@ -1,0 +1,202 @@
+// How late does a call that times out return? Against a server process whose
+// handler never answers, over each transport:
+//   sync:  calls one after another, deadlines spread over 1..10 ms
+//   async: 1000 calls in flight at once, deadlines spread over 1..100 ms
+// Lateness = when the caller got DEADLINE_EXCEEDED - the deadline.
+//
+//   deadline_accuracy [--transports unix,pipe,fifo,mq] [--sync_calls 200] [--async_calls 1000]
+//
+// One line per measurement:
+//   deadline <transport> <sync|async> calls=<n> late_p50_us=<x> late_p99_us=<y> late_max_us=<z>
+#include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <mqueue.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/notification.h"
+#include "ipcrpc/ipcrpc.h"
+
+namespace {
+
+int64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+// The handler that never answers (it ignores cancellation; the server is
+// killed at the end).
+class NeverService : public ipcrpc::Service {
+ public:
+  NeverService() {
+    AddMethod("bench.Never/Call", [this](ipcrpc::ServerContext&, std::string_view, std::string&) {
+      forever_.WaitForNotification();
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  absl::Notification forever_;
+};
+
+int Serve(const std::string& endpoint, int ready_fd) {
+  NeverService service;
+  ipcrpc::ServerOptions options;
+  options.handler_threads = 4;
+  options.max_calls_per_connection = 100000;
+  options.max_calls_in_flight = 100000;
+  ipcrpc::Server server(options);
+  if (!server.RegisterService(&service).ok() || !server.Listen(endpoint).ok() ||
+      !server.Start().ok()) {
+    return 1;
+  }
+  if (ready_fd >= 0) {
+    ssize_t ignored = write(ready_fd, "R", 1);
+    (void)ignored;
+    close(ready_fd);
+  }
+  pause();  // until killed
+  return 0;
+}
+
+void Report(const std::string& transport, const char* mode, std::vector<int64_t> late_ns) {
+  std::sort(late_ns.begin(), late_ns.end());
+  auto at = [&](double q) {
+    return late_ns[std::min(late_ns.size() - 1, static_cast<size_t>(q * late_ns.size()))] / 1000.0;
+  };
+  std::printf("deadline %s %s calls=%zu late_p50_us=%.1f late_p99_us=%.1f late_max_us=%.1f\n",
+              transport.c_str(), mode, late_ns.size(), at(0.50), at(0.99),
+              late_ns.back() / 1000.0);
+  std::fflush(stdout);
+}
+
+int Measure(const std::string& self, const std::string& transport, int sync_calls,
+            int async_calls) {
+  std::shared_ptr<ipcrpc::Channel> channel;
+  pid_t server = -1;
+  std::string endpoint;
+  if (transport == "pipe") {
+    auto spawned = ipcrpc::SpawnChild({self, "--serve=pipe:"});
+    if (!spawned.ok()) return 1;
+    channel = *spawned;
+  } else {
+    const std::string name = absl::StrCat("ipcrpc-bench-deadline-", getpid());
+    endpoint = transport == "mq" ? "mq:" + name : absl::StrCat(transport, ":/tmp/", name);
+    int ready[2];
+    if (pipe(ready) != 0) return 1;
+    server = fork();
+    if (server == 0) {
+      close(ready[0]);
+      const std::string serve = "--serve=" + endpoint;
+      const std::string fd = absl::StrCat("--ready_fd=", ready[1]);
+      execl(self.c_str(), self.c_str(), serve.c_str(), fd.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(ready[1]);
+    char byte;
+    if (read(ready[0], &byte, 1) != 1) return 1;
+    close(ready[0]);
+    auto connected = ipcrpc::Channel::Connect(endpoint);
+    if (!connected.ok()) {
+      std::fprintf(stderr, "%s\n", connected.status().ToString().c_str());
+      return 1;
+    }
+    channel = *connected;
+  }
+  std::mt19937 rng(42);
+
+  std::vector<int64_t> late;
+  for (int i = 0; i < sync_calls; ++i) {
+    ipcrpc::CallOptions options;
+    const int64_t timeout_ns = 1'000'000 + rng() % 9'000'000;
+    options.timeout = absl::Nanoseconds(timeout_ns);
+    const int64_t deadline = NowNs() + timeout_ns;
+    auto result = channel->CallMethod("bench.Never/Call", "", options);
+    const int64_t now = NowNs();
+    if (!absl::IsDeadlineExceeded(result.status())) {
+      std::fprintf(stderr, "unexpected: %s\n", result.status().ToString().c_str());
+      return 1;
+    }
+    late.push_back(now - deadline);
+  }
+  Report(transport, "sync", late);
+
+  std::vector<int64_t> async_late(async_calls);
+  absl::BlockingCounter done(async_calls);
+  std::atomic<int> wrong{0};
+  for (int i = 0; i < async_calls; ++i) {
+    ipcrpc::CallOptions options;
+    const int64_t timeout_ns = 1'000'000 + rng() % 99'000'000;
+    options.timeout = absl::Nanoseconds(timeout_ns);
+    const int64_t deadline = NowNs() + timeout_ns;
+    channel->CallMethodAsync("bench.Never/Call", "", options,
+                             [&, i, deadline](absl::StatusOr<std::string> result) {
+                               async_late[i] = NowNs() - deadline;
+                               if (!absl::IsDeadlineExceeded(result.status())) wrong++;
+                               done.DecrementCount();
+                             });
+  }
+  done.Wait();
+  if (wrong.load() > 0) std::fprintf(stderr, "%d async calls ended otherwise\n", wrong.load());
+  Report(transport, "async", async_late);
+
+  channel.reset();
+  if (server > 0) {
+    kill(server, SIGKILL);
+    waitpid(server, nullptr, 0);
+    if (transport == "unix" || transport == "fifo") unlink(endpoint.substr(endpoint.find(':') + 1).c_str());
+    if (transport == "mq") mq_unlink(("/" + endpoint.substr(3)).c_str());
+  }
+  return wrong.load() > 0 ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string serve;
+  int ready_fd = -1;
+  std::string transports = "unix,pipe,fifo,mq";
+  int sync_calls = 200;
+  int async_calls = 1000;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&](const char* name) -> const char* {
+      const std::string prefix = std::string("--") + name + "=";
+      if (arg.rfind(prefix, 0) == 0) return argv[i] + prefix.size();
+      if (arg == std::string("--") + name && i + 1 < argc) return argv[++i];
+      return nullptr;
+    };
+    if (const char* v1 = value("serve")) {
+      serve = v1;
+    } else if (const char* v2 = value("ready_fd")) {
+      ready_fd = std::atoi(v2);
+    } else if (const char* v3 = value("transports")) {
+      transports = v3;
+    } else if (const char* v4 = value("sync_calls")) {
+      sync_calls = std::atoi(v4);
+    } else if (const char* v5 = value("async_calls")) {
+      async_calls = std::atoi(v5);
+    }
+  }
+  if (!serve.empty()) return Serve(serve, ready_fd);
+  std::printf("# deadline accuracy; %ld CPUs online; client and server placed by the scheduler\n",
+              sysconf(_SC_NPROCESSORS_ONLN));
+  int rc = 0;
+  for (const std::string& transport : std::vector<std::string>(absl::StrSplit(transports, ','))) {
+    rc |= Measure("/proc/self/exe", transport, sync_calls, async_calls);
+  }
+  return rc;
+}
