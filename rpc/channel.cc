@@ -22,6 +22,7 @@ TransportOptions ToTransportOptions(const ChannelOptions& options) {
   transport.max_message_size = options.max_message_size + kMaxFrameOverhead;
   transport.mode = options.mode;
   transport.child_exit_grace = options.child_exit_grace;
+  transport.shm_ring_size = options.shm_ring_size;
   return transport;
 }
 

@@ -9,6 +9,7 @@
 #include "transports/fifo/fifo_transport.h"
 #include "transports/mq/mq_transport.h"
 #include "transports/pipe/pipe_transport.h"
+#include "transports/shm/shm_transport.h"
 #include "transports/transport.h"
 #include "transports/unix/unix_transport.h"
 
@@ -31,7 +32,7 @@ constexpr Transport kTransports[] = {
     {"pipe", &CreatePipeListener, &CreatePipeConnector},
     {"fifo", &CreateFifoListener, &CreateFifoConnector},
     {"mq", &CreateMqListener, &CreateMqConnector},
-    {"shm", nullptr, nullptr},
+    {"shm", &CreateShmListener, &CreateShmConnector},
 };
 
 absl::StatusOr<const Transport*> Find(const Endpoint& endpoint) {

@@ -47,6 +47,8 @@ struct TransportOptions {
   // pipe: how long a closed channel waits for its child to exit before
   // killing it.
   absl::Duration child_exit_grace = absl::Seconds(5);
+  // shm: bytes in each of a connection's two rings (a power of two).
+  size_t shm_ring_size = 256 * 1024;
 };
 
 // A parsed endpoint "scheme:address".

@@ -34,6 +34,9 @@ struct ChannelOptions {
   // pipe: when the channel is destroyed, how long to wait for the child to
   // exit after its pipes close before killing it.
   absl::Duration child_exit_grace = absl::Seconds(5);
+  // shm: bytes in each of the connection's two rings (a power of two,
+  // 4 KiB..64 MiB). Larger messages are streamed through the ring.
+  size_t shm_ring_size = 256 * 1024;
 };
 
 // Limits and settings of a server.

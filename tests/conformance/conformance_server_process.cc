@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <mqueue.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -19,6 +21,8 @@
 #include "tests/util/process.h"
 #include "transports/fifo/fifo_transport.h"
 #include "transports/mq/mq_transport.h"
+#include "transports/shm/shm_ring.h"
+#include "transports/shm/shm_transport.h"
 
 namespace ipcrpc::testing {
 
@@ -28,9 +32,10 @@ absl::StatusOr<std::unique_ptr<ConformanceServerProcess>> ConformanceServerProce
     const TransportTraits& transport) {
   std::unique_ptr<ConformanceServerProcess> server(new ConformanceServerProcess());
   server->transport_ = transport;
-  if (transport.name == "unix" || transport.name == "fifo" || transport.name == "mq") {
+  if (transport.name == "unix" || transport.name == "fifo" || transport.name == "mq" ||
+      transport.name == "shm") {
     // Servers with a name: a separate process that says when it is ready.
-    server->socket_path_ = transport.name == "mq"
+    server->socket_path_ = (transport.name == "mq" || transport.name == "shm")
                                ? UniqueName("ipcrpc-conformance")
                                : UniqueName("/tmp/ipcrpc-conformance") + "." + transport.name;
     server->endpoint_ = transport.name + ":" + server->socket_path_;
@@ -81,7 +86,9 @@ ConformanceServerProcess::~ConformanceServerProcess() {
       kill(pid_, SIGKILL);
       WaitForExit(pid_, absl::Seconds(20));
     }
-    if (transport_.name == "mq") {
+    if (transport_.name == "shm") {
+      // Nothing on disk to check: the name is abstract, the memory a memfd.
+    } else if (transport_.name == "mq") {
       UniqueFd queue(static_cast<int>(mq_open(("/" + socket_path_).c_str(), O_RDONLY | O_CLOEXEC)));
       EXPECT_FALSE(queue.valid()) << "queue /" << socket_path_ << " was left behind";
     } else if (!socket_path_.empty()) {
@@ -96,6 +103,7 @@ ConformanceServerProcess::~ConformanceServerProcess() {
   // test removes it so that nothing is left.
   if (transport_.name == "mq") {
     mq_unlink(("/" + socket_path_).c_str());
+  } else if (transport_.name == "shm") {
   } else if (!socket_path_.empty()) {
     unlink(socket_path_.c_str());
   }
@@ -120,7 +128,33 @@ void ConformanceServerProcess::Kill() {
   kill(pid_, SIGKILL);
 }
 
+namespace {
+
+// shm: writes `bytes` into ring 0 of a raw peer's region by hand, publishes,
+// rings the server's doorbell.
+bool ShmWrite(ConformanceServerProcess::RawPeer& peer, std::string_view bytes) {
+  char* base = peer.shm_region.get();
+  auto* control = reinterpret_cast<internal::ShmRingControl*>(base + 64);
+  char* data = base + internal::kShmHeaderSize;
+  if (bytes.size() > peer.shm_ring_size) return false;
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    data[(peer.shm_position + i) & (peer.shm_ring_size - 1)] = bytes[i];
+  }
+  peer.shm_position += bytes.size();
+  control->producer_position.store(peer.shm_position, std::memory_order_release);
+  uint64_t one = 1;
+  return write(peer.shm_server_doorbell.get(), &one, sizeof(one)) == sizeof(one);
+}
+
+}  // namespace
+
 bool ConformanceServerProcess::RawPeer::SendMessage(std::string_view frame) {
+  if (shm_region != nullptr) {
+    uint32_t size = static_cast<uint32_t>(frame.size());
+    std::string message(reinterpret_cast<const char*>(&size), 4);
+    message.append(frame);
+    return ShmWrite(*this, message);
+  }
   if (mq_server.valid()) {
     std::string message(internal::kMqHeaderSize, '\0');
     internal::MqHeader header;
@@ -139,6 +173,7 @@ bool ConformanceServerProcess::RawPeer::SendMessage(std::string_view frame) {
 }
 
 bool ConformanceServerProcess::RawPeer::SendOversized() {
+  if (shm_region != nullptr) return ShmWrite(*this, std::string_view("\xff\xff\xff\xffxxxx", 8));
   if (mq_server.valid()) {
     std::string message(internal::kMqHeaderSize, '\0');
     internal::MqHeader header;
@@ -169,12 +204,14 @@ bool ConformanceServerProcess::RawPeer::WaitClosed(absl::Duration timeout) {
     }
     return false;
   }
+  if (shm_socket.valid()) return WaitForEof(shm_socket.get(), timeout);
   return WaitForEof(from_server.get(), timeout);
 }
 
 void ConformanceServerProcess::RawPeer::Finish() {
   to_server.Reset();
   mq_server.Reset();
+  shm_socket.Reset();
 }
 
 absl::StatusOr<ConformanceServerProcess::RawPeer> ConformanceServerProcess::OpenRawPeer() const {
@@ -206,6 +243,56 @@ absl::StatusOr<ConformanceServerProcess::RawPeer> ConformanceServerProcess::Open
                      {absl::StrCat("IPCRPC_PIPE_FDS=", child_read.get(), ",", child_write.get())});
     if (!pid.ok()) return pid.status();
     peer.own_server = *pid;
+    return peer;
+  }
+  if (transport_.name == "shm") {
+    // The shm: handshake by hand (docs/PROTOCOL.md): a sealed memfd and two
+    // eventfds in a HELLO over the abstract socket.
+    peer.shm_ring_size = 4096;
+    peer.shm_socket = UniqueFd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr = {};
+    addr.sun_family = AF_UNIX;
+    const std::string name = "ipcrpc-shm-" + socket_path_;
+    std::memcpy(addr.sun_path + 1, name.data(), name.size());
+    if (connect(peer.shm_socket.get(), reinterpret_cast<sockaddr*>(&addr),
+                offsetof(sockaddr_un, sun_path) + 1 + name.size()) < 0) {
+      return absl::ErrnoToStatus(errno, "connect");
+    }
+    UniqueFd memfd(memfd_create("raw", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    const size_t length = internal::kShmHeaderSize + 2 * peer.shm_ring_size;
+    if (ftruncate(memfd.get(), length) < 0 ||
+        fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+      return absl::ErrnoToStatus(errno, "memfd");
+    }
+    void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
+    if (base == MAP_FAILED) return absl::ErrnoToStatus(errno, "mmap");
+    peer.shm_region = std::shared_ptr<char>(static_cast<char*>(base),
+                                            [length](char* p) { munmap(p, length); });
+    std::memcpy(peer.shm_region.get(), "ISHR\x01\x00\x00\x00", 8);
+    uint64_t ring = peer.shm_ring_size;
+    std::memcpy(peer.shm_region.get() + 8, &ring, 8);
+    UniqueFd client_doorbell(eventfd(0, EFD_CLOEXEC));
+    peer.shm_server_doorbell = UniqueFd(eventfd(0, EFD_CLOEXEC));
+    char hello[internal::kShmHelloSize] = {'I', 'S', 'H', 'M', 1, 0, 0, 0};
+    std::memcpy(hello + 8, &ring, 8);
+    struct iovec iov = {hello, sizeof(hello)};
+    alignas(struct cmsghdr) char control[CMSG_SPACE(3 * sizeof(int))] = {};
+    struct msghdr msg = {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(3 * sizeof(int));
+    const int fds[3] = {memfd.get(), peer.shm_server_doorbell.get(), client_doorbell.get()};
+    std::memcpy(CMSG_DATA(c), fds, sizeof(fds));
+    if (sendmsg(peer.shm_socket.get(), &msg, MSG_NOSIGNAL) != sizeof(hello)) {
+      return absl::ErrnoToStatus(errno, "sendmsg");
+    }
+    auto ack = ReadBytes(peer.shm_socket.get(), 8, absl::Seconds(10));
+    if (!ack.ok()) return ack.status();
     return peer;
   }
   if (transport_.name == "mq") {

@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -50,6 +51,12 @@ class ConformanceServerProcess {
     internal::UniqueFd mq_server;
     internal::UniqueFd mq_reply;
     uint64_t mq_connection = 0;
+    // shm: the socket, our mapping of the region, the server's doorbell.
+    internal::UniqueFd shm_socket;
+    std::shared_ptr<char> shm_region;
+    size_t shm_ring_size = 0;
+    internal::UniqueFd shm_server_doorbell;
+    uint64_t shm_position = 0;  // our producer position in ring 0
 
     // Sends `frame` as one whole transport message.
     bool SendMessage(std::string_view frame);

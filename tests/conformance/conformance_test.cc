@@ -43,6 +43,7 @@ const TransportTraits kTransports[] = {
     {"pipe", false},
     {"fifo", true},
     {"mq", true},
+    {"shm", true},
 };
 
 std::string Pattern(size_t size, uint32_t seed) {

@@ -1,0 +1,109 @@
+// A single-producer single-consumer byte ring in memory shared by two
+// processes. Layout (docs/PROTOCOL.md, "shm: rings"): a control block of
+// three cache lines - the producer's position, the consumer's position, the
+// consumer's "sleeping" flag - and `size` bytes of data (a power of two).
+// Positions are byte counts since the start (u64, never wrap in practice);
+// the byte at position p is data[p & (size - 1)].
+//
+// Invariants, for each side:
+// - Only the producer writes the producer position, only the consumer the
+//   consumer position. Each side keeps its own position privately and never
+//   reads it back from shared memory, so the peer cannot move it.
+// - What a side reads of the other's position is checked before use:
+//   0 <= producer - consumer <= size, or the ring is corrupt (the peer is
+//   faulty or hostile) and the connection must be closed.
+// - Each side caches the other's position and re-reads it only when the
+//   cached value says the ring is full (producer) or empty (consumer), so the
+//   common path touches no cache line the other side writes.
+//
+// Memory ordering:
+// - The producer writes data, then stores its position with release; the
+//   consumer loads that position with acquire before reading the data, so it
+//   sees the bytes (data happens-before the position it reads).
+// - The consumer reads data, then stores its position with release; the
+//   producer loads it with acquire before overwriting that space, so the
+//   consumer's reads happen-before the producer's new writes.
+// - Sleeping (no lost wake-up): the consumer stores sleeping = 1, then (after
+//   a seq_cst fence) loads the producer position; the producer stores its
+//   position, then (after a seq_cst fence) loads sleeping. The fences order
+//   the store-then-load on each side (Dekker), so at least one side sees the
+//   other's store: either the consumer sees the data and does not sleep, or
+//   the producer sees sleeping = 1 and rings the doorbell. Whoever clears
+//   the flag (exchange to 0) owns the one doorbell ring.
+#ifndef IPCRPC_TRANSPORTS_SHM_SHM_RING_H_
+#define IPCRPC_TRANSPORTS_SHM_SHM_RING_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+
+namespace ipcrpc::internal {
+
+inline constexpr size_t kCacheLine = 64;
+
+// The control block, in shared memory.
+struct alignas(kCacheLine) ShmRingControl {
+  alignas(kCacheLine) std::atomic<uint64_t> producer_position;
+  alignas(kCacheLine) std::atomic<uint64_t> consumer_position;
+  alignas(kCacheLine) std::atomic<uint32_t> consumer_sleeping;
+};
+static_assert(sizeof(ShmRingControl) == 3 * kCacheLine);
+static_assert(std::atomic<uint64_t>::is_always_lock_free, "needs lock-free 64-bit atomics");
+
+// The writing side of a ring. Not thread-safe (one producer).
+class ShmRingProducer {
+ public:
+  ShmRingProducer(ShmRingControl* control, char* data, size_t size)
+      : control_(control), data_(data), size_(size) {}
+
+  // Writes as much of `bytes` as fits now; returns how much (possibly 0).
+  // Corrupt if the consumer's position is impossible.
+  absl::StatusOr<size_t> Write(std::string_view bytes);
+
+  // Publishes what was written; true if the consumer was asleep and must be
+  // woken (the caller rings its doorbell).
+  bool Publish();
+
+ private:
+  ShmRingControl* const control_;
+  char* const data_;
+  const size_t size_;
+  uint64_t position_ = 0;         // ours: the truth
+  uint64_t published_ = 0;        // what the consumer may read
+  uint64_t cached_consumer_ = 0;  // the consumer's position, as last read
+};
+
+// The reading side of a ring. Not thread-safe (one consumer).
+class ShmRingConsumer {
+ public:
+  ShmRingConsumer(ShmRingControl* control, const char* data, size_t size)
+      : control_(control), data_(data), size_(size) {}
+
+  // The bytes readable now, as up to two spans (the second after the wrap);
+  // empty if none. Corrupt (DATA_LOSS) if the producer's position is
+  // impossible.
+  absl::Status Peek(std::string_view* first, std::string_view* second);
+
+  // Consumes `n` bytes (at most what Peek returned).
+  void Consume(size_t n);
+
+  // Announces that the consumer will sleep: true if it may (nothing
+  // arrived), false if data arrived meanwhile (the flag is cleared again).
+  bool PrepareToSleep();
+
+ private:
+  ShmRingControl* const control_;
+  const char* const data_;
+  const size_t size_;
+  uint64_t position_ = 0;         // ours: the truth
+  uint64_t cached_producer_ = 0;  // the producer's position, as last read
+};
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_TRANSPORTS_SHM_SHM_RING_H_

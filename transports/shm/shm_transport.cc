@@ -1,0 +1,756 @@
+#include "transports/shm/shm_transport.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <new>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "asio/io_context.hpp"
+#include "asio/posix/stream_descriptor.hpp"
+#include "asio/post.hpp"
+#include "asio/steady_timer.hpp"
+#include "base/logging.h"
+#include "base/status_macros.h"
+#include "base/syscall.h"
+#include "transports/shm/shm_ring.h"
+#include "transports/unix/unix_transport.h"
+
+namespace ipcrpc::internal {
+namespace {
+
+constexpr char kHelloMagic[4] = {'I', 'S', 'H', 'M'};
+constexpr char kAckMagic[4] = {'I', 'S', 'H', 'A'};
+constexpr char kRegionMagic[4] = {'I', 'S', 'H', 'R'};
+constexpr uint32_t kVersion = 1;
+constexpr size_t kControlOffset[2] = {64, 256};  // c2s, s2c
+constexpr int kHandshakeTimeoutMs = 5000;
+// Polls of an empty ring before the reader sleeps on its doorbell.
+constexpr int kReaderSpins = 200;
+
+void PutLe(char* p, uint64_t value, int bytes) {
+  for (int i = 0; i < bytes; ++i) p[i] = static_cast<char>((value >> (8 * i)) & 0xff);
+}
+
+uint64_t GetLe(const char* p, int bytes) {
+  uint64_t value = 0;
+  for (int i = 0; i < bytes; ++i) {
+    value |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+  }
+  return value;
+}
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+socklen_t AbstractAddress(const std::string& name, sockaddr_un* addr) {
+  std::memset(addr, 0, sizeof(*addr));
+  addr->sun_family = AF_UNIX;
+  const std::string full = "ipcrpc-shm-" + name;
+  std::memcpy(addr->sun_path + 1, full.data(), full.size());
+  return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + full.size());
+}
+
+bool IsEventFd(int fd) {
+  char link[64] = {};
+  const std::string path = absl::StrCat("/proc/self/fd/", fd);
+  ssize_t n = ::readlink(path.c_str(), link, sizeof(link) - 1);
+  return n > 0 && std::string_view(link, n) == "anon_inode:[eventfd]";
+}
+
+// A mapped region, unmapped when the last user is gone.
+struct Region {
+  char* base = nullptr;
+  size_t length = 0;
+  size_t ring_size = 0;
+  ~Region() {
+    if (base != nullptr) ::munmap(base, length);
+  }
+  ShmRingControl* control(int ring) {
+    return reinterpret_cast<ShmRingControl*>(base + kControlOffset[ring]);
+  }
+  char* data(int ring) { return base + kShmHeaderSize + ring * ring_size; }
+};
+
+// ------------------------------------------------------------- connection
+
+class ShmConnection final : public Connection {
+ public:
+  // `in` and `out` are ring indexes (0: client to server, 1: server to client).
+  ShmConnection(UniqueFd socket, std::shared_ptr<Region> region, int in, int out,
+                UniqueFd own_doorbell, UniqueFd peer_doorbell, PeerCredentials peer,
+                std::string description, size_t max_message_size)
+      : socket_(std::move(socket)),
+        region_(std::move(region)),
+        consumer_(region_->control(in), region_->data(in), region_->ring_size),
+        producer_(region_->control(out), region_->data(out), region_->ring_size),
+        own_doorbell_(std::move(own_doorbell)),
+        peer_doorbell_(std::move(peer_doorbell)),
+        peer_(peer),
+        description_(std::move(description)),
+        max_message_size_(max_message_size) {}
+
+  ~ShmConnection() override {
+    if (socket_watch_.has_value()) socket_watch_->release();
+    if (doorbell_watch_.has_value()) doorbell_watch_->release();
+  }
+
+  void Start(asio::io_context& io, MessageHandler on_message, CloseHandler on_closed) override {
+    on_message_ = std::move(on_message);
+    on_closed_ = std::move(on_closed);
+    io_.store(&io);
+    auto self = std::static_pointer_cast<ShmConnection>(shared_from_this());
+    asio::post(io, [self, &io] {
+      if (self->closing_.load()) {
+        self->Finish(absl::CancelledError(absl::StrCat(self->description_, ": closed")));
+        return;
+      }
+      self->socket_watch_.emplace(io, self->socket_.get());
+      self->doorbell_watch_.emplace(io, self->own_doorbell_.get());
+      self->WatchSocket();
+      self->ReadRing();
+    });
+  }
+
+  absl::Status Send(absl::Span<const std::string_view> parts, int /*priority*/) override {
+    size_t total = 0;
+    for (std::string_view part : parts) total += part.size();
+    if (total > max_message_size_) {
+      return absl::ResourceExhaustedError(absl::StrCat(description_, ": message of ", total,
+                                                       " bytes exceeds max_message_size ",
+                                                       max_message_size_));
+    }
+    char prefix[4];
+    PutLe(prefix, total, 4);
+    absl::MutexLock lock(&write_mu_);
+    IPCRPC_RETURN_IF_ERROR(WriteAll(std::string_view(prefix, 4)));
+    for (std::string_view part : parts) IPCRPC_RETURN_IF_ERROR(WriteAll(part));
+    PublishAndRing();
+    return absl::OkStatus();
+  }
+
+  void Close() override {
+    if (closing_.exchange(true)) return;
+    // The peer sees EOF at once.
+    ::shutdown(socket_.get(), SHUT_RDWR);
+    if (asio::io_context* io = io_.load(); io != nullptr) {
+      auto self = std::static_pointer_cast<ShmConnection>(shared_from_this());
+      asio::post(*io, [self] {
+        self->Finish(absl::CancelledError(absl::StrCat(self->description_, ": closed")));
+      });
+    }
+  }
+
+  const PeerCredentials& peer() const override { return peer_; }
+  const std::string& description() const override { return description_; }
+
+ private:
+  void PublishAndRing() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
+    if (producer_.Publish()) {
+      uint64_t one = 1;
+      ssize_t ignored = ::write(peer_doorbell_.get(), &one, sizeof(one));
+      (void)ignored;
+    }
+  }
+
+  // Writes `bytes` whole, waiting for room when the ring is full: a message
+  // larger than the ring is streamed through it.
+  absl::Status WriteAll(std::string_view bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
+    int idle = 0;
+    while (!bytes.empty()) {
+      if (closing_.load()) {
+        return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+      }
+      absl::StatusOr<size_t> written = producer_.Write(bytes);
+      if (!written.ok()) {
+        IPCRPC_LOG(WARNING) << description_ << ": closing: " << written.status();
+        Close();
+        return absl::UnavailableError(absl::StrCat(description_, ": ", written.status().message()));
+      }
+      bytes.remove_prefix(*written);
+      if (*written > 0) {
+        idle = 0;
+        continue;
+      }
+      // Full: let the reader see what is there, then wait for room - spin a
+      // little, then back off to short sleeps (a full ring is the rare case
+      // of a message larger than the ring or a slow reader).
+      PublishAndRing();
+      if (++idle < 1000) {
+        CpuRelax();
+      } else {
+        struct timespec pause = {0, std::min<long>(1'000'000, 1000L << std::min(idle - 1000, 10))};
+        ::nanosleep(&pause, nullptr);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  void WatchSocket() {
+    auto self = std::static_pointer_cast<ShmConnection>(shared_from_this());
+    socket_watch_->async_wait(asio::posix::stream_descriptor::wait_read,
+                              [self](const asio::error_code& ec) {
+                                if (ec || self->finished_) return;
+                                char byte;
+                                ssize_t n = ::recv(self->socket_.get(), &byte, 1, MSG_DONTWAIT);
+                                if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+                                  self->WatchSocket();
+                                  return;
+                                }
+                                self->Finish(n == 0 ? absl::UnavailableError(absl::StrCat(
+                                                          self->description_,
+                                                          ": peer closed the connection"))
+                                                    : absl::DataLossError(absl::StrCat(
+                                                          self->description_,
+                                                          ": unexpected bytes on the socket")));
+                              });
+  }
+
+  void WaitDoorbell() {
+    auto self = std::static_pointer_cast<ShmConnection>(shared_from_this());
+    doorbell_watch_->async_wait(asio::posix::stream_descriptor::wait_read,
+                                [self](const asio::error_code& ec) {
+                                  if (ec || self->finished_) return;
+                                  uint64_t count;
+                                  ssize_t ignored =
+                                      ::read(self->own_doorbell_.get(), &count, sizeof(count));
+                                  (void)ignored;
+                                  self->ReadRing();
+                                });
+  }
+
+  // On the loop: delivers every whole message in the ring, then sleeps.
+  void ReadRing() {
+    int spins = 0;
+    for (;;) {
+      if (finished_) return;
+      if (closing_.load()) {
+        Finish(absl::CancelledError(absl::StrCat(description_, ": closed")));
+        return;
+      }
+      std::string_view first;
+      std::string_view second;
+      absl::Status peeked = consumer_.Peek(&first, &second);
+      if (!peeked.ok()) {
+        IPCRPC_LOG(WARNING) << description_ << ": closing: " << peeked;
+        Finish(peeked);
+        return;
+      }
+      if (first.empty()) {
+        if (++spins < kReaderSpins) {
+          CpuRelax();
+          continue;
+        }
+        if (consumer_.PrepareToSleep()) {
+          WaitDoorbell();
+          return;
+        }
+        continue;
+      }
+      spins = 0;
+      if (!TakeBytes(first, second)) return;
+    }
+  }
+
+  // Takes what it can of the readable bytes; false if the connection ended.
+  bool TakeBytes(std::string_view first, std::string_view second) {
+    if (pending_.empty() && first.size() >= 4) {
+      // The common case: the whole message lies contiguous in the ring and
+      // is handed over in place.
+      const uint64_t length = GetLe(first.data(), 4);
+      if (length > max_message_size_) return Oversized(length);
+      if (first.size() >= 4 + length) {
+        on_message_(first.substr(4, length));
+        consumer_.Consume(4 + length);
+        return !finished_;
+      }
+    }
+    // Otherwise gather the prefix, then the message, into pending_.
+    size_t want;
+    if (pending_.size() < 4) {
+      want = 4 - pending_.size();
+    } else {
+      want = 4 + pending_length_ - pending_.size();
+    }
+    size_t took = 0;
+    for (std::string_view span : {first, second}) {
+      const size_t n = std::min(want - took, span.size());
+      pending_.append(span.data(), n);
+      took += n;
+      if (took == want) break;
+    }
+    consumer_.Consume(took);
+    if (pending_.size() == 4) {
+      pending_length_ = GetLe(pending_.data(), 4);
+      if (pending_length_ > max_message_size_) return Oversized(pending_length_);
+      pending_.reserve(4 + pending_length_);
+    }
+    if (pending_.size() >= 4 && pending_.size() == 4 + pending_length_) {
+      on_message_(std::string_view(pending_).substr(4));
+      pending_.clear();
+      if (pending_.capacity() > (1u << 20)) pending_.shrink_to_fit();
+    }
+    return !finished_;
+  }
+
+  bool Oversized(uint64_t length) {
+    IPCRPC_LOG(WARNING) << description_ << ": closing: peer announced a message of " << length
+                        << " bytes, over max_message_size " << max_message_size_;
+    Finish(absl::ResourceExhaustedError(absl::StrCat(description_, ": message of ", length,
+                                                     " bytes exceeds max_message_size ",
+                                                     max_message_size_)));
+    return false;
+  }
+
+  void Finish(absl::Status reason) {
+    if (finished_) return;
+    finished_ = true;
+    closing_.store(true);
+    ::shutdown(socket_.get(), SHUT_RDWR);
+    if (socket_watch_.has_value()) {
+      socket_watch_->release();
+      socket_watch_.reset();
+    }
+    if (doorbell_watch_.has_value()) {
+      doorbell_watch_->release();
+      doorbell_watch_.reset();
+    }
+    on_message_ = nullptr;
+    pending_.clear();
+    // The mapping and descriptors stay until the last reference goes: a
+    // sender may still be inside Send.
+    if (on_closed_) {
+      CloseHandler on_closed = std::move(on_closed_);
+      on_closed_ = nullptr;
+      std::move(on_closed)(std::move(reason));
+    }
+  }
+
+  const UniqueFd socket_;
+  const std::shared_ptr<Region> region_;
+  ShmRingConsumer consumer_;  // loop only
+  ShmRingProducer producer_ ABSL_GUARDED_BY(write_mu_);
+  const UniqueFd own_doorbell_;
+  const UniqueFd peer_doorbell_;
+  const PeerCredentials peer_;
+  const std::string description_;
+  const size_t max_message_size_;
+
+  std::atomic<bool> closing_{false};
+  std::atomic<asio::io_context*> io_{nullptr};
+  absl::Mutex write_mu_;
+
+  // Loop only.
+  bool finished_ = false;
+  std::optional<asio::posix::stream_descriptor> socket_watch_;
+  std::optional<asio::posix::stream_descriptor> doorbell_watch_;
+  MessageHandler on_message_;
+  CloseHandler on_closed_;
+  std::string pending_;
+  uint64_t pending_length_ = 0;
+};
+
+// Maps a region of `ring_size` rings from `memfd`, checking what can be.
+absl::StatusOr<std::shared_ptr<Region>> MapRegion(int memfd, size_t ring_size,
+                                                  std::string_view what) {
+  auto region = std::make_shared<Region>();
+  region->ring_size = ring_size;
+  region->length = kShmHeaderSize + 2 * ring_size;
+  void* base = ::mmap(nullptr, region->length, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  if (base == MAP_FAILED) return ErrnoStatus(errno, "mmap", what);
+  region->base = static_cast<char*>(base);
+  return region;
+}
+
+// ----------------------------------------------------------------- server
+
+// One accepted socket waiting for its HELLO.
+struct Handshake {
+  UniqueFd socket;
+  PeerCredentials peer;
+  std::optional<asio::posix::stream_descriptor> readable;
+  std::optional<asio::steady_timer> timeout;
+};
+
+struct ShmAcceptor {
+  std::string description;
+  TransportOptions options;
+  UniqueFd listener;
+  std::optional<asio::posix::stream_descriptor> readable;
+  Listener::AcceptHandler on_accept;
+  std::atomic<bool> closed{false};
+  asio::io_context* io = nullptr;
+
+  void ShutdownOnLoop() {
+    if (readable.has_value()) {
+      readable->release();
+      readable.reset();
+    }
+    listener.Reset();
+    on_accept = nullptr;
+  }
+
+  // The HELLO arrived (or not): validate, map, answer, hand over.
+  absl::StatusOr<std::shared_ptr<Connection>> Complete(Handshake& handshake) {
+    char hello[kShmHelloSize];
+    struct iovec iov = {hello, sizeof(hello)};
+    alignas(struct cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))];
+    struct msghdr msg = {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    ssize_t n = RetryEintr([&] {
+      return ::recvmsg(handshake.socket.get(), &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    });
+    std::vector<UniqueFd> fds;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+          fds.emplace_back(fd);
+        }
+      }
+    }
+    if (n != static_cast<ssize_t>(sizeof(hello)) || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC))) {
+      return absl::DataLossError("HELLO has the wrong size");
+    }
+    if (fds.size() != 3) {
+      return absl::DataLossError(absl::StrCat("HELLO carries ", fds.size(),
+                                              " descriptors, not 3"));
+    }
+    if (std::memcmp(hello, kHelloMagic, 4) != 0 || GetLe(hello + 4, 4) != kVersion) {
+      return absl::DataLossError("HELLO has a bad magic or version");
+    }
+    const uint64_t ring_size = GetLe(hello + 8, 8);
+    if (ring_size < kShmMinRingSize || ring_size > kShmMaxRingSize ||
+        (ring_size & (ring_size - 1)) != 0) {
+      return absl::DataLossError(absl::StrCat("HELLO's ring size ", ring_size,
+                                              " is not a power of two in [", kShmMinRingSize,
+                                              ", ", kShmMaxRingSize, "]"));
+    }
+    const int memfd = fds[0].get();
+    struct stat st;
+    if (::fstat(memfd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        static_cast<uint64_t>(st.st_size) != kShmHeaderSize + 2 * ring_size) {
+      return absl::DataLossError("the shared memory's size does not match the HELLO");
+    }
+    // Sealed against shrinking, so the peer cannot pull pages from under us
+    // (an access to a truncated mapping would be SIGBUS).
+    const int seals = ::fcntl(memfd, F_GET_SEALS);
+    if (seals < 0 || (seals & F_SEAL_SHRINK) == 0 || (seals & F_SEAL_SEAL) == 0) {
+      return absl::DataLossError("the shared memory is not sealed against shrinking");
+    }
+    if (!IsEventFd(fds[1].get()) || !IsEventFd(fds[2].get())) {
+      return absl::DataLossError("the doorbells are not eventfds");
+    }
+    IPCRPC_ASSIGN_OR_RETURN(auto region, MapRegion(memfd, ring_size, description));
+    if (std::memcmp(region->base, kRegionMagic, 4) != 0) {
+      return absl::DataLossError("the shared memory's header has a bad magic");
+    }
+    IPCRPC_RETURN_IF_ERROR(SetNonBlocking(fds[1].get(), true, description));
+    IPCRPC_RETURN_IF_ERROR(SetNonBlocking(fds[2].get(), true, description));
+    char ack[8];
+    std::memcpy(ack, kAckMagic, 4);
+    PutLe(ack + 4, static_cast<uint32_t>(::getpid()), 4);
+    if (::send(handshake.socket.get(), ack, sizeof(ack), MSG_NOSIGNAL | MSG_DONTWAIT) !=
+        static_cast<ssize_t>(sizeof(ack))) {
+      return absl::UnavailableError("the client went away during the handshake");
+    }
+    // Ring 0 carries requests (client to server), ring 1 responses; fds[1]
+    // is the server's doorbell, fds[2] the client's.
+    return std::static_pointer_cast<Connection>(std::make_shared<ShmConnection>(
+        std::move(handshake.socket), std::move(region), /*in=*/0, /*out=*/1,
+        std::move(fds[1]), std::move(fds[2]), handshake.peer,
+        absl::StrCat(description, " peer pid ", handshake.peer.pid),
+        options.max_message_size));
+  }
+};
+
+void AcceptAll(const std::shared_ptr<ShmAcceptor>& state);
+
+void WaitForConnections(const std::shared_ptr<ShmAcceptor>& state) {
+  state->readable->async_wait(asio::posix::stream_descriptor::wait_read,
+                              [state](const asio::error_code& ec) {
+                                if (state->closed.load() || ec) {
+                                  state->ShutdownOnLoop();
+                                  return;
+                                }
+                                AcceptAll(state);
+                              });
+}
+
+void StartHandshake(const std::shared_ptr<ShmAcceptor>& state, UniqueFd socket,
+                    PeerCredentials peer) {
+  auto handshake = std::make_shared<Handshake>();
+  handshake->socket = std::move(socket);
+  handshake->peer = peer;
+  handshake->readable.emplace(*state->io, handshake->socket.get());
+  handshake->timeout.emplace(*state->io,
+                             std::chrono::milliseconds(kHandshakeTimeoutMs));
+  handshake->timeout->async_wait([handshake, state](const asio::error_code& ec) {
+    if (ec || !handshake->readable.has_value()) return;
+    IPCRPC_LOG(WARNING) << state->description << ": dropping pid " << handshake->peer.pid
+                        << ": no HELLO within " << kHandshakeTimeoutMs << " ms";
+    handshake->readable->release();
+    handshake->readable.reset();
+    handshake->socket.Reset();
+  });
+  handshake->readable->async_wait(
+      asio::posix::stream_descriptor::wait_read,
+      [handshake, state](const asio::error_code& ec) {
+        if (ec || !handshake->readable.has_value()) return;
+        handshake->readable->release();
+        handshake->readable.reset();
+        handshake->timeout->cancel();
+        if (state->closed.load() || !state->on_accept) return;
+        auto connection = state->Complete(*handshake);
+        if (!connection.ok()) {
+          IPCRPC_LOG(WARNING) << state->description << ": refusing pid " << handshake->peer.pid
+                              << ": " << connection.status();
+          return;
+        }
+        state->on_accept(*std::move(connection));
+      });
+}
+
+void AcceptAll(const std::shared_ptr<ShmAcceptor>& state) {
+  for (;;) {
+    if (state->closed.load()) {
+      state->ShutdownOnLoop();
+      return;
+    }
+    UniqueFd client(::accept4(state->listener.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!client.valid()) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      IPCRPC_LOG(ERROR) << state->description << ": accept: " << std::strerror(errno);
+      break;
+    }
+    auto peer = UnixPeerCredentials(client.get(), state->description);
+    if (!peer.ok()) continue;
+    if (peer->uid != ::geteuid() &&
+        std::find(state->options.allowed_uids.begin(), state->options.allowed_uids.end(),
+                  peer->uid) == state->options.allowed_uids.end()) {
+      IPCRPC_LOG(WARNING) << state->description << ": refusing pid " << peer->pid << ": uid "
+                          << peer->uid << " is not ours and not in ServerOptions::allowed_uids";
+      continue;
+    }
+    StartHandshake(state, std::move(client), *peer);
+  }
+  WaitForConnections(state);
+}
+
+class ShmListener final : public Listener {
+ public:
+  ShmListener(Endpoint endpoint, TransportOptions options)
+      : endpoint_(std::move(endpoint)), options_(std::move(options)) {}
+  ~ShmListener() override { Close(); }
+
+  absl::Status Start(asio::io_context& io, AcceptHandler on_accept) override {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!fd.valid()) return ErrnoStatus(errno, "socket", endpoint_.text);
+    sockaddr_un addr;
+    socklen_t len = AbstractAddress(endpoint_.address, &addr);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0) {
+      if (errno == EADDRINUSE) {
+        return absl::AlreadyExistsError(
+            absl::StrCat(endpoint_.text, ": another server is listening on this name"));
+      }
+      return ErrnoStatus(errno, "bind", endpoint_.text);
+    }
+    if (::listen(fd.get(), SOMAXCONN) < 0) return ErrnoStatus(errno, "listen", endpoint_.text);
+    state_ = std::make_shared<ShmAcceptor>();
+    state_->description = endpoint_.text;
+    state_->options = options_;
+    state_->listener = std::move(fd);
+    state_->on_accept = std::move(on_accept);
+    state_->io = &io;
+    io_ = &io;
+    auto state = state_;
+    asio::post(io, [state, &io] {
+      if (state->closed.load()) {
+        state->ShutdownOnLoop();
+        return;
+      }
+      state->readable.emplace(io, state->listener.get());
+      AcceptAll(state);
+    });
+    return absl::OkStatus();
+  }
+
+  void Close() override {
+    if (closed_) return;
+    closed_ = true;
+    if (state_ != nullptr) {
+      state_->closed.store(true);
+      // New connects are refused from now: shut the listening socket down.
+      ::shutdown(state_->listener.get(), SHUT_RDWR);
+      auto state = state_;
+      asio::post(*io_, [state] { state->ShutdownOnLoop(); });
+    }
+  }
+
+  const std::string& endpoint() const override { return endpoint_.text; }
+
+ private:
+  const Endpoint endpoint_;
+  const TransportOptions options_;
+  asio::io_context* io_ = nullptr;
+  std::shared_ptr<ShmAcceptor> state_;
+  bool closed_ = false;
+};
+
+// ----------------------------------------------------------------- client
+
+class ShmConnector final : public Connector {
+ public:
+  ShmConnector(Endpoint endpoint, TransportOptions options)
+      : endpoint_(std::move(endpoint)), options_(std::move(options)) {}
+
+  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&) override {
+    const std::string& text = endpoint_.text;
+    size_t ring_size = options_.shm_ring_size;
+    if (ring_size < kShmMinRingSize || ring_size > kShmMaxRingSize ||
+        (ring_size & (ring_size - 1)) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          text, ": ChannelOptions::shm_ring_size ", ring_size, " is not a power of two in [",
+          kShmMinRingSize, ", ", kShmMaxRingSize, "]"));
+    }
+    UniqueFd socket(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!socket.valid()) return ErrnoStatus(errno, "socket", text);
+    sockaddr_un addr;
+    socklen_t len = AbstractAddress(endpoint_.address, &addr);
+    if (RetryEintr([&] { return ::connect(socket.get(), reinterpret_cast<sockaddr*>(&addr), len); }) < 0) {
+      if (errno == ECONNREFUSED || errno == ENOENT) {
+        return absl::UnavailableError(absl::StrCat(text, ": no server is listening"));
+      }
+      return ErrnoStatus(errno, "connect", text);
+    }
+    IPCRPC_ASSIGN_OR_RETURN(PeerCredentials server, UnixPeerCredentials(socket.get(), text));
+
+    // The region: header, two ring controls, two rings; sealed so that its
+    // size cannot change under either side.
+    UniqueFd memfd(static_cast<int>(::memfd_create("ipcrpc-shm", MFD_CLOEXEC | MFD_ALLOW_SEALING)));
+    if (!memfd.valid()) return ErrnoStatus(errno, "memfd_create", text);
+    const size_t length = kShmHeaderSize + 2 * ring_size;
+    if (::ftruncate(memfd.get(), static_cast<off_t>(length)) < 0) {
+      return ErrnoStatus(errno, "ftruncate", text);
+    }
+    if (::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+      return ErrnoStatus(errno, "fcntl(F_ADD_SEALS)", text);
+    }
+    IPCRPC_ASSIGN_OR_RETURN(auto region, MapRegion(memfd.get(), ring_size, text));
+    std::memcpy(region->base, kRegionMagic, 4);
+    PutLe(region->base + 4, kVersion, 4);
+    PutLe(region->base + 8, ring_size, 8);
+    for (int ring = 0; ring < 2; ++ring) new (region->control(ring)) ShmRingControl{};
+
+    UniqueFd server_doorbell(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    UniqueFd client_doorbell(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!server_doorbell.valid() || !client_doorbell.valid()) {
+      return ErrnoStatus(errno, "eventfd", text);
+    }
+    char hello[kShmHelloSize] = {};
+    std::memcpy(hello, kHelloMagic, 4);
+    PutLe(hello + 4, kVersion, 4);
+    PutLe(hello + 8, ring_size, 8);
+    struct iovec iov = {hello, sizeof(hello)};
+    alignas(struct cmsghdr) char control[CMSG_SPACE(3 * sizeof(int))] = {};
+    struct msghdr msg = {};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(3 * sizeof(int));
+    const int fds[3] = {memfd.get(), server_doorbell.get(), client_doorbell.get()};
+    std::memcpy(CMSG_DATA(c), fds, sizeof(fds));
+    if (RetryEintr([&] { return ::sendmsg(socket.get(), &msg, MSG_NOSIGNAL); }) !=
+        static_cast<ssize_t>(sizeof(hello))) {
+      return absl::UnavailableError(absl::StrCat(text, ": the server went away"));
+    }
+    char ack[8];
+    size_t got = 0;
+    while (got < sizeof(ack)) {
+      struct pollfd pfd = {socket.get(), POLLIN, 0};
+      if (RetryEintr([&] { return ::poll(&pfd, 1, kHandshakeTimeoutMs); }) == 0) {
+        return absl::UnavailableError(absl::StrCat(text, ": no answer from the server within ",
+                                                   kHandshakeTimeoutMs, " ms"));
+      }
+      ssize_t n = RetryEintr([&] { return ::recv(socket.get(), ack + got, sizeof(ack) - got, 0); });
+      if (n <= 0) {
+        return absl::UnavailableError(
+            absl::StrCat(text, ": the server refused the connection (its log says why)"));
+      }
+      got += static_cast<size_t>(n);
+    }
+    if (std::memcmp(ack, kAckMagic, 4) != 0) {
+      return absl::UnavailableError(absl::StrCat(text, ": bad answer from the server"));
+    }
+    IPCRPC_RETURN_IF_ERROR(SetNonBlocking(socket.get(), true, text));
+    // Ring 1 carries responses to us, ring 0 requests to the server.
+    return std::static_pointer_cast<Connection>(std::make_shared<ShmConnection>(
+        std::move(socket), std::move(region), /*in=*/1, /*out=*/0, std::move(client_doorbell),
+        std::move(server_doorbell), server, absl::StrCat(text, " server pid ", server.pid),
+        options_.max_message_size));
+  }
+
+  const std::string& endpoint() const override { return endpoint_.text; }
+
+ private:
+  const Endpoint endpoint_;
+  const TransportOptions options_;
+};
+
+absl::Status ValidateShmName(const Endpoint& endpoint) {
+  const std::string& name = endpoint.address;
+  if (name.empty() || name.find('/') != std::string::npos ||
+      name.find('\0') != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "endpoint '", endpoint.text, "': shm: needs a name without '/' (e.g. shm:calc)"));
+  }
+  if (name.size() > 90) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("endpoint '", endpoint.text, "': the name is over 90 bytes"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Listener>> CreateShmListener(const Endpoint& endpoint,
+                                                            const TransportOptions& options) {
+  IPCRPC_RETURN_IF_ERROR(ValidateShmName(endpoint));
+  return std::make_unique<ShmListener>(endpoint, options);
+}
+
+absl::StatusOr<std::unique_ptr<Connector>> CreateShmConnector(const Endpoint& endpoint,
+                                                              const TransportOptions& options) {
+  IPCRPC_RETURN_IF_ERROR(ValidateShmName(endpoint));
+  return std::make_unique<ShmConnector>(endpoint, options);
+}
+
+}  // namespace ipcrpc::internal

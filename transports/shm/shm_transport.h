@@ -1,0 +1,34 @@
+// `shm:NAME`: shared-memory rings.
+//
+// The server listens on the abstract Unix socket "@ipcrpc-shm-NAME" (nothing
+// on disk). Per connection the client makes one sealed memfd holding two
+// single-producer single-consumer rings (requests, responses) and two
+// eventfd doorbells (one per side), and passes them with SCM_RIGHTS in a
+// HELLO. The socket stays open as the liveness channel: EOF is the peer's
+// death; SO_PEERCRED gives its pid and uid. Nothing is created in /dev/shm,
+// so a SIGKILL of either side leaves nothing behind.
+//
+// Layout and handshake: docs/PROTOCOL.md ("shm:").
+#ifndef IPCRPC_TRANSPORTS_SHM_SHM_TRANSPORT_H_
+#define IPCRPC_TRANSPORTS_SHM_SHM_TRANSPORT_H_
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "transports/transport.h"
+
+namespace ipcrpc::internal {
+
+inline constexpr size_t kShmHeaderSize = 4096;   // header page: magic, sizes, ring controls
+inline constexpr size_t kShmMinRingSize = 4096;
+inline constexpr size_t kShmMaxRingSize = 64u << 20;
+inline constexpr size_t kShmHelloSize = 24;
+
+absl::StatusOr<std::unique_ptr<Listener>> CreateShmListener(const Endpoint& endpoint,
+                                                            const TransportOptions& options);
+absl::StatusOr<std::unique_ptr<Connector>> CreateShmConnector(const Endpoint& endpoint,
+                                                              const TransportOptions& options);
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_TRANSPORTS_SHM_SHM_TRANSPORT_H_
