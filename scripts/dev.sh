@@ -43,12 +43,21 @@ configure_and_build() {
 
 run_example() {
   local bin="$BUILD_DIR/examples/calculator"
+  echo "== calculator over shm: (shared-memory rings; the fastest path)"
+  local shm_name="ipcrpc-calculator-$$"
+  "$bin/calculator_server" --endpoint="shm:$shm_name" &
+  local server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  "$bin/calculator_client" --endpoint="shm:$shm_name" --wait_for_server_ms=10000
+  kill -TERM "$server"
+  wait "$server"
+  trap - EXIT
   echo "== calculator over pipe: (the client spawns the server as its child)"
   "$bin/calculator_client" --endpoint=pipe: --server="$bin/calculator_server"
   echo "== calculator over unix: (a server process and a client process)"
   local socket="${TMPDIR:-/tmp}/ipcrpc-calculator-$$.sock"
   "$bin/calculator_server" --endpoint="unix:$socket" &
-  local server=$!
+  server=$!
   trap 'kill $server 2>/dev/null || true' EXIT
   # The client waits (up to 10 s) for the server to be listening.
   "$bin/calculator_client" --endpoint="unix:$socket" --wait_for_server_ms=10000
@@ -91,5 +100,11 @@ run_tests() {
 case "${1:-}" in
   example) install_missing; configure_and_build; run_example ;;
   test) install_missing; configure_and_build; run_tests ;;
-  *) echo "usage: $0 example|test" >&2; exit 2 ;;
+  build-target)  # build-target TARGET: configure, build one target only
+    install_missing
+    cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" \
+      -DIPCRPC_WERROR="${IPCRPC_WERROR:-OFF}" -DIPCRPC_SANITIZE="${IPCRPC_SANITIZE:-}" \
+      $(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+    cmake --build "$BUILD_DIR" -j "$JOBS" --target "$2" ;;
+  *) echo "usage: $0 example|test|build-target TARGET" >&2; exit 2 ;;
 esac

@@ -107,7 +107,8 @@ int main(int argc, char** argv) {
     } else {
       const std::string name = absl::StrCat("ipcrpc-chain-", getpid());
       const std::string next_endpoint =
-          transport == "mq" ? "mq:" + name : absl::StrCat(transport, ":/tmp/", name);
+          (transport == "mq" || transport == "shm") ? absl::StrCat(transport, ":", name)
+                                                    : absl::StrCat(transport, ":/tmp/", name);
       int pipefd[2];
       if (pipe(pipefd) != 0) return 1;
       next_pid = fork();

@@ -39,7 +39,8 @@ class ChainTest : public ::testing::TestWithParam<std::string> {
       return;
     }
     const std::string name = UniqueName("ipcrpc-chain-top");
-    endpoint_ = transport == "mq" ? "mq:" + name : absl::StrCat(transport, ":/tmp/", name);
+    endpoint_ = (transport == "mq" || transport == "shm") ? absl::StrCat(transport, ":", name)
+                                                          : absl::StrCat(transport, ":/tmp/", name);
     int ready[2];
     ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
     internal::UniqueFd ready_read(ready[0]);
@@ -93,7 +94,7 @@ TEST_P(ChainTest, FiftyMillisecondsAtTheTopEndAllThreeHops) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, ChainTest,
-                         ::testing::Values("unix", "pipe", "fifo", "mq"),
+                         ::testing::Values("unix", "pipe", "fifo", "mq", "shm"),
                          [](const ::testing::TestParamInfo<std::string>& param) {
                            return param.param;
                          });
