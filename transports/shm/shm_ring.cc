@@ -32,12 +32,12 @@ absl::StatusOr<size_t> ShmRingProducer::Write(std::string_view bytes) {
 bool ShmRingProducer::Publish() {
   if (published_ == position_) return false;
   published_ = position_;
-  // release: the data written above is visible to whoever acquires this.
-  control_->producer_position.store(position_, std::memory_order_release);
-  // seq_cst fence: orders the store above before the load of the flag below
-  // (the consumer does the mirror image in PrepareToSleep).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (control_->consumer_sleeping.load(std::memory_order_relaxed) == 0) return false;
+  // seq_cst (so also release: the data written above is visible to whoever
+  // acquires this): in the single total order of seq_cst operations, this
+  // store comes before the load of the flag below; the consumer does the
+  // mirror image in PrepareToSleep, so one of the two sees the other.
+  control_->producer_position.store(position_, std::memory_order_seq_cst);
+  if (control_->consumer_sleeping.load(std::memory_order_seq_cst) == 0) return false;
   // Whoever clears the flag rings, once.
   return control_->consumer_sleeping.exchange(0, std::memory_order_relaxed) == 1;
 }
@@ -70,11 +70,10 @@ void ShmRingConsumer::Consume(size_t n) {
 }
 
 bool ShmRingConsumer::PrepareToSleep() {
-  control_->consumer_sleeping.store(1, std::memory_order_relaxed);
-  // seq_cst fence: orders the flag's store before the position's load (the
-  // producer does the mirror image in Publish).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  const uint64_t producer = control_->producer_position.load(std::memory_order_acquire);
+  // seq_cst store then seq_cst load (the mirror image of Publish): no lost
+  // wake-up.
+  control_->consumer_sleeping.store(1, std::memory_order_seq_cst);
+  const uint64_t producer = control_->producer_position.load(std::memory_order_seq_cst);
   if (producer == position_) return true;
   // Data came: stay awake. If the producer cleared the flag first, it rang
   // (or is ringing) the doorbell: that spare wake-up finds nothing and

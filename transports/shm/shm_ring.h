@@ -23,11 +23,10 @@
 // - The consumer reads data, then stores its position with release; the
 //   producer loads it with acquire before overwriting that space, so the
 //   consumer's reads happen-before the producer's new writes.
-// - Sleeping (no lost wake-up): the consumer stores sleeping = 1, then (after
-//   a seq_cst fence) loads the producer position; the producer stores its
-//   position, then (after a seq_cst fence) loads sleeping. The fences order
-//   the store-then-load on each side (Dekker), so at least one side sees the
-//   other's store: either the consumer sees the data and does not sleep, or
+// - Sleeping (no lost wake-up): the consumer stores sleeping = 1, then loads
+//   the producer position; the producer stores its position, then loads
+//   sleeping; all four are seq_cst, so they fall in one total order (Dekker)
+//   and at least one side sees the other's store: either the consumer sees the data and does not sleep, or
 //   the producer sees sleeping = 1 and rings the doorbell. Whoever clears
 //   the flag (exchange to 0) owns the one doorbell ring.
 #ifndef IPCRPC_TRANSPORTS_SHM_SHM_RING_H_
