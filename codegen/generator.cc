@@ -130,7 +130,7 @@ void PrintServiceDeclaration(Printer& p, const ServiceDescriptor* service) {
           "  static constexpr char kServiceName[] = \"$full_name$\";\n"
           "\n"
           "  // Client side: one method per RPC, sync and async, over a channel.\n"
-          "  class Stub final {\n"
+          "  class Stub {\n"
           "   public:\n"
           "    explicit Stub(::std::shared_ptr<::ipcrpc::Channel> channel);\n");
   for (int i = 0; i < service->method_count(); ++i) {

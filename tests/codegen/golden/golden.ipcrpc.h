@@ -20,7 +20,7 @@ class Echo final {
   static constexpr char kServiceName[] = "golden.v1.Echo";
 
   // Client side: one method per RPC, sync and async, over a channel.
-  class Stub final {
+  class Stub {
    public:
     explicit Stub(::std::shared_ptr<::ipcrpc::Channel> channel);
 
@@ -67,7 +67,7 @@ class Admin final {
   static constexpr char kServiceName[] = "golden.v1.Admin";
 
   // Client side: one method per RPC, sync and async, over a channel.
-  class Stub final {
+  class Stub {
    public:
     explicit Stub(::std::shared_ptr<::ipcrpc::Channel> channel);
 

@@ -1,0 +1,482 @@
+// ipcrpc_bench: unary calls over each transport, beside the raw ping-pong of
+// the same primitive in the same run, with both processes placed the same
+// way.
+//
+//   ipcrpc_bench [--transports shm,mq,fifo,pipe,unix] [--sizes 64,1024,4096,65536]
+//                [--seconds S] [--pin same|split|none] [--concurrency N]
+//
+// One line per measurement:
+//   rpc <transport> <size> p50_us=<x> p99_us=<y> calls_per_s=<z> MBps=<w>
+//   raw <transport> <size> p50_us=<x> p99_us=<y> calls_per_s=<z> MBps=<w>
+//   rpc_async <transport> <size> calls_per_s=<z>          (with --concurrency N)
+// MBps counts the payload of one direction (size x round trips per second).
+// Process start-up is never inside a measured interval.
+#include <fcntl.h>
+#include <mqueue.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "echo.ipcrpc.h"
+
+namespace {
+
+int64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+void Pin(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  sched_setaffinity(0, sizeof(set), &set);
+}
+
+struct Placement {
+  int client_cpu = -1;
+  int server_cpu = -1;
+};
+
+struct Result {
+  std::vector<int64_t> latencies_ns;
+  double seconds = 0;
+};
+
+void Print(const char* kind, const std::string& transport, size_t size, Result result) {
+  auto& v = result.latencies_ns;
+  std::sort(v.begin(), v.end());
+  auto at = [&](double q) {
+    return v.empty() ? 0.0 : v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))] / 1000.0;
+  };
+  const double per_s = v.size() / result.seconds;
+  std::printf("%s %s %zu p50_us=%.2f p99_us=%.2f calls_per_s=%.0f MBps=%.1f\n", kind,
+              transport.c_str(), size, at(0.5), at(0.99), per_s, per_s * size / 1e6);
+  std::fflush(stdout);
+}
+
+// Runs `once` repeatedly for `seconds` (after a short warm-up), timing each.
+template <typename F>
+Result Loop(double seconds, F&& once) {
+  for (int i = 0; i < 200; ++i) {
+    if (!once()) return {};
+  }
+  Result result;
+  result.latencies_ns.reserve(1 << 20);
+  const int64_t start = NowNs();
+  const int64_t end = start + static_cast<int64_t>(seconds * 1e9);
+  int64_t now = start;
+  while (now < end) {
+    if (!once()) break;
+    const int64_t after = NowNs();
+    result.latencies_ns.push_back(after - now);
+    now = after;
+  }
+  result.seconds = (now - start) / 1e9;
+  return result;
+}
+
+// ------------------------------------------------------------------ rpc
+
+class EchoImpl final : public bench::Echo::Service {
+  absl::Status Echo(ipcrpc::ServerContext&, const bench::Payload& request,
+                    bench::Payload& reply) override {
+    reply.set_data(request.data());
+    return absl::OkStatus();
+  }
+};
+
+int Serve(const std::string& endpoint, int cpu, int ready_fd) {
+  Pin(cpu);
+  // SIGTERM shuts the server down cleanly (its named objects go with it).
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  EchoImpl echo;
+  ipcrpc::ServerOptions options;
+  options.max_calls_per_connection = 1 << 20;
+  options.max_calls_in_flight = 1 << 20;
+  ipcrpc::Server server(options);
+  if (!server.RegisterService(&echo).ok() || !server.Listen(endpoint).ok() ||
+      !server.Start().ok()) {
+    return 1;
+  }
+  if (ready_fd >= 0) {
+    ssize_t ignored = write(ready_fd, "R", 1);
+    (void)ignored;
+    close(ready_fd);
+  }
+  std::thread signal_thread([&server, signals] {
+    int signal_number = 0;
+    sigwait(&signals, &signal_number);
+    server.Shutdown(absl::ZeroDuration());
+  });
+  server.Wait();
+  pthread_kill(signal_thread.native_handle(), SIGTERM);
+  signal_thread.join();
+  return 0;
+}
+
+std::string EndpointFor(const std::string& transport) {
+  const std::string name = absl::StrCat("ipcrpc-bench-", getpid(), "-", transport);
+  if (transport == "pipe") return "pipe:";
+  if (transport == "shm" || transport == "mq") return absl::StrCat(transport, ":", name);
+  return absl::StrCat(transport, ":/tmp/", name);
+}
+
+// Starts the server process (pinned) and returns a channel to it.
+std::shared_ptr<ipcrpc::Channel> StartServer(const std::string& self, const std::string& transport,
+                                             const Placement& placement, pid_t* pid) {
+  const std::string endpoint = EndpointFor(transport);
+  const std::string cpu = absl::StrCat("--cpu=", placement.server_cpu);
+  *pid = -1;
+  if (transport == "pipe") {
+    auto channel = ipcrpc::SpawnChild({self, "--serve=pipe:", cpu});
+    return channel.ok() ? *channel : nullptr;
+  }
+  int ready[2];
+  if (pipe(ready) != 0) return nullptr;
+  *pid = fork();
+  if (*pid == 0) {
+    close(ready[0]);
+    const std::string serve = "--serve=" + endpoint;
+    const std::string fd = absl::StrCat("--ready_fd=", ready[1]);
+    execl(self.c_str(), self.c_str(), serve.c_str(), cpu.c_str(), fd.c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(ready[1]);
+  char byte;
+  const bool ok = read(ready[0], &byte, 1) == 1;
+  close(ready[0]);
+  if (!ok) return nullptr;
+  auto channel = ipcrpc::Channel::Connect(endpoint);
+  if (!channel.ok()) {
+    std::fprintf(stderr, "%s: %s\n", transport.c_str(), channel.status().ToString().c_str());
+    return nullptr;
+  }
+  return *channel;
+}
+
+void StopServer(pid_t pid) {
+  if (pid <= 0) return;
+  kill(pid, SIGTERM);
+  waitpid(pid, nullptr, 0);
+}
+
+void BenchRpc(const std::string& self, const std::string& transport, size_t size,
+              double seconds, const Placement& placement, int concurrency) {
+  pid_t pid;
+  auto channel = StartServer(self, transport, placement, &pid);
+  if (channel == nullptr) {
+    std::fprintf(stderr, "rpc %s: cannot start the server\n", transport.c_str());
+    StopServer(pid);
+    return;
+  }
+  bench::Echo::Stub stub(channel);
+  bench::Payload request;
+  request.set_data(std::string(size, 'x'));
+  Print("rpc", transport, size, Loop(seconds, [&] {
+          auto reply = stub.Echo(request);
+          return reply.ok() && reply->data().size() == size;
+        }));
+  if (concurrency > 0) {
+    // N callers, each with one call in flight at a time.
+    std::atomic<int64_t> done{0};
+    std::atomic<bool> stop{false};
+    absl::Mutex mu;
+    int in_flight = 0;
+    std::function<void()> issue = [&] {
+      stub.EchoAsync(request, {}, [&](absl::StatusOr<bench::Payload> reply) {
+        if (reply.ok()) done.fetch_add(1, std::memory_order_relaxed);
+        if (!stop.load()) {
+          issue();
+        } else {
+          absl::MutexLock lock(&mu);
+          --in_flight;
+        }
+      });
+    };
+    {
+      absl::MutexLock lock(&mu);
+      in_flight = concurrency;
+    }
+    const int64_t start = NowNs();
+    for (int i = 0; i < concurrency; ++i) issue();
+    struct timespec pause = {static_cast<time_t>(seconds), static_cast<long>((seconds - static_cast<int64_t>(seconds)) * 1e9)};
+    nanosleep(&pause, nullptr);
+    const int64_t calls = done.load();
+    const int64_t elapsed = NowNs() - start;
+    stop.store(true);
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(+[](int* n) { return *n == 0; }, &in_flight));
+    std::printf("rpc_async %s %zu calls_per_s=%.0f\n", transport.c_str(), size,
+                calls / (elapsed / 1e9));
+    std::fflush(stdout);
+  }
+  channel.reset();
+  StopServer(pid);
+  if (transport == "mq") mq_unlink(("/" + EndpointFor(transport).substr(3)).c_str());
+}
+
+// ------------------------------------------------------------------ raw
+
+// Runs `child` in a forked, pinned process; returns its pid.
+template <typename F>
+pid_t Fork(int cpu, F&& child) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    Pin(cpu);
+    _exit(child());
+  }
+  return pid;
+}
+
+bool ReadFull(int fd, char* p, size_t n) {
+  while (n > 0) {
+    ssize_t r = read(fd, p, n);
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+  }
+  return true;
+}
+
+bool WriteFull(int fd, const char* p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+// A ping-pong over a pair of byte streams (pipe, FIFO, socket).
+Result StreamPingPong(int to_server, int from_server, size_t size, double seconds) {
+  std::vector<char> buffer(size, 'x');
+  return Loop(seconds, [&] {
+    return WriteFull(to_server, buffer.data(), size) && ReadFull(from_server, buffer.data(), size);
+  });
+}
+
+int StreamEcho(int in, int out, size_t size) {
+  std::vector<char> buffer(size);
+  while (ReadFull(in, buffer.data(), size)) {
+    if (!WriteFull(out, buffer.data(), size)) break;
+  }
+  return 0;
+}
+
+void BenchRaw(const std::string& transport, size_t size, double seconds,
+              const Placement& placement) {
+  Result result;
+  if (transport == "pipe" || transport == "fifo" || transport == "unix") {
+    int a[2], b[2];  // a: client -> server, b: server -> client
+    std::string fifo_a, fifo_b;
+    if (transport == "pipe") {
+      if (pipe(a) != 0 || pipe(b) != 0) return;
+    } else if (transport == "unix") {
+      int s[2];
+      if (socketpair(AF_UNIX, SOCK_STREAM, 0, s) != 0) return;
+      a[1] = s[0];
+      b[0] = dup(s[0]);
+      a[0] = s[1];
+      b[1] = dup(s[1]);
+    } else {
+      fifo_a = absl::StrCat("/tmp/ipcrpc-bench-raw-", getpid(), "-a");
+      fifo_b = absl::StrCat("/tmp/ipcrpc-bench-raw-", getpid(), "-b");
+      mkfifo(fifo_a.c_str(), 0600);
+      mkfifo(fifo_b.c_str(), 0600);
+      // Read ends first (non-blocking, so the open does not wait for a
+      // writer), then the write ends; then reads block again.
+      a[0] = open(fifo_a.c_str(), O_RDONLY | O_NONBLOCK);
+      a[1] = open(fifo_a.c_str(), O_WRONLY);
+      b[0] = open(fifo_b.c_str(), O_RDONLY | O_NONBLOCK);
+      b[1] = open(fifo_b.c_str(), O_WRONLY);
+      fcntl(a[0], F_SETFL, 0);
+      fcntl(b[0], F_SETFL, 0);
+      unlink(fifo_a.c_str());
+      unlink(fifo_b.c_str());
+    }
+    pid_t pid = Fork(placement.server_cpu, [&] {
+      close(a[1]);
+      close(b[0]);
+      return StreamEcho(a[0], b[1], size);
+    });
+    close(a[0]);
+    close(b[1]);
+    result = StreamPingPong(a[1], b[0], size, seconds);
+    close(a[1]);
+    close(b[0]);
+    waitpid(pid, nullptr, 0);
+  } else if (transport == "mq") {
+    const std::string qa = absl::StrCat("/ipcrpc-bench-raw-", getpid(), "-a");
+    const std::string qb = absl::StrCat("/ipcrpc-bench-raw-", getpid(), "-b");
+    struct mq_attr attr = {};
+    attr.mq_maxmsg = 10;
+    attr.mq_msgsize = 8192;
+    mqd_t a = mq_open(qa.c_str(), O_CREAT | O_RDWR, 0600, &attr);
+    mqd_t b = mq_open(qb.c_str(), O_CREAT | O_RDWR, 0600, &attr);
+    mq_unlink(qa.c_str());
+    mq_unlink(qb.c_str());
+    if (a < 0 || b < 0) return;
+    // Messages of at most 8 KiB: larger payloads go as several.
+    const size_t chunk = std::min<size_t>(size == 0 ? 1 : size, 8192);
+    const size_t count = std::max<size_t>(1, (size + chunk - 1) / chunk);
+    pid_t pid = Fork(placement.server_cpu, [&] {
+      std::vector<char> buffer(8192);
+      for (;;) {
+        for (size_t i = 0; i < count; ++i) {
+          ssize_t n = mq_receive(a, buffer.data(), buffer.size(), nullptr);
+          if (n < 0) return 0;
+          if (n == 1 && buffer[0] == 'Q') return 0;
+          if (mq_send(b, buffer.data(), static_cast<size_t>(n), 0) < 0) return 0;
+        }
+      }
+    });
+    std::vector<char> buffer(8192, 'x');
+    result = Loop(seconds, [&] {
+      for (size_t i = 0; i < count; ++i) {
+        if (mq_send(a, buffer.data(), chunk, 0) < 0) return false;
+      }
+      for (size_t i = 0; i < count; ++i) {
+        if (mq_receive(b, buffer.data(), buffer.size(), nullptr) < 0) return false;
+      }
+      return true;
+    });
+    char quit = 'Q';
+    mq_send(a, &quit, 1, 0);
+    waitpid(pid, nullptr, 0);
+    mq_close(a);
+    mq_close(b);
+  } else if (transport == "shm") {
+    // Spinning shared memory: a sequence number each way and a buffer; a
+    // side that has spun a while yields (on one CPU the peer must run).
+    struct Shared {
+      alignas(64) std::atomic<uint64_t> ping;
+      alignas(64) std::atomic<uint64_t> pong;
+      alignas(64) char data[1];
+    };
+    const size_t length = sizeof(Shared) + size;
+    void* memory = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    auto* shared = new (memory) Shared{};
+    std::vector<char> buffer(size, 'x');
+    pid_t pid = Fork(placement.server_cpu, [&] {
+      std::vector<char> local(size);
+      for (uint64_t seen = 0;;) {
+        uint64_t ping;
+        for (int spins = 0; (ping = shared->ping.load(std::memory_order_acquire)) == seen;) {
+          if (++spins > 1000) sched_yield();  // on one CPU, let the peer run
+        }
+        if (ping == UINT64_MAX) return 0;
+        std::memcpy(local.data(), shared->data, size);
+        std::memcpy(shared->data, local.data(), size);
+        seen = ping;
+        shared->pong.store(ping, std::memory_order_release);
+      }
+    });
+    uint64_t sequence = 0;
+    result = Loop(seconds, [&] {
+      std::memcpy(shared->data, buffer.data(), size);
+      shared->ping.store(++sequence, std::memory_order_release);
+      for (int spins = 0; shared->pong.load(std::memory_order_acquire) != sequence;) {
+        if (++spins > 1000) sched_yield();
+      }
+      std::memcpy(buffer.data(), shared->data, size);
+      return true;
+    });
+    shared->ping.store(UINT64_MAX, std::memory_order_release);
+    waitpid(pid, nullptr, 0);
+    munmap(memory, length);
+  }
+  Print("raw", transport, size, std::move(result));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string serve;
+  int cpu = -1;
+  int ready_fd = -1;
+  std::string transports = "shm,mq,fifo,pipe,unix";
+  std::string sizes = "64,1024,4096,65536";
+  double seconds = 1;
+  std::string pin = "split";
+  int concurrency = 0;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::string value;
+    auto take = [&](const char* name) {
+      const std::string prefix = std::string("--") + name;
+      if (arg.rfind(prefix + "=", 0) == 0) {
+        value = arg.substr(prefix.size() + 1);
+        return true;
+      }
+      if (arg == prefix && i + 1 < argc) {
+        value = argv[++i];
+        return true;
+      }
+      return false;
+    };
+    if (take("serve")) serve = value;
+    else if (take("cpu")) cpu = std::atoi(value.c_str());
+    else if (take("ready_fd")) ready_fd = std::atoi(value.c_str());
+    else if (take("transports")) transports = value;
+    else if (take("sizes")) sizes = value;
+    else if (take("seconds")) seconds = std::atof(value.c_str());
+    else if (take("pin")) pin = value;
+    else if (take("concurrency")) concurrency = std::atoi(value.c_str());
+    else {
+      std::fprintf(stderr, "ipcrpc_bench: unknown argument %s\n", arg.c_str());
+      return 2;
+    }
+  }
+  if (!serve.empty()) return Serve(serve, cpu, ready_fd);
+
+  Placement placement;
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  if (pin == "same") {
+    placement = {0, 0};
+  } else if (pin == "split") {
+    placement = {0, cpus > 1 ? 1 : 0};
+  } else if (pin != "none") {
+    std::fprintf(stderr, "ipcrpc_bench: --pin must be same, split or none\n");
+    return 2;
+  }
+  Pin(placement.client_cpu);
+  std::printf("# ipcrpc_bench: %ld CPUs; --pin %s: client on CPU %d, server on CPU %d "
+              "(-1: not pinned); %.1f s per measurement\n",
+              cpus, pin.c_str(), placement.client_cpu, placement.server_cpu, seconds);
+  const std::string self = "/proc/self/exe";
+  for (const std::string& transport :
+       std::vector<std::string>(absl::StrSplit(transports, ','))) {
+    for (const std::string& size_text : std::vector<std::string>(absl::StrSplit(sizes, ','))) {
+      size_t size = 0;
+      if (!absl::SimpleAtoi(size_text, &size)) continue;
+      BenchRpc(self, transport, size, seconds, placement, concurrency);
+      BenchRaw(transport, size, seconds, placement);
+    }
+  }
+  return 0;
+}
