@@ -20,6 +20,7 @@
 #include "base/logging.h"
 #include "base/status_macros.h"
 #include "base/syscall.h"
+#include "transports/descriptor_watch.h"
 #include "transports/named_object.h"
 #include "transports/runtime_dir.h"
 #include "transports/stream_connection.h"
@@ -67,25 +68,16 @@ bool ValidClientDir(const std::string& dir) {
 
 // ------------------------------------------------------------------ server
 
+// What the server FIFO's watch does on the loop.
 struct FifoAcceptor {
   std::string description;
   TransportOptions options;
-  UniqueFd reader;  // the server FIFO, read end
   UniqueFd keeper;  // a write end we hold, so the read end never sees EOF
-  std::optional<asio::posix::stream_descriptor> readable;
   Listener::AcceptHandler on_accept;
-  std::atomic<bool> closed{false};
-  std::string pending;  // bytes of a connect record not yet complete (loop only)
+  std::string pending;  // bytes of a connect record not yet complete
 
-  void ShutdownOnLoop() {
-    if (readable.has_value()) {
-      readable->release();
-      readable.reset();
-    }
-    reader.Reset();
-    keeper.Reset();
-    on_accept = nullptr;
-  }
+  // Reads and handles every record that is there; false stops accepting.
+  bool ReadRecords(int reader);
 
   // Opens one of the client's FIFOs and checks what it is, on the descriptor.
   absl::StatusOr<UniqueFd> OpenClientFifo(const std::string& path, int flags, uid_t* owner) {
@@ -165,8 +157,6 @@ struct FifoAcceptor {
   }
 };
 
-void WaitForRecords(const std::shared_ptr<FifoAcceptor>& state);
-
 // Whether `record` (kFifoRecordSize bytes) is well formed: magic, version,
 // a directory length in range, zeros after the directory and in the reserved
 // field.
@@ -183,27 +173,21 @@ bool RecordWellFormed(const char* record) {
   return true;
 }
 
-void ReadRecords(const std::shared_ptr<FifoAcceptor>& state) {
+bool FifoAcceptor::ReadRecords(int reader) {
   char buffer[16 * kFifoRecordSize];
   for (;;) {
-    if (state->closed.load()) {
-      state->ShutdownOnLoop();
-      return;
-    }
-    ssize_t n = ::read(state->reader.get(), buffer, sizeof(buffer));
+    ssize_t n = ::read(reader, buffer, sizeof(buffer));
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
     if (n <= 0) {
       // We hold a write end ourselves, so EOF or an error here is our bug.
-      IPCRPC_LOG(ERROR) << state->description << ": stops accepting: read returned " << n;
-      state->ShutdownOnLoop();
-      return;
+      IPCRPC_LOG(ERROR) << description << ": stops accepting: read returned " << n;
+      return false;
     }
     // Honest clients write whole records atomically. Bytes from a peer that
     // does not (a short or garbage write) would shift every record after
     // them, so records are found by their magic and checked whole; what lies
     // between is dropped, and a record not yet complete waits for the rest.
-    std::string& pending = state->pending;
     pending.append(buffer, static_cast<size_t>(n));
     size_t at = 0;
     size_t dropped = 0;
@@ -220,7 +204,7 @@ void ReadRecords(const std::shared_ptr<FifoAcceptor>& state) {
       at = magic;
       if (pending.size() - at < kFifoRecordSize) break;
       if (RecordWellFormed(pending.data() + at)) {
-        state->HandleRecord(pending.data() + at);
+        HandleRecord(pending.data() + at);
         at += kFifoRecordSize;
       } else {
         dropped += 1;
@@ -229,22 +213,10 @@ void ReadRecords(const std::shared_ptr<FifoAcceptor>& state) {
     }
     pending.erase(0, at);
     if (dropped > 0) {
-      IPCRPC_LOG(WARNING) << state->description << ": dropped " << dropped
+      IPCRPC_LOG(WARNING) << description << ": dropped " << dropped
                           << " bytes that are not a well-formed connect record";
     }
   }
-  WaitForRecords(state);
-}
-
-void WaitForRecords(const std::shared_ptr<FifoAcceptor>& state) {
-  state->readable->async_wait(asio::posix::stream_descriptor::wait_read,
-                              [state](const asio::error_code& ec) {
-                                if (state->closed.load() || ec) {
-                                  state->ShutdownOnLoop();
-                                  return;
-                                }
-                                ReadRecords(state);
-                              });
 }
 
 class FifoListener final : public Listener {
@@ -282,28 +254,19 @@ class FifoListener final : public Listener {
     IPCRPC_ASSIGN_OR_RETURN(auto published, PublishNamedObject(endpoint_.text, endpoint_.address,
                                                                options_.mode, kind, PATH_MAX - 1));
     published_ = std::move(published.second);
-    state_ = std::make_shared<FifoAcceptor>();
-    state_->description = endpoint_.text;
-    state_->options = options_;
-    state_->reader = std::move(published.first);
-    state_->keeper.Reset(::open(endpoint_.address.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
-    if (!state_->keeper.valid()) {
+    auto acceptor = std::make_shared<FifoAcceptor>();
+    acceptor->description = endpoint_.text;
+    acceptor->options = options_;
+    acceptor->keeper.Reset(::open(endpoint_.address.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
+    if (!acceptor->keeper.valid()) {
       absl::Status status = ErrnoStatus(errno, "open", endpoint_.text);
       published_.Remove();
-      state_.reset();
       return status;
     }
-    state_->on_accept = std::move(on_accept);
-    io_ = &io;
-    auto state = state_;
-    asio::post(io, [state, &io] {
-      if (state->closed.load()) {
-        state->ShutdownOnLoop();
-        return;
-      }
-      state->readable.emplace(io, state->reader.get());
-      ReadRecords(state);
-    });
+    acceptor->on_accept = std::move(on_accept);
+    const int reader = published.first.get();
+    watch_ = DescriptorWatch::Start(io, std::move(published.first),
+                                    [acceptor, reader] { return acceptor->ReadRecords(reader); });
     return absl::OkStatus();
   }
 
@@ -311,11 +274,7 @@ class FifoListener final : public Listener {
     if (closed_) return;
     closed_ = true;
     published_.Remove();
-    if (state_ != nullptr) {
-      state_->closed.store(true);
-      auto state = state_;
-      asio::post(*io_, [state] { state->ShutdownOnLoop(); });
-    }
+    if (watch_ != nullptr) watch_->Stop();
   }
 
   const std::string& endpoint() const override { return endpoint_.text; }
@@ -323,8 +282,7 @@ class FifoListener final : public Listener {
  private:
   const Endpoint endpoint_;
   const TransportOptions options_;
-  asio::io_context* io_ = nullptr;
-  std::shared_ptr<FifoAcceptor> state_;
+  std::shared_ptr<DescriptorWatch> watch_;
   PublishedObject published_;
   bool closed_ = false;
 };

@@ -26,6 +26,7 @@
 #include "base/status_macros.h"
 #include "base/strings.h"
 #include "base/syscall.h"
+#include "transports/descriptor_watch.h"
 #include "transports/runtime_dir.h"
 
 namespace ipcrpc::internal {
@@ -415,26 +416,28 @@ absl::StatusOr<UniqueFd> NewCloseEvent(std::string_view what) {
 
 // ----------------------------------------------------------------- server
 
-struct MqAcceptor {
+// What the server queue's watch does on the loop. Loop only.
+struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
   std::string description;
-  std::string queue_name;  // "/NAME"
   TransportOptions options;
-  UniqueFd queue;
-  std::optional<asio::posix::stream_descriptor> readable;
   Listener::AcceptHandler on_accept;
-  std::atomic<bool> closed{false};
   std::vector<char> buffer;
-  asio::io_context* io = nullptr;
-  // Loop only.
   absl::flat_hash_map<uint64_t, std::weak_ptr<MqConnection>> routes;
 
-  void ShutdownOnLoop() {
-    if (readable.has_value()) {
-      readable->release();
-      readable.reset();
+  // Receives and handles every message that is there; false stops serving.
+  bool ReadMessages(int queue) {
+    for (;;) {
+      unsigned priority = 0;
+      ssize_t n = mq_receive(queue, buffer.data(), buffer.size(), &priority);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) return true;
+        IPCRPC_LOG(ERROR) << description << ": stops serving: mq_receive: "
+                          << std::strerror(errno);
+        return false;
+      }
+      HandleMessage(std::string_view(buffer.data(), static_cast<size_t>(n)));
     }
-    queue.Reset();
-    on_accept = nullptr;
   }
 
   void HandleConnect(std::string_view payload) {
@@ -504,7 +507,11 @@ struct MqAcceptor {
         PeerCredentials{pid, st.st_uid}, absl::StrCat(description, " peer pid ", pid),
         options.max_message_size, *std::move(close_event));
     routes.emplace(id, connection);
-    connection->SetOnFinish([this, id] { routes.erase(id); });
+    // Weak: the acceptor may be gone (the listener closed) before the
+    // connection ends.
+    connection->SetOnFinish([weak = weak_from_this(), id] {
+      if (auto self = weak.lock()) self->routes.erase(id);
+    });
     on_accept(std::move(connection));
   }
 
@@ -529,41 +536,6 @@ struct MqAcceptor {
     connection->Deliver(*header, message.substr(kMqHeaderSize));
   }
 };
-
-void WaitForMessages(const std::shared_ptr<MqAcceptor>& state);
-
-void ReadMessages(const std::shared_ptr<MqAcceptor>& state) {
-  for (;;) {
-    if (state->closed.load()) {
-      state->ShutdownOnLoop();
-      return;
-    }
-    unsigned priority = 0;
-    ssize_t n = mq_receive(state->queue.get(), state->buffer.data(), state->buffer.size(),
-                           &priority);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) break;
-      IPCRPC_LOG(ERROR) << state->description << ": stops serving: mq_receive: "
-                        << std::strerror(errno);
-      state->ShutdownOnLoop();
-      return;
-    }
-    state->HandleMessage(std::string_view(state->buffer.data(), static_cast<size_t>(n)));
-  }
-  WaitForMessages(state);
-}
-
-void WaitForMessages(const std::shared_ptr<MqAcceptor>& state) {
-  state->readable->async_wait(asio::posix::stream_descriptor::wait_read,
-                              [state](const asio::error_code& ec) {
-                                if (state->closed.load() || ec) {
-                                  state->ShutdownOnLoop();
-                                  return;
-                                }
-                                ReadMessages(state);
-                              });
-}
 
 class MqListener final : public Listener {
  public:
@@ -600,24 +572,14 @@ class MqListener final : public Listener {
       return status;
     }
     created_ = true;
-    state_ = std::make_shared<MqAcceptor>();
-    state_->description = endpoint_.text;
-    state_->queue_name = name;
-    state_->options = options_;
-    state_->queue = std::move(queue);
-    state_->buffer.resize(static_cast<size_t>(attr.mq_msgsize));
-    state_->on_accept = std::move(on_accept);
-    state_->io = &io;
-    io_ = &io;
-    auto state = state_;
-    asio::post(io, [state, &io] {
-      if (state->closed.load()) {
-        state->ShutdownOnLoop();
-        return;
-      }
-      state->readable.emplace(io, state->queue.get());
-      ReadMessages(state);
-    });
+    auto acceptor = std::make_shared<MqAcceptor>();
+    acceptor->description = endpoint_.text;
+    acceptor->options = options_;
+    acceptor->buffer.resize(static_cast<size_t>(attr.mq_msgsize));
+    acceptor->on_accept = std::move(on_accept);
+    const int fd = queue.get();
+    watch_ = DescriptorWatch::Start(io, std::move(queue),
+                                    [acceptor, fd] { return acceptor->ReadMessages(fd); });
     return absl::OkStatus();
   }
 
@@ -626,11 +588,7 @@ class MqListener final : public Listener {
     closed_ = true;
     if (created_) mq_unlink(("/" + endpoint_.address).c_str());
     ReleaseLock();
-    if (state_ != nullptr) {
-      state_->closed.store(true);
-      auto state = state_;
-      asio::post(*io_, [state] { state->ShutdownOnLoop(); });
-    }
+    if (watch_ != nullptr) watch_->Stop();
   }
 
   const std::string& endpoint() const override { return endpoint_.text; }
@@ -676,8 +634,7 @@ class MqListener final : public Listener {
 
   const Endpoint endpoint_;
   const TransportOptions options_;
-  asio::io_context* io_ = nullptr;
-  std::shared_ptr<MqAcceptor> state_;
+  std::shared_ptr<DescriptorWatch> watch_;
   std::string lock_path_;
   UniqueFd lock_;
   bool created_ = false;

@@ -28,6 +28,7 @@
 #include "base/logging.h"
 #include "base/status_macros.h"
 #include "base/syscall.h"
+#include "transports/descriptor_watch.h"
 #include "transports/shm/shm_ring.h"
 #include "transports/unix/unix_transport.h"
 
@@ -390,23 +391,16 @@ struct Handshake {
   std::optional<asio::steady_timer> timeout;
 };
 
-struct ShmAcceptor {
+// What the listening socket's watch does on the loop.
+struct ShmAcceptor : std::enable_shared_from_this<ShmAcceptor> {
   std::string description;
   TransportOptions options;
-  UniqueFd listener;
-  std::optional<asio::posix::stream_descriptor> readable;
   Listener::AcceptHandler on_accept;
   std::atomic<bool> closed{false};
   asio::io_context* io = nullptr;
 
-  void ShutdownOnLoop() {
-    if (readable.has_value()) {
-      readable->release();
-      readable.reset();
-    }
-    listener.Reset();
-    on_accept = nullptr;
-  }
+  // Accepts everything pending and starts each one's handshake.
+  bool AcceptAll(int listener);
 
   // The HELLO arrived (or not): validate, map, answer, hand over.
   absl::StatusOr<std::shared_ptr<Connection>> Complete(Handshake& handshake) {
@@ -487,19 +481,6 @@ struct ShmAcceptor {
   }
 };
 
-void AcceptAll(const std::shared_ptr<ShmAcceptor>& state);
-
-void WaitForConnections(const std::shared_ptr<ShmAcceptor>& state) {
-  state->readable->async_wait(asio::posix::stream_descriptor::wait_read,
-                              [state](const asio::error_code& ec) {
-                                if (state->closed.load() || ec) {
-                                  state->ShutdownOnLoop();
-                                  return;
-                                }
-                                AcceptAll(state);
-                              });
-}
-
 void StartHandshake(const std::shared_ptr<ShmAcceptor>& state, UniqueFd socket,
                     PeerCredentials peer) {
   auto handshake = std::make_shared<Handshake>();
@@ -534,31 +515,27 @@ void StartHandshake(const std::shared_ptr<ShmAcceptor>& state, UniqueFd socket,
       });
 }
 
-void AcceptAll(const std::shared_ptr<ShmAcceptor>& state) {
+bool ShmAcceptor::AcceptAll(int listener) {
   for (;;) {
-    if (state->closed.load()) {
-      state->ShutdownOnLoop();
-      return;
-    }
-    UniqueFd client(::accept4(state->listener.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (closed.load()) return false;
+    UniqueFd client(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!client.valid()) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      IPCRPC_LOG(ERROR) << state->description << ": accept: " << std::strerror(errno);
-      break;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+      IPCRPC_LOG(ERROR) << description << ": accept: " << std::strerror(errno);
+      return true;
     }
-    auto peer = UnixPeerCredentials(client.get(), state->description);
+    auto peer = UnixPeerCredentials(client.get(), description);
     if (!peer.ok()) continue;
     if (peer->uid != ::geteuid() &&
-        std::find(state->options.allowed_uids.begin(), state->options.allowed_uids.end(),
-                  peer->uid) == state->options.allowed_uids.end()) {
-      IPCRPC_LOG(WARNING) << state->description << ": refusing pid " << peer->pid << ": uid "
+        std::find(options.allowed_uids.begin(), options.allowed_uids.end(), peer->uid) ==
+            options.allowed_uids.end()) {
+      IPCRPC_LOG(WARNING) << description << ": refusing pid " << peer->pid << ": uid "
                           << peer->uid << " is not ours and not in ServerOptions::allowed_uids";
       continue;
     }
-    StartHandshake(state, std::move(client), *peer);
+    StartHandshake(shared_from_this(), std::move(client), *peer);
   }
-  WaitForConnections(state);
 }
 
 class ShmListener final : public Listener {
@@ -580,34 +557,26 @@ class ShmListener final : public Listener {
       return ErrnoStatus(errno, "bind", endpoint_.text);
     }
     if (::listen(fd.get(), SOMAXCONN) < 0) return ErrnoStatus(errno, "listen", endpoint_.text);
-    state_ = std::make_shared<ShmAcceptor>();
-    state_->description = endpoint_.text;
-    state_->options = options_;
-    state_->listener = std::move(fd);
-    state_->on_accept = std::move(on_accept);
-    state_->io = &io;
-    io_ = &io;
-    auto state = state_;
-    asio::post(io, [state, &io] {
-      if (state->closed.load()) {
-        state->ShutdownOnLoop();
-        return;
-      }
-      state->readable.emplace(io, state->listener.get());
-      AcceptAll(state);
-    });
+    acceptor_ = std::make_shared<ShmAcceptor>();
+    acceptor_->description = endpoint_.text;
+    acceptor_->options = options_;
+    acceptor_->on_accept = std::move(on_accept);
+    acceptor_->io = &io;
+    const int listener = fd.get();
+    watch_ = DescriptorWatch::Start(
+        io, std::move(fd), [acceptor = acceptor_, listener] { return acceptor->AcceptAll(listener); });
     return absl::OkStatus();
   }
 
   void Close() override {
     if (closed_) return;
     closed_ = true;
-    if (state_ != nullptr) {
-      state_->closed.store(true);
-      // New connects are refused from now: shut the listening socket down.
-      ::shutdown(state_->listener.get(), SHUT_RDWR);
-      auto state = state_;
-      asio::post(*io_, [state] { state->ShutdownOnLoop(); });
+    if (acceptor_ != nullptr) {
+      acceptor_->closed.store(true);
+      // New connects are refused from now: shut the listening socket down
+      // (the watch closes it on the loop).
+      ::shutdown(watch_->fd(), SHUT_RDWR);
+      watch_->Stop();
     }
   }
 
@@ -616,8 +585,8 @@ class ShmListener final : public Listener {
  private:
   const Endpoint endpoint_;
   const TransportOptions options_;
-  asio::io_context* io_ = nullptr;
-  std::shared_ptr<ShmAcceptor> state_;
+  std::shared_ptr<ShmAcceptor> acceptor_;
+  std::shared_ptr<DescriptorWatch> watch_;
   bool closed_ = false;
 };
 

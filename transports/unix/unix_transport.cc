@@ -17,6 +17,7 @@
 #include "base/logging.h"
 #include "base/status_macros.h"
 #include "base/syscall.h"
+#include "transports/descriptor_watch.h"
 #include "transports/named_object.h"
 #include "transports/stream_connection.h"
 
@@ -59,96 +60,56 @@ std::pair<UniqueFd, int> ConnectTo(const std::string& address) {
   return {std::move(fd), 0};
 }
 
-// The listening socket, shared with the handlers on the loop so that the
-// listener object can go away while a wait is still pending.
-struct AcceptorState {
-  UniqueFd fd;
-  std::optional<asio::posix::stream_descriptor> readable;
-  Listener::AcceptHandler on_accept;
-  std::atomic<bool> closed{false};
-  std::string description;
-  size_t max_message_size = 0;
-  std::vector<uid_t> allowed_uids;
-
-  // On the loop.
-  void ShutdownOnLoop() {
-    if (readable.has_value()) {
-      readable->release();
-      readable.reset();
-    }
-    fd.Reset();
-    on_accept = nullptr;
-  }
-};
-
 bool UidAllowed(uid_t uid, const std::vector<uid_t>& allowed) {
   return uid == ::geteuid() || std::find(allowed.begin(), allowed.end(), uid) != allowed.end();
 }
 
-void AcceptAll(const std::shared_ptr<AcceptorState>& state);
+// What the listening socket's watch does on the loop: accept everything
+// pending. False stops accepting.
+struct UnixAcceptor {
+  std::string description;
+  size_t max_message_size = 0;
+  std::vector<uid_t> allowed_uids;
+  Listener::AcceptHandler on_accept;
 
-void WaitForConnections(const std::shared_ptr<AcceptorState>& state) {
-  state->readable->async_wait(asio::posix::stream_descriptor::wait_read,
-                              [state](const asio::error_code& ec) {
-                                if (state->closed.load()) {
-                                  state->ShutdownOnLoop();
-                                  return;
-                                }
-                                if (ec) {
-                                  IPCRPC_LOG(ERROR) << state->description
-                                                    << ": stops accepting: " << ec.message();
-                                  state->ShutdownOnLoop();
-                                  return;
-                                }
-                                AcceptAll(state);
-                              });
-}
-
-void AcceptAll(const std::shared_ptr<AcceptorState>& state) {
-  for (;;) {
-    if (state->closed.load()) {
-      state->ShutdownOnLoop();
-      return;
-    }
-    UniqueFd client(::accept4(state->fd.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-    if (!client.valid()) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        // Out of descriptors: the pending connection stays queued; try again
-        // when woken next rather than spinning.
-        IPCRPC_LOG(ERROR) << state->description << ": accept: " << std::strerror(errno)
-                          << " (raise the limit with ulimit -n)";
-        break;
+  bool AcceptAll(int listener) {
+    for (;;) {
+      UniqueFd client(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+      if (!client.valid()) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+          // Out of descriptors: the pending connection stays queued; try again
+          // when woken next rather than spinning.
+          IPCRPC_LOG(ERROR) << description << ": accept: " << std::strerror(errno)
+                            << " (raise the limit with ulimit -n)";
+          return true;
+        }
+        IPCRPC_LOG(ERROR) << description << ": stops accepting: accept: " << std::strerror(errno);
+        return false;
       }
-      IPCRPC_LOG(ERROR) << state->description << ": stops accepting: accept: "
-                        << std::strerror(errno);
-      state->ShutdownOnLoop();
-      return;
+      auto peer = UnixPeerCredentials(client.get(), description);
+      if (!peer.ok()) {
+        IPCRPC_LOG(WARNING) << description << ": refusing a connection: " << peer.status();
+        continue;
+      }
+      if (!UidAllowed(peer->uid, allowed_uids)) {
+        IPCRPC_LOG(WARNING) << description << ": refusing a connection from pid " << peer->pid
+                            << ": uid " << peer->uid
+                            << " is not ours and not in ServerOptions::allowed_uids";
+        continue;
+      }
+      auto connection = StreamConnection::Create(
+          std::move(client), UniqueFd(), /*is_socket=*/true, *peer,
+          absl::StrCat(description, " peer pid ", peer->pid), max_message_size);
+      if (!connection.ok()) {
+        IPCRPC_LOG(WARNING) << description << ": dropping a connection: " << connection.status();
+        continue;
+      }
+      on_accept(*std::move(connection));
     }
-    auto peer = UnixPeerCredentials(client.get(), state->description);
-    if (!peer.ok()) {
-      IPCRPC_LOG(WARNING) << state->description << ": refusing a connection: " << peer.status();
-      continue;
-    }
-    if (!UidAllowed(peer->uid, state->allowed_uids)) {
-      IPCRPC_LOG(WARNING) << state->description << ": refusing a connection from pid " << peer->pid
-                          << ": uid " << peer->uid
-                          << " is not ours and not in ServerOptions::allowed_uids";
-      continue;
-    }
-    auto connection = StreamConnection::Create(
-        std::move(client), UniqueFd(), /*is_socket=*/true, *peer,
-        absl::StrCat(state->description, " peer pid ", peer->pid), state->max_message_size);
-    if (!connection.ok()) {
-      IPCRPC_LOG(WARNING) << state->description << ": dropping a connection: "
-                          << connection.status();
-      continue;
-    }
-    state->on_accept(*std::move(connection));
   }
-  WaitForConnections(state);
-}
+};
 
 class UnixListener final : public Listener {
  public:
@@ -164,23 +125,14 @@ class UnixListener final : public Listener {
       RemoveOurFile();
       return status;
     }
-    state_ = std::make_shared<AcceptorState>();
-    state_->fd = *std::move(bound);
-    state_->on_accept = std::move(on_accept);
-    state_->description = endpoint_.text;
-    state_->max_message_size = options_.max_message_size;
-    state_->allowed_uids = options_.allowed_uids;
-    io_ = &io;
-    auto state = state_;
-    // The descriptor wrapper is created and used on the loop only.
-    asio::post(io, [state, &io] {
-      if (state->closed.load()) {
-        state->ShutdownOnLoop();
-        return;
-      }
-      state->readable.emplace(io, state->fd.get());
-      AcceptAll(state);
-    });
+    auto acceptor = std::make_shared<UnixAcceptor>();
+    acceptor->description = endpoint_.text;
+    acceptor->max_message_size = options_.max_message_size;
+    acceptor->allowed_uids = options_.allowed_uids;
+    acceptor->on_accept = std::move(on_accept);
+    const int listener = bound->get();
+    watch_ = DescriptorWatch::Start(io, *std::move(bound),
+                                    [acceptor, listener] { return acceptor->AcceptAll(listener); });
     return absl::OkStatus();
   }
 
@@ -188,13 +140,9 @@ class UnixListener final : public Listener {
     if (closed_) return;
     closed_ = true;
     // New connects by path fail from now on; the socket itself is closed on
-    // the loop, where its descriptor wrapper lives.
+    // the loop, where its watch lives.
     RemoveOurFile();
-    if (state_ != nullptr) {
-      state_->closed.store(true);
-      auto state = state_;
-      asio::post(*io_, [state] { state->ShutdownOnLoop(); });
-    }
+    if (watch_ != nullptr) watch_->Stop();
   }
 
   const std::string& endpoint() const override { return endpoint_.text; }
@@ -249,8 +197,7 @@ class UnixListener final : public Listener {
 
   const Endpoint endpoint_;
   const TransportOptions options_;
-  asio::io_context* io_ = nullptr;
-  std::shared_ptr<AcceptorState> state_;
+  std::shared_ptr<DescriptorWatch> watch_;
   PublishedObject published_;
   bool closed_ = false;
 };

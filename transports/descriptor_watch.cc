@@ -1,0 +1,62 @@
+#include "transports/descriptor_watch.h"
+
+#include "asio/post.hpp"
+
+namespace ipcrpc::internal {
+
+std::shared_ptr<DescriptorWatch> DescriptorWatch::Start(asio::io_context& io, UniqueFd fd,
+                                                        Handler on_readable) {
+  auto watch = std::make_shared<DescriptorWatch>(io, std::move(fd), std::move(on_readable));
+  asio::post(io, [watch] {
+    if (watch->stopped()) {
+      watch->Release();
+      return;
+    }
+    watch->readable_.emplace(watch->io_, watch->fd_.get());
+    watch->Run();
+  });
+  return watch;
+}
+
+DescriptorWatch::~DescriptorWatch() {
+  if (readable_.has_value()) readable_->release();
+}
+
+void DescriptorWatch::Run() {
+  if (stopped() || !on_readable_()) {
+    stopped_.store(true, std::memory_order_release);
+    Release();
+    return;
+  }
+  Wait();
+}
+
+void DescriptorWatch::Wait() {
+  auto self = shared_from_this();
+  readable_->async_wait(asio::posix::stream_descriptor::wait_read,
+                        [self](const asio::error_code& ec) {
+                          if (ec || self->stopped()) {
+                            self->stopped_.store(true, std::memory_order_release);
+                            self->Release();
+                            return;
+                          }
+                          self->Run();
+                        });
+}
+
+void DescriptorWatch::Stop() {
+  if (stopped_.exchange(true, std::memory_order_acq_rel)) return;
+  auto self = shared_from_this();
+  asio::post(io_, [self] { self->Release(); });
+}
+
+void DescriptorWatch::Release() {
+  if (readable_.has_value()) {
+    readable_->release();  // cancels the pending wait; the fd stays ours
+    readable_.reset();
+  }
+  fd_.Reset();
+  on_readable_ = nullptr;  // drops what the handler holds (breaks cycles)
+}
+
+}  // namespace ipcrpc::internal

@@ -1,0 +1,60 @@
+// Watches one descriptor for readability on an Asio loop: the pattern every
+// listener uses (a listening socket, the server FIFO, the server queue).
+//
+//   auto watch = DescriptorWatch::Start(io, std::move(fd), [state] {
+//     return state->DrainWhatIsReadable();  // on the loop; false: stop watching
+//   });
+//   ...
+//   watch->Stop();  // any thread
+//
+// The descriptor is owned and closed on the loop once the watch stops, so it
+// is never closed under a pending wait.
+#ifndef IPCRPC_TRANSPORTS_DESCRIPTOR_WATCH_H_
+#define IPCRPC_TRANSPORTS_DESCRIPTOR_WATCH_H_
+
+#include <atomic>
+#include <memory>
+#include <optional>
+
+#include "absl/functional/any_invocable.h"
+#include "asio/io_context.hpp"
+#include "asio/posix/stream_descriptor.hpp"
+#include "base/syscall.h"
+
+namespace ipcrpc::internal {
+
+class DescriptorWatch : public std::enable_shared_from_this<DescriptorWatch> {
+ public:
+  // Runs on the loop whenever the descriptor is readable (and once at the
+  // start); returns false to stop watching.
+  using Handler = absl::AnyInvocable<bool()>;
+
+  static std::shared_ptr<DescriptorWatch> Start(asio::io_context& io, UniqueFd fd,
+                                                Handler on_readable);
+
+  // Stops watching and closes the descriptor (on the loop). Idempotent; safe
+  // from any thread, also from inside the handler.
+  void Stop();
+
+  bool stopped() const { return stopped_.load(std::memory_order_acquire); }
+  int fd() const { return fd_.get(); }
+
+  DescriptorWatch(asio::io_context& io, UniqueFd fd, Handler on_readable)
+      : io_(io), fd_(std::move(fd)), on_readable_(std::move(on_readable)) {}
+  ~DescriptorWatch();
+
+ private:
+  void Run();       // on the loop
+  void Wait();      // on the loop
+  void Release();   // on the loop
+
+  asio::io_context& io_;
+  UniqueFd fd_;
+  Handler on_readable_;
+  std::optional<asio::posix::stream_descriptor> readable_;
+  std::atomic<bool> stopped_{false};
+};
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_TRANSPORTS_DESCRIPTOR_WATCH_H_
