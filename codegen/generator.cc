@@ -68,6 +68,19 @@ std::vector<std::string> PackageParts(const std::string& package) {
   return parts;
 }
 
+void OpenNamespaces(Printer& p, const std::string& package) {
+  for (const std::string& part : PackageParts(package)) {
+    p.Print("namespace $part$ {\n", "part", part);
+  }
+}
+
+void CloseNamespaces(Printer& p, const std::string& package) {
+  std::vector<std::string> parts = PackageParts(package);
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+    p.Print("}  // namespace $part$\n", "part", *it);
+  }
+}
+
 std::string HeaderGuard(const std::string& filename) {
   std::string guard = "IPCRPC_GENERATED_";
   for (char c : StripProto(filename)) {
@@ -192,18 +205,13 @@ std::string GenerateHeader(const FileDescriptor* file, const std::string& includ
             "#include \"ipcrpc/ipcrpc.h\"\n"
             "#include \"$pb_h$\"\n"
             "\n");
-    for (const std::string& part : PackageParts(file->package())) {
-      p.Print("namespace $part$ {\n", "part", part);
-    }
+    OpenNamespaces(p, file->package());
     for (int i = 0; i < file->service_count(); ++i) {
       p.Print("\n");
       PrintServiceDeclaration(p, file->service(i));
     }
     p.Print("\n");
-    std::vector<std::string> parts = PackageParts(file->package());
-    for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
-      p.Print("}  // namespace $part$\n", "part", *it);
-    }
+    CloseNamespaces(p, file->package());
     p.Print(vars, "\n#endif  // $guard$\n");
   }
   return out;
@@ -315,18 +323,13 @@ std::string GenerateSource(const FileDescriptor* file, const std::string& includ
             "#include <string_view>\n"
             "#include <utility>\n"
             "\n");
-    for (const std::string& part : PackageParts(file->package())) {
-      p.Print("namespace $part$ {\n", "part", part);
-    }
+    OpenNamespaces(p, file->package());
     for (int i = 0; i < file->service_count(); ++i) {
       p.Print("\n");
       PrintServiceDefinition(p, file->service(i));
     }
     p.Print("\n");
-    std::vector<std::string> parts = PackageParts(file->package());
-    for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
-      p.Print("}  // namespace $part$\n", "part", *it);
-    }
+    CloseNamespaces(p, file->package());
   }
   return out;
 }

@@ -41,49 +41,38 @@ configure_and_build() {
   cmake --build "$BUILD_DIR" -j "$JOBS"
 }
 
-run_example() {
-  local bin="$BUILD_DIR/examples/calculator"
-  echo "== calculator over shm: (shared-memory rings; the fastest path)"
-  local shm_name="ipcrpc-calculator-$$"
-  "$bin/calculator_server" --endpoint="shm:$shm_name" &
+# Runs the calculator server on ENDPOINT in the background, the client
+# against it, then stops the server (SIGTERM: a clean shutdown) and checks
+# that FILE, if given, is gone.
+run_pair() {
+  local bin=$1 endpoint=$2 file=${3:-}
+  "$bin/calculator_server" --endpoint="$endpoint" &
   local server=$!
   trap 'kill $server 2>/dev/null || true' EXIT
-  "$bin/calculator_client" --endpoint="shm:$shm_name" --wait_for_server_ms=10000
+  # The client waits (up to 10 s) for the server to be listening.
+  "$bin/calculator_client" --endpoint="$endpoint" --wait_for_server_ms=10000
   kill -TERM "$server"
   wait "$server"
   trap - EXIT
+  if [[ -n $file && -e $file ]]; then
+    echo "dev.sh: $file left behind" >&2
+    exit 1
+  fi
+}
+
+run_example() {
+  local bin="$BUILD_DIR/examples/calculator"
+  local tmp="${TMPDIR:-/tmp}"
+  echo "== calculator over shm: (shared-memory rings; the fastest path)"
+  run_pair "$bin" "shm:ipcrpc-calculator-$$"
   echo "== calculator over pipe: (the client spawns the server as its child)"
   "$bin/calculator_client" --endpoint=pipe: --server="$bin/calculator_server"
   echo "== calculator over unix: (a server process and a client process)"
-  local socket="${TMPDIR:-/tmp}/ipcrpc-calculator-$$.sock"
-  "$bin/calculator_server" --endpoint="unix:$socket" &
-  server=$!
-  trap 'kill $server 2>/dev/null || true' EXIT
-  # The client waits (up to 10 s) for the server to be listening.
-  "$bin/calculator_client" --endpoint="unix:$socket" --wait_for_server_ms=10000
-  kill -TERM "$server"
-  wait "$server"
-  trap - EXIT
-  [[ ! -e $socket ]] || { echo "dev.sh: $socket left behind" >&2; exit 1; }
+  run_pair "$bin" "unix:$tmp/ipcrpc-calculator-$$.sock" "$tmp/ipcrpc-calculator-$$.sock"
   echo "== calculator over fifo: (a server FIFO, a private FIFO pair per client)"
-  local fifo="${TMPDIR:-/tmp}/ipcrpc-calculator-$$.fifo"
-  "$bin/calculator_server" --endpoint="fifo:$fifo" &
-  server=$!
-  trap 'kill $server 2>/dev/null || true' EXIT
-  "$bin/calculator_client" --endpoint="fifo:$fifo" --wait_for_server_ms=10000
-  kill -TERM "$server"
-  wait "$server"
-  trap - EXIT
-  [[ ! -e $fifo ]] || { echo "dev.sh: $fifo left behind" >&2; exit 1; }
+  run_pair "$bin" "fifo:$tmp/ipcrpc-calculator-$$.fifo" "$tmp/ipcrpc-calculator-$$.fifo"
   echo "== calculator over mq: (queue /NAME, a reply queue per client)"
-  local queue="ipcrpc-calculator-$$"
-  "$bin/calculator_server" --endpoint="mq:$queue" &
-  server=$!
-  trap 'kill $server 2>/dev/null || true' EXIT
-  "$bin/calculator_client" --endpoint="mq:$queue" --wait_for_server_ms=10000
-  kill -TERM "$server"
-  wait "$server"
-  trap - EXIT
+  run_pair "$bin" "mq:ipcrpc-calculator-$$"
   echo "== every transport works"
 }
 
