@@ -1,5 +1,5 @@
-// Deadline-aware queueing, priorities, overload and prompt cancellation, in
-// one process over unix:.
+// Deadline-aware queueing, priorities, overload and prompt cancellation,
+// with the server in this process, over every transport that allows that.
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -86,10 +86,15 @@ class GateService : public Service {
   int runs_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-class DeadlineTest : public ::testing::Test {
+class DeadlineTest : public ::testing::TestWithParam<std::string> {
  protected:
   void StartServer(ServerOptions options) {
-    endpoint_ = "unix:" + UniqueName("/tmp/ipcrpc-deadline") + ".sock";
+    // Every transport whose server can live in this process (pipe: needs a
+    // child; the chain test covers it).
+    const std::string transport = GetParam();
+    const std::string name = UniqueName("ipcrpc-deadline");
+    endpoint_ = (transport == "mq" || transport == "shm") ? absl::StrCat(transport, ":", name)
+                                                          : absl::StrCat(transport, ":/tmp/", name);
     server_ = std::make_unique<Server>(options);
     ASSERT_THAT(server_->RegisterService(&gate_), IsOk());
     ASSERT_THAT(server_->RegisterService(&test_), IsOk());
@@ -131,7 +136,7 @@ bool WaitForQueued(Server& server, int64_t n) {
   return true;
 }
 
-TEST_F(DeadlineTest, HighPriorityCallOvertakesABacklog) {
+TEST_P(DeadlineTest, HighPriorityCallOvertakesABacklog) {
   OccupyTheOnlyHandlerThread();
   absl::BlockingCounter done(6);
   auto count_down = [&](absl::StatusOr<std::string>) { done.DecrementCount(); };
@@ -147,7 +152,7 @@ TEST_F(DeadlineTest, HighPriorityCallOvertakesABacklog) {
   EXPECT_EQ(gate_.order(), "high,low0,low1,low2,low3,low4");
 }
 
-TEST_F(DeadlineTest, EarliestDeadlineIsServedFirstWithinAPriority) {
+TEST_P(DeadlineTest, EarliestDeadlineIsServedFirstWithinAPriority) {
   OccupyTheOnlyHandlerThread();
   absl::BlockingCounter done(4);
   auto count_down = [&](absl::StatusOr<std::string>) { done.DecrementCount(); };
@@ -163,7 +168,7 @@ TEST_F(DeadlineTest, EarliestDeadlineIsServedFirstWithinAPriority) {
   EXPECT_EQ(gate_.order(), "1h,2h,3h,none");
 }
 
-TEST_F(DeadlineTest, AQueueOfExpiredWorkIsSkipped) {
+TEST_P(DeadlineTest, AQueueOfExpiredWorkIsSkipped) {
   OccupyTheOnlyHandlerThread();
   constexpr int kCalls = 20;
   absl::BlockingCounter done(kCalls);
@@ -194,7 +199,7 @@ TEST_F(DeadlineTest, AQueueOfExpiredWorkIsSkipped) {
   EXPECT_EQ(gate_.runs(), 0) << "expired work ran";
 }
 
-TEST_F(DeadlineTest, AFloodFromOneClientFailsFastWhileAnotherIsServed) {
+TEST_P(DeadlineTest, AFloodFromOneClientFailsFastWhileAnotherIsServed) {
   ServerOptions options;
   options.handler_threads = 4;
   options.max_calls_per_connection = 3;
@@ -228,7 +233,7 @@ TEST_F(DeadlineTest, AFloodFromOneClientFailsFastWhileAnotherIsServed) {
   channel_.reset();  // ends the three sleeping calls
 }
 
-TEST_F(DeadlineTest, ServerWideLimitNamesItself) {
+TEST_P(DeadlineTest, ServerWideLimitNamesItself) {
   ServerOptions options;
   options.handler_threads = 4;
   options.max_calls_in_flight = 2;
@@ -249,7 +254,7 @@ TEST_F(DeadlineTest, ServerWideLimitNamesItself) {
 // client's death.
 constexpr absl::Duration kPrompt = absl::Milliseconds(10 * kSlowdown);
 
-TEST_F(DeadlineTest, CancelFrameReachesTheHandlerPromptly) {
+TEST_P(DeadlineTest, CancelFrameReachesTheHandlerPromptly) {
   StartServer(ServerOptions{});
   Call call = channel_->CallMethodAsync("gate.Gate/WaitCancel", "", {},
                                         [](absl::StatusOr<std::string>) {});
@@ -260,7 +265,7 @@ TEST_F(DeadlineTest, CancelFrameReachesTheHandlerPromptly) {
   EXPECT_LT(absl::Nanoseconds(gate_.cancelled_at_ns_.load() - cancelled_ns), kPrompt);
 }
 
-TEST_F(DeadlineTest, DeadlineReachesTheHandlerPromptly) {
+TEST_P(DeadlineTest, DeadlineReachesTheHandlerPromptly) {
   StartServer(ServerOptions{});
   CallOptions options;
   options.timeout = absl::Milliseconds(30);
@@ -273,7 +278,7 @@ TEST_F(DeadlineTest, DeadlineReachesTheHandlerPromptly) {
   EXPECT_LT(absl::Nanoseconds(gate_.cancelled_at_ns_.load() - deadline_ns), kPrompt);
 }
 
-TEST_F(DeadlineTest, ClientDeathReachesTheHandlerPromptly) {
+TEST_P(DeadlineTest, ClientDeathReachesTheHandlerPromptly) {
   StartServer(ServerOptions{});
   internal::UniqueFd devnull(open("/dev/null", O_WRONLY | O_CLOEXEC));
   auto client = Spawn({IPCRPC_CONFORMANCE_CLIENT, "--endpoint=" + endpoint_}, {}, {},
@@ -291,6 +296,12 @@ TEST_F(DeadlineTest, ClientDeathReachesTheHandlerPromptly) {
   EXPECT_LT(absl::Nanoseconds(internal::MonotonicNowNs() - killed_ns), kPrompt * 3);
   WaitForExit(*client, absl::Seconds(10));
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, DeadlineTest,
+                         ::testing::Values("unix", "fifo", "mq", "shm"),
+                         [](const ::testing::TestParamInfo<std::string>& param) {
+                           return param.param;
+                         });
 
 }  // namespace
 }  // namespace ipcrpc::testing

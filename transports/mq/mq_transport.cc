@@ -4,7 +4,8 @@
 #include <mqueue.h>
 #include <poll.h>
 #include <sys/eventfd.h>
-#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -27,7 +28,6 @@
 #include "base/strings.h"
 #include "base/syscall.h"
 #include "transports/descriptor_watch.h"
-#include "transports/runtime_dir.h"
 
 namespace ipcrpc::internal {
 namespace {
@@ -96,6 +96,21 @@ struct mq_attr QueueAttributes(bool server) {
   attr.mq_maxmsg = std::min<long>(limits.max_messages, 10);
   attr.mq_msgsize = std::min<long>(limits.message_size, server ? 8192 : 1024);
   return attr;
+}
+
+// The abstract socket whose existence says that a live server owns /NAME:
+// "@ipcrpc-mq-NAME", or a hash of NAME when it is too long for a socket name.
+socklen_t MqTokenAddress(const std::string& name, sockaddr_un* addr) {
+  std::memset(addr, 0, sizeof(*addr));
+  addr->sun_family = AF_UNIX;
+  std::string token = "ipcrpc-mq-" + name;
+  if (token.size() > sizeof(addr->sun_path) - 2) {
+    uint64_t hash = 1469598103934665603ull;  // FNV-1a, stable across builds
+    for (unsigned char c : name) hash = (hash ^ c) * 1099511628211ull;
+    token = absl::StrCat("ipcrpc-mq-#", absl::Hex(hash, absl::kZeroPad16));
+  }
+  std::memcpy(addr->sun_path + 1, token.data(), token.size());
+  return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + token.size());
 }
 
 uint64_t RandomId() {
@@ -545,7 +560,7 @@ class MqListener final : public Listener {
 
   absl::Status Start(asio::io_context& io, AcceptHandler on_accept) override {
     const std::string name = "/" + endpoint_.address;
-    IPCRPC_RETURN_IF_ERROR(TakeLock());
+    IPCRPC_RETURN_IF_ERROR(TakeLock(io));
     struct mq_attr attr = QueueAttributes(/*server=*/true);
     UniqueFd queue;
     for (int attempt = 0; attempt < 2 && !queue.valid(); ++attempt) {
@@ -594,49 +609,45 @@ class MqListener final : public Listener {
   const std::string& endpoint() const override { return endpoint_.text; }
 
  private:
-  // The lock that says "a live server owns /NAME".
-  absl::Status TakeLock() {
-    IPCRPC_ASSIGN_OR_RETURN(std::string dir, RuntimeDirectory());
-    lock_path_ = absl::StrCat(dir, "/mq-", endpoint_.address, ".lock");
-    for (int attempt = 0; attempt < 5; ++attempt) {
-      UniqueFd fd(::open(lock_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
-      if (!fd.valid()) return ErrnoStatus(errno, "open", lock_path_);
-      if (::flock(fd.get(), LOCK_EX | LOCK_NB) < 0) {
-        if (errno == EWOULDBLOCK) {
-          return absl::AlreadyExistsError(
-              absl::StrCat(endpoint_.text, ": a live server owns queue /", endpoint_.address));
-        }
-        return ErrnoStatus(errno, "flock", lock_path_);
+  // The token that says "a live server owns /NAME": an abstract Unix socket
+  // bound to a name derived from NAME. The kernel frees it when the process
+  // dies, so nothing is left behind and a dead server's queue is seen as
+  // stale at once. Connections to it (clients checking liveness) are
+  // accepted and closed on the loop.
+  absl::Status TakeLock(asio::io_context& io) {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!fd.valid()) return ErrnoStatus(errno, "socket", endpoint_.text);
+    sockaddr_un addr;
+    const socklen_t len = MqTokenAddress(endpoint_.address, &addr);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0) {
+      if (errno == EADDRINUSE) {
+        return absl::AlreadyExistsError(
+            absl::StrCat(endpoint_.text, ": a live server owns queue /", endpoint_.address));
       }
-      // The file we locked must still be the one at the path (a server that
-      // was shutting down may have unlinked it meanwhile).
-      struct stat locked;
-      struct stat named;
-      if (::fstat(fd.get(), &locked) == 0 && ::stat(lock_path_.c_str(), &named) == 0 &&
-          locked.st_ino == named.st_ino && locked.st_dev == named.st_dev) {
-        std::string pid = std::to_string(::getpid()) + "\n";
-        if (::ftruncate(fd.get(), 0) == 0) {
-          ssize_t ignored = ::pwrite(fd.get(), pid.data(), pid.size(), 0);
-          (void)ignored;
-        }
-        lock_ = std::move(fd);
-        return absl::OkStatus();
-      }
+      return ErrnoStatus(errno, "bind", endpoint_.text);
     }
-    return absl::AlreadyExistsError(absl::StrCat(endpoint_.text, ": cannot take ", lock_path_));
+    if (::listen(fd.get(), 64) < 0) return ErrnoStatus(errno, "listen", endpoint_.text);
+    const int raw = fd.get();
+    token_ = DescriptorWatch::Start(io, std::move(fd), [raw] {
+      for (;;) {
+        UniqueFd probe(::accept4(raw, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+        if (probe.valid() || errno == EINTR || errno == ECONNABORTED) continue;
+        return errno == EAGAIN || errno == EWOULDBLOCK;
+      }
+    });
+    return absl::OkStatus();
   }
 
   void ReleaseLock() {
-    if (!lock_.valid()) return;
-    ::unlink(lock_path_.c_str());
-    lock_.Reset();
+    if (token_ == nullptr) return;
+    token_->Stop();
+    token_.reset();
   }
 
   const Endpoint endpoint_;
   const TransportOptions options_;
   std::shared_ptr<DescriptorWatch> watch_;
-  std::string lock_path_;
-  UniqueFd lock_;
+  std::shared_ptr<DescriptorWatch> token_;
   bool created_ = false;
   bool closed_ = false;
 };
@@ -663,12 +674,15 @@ class MqConnector final : public Connector {
       return absl::FailedPreconditionError(
           absl::StrCat(text, ": the server queue's messages are too small"));
     }
-    // A queue whose server's lock (docs/PROTOCOL.md) is free has no server:
-    // say so now rather than after the handshake's timeout.
-    if (auto dir = RuntimeDirectory(); dir.ok()) {
-      UniqueFd lock(::open(absl::StrCat(*dir, "/mq-", endpoint_.address, ".lock").c_str(),
-                           O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-      if (lock.valid() && ::flock(lock.get(), LOCK_SH | LOCK_NB) == 0) {
+    // A queue whose server's token (docs/PROTOCOL.md) is gone has no
+    // server: say so now rather than after the handshake's timeout.
+    {
+      UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+      sockaddr_un addr;
+      const socklen_t len = MqTokenAddress(endpoint_.address, &addr);
+      if (probe.valid() &&
+          ::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0 &&
+          errno == ECONNREFUSED) {
         return absl::UnavailableError(absl::StrCat(
             text, ": no server is listening (queue ", server_name, " is stale)"));
       }

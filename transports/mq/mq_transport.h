@@ -8,8 +8,9 @@
 // max_message_size and a bound on partial messages per connection. Queues
 // have no EOF: each side watches the other's pid with pidfd_open on its loop.
 // CallOptions::priority is the mq_send priority, so urgent calls overtake
-// queued ones. Liveness of /NAME: its server holds an flock on
-// <runtime dir>/mq-NAME.lock; a queue whose lock is free is stale.
+// queued ones. Liveness of /NAME: its server holds the abstract Unix socket
+// "@ipcrpc-mq-NAME" while it lives (the kernel frees it at death); a queue
+// without that socket is stale.
 //
 // Message layout and handshake: docs/PROTOCOL.md.
 #ifndef IPCRPC_TRANSPORTS_MQ_MQ_TRANSPORT_H_
