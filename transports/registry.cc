@@ -1,5 +1,8 @@
 // The transport registry: endpoint syntax and the table of schemes. Adding a
 // transport means adding its row here and its folder beside this file.
+#include <unistd.h>
+
+#include <algorithm>
 #include <cctype>
 
 #include "absl/strings/str_cat.h"
@@ -52,6 +55,11 @@ absl::StatusOr<const Transport*> Find(const Endpoint& endpoint) {
 }
 
 }  // namespace
+
+bool TransportOptions::AllowsUid(uid_t uid) const {
+  return uid == ::geteuid() ||
+         std::find(allowed_uids.begin(), allowed_uids.end(), uid) != allowed_uids.end();
+}
 
 absl::StatusOr<Endpoint> ParseEndpoint(std::string_view text) {
   size_t colon = text.find(':');

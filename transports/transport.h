@@ -49,6 +49,9 @@ struct TransportOptions {
   absl::Duration child_exit_grace = absl::Seconds(5);
   // shm: bytes in each of a connection's two rings (a power of two).
   size_t shm_ring_size = 256 * 1024;
+
+  // Whether a peer of `uid` may connect: our own uid, or one listed.
+  bool AllowsUid(uid_t uid) const;
 };
 
 // A parsed endpoint "scheme:address".

@@ -47,10 +47,6 @@ uint64_t GetLe(const char* p, int bytes) {
   return value;
 }
 
-bool UidAllowed(uid_t uid, const std::vector<uid_t>& allowed) {
-  return uid == ::geteuid() || std::find(allowed.begin(), allowed.end(), uid) != allowed.end();
-}
-
 // A client's directory as named in a record: absolute, no "." or ".."
 // components, no NUL.
 bool ValidClientDir(const std::string& dir) {
@@ -88,7 +84,7 @@ struct FifoAcceptor {
     if (!S_ISFIFO(st.st_mode)) {
       return absl::InvalidArgumentError(absl::StrCat(path, " is not a FIFO"));
     }
-    if (!UidAllowed(st.st_uid, options.allowed_uids)) {
+    if (!options.AllowsUid(st.st_uid)) {
       return absl::PermissionDeniedError(absl::StrCat(
           path, " belongs to uid ", st.st_uid,
           ", which is not ours and not in ServerOptions::allowed_uids"));

@@ -479,10 +479,7 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
       return;
     }
     struct stat st;
-    if (::fstat(reply.get(), &st) < 0 ||
-        (st.st_uid != ::geteuid() &&
-         std::find(options.allowed_uids.begin(), options.allowed_uids.end(), st.st_uid) ==
-             options.allowed_uids.end())) {
+    if (::fstat(reply.get(), &st) < 0 || !options.AllowsUid(st.st_uid)) {
       IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid << ": reply queue "
                           << reply_name << " belongs to uid " << st.st_uid
                           << ", which is not ours and not in ServerOptions::allowed_uids";

@@ -527,9 +527,7 @@ bool ShmAcceptor::AcceptAll(int listener) {
     }
     auto peer = UnixPeerCredentials(client.get(), description);
     if (!peer.ok()) continue;
-    if (peer->uid != ::geteuid() &&
-        std::find(options.allowed_uids.begin(), options.allowed_uids.end(), peer->uid) ==
-            options.allowed_uids.end()) {
+    if (!options.AllowsUid(peer->uid)) {
       IPCRPC_LOG(WARNING) << description << ": refusing pid " << peer->pid << ": uid "
                           << peer->uid << " is not ours and not in ServerOptions::allowed_uids";
       continue;

@@ -60,16 +60,11 @@ std::pair<UniqueFd, int> ConnectTo(const std::string& address) {
   return {std::move(fd), 0};
 }
 
-bool UidAllowed(uid_t uid, const std::vector<uid_t>& allowed) {
-  return uid == ::geteuid() || std::find(allowed.begin(), allowed.end(), uid) != allowed.end();
-}
-
 // What the listening socket's watch does on the loop: accept everything
 // pending. False stops accepting.
 struct UnixAcceptor {
   std::string description;
-  size_t max_message_size = 0;
-  std::vector<uid_t> allowed_uids;
+  TransportOptions options;
   Listener::AcceptHandler on_accept;
 
   bool AcceptAll(int listener) {
@@ -93,7 +88,7 @@ struct UnixAcceptor {
         IPCRPC_LOG(WARNING) << description << ": refusing a connection: " << peer.status();
         continue;
       }
-      if (!UidAllowed(peer->uid, allowed_uids)) {
+      if (!options.AllowsUid(peer->uid)) {
         IPCRPC_LOG(WARNING) << description << ": refusing a connection from pid " << peer->pid
                             << ": uid " << peer->uid
                             << " is not ours and not in ServerOptions::allowed_uids";
@@ -101,7 +96,7 @@ struct UnixAcceptor {
       }
       auto connection = StreamConnection::Create(
           std::move(client), UniqueFd(), /*is_socket=*/true, *peer,
-          absl::StrCat(description, " peer pid ", peer->pid), max_message_size);
+          absl::StrCat(description, " peer pid ", peer->pid), options.max_message_size);
       if (!connection.ok()) {
         IPCRPC_LOG(WARNING) << description << ": dropping a connection: " << connection.status();
         continue;
@@ -127,8 +122,7 @@ class UnixListener final : public Listener {
     }
     auto acceptor = std::make_shared<UnixAcceptor>();
     acceptor->description = endpoint_.text;
-    acceptor->max_message_size = options_.max_message_size;
-    acceptor->allowed_uids = options_.allowed_uids;
+    acceptor->options = options_;
     acceptor->on_accept = std::move(on_accept);
     const int listener = bound->get();
     watch_ = DescriptorWatch::Start(io, *std::move(bound),
