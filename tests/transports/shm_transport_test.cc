@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "ipcrpc/ipcrpc.h"
 #include "tests/conformance/conformance_server_process.h"
+#include "tests/conformance/test_service.h"
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
 #include "transports/shm/shm_ring.h"
@@ -161,6 +162,41 @@ TEST_F(ShmTransportTest, AnIdleConnectionCostsNoCpu) {
   // A spinning reader would use the whole window (500 ms = 50 ticks).
   EXPECT_LE(server_after - server_before, 2) << "the idle server used CPU";
   EXPECT_LT(ours_ns, 20'000'000) << "the idle client used CPU";
+}
+
+}  // namespace
+}  // namespace ipcrpc::testing
+
+namespace ipcrpc::testing {
+namespace {
+
+// shm: peers of another uid are refused unless allowed (SO_PEERCRED on the
+// rendezvous socket: its abstract name has no file mode to stop them).
+TEST(ShmUidTest, PeersOfAnotherUidAreRefusedUnlessAllowed) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run a client as another uid";
+  constexpr uid_t kNobody = 65534;
+  for (bool allowed : {false, true}) {
+    SCOPED_TRACE(allowed ? "allowed" : "refused");
+    const std::string endpoint = "shm:" + UniqueName("ipcrpc-shm-uid");
+    TestService service;
+    ServerOptions options;
+    if (allowed) options.allowed_uids = {kNobody};
+    Server server(options);
+    ASSERT_THAT(server.RegisterService(&service), IsOk());
+    ASSERT_THAT(server.Listen(endpoint), IsOk());
+    ASSERT_THAT(server.Start(), IsOk());
+    bool cannot_run = false;
+    auto line = FirstLineAsUid({IPCRPC_CONFORMANCE_CLIENT, "--endpoint=" + endpoint}, kNobody,
+                               &cannot_run);
+    if (cannot_run) GTEST_SKIP() << "conformance_client cannot be run as uid " << kNobody;
+    if (allowed) {
+      ASSERT_THAT(line, IsOk());
+      EXPECT_THAT(*line, ::testing::StartsWith("PID "));
+    } else {
+      EXPECT_FALSE(line.ok()) << "a client of another uid was served: " << *line;
+    }
+    server.Shutdown(absl::ZeroDuration());
+  }
 }
 
 }  // namespace

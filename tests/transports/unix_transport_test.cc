@@ -173,31 +173,6 @@ TEST(UnixTransportTest, AbstractNamesWork) {
 namespace ipcrpc::testing {
 namespace {
 
-// Runs conformance_client as another uid (fork, setuid, exec) against
-// `endpoint`; returns its first line of output, or its failure. Sets
-// *cannot_run if the client could not even be started as that uid.
-absl::StatusOr<std::string> ClientAsUid(const std::string& endpoint, uid_t uid,
-                                        bool* cannot_run) {
-  int out[2];
-  if (pipe2(out, O_CLOEXEC) < 0) return absl::InternalError("pipe2");
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(out[1], STDOUT_FILENO);
-    if (setgid(uid) != 0 || setuid(uid) != 0) _exit(3);
-    std::string arg = "--endpoint=" + endpoint;
-    execl(IPCRPC_CONFORMANCE_CLIENT, IPCRPC_CONFORMANCE_CLIENT, arg.c_str(),
-          static_cast<char*>(nullptr));
-    _exit(4);
-  }
-  close(out[1]);
-  internal::UniqueFd read_end(out[0]);
-  auto line = ReadLine(read_end.get(), absl::Seconds(20));
-  kill(pid, SIGKILL);
-  std::optional<int> status = WaitForExit(pid, absl::Seconds(20));
-  *cannot_run = status.has_value() && WIFEXITED(*status) && WEXITSTATUS(*status) >= 3;
-  return line;
-}
-
 TEST(UnixTransportTest, PeersOfAnotherUidAreRefusedUnlessAllowed) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to run a client as another uid";
   constexpr uid_t kNobody = 65534;
@@ -213,7 +188,8 @@ TEST(UnixTransportTest, PeersOfAnotherUidAreRefusedUnlessAllowed) {
     ASSERT_THAT(server.Listen(endpoint), IsOk());
     ASSERT_THAT(server.Start(), IsOk());
     bool cannot_run = false;
-    auto line = ClientAsUid(endpoint, kNobody, &cannot_run);
+    auto line = FirstLineAsUid({IPCRPC_CONFORMANCE_CLIENT, "--endpoint=" + endpoint}, kNobody,
+                               &cannot_run);
     if (cannot_run) GTEST_SKIP() << "conformance_client cannot be run as uid " << kNobody;
     if (allowed) {
       ASSERT_THAT(line, IsOk());

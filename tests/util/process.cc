@@ -140,6 +140,29 @@ bool WaitForEof(int fd, absl::Duration timeout) {
   }
 }
 
+absl::StatusOr<std::string> FirstLineAsUid(const std::vector<std::string>& argv, uid_t uid,
+                                           bool* cannot_run) {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) < 0) return absl::InternalError("pipe2");
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    if (setgid(uid) != 0 || setuid(uid) != 0) _exit(3);
+    execv(args[0], args.data());
+    _exit(4);
+  }
+  close(out[1]);
+  auto line = ReadLine(out[0], absl::Seconds(20));
+  close(out[0]);
+  kill(pid, SIGKILL);
+  std::optional<int> status = WaitForExit(pid, absl::Seconds(20));
+  *cannot_run = status.has_value() && WIFEXITED(*status) && WEXITSTATUS(*status) >= 3;
+  return line;
+}
+
 std::string UniqueName(const std::string& prefix) {
   static std::atomic<int> counter{0};
   return absl::StrCat(prefix, "-", getpid(), "-", counter.fetch_add(1));

@@ -43,6 +43,12 @@ absl::StatusOr<std::string> ReadLine(int fd, absl::Duration timeout);
 // discarding whatever comes before it.
 bool WaitForEof(int fd, absl::Duration timeout);
 
+// Runs argv as `uid` (fork, setgid/setuid, exec) and returns the first line
+// it prints, or why there was none; the process is then killed and reaped.
+// Sets *cannot_run if it could not even be started as that uid.
+absl::StatusOr<std::string> FirstLineAsUid(const std::vector<std::string>& argv, uid_t uid,
+                                           bool* cannot_run);
+
 // A name unique to this process and call: "<prefix>-<pid>-<n>".
 std::string UniqueName(const std::string& prefix);
 

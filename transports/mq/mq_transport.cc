@@ -483,6 +483,12 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
       IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid << ": reply queue "
                           << reply_name << " belongs to uid " << st.st_uid
                           << ", which is not ours and not in ServerOptions::allowed_uids";
+      // Say so (CLOSE instead of ACCEPT), so the client need not time out.
+      char refusal[kMqHeaderSize];
+      MqHeader header;
+      header.kind = MqKind::kClose;
+      EncodeMqHeader(header, refusal);
+      mq_send(reply.get(), refusal, sizeof(refusal), kConnectPriority);
       return;
     }
     UniqueFd pidfd = PidFd(pid);
@@ -728,6 +734,10 @@ class MqConnector final : public Connector {
       if (errno != EINTR && errno != EAGAIN) return ErrnoStatus(errno, "mq_receive", reply_name);
     }
     auto accept = DecodeMqHeader(std::string_view(buffer.data(), static_cast<size_t>(n)));
+    if (accept.ok() && accept->kind == MqKind::kClose) {
+      return absl::UnavailableError(
+          absl::StrCat(text, ": the server refused the connection (its log says why)"));
+    }
     if (!accept.ok() || accept->kind != MqKind::kAccept ||
         static_cast<size_t>(n) < kMqHeaderSize + 4) {
       return absl::UnavailableError(absl::StrCat(text, ": bad ACCEPT from the server"));
