@@ -21,6 +21,7 @@
 #include "tests/conformance/conformance_server_process.h"
 #include "tests/conformance/test_service.h"
 #include "tests/util/process.h"
+#include "tests/transports/other_uid_check.h"
 #include "tests/util/status_matchers.h"
 #include "transports/shm/shm_ring.h"
 #include "transports/shm/shm_transport.h"
@@ -173,30 +174,9 @@ namespace {
 // shm: peers of another uid are refused unless allowed (SO_PEERCRED on the
 // rendezvous socket: its abstract name has no file mode to stop them).
 TEST(ShmUidTest, PeersOfAnotherUidAreRefusedUnlessAllowed) {
-  if (geteuid() != 0) GTEST_SKIP() << "needs root to run a client as another uid";
-  constexpr uid_t kNobody = 65534;
-  for (bool allowed : {false, true}) {
-    SCOPED_TRACE(allowed ? "allowed" : "refused");
-    const std::string endpoint = "shm:" + UniqueName("ipcrpc-shm-uid");
-    TestService service;
-    ServerOptions options;
-    if (allowed) options.allowed_uids = {kNobody};
-    Server server(options);
-    ASSERT_THAT(server.RegisterService(&service), IsOk());
-    ASSERT_THAT(server.Listen(endpoint), IsOk());
-    ASSERT_THAT(server.Start(), IsOk());
-    bool cannot_run = false;
-    auto line = FirstLineAsUid({IPCRPC_CONFORMANCE_CLIENT, "--endpoint=" + endpoint}, kNobody,
-                               &cannot_run);
-    if (cannot_run) GTEST_SKIP() << "conformance_client cannot be run as uid " << kNobody;
-    if (allowed) {
-      ASSERT_THAT(line, IsOk());
-      EXPECT_THAT(*line, ::testing::StartsWith("PID "));
-    } else {
-      EXPECT_FALSE(line.ok()) << "a client of another uid was served: " << *line;
-    }
-    server.Shutdown(absl::ZeroDuration());
-  }
+  const std::string skip = CheckOtherUidRefusedUnlessAllowed(
+      [] { return "shm:" + UniqueName("ipcrpc-shm-uid"); });
+  if (!skip.empty()) GTEST_SKIP() << skip;
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "ipcrpc/ipcrpc.h"
 #include "tests/conformance/test_service.h"
 #include "tests/util/process.h"
+#include "tests/transports/other_uid_check.h"
 #include "tests/util/status_matchers.h"
 
 namespace ipcrpc::testing {
@@ -174,31 +175,10 @@ namespace ipcrpc::testing {
 namespace {
 
 TEST(UnixTransportTest, PeersOfAnotherUidAreRefusedUnlessAllowed) {
-  if (geteuid() != 0) GTEST_SKIP() << "needs root to run a client as another uid";
-  constexpr uid_t kNobody = 65534;
   // Abstract names have no file mode, so only the uid check stands in the way.
-  for (bool allowed : {false, true}) {
-    SCOPED_TRACE(allowed ? "allowed" : "refused");
-    const std::string endpoint = "unix:@" + UniqueName("ipcrpc-uid");
-    TestService service;
-    ServerOptions options;
-    if (allowed) options.allowed_uids = {kNobody};
-    Server server(options);
-    ASSERT_THAT(server.RegisterService(&service), IsOk());
-    ASSERT_THAT(server.Listen(endpoint), IsOk());
-    ASSERT_THAT(server.Start(), IsOk());
-    bool cannot_run = false;
-    auto line = FirstLineAsUid({IPCRPC_CONFORMANCE_CLIENT, "--endpoint=" + endpoint}, kNobody,
-                               &cannot_run);
-    if (cannot_run) GTEST_SKIP() << "conformance_client cannot be run as uid " << kNobody;
-    if (allowed) {
-      ASSERT_THAT(line, IsOk());
-      EXPECT_THAT(*line, ::testing::StartsWith("PID "));
-    } else {
-      EXPECT_FALSE(line.ok()) << "a client of another uid was served: " << *line;
-    }
-    server.Shutdown(absl::ZeroDuration());
-  }
+  const std::string skip = CheckOtherUidRefusedUnlessAllowed(
+      [] { return "unix:@" + UniqueName("ipcrpc-uid"); });
+  if (!skip.empty()) GTEST_SKIP() << skip;
 }
 
 }  // namespace
