@@ -21,18 +21,27 @@
 #include "base/logging.h"
 #include "base/status_macros.h"
 #include "base/strings.h"
+#include "rpc/builtin_services.h"
 #include "rpc/frame.h"
 #include "rpc/handler_scheduler.h"
 #include "rpc/server_call_state.h"
+#include "rpc/server_registry.h"
 #include "transports/transport.h"
 
 namespace ipcrpc {
 namespace internal {
 // One accepted connection and the calls in flight on it.
 struct ServerConnection {
-  ServerConnection(std::shared_ptr<Connection> connection, bool ends_server_with_it)
-      : transport(std::move(connection)), ends_server(ends_server_with_it) {}
+  ServerConnection(uint64_t connection_id, std::string listener_endpoint,
+                   std::shared_ptr<Connection> connection, bool ends_server_with_it)
+      : id(connection_id),
+        endpoint(std::move(listener_endpoint)),
+        transport(std::move(connection)),
+        ends_server(ends_server_with_it) {}
 
+  const uint64_t id;
+  const std::string endpoint;  // the listener's
+  const int64_t connected_ns = MonotonicNowNs();
   const std::shared_ptr<Connection> transport;
   const bool ends_server;  // pipe: the server lives for this connection only
 
@@ -44,10 +53,10 @@ struct ServerConnection {
 // handlers and every send run on the handler threads (HandlerScheduler:
 // highest priority, then earliest deadline first), so the loop never blocks
 // on a peer and always drains what clients send.
-class ServerCore {
+class ServerCore final : public IntrospectionSource {
  public:
   explicit ServerCore(const ServerOptions& options);
-  ~ServerCore();
+  ~ServerCore() override;
 
   absl::Status RegisterService(Service* service);
   absl::Status Listen(std::string_view endpoint);
@@ -56,10 +65,20 @@ class ServerCore {
   void Shutdown(absl::Duration grace);
   Server::Stats stats() const;
 
+  // IntrospectionSource: for the built-in services.
+  ServerRecord Record() const override;
+  std::vector<std::string> MethodNames() const override;
+  void FillStats(ServerStats* stats) const override;
+
  private:
   enum class State { kNew, kRunning, kDone };
 
-  void OnAccept(bool ends_server, std::shared_ptr<Connection> transport);
+  absl::Status RegisterServiceLocked(Service* service) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes the registry record (endpoints and services as they are now).
+  void UpdateRegistryLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  void OnAccept(const std::string& endpoint, bool ends_server,
+                std::shared_ptr<Connection> transport);
   void OnMessage(const std::shared_ptr<ServerConnection>& connection, std::string_view message);
   void OnRequest(const std::shared_ptr<ServerConnection>& connection, const FrameView& frame);
   void OnClosed(const std::shared_ptr<ServerConnection>& connection, absl::Status reason);
@@ -88,19 +107,33 @@ class ServerCore {
 
   // Filled before Start, read-only after (the loop starts in Start).
   absl::flat_hash_map<std::string, const Service::MethodHandler*> methods_;
+  std::vector<std::string> method_names_;  // in registration order
+  std::vector<std::unique_ptr<Service>> builtin_services_;
+  const ServerRecord record_ = RecordForThisProcess();
+  const int64_t created_ns_ = MonotonicNowNs();
 
   std::atomic<bool> draining_{false};
   std::atomic<int> calls_in_flight_{0};
   std::atomic<int64_t> calls_queued_{0};
   std::atomic<int64_t> calls_handled_{0};
   std::atomic<int64_t> calls_rejected_{0};
+  std::atomic<int64_t> calls_received_{0};
+  std::atomic<int64_t> responses_by_code_[17] = {};
+  std::atomic<int64_t> responses_dropped_{0};
+  std::atomic<int64_t> bytes_received_{0};
+  std::atomic<int64_t> bytes_sent_{0};
+  std::atomic<int64_t> connections_accepted_{0};
+  std::atomic<int64_t> connections_refused_{0};
+  std::atomic<uint64_t> next_connection_id_{1};
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kNew;
   bool shutdown_started_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::unique_ptr<Listener>> listeners_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<std::shared_ptr<ServerConnection>> connections_ ABSL_GUARDED_BY(mu_);
   std::thread auto_shutdown_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> endpoints_ ABSL_GUARDED_BY(mu_);
+  std::optional<RegistryEntry> registry_ ABSL_GUARDED_BY(mu_);
 };
 
 ServerCore::ServerCore(const ServerOptions& options) : options_(options) {
@@ -113,6 +146,10 @@ ServerCore::ServerCore(const ServerOptions& options) : options_(options) {
   }
   pool_.emplace(threads);
   work_.emplace(asio::make_work_guard(io_));
+  if (options.introspection) builtin_services_.push_back(NewIntrospectionService(this));
+  if (options.reflection) builtin_services_.push_back(NewReflectionService(this));
+  absl::MutexLock lock(&mu_);
+  for (auto& service : builtin_services_) RegisterServiceLocked(service.get()).IgnoreError();
 }
 
 ServerCore::~ServerCore() {
@@ -127,6 +164,10 @@ ServerCore::~ServerCore() {
 
 absl::Status ServerCore::RegisterService(Service* service) {
   absl::MutexLock lock(&mu_);
+  return RegisterServiceLocked(service);
+}
+
+absl::Status ServerCore::RegisterServiceLocked(Service* service) {
   if (state_ != State::kNew) {
     return absl::FailedPreconditionError("RegisterService: the server has already started");
   }
@@ -138,8 +179,22 @@ absl::Status ServerCore::RegisterService(Service* service) {
   }
   for (const Service::Method& method : service->methods()) {
     methods_.emplace(method.name, &method.handler);
+    method_names_.push_back(method.name);
   }
   return absl::OkStatus();
+}
+
+void ServerCore::UpdateRegistryLocked() {
+  if (!options_.registry) return;
+  ServerRecord record = record_;
+  for (const std::string& endpoint : endpoints_) record.add_endpoints(endpoint);
+  for (const ServiceInfo& service : GroupMethods(method_names_)) record.add_services(service.name());
+  if (!registry_.has_value()) registry_.emplace();
+  absl::Status written = registry_->Write(record);
+  if (!written.ok()) {
+    IPCRPC_LOG(WARNING) << "server registry: cannot record this server (ipcrpc ls will not "
+                        << "show it): " << written;
+  }
 }
 
 absl::Status ServerCore::Listen(std::string_view endpoint) {
@@ -151,10 +206,13 @@ absl::Status ServerCore::Listen(std::string_view endpoint) {
         absl::StrCat("Listen(", Av(endpoint), "): the server is shut down"));
   }
   const bool ends_server = listener->EndsServerWithConnection();
-  IPCRPC_RETURN_IF_ERROR(listener->Start(io_, [this, ends_server](std::shared_ptr<Connection> c) {
-    OnAccept(ends_server, std::move(c));
-  }));
+  IPCRPC_RETURN_IF_ERROR(listener->Start(
+      io_, [this, ends_server, name = listener->endpoint()](std::shared_ptr<Connection> c) {
+        OnAccept(name, ends_server, std::move(c));
+      }));
+  endpoints_.push_back(listener->endpoint());
   listeners_.push_back(std::move(listener));
+  if (state_ == State::kRunning) UpdateRegistryLocked();
   return absl::OkStatus();
 }
 
@@ -165,6 +223,7 @@ absl::Status ServerCore::Start() {
   }
   state_ = State::kRunning;
   loop_thread_ = std::thread([this] { io_.run(); });
+  UpdateRegistryLocked();
   return absl::OkStatus();
 }
 
@@ -174,8 +233,10 @@ void ServerCore::Wait() {
       +[](State* state) { return *state == State::kDone; }, &state_));
 }
 
-void ServerCore::OnAccept(bool ends_server, std::shared_ptr<Connection> transport) {
-  auto connection = std::make_shared<ServerConnection>(transport, ends_server);
+void ServerCore::OnAccept(const std::string& endpoint, bool ends_server,
+                          std::shared_ptr<Connection> transport) {
+  auto connection = std::make_shared<ServerConnection>(next_connection_id_.fetch_add(1), endpoint,
+                                                       transport, ends_server);
   {
     absl::MutexLock lock(&mu_);
     if (shutdown_started_) {
@@ -183,6 +244,7 @@ void ServerCore::OnAccept(bool ends_server, std::shared_ptr<Connection> transpor
       return;
     }
     if (static_cast<int>(connections_.size()) >= options_.max_connections) {
+      connections_refused_.fetch_add(1, std::memory_order_relaxed);
       IPCRPC_LOG(WARNING) << transport->description() << ": refusing the connection: "
                           << "ServerOptions::max_connections (" << options_.max_connections
                           << ") reached";
@@ -190,6 +252,7 @@ void ServerCore::OnAccept(bool ends_server, std::shared_ptr<Connection> transpor
       return;
     }
     connections_.insert(connection);
+    connections_accepted_.fetch_add(1, std::memory_order_relaxed);
   }
   transport->Start(
       io_, [this, connection](std::string_view message) { OnMessage(connection, message); },
@@ -198,6 +261,7 @@ void ServerCore::OnAccept(bool ends_server, std::shared_ptr<Connection> transpor
 
 void ServerCore::OnMessage(const std::shared_ptr<ServerConnection>& connection,
                            std::string_view message) {
+  bytes_received_.fetch_add(static_cast<int64_t>(message.size()), std::memory_order_relaxed);
   auto frame = DecodeFrame(message, options_.max_message_size);
   if (!frame.ok()) {
     IPCRPC_LOG(WARNING) << connection->transport->description()
@@ -243,6 +307,7 @@ void ServerCore::OnMessage(const std::shared_ptr<ServerConnection>& connection,
 void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
                            const FrameView& frame) {
   const uint64_t id = frame.header.request_id;
+  calls_received_.fetch_add(1, std::memory_order_relaxed);
   if (draining_.load()) {
     Reject(connection, id, absl::UnavailableError("the server is shutting down"));
     return;
@@ -365,6 +430,8 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
     } else {
       SendResponse(connection, call->request_id, status, status.ok() ? response : "");
     }
+  } else if (call->cancelled_by_client.load()) {
+    responses_dropped_.fetch_add(1, std::memory_order_relaxed);
   }
   absl::MutexLock lock(&mu_);
   calls_in_flight_.fetch_sub(1);
@@ -388,7 +455,13 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
   }
   std::string_view parts[] = {prefix, payload};
   absl::Status sent = connection->transport->Send(parts, 0);
-  if (!sent.ok()) {
+  if (sent.ok()) {
+    const size_t code = std::min<size_t>(static_cast<size_t>(status.code()), 16);
+    responses_by_code_[code].fetch_add(1, std::memory_order_relaxed);
+    bytes_sent_.fetch_add(static_cast<int64_t>(prefix.size() + payload.size()),
+                          std::memory_order_relaxed);
+  } else {
+    responses_dropped_.fetch_add(1, std::memory_order_relaxed);
     IPCRPC_LOG(INFO) << connection->transport->description() << ": response to request "
                      << request_id << " not sent: " << sent;
   }
@@ -406,14 +479,16 @@ void ServerCore::Reject(const std::shared_ptr<ServerConnection>& connection, uin
 void ServerCore::SendControl(const std::shared_ptr<ServerConnection>& connection, FrameType type,
                              uint64_t request_id, std::string_view text) {
   pool_->Post(HandlerScheduler::kControlPriority, 0,
-              [connection, type, request_id, text = std::string(text)] {
+              [this, connection, type, request_id, text = std::string(text)] {
     FrameHeader header;
     header.type = type;
     header.request_id = request_id;
     std::string frame;
     if (!EncodeFramePrefix(header, text, {}, 0, 0, &frame).ok()) return;
     std::string_view parts[] = {frame};
-    connection->transport->Send(parts, 0).IgnoreError();
+    if (connection->transport->Send(parts, 0).ok()) {
+      bytes_sent_.fetch_add(static_cast<int64_t>(frame.size()), std::memory_order_relaxed);
+    }
   });
 }
 
@@ -456,6 +531,7 @@ void ServerCore::Shutdown(absl::Duration grace) {
     listeners = std::move(listeners_);
     connections.assign(connections_.begin(), connections_.end());
     loop_running = state_ == State::kRunning;
+    registry_.reset();  // removes the record: the server is going
   }
   // 1. Stop accepting; tell clients to take new calls elsewhere.
   for (auto& listener : listeners) listener->Close();
@@ -529,6 +605,74 @@ Server::Stats internal::ServerCore::stats() const {
   stats.calls_handled = calls_handled_.load();
   stats.calls_rejected = calls_rejected_.load();
   return stats;
+}
+
+ServerRecord internal::ServerCore::Record() const {
+  ServerRecord record = record_;
+  absl::MutexLock lock(&mu_);
+  for (const std::string& endpoint : endpoints_) record.add_endpoints(endpoint);
+  for (const ServiceInfo& service : GroupMethods(method_names_)) record.add_services(service.name());
+  return record;
+}
+
+std::vector<std::string> internal::ServerCore::MethodNames() const { return method_names_; }
+
+void internal::ServerCore::FillStats(ServerStats* out) const {
+  out->set_calls_received(calls_received_.load(std::memory_order_relaxed));
+  out->set_calls_in_flight(calls_in_flight_.load());
+  out->set_calls_queued(calls_queued_.load());
+  out->set_calls_handled(calls_handled_.load());
+  out->set_calls_rejected(calls_rejected_.load());
+  for (size_t code = 0; code < std::size(responses_by_code_); ++code) {
+    const int64_t n = responses_by_code_[code].load(std::memory_order_relaxed);
+    if (n == 0) continue;
+    (*out->mutable_responses_by_code())[absl::StatusCodeToString(
+        static_cast<absl::StatusCode>(code))] = n;
+  }
+  out->set_responses_dropped(responses_dropped_.load(std::memory_order_relaxed));
+  out->set_bytes_received(bytes_received_.load(std::memory_order_relaxed));
+  out->set_bytes_sent(bytes_sent_.load(std::memory_order_relaxed));
+  out->set_connections_accepted(connections_accepted_.load(std::memory_order_relaxed));
+  out->set_connections_refused(connections_refused_.load(std::memory_order_relaxed));
+  const int64_t now = MonotonicNowNs();
+  out->set_uptime_ms((now - created_ns_) / 1'000'000);
+  std::vector<std::shared_ptr<ServerConnection>> connections;
+  {
+    absl::MutexLock lock(&mu_);
+    connections.assign(connections_.begin(), connections_.end());
+  }
+  std::sort(connections.begin(), connections.end(),
+            [](const auto& a, const auto& b) { return a->id < b->id; });
+  for (const auto& connection : connections) {
+    ConnectionInfo* info = out->add_connections();
+    info->set_id(connection->id);
+    info->set_endpoint(connection->endpoint);
+    info->set_description(connection->transport->description());
+    info->set_peer_pid(connection->transport->peer().pid);
+    info->set_peer_uid(connection->transport->peer().uid);
+    info->set_age_ms((now - connection->connected_ns) / 1'000'000);
+    std::vector<std::shared_ptr<ServerCallState>> calls;
+    {
+      absl::MutexLock lock(&connection->mu);
+      for (const auto& [id, call] : connection->calls) calls.push_back(call);
+    }
+    info->set_calls_in_flight(static_cast<int32_t>(calls.size()));
+    std::sort(calls.begin(), calls.end(),
+              [](const auto& a, const auto& b) { return a->request_id < b->request_id; });
+    for (const auto& call : calls) {
+      CallInfo* call_info = out->add_calls();
+      call_info->set_connection_id(connection->id);
+      call_info->set_request_id(call->request_id);
+      call_info->set_method(call->method);
+      call_info->set_age_us((now - call->started_ns) / 1000);
+      call_info->set_has_deadline(call->deadline_ns != kNoDeadline);
+      if (call->deadline_ns != kNoDeadline) {
+        call_info->set_deadline_remaining_us((call->deadline_ns - now) / 1000);
+      }
+      call_info->set_priority(call->priority);
+      call_info->set_cancelled(call->WasCancelled() || call->cancelled_by_client.load());
+    }
+  }
 }
 
 // --------------------------------------------------------------------- public

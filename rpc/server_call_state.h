@@ -40,6 +40,9 @@ class ServerCallState {
   const Metadata metadata;
   const pid_t peer_pid;
   const uid_t peer_uid;
+  const int64_t started_ns = MonotonicNowNs();  // when the request was read
+
+  bool WasCancelled() const { return cancelled_.load(std::memory_order_acquire); }
 
   // Cancelled, or past the deadline (also before the loop's timer has fired
   // and run the OnCancel callbacks).

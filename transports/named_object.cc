@@ -9,10 +9,7 @@
 #include "base/status_macros.h"
 
 namespace ipcrpc::internal {
-namespace {
 
-// OK if nothing is at `path` (any more); an error if something live or
-// foreign is there.
 absl::Status ReclaimIfStale(const std::string& what, const std::string& path,
                             const NamedObjectKind& kind) {
   struct stat st;
@@ -32,8 +29,6 @@ absl::Status ReclaimIfStale(const std::string& what, const std::string& path,
   if (::unlink(path.c_str()) < 0 && errno != ENOENT) return ErrnoStatus(errno, "unlink", what);
   return absl::OkStatus();
 }
-
-}  // namespace
 
 void PublishedObject::Remove() {
   if (!id_.has_value()) return;

@@ -48,6 +48,12 @@ class PublishedObject {
   std::optional<std::pair<dev_t, ino_t>> id_;
 };
 
+// OK if nothing is at `path` (any more): a stale object of `kind` there is
+// removed. ALREADY_EXISTS if a live one is there, FAILED_PRECONDITION if
+// something else is (untouched).
+absl::Status ReclaimIfStale(const std::string& what, const std::string& path,
+                            const NamedObjectKind& kind);
+
 // Publishes an object of `kind` at `path` with `mode`; `what` names the
 // endpoint in messages. Returns the descriptor `kind.create` made.
 absl::StatusOr<std::pair<UniqueFd, PublishedObject>> PublishNamedObject(

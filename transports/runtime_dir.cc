@@ -9,7 +9,6 @@
 #include "base/syscall.h"
 
 namespace ipcrpc::internal {
-namespace {
 
 absl::Status EnsurePrivateDirectory(const std::string& path) {
   if (::mkdir(path.c_str(), 0700) < 0 && errno != EEXIST) {
@@ -24,8 +23,6 @@ absl::Status EnsurePrivateDirectory(const std::string& path) {
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 absl::StatusOr<std::string> RuntimeDirectory() {
   const char* xdg = std::getenv("XDG_RUNTIME_DIR");

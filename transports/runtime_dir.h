@@ -13,6 +13,10 @@ namespace ipcrpc::internal {
 
 absl::StatusOr<std::string> RuntimeDirectory();
 
+// Creates `path` 0700 if missing; FAILED_PRECONDITION if it is not a
+// directory owned by us that others cannot reach.
+absl::Status EnsurePrivateDirectory(const std::string& path);
+
 }  // namespace ipcrpc::internal
 
 #endif  // IPCRPC_TRANSPORTS_RUNTIME_DIR_H_

@@ -55,6 +55,14 @@ struct ServerOptions {
   unsigned mode = 0600;
   // Peers of a uid other than the server's are refused unless listed here.
   std::vector<uid_t> allowed_uids;
+  // Built-in services (docs/PROTOCOL.md): ipcrpc.Introspection (who the
+  // server is, its counters, connections and calls in flight: `ipcrpc stats`)
+  // and ipcrpc.Reflection (the .proto files of its services: `ipcrpc call`).
+  bool introspection = true;
+  bool reflection = true;
+  // Record the server in the registry under the runtime directory while it
+  // runs (`ipcrpc ls`, `ipcrpc gc`).
+  bool registry = true;
 };
 
 // Options of one call.

@@ -225,13 +225,7 @@ class FifoListener final : public Listener {
     NamedObjectKind kind;
     kind.type = S_IFIFO;
     kind.noun = "FIFO";
-    kind.is_live = [](const std::string& path) -> absl::StatusOr<bool> {
-      // A FIFO with no reader cannot be opened for writing without blocking.
-      UniqueFd probe(::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
-      if (probe.valid()) return true;
-      if (errno == ENXIO || errno == ENOENT) return false;
-      return ErrnoStatus(errno, "open", path);
-    };
+    kind.is_live = &FifoHasReader;
     kind.create = [](const std::string& path) -> absl::StatusOr<UniqueFd> {
       if (::mkfifo(path.c_str(), 0600) < 0) {
         if (errno == EEXIST) return absl::AlreadyExistsError(path + " is taken");
@@ -309,7 +303,7 @@ class FifoConnector final : public Connector {
     }
 
     IPCRPC_ASSIGN_OR_RETURN(std::string base, RuntimeDirectory());
-    std::string dir = absl::StrCat(base, "/fifo-", ::getpid(), "-XXXXXX");
+    std::string dir = absl::StrCat(base, "/", kFifoPrivateDirPrefix, ::getpid(), "-XXXXXX");
     if (dir.size() > kFifoMaxDirLength) {
       return absl::FailedPreconditionError(absl::StrCat(
           text, ": runtime directory ", base, " is too long for a connect record"));
@@ -417,6 +411,14 @@ absl::Status ValidateFifoAddress(const Endpoint& endpoint) {
 }
 
 }  // namespace
+
+absl::StatusOr<bool> FifoHasReader(const std::string& path) {
+  // A FIFO with no reader cannot be opened for writing without blocking.
+  UniqueFd probe(::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
+  if (probe.valid()) return true;
+  if (errno == ENXIO || errno == ENOENT) return false;
+  return ErrnoStatus(errno, "open", path);
+}
 
 std::string MakeFifoConnectRecord(const std::string& dir, uint32_t pid) {
   std::string record(kFifoRecordSize, '\0');

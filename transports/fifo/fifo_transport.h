@@ -31,6 +31,13 @@ inline constexpr size_t kFifoAckSize = 8;
 // Builds a connect record naming `dir` for a client of pid `pid`.
 std::string MakeFifoConnectRecord(const std::string& dir, uint32_t pid);
 
+// Whether a server reads the FIFO at `path` (false: stale or gone).
+absl::StatusOr<bool> FifoHasReader(const std::string& path);
+
+// The prefix of a client's private directory in the runtime directory:
+// "fifo-<pid>-XXXXXX", holding its "c2s" and "s2c" FIFOs while it connects.
+inline constexpr char kFifoPrivateDirPrefix[] = "fifo-";
+
 absl::StatusOr<std::unique_ptr<Listener>> CreateFifoListener(const Endpoint& endpoint,
                                                              const TransportOptions& options);
 absl::StatusOr<std::unique_ptr<Connector>> CreateFifoConnector(const Endpoint& endpoint,

@@ -851,6 +851,40 @@ MqLimits ReadMqLimits() {
                   ReadProcLong("/proc/sys/fs/mqueue/msgsize_max", 8192)};
 }
 
+absl::StatusOr<bool> MqQueueIsStale(const std::string& name) {
+  const std::string path = "/" + name;
+  UniqueFd queue(static_cast<int>(mq_open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC)));
+  if (!queue.valid()) {
+    if (errno == ENOENT) return false;
+    return MqOpenError(errno, path);
+  }
+  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!probe.valid()) return ErrnoStatus(errno, "socket", path);
+  sockaddr_un addr;
+  const socklen_t len = MqTokenAddress(name, &addr);
+  if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), len) == 0) return false;
+  if (errno == ECONNREFUSED || errno == ENOENT) return true;
+  if (errno == EAGAIN || errno == EINPROGRESS) return false;  // a live server's backlog is full
+  return ErrnoStatus(errno, "connect", path + "'s token");
+}
+
+absl::Status RemoveStaleMqQueue(const std::string& name) {
+  const std::string path = "/" + name;
+  UniqueFd token(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!token.valid()) return ErrnoStatus(errno, "socket", path);
+  sockaddr_un addr;
+  const socklen_t len = MqTokenAddress(name, &addr);
+  if (::bind(token.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0) {
+    if (errno == EADDRINUSE) {
+      return absl::FailedPreconditionError(absl::StrCat(path, ": a live server owns it"));
+    }
+    return ErrnoStatus(errno, "bind", path + "'s token");
+  }
+  // Holding the token, nobody else can start serving /NAME: it is ours to remove.
+  if (mq_unlink(path.c_str()) < 0 && errno != ENOENT) return ErrnoStatus(errno, "mq_unlink", path);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Listener>> CreateMqListener(const Endpoint& endpoint,
                                                            const TransportOptions& options) {
   IPCRPC_RETURN_IF_ERROR(ValidateMqName(endpoint));

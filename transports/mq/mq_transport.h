@@ -77,6 +77,15 @@ struct MqLimits {
 };
 MqLimits ReadMqLimits();
 
+// For `ipcrpc gc`. Whether queue /NAME exists and no live server owns it (its
+// token is unbound). Names are given without the leading '/'.
+absl::StatusOr<bool> MqQueueIsStale(const std::string& name);
+// Removes /NAME if it is stale, holding its token meanwhile so that no server
+// starts on it in between; FAILED_PRECONDITION if a live server owns it.
+absl::Status RemoveStaleMqQueue(const std::string& name);
+// Clients' reply queues are "/ipcrpc-<pid>-<n>-<random>".
+inline constexpr char kMqReplyQueuePrefix[] = "ipcrpc-";
+
 absl::StatusOr<std::unique_ptr<Listener>> CreateMqListener(const Endpoint& endpoint,
                                                            const TransportOptions& options);
 absl::StatusOr<std::unique_ptr<Connector>> CreateMqConnector(const Endpoint& endpoint,

@@ -161,12 +161,7 @@ class UnixListener final : public Listener {
     NamedObjectKind kind;
     kind.type = S_IFSOCK;
     kind.noun = "socket";
-    kind.is_live = [](const std::string& path) -> absl::StatusOr<bool> {
-      auto [probe, error] = ConnectTo(path);
-      if (probe.valid()) return true;
-      if (error == ECONNREFUSED || error == ENOENT) return false;
-      return ErrnoStatus(error, "connect", path);
-    };
+    kind.is_live = &UnixSocketIsLive;
     kind.create = [this](const std::string& path) -> absl::StatusOr<UniqueFd> {
       IPCRPC_ASSIGN_OR_RETURN(UniqueFd fd, NewSocket(endpoint_.text));
       sockaddr_un addr;
@@ -227,6 +222,13 @@ class UnixConnector final : public Connector {
 };
 
 }  // namespace
+
+absl::StatusOr<bool> UnixSocketIsLive(const std::string& path) {
+  auto [probe, error] = ConnectTo(path);
+  if (probe.valid()) return true;
+  if (error == ECONNREFUSED || error == ENOENT) return false;
+  return ErrnoStatus(error, "connect", path);
+}
 
 absl::Status ValidateUnixAddress(const Endpoint& endpoint) {
   const std::string& address = endpoint.address;

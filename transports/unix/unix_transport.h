@@ -23,6 +23,9 @@ absl::StatusOr<std::unique_ptr<Connector>> CreateUnixConnector(const Endpoint& e
 // Syntax check of a `unix:` address; INVALID_ARGUMENT naming what is wrong.
 absl::Status ValidateUnixAddress(const Endpoint& endpoint);
 
+// Whether a server accepts on the socket file at `path` (false: stale or gone).
+absl::StatusOr<bool> UnixSocketIsLive(const std::string& path);
+
 // Reads SO_PEERCRED of a connected Unix socket.
 absl::StatusOr<PeerCredentials> UnixPeerCredentials(int fd, std::string_view object);
 

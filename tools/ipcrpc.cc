@@ -1,0 +1,495 @@
+// ipcrpc: list, inspect, call and clean up ipcrpc servers.
+//
+//   ipcrpc ls [--json]                       live servers of this user
+//   ipcrpc stats ENDPOINT [--json]           counters, connections, calls in flight
+//   ipcrpc call ENDPOINT pkg.Service/Method [JSON|-] [--timeout=5s] [--metadata=k=v]...
+//               [--proto=FILE]... [--import_path=DIR]...
+//   ipcrpc gc [--dry-run]                    remove what dead servers and clients left
+//
+// Exit code: 0 on success; the status code of a failed call or check
+// (UNAVAILABLE = 14, NOT_FOUND = 5, INVALID_ARGUMENT = 3, ...); 64 for a
+// command line that makes no sense. Errors are one line on stderr.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
+#include "google/protobuf/compiler/importer.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/descriptor.pb.h"
+#include "google/protobuf/descriptor_database.h"
+#include "google/protobuf/dynamic_message.h"
+#include "google/protobuf/util/json_util.h"
+#include "ipcrpc/introspection.pb.h"
+#include "ipcrpc/ipcrpc.h"
+#include "rpc/server_registry.h"
+#include "transports/leftovers.h"
+
+namespace ipcrpc::cli {
+namespace {
+
+namespace pb = google::protobuf;
+using internal::ReadRegistry;
+using internal::RegistryListing;
+
+constexpr int kUsageError = 64;
+
+constexpr char kUsage[] = R"(usage:
+  ipcrpc ls [--json]
+  ipcrpc stats ENDPOINT [--json] [--timeout=DURATION]
+  ipcrpc call ENDPOINT pkg.Service/Method [JSON | -] [--timeout=DURATION]
+              [--metadata=KEY=VALUE]... [--proto=FILE]... [--import_path=DIR]...
+  ipcrpc gc [--dry-run]
+)";
+
+// A failure: a one-line message and the exit code.
+struct Failure {
+  int code;
+  std::string message;
+};
+
+Failure FromStatus(const absl::Status& status, const std::string& context = "") {
+  std::string message(status.message());
+  if (!context.empty() && !absl::StartsWith(message, context)) {
+    message = absl::StrCat(context, ": ", message);
+  }
+  // One line, whatever the status held.
+  for (char& c : message) {
+    if (c == '\n') c = ' ';
+  }
+  return Failure{static_cast<int>(status.code()), std::move(message)};
+}
+
+Failure Usage(std::string message) { return Failure{kUsageError, std::move(message)}; }
+
+struct Args {
+  std::string command;
+  std::vector<std::string> positional;
+  bool json = false;
+  bool dry_run = false;
+  absl::Duration timeout = absl::Seconds(5);
+  std::vector<std::pair<std::string, std::string>> metadata;
+  std::vector<std::string> protos;
+  std::vector<std::string> import_paths;
+};
+
+std::optional<Failure> ParseArgs(int argc, char** argv, Args* args) {
+  std::vector<std::string> words(argv + 1, argv + argc);
+  for (size_t i = 0; i < words.size(); ++i) {
+    const std::string& word = words[i];
+    if (word == "-" || !absl::StartsWith(word, "-")) {
+      if (args->command.empty()) {
+        args->command = word;
+      } else {
+        args->positional.push_back(word);
+      }
+      continue;
+    }
+    std::string name = word;
+    std::optional<std::string> value;
+    if (size_t eq = word.find('='); eq != std::string::npos) {
+      name = word.substr(0, eq);
+      value = word.substr(eq + 1);
+    }
+    auto take_value = [&]() -> std::optional<std::string> {
+      if (value.has_value()) return value;
+      if (i + 1 < words.size()) return words[++i];
+      return std::nullopt;
+    };
+    if (name == "--json" || name == "--dry-run" || name == "--dry_run") {
+      if (value.has_value()) return Usage(absl::StrCat(name, " takes no value"));
+      (name == "--json" ? args->json : args->dry_run) = true;
+    } else if (name == "--timeout") {
+      std::optional<std::string> text = take_value();
+      if (!text.has_value() || !absl::ParseDuration(*text, &args->timeout) ||
+          args->timeout <= absl::ZeroDuration()) {
+        return Usage(absl::StrCat("--timeout: '", text.value_or(""),
+                                  "' is not a positive duration (e.g. 500ms, 2s)"));
+      }
+    } else if (name == "--metadata") {
+      std::optional<std::string> pair = take_value();
+      size_t eq = pair.has_value() ? pair->find('=') : std::string::npos;
+      if (eq == std::string::npos || eq == 0) {
+        return Usage(absl::StrCat("--metadata: '", pair.value_or(""), "' is not KEY=VALUE"));
+      }
+      args->metadata.emplace_back(pair->substr(0, eq), pair->substr(eq + 1));
+    } else if (name == "--proto") {
+      std::optional<std::string> file = take_value();
+      if (!file.has_value() || file->empty()) return Usage("--proto needs a FILE");
+      args->protos.push_back(*file);
+    } else if (name == "--import_path" || name == "-I") {
+      std::optional<std::string> dir = take_value();
+      if (!dir.has_value() || dir->empty()) return Usage(absl::StrCat(name, " needs a DIR"));
+      args->import_paths.push_back(*dir);
+    } else if (name == "--help" || name == "-h") {
+      args->command = "help";
+    } else {
+      return Usage(absl::StrCat("unknown option ", name));
+    }
+  }
+  return std::nullopt;
+}
+
+std::string FormatUnixMs(int64_t ms) {
+  return absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(ms), absl::LocalTimeZone());
+}
+
+std::string ToJson(const pb::Message& message, bool pretty = true) {
+  std::string json;
+  pb::util::JsonPrintOptions options;
+  options.add_whitespace = pretty;
+  options.preserve_proto_field_names = true;
+  if (!pb::util::MessageToJsonString(message, &json, options).ok()) return "{}";
+  while (!json.empty() && json.back() == '\n') json.pop_back();
+  return json;
+}
+
+// ---------------------------------------------------------------------- ls
+
+std::optional<Failure> RunLs(const Args& args) {
+  if (!args.positional.empty()) return Usage("ls takes no arguments");
+  absl::StatusOr<std::vector<RegistryListing>> listings = ReadRegistry();
+  if (!listings.ok()) return FromStatus(listings.status(), "ls: the server registry");
+  std::vector<const RegistryListing*> live;
+  int stale = 0;
+  for (const RegistryListing& listing : *listings) {
+    if (listing.live) {
+      live.push_back(&listing);
+    } else {
+      ++stale;
+    }
+  }
+  if (args.json) {
+    std::vector<std::string> records;
+    for (const RegistryListing* listing : live) records.push_back(ToJson(listing->record, false));
+    std::cout << "{\"servers\":[" << absl::StrJoin(records, ",") << "]}\n";
+  } else {
+    std::cout << absl::StrFormat("%-8s %-6s %-19s %-16s %-40s %s\n", "PID", "UID", "STARTED",
+                                 "PROGRAM", "ENDPOINTS", "SERVICES");
+    for (const RegistryListing* listing : live) {
+      const ServerRecord& r = listing->record;
+      std::cout << absl::StrFormat(
+          "%-8d %-6d %-19s %-16s %-40s %s\n", r.pid(), r.uid(), FormatUnixMs(r.started_unix_ms()),
+          r.program(), r.endpoints().empty() ? "-" : absl::StrJoin(r.endpoints(), ","),
+          absl::StrJoin(r.services(), ","));
+    }
+  }
+  if (stale > 0) {
+    std::cerr << "ipcrpc ls: " << stale << " stale record" << (stale == 1 ? "" : "s")
+              << " of dead servers (ipcrpc gc removes them)\n";
+  }
+  return std::nullopt;
+}
+
+// ------------------------------------------------------------------- stats
+
+std::optional<Failure> RunStats(const Args& args) {
+  if (args.positional.size() != 1) return Usage("stats takes one ENDPOINT");
+  const std::string& endpoint = args.positional[0];
+  absl::StatusOr<std::shared_ptr<Channel>> channel = Channel::Connect(endpoint);
+  if (!channel.ok()) return FromStatus(channel.status(), endpoint);
+  CallOptions options;
+  options.timeout = args.timeout;
+  absl::StatusOr<std::string> bytes = (*channel)->CallMethod(
+      "ipcrpc.Introspection/GetStats", GetStatsRequest().SerializeAsString(), options);
+  if (!bytes.ok()) {
+    return FromStatus(bytes.status(),
+                      absl::IsUnimplemented(bytes.status())
+                          ? absl::StrCat(endpoint, ": introspection is off on this server")
+                          : endpoint);
+  }
+  ServerStats stats;
+  if (!stats.ParseFromString(*bytes)) {
+    return Failure{static_cast<int>(absl::StatusCode::kDataLoss),
+                   absl::StrCat(endpoint, ": the server's GetStats response does not parse")};
+  }
+  if (args.json) {
+    std::cout << ToJson(stats) << "\n";
+    return std::nullopt;
+  }
+  std::cout << absl::StrFormat(
+      "uptime %.1fs\ncalls: received %d, in flight %d (queued %d), handled %d, rejected %d\n",
+      stats.uptime_ms() / 1000.0, stats.calls_received(), stats.calls_in_flight(),
+      stats.calls_queued(), stats.calls_handled(), stats.calls_rejected());
+  std::vector<std::string> codes;
+  for (const auto& [code, n] : stats.responses_by_code()) codes.push_back(absl::StrCat(code, " ", n));
+  std::sort(codes.begin(), codes.end());
+  std::cout << "responses: " << (codes.empty() ? "none" : absl::StrJoin(codes, ", "))
+            << "; dropped (client gone or cancelled) " << stats.responses_dropped() << "\n";
+  std::cout << absl::StrFormat("bytes: received %d, sent %d\n", stats.bytes_received(),
+                               stats.bytes_sent());
+  std::cout << absl::StrFormat("connections: %d open, %d accepted, %d refused\n",
+                               stats.connections_size(), stats.connections_accepted(),
+                               stats.connections_refused());
+  for (const ConnectionInfo& c : stats.connections()) {
+    std::cout << absl::StrFormat("  #%d %s, peer pid %d uid %d, %d calls in flight, open %.1fs\n",
+                                 c.id(), c.endpoint(), c.peer_pid(), c.peer_uid(),
+                                 c.calls_in_flight(), c.age_ms() / 1000.0);
+  }
+  std::cout << "calls in flight:" << (stats.calls().empty() ? " none" : "") << "\n";
+  for (const CallInfo& call : stats.calls()) {
+    std::string deadline =
+        call.has_deadline()
+            ? absl::StrFormat("deadline in %.3fs", call.deadline_remaining_us() / 1e6)
+            : "no deadline";
+    std::cout << absl::StrFormat("  conn #%d id %d %s age %.3fs, %s%s\n", call.connection_id(),
+                                 call.request_id(), call.method(), call.age_us() / 1e6, deadline,
+                                 call.cancelled() ? ", cancelled" : "");
+  }
+  return std::nullopt;
+}
+
+// -------------------------------------------------------------------- call
+
+// Collects protoc's complaints about --proto files, for one line.
+class ImportErrors final : public pb::compiler::MultiFileErrorCollector {
+ public:
+  void AddError(const std::string& filename, int line, int column,
+                const std::string& message) override {
+    if (!first.empty()) return;
+    first = absl::StrCat(filename, ":", line + 1, ":", column + 1, ": ", message);
+  }
+  std::string first;
+};
+
+// Where the method's descriptors come from: the server's reflection, or
+// --proto files.
+struct Schema {
+  pb::SimpleDescriptorDatabase database;
+  std::unique_ptr<pb::DescriptorPool> pool;
+  // --proto:
+  std::unique_ptr<pb::compiler::DiskSourceTree> tree;
+  std::unique_ptr<ImportErrors> errors;
+  std::unique_ptr<pb::compiler::Importer> importer;
+};
+
+absl::StatusOr<const pb::DescriptorPool*> LoadSchema(const Args& args, Channel& channel,
+                                                     const std::string& endpoint, Schema* schema) {
+  if (!args.protos.empty()) {
+    schema->tree = std::make_unique<pb::compiler::DiskSourceTree>();
+    schema->errors = std::make_unique<ImportErrors>();
+    for (const std::string& dir : args.import_paths) schema->tree->MapPath("", dir);
+    for (const std::string& proto : args.protos) {
+      const size_t slash = proto.rfind('/');
+      schema->tree->MapPath("", slash == std::string::npos ? "." : proto.substr(0, slash));
+    }
+    schema->tree->MapPath("", "/usr/include");  // protobuf's well-known types
+    schema->importer =
+        std::make_unique<pb::compiler::Importer>(schema->tree.get(), schema->errors.get());
+    for (const std::string& proto : args.protos) {
+      std::string virtual_file;
+      std::string shadowing;
+      if (schema->tree->DiskFileToVirtualFile(proto, &virtual_file, &shadowing) !=
+          pb::compiler::DiskSourceTree::SUCCESS) {
+        return absl::NotFoundError(absl::StrCat("--proto ", proto, ": cannot read the file"));
+      }
+      if (schema->importer->Import(virtual_file) == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat("--proto ", proto, ": ", schema->errors->first));
+      }
+    }
+    return schema->importer->pool();
+  }
+  CallOptions options;
+  options.timeout = args.timeout;
+  absl::StatusOr<std::string> bytes =
+      channel.CallMethod("ipcrpc.Reflection/GetFileDescriptorSet",
+                         GetFileDescriptorSetRequest().SerializeAsString(), options);
+  if (!bytes.ok()) {
+    if (absl::IsUnimplemented(bytes.status())) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          endpoint, ": reflection is off on this server; pass the service's --proto FILE"));
+    }
+    return absl::Status(bytes.status().code(),
+                        absl::StrCat(endpoint, ": reflection: ", bytes.status().message()));
+  }
+  pb::FileDescriptorSet files;
+  if (!files.ParseFromString(*bytes)) {
+    return absl::DataLossError(absl::StrCat(endpoint, ": the reflection response does not parse"));
+  }
+  for (const pb::FileDescriptorProto& file : files.file()) {
+    if (!schema->database.Add(file)) {
+      return absl::DataLossError(
+          absl::StrCat(endpoint, ": reflection sent a conflicting file ", file.name()));
+    }
+  }
+  schema->pool = std::make_unique<pb::DescriptorPool>(&schema->database);
+  return schema->pool.get();
+}
+
+std::optional<Failure> RunCall(const Args& args) {
+  if (args.positional.size() < 2 || args.positional.size() > 3) {
+    return Usage("call takes ENDPOINT pkg.Service/Method [JSON | -]");
+  }
+  const std::string& endpoint = args.positional[0];
+  const std::string& method_name = args.positional[1];
+  std::string json = args.positional.size() == 3 ? args.positional[2] : "{}";
+  if (json == "-") {
+    json.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  }
+  const size_t slash = method_name.rfind('/');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == method_name.size()) {
+    return Usage(absl::StrCat("method '", method_name, "' is not pkg.Service/Method"));
+  }
+  const std::string service_name = method_name.substr(0, slash);
+  const std::string method_short = method_name.substr(slash + 1);
+
+  absl::StatusOr<std::shared_ptr<Channel>> channel = Channel::Connect(endpoint);
+  if (!channel.ok()) return FromStatus(channel.status(), endpoint);
+  Schema schema;
+  absl::StatusOr<const pb::DescriptorPool*> pool = LoadSchema(args, **channel, endpoint, &schema);
+  if (!pool.ok()) return FromStatus(pool.status());
+  const pb::ServiceDescriptor* service = (*pool)->FindServiceByName(service_name);
+  if (service == nullptr) {
+    return FromStatus(absl::NotFoundError(absl::StrCat(
+        "service ", service_name, " is unknown ",
+        args.protos.empty() ? absl::StrCat("to ", endpoint, "'s reflection") : "in the --proto files")));
+  }
+  const pb::MethodDescriptor* method = service->FindMethodByName(method_short);
+  if (method == nullptr) {
+    std::vector<std::string> names;
+    for (int i = 0; i < service->method_count(); ++i) names.push_back(service->method(i)->name());
+    return FromStatus(absl::NotFoundError(absl::StrCat("service ", service_name, " has no method ",
+                                                       method_short, " (it has ",
+                                                       absl::StrJoin(names, ", "), ")")));
+  }
+  if (method->client_streaming() || method->server_streaming()) {
+    return FromStatus(absl::UnimplementedError(
+        absl::StrCat(method_name, " is a streaming method; ipcrpc calls are unary")));
+  }
+  pb::DynamicMessageFactory factory(*pool);
+  std::unique_ptr<pb::Message> request(factory.GetPrototype(method->input_type())->New());
+  std::unique_ptr<pb::Message> response(factory.GetPrototype(method->output_type())->New());
+  if (auto parsed = pb::util::JsonStringToMessage(json, request.get()); !parsed.ok()) {
+    std::string why(parsed.message());
+    return FromStatus(absl::InvalidArgumentError(absl::StrCat(
+        "the request JSON is not a ", method->input_type()->full_name(), ": ", why)));
+  }
+  CallOptions options;
+  options.timeout = args.timeout;
+  options.metadata = args.metadata;
+  absl::StatusOr<std::string> bytes =
+      (*channel)->CallMethod(method_name, request->SerializeAsString(), options);
+  if (!bytes.ok()) {
+    return Failure{static_cast<int>(bytes.status().code()),
+                   absl::StrCat(method_name, ": ", absl::StatusCodeToString(bytes.status().code()),
+                                ": ", bytes.status().message())};
+  }
+  if (!response->ParseFromString(*bytes)) {
+    return FromStatus(absl::DataLossError(absl::StrCat(
+        method_name, ": the response is not a ", method->output_type()->full_name())));
+  }
+  std::cout << ToJson(*response) << "\n";
+  return std::nullopt;
+}
+
+// ---------------------------------------------------------------------- gc
+
+std::optional<Failure> RunGc(const Args& args) {
+  if (!args.positional.empty()) return Usage("gc takes no arguments");
+  absl::StatusOr<std::vector<RegistryListing>> listings = ReadRegistry();
+  if (!listings.ok()) return FromStatus(listings.status(), "gc: the server registry");
+  std::vector<internal::StaleObject> stale;
+  std::vector<std::string> notes;
+  for (const RegistryListing& listing : *listings) {
+    if (listing.live) continue;
+    // What the dead server's endpoints left, checked one by one: a live
+    // server that took an endpoint over since is never touched.
+    for (const std::string& endpoint : listing.record.endpoints()) {
+      absl::StatusOr<std::optional<internal::StaleObject>> object =
+          internal::FindStaleEndpointObject(endpoint);
+      if (!object.ok()) {
+        notes.push_back(absl::StrCat(endpoint, ": ", object.status().message()));
+      } else if (object->has_value()) {
+        stale.push_back(std::move(**object));
+      }
+    }
+    internal::StaleObject record;
+    record.kind = "registry record";
+    record.name = listing.path;
+    record.reason = listing.problem.empty()
+                        ? absl::StrCat("server pid ", listing.record.pid(), " is gone")
+                        : listing.problem;
+    record.remove = [path = listing.path]() -> absl::Status {
+      if (::unlink(path.c_str()) < 0 && errno != ENOENT) {
+        return absl::InternalError(absl::StrCat("unlink ", path, ": ", std::strerror(errno)));
+      }
+      return absl::OkStatus();
+    };
+    stale.push_back(std::move(record));
+  }
+  for (internal::StaleObject& object : internal::FindStaleClientObjects(&notes)) {
+    stale.push_back(std::move(object));
+  }
+  int failures = 0;
+  absl::Status last_failure;
+  for (internal::StaleObject& object : stale) {
+    if (args.dry_run) {
+      std::cout << "would remove " << object.kind << " " << object.name << " (" << object.reason
+                << ")\n";
+      continue;
+    }
+    absl::Status removed = object.remove();
+    if (removed.ok()) {
+      std::cout << "removed " << object.kind << " " << object.name << " (" << object.reason
+                << ")\n";
+    } else {
+      ++failures;
+      last_failure = removed;
+      std::cerr << "ipcrpc gc: kept " << object.kind << " " << object.name << ": "
+                << removed.message() << "\n";
+    }
+  }
+  for (const std::string& note : notes) std::cerr << "ipcrpc gc: " << note << "\n";
+  if (stale.empty()) std::cout << "nothing to remove\n";
+  if (failures > 0) return Failure{static_cast<int>(last_failure.code()), ""};
+  return std::nullopt;
+}
+
+int Main(int argc, char** argv) {
+  Args args;
+  std::optional<Failure> failure = ParseArgs(argc, argv, &args);
+  if (!failure.has_value()) {
+    if (args.command == "ls") {
+      failure = RunLs(args);
+    } else if (args.command == "stats") {
+      failure = RunStats(args);
+    } else if (args.command == "call") {
+      failure = RunCall(args);
+    } else if (args.command == "gc") {
+      failure = RunGc(args);
+    } else if (args.command == "help") {
+      std::cout << kUsage;
+      return 0;
+    } else if (args.command.empty()) {
+      failure = Usage("no command");
+    } else {
+      failure = Usage(absl::StrCat("unknown command '", args.command, "'"));
+    }
+  }
+  if (!failure.has_value()) return 0;
+  const std::string command = args.command.empty() ? "" : " " + args.command;
+  if (!failure->message.empty()) {
+    std::cerr << "ipcrpc" << command << ": " << failure->message << "\n";
+  }
+  if (failure->code == kUsageError) std::cerr << kUsage;
+  return failure->code == 0 ? 1 : failure->code;
+}
+
+}  // namespace
+}  // namespace ipcrpc::cli
+
+int main(int argc, char** argv) { return ipcrpc::cli::Main(argc, argv); }
