@@ -41,6 +41,10 @@ class FifoTransportTest : public ::testing::Test {
   void TearDown() override {
     server_.reset();
     unsetenv("XDG_RUNTIME_DIR");
+    // The server registry's directory stays, empty once the servers are gone.
+    EXPECT_EQ(Entries(runtime_ + "/ipcrpc/servers"), std::vector<std::string>{})
+        << "a server's registry record outlived it";
+    rmdir((runtime_ + "/ipcrpc/servers").c_str());
     EXPECT_EQ(Entries(runtime_ + "/ipcrpc"), std::vector<std::string>{})
         << "clients left objects behind";
     rmdir((runtime_ + "/ipcrpc").c_str());

@@ -1,0 +1,100 @@
+// A server for the CLI tests: clitest.Tester on --endpoint (comma-separated),
+// built-in services as --reflection / --introspection say. Prints "READY" on
+// stdout once serving; shuts down cleanly on SIGTERM.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "clitest.ipcrpc.h"
+
+namespace {
+
+class Tester final : public clitest::Tester::Service {
+ public:
+  absl::Status Add(ipcrpc::ServerContext&, const clitest::AddRequest& request,
+                   clitest::AddReply& reply) override {
+    reply.set_sum(request.a() + request.b());
+    return absl::OkStatus();
+  }
+
+  absl::Status Wait(ipcrpc::ServerContext& context, const clitest::WaitRequest&,
+                    clitest::WaitReply&) override {
+    struct Flag {
+      absl::Mutex mu;
+      bool cancelled ABSL_GUARDED_BY(mu) = false;
+    };
+    auto flag = std::make_shared<Flag>();
+    context.OnCancel([flag] {
+      absl::MutexLock lock(&flag->mu);
+      flag->cancelled = true;
+    });
+    absl::MutexLock lock(&flag->mu);
+    flag->mu.Await(absl::Condition(&flag->cancelled));
+    return absl::CancelledError("Wait: cancelled");
+  }
+
+  absl::Status Metadata(ipcrpc::ServerContext& context, const clitest::MetadataRequest& request,
+                        clitest::MetadataReply& reply) override {
+    for (const auto& [key, value] : context.metadata()) {
+      if (key == request.key()) {
+        reply.set_value(value);
+        return absl::OkStatus();
+      }
+    }
+    return absl::NotFoundError("no such metadata key: " + request.key());
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string endpoints;
+  ipcrpc::ServerOptions options;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--endpoint=", 11) == 0) {
+      endpoints = argv[i] + 11;
+    } else if (std::strcmp(argv[i], "--reflection=false") == 0) {
+      options.reflection = false;
+    } else if (std::strcmp(argv[i], "--introspection=false") == 0) {
+      options.introspection = false;
+    } else {
+      std::fprintf(stderr, "cli_test_server: unknown argument %s\n", argv[i]);
+      return 2;
+    }
+  }
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // before any thread starts
+
+  Tester tester;
+  ipcrpc::Server server(options);
+  if (auto status = server.RegisterService(&tester); !status.ok()) {
+    std::fprintf(stderr, "cli_test_server: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  for (const auto& endpoint : absl::StrSplit(endpoints, ',', absl::SkipEmpty())) {
+    if (auto status = server.Listen(std::string(endpoint)); !status.ok()) {
+      std::fprintf(stderr, "cli_test_server: %s\n", status.ToString().c_str());
+      return 1;
+    }
+  }
+  if (auto status = server.Start(); !status.ok()) {
+    std::fprintf(stderr, "cli_test_server: %s\n", status.ToString().c_str());
+    return 1;
+  }
+  std::printf("READY\n");
+  std::fflush(stdout);
+  int signal = 0;
+  sigwait(&signals, &signal);
+  server.Shutdown(absl::Seconds(1));
+  return 0;
+}
