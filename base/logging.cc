@@ -1,4 +1,5 @@
 #include "base/logging.h"
+#include "base/mutex.h"
 
 #include <unistd.h>
 
@@ -6,7 +7,6 @@
 #include <cstring>
 #include <iostream>
 
-#include "absl/synchronization/mutex.h"
 
 namespace ipcrpc::internal {
 namespace {
@@ -25,7 +25,7 @@ LogLevel Threshold() {
   return threshold;
 }
 
-absl::Mutex sink_mu;
+Mutex sink_mu;
 std::function<void(LogLevel, const std::string&)>* sink ABSL_GUARDED_BY(sink_mu) = nullptr;
 
 }  // namespace
@@ -33,7 +33,7 @@ std::function<void(LogLevel, const std::string&)>* sink ABSL_GUARDED_BY(sink_mu)
 bool LogEnabled(LogLevel level) { return level >= Threshold() && level != LogLevel::kOff; }
 
 void SetLogSinkForTesting(std::function<void(LogLevel, const std::string&)> new_sink) {
-  absl::MutexLock lock(&sink_mu);
+  MutexLock lock(&sink_mu);
   delete sink;
   sink = new_sink ? new std::function<void(LogLevel, const std::string&)>(std::move(new_sink))
                   : nullptr;
@@ -49,7 +49,7 @@ LogMessage::LogMessage(LogLevel level, const char* file, int line) : level_(leve
 LogMessage::~LogMessage() {
   stream_ << '\n';
   std::string text = stream_.str();
-  absl::MutexLock lock(&sink_mu);
+  MutexLock lock(&sink_mu);
   if (sink != nullptr) {
     (*sink)(level_, text);
     return;

@@ -11,6 +11,7 @@
 #include "rpc/channel_core.h"
 #include "rpc/frame.h"
 #include "rpc/server_call_state.h"
+#include "base/mutex.h"
 
 namespace ipcrpc {
 namespace internal {
@@ -42,7 +43,7 @@ absl::Status DeadlineExceeded(std::string_view method) {
 // ------------------------------------------------------------ ClientConnection
 
 bool ClientConnection::Insert(const std::shared_ptr<PendingCall>& call, absl::Status* why) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (!lost_.ok()) {
     *why = absl::UnavailableError(absl::StrCat(transport->description(), ": ", lost_.message()));
     return false;
@@ -52,7 +53,7 @@ bool ClientConnection::Insert(const std::shared_ptr<PendingCall>& call, absl::St
 }
 
 std::shared_ptr<PendingCall> ClientConnection::Take(uint64_t id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = pending_.find(id);
   if (it == pending_.end()) return nullptr;
   std::shared_ptr<PendingCall> call = std::move(it->second);
@@ -62,7 +63,7 @@ std::shared_ptr<PendingCall> ClientConnection::Take(uint64_t id) {
 
 std::vector<std::shared_ptr<PendingCall>> ClientConnection::TakeAll(absl::Status reason) {
   std::vector<std::shared_ptr<PendingCall>> calls;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (lost_.ok()) lost_ = std::move(reason);
   calls.reserve(pending_.size());
   for (auto& [id, call] : pending_) calls.push_back(std::move(call));
@@ -71,17 +72,17 @@ std::vector<std::shared_ptr<PendingCall>> ClientConnection::TakeAll(absl::Status
 }
 
 void ClientConnection::MarkLost(absl::Status reason) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (lost_.ok()) lost_ = std::move(reason);
 }
 
 void ClientConnection::Drain() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   draining_ = true;
 }
 
 bool ClientConnection::Usable() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return lost_.ok() && !draining_;
 }
 
@@ -113,7 +114,7 @@ absl::Status ChannelCore::Start() {
 void ChannelCore::Shutdown() {
   std::vector<std::shared_ptr<ClientConnection>> connections;
   {
-    absl::MutexLock lock(&connect_mu_);
+    MutexLock lock(&connect_mu_);
     if (shut_down_) return;
     shut_down_ = true;
     for (auto& weak : connections_) {
@@ -139,7 +140,7 @@ void ChannelCore::Shutdown() {
 }
 
 absl::StatusOr<std::shared_ptr<ClientConnection>> ChannelCore::GetConnection() {
-  absl::MutexLock lock(&connect_mu_);
+  MutexLock lock(&connect_mu_);
   if (shut_down_) return absl::CancelledError(absl::StrCat("channel to ", endpoint(), " is shut down"));
   if (current_ != nullptr && current_->Usable()) return current_;
   IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<Connection> transport, connector_->Connect(io_));

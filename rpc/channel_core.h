@@ -24,12 +24,12 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "asio/executor_work_guard.hpp"
 #include "asio/io_context.hpp"
 #include "asio/steady_timer.hpp"
 #include "ipcrpc/channel.h"
 #include "transports/transport.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::internal {
 
@@ -83,7 +83,7 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   std::atomic<uint64_t> next_id{1};
 
  private:
-  absl::Mutex mu_;
+  Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<PendingCall>> pending_ ABSL_GUARDED_BY(mu_);
   absl::Status lost_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
@@ -132,7 +132,7 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   std::thread loop_thread_;
   std::atomic<std::thread::id> loop_thread_id_{};
 
-  absl::Mutex connect_mu_;
+  Mutex connect_mu_;
   std::shared_ptr<ClientConnection> current_ ABSL_GUARDED_BY(connect_mu_);
   // Every connection that may still have pending calls (a draining one too).
   std::vector<std::weak_ptr<ClientConnection>> connections_ ABSL_GUARDED_BY(connect_mu_);

@@ -1,4 +1,5 @@
 #include "rpc/handler_scheduler.h"
+#include "base/mutex.h"
 
 #include <utility>
 
@@ -13,13 +14,13 @@ HandlerScheduler::~HandlerScheduler() { Join(); }
 
 void HandlerScheduler::Post(int priority, int64_t deadline_ns,
                             absl::AnyInvocable<void() &&> task) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   queue_.push(Task{priority, deadline_ns, next_sequence_++, std::move(task)});
 }
 
 void HandlerScheduler::Join() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
   for (std::thread& thread : threads_) {
@@ -31,8 +32,8 @@ void HandlerScheduler::Work() {
   for (;;) {
     absl::AnyInvocable<void() &&> run;
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
+      MutexLock lock(&mu_);
+      mu_.Await(Condition(
           +[](HandlerScheduler* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
             return !self->queue_.empty() || self->stopping_;
           },

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
-#include "absl/synchronization/mutex.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::internal {
 
@@ -48,7 +48,7 @@ class HandlerScheduler {
 
   void Work();
 
-  absl::Mutex mu_;
+  Mutex mu_;
   std::priority_queue<Task, std::vector<Task>, Later> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -12,7 +12,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "asio/executor_work_guard.hpp"
 #include "asio/io_context.hpp"
 #include "asio/post.hpp"
@@ -27,6 +26,7 @@
 #include "rpc/server_call_state.h"
 #include "rpc/server_registry.h"
 #include "transports/transport.h"
+#include "base/mutex.h"
 
 namespace ipcrpc {
 namespace internal {
@@ -45,7 +45,7 @@ struct ServerConnection {
   const std::shared_ptr<Connection> transport;
   const bool ends_server;  // pipe: the server lives for this connection only
 
-  absl::Mutex mu;
+  Mutex mu;
   absl::flat_hash_map<uint64_t, std::shared_ptr<ServerCallState>> calls ABSL_GUARDED_BY(mu);
 };
 
@@ -126,7 +126,7 @@ class ServerCore final : public IntrospectionSource {
   std::atomic<int64_t> connections_refused_{0};
   std::atomic<uint64_t> next_connection_id_{1};
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kNew;
   bool shutdown_started_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::unique_ptr<Listener>> listeners_ ABSL_GUARDED_BY(mu_);
@@ -148,7 +148,7 @@ ServerCore::ServerCore(const ServerOptions& options) : options_(options) {
   work_.emplace(asio::make_work_guard(io_));
   if (options.introspection) builtin_services_.push_back(NewIntrospectionService(this));
   if (options.reflection) builtin_services_.push_back(NewReflectionService(this));
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (auto& service : builtin_services_) RegisterServiceLocked(service.get()).IgnoreError();
 }
 
@@ -156,14 +156,14 @@ ServerCore::~ServerCore() {
   Shutdown(absl::ZeroDuration());
   std::thread auto_shutdown;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto_shutdown = std::move(auto_shutdown_);
   }
   if (auto_shutdown.joinable()) auto_shutdown.join();
 }
 
 absl::Status ServerCore::RegisterService(Service* service) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return RegisterServiceLocked(service);
 }
 
@@ -200,7 +200,7 @@ void ServerCore::UpdateRegistryLocked() {
 absl::Status ServerCore::Listen(std::string_view endpoint) {
   IPCRPC_ASSIGN_OR_RETURN(std::unique_ptr<Listener> listener,
                           CreateListener(endpoint, transport_options_));
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (shutdown_started_) {
     return absl::FailedPreconditionError(
         absl::StrCat("Listen(", Av(endpoint), "): the server is shut down"));
@@ -217,7 +217,7 @@ absl::Status ServerCore::Listen(std::string_view endpoint) {
 }
 
 absl::Status ServerCore::Start() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (state_ != State::kNew || shutdown_started_) {
     return absl::FailedPreconditionError("Start: the server was started or shut down already");
   }
@@ -228,8 +228,8 @@ absl::Status ServerCore::Start() {
 }
 
 void ServerCore::Wait() {
-  absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(
+  MutexLock lock(&mu_);
+  mu_.Await(Condition(
       +[](State* state) { return *state == State::kDone; }, &state_));
 }
 
@@ -238,7 +238,7 @@ void ServerCore::OnAccept(const std::string& endpoint, bool ends_server,
   auto connection = std::make_shared<ServerConnection>(next_connection_id_.fetch_add(1), endpoint,
                                                        transport, ends_server);
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (shutdown_started_) {
       transport->Close();
       return;
@@ -276,7 +276,7 @@ void ServerCore::OnMessage(const std::shared_ptr<ServerConnection>& connection,
     case FrameType::kCancel: {
       std::shared_ptr<ServerCallState> call;
       {
-        absl::MutexLock lock(&connection->mu);
+        MutexLock lock(&connection->mu);
         auto it = connection->calls.find(frame->header.request_id);
         if (it != connection->calls.end()) call = it->second;
       }
@@ -337,7 +337,7 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
                                                 frame.header.priority, std::string(frame.name),
                                                 DecodeMetadata(frame.metadata), peer.pid, peer.uid);
   {
-    absl::MutexLock lock(&connection->mu);
+    MutexLock lock(&connection->mu);
     if (static_cast<int>(connection->calls.size()) >= options_.max_calls_per_connection) {
       Reject(connection, id,
              absl::ResourceExhaustedError(absl::StrCat(
@@ -404,7 +404,7 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
                             const std::shared_ptr<ServerCallState>& call,
                             const absl::Status& status, const std::string& response) {
   {
-    absl::MutexLock lock(&connection->mu);
+    MutexLock lock(&connection->mu);
     connection->calls.erase(call->request_id);
   }
   if (call->deadline_ns != kNoDeadline) {
@@ -433,7 +433,7 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
   } else if (call->cancelled_by_client.load()) {
     responses_dropped_.fetch_add(1, std::memory_order_relaxed);
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   calls_in_flight_.fetch_sub(1);
 }
 
@@ -499,14 +499,14 @@ void ServerCore::OnClosed(const std::shared_ptr<ServerConnection>& connection,
   }
   std::vector<std::shared_ptr<ServerCallState>> calls;
   {
-    absl::MutexLock lock(&connection->mu);
+    MutexLock lock(&connection->mu);
     for (auto& [id, call] : connection->calls) calls.push_back(call);
   }
   for (auto& call : calls) {
     call->cancelled_by_client.store(true);  // nobody to answer
     call->Cancel();
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   connections_.erase(connection);
   if (connection->ends_server && !shutdown_started_ && !auto_shutdown_.joinable()) {
     // pipe: the parent is gone or closed the channel; the server ends. Not on
@@ -520,9 +520,9 @@ void ServerCore::Shutdown(absl::Duration grace) {
   std::vector<std::shared_ptr<ServerConnection>> connections;
   bool loop_running;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (shutdown_started_) {
-      mu_.Await(absl::Condition(
+      mu_.Await(Condition(
           +[](State* state) { return *state == State::kDone; }, &state_));
       return;
     }
@@ -541,11 +541,11 @@ void ServerCore::Shutdown(absl::Duration grace) {
   // 2. Let running handlers finish within the grace period.
   const int64_t grace_end = AddDurationNs(MonotonicNowNs(), grace);
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     while (calls_in_flight_.load() > 0) {
       absl::Duration left = RemainingUntil(grace_end);
       if (left <= absl::ZeroDuration()) break;
-      mu_.AwaitWithTimeout(absl::Condition(
+      mu_.AwaitWithTimeout(Condition(
                                +[](std::atomic<int>* n) { return n->load() == 0; },
                                &calls_in_flight_),
                            std::min(left, absl::Milliseconds(100)));
@@ -555,7 +555,7 @@ void ServerCore::Shutdown(absl::Duration grace) {
   for (auto& connection : connections) {
     std::vector<std::shared_ptr<ServerCallState>> calls;
     {
-      absl::MutexLock lock(&connection->mu);
+      MutexLock lock(&connection->mu);
       for (auto& [id, in_flight] : connection->calls) calls.push_back(in_flight);
     }
     for (auto& call : calls) {
@@ -572,8 +572,8 @@ void ServerCore::Shutdown(absl::Duration grace) {
   }
   // 4. Wait for the handlers to return, then close every connection.
   {
-    absl::MutexLock lock(&mu_);
-    while (!mu_.AwaitWithTimeout(absl::Condition(
+    MutexLock lock(&mu_);
+    while (!mu_.AwaitWithTimeout(Condition(
                                      +[](std::atomic<int>* n) { return n->load() == 0; },
                                      &calls_in_flight_),
                                  absl::Seconds(5))) {
@@ -592,7 +592,7 @@ void ServerCore::Shutdown(absl::Duration grace) {
   }
   pool_->Join();
   listeners.clear();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   state_ = State::kDone;
 }
 
@@ -609,7 +609,7 @@ Server::Stats internal::ServerCore::stats() const {
 
 ServerRecord internal::ServerCore::Record() const {
   ServerRecord record = record_;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (const std::string& endpoint : endpoints_) record.add_endpoints(endpoint);
   for (const ServiceInfo& service : GroupMethods(method_names_)) record.add_services(service.name());
   return record;
@@ -638,7 +638,7 @@ void internal::ServerCore::FillStats(ServerStats* out) const {
   out->set_uptime_ms((now - created_ns_) / 1'000'000);
   std::vector<std::shared_ptr<ServerConnection>> connections;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     connections.assign(connections_.begin(), connections_.end());
   }
   std::sort(connections.begin(), connections.end(),
@@ -653,7 +653,7 @@ void internal::ServerCore::FillStats(ServerStats* out) const {
     info->set_age_ms((now - connection->connected_ns) / 1'000'000);
     std::vector<std::shared_ptr<ServerCallState>> calls;
     {
-      absl::MutexLock lock(&connection->mu);
+      MutexLock lock(&connection->mu);
       for (const auto& [id, call] : connection->calls) calls.push_back(call);
     }
     info->set_calls_in_flight(static_cast<int32_t>(calls.size()));

@@ -14,10 +14,10 @@
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
-#include "absl/synchronization/mutex.h"
 #include "asio/steady_timer.hpp"
 #include "base/clock.h"
 #include "rpc/frame.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::internal {
 
@@ -56,7 +56,7 @@ class ServerCallState {
   bool Cancel() {
     std::vector<absl::AnyInvocable<void() &&>> callbacks;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (finished_ || cancelled_.load(std::memory_order_relaxed)) return false;
       cancelled_.store(true, std::memory_order_release);
       callbacks.swap(callbacks_);
@@ -67,7 +67,7 @@ class ServerCallState {
 
   void OnCancel(absl::AnyInvocable<void() &&> callback) {
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (finished_) return;
       if (!cancelled_.load(std::memory_order_relaxed)) {
         callbacks_.push_back(std::move(callback));
@@ -80,7 +80,7 @@ class ServerCallState {
   // The handler returned: later cancellations run no callbacks.
   void Finish() {
     std::vector<absl::AnyInvocable<void() &&>> dropped;
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     finished_ = true;
     dropped.swap(callbacks_);
   }
@@ -97,7 +97,7 @@ class ServerCallState {
  private:
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> responded_{false};
-  absl::Mutex mu_;
+  Mutex mu_;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<absl::AnyInvocable<void() &&>> callbacks_ ABSL_GUARDED_BY(mu_);
 };

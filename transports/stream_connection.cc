@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "asio/post.hpp"
 #include "base/logging.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::internal {
 namespace {
@@ -182,7 +183,7 @@ absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts, in
     if (!part.empty()) iov.push_back({const_cast<char*>(part.data()), part.size()});
   }
 
-  absl::MutexLock lock(&write_mu_);
+  MutexLock lock(&write_mu_);
   size_t first = 0;
   while (first < iov.size()) {
     if (write_fd_closed_ || closing_.load(std::memory_order_acquire)) {
@@ -243,7 +244,7 @@ void StreamConnection::Close() {
   ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
   (void)ignored;
   {
-    absl::MutexLock lock(&write_mu_);
+    MutexLock lock(&write_mu_);
     // The peer sees EOF at once, even before the loop closes the descriptor.
     if (!write_fd_closed_ && is_socket_) ::shutdown(write_fd_, SHUT_RDWR);
   }
@@ -267,7 +268,7 @@ void StreamConnection::Finish(absl::Status reason) {
     readable_.reset();
   }
   {
-    absl::MutexLock lock(&write_mu_);
+    MutexLock lock(&write_mu_);
     write_fd_closed_ = true;
     owned_read_fd_.Reset();
     owned_write_fd_.Reset();

@@ -11,11 +11,11 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
 #include "base/syscall.h"
 #include "transports/transport.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::internal {
 
@@ -69,7 +69,7 @@ class StreamConnection final : public Connection {
   size_t begin_ = 0;  // first unparsed byte
   size_t end_ = 0;    // one past the last received byte
 
-  absl::Mutex write_mu_;
+  Mutex write_mu_;
   bool write_fd_closed_ ABSL_GUARDED_BY(write_mu_) = false;
 };
 

@@ -24,7 +24,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "base/syscall.h"
 #include "gmock/gmock.h"
@@ -34,6 +33,7 @@
 #include "ipcrpc/ipcrpc.h"
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::testing {
 namespace {
@@ -215,11 +215,11 @@ TEST_F(CliTest, StatsShowsCountersConnectionsAndCallsInFlight) {
   // A call that stays in flight until its deadline (30 s) or cancellation.
   CallOptions options;
   options.timeout = absl::Seconds(30);
-  absl::Mutex mu;
+  ipcrpc::internal::Mutex mu;
   std::optional<absl::Status> waited;
   Call wait = (*channel)->CallMethodAsync("clitest.Tester/Wait", "", options,
                                           [&](absl::StatusOr<std::string> result) {
-                                            absl::MutexLock lock(&mu);
+                                            ipcrpc::internal::MutexLock lock(&mu);
                                             waited = result.status();
                                           });
 
@@ -266,8 +266,8 @@ TEST_F(CliTest, StatsShowsCountersConnectionsAndCallsInFlight) {
                               HasSubstr(absl::StrCat("peer pid ", ::getpid()))));
 
   wait.Cancel();
-  absl::MutexLock lock(&mu);
-  mu.Await(absl::Condition(
+  ipcrpc::internal::MutexLock lock(&mu);
+  mu.Await(ipcrpc::internal::Condition(
       +[](std::optional<absl::Status>* s) { return s->has_value(); }, &waited));
   EXPECT_EQ(waited->code(), absl::StatusCode::kCancelled);
 }

@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/mutex.h"
 #include "clitest.ipcrpc.h"
+#include "base/mutex.h"
 
 namespace {
 
@@ -27,16 +27,16 @@ class Tester final : public clitest::Tester::Service {
   absl::Status Wait(ipcrpc::ServerContext& context, const clitest::WaitRequest&,
                     clitest::WaitReply&) override {
     struct Flag {
-      absl::Mutex mu;
+      ipcrpc::internal::Mutex mu;
       bool cancelled ABSL_GUARDED_BY(mu) = false;
     };
     auto flag = std::make_shared<Flag>();
     context.OnCancel([flag] {
-      absl::MutexLock lock(&flag->mu);
+      ipcrpc::internal::MutexLock lock(&flag->mu);
       flag->cancelled = true;
     });
-    absl::MutexLock lock(&flag->mu);
-    flag->mu.Await(absl::Condition(&flag->cancelled));
+    ipcrpc::internal::MutexLock lock(&flag->mu);
+    flag->mu.Await(ipcrpc::internal::Condition(&flag->cancelled));
     return absl::CancelledError("Wait: cancelled");
   }
 

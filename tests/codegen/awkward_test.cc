@@ -3,12 +3,12 @@
 #include <memory>
 #include <string>
 
-#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/codegen/awkward_services.h"
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
+#include "base/mutex.h"
 
 namespace awk_test {
 namespace {
@@ -47,7 +47,7 @@ void ExerciseAll(const std::shared_ptr<ipcrpc::Channel>& channel) {
   expect(clashes.done(in), "done");
   expect(clashes.options(in), "options");
 
-  absl::Notification async_done;
+  ipcrpc::internal::Notification async_done;
   absl::StatusOr<Reply> async_reply;
   clashes.CallAsync(in, {}, [&](absl::StatusOr<Reply> reply) {
     async_reply = std::move(reply);

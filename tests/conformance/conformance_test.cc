@@ -17,7 +17,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -26,6 +25,7 @@
 #include "tests/conformance/conformance_server_process.h"
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::testing {
 namespace {
@@ -148,7 +148,7 @@ TEST_P(ConformanceTest, SyncDeadlineExpiresAgainstASleepingHandler) {
 TEST_P(ConformanceTest, AsyncDeadlineIsEnforcedWithoutAWaiter) {
   CallOptions options;
   options.timeout = absl::Milliseconds(50);
-  absl::Notification done;
+  ipcrpc::internal::Notification done;
   absl::Status result;
   absl::Time finished;
   const absl::Time start = absl::Now();
@@ -165,7 +165,7 @@ TEST_P(ConformanceTest, AsyncDeadlineIsEnforcedWithoutAWaiter) {
 }
 
 TEST_P(ConformanceTest, CancelEndsTheCallAndReachesTheHandler) {
-  absl::Notification done;
+  ipcrpc::internal::Notification done;
   absl::Status result;
   int runs = 0;
   Call call = channel().CallMethodAsync("test.Test/Sleep", "60000", {},
@@ -200,7 +200,7 @@ TEST_P(ConformanceTest, ServerKilledMidCallFailsPendingCallsPromptly) {
     failed_at_ns = absl::GetCurrentTimeNanos();
     sync_result = response.status();
   });
-  absl::Notification async_done;
+  ipcrpc::internal::Notification async_done;
   absl::Status async_result;
   channel().CallMethodAsync("test.Test/Sleep", "60000", {},
                             [&](absl::StatusOr<std::string> response) {

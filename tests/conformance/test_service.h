@@ -19,8 +19,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "ipcrpc/ipcrpc.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::testing {
 
@@ -49,13 +49,13 @@ class TestService : public Service {
               });
     AddMethod("test.Test/Record",
               [this](ServerContext&, std::string_view request, std::string&) {
-                absl::MutexLock lock(&mu_);
+                ipcrpc::internal::MutexLock lock(&mu_);
                 if (!log_.empty()) log_ += ",";
                 log_.append(request);
                 return absl::OkStatus();
               });
     AddMethod("test.Test/Log", [this](ServerContext&, std::string_view, std::string& response) {
-      absl::MutexLock lock(&mu_);
+      ipcrpc::internal::MutexLock lock(&mu_);
       response = log_;
       return absl::OkStatus();
     });
@@ -69,7 +69,7 @@ class TestService : public Service {
   }
 
   int cancellations() {
-    absl::MutexLock lock(&mu_);
+    ipcrpc::internal::MutexLock lock(&mu_);
     return cancellations_;
   }
 
@@ -82,12 +82,12 @@ class TestService : public Service {
     }
     auto cancelled = std::make_shared<bool>(false);
     context.OnCancel([this, cancelled] {
-      absl::MutexLock lock(&mu_);
+      ipcrpc::internal::MutexLock lock(&mu_);
       *cancelled = true;
     });
-    absl::MutexLock lock(&mu_);
+    ipcrpc::internal::MutexLock lock(&mu_);
     auto done = [&] { return *counter >= n || *cancelled; };
-    mu_.Await(absl::Condition(&done));
+    mu_.Await(ipcrpc::internal::Condition(&done));
     if (*counter >= n) return absl::OkStatus();
     return absl::CancelledError("cancelled while waiting");
   }
@@ -99,13 +99,13 @@ class TestService : public Service {
     }
     auto cancelled = std::make_shared<bool>(false);
     context.OnCancel([this, cancelled] {
-      absl::MutexLock lock(&mu_);
+      ipcrpc::internal::MutexLock lock(&mu_);
       *cancelled = true;
     });
-    absl::MutexLock lock(&mu_);
+    ipcrpc::internal::MutexLock lock(&mu_);
     ++active_;
     const bool was_cancelled =
-        mu_.AwaitWithTimeout(absl::Condition(cancelled.get()), absl::Milliseconds(ms));
+        mu_.AwaitWithTimeout(ipcrpc::internal::Condition(cancelled.get()), absl::Milliseconds(ms));
     --active_;
     if (was_cancelled) {
       ++cancellations_;
@@ -115,7 +115,7 @@ class TestService : public Service {
     return absl::OkStatus();
   }
 
-  absl::Mutex mu_;
+  ipcrpc::internal::Mutex mu_;
   int active_ ABSL_GUARDED_BY(mu_) = 0;
   int cancellations_ ABSL_GUARDED_BY(mu_) = 0;
   std::string log_ ABSL_GUARDED_BY(mu_);

@@ -20,9 +20,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "ipcrpc/ipcrpc.h"
+#include "base/mutex.h"
 
 namespace {
 
@@ -41,9 +40,9 @@ class ChainService : public ipcrpc::Service {
                                          std::string&) { return Call(context); });
     AddMethod("chain.Chain/WaitCancelled",
               [this](ipcrpc::ServerContext& context, std::string_view, std::string& response) {
-                absl::MutexLock lock(&mu_);
+                ipcrpc::internal::MutexLock lock(&mu_);
                 auto seen = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return saw_cancel_ > 0; };
-                if (!mu_.AwaitWithDeadline(absl::Condition(&seen), context.deadline())) {
+                if (!mu_.AwaitWithDeadline(ipcrpc::internal::Condition(&seen), context.deadline())) {
                   return absl::DeadlineExceededError("this hop never saw its call cancelled");
                 }
                 response.clear();
@@ -66,20 +65,20 @@ class ChainService : public ipcrpc::Service {
       status = next_->CallMethod("chain.Chain/Call", "", ipcrpc::CallOptions::From(context))
                    .status();
     } else {
-      absl::Notification cancelled;
+      ipcrpc::internal::Notification cancelled;
       context.OnCancel([&cancelled] { cancelled.Notify(); });
       cancelled.WaitForNotification();
       status = absl::CancelledError("the last hop was cancelled");
     }
     if (context.IsCancelled()) {
-      absl::MutexLock lock(&mu_);
+      ipcrpc::internal::MutexLock lock(&mu_);
       ++saw_cancel_;
     }
     return status;
   }
 
   std::shared_ptr<ipcrpc::Channel> next_;
-  absl::Mutex mu_;
+  ipcrpc::internal::Mutex mu_;
   int saw_cancel_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

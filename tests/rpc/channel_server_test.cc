@@ -8,7 +8,6 @@
 #include <string>
 #include <thread>
 
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "base/syscall.h"
 #include "gmock/gmock.h"
@@ -18,6 +17,7 @@
 #include "tests/conformance/test_service.h"
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::testing {
 namespace {
@@ -69,10 +69,10 @@ class ExtraService : public Service {
   absl::Time deadline;
   std::string method;
   std::shared_ptr<Channel> inner_channel;
-  absl::Notification block_started;
+  ipcrpc::internal::Notification block_started;
 
  private:
-  absl::Notification release_;
+  ipcrpc::internal::Notification release_;
 };
 
 class ChannelServerTest : public ::testing::Test {
@@ -109,7 +109,7 @@ TEST_F(ChannelServerTest, PastDeadlineFailsAtOnce) {
               StatusIs(absl::StatusCode::kDeadlineExceeded));
   options = {};
   options.timeout = absl::ZeroDuration();
-  absl::Notification done;
+  ipcrpc::internal::Notification done;
   absl::Status result;
   channel_->CallMethodAsync("extra.Extra/Count", "", options, [&](absl::StatusOr<std::string> r) {
     result = r.status();
@@ -177,7 +177,7 @@ TEST_F(ChannelServerTest, RequestThatExpiresWhileQueuedNeverRuns) {
   ServerOptions options;
   options.handler_threads = 1;
   StartServer(options);
-  absl::Notification blocked_done;
+  ipcrpc::internal::Notification blocked_done;
   channel_->CallMethodAsync("extra.Extra/Block", "", {},
                             [&](absl::StatusOr<std::string>) { blocked_done.Notify(); });
   extra_.block_started.WaitForNotification();  // the only handler thread is taken
@@ -211,7 +211,7 @@ TEST_F(ChannelServerTest, ServerContextShowsPeerDeadlineAndMethod) {
 
 TEST_F(ChannelServerTest, ShutdownLetsHandlersFinishWithinGrace) {
   StartServer();
-  absl::Notification done;
+  ipcrpc::internal::Notification done;
   absl::Status result;
   channel_->CallMethodAsync("test.Test/Sleep", "100", {}, [&](absl::StatusOr<std::string> r) {
     result = r.status();
@@ -228,7 +228,7 @@ TEST_F(ChannelServerTest, ShutdownLetsHandlersFinishWithinGrace) {
 
 TEST_F(ChannelServerTest, ShutdownCancelsHandlersPastGrace) {
   StartServer();
-  absl::Notification done;
+  ipcrpc::internal::Notification done;
   absl::Status result;
   channel_->CallMethodAsync("test.Test/Sleep", "60000", {}, [&](absl::StatusOr<std::string> r) {
     result = r.status();
@@ -309,7 +309,7 @@ TEST_F(ChannelServerTest, CallsPerConnectionAreLimited) {
   options.max_calls_per_connection = 2;
   options.handler_threads = 4;
   StartServer(options);
-  std::vector<absl::Notification> done(2);
+  std::vector<ipcrpc::internal::Notification> done(2);
   for (auto& notification : done) {
     channel_->CallMethodAsync("test.Test/Sleep", "60000", {},
                               [&](absl::StatusOr<std::string>) { notification.Notify(); });
@@ -385,7 +385,7 @@ TEST(HostileServerTest, LateResponsesAreCountedAndGarbageClosesTheConnection) {
               static_cast<ssize_t>(message.size()));
   };
   // A call in flight, answered by hand after a response to an unknown id.
-  absl::Notification done;
+  ipcrpc::internal::Notification done;
   absl::StatusOr<std::string> result;
   (*channel)->CallMethodAsync("x.Y/Z", "req", {}, [&](absl::StatusOr<std::string> r) {
     result = std::move(r);
@@ -403,7 +403,7 @@ TEST(HostileServerTest, LateResponsesAreCountedAndGarbageClosesTheConnection) {
   EXPECT_EQ((*channel)->stats().late_responses_dropped, 1u);
 
   // Now garbage: the pending call fails UNAVAILABLE at once.
-  absl::Notification failed;
+  ipcrpc::internal::Notification failed;
   absl::Status failure;
   (*channel)->CallMethodAsync("x.Y/Z", "req", {}, [&](absl::StatusOr<std::string> r) {
     failure = r.status();

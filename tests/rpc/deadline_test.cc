@@ -12,8 +12,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "base/clock.h"
 #include "base/syscall.h"
 #include "gmock/gmock.h"
@@ -22,6 +20,7 @@
 #include "tests/conformance/test_service.h"
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::testing {
 namespace {
@@ -45,7 +44,7 @@ class GateService : public Service {
       return absl::OkStatus();
     });
     AddMethod("gate.Gate/Run", [this](ServerContext&, std::string_view request, std::string&) {
-      absl::MutexLock lock(&mu_);
+      ipcrpc::internal::MutexLock lock(&mu_);
       if (!order_.empty()) order_ += ",";
       order_.append(request);
       ++runs_;
@@ -53,7 +52,7 @@ class GateService : public Service {
     });
     AddMethod("gate.Gate/WaitCancel",
               [this](ServerContext& context, std::string_view, std::string&) {
-                absl::Notification cancelled;
+                ipcrpc::internal::Notification cancelled;
                 context.OnCancel([this, &cancelled] {
                   cancelled_at_ns_.store(internal::MonotonicNowNs());
                   cancelled.Notify();
@@ -67,21 +66,21 @@ class GateService : public Service {
     if (!release_.HasBeenNotified()) release_.Notify();
   }
   std::string order() {
-    absl::MutexLock lock(&mu_);
+    ipcrpc::internal::MutexLock lock(&mu_);
     return order_;
   }
   int runs() {
-    absl::MutexLock lock(&mu_);
+    ipcrpc::internal::MutexLock lock(&mu_);
     return runs_;
   }
 
-  absl::Notification started_;
-  absl::Notification waiting_;
+  ipcrpc::internal::Notification started_;
+  ipcrpc::internal::Notification waiting_;
   std::atomic<int64_t> cancelled_at_ns_{0};
 
  private:
-  absl::Notification release_;
-  absl::Mutex mu_;
+  ipcrpc::internal::Notification release_;
+  ipcrpc::internal::Mutex mu_;
   std::string order_ ABSL_GUARDED_BY(mu_);
   int runs_ ABSL_GUARDED_BY(mu_) = 0;
 };

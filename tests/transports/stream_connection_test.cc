@@ -8,11 +8,11 @@
 #include <string>
 #include <thread>
 
-#include "absl/synchronization/notification.h"
 #include "asio/io_context.hpp"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/util/status_matchers.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::internal {
 namespace {
@@ -121,7 +121,7 @@ TEST(StreamConnectionTest, CloseWakesABlockedSender) {
   auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
                                              false, {}, "c", 8 << 20);
   ASSERT_THAT(connection, IsOk());
-  absl::Notification returned;
+  ipcrpc::internal::Notification returned;
   absl::Status status;
   std::thread sender([&] {
     const std::string big(4 << 20, 'x');

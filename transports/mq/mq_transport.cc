@@ -19,7 +19,6 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
 #include "asio/post.hpp"
@@ -28,6 +27,7 @@
 #include "base/strings.h"
 #include "base/syscall.h"
 #include "transports/descriptor_watch.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::internal {
 namespace {
@@ -240,7 +240,7 @@ class MqConnection final : public Connection {
                                                        max_message_size_));
     }
     const unsigned mq_priority = static_cast<unsigned>(std::clamp(priority, 0, 31));
-    absl::MutexLock lock(&write_mu_);
+    MutexLock lock(&write_mu_);
     if (closing_.load()) {
       return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
     }
@@ -320,7 +320,7 @@ class MqConnection final : public Connection {
   // Tells the peer the connection is over, once, at once (best effort: if
   // its queue is full it learns from our pid instead).
   void SayClose() {
-    absl::MutexLock lock(&write_mu_);
+    MutexLock lock(&write_mu_);
     if (said_close_ || !write_queue_.valid()) return;
     said_close_ = true;
     MqHeader header;
@@ -377,7 +377,7 @@ class MqConnection final : public Connection {
     }
     SayClose();
     {
-      absl::MutexLock lock(&write_mu_);
+      MutexLock lock(&write_mu_);
       read_queue_.Reset();
       write_queue_.Reset();
       peer_pidfd_.Reset();
@@ -417,7 +417,7 @@ class MqConnection final : public Connection {
   std::vector<std::pair<MqHeader, std::string>> early_;
   const size_t max_message_size_;
 
-  absl::Mutex write_mu_;
+  Mutex write_mu_;
   uint32_t next_sequence_ ABSL_GUARDED_BY(write_mu_) = 0;
   bool said_close_ ABSL_GUARDED_BY(write_mu_) = false;
   std::vector<char> send_buffer_ ABSL_GUARDED_BY(write_mu_);

@@ -17,7 +17,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/synchronization/mutex.h"
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
 #include "asio/post.hpp"
@@ -25,6 +24,7 @@
 #include "base/status_macros.h"
 #include "base/syscall.h"
 #include "transports/stream_connection.h"
+#include "base/mutex.h"
 
 extern char** environ;
 
@@ -113,7 +113,7 @@ class ChildProcess {
 
   // Reaps the child if it has exited; returns true once reaped.
   bool TryReap() {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (wait_status_.has_value()) return true;
     int status = 0;
     pid_t r = RetryEintr([&] { return ::waitpid(pid_, &status, WNOHANG); });
@@ -130,7 +130,7 @@ class ChildProcess {
   }
 
   std::string Describe() {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (!wait_status_.has_value()) return absl::StrCat("child pid ", pid_, " is running");
     return absl::StrCat("child pid ", pid_, " ", DescribeExit(*wait_status_));
   }
@@ -146,7 +146,7 @@ class ChildProcess {
                         << absl::FormatDuration(grace) << " of the channel closing; killing it";
     // The pidfd makes the kill safe from pid reuse: the child is unreaped.
     ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (wait_status_.has_value()) return;
     int status = 0;
     if (RetryEintr([&] { return ::waitpid(pid_, &status, 0); }) == pid_) wait_status_ = status;
@@ -155,7 +155,7 @@ class ChildProcess {
  private:
   const pid_t pid_;
   const UniqueFd pidfd_;
-  absl::Mutex mu_;
+  Mutex mu_;
   std::optional<int> wait_status_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -20,7 +20,6 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
 #include "asio/post.hpp"
@@ -31,6 +30,7 @@
 #include "transports/descriptor_watch.h"
 #include "transports/shm/shm_ring.h"
 #include "transports/unix/unix_transport.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::internal {
 namespace {
@@ -141,7 +141,7 @@ class ShmConnection final : public Connection {
     }
     char prefix[4];
     PutLe(prefix, total, 4);
-    absl::MutexLock lock(&write_mu_);
+    MutexLock lock(&write_mu_);
     IPCRPC_RETURN_IF_ERROR(WriteAll(std::string_view(prefix, 4)));
     for (std::string_view part : parts) IPCRPC_RETURN_IF_ERROR(WriteAll(part));
     PublishAndRing();
@@ -357,7 +357,7 @@ class ShmConnection final : public Connection {
 
   std::atomic<bool> closing_{false};
   std::atomic<asio::io_context*> io_{nullptr};
-  absl::Mutex write_mu_;
+  Mutex write_mu_;
 
   // Loop only.
   bool finished_ = false;
