@@ -58,9 +58,11 @@ class ABSL_LOCKABLE Mutex {
 
   void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mu_.lock(); }
   void Unlock() ABSL_UNLOCK_FUNCTION() {
-    const bool wake = waiters_ > 0;
+    // Waiters re-evaluate their conditions. Notified before unlocking: once
+    // unlocked, a waiter may return and destroy this mutex (a Notification
+    // on its stack), so nothing of it may be touched after.
+    if (waiters_ > 0) cv_.notify_all();
     mu_.unlock();
-    if (wake) cv_.notify_all();  // they re-evaluate their conditions
   }
   void AssertHeld() const ABSL_ASSERT_EXCLUSIVE_LOCK() {}
 

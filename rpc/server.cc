@@ -190,6 +190,7 @@ void ServerCore::UpdateRegistryLocked() {
   for (const std::string& endpoint : endpoints_) record.add_endpoints(endpoint);
   for (const ServiceInfo& service : GroupMethods(method_names_)) record.add_services(service.name());
   if (!registry_.has_value()) registry_.emplace();
+  RemoveStaleRecordsSharing(endpoints_);
   absl::Status written = registry_->Write(record);
   if (!written.ok()) {
     IPCRPC_LOG(WARNING) << "server registry: cannot record this server (ipcrpc ls will not "

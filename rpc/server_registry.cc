@@ -205,4 +205,18 @@ absl::StatusOr<std::vector<RegistryListing>> ReadRegistry(const std::string& dir
   return listings;
 }
 
+void RemoveStaleRecordsSharing(const std::vector<std::string>& endpoints) {
+  absl::StatusOr<std::vector<RegistryListing>> listings = ReadRegistry();
+  if (!listings.ok()) return;
+  for (const RegistryListing& listing : *listings) {
+    if (listing.live) continue;
+    for (const std::string& endpoint : listing.record.endpoints()) {
+      if (std::find(endpoints.begin(), endpoints.end(), endpoint) != endpoints.end()) {
+        ::unlink(listing.path.c_str());
+        break;
+      }
+    }
+  }
+}
+
 }  // namespace ipcrpc::internal

@@ -62,6 +62,11 @@ struct RegistryListing {
 // problem (the process that wrote it was killed mid-write, or it is foreign).
 absl::StatusOr<std::vector<RegistryListing>> ReadRegistry(const std::string& directory = "");
 
+// Removes the stale records that name any of `endpoints`: a server that took
+// an endpoint over from a dead one (reclaiming what it left) also retires its
+// record, so that nothing of the dead server stays behind.
+void RemoveStaleRecordsSharing(const std::vector<std::string>& endpoints);
+
 }  // namespace ipcrpc::internal
 
 #endif  // IPCRPC_RPC_SERVER_REGISTRY_H_

@@ -1,5 +1,7 @@
 #include "transports/descriptor_watch.h"
 
+#include <sys/socket.h>
+
 #include "asio/post.hpp"
 
 namespace ipcrpc::internal {
@@ -50,12 +52,20 @@ void DescriptorWatch::Stop() {
   asio::post(io_, [self] { self->Release(); });
 }
 
+void DescriptorWatch::ShutdownSocket() {
+  std::lock_guard<std::mutex> lock(fd_mu_);
+  if (fd_.valid()) ::shutdown(fd_.get(), SHUT_RDWR);
+}
+
 void DescriptorWatch::Release() {
   if (readable_.has_value()) {
     readable_->release();  // cancels the pending wait; the fd stays ours
     readable_.reset();
   }
-  fd_.Reset();
+  {
+    std::lock_guard<std::mutex> lock(fd_mu_);
+    fd_.Reset();
+  }
   on_readable_ = nullptr;  // drops what the handler holds (breaks cycles)
 }
 

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <optional>
 
 #include "absl/functional/any_invocable.h"
@@ -36,8 +37,11 @@ class DescriptorWatch : public std::enable_shared_from_this<DescriptorWatch> {
   // from any thread, also from inside the handler.
   void Stop();
 
+  // For a listening socket: shutdown(2) it now, from any thread, so that new
+  // connects are refused at once (if the watch has not closed it already).
+  void ShutdownSocket();
+
   bool stopped() const { return stopped_.load(std::memory_order_acquire); }
-  int fd() const { return fd_.get(); }
 
   DescriptorWatch(asio::io_context& io, UniqueFd fd, Handler on_readable)
       : io_(io), fd_(std::move(fd)), on_readable_(std::move(on_readable)) {}
@@ -49,6 +53,7 @@ class DescriptorWatch : public std::enable_shared_from_this<DescriptorWatch> {
   void Release();   // on the loop
 
   asio::io_context& io_;
+  std::mutex fd_mu_;  // ShutdownSocket (any thread) against Release (the loop)
   UniqueFd fd_;
   Handler on_readable_;
   std::optional<asio::posix::stream_descriptor> readable_;

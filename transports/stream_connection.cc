@@ -103,8 +103,9 @@ void StreamConnection::OnReadable() {
     }
     if (buffer_.empty()) buffer_.resize(kInitialBuffer);
     if (end_ == buffer_.size()) {
-      // DeliverMessages made room for the message in progress, so a full
-      // buffer here means bytes of the next message: compact.
+      // The message in progress needs more room: compact, then grow by
+      // doubling. The buffer grows with what the peer has actually sent (at
+      // most twice that), never to the length it merely announced.
       std::memmove(buffer_.data(), buffer_.data() + begin_, end_ - begin_);
       end_ -= begin_;
       begin_ = 0;
@@ -140,16 +141,7 @@ bool StreamConnection::DeliverMessages() {
       return false;
     }
     const size_t whole = kPrefixSize + length;
-    if (end_ - begin_ < whole) {
-      // Make room for the whole message (its length is within the limit).
-      if (buffer_.size() - begin_ < whole) {
-        std::memmove(buffer_.data(), buffer_.data() + begin_, end_ - begin_);
-        end_ -= begin_;
-        begin_ = 0;
-        if (buffer_.size() < whole) buffer_.resize(whole);
-      }
-      return true;
-    }
+    if (end_ - begin_ < whole) return true;  // OnReadable grows the buffer as bytes come
     on_message_(std::string_view(buffer_.data() + begin_ + kPrefixSize, length));
     begin_ += whole;
     if (closing_.load(std::memory_order_acquire) || finished_) {

@@ -85,15 +85,17 @@ absl::Status MqOpenError(int error, std::string_view name) {
 }
 
 // Queue sizes. Every queue is charged to its creator's RLIMIT_MSGQUEUE
-// (800 KiB per user by default) for maxmsg * msgsize plus overhead, so the
-// server's queue takes the kernel's largest messages (8 KiB by default: about
-// 82 KiB), and each client's reply queue small ones (1 KiB: about 11 KiB), so
-// that dozens of clients fit under the default limit; larger responses are
-// fragmented.
+// (800 KiB per user by default) for maxmsg * msgsize plus about 100 bytes of
+// overhead per message, so the server's queue takes the kernel's largest
+// messages (8 KiB by default: about 82 KiB), and each client's reply queue
+// four small ones (1 KiB: about 4.5 KiB), so that a hundred clients of one
+// user fit under the default limit beside their server; larger responses are
+// fragmented. When the limit is reached all the same, a reply queue of one
+// message is tried before giving up (ReplyQueueFallback).
 struct mq_attr QueueAttributes(bool server) {
   const MqLimits limits = ReadMqLimits();
   struct mq_attr attr = {};
-  attr.mq_maxmsg = std::min<long>(limits.max_messages, 10);
+  attr.mq_maxmsg = std::min<long>(limits.max_messages, server ? 10 : 4);
   attr.mq_msgsize = std::min<long>(limits.message_size, server ? 8192 : 1024);
   return attr;
 }
@@ -697,6 +699,13 @@ class MqConnector final : public Connector {
     struct mq_attr attr = QueueAttributes(/*server=*/false);
     UniqueFd reply(static_cast<int>(mq_open(
         reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0600, &attr)));
+    if (!reply.valid() && errno == EMFILE && attr.mq_maxmsg > 1) {
+      // ReplyQueueFallback: RLIMIT_MSGQUEUE (or descriptors) ran out; the
+      // smallest queue still works, one fragment at a time.
+      attr.mq_maxmsg = 1;
+      reply.Reset(static_cast<int>(mq_open(
+          reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0600, &attr)));
+    }
     if (!reply.valid()) return MqOpenError(errno, reply_name);
     // The name goes as soon as the server has opened it, or on any failure.
     absl::Cleanup unlink_reply = [&] { mq_unlink(reply_name.c_str()); };

@@ -573,7 +573,7 @@ class ShmListener final : public Listener {
       acceptor_->closed.store(true);
       // New connects are refused from now: shut the listening socket down
       // (the watch closes it on the loop).
-      ::shutdown(watch_->fd(), SHUT_RDWR);
+      watch_->ShutdownSocket();
       watch_->Stop();
     }
   }
