@@ -17,11 +17,15 @@ int main(int argc, char** argv) {
   std::string endpoint;
   int ready_fd = -1;
   int handler_threads = 4;
+  int max_connections = 1024;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--endpoint=", 11) == 0) endpoint = argv[i] + 11;
     if (std::strncmp(argv[i], "--ready_fd=", 11) == 0) ready_fd = std::atoi(argv[i] + 11);
     if (std::strncmp(argv[i], "--handler_threads=", 18) == 0) {
       handler_threads = std::atoi(argv[i] + 18);
+    }
+    if (std::strncmp(argv[i], "--max_connections=", 18) == 0) {
+      max_connections = std::atoi(argv[i] + 18);
     }
   }
   sigset_t signals;
@@ -32,6 +36,7 @@ int main(int argc, char** argv) {
   ipcrpc::testing::TestService service;
   ipcrpc::ServerOptions options;
   options.handler_threads = handler_threads;
+  options.max_connections = max_connections;
   ipcrpc::Server server(options);
   absl::Status status = server.RegisterService(&service);
   if (status.ok()) status = server.Listen(endpoint);

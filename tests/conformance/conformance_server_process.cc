@@ -29,7 +29,7 @@ namespace ipcrpc::testing {
 using internal::UniqueFd;
 
 absl::StatusOr<std::unique_ptr<ConformanceServerProcess>> ConformanceServerProcess::Start(
-    const TransportTraits& transport) {
+    const TransportTraits& transport, const std::vector<std::string>& server_args) {
   std::unique_ptr<ConformanceServerProcess> server(new ConformanceServerProcess());
   server->transport_ = transport;
   if (transport.name == "unix" || transport.name == "fifo" || transport.name == "mq" ||
@@ -43,9 +43,11 @@ absl::StatusOr<std::unique_ptr<ConformanceServerProcess>> ConformanceServerProce
     if (pipe2(ready, O_CLOEXEC) < 0) return absl::InternalError("pipe2");
     UniqueFd ready_read(ready[0]);
     UniqueFd ready_write(ready[1]);
-    auto pid = Spawn({IPCRPC_CONFORMANCE_SERVER, "--endpoint=" + server->endpoint_,
-                      absl::StrCat("--ready_fd=", ready_write.get())},
-                     {ready_write.get()});
+    std::vector<std::string> argv = {IPCRPC_CONFORMANCE_SERVER,
+                                     "--endpoint=" + server->endpoint_,
+                                     absl::StrCat("--ready_fd=", ready_write.get())};
+    argv.insert(argv.end(), server_args.begin(), server_args.end());
+    auto pid = Spawn(argv, {ready_write.get()});
     if (!pid.ok()) return pid.status();
     server->pid_ = *pid;
     server->we_spawned_ = true;
@@ -172,6 +174,30 @@ bool ConformanceServerProcess::RawPeer::SendMessage(std::string_view frame) {
          static_cast<ssize_t>(message.size());
 }
 
+bool ConformanceServerProcess::RawPeer::SendPartial(uint32_t announced, size_t sent) {
+  const std::string body(sent, 'p');
+  if (shm_region != nullptr) {
+    std::string message(reinterpret_cast<const char*>(&announced), 4);
+    message.append(body);
+    return ShmWrite(*this, message);
+  }
+  if (mq_server.valid()) {
+    std::string message(internal::kMqHeaderSize, '\0');
+    internal::MqHeader header;
+    header.kind = internal::MqKind::kData;
+    header.connection = mq_connection;
+    header.total_length = announced;
+    header.last = false;
+    internal::EncodeMqHeader(header, message.data());
+    message.append(body);
+    return mq_send(mq_server.get(), message.data(), message.size(), 0) == 0;
+  }
+  std::string message(reinterpret_cast<const char*>(&announced), 4);
+  message.append(body);
+  return write(to_server.get(), message.data(), message.size()) ==
+         static_cast<ssize_t>(message.size());
+}
+
 bool ConformanceServerProcess::RawPeer::SendOversized() {
   if (shm_region != nullptr) return ShmWrite(*this, std::string_view("\xff\xff\xff\xffxxxx", 8));
   if (mq_server.valid()) {
@@ -209,6 +235,15 @@ bool ConformanceServerProcess::RawPeer::WaitClosed(absl::Duration timeout) {
 }
 
 void ConformanceServerProcess::RawPeer::Finish() {
+  if (mq_server.valid()) {
+    // mq: has no EOF (and our pid lives on): say CLOSE.
+    std::string message(internal::kMqHeaderSize, '\0');
+    internal::MqHeader header;
+    header.kind = internal::MqKind::kClose;
+    header.connection = mq_connection;
+    internal::EncodeMqHeader(header, message.data());
+    mq_send(mq_server.get(), message.data(), message.size(), 0);
+  }
   to_server.Reset();
   mq_server.Reset();
   shm_socket.Reset();
@@ -300,8 +335,9 @@ absl::StatusOr<ConformanceServerProcess::RawPeer> ConformanceServerProcess::Open
     const std::string server_name = "/" + socket_path_;
     const std::string reply_name = "/" + UniqueName("ipcrpc-raw-mq");
     struct mq_attr attr = {};
-    attr.mq_maxmsg = 10;
-    attr.mq_msgsize = 8192;
+    // Small, so that many raw peers fit in RLIMIT_MSGQUEUE (hostile_test).
+    attr.mq_maxmsg = 4;
+    attr.mq_msgsize = 1024;
     peer.mq_reply = UniqueFd(static_cast<int>(
         mq_open(reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_CLOEXEC, 0600, &attr)));
     peer.mq_server = UniqueFd(static_cast<int>(mq_open(server_name.c_str(), O_WRONLY | O_CLOEXEC)));

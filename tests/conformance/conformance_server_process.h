@@ -24,8 +24,10 @@ struct TransportTraits {
 
 class ConformanceServerProcess {
  public:
+  // `server_args` are added to conformance_server's command line (e.g.
+  // "--max_connections=16"); not for pipe:.
   static absl::StatusOr<std::unique_ptr<ConformanceServerProcess>> Start(
-      const TransportTraits& transport);
+      const TransportTraits& transport, const std::vector<std::string>& server_args = {});
   // Stops the server: unix: SIGTERM, and checks it exited 0 and removed its
   // socket file; pipe: closes the channel, which ends the child.
   ~ConformanceServerProcess();
@@ -62,6 +64,9 @@ class ConformanceServerProcess {
     bool SendMessage(std::string_view frame);
     // Announces a message longer than any limit (and sends a little of it).
     bool SendOversized();
+    // Announces a message of `announced` bytes (within the limit) and sends
+    // only its first `sent` bytes (at most one mq: fragment).
+    bool SendPartial(uint32_t announced, size_t sent);
     // True once the server has closed this connection.
     bool WaitClosed(absl::Duration timeout);
     // Ends our side (closes what we write).

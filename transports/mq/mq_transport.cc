@@ -840,7 +840,8 @@ absl::StatusOr<std::optional<std::string_view>> MqReassembler::Add(const MqHeade
           "more than ", max_partial_, " partially received messages on one connection"));
     }
     std::string& data = partial_[header.sequence];
-    data.reserve(total);
+    // Grows with the fragments that come, not to the length announced.
+    data.reserve(std::min<size_t>(total, 64 * 1024));
     data.append(chunk);
     return std::optional<std::string_view>();
   }

@@ -302,7 +302,8 @@ class ShmConnection final : public Connection {
     if (pending_.size() == 4) {
       pending_length_ = GetLe(pending_.data(), 4);
       if (pending_length_ > max_message_size_) return Oversized(pending_length_);
-      pending_.reserve(4 + pending_length_);
+      // Grows with the bytes that come, not to the length announced.
+      pending_.reserve(4 + std::min<size_t>(pending_length_, 1u << 20));
     }
     if (pending_.size() >= 4 && pending_.size() == 4 + pending_length_) {
       on_message_(std::string_view(pending_).substr(4));
