@@ -139,6 +139,14 @@ bool ShmWrite(ConformanceServerProcess::RawPeer& peer, std::string_view bytes) {
   auto* control = reinterpret_cast<internal::ShmRingControl*>(base + 64);
   char* data = base + internal::kShmHeaderSize;
   if (bytes.size() > peer.shm_ring_size) return false;
+  // Wait (10 s at most) for the server to have read enough to make room.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (peer.shm_position + bytes.size() -
+             control->consumer_position.load(std::memory_order_acquire) >
+         peer.shm_ring_size) {
+    if (absl::Now() > give_up) return false;
+    usleep(100);
+  }
   for (size_t i = 0; i < bytes.size(); ++i) {
     data[(peer.shm_position + i) & (peer.shm_ring_size - 1)] = bytes[i];
   }

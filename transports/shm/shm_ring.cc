@@ -82,4 +82,50 @@ bool ShmRingConsumer::PrepareToSleep() {
   return false;
 }
 
+absl::StatusOr<size_t> ShmRecordReader::Take(
+    std::string_view first, std::string_view second,
+    absl::FunctionRef<void(std::string_view)> on_message) {
+  auto length_at = [](const char* p) {
+    return uint64_t{static_cast<unsigned char>(p[0])} |
+           uint64_t{static_cast<unsigned char>(p[1])} << 8 |
+           uint64_t{static_cast<unsigned char>(p[2])} << 16 |
+           uint64_t{static_cast<unsigned char>(p[3])} << 24;
+  };
+  if (pending_.empty() && first.size() >= 4) {
+    // The common case: the whole message lies contiguous in the ring.
+    length_ = length_at(first.data());
+    if (length_ > max_message_size_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "message of ", length_, " bytes exceeds max_message_size ", max_message_size_));
+    }
+    if (first.size() >= 4 + length_) {
+      on_message(first.substr(4, length_));
+      return 4 + length_;
+    }
+  }
+  // Otherwise gather the prefix, then the message.
+  const size_t want = pending_.size() < 4 ? 4 - pending_.size() : 4 + length_ - pending_.size();
+  size_t took = 0;
+  for (std::string_view span : {first, second}) {
+    const size_t n = std::min(want - took, span.size());
+    pending_.append(span.data(), n);
+    took += n;
+    if (took == want) break;
+  }
+  if (pending_.size() == 4) {
+    length_ = length_at(pending_.data());
+    if (length_ > max_message_size_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "message of ", length_, " bytes exceeds max_message_size ", max_message_size_));
+    }
+    pending_.reserve(4 + std::min<uint64_t>(length_, 1u << 20));
+  }
+  if (pending_.size() >= 4 && pending_.size() == 4 + length_) {
+    on_message(std::string_view(pending_).substr(4));
+    pending_.clear();
+    if (pending_.capacity() > (1u << 20)) pending_.shrink_to_fit();
+  }
+  return took;
+}
+
 }  // namespace ipcrpc::internal

@@ -35,9 +35,11 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
@@ -101,6 +103,38 @@ class ShmRingConsumer {
   const size_t size_;
   uint64_t position_ = 0;         // ours: the truth
   uint64_t cached_producer_ = 0;  // the producer's position, as last read
+};
+
+// Length-prefixed records (a u32 little-endian length, then the message) out
+// of a ring's readable bytes. A message that lies whole and contiguous in the
+// ring is handed over in place; one that wraps, or is larger than the ring
+// and arrives in pieces, is gathered (growing with what arrives, never to the
+// announced length at once). Every length is checked against the limit
+// before anything is gathered.
+class ShmRecordReader {
+ public:
+  explicit ShmRecordReader(size_t max_message_size) : max_message_size_(max_message_size) {}
+
+  // Takes what it can of the readable bytes `first` then `second` (as Peek
+  // returned them), calling `on_message` for at most one whole message (a
+  // view valid only during the call). Returns how many bytes to Consume, or
+  // RESOURCE_EXHAUSTED if a message announces more than the limit (then
+  // announced() says how much): the connection must close.
+  absl::StatusOr<size_t> Take(std::string_view first, std::string_view second,
+                              absl::FunctionRef<void(std::string_view)> on_message);
+
+  uint64_t announced() const { return length_; }
+
+  // Drops a partly gathered message.
+  void Clear() {
+    pending_.clear();
+    pending_.shrink_to_fit();
+  }
+
+ private:
+  const size_t max_message_size_;
+  std::string pending_;  // the prefix and the message, while gathered
+  uint64_t length_ = 0;  // the message's announced length
 };
 
 }  // namespace ipcrpc::internal

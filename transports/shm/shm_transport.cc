@@ -107,7 +107,8 @@ class ShmConnection final : public Connection {
         peer_doorbell_(std::move(peer_doorbell)),
         peer_(peer),
         description_(std::move(description)),
-        max_message_size_(max_message_size) {}
+        max_message_size_(max_message_size),
+        records_(max_message_size) {}
 
   ~ShmConnection() override {
     if (socket_watch_.has_value()) socket_watch_->release();
@@ -273,43 +274,10 @@ class ShmConnection final : public Connection {
 
   // Takes what it can of the readable bytes; false if the connection ended.
   bool TakeBytes(std::string_view first, std::string_view second) {
-    if (pending_.empty() && first.size() >= 4) {
-      // The common case: the whole message lies contiguous in the ring and
-      // is handed over in place.
-      const uint64_t length = GetLe(first.data(), 4);
-      if (length > max_message_size_) return Oversized(length);
-      if (first.size() >= 4 + length) {
-        on_message_(first.substr(4, length));
-        consumer_.Consume(4 + length);
-        return !finished_;
-      }
-    }
-    // Otherwise gather the prefix, then the message, into pending_.
-    size_t want;
-    if (pending_.size() < 4) {
-      want = 4 - pending_.size();
-    } else {
-      want = 4 + pending_length_ - pending_.size();
-    }
-    size_t took = 0;
-    for (std::string_view span : {first, second}) {
-      const size_t n = std::min(want - took, span.size());
-      pending_.append(span.data(), n);
-      took += n;
-      if (took == want) break;
-    }
-    consumer_.Consume(took);
-    if (pending_.size() == 4) {
-      pending_length_ = GetLe(pending_.data(), 4);
-      if (pending_length_ > max_message_size_) return Oversized(pending_length_);
-      // Grows with the bytes that come, not to the length announced.
-      pending_.reserve(4 + std::min<size_t>(pending_length_, 1u << 20));
-    }
-    if (pending_.size() >= 4 && pending_.size() == 4 + pending_length_) {
-      on_message_(std::string_view(pending_).substr(4));
-      pending_.clear();
-      if (pending_.capacity() > (1u << 20)) pending_.shrink_to_fit();
-    }
+    absl::StatusOr<size_t> took =
+        records_.Take(first, second, [this](std::string_view message) { on_message_(message); });
+    if (!took.ok()) return Oversized(records_.announced());
+    consumer_.Consume(*took);
     return !finished_;
   }
 
@@ -336,7 +304,7 @@ class ShmConnection final : public Connection {
       doorbell_watch_.reset();
     }
     on_message_ = nullptr;
-    pending_.clear();
+    records_.Clear();
     // The mapping and descriptors stay until the last reference goes: a
     // sender may still be inside Send.
     if (on_closed_) {
@@ -366,8 +334,7 @@ class ShmConnection final : public Connection {
   std::optional<asio::posix::stream_descriptor> doorbell_watch_;
   MessageHandler on_message_;
   CloseHandler on_closed_;
-  std::string pending_;
-  uint64_t pending_length_ = 0;
+  ShmRecordReader records_;
 };
 
 // Maps a region of `ring_size` rings from `memfd`, checking what can be.
