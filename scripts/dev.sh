@@ -3,9 +3,11 @@
 #
 #   bash scripts/dev.sh example   # install what is missing, build, run the echo pair
 #   bash scripts/dev.sh test      # install what is missing, build, run every test
+#   bash scripts/dev.sh fuzz 600  # the libFuzzer targets, 600 s each (clang)
 #
 # Environment: BUILD_DIR (default build), IPCRPC_WERROR=ON, IPCRPC_SANITIZE=address|thread,
-# BUILD_TYPE (default RelWithDebInfo), JOBS (default 2).
+# BUILD_TYPE (default RelWithDebInfo), JOBS (default 2), IPCRPC_CMAKE_ARGS (more -D options),
+# IPCRPC_CTEST_ARGS (more ctest options).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +39,7 @@ configure_and_build() {
   cmake -S . -B "$BUILD_DIR" "${launcher[@]}" \
     -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" \
     -DIPCRPC_WERROR="${IPCRPC_WERROR:-OFF}" \
-    -DIPCRPC_SANITIZE="${IPCRPC_SANITIZE:-}"
+    -DIPCRPC_SANITIZE="${IPCRPC_SANITIZE:-}" ${IPCRPC_CMAKE_ARGS:-}
   cmake --build "$BUILD_DIR" -j "$JOBS"
 }
 
@@ -80,10 +82,40 @@ run_tests() {
   # Sanitizer runtimes: fail on the first report, in every child process too.
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-  export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
+  export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp}
   # IPCRPC_CTEST_ARGS: extra ctest arguments, e.g. "-LE consumer".
   # shellcheck disable=SC2086
   ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" --timeout 900 ${IPCRPC_CTEST_ARGS:-}
+}
+
+# libFuzzer targets (fuzz/), built with clang in build-fuzz/, each run for
+# SECONDS on a copy of its checked-in corpus (fuzz/corpus/TARGET). A crash
+# leaves its input in build-fuzz/ and fails the run.
+run_fuzz() {
+  local seconds=${1:-30}
+  PACKAGES+=(clang-14 libclang-rt-14-dev)
+  install_missing
+  local dir=build-fuzz
+  CXX=clang++-14 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIPCRPC_SANITIZE=fuzzer \
+    -DIPCRPC_BUILD_TESTS=OFF -DIPCRPC_BUILD_EXAMPLES=OFF -DIPCRPC_BUILD_BENCH=OFF \
+    $(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
+  local targets=(frame_fuzzer mq_reassembly_fuzzer shm_ring_fuzzer)
+  cmake --build "$dir" -j "$JOBS" --target "${targets[@]}"
+  for target in "${targets[@]}"; do
+    local work
+    work=$(mktemp -d)
+    cp -r "fuzz/corpus/$target/." "$work/"
+    echo "== $target for ${seconds}s"
+    (cd "$dir" && "./fuzz/$target" "$work" -max_total_time="$seconds" -print_final_stats=1 \
+      -artifact_prefix="$target-" 2>&1 | grep -E "^#[0-9]+ +DONE|ERROR|SUMMARY|stat::number_of_executed_units") ||
+      { rm -rf "$work"; return 1; }
+    rm -rf "$work"
+    if compgen -G "$dir/$target-crash-*" >/dev/null || compgen -G "$dir/$target-leak-*" >/dev/null ||
+       compgen -G "$dir/$target-timeout-*" >/dev/null; then
+      echo "dev.sh: $target found a failing input (in $dir/)" >&2
+      return 1
+    fi
+  done
 }
 
 case "${1:-}" in
@@ -95,5 +127,6 @@ case "${1:-}" in
       -DIPCRPC_WERROR="${IPCRPC_WERROR:-OFF}" -DIPCRPC_SANITIZE="${IPCRPC_SANITIZE:-}" \
       $(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
     cmake --build "$BUILD_DIR" -j "$JOBS" --target "$2" ;;
-  *) echo "usage: $0 example|test|build-target TARGET" >&2; exit 2 ;;
+  fuzz) run_fuzz "${2:-30}" ;;  # fuzz [SECONDS]: each libFuzzer target for SECONDS
+  *) echo "usage: $0 example|test|build-target TARGET|fuzz [SECONDS]" >&2; exit 2 ;;
 esac

@@ -116,6 +116,13 @@ TEST(FrameTest, EncoderRefusesOversizedPayloadAndBadPriority) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("priority")));
 }
 
+TEST(FrameTest, NonZeroReservedByteIsDataLoss) {
+  std::string frame;
+  ASSERT_THAT(EncodeFramePrefix(FrameHeader{}, "a.B/C", {}, 0, 100, &frame), IsOk());
+  frame[25] = '0';  // the input fuzz/frame_fuzzer found
+  EXPECT_EQ(DecodeFrame(frame, 100).status().code(), absl::StatusCode::kDataLoss);
+}
+
 TEST(FrameTest, WrongMagicIsDataLoss) {
   std::string bytes = ValidRequest();
   bytes[0] = 'X';
