@@ -17,22 +17,9 @@ PACKAGES=(bazel-bootstrap bazel-rules-java g++ pkg-config
           libprotobuf-dev libprotoc-dev protobuf-compiler
           libabsl-dev libasio-dev libgtest-dev libgmock-dev)
 
-install_missing() {
-  local missing=()
-  for package in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
-      missing+=("$package")
-  done
-  if ((${#missing[@]})); then
-    echo "run.sh: installing ${missing[*]}"
-    local sudo=""
-    [[ $(id -u) -ne 0 ]] && sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  fi
-}
+source ../scripts/install_missing.sh
 
-install_missing
+install_missing "${PACKAGES[@]}"
 
 JOBS=${JOBS:-2}
 start=$SECONDS

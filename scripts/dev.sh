@@ -15,20 +15,7 @@ PACKAGES=(cmake g++ make pkg-config ccache
           libprotobuf-dev libprotoc-dev protobuf-compiler
           libabsl-dev libasio-dev libgtest-dev libgmock-dev libbenchmark-dev)
 
-install_missing() {
-  local missing=()
-  for package in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
-      missing+=("$package")
-  done
-  if ((${#missing[@]})); then
-    echo "dev.sh: installing ${missing[*]}"
-    local sudo=""
-    [[ $(id -u) -ne 0 ]] && sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  fi
-}
+source scripts/install_missing.sh
 
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-2}
@@ -94,7 +81,7 @@ run_tests() {
 run_fuzz() {
   local seconds=${1:-30}
   PACKAGES+=(clang-14 libclang-rt-14-dev)
-  install_missing
+  install_missing "${PACKAGES[@]}"
   local dir=build-fuzz
   CXX=clang++-14 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIPCRPC_SANITIZE=fuzzer \
     -DIPCRPC_BUILD_TESTS=OFF -DIPCRPC_BUILD_EXAMPLES=OFF -DIPCRPC_BUILD_BENCH=OFF \
@@ -119,10 +106,10 @@ run_fuzz() {
 }
 
 case "${1:-}" in
-  example) install_missing; configure_and_build; run_example ;;
-  test) install_missing; configure_and_build; run_tests ;;
+  example) install_missing "${PACKAGES[@]}"; configure_and_build; run_example ;;
+  test) install_missing "${PACKAGES[@]}"; configure_and_build; run_tests ;;
   build-target)  # build-target TARGET: configure, build one target only
-    install_missing
+    install_missing "${PACKAGES[@]}"
     cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" \
       -DIPCRPC_WERROR="${IPCRPC_WERROR:-OFF}" -DIPCRPC_SANITIZE="${IPCRPC_SANITIZE:-}" \
       $(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)

@@ -24,6 +24,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "base/syscall.h"
 #include "gmock/gmock.h"
@@ -412,7 +413,13 @@ TEST_F(CliTest, GcRemovesWhatAKilledServerLeftAndNeverALiveOne) {
 
   CliResult gc = RunCli({"gc"});
   EXPECT_EQ(gc.exit_code, 0) << gc.err;
-  EXPECT_EQ(LineCount(gc.out), 4) << gc.out;  // socket, FIFO, queue, record
+  // Socket, FIFO, queue, record; dead clients' leftovers anywhere on the
+  // machine (reply queues are global) may come on top.
+  int ours = 0;
+  for (absl::string_view line : absl::StrSplit(gc.out, '\n', absl::SkipEmpty())) {
+    ours += !absl::StrContains(line, "reply queue") && !absl::StrContains(line, "FIFO directory");
+  }
+  EXPECT_EQ(ours, 4) << gc.out;
   EXPECT_FALSE(std::filesystem::exists(Path("dead.sock")));
   EXPECT_FALSE(std::filesystem::exists(Path("dead.fifo")));
   mqd_t queue = mq_open(("/" + dead_mq).c_str(), O_RDONLY);
@@ -430,7 +437,7 @@ TEST_F(CliTest, GcRemovesWhatAKilledServerLeftAndNeverALiveOne) {
   }
   CliResult again = RunCli({"gc"});
   EXPECT_EQ(again.exit_code, 0);
-  EXPECT_EQ(again.out, "nothing to remove\n");
+  EXPECT_THAT(again.out, Not(HasSubstr("removed"))) << again.out;
 }
 
 TEST_F(CliTest, GcRemovesDeadClientsPrivateObjects) {

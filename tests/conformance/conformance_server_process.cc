@@ -159,49 +159,30 @@ bool ShmWrite(ConformanceServerProcess::RawPeer& peer, std::string_view bytes) {
 }  // namespace
 
 bool ConformanceServerProcess::RawPeer::SendMessage(std::string_view frame) {
-  if (shm_region != nullptr) {
-    uint32_t size = static_cast<uint32_t>(frame.size());
-    std::string message(reinterpret_cast<const char*>(&size), 4);
-    message.append(frame);
-    return ShmWrite(*this, message);
-  }
-  if (mq_server.valid()) {
-    std::string message(internal::kMqHeaderSize, '\0');
-    internal::MqHeader header;
-    header.kind = internal::MqKind::kData;
-    header.connection = mq_connection;
-    header.total_length = static_cast<uint32_t>(frame.size());
-    internal::EncodeMqHeader(header, message.data());
-    message.append(frame);
-    return mq_send(mq_server.get(), message.data(), message.size(), 0) == 0;
-  }
-  uint32_t size = static_cast<uint32_t>(frame.size());
-  std::string message = std::string(reinterpret_cast<const char*>(&size), 4);
-  message.append(frame);
-  return write(to_server.get(), message.data(), message.size()) ==
-         static_cast<ssize_t>(message.size());
+  return SendAnnounced(static_cast<uint32_t>(frame.size()), frame);
 }
 
 bool ConformanceServerProcess::RawPeer::SendPartial(uint32_t announced, size_t sent) {
-  const std::string body(sent, 'p');
-  if (shm_region != nullptr) {
-    std::string message(reinterpret_cast<const char*>(&announced), 4);
-    message.append(body);
-    return ShmWrite(*this, message);
-  }
+  return SendAnnounced(announced, std::string(sent, 'p'));
+}
+
+// A message announced as `announced` bytes long, of which `body` is sent (the
+// whole message when they agree): a length prefix, or an mq: DATA fragment.
+bool ConformanceServerProcess::RawPeer::SendAnnounced(uint32_t announced, std::string_view body) {
   if (mq_server.valid()) {
     std::string message(internal::kMqHeaderSize, '\0');
     internal::MqHeader header;
     header.kind = internal::MqKind::kData;
     header.connection = mq_connection;
     header.total_length = announced;
-    header.last = false;
+    header.last = body.size() == announced;
     internal::EncodeMqHeader(header, message.data());
     message.append(body);
     return mq_send(mq_server.get(), message.data(), message.size(), 0) == 0;
   }
   std::string message(reinterpret_cast<const char*>(&announced), 4);
   message.append(body);
+  if (shm_region != nullptr) return ShmWrite(*this, message);
   return write(to_server.get(), message.data(), message.size()) ==
          static_cast<ssize_t>(message.size());
 }

@@ -67,6 +67,7 @@ class ConformanceServerProcess {
     // Announces a message of `announced` bytes (within the limit) and sends
     // only its first `sent` bytes (at most one mq: fragment).
     bool SendPartial(uint32_t announced, size_t sent);
+    bool SendAnnounced(uint32_t announced, std::string_view body);
     // True once the server has closed this connection.
     bool WaitClosed(absl::Duration timeout);
     // Ends our side (closes what we write).
