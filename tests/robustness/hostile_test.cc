@@ -128,10 +128,11 @@ TEST_P(HostileTest, EndlessPartialMessagesCostOnlyWhatWasSent) {
   ASSERT_THAT(stats, IsOk());
   EXPECT_GE(stats->connections_size(), kPeers + 1) << "the partial senders were dropped early";
   const long growth = ResidentKib((*server)->pid()) - before;
-  // What was sent, twice over, plus 64 KiB of bookkeeping per connection: far
-  // below the 1.9 GiB announced.
-  EXPECT_LT(growth, kPeers * (2 * static_cast<long>(sent) / 1024 + 64) + 8 * 1024)
-      << "resident memory grew by " << growth << " KiB";
+  // What was sent is 2 MiB; with buffers, bookkeeping and the sanitizers'
+  // shadow memory the growth is a few tens of MiB. A server that made room for
+  // what was announced would grow by 1.9 GiB: the bound, 4 MiB a peer, sits
+  // far between the two.
+  EXPECT_LT(growth, kPeers * 4 * 1024) << "resident memory grew by " << growth << " KiB";
 }
 
 TEST_P(HostileTest, CancelsForCallsThatDoNotExistAreIgnored) {
