@@ -15,9 +15,11 @@
 
 #include <cstring>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "rpc/server_registry.h"
 #include "tests/util/process.h"
 #include "transports/fifo/fifo_transport.h"
 #include "transports/mq/mq_transport.h"
@@ -76,6 +78,11 @@ absl::StatusOr<std::unique_ptr<ConformanceServerProcess>> ConformanceServerProce
 
 ConformanceServerProcess::~ConformanceServerProcess() {
   channel_.reset();
+  // A SIGKILLed server could not remove its registry record; retire it as
+  // the next server on the endpoint would (`ipcrpc gc` otherwise).
+  absl::Cleanup retire_record = [this] {
+    if (killed_) internal::RemoveStaleRecordsSharing({endpoint_});
+  };
   if (!we_spawned_) return;
   if (!killed_) {
     kill(pid_, SIGTERM);
