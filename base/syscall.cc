@@ -7,6 +7,7 @@
 
 #include <cstring>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "base/strings.h"
 
@@ -22,6 +23,18 @@ void UniqueFd::Reset(int fd) {
     ::close(fd_);
   }
   fd_ = fd;
+}
+
+bool ProcessExists(pid_t pid) { return pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM); }
+
+std::optional<pid_t> LeadingPid(std::string_view name) {
+  const size_t dash = name.find('-');
+  int pid = 0;
+  if (dash == std::string_view::npos || !absl::SimpleAtoi(Av(name.substr(0, dash)), &pid) ||
+      pid <= 0) {
+    return std::nullopt;
+  }
+  return pid;
 }
 
 absl::Status SetNonBlocking(int fd, bool non_blocking, std::string_view object) {

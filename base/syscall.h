@@ -4,7 +4,10 @@
 #ifndef IPCRPC_BASE_SYSCALL_H_
 #define IPCRPC_BASE_SYSCALL_H_
 
+#include <sys/types.h>
+
 #include <cerrno>
+#include <optional>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -53,6 +56,13 @@ class UniqueFd {
 
 // Sets or clears O_NONBLOCK.
 absl::Status SetNonBlocking(int fd, bool non_blocking, std::string_view object);
+
+// Whether process `pid` exists (also one we may not signal).
+bool ProcessExists(pid_t pid);
+
+// The pid a name starts with, "<pid>-<rest>" (names of objects that carry
+// their owner's pid); nullopt if it does not start with one.
+std::optional<pid_t> LeadingPid(std::string_view name);
 
 // Runs `f` with SIGPIPE blocked in the calling thread, and discards a SIGPIPE
 // that `f` raised, so that writing to a pipe whose reader died returns EPIPE

@@ -74,6 +74,8 @@ class ServerCore final : public IntrospectionSource {
   enum class State { kNew, kRunning, kDone };
 
   absl::Status RegisterServiceLocked(Service* service) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The record with the endpoints and services as they are now.
+  ServerRecord RecordLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Writes the registry record (endpoints and services as they are now).
   void UpdateRegistryLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -186,9 +188,7 @@ absl::Status ServerCore::RegisterServiceLocked(Service* service) {
 
 void ServerCore::UpdateRegistryLocked() {
   if (!options_.registry) return;
-  ServerRecord record = record_;
-  for (const std::string& endpoint : endpoints_) record.add_endpoints(endpoint);
-  for (const ServiceInfo& service : GroupMethods(method_names_)) record.add_services(service.name());
+  const ServerRecord record = RecordLocked();
   if (!registry_.has_value()) registry_.emplace();
   RemoveStaleRecordsSharing(endpoints_);
   absl::Status written = registry_->Write(record);
@@ -609,8 +609,12 @@ Server::Stats internal::ServerCore::stats() const {
 }
 
 ServerRecord internal::ServerCore::Record() const {
-  ServerRecord record = record_;
   MutexLock lock(&mu_);
+  return RecordLocked();
+}
+
+ServerRecord internal::ServerCore::RecordLocked() const {
+  ServerRecord record = record_;
   for (const std::string& endpoint : endpoints_) record.add_endpoints(endpoint);
   for (const ServiceInfo& service : GroupMethods(method_names_)) record.add_services(service.name());
   return record;

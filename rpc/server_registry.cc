@@ -47,12 +47,7 @@ std::optional<std::string> ReadSmallFile(const std::string& path, size_t limit) 
 // "1234-0.json" or ".1234-0.json.tmp": the pid of the writer.
 std::optional<pid_t> PidOfName(std::string_view name) {
   if (!name.empty() && name[0] == '.') name.remove_prefix(1);
-  const size_t dash = name.find('-');
-  int pid = 0;
-  if (dash == std::string_view::npos || !absl::SimpleAtoi(Av(name.substr(0, dash)), &pid) || pid <= 0) {
-    return std::nullopt;
-  }
-  return pid;
+  return LeadingPid(name);
 }
 
 }  // namespace
@@ -82,7 +77,7 @@ bool ProcessIsAlive(pid_t pid, uint64_t start_time) {
   if (!start.ok()) {
     // Gone, or unreadable: a process we cannot see is treated as alive unless
     // kill(2) says it does not exist.
-    return !absl::IsNotFound(start.status()) || (::kill(pid, 0) == 0 || errno == EPERM);
+    return !absl::IsNotFound(start.status()) || ProcessExists(pid);
   }
   return *start == start_time;
 }
@@ -175,7 +170,7 @@ absl::StatusOr<std::vector<RegistryListing>> ReadRegistry(const std::string& dir
     listing.record.set_pid(*writer);
     if (temp) {
       // An unfinished write: stale once its writer is gone.
-      if (::kill(*writer, 0) == 0 || errno == EPERM) continue;
+      if (ProcessExists(*writer)) continue;
       listing.problem = "unfinished write of a dead process";
       listings.push_back(std::move(listing));
       continue;
@@ -195,7 +190,7 @@ absl::StatusOr<std::vector<RegistryListing>> ReadRegistry(const std::string& dir
       listing.live = ProcessIsAlive(listing.record.pid(), listing.record.start_time());
     } else {
       // Unparsable: stale once the process named by the file name is gone.
-      listing.live = ::kill(*writer, 0) == 0 || errno == EPERM;
+      listing.live = ProcessExists(*writer);
     }
     listings.push_back(std::move(listing));
   }

@@ -25,19 +25,6 @@
 namespace ipcrpc::internal {
 namespace {
 
-bool ProcessExists(pid_t pid) { return pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM); }
-
-// "<pid>-<rest>": the pid, if the name starts with one.
-std::optional<pid_t> LeadingPid(std::string_view name) {
-  const size_t dash = name.find('-');
-  int pid = 0;
-  if (dash == std::string_view::npos || !absl::SimpleAtoi(Av(name.substr(0, dash)), &pid) ||
-      pid <= 0) {
-    return std::nullopt;
-  }
-  return pid;
-}
-
 // A socket file or FIFO at `path`: stale if it is of `type` and `is_live`
 // says nobody serves it.
 absl::StatusOr<std::optional<StaleObject>> FindStaleFile(

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,9 @@ struct TransportTraits {
   std::string name;
   bool many_clients;  // false for pipe: (one parent, one child)
 };
+
+// For GoogleTest's names of parameterised tests.
+inline void PrintTo(const TransportTraits& transport, std::ostream* os) { *os << transport.name; }
 
 class ConformanceServerProcess {
  public:

@@ -34,8 +34,6 @@ using ::testing::HasSubstr;
 
 }  // namespace
 
-void PrintTo(const TransportTraits& transport, std::ostream* os) { *os << transport.name; }
-
 namespace {
 
 const TransportTraits kTransports[] = {

@@ -27,8 +27,6 @@
 
 namespace ipcrpc::testing {
 
-void PrintTo(const TransportTraits& transport, std::ostream* os) { *os << transport.name; }
-
 namespace {
 
 // Resident memory of `pid` in KiB (VmRSS), or -1.

@@ -27,8 +27,6 @@
 
 namespace ipcrpc::testing {
 
-void PrintTo(const TransportTraits& transport, std::ostream* os) { *os << transport.name; }
-
 namespace {
 
 int FromEnv(const char* name, int fallback) {
