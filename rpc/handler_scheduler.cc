@@ -15,7 +15,13 @@ HandlerScheduler::~HandlerScheduler() { Join(); }
 void HandlerScheduler::Post(int priority, int64_t deadline_ns,
                             absl::AnyInvocable<void() &&> task) {
   MutexLock lock(&mu_);
+  if (priority < kControlPriority) ++queued_calls_;
   queue_.push(Task{priority, deadline_ns, next_sequence_++, std::move(task)});
+}
+
+int64_t HandlerScheduler::queued_calls() const {
+  MutexLock lock(&mu_);
+  return queued_calls_;
 }
 
 void HandlerScheduler::Join() {
@@ -39,6 +45,7 @@ void HandlerScheduler::Work() {
           },
           this));
       if (queue_.empty()) return;  // stopping, and nothing left
+      if (queue_.top().priority < kControlPriority) --queued_calls_;
       run = std::move(queue_.top().run);
       queue_.pop();
     }

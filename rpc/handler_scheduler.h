@@ -27,6 +27,11 @@ class HandlerScheduler {
   // Queues `task`; `deadline_ns` is monotonic (INT64_MAX for none).
   void Post(int priority, int64_t deadline_ns, absl::AnyInvocable<void() &&> task);
 
+  // Calls (tasks below kControlPriority) queued and not yet taken by a
+  // thread. Counted under the queue's lock, so a call counted here is one a
+  // thread will pick in priority order.
+  int64_t queued_calls() const;
+
   // Stops accepting nothing: runs every queued task, then joins. Idempotent.
   void Join();
 
@@ -48,9 +53,10 @@ class HandlerScheduler {
 
   void Work();
 
-  Mutex mu_;
+  mutable Mutex mu_;
   std::priority_queue<Task, std::vector<Task>, Later> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t queued_calls_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };

@@ -116,7 +116,6 @@ class ServerCore final : public IntrospectionSource {
 
   std::atomic<bool> draining_{false};
   std::atomic<int> calls_in_flight_{0};
-  std::atomic<int64_t> calls_queued_{0};
   std::atomic<int64_t> calls_handled_{0};
   std::atomic<int64_t> calls_rejected_{0};
   std::atomic<int64_t> calls_received_{0};
@@ -364,10 +363,8 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     });
   }
   const Service::MethodHandler* handler = method->second;
-  calls_queued_.fetch_add(1);
   pool_->Post(call->priority, call->deadline_ns,
               [this, connection, call, handler, request = std::string(frame.payload)] {
-    calls_queued_.fetch_sub(1);
     RunHandler(connection, call, handler, request);
   });
 }
@@ -602,7 +599,7 @@ void ServerCore::Shutdown(absl::Duration grace) {
 Server::Stats internal::ServerCore::stats() const {
   Server::Stats stats;
   stats.calls_in_flight = calls_in_flight_.load();
-  stats.calls_queued = calls_queued_.load();
+  stats.calls_queued = pool_->queued_calls();
   stats.calls_handled = calls_handled_.load();
   stats.calls_rejected = calls_rejected_.load();
   return stats;
@@ -625,7 +622,7 @@ std::vector<std::string> internal::ServerCore::MethodNames() const { return meth
 void internal::ServerCore::FillStats(ServerStats* out) const {
   out->set_calls_received(calls_received_.load(std::memory_order_relaxed));
   out->set_calls_in_flight(calls_in_flight_.load());
-  out->set_calls_queued(calls_queued_.load());
+  out->set_calls_queued(pool_->queued_calls());
   out->set_calls_handled(calls_handled_.load());
   out->set_calls_rejected(calls_rejected_.load());
   for (size_t code = 0; code < std::size(responses_by_code_); ++code) {
