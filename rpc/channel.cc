@@ -17,6 +17,8 @@ namespace ipcrpc {
 namespace internal {
 namespace {
 
+thread_local uint64_t calls_started_on_this_thread = 0;
+
 TransportOptions ToTransportOptions(const ChannelOptions& options) {
   TransportOptions transport;
   // The transport carries whole frames: payload plus header, name, metadata.
@@ -39,6 +41,8 @@ absl::Status DeadlineExceeded(std::string_view method) {
 }
 
 }  // namespace
+
+uint64_t CallsStartedOnThisThread() { return calls_started_on_this_thread; }
 
 // ------------------------------------------------------------ ClientConnection
 
@@ -173,6 +177,7 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
                                     std::string_view method, std::string_view request,
                                     const CallOptions& options, int64_t deadline_ns) {
   calls_started_.fetch_add(1, std::memory_order_relaxed);
+  ++calls_started_on_this_thread;
   FrameHeader header;
   header.type = FrameType::kRequest;
   header.deadline_ns = deadline_ns;
@@ -212,9 +217,13 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
 void ChannelCore::Complete(const std::shared_ptr<PendingCall>& call,
                            absl::StatusOr<std::string> result) {
   if (!call->is_async) {
-    std::lock_guard<std::mutex> lock(call->mu);
-    call->result.emplace(std::move(result));
-    call->done = true;
+    {
+      std::lock_guard<std::mutex> lock(call->mu);
+      call->result.emplace(std::move(result));
+      call->done = true;
+    }
+    // After unlocking, so the waiter does not wake into a held mutex; `call`
+    // is shared, so the condition variable outlives the waiter's return.
     call->cv.notify_all();
     return;
   }

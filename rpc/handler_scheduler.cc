@@ -1,5 +1,4 @@
 #include "rpc/handler_scheduler.h"
-#include "base/mutex.h"
 
 #include <utility>
 
@@ -14,21 +13,22 @@ HandlerScheduler::~HandlerScheduler() { Join(); }
 
 void HandlerScheduler::Post(int priority, int64_t deadline_ns,
                             absl::AnyInvocable<void() &&> task) {
-  MutexLock lock(&mu_);
-  if (priority < kControlPriority) ++queued_calls_;
-  queue_.push(Task{priority, deadline_ns, next_sequence_++, std::move(task)});
-}
-
-int64_t HandlerScheduler::queued_calls() const {
-  MutexLock lock(&mu_);
-  return queued_calls_;
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (priority < kControlPriority) queued_calls_.fetch_add(1, std::memory_order_release);
+    queue_.push(Task{priority, deadline_ns, next_sequence_++, std::move(task)});
+    wake = idle_ > 0;
+  }
+  if (wake) work_.notify_one();
 }
 
 void HandlerScheduler::Join() {
   {
-    MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
+  work_.notify_all();
   for (std::thread& thread : threads_) {
     if (thread.joinable()) thread.join();
   }
@@ -38,14 +38,16 @@ void HandlerScheduler::Work() {
   for (;;) {
     absl::AnyInvocable<void() &&> run;
     {
-      MutexLock lock(&mu_);
-      mu_.Await(Condition(
-          +[](HandlerScheduler* self) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            return !self->queue_.empty() || self->stopping_;
-          },
-          this));
+      std::unique_lock<std::mutex> lock(mu_);
+      while (queue_.empty() && !stopping_) {
+        ++idle_;
+        work_.wait(lock);
+        --idle_;
+      }
       if (queue_.empty()) return;  // stopping, and nothing left
-      if (queue_.top().priority < kControlPriority) --queued_calls_;
+      if (queue_.top().priority < kControlPriority) {
+        queued_calls_.fetch_sub(1, std::memory_order_release);
+      }
       run = std::move(queue_.top().run);
       queue_.pop();
     }

@@ -5,13 +5,16 @@
 #ifndef IPCRPC_RPC_HANDLER_SCHEDULER_H_
 #define IPCRPC_RPC_HANDLER_SCHEDULER_H_
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <queue>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
-#include "base/mutex.h"
 
 namespace ipcrpc::internal {
 
@@ -30,7 +33,7 @@ class HandlerScheduler {
   // Calls (tasks below kControlPriority) queued and not yet taken by a
   // thread. Counted under the queue's lock, so a call counted here is one a
   // thread will pick in priority order.
-  int64_t queued_calls() const;
+  int64_t queued_calls() const { return queued_calls_.load(std::memory_order_acquire); }
 
   // Stops accepting nothing: runs every queued task, then joins. Idempotent.
   void Join();
@@ -53,10 +56,17 @@ class HandlerScheduler {
 
   void Work();
 
-  mutable Mutex mu_;
+  // A plain mutex and condition variable, not Mutex/Await: Post wakes one
+  // idle thread, and nothing else wakes anybody (an Await would wake every
+  // idle thread on every unlock).
+  std::mutex mu_;
+  std::condition_variable work_;
   std::priority_queue<Task, std::vector<Task>, Later> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t queued_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int idle_ ABSL_GUARDED_BY(mu_) = 0;
+  // Changed only under mu_, together with queue_: a call counted here is in
+  // the queue.
+  std::atomic<int64_t> queued_calls_{0};
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
 };

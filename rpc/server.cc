@@ -49,10 +49,43 @@ struct ServerConnection {
   absl::flat_hash_map<uint64_t, std::shared_ptr<ServerCallState>> calls ABSL_GUARDED_BY(mu);
 };
 
-// The inside of a Server. Frames are read and dispatched on one loop thread;
-// handlers and every send run on the handler threads (HandlerScheduler:
-// highest priority, then earliest deadline first), so the loop never blocks
-// on a peer and always drains what clients send.
+// A registered method, and what the server has learned of its handler: a
+// handler that returned within ServerOptions::inline_handler_limit the last
+// kShortRunsToInline times it ran, and never made an outgoing call, runs on
+// the loop thread that read its request. One slow run sends it back to the
+// handler threads until it has been short that many times again; one
+// outgoing call (which could need this very loop to be answered) sends it
+// there for good.
+struct MethodEntry {
+  static constexpr int kShortRunsToInline = 8;
+  static constexpr int kNeverInline = -1;
+
+  explicit MethodEntry(const Service::MethodHandler* method_handler) : handler(method_handler) {}
+
+  bool RunsInline(int64_t limit_ns) const {
+    return limit_ns > 0 && short_runs.load(std::memory_order_relaxed) >= kShortRunsToInline;
+  }
+  void Learn(int64_t ran_ns, int64_t limit_ns, bool made_calls) {
+    int runs = short_runs.load(std::memory_order_relaxed);
+    if (runs == kNeverInline) return;
+    if (made_calls) {
+      short_runs.store(kNeverInline, std::memory_order_relaxed);
+    } else if (ran_ns > limit_ns) {
+      short_runs.store(0, std::memory_order_relaxed);
+    } else if (runs < kShortRunsToInline) {
+      // Racing handler threads may lose a count: learning only takes longer.
+      short_runs.store(runs + 1, std::memory_order_relaxed);
+    }
+  }
+
+  const Service::MethodHandler* const handler;
+  std::atomic<int> short_runs{0};
+};
+
+// The inside of a Server. Frames are read and dispatched on one loop thread.
+// Handlers run on the handler threads (HandlerScheduler: highest priority,
+// then earliest deadline first), except short ones (MethodEntry), which run
+// on the loop when nothing is queued for the handler threads.
 class ServerCore final : public IntrospectionSource {
  public:
   explicit ServerCore(const ServerOptions& options);
@@ -85,8 +118,8 @@ class ServerCore final : public IntrospectionSource {
   void OnRequest(const std::shared_ptr<ServerConnection>& connection, const FrameView& frame);
   void OnClosed(const std::shared_ptr<ServerConnection>& connection, absl::Status reason);
   void RunHandler(const std::shared_ptr<ServerConnection>& connection,
-                  const std::shared_ptr<ServerCallState>& call,
-                  const Service::MethodHandler* handler, const std::string& request);
+                  const std::shared_ptr<ServerCallState>& call, MethodEntry* method,
+                  std::string_view request);
   void FinishCall(const std::shared_ptr<ServerConnection>& connection,
                   const std::shared_ptr<ServerCallState>& call, const absl::Status& status,
                   const std::string& response);
@@ -100,6 +133,7 @@ class ServerCore final : public IntrospectionSource {
                    uint64_t request_id, std::string_view text);
 
   const ServerOptions options_;
+  const int64_t inline_limit_ns_ = absl::ToInt64Nanoseconds(options_.inline_handler_limit);
   TransportOptions transport_options_;
 
   asio::io_context io_;
@@ -108,7 +142,7 @@ class ServerCore final : public IntrospectionSource {
   std::optional<HandlerScheduler> pool_;
 
   // Filled before Start, read-only after (the loop starts in Start).
-  absl::flat_hash_map<std::string, const Service::MethodHandler*> methods_;
+  absl::flat_hash_map<std::string, std::unique_ptr<MethodEntry>> methods_;
   std::vector<std::string> method_names_;  // in registration order
   std::vector<std::unique_ptr<Service>> builtin_services_;
   const ServerRecord record_ = RecordForThisProcess();
@@ -179,7 +213,7 @@ absl::Status ServerCore::RegisterServiceLocked(Service* service) {
     }
   }
   for (const Service::Method& method : service->methods()) {
-    methods_.emplace(method.name, &method.handler);
+    methods_.emplace(method.name, std::make_unique<MethodEntry>(&method.handler));
     method_names_.push_back(method.name);
   }
   return absl::OkStatus();
@@ -354,6 +388,16 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     }
   }
   calls_in_flight_.fetch_add(1);
+  MethodEntry* entry = method->second.get();
+  if (entry->RunsInline(inline_limit_ns_) && pool_->queued_calls() == 0) {
+    // A short handler runs here, on the thread that read the request: no
+    // hand-off to a handler thread (a wake-up) for it, and nothing queued
+    // that it would overtake. No deadline timer either: the loop could not
+    // fire it before the handler returns; IsCancelled() and FinishCall
+    // check the deadline themselves.
+    RunHandler(connection, call, entry, frame.payload);
+    return;
+  }
   if (call->deadline_ns != kNoDeadline) {
     call->deadline_timer.emplace(io_, SteadyTimeOf(call->deadline_ns));
     std::weak_ptr<ServerCallState> weak = call;
@@ -362,16 +406,15 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
       if (auto expired = weak.lock()) expired->Cancel();
     });
   }
-  const Service::MethodHandler* handler = method->second;
   pool_->Post(call->priority, call->deadline_ns,
-              [this, connection, call, handler, request = std::string(frame.payload)] {
-    RunHandler(connection, call, handler, request);
+              [this, connection, call, entry, request = std::string(frame.payload)] {
+    RunHandler(connection, call, entry, request);
   });
 }
 
 void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
                             const std::shared_ptr<ServerCallState>& call,
-                            const Service::MethodHandler* handler, const std::string& request) {
+                            MethodEntry* method, std::string_view request) {
   absl::Status status;
   std::string response;
   const bool expired = MonotonicNowNs() >= call->deadline_ns;
@@ -386,13 +429,17 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
   } else {
     calls_handled_.fetch_add(1);
     ServerContext context(call);
+    const uint64_t calls_before = CallsStartedOnThisThread();
+    const int64_t started_ns = MonotonicNowNs();
     try {
-      status = (*handler)(context, request, response);
+      status = (*method->handler)(context, request, response);
     } catch (const std::exception& e) {
       status = absl::InternalError(absl::StrCat(call->method, " threw: ", e.what()));
     } catch (...) {
       status = absl::InternalError(absl::StrCat(call->method, " threw an exception"));
     }
+    method->Learn(MonotonicNowNs() - started_ns, inline_limit_ns_,
+                  CallsStartedOnThisThread() != calls_before);
   }
   call->Finish();
   FinishCall(connection, call, status, response);
@@ -405,7 +452,7 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
     MutexLock lock(&connection->mu);
     connection->calls.erase(call->request_id);
   }
-  if (call->deadline_ns != kNoDeadline) {
+  if (call->deadline_timer.has_value()) {
     // The timer belongs to the loop; cancel it there.
     asio::post(io_, [call] {
       if (call->deadline_timer.has_value()) call->deadline_timer->cancel();

@@ -21,6 +21,10 @@
 
 namespace ipcrpc::internal {
 
+// Calls this thread has started through any Channel (rpc/channel.cc): the
+// server tells a handler that makes outgoing calls by it.
+uint64_t CallsStartedOnThisThread();
+
 class ServerCallState {
  public:
   ServerCallState(uint64_t id, int64_t deadline, int call_priority, std::string method_name,

@@ -43,6 +43,13 @@ struct ChannelOptions {
 struct ServerOptions {
   // Threads that run handlers. 0: the number of CPUs, at least 2.
   int handler_threads = 0;
+  // A handler that has returned within this time the last 8 times it ran, and
+  // never made an outgoing call, runs on the thread that read its request
+  // (when no call is queued for the handler threads): no hand-off, one
+  // wake-up less per call. While it runs, that thread reads nothing else, so
+  // keep it well below the latency you promise. Zero: every handler runs on
+  // the handler threads.
+  absl::Duration inline_handler_limit = absl::Microseconds(20);
   // Largest request or response payload (see ChannelOptions).
   size_t max_message_size = 64u << 20;
   // Connections served at once; more are refused with a logged reason.

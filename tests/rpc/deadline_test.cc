@@ -296,6 +296,90 @@ TEST_P(DeadlineTest, ClientDeathReachesTheHandlerPromptly) {
   WaitForExit(*client, absl::Seconds(10));
 }
 
+// A short handler, once the server has seen it return quickly 8 times, runs
+// on the thread that read its request: it is served while the only handler
+// thread is busy.
+TEST_P(DeadlineTest, ALearnedShortHandlerRunsWhileEveryHandlerThreadIsBusy) {
+  ServerOptions options;
+  options.handler_threads = 1;
+  options.inline_handler_limit = absl::Seconds(1);  // generous under sanitizers
+  StartServer(options);
+  for (int i = 0; i < 8; ++i) ASSERT_THAT(channel_->CallMethod("test.Test/Echo", "x"), IsOk());
+  channel_->CallMethodAsync("gate.Gate/Block", "", {}, [](absl::StatusOr<std::string>) {});
+  gate_.started_.WaitForNotification();
+  CallOptions options_10s;
+  options_10s.timeout = absl::Seconds(10);
+  EXPECT_THAT(channel_->CallMethod("test.Test/Echo", "inline", options_10s), IsOkAndHolds("inline"));
+  EXPECT_EQ(server_->stats().calls_queued, 0);
+}
+
+// With inline_handler_limit zero, the same call waits for the handler thread.
+TEST_P(DeadlineTest, WithoutInlineHandlersACallWaitsForAHandlerThread) {
+  ServerOptions options;
+  options.handler_threads = 1;
+  options.inline_handler_limit = absl::ZeroDuration();
+  StartServer(options);
+  for (int i = 0; i < 8; ++i) ASSERT_THAT(channel_->CallMethod("test.Test/Echo", "x"), IsOk());
+  channel_->CallMethodAsync("gate.Gate/Block", "", {}, [](absl::StatusOr<std::string>) {});
+  gate_.started_.WaitForNotification();
+  ipcrpc::internal::Notification answered;
+  channel_->CallMethodAsync("test.Test/Echo", "queued", {},
+                            [&](absl::StatusOr<std::string>) { answered.Notify(); });
+  ASSERT_TRUE(WaitForQueued(*server_, 1));
+  EXPECT_FALSE(answered.HasBeenNotified());
+  gate_.Release();
+  answered.WaitForNotification();
+}
+
+// A handler that makes an outgoing call never runs on the reading thread,
+// however fast it is: the call could need that very thread (here it calls
+// back into the same server, which would deadlock).
+class CallBackService : public Service {
+ public:
+  CallBackService() {
+    AddMethod("callback.CallBack/Echo",
+              [this](ServerContext& context, std::string_view request, std::string& response) {
+                auto reply = channel->CallMethod("test.Test/Echo", request,
+                                                 CallOptions::From(context));
+                if (!reply.ok()) return reply.status();
+                response = *reply;
+                return absl::OkStatus();
+              });
+  }
+  std::shared_ptr<Channel> channel;
+};
+
+TEST_P(DeadlineTest, AHandlerThatCallsOutNeverRunsInline) {
+  CallBackService callback;
+  ServerOptions options;
+  options.handler_threads = 2;
+  options.inline_handler_limit = absl::Seconds(1);  // every run counts as short
+  const std::string transport = GetParam();
+  const std::string name = UniqueName("ipcrpc-callback");
+  endpoint_ = (transport == "mq" || transport == "shm") ? absl::StrCat(transport, ":", name)
+                                                        : absl::StrCat(transport, ":/tmp/", name);
+  server_ = std::make_unique<Server>(options);
+  ASSERT_THAT(server_->RegisterService(&callback), IsOk());
+  ASSERT_THAT(server_->RegisterService(&test_), IsOk());
+  ASSERT_THAT(server_->Listen(endpoint_), IsOk());
+  ASSERT_THAT(server_->Start(), IsOk());
+  auto inner = Channel::Connect(endpoint_);
+  ASSERT_THAT(inner, IsOk());
+  callback.channel = *inner;
+  auto outer = Channel::Connect(endpoint_);
+  ASSERT_THAT(outer, IsOk());
+  CallOptions options_10s;
+  options_10s.timeout = absl::Seconds(10);
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_THAT((*outer)->CallMethod("callback.CallBack/Echo", absl::StrCat("n", i), options_10s),
+                IsOkAndHolds(absl::StrCat("n", i)));
+  }
+  outer->reset();
+  server_->Shutdown(absl::Seconds(5));
+  server_.reset();
+  callback.channel.reset();
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, DeadlineTest,
                          ::testing::Values("unix", "fifo", "mq", "shm"),
                          [](const ::testing::TestParamInfo<std::string>& param) {

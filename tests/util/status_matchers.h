@@ -25,6 +25,16 @@ MATCHER(IsOk, "is OK") {
   return status.ok();
 }
 
+// An OK StatusOr whose value equals `expected`.
+MATCHER_P(IsOkAndHolds, expected, "is OK and holds " + ::testing::PrintToString(expected)) {
+  if (!arg.ok()) {
+    *result_listener << "status is " << arg.status().ToString();
+    return false;
+  }
+  *result_listener << "value is " << ::testing::PrintToString(*arg);
+  return *arg == expected;
+}
+
 MATCHER_P(StatusIs, code, "has code " + absl::StatusCodeToString(code)) {
   const absl::Status& status = GetStatus(arg);
   *result_listener << "status is " << status.ToString();
