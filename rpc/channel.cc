@@ -85,6 +85,11 @@ void ClientConnection::Drain() {
   draining_ = true;
 }
 
+bool ClientConnection::HasPending() {
+  MutexLock lock(&mu_);
+  return !pending_.empty();
+}
+
 bool ClientConnection::Usable() {
   MutexLock lock(&mu_);
   return lost_.ok() && !draining_;
@@ -150,6 +155,13 @@ absl::StatusOr<std::shared_ptr<ClientConnection>> ChannelCore::GetConnection() {
   IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<Connection> transport, connector_->Connect(io_));
   auto connection = std::make_shared<ClientConnection>(transport);
   connects_.fetch_add(1, std::memory_order_relaxed);
+  // The loop reads only while a call waits for a response; a sync caller
+  // reads its own (CallSync).
+  std::weak_ptr<ClientConnection> weak_connection = connection;
+  transport->SetLoopReadPolicy([weak_connection] {
+    auto alive = weak_connection.lock();
+    return alive != nullptr && alive->HasPending();
+  });
   // Handlers run on the loop, which runs only while this core is alive.
   transport->Start(
       io_,
@@ -193,6 +205,16 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
   IPCRPC_RETURN_IF_ERROR(EncodeFramePrefix(header, method, options.metadata, request.size(),
                                            options_.max_message_size, &prefix));
   IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<ClientConnection> connection, GetConnection());
+  // Nobody may have read this connection since its last call: deliver what
+  // came meanwhile (a GOAWAY, the server's EOF), so that a connection the
+  // server has left is replaced before the request goes out. One read(2),
+  // or nothing when the loop (or another caller) is reading anyway.
+  if (connection->transport->ReadUntil(0, [] { return false; }) ==
+          Connection::ReadResult::kClosed ||
+      !connection->Usable()) {
+    connection->MarkLost(absl::UnavailableError("connection closed"));
+    IPCRPC_ASSIGN_OR_RETURN(connection, GetConnection());
+  }
   call->id = connection->next_id.fetch_add(1, std::memory_order_relaxed);
   call->connection = connection;
   for (int i = 0; i < 8; ++i) prefix[8 + i] = static_cast<char>((call->id >> (8 * i)) & 0xff);
@@ -210,6 +232,9 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
     if (absl::IsUnavailable(sent)) return sent;
     return absl::UnavailableError(sent.message());
   }
+  // A sync caller reads its response itself; for an async call, somebody
+  // must be reading.
+  if (sent.ok() && call->is_async) connection->transport->EnsureReader();
   // Either sent, or the connection's loss completes the call.
   return absl::OkStatus();
 }
@@ -221,6 +246,7 @@ void ChannelCore::Complete(const std::shared_ptr<PendingCall>& call,
       std::lock_guard<std::mutex> lock(call->mu);
       call->result.emplace(std::move(result));
       call->done = true;
+      call->completed.store(true, std::memory_order_release);
     }
     // After unlocking, so the waiter does not wake into a held mutex; `call`
     // is shared, so the condition variable outlives the waiter's return.
@@ -273,6 +299,13 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
       auto self = core.lock();
       if (pending && self) self->Cancel(pending);
     });
+  }
+  // Read the response on this thread if nobody else reads the connection:
+  // no hand-off from a response thread. Whatever the outcome (done, the
+  // deadline, another reader, the connection's end) the wait below sees it.
+  if (auto connection = call->connection.lock()) {
+    connection->transport->ReadUntil(
+        deadline_ns, [&call] { return call->completed.load(std::memory_order_acquire); });
   }
   std::unique_lock<std::mutex> lock(call->mu);
   if (deadline_ns == kNoDeadline) {
@@ -346,6 +379,8 @@ void ChannelCore::Cancel(const std::shared_ptr<PendingCall>& call) {
   if (connection == nullptr || connection->Take(call->id) == nullptr) return;
   SendCancel(connection, call->id);
   Complete(call, absl::CancelledError("call cancelled by the client"));
+  // Its caller may be reading the connection, waiting for the response.
+  if (!call->is_async) connection->transport->WakeReader();
 }
 
 void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,

@@ -57,6 +57,8 @@ class PendingCall {
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;  // guarded by mu
+  // Set with `done`: what a caller reading its own response polls.
+  std::atomic<bool> completed{false};
   std::optional<absl::StatusOr<std::string>> result;  // guarded by mu
 };
 
@@ -79,6 +81,8 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   // The server said GOAWAY: no new calls here.
   void Drain();
   bool Usable();
+  // Whether any call waits for a response here (the loop keeps reading).
+  bool HasPending();
 
   std::atomic<uint64_t> next_id{1};
 

@@ -11,6 +11,7 @@
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "asio/post.hpp"
+#include "base/clock.h"
 #include "base/logging.h"
 #include "base/mutex.h"
 
@@ -41,13 +42,16 @@ absl::StatusOr<std::shared_ptr<StreamConnection>> StreamConnection::Create(
   }
   UniqueFd close_event(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!close_event.valid()) return ErrnoStatus(errno, "eventfd", description);
+  UniqueFd wake_event(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_event.valid()) return ErrnoStatus(errno, "eventfd", description);
   return std::make_shared<StreamConnection>(std::move(read_fd), std::move(write_fd),
-                                            std::move(close_event), is_socket, peer,
+                                            std::move(close_event), std::move(wake_event),
+                                            is_socket, peer,
                                             std::move(description), max_message_size);
 }
 
 StreamConnection::StreamConnection(UniqueFd read_fd, UniqueFd write_fd, UniqueFd close_event,
-                                   bool is_socket, PeerCredentials peer, std::string description,
+                                   UniqueFd wake_event, bool is_socket, PeerCredentials peer, std::string description,
                                    size_t max_message_size)
     : read_fd_(read_fd.get()),
       write_fd_(write_fd.valid() ? write_fd.get() : read_fd.get()),
@@ -57,7 +61,8 @@ StreamConnection::StreamConnection(UniqueFd read_fd, UniqueFd write_fd, UniqueFd
       max_message_size_(max_message_size),
       owned_read_fd_(std::move(read_fd)),
       owned_write_fd_(std::move(write_fd)),
-      close_event_(std::move(close_event)) {}
+      close_event_(std::move(close_event)),
+      wake_event_(std::move(wake_event)) {}
 
 StreamConnection::~StreamConnection() {
   // Not started, or finished: the descriptor wrapper is gone already, and
@@ -71,14 +76,17 @@ void StreamConnection::Start(asio::io_context& io, MessageHandler on_message,
   on_message_ = std::move(on_message);
   on_closed_ = std::move(on_closed);
   auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
-  asio::post(io, [self] {
-    if (self->closing_.load(std::memory_order_acquire)) {
-      self->Finish(absl::CancelledError(absl::StrCat(self->description_, ": closed")));
-      return;
-    }
-    self->readable_.emplace(*self->io_.load(std::memory_order_acquire), self->read_fd_);
-    self->OnReadable();  // data may already be there
-  });
+  asio::post(io, [self] { self->StartLoopReading(); });
+}
+
+void StreamConnection::StartLoopReading() {
+  if (finished_) return;
+  if (closing_.load(std::memory_order_acquire)) {
+    Finish(absl::CancelledError(absl::StrCat(description_, ": closed")));
+    return;
+  }
+  if (!readable_.has_value()) readable_.emplace(*io_.load(std::memory_order_acquire), read_fd_);
+  OnReadable();  // data may already be there
 }
 
 void StreamConnection::WaitReadable() {
@@ -95,11 +103,11 @@ void StreamConnection::WaitReadable() {
                         });
 }
 
-void StreamConnection::OnReadable() {
+StreamConnection::Got StreamConnection::ReadOnce(absl::Status* why) {
   for (;;) {
     if (closing_.load(std::memory_order_acquire)) {
-      Finish(absl::CancelledError(absl::StrCat(description_, ": closed")));
-      return;
+      *why = absl::CancelledError(absl::StrCat(description_, ": closed"));
+      return Got::kEnded;
     }
     if (buffer_.empty()) buffer_.resize(kInitialBuffer);
     if (end_ == buffer_.size()) {
@@ -114,39 +122,122 @@ void StreamConnection::OnReadable() {
     ssize_t n = ::read(read_fd_, buffer_.data() + end_, buffer_.size() - end_);
     if (n > 0) {
       end_ += static_cast<size_t>(n);
-      if (!DeliverMessages()) return;
-      continue;
+      *why = DeliverMessages();
+      return why->ok() ? Got::kMessages : Got::kEnded;
     }
     if (n == 0) {
-      Finish(absl::UnavailableError(absl::StrCat(description_, ": peer closed the connection")));
-      return;
+      *why = absl::UnavailableError(absl::StrCat(description_, ": peer closed the connection"));
+      return Got::kEnded;
     }
     if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-    Finish(ErrnoStatus(errno, "read", description_));
-    return;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Got::kNothing;
+    *why = ErrnoStatus(errno, "read", description_);
+    return Got::kEnded;
   }
-  WaitReadable();
 }
 
-bool StreamConnection::DeliverMessages() {
+void StreamConnection::OnReadable() {
+  for (;;) {
+    absl::Status why;
+    switch (ReadOnce(&why)) {
+      case Got::kMessages:
+        continue;
+      case Got::kEnded:
+        Finish(std::move(why));
+        return;
+      case Got::kNothing:
+        break;
+    }
+    break;
+  }
+  if (read_role_.LoopKeepsReading()) {
+    WaitReadable();
+  } else {
+    // Nothing is expected: stop watching (a direct reader or EnsureReader
+    // starts again), so that what arrives next wakes only whoever waits.
+    readable_->release();
+    readable_.reset();
+  }
+}
+
+Connection::ReadResult StreamConnection::ReadUntil(int64_t deadline_ns,
+                                                   absl::FunctionRef<bool()> done) {
+  if (!read_role_.TryTakeForCaller()) {
+    return finished_ || closing_.load(std::memory_order_acquire) ? ReadResult::kClosed
+                                                                 : ReadResult::kBusy;
+  }
+  ReadResult result = ReadResult::kTimeout;
+  absl::Status ended;
+  for (;;) {
+    if (done()) {
+      result = ReadResult::kDone;
+      break;
+    }
+    const Got got = ReadOnce(&ended);
+    if (got == Got::kEnded) {
+      result = ReadResult::kClosed;
+      break;
+    }
+    if (got == Got::kMessages) continue;
+    const int64_t now = MonotonicNowNs();
+    if (now >= deadline_ns) break;
+    struct pollfd fds[3] = {
+        {read_fd_, POLLIN, 0}, {close_event_.get(), POLLIN, 0}, {wake_event_.get(), POLLIN, 0}};
+    struct timespec timeout;
+    const int64_t wait_ns = deadline_ns - now;
+    timeout.tv_sec = wait_ns / 1'000'000'000;
+    timeout.tv_nsec = wait_ns % 1'000'000'000;
+    const bool forever = deadline_ns == kNoDeadline;
+    if (::ppoll(fds, 3, forever ? nullptr : &timeout, nullptr) < 0 && errno != EINTR) {
+      ended = ErrnoStatus(errno, "poll", description_);
+      result = ReadResult::kClosed;
+      break;
+    }
+    if (fds[2].revents != 0) {
+      uint64_t count;
+      ssize_t ignored = ::read(wake_event_.get(), &count, sizeof(count));
+      (void)ignored;
+    }
+  }
+  const bool loop_reads = read_role_.ReleaseFromCaller();
+  asio::io_context* io = io_.load(std::memory_order_acquire);
+  auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
+  if (result == ReadResult::kClosed) {
+    asio::post(*io, [self, ended] { self->Finish(ended); });
+  } else if (loop_reads) {
+    asio::post(*io, [self] { self->StartLoopReading(); });
+  }
+  return result;
+}
+
+void StreamConnection::WakeReader() {
+  uint64_t one = 1;
+  ssize_t ignored = ::write(wake_event_.get(), &one, sizeof(one));
+  (void)ignored;
+}
+
+void StreamConnection::EnsureReader() {
+  if (!read_role_.EnsureReader()) return;
+  auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
+  asio::post(*io_.load(std::memory_order_acquire), [self] { self->StartLoopReading(); });
+}
+
+absl::Status StreamConnection::DeliverMessages() {
   while (end_ - begin_ >= kPrefixSize) {
     const uint32_t length = LoadLe32(buffer_.data() + begin_);
     if (length > max_message_size_) {
       IPCRPC_LOG(WARNING) << description_ << ": closing: peer announced a message of " << length
                           << " bytes, over max_message_size " << max_message_size_;
-      Finish(absl::ResourceExhaustedError(
+      return absl::ResourceExhaustedError(
           absl::StrCat(description_, ": message of ", length, " bytes exceeds max_message_size ",
-                       max_message_size_)));
-      return false;
+                       max_message_size_));
     }
     const size_t whole = kPrefixSize + length;
-    if (end_ - begin_ < whole) return true;  // OnReadable grows the buffer as bytes come
+    if (end_ - begin_ < whole) return absl::OkStatus();  // more bytes to come
     on_message_(std::string_view(buffer_.data() + begin_ + kPrefixSize, length));
     begin_ += whole;
     if (closing_.load(std::memory_order_acquire) || finished_) {
-      if (!finished_) Finish(absl::CancelledError(absl::StrCat(description_, ": closed")));
-      return false;
+      return absl::CancelledError(absl::StrCat(description_, ": closed"));
     }
   }
   if (begin_ == end_) {
@@ -156,7 +247,7 @@ bool StreamConnection::DeliverMessages() {
       buffer_.shrink_to_fit();
     }
   }
-  return true;
+  return absl::OkStatus();
 }
 
 absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts, int /*priority*/) {
@@ -252,6 +343,9 @@ void StreamConnection::Finish(absl::Status reason) {
   if (finished_) return;
   finished_ = true;
   closing_.store(true, std::memory_order_release);
+  // A direct reader may be inside ReadOnce: its descriptor, buffer and
+  // handler stay until the connection is destroyed.
+  const bool caller_reads = read_role_.Finish();
   uint64_t one = 1;
   ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
   (void)ignored;
@@ -262,12 +356,14 @@ void StreamConnection::Finish(absl::Status reason) {
   {
     MutexLock lock(&write_mu_);
     write_fd_closed_ = true;
-    owned_read_fd_.Reset();
+    if (!caller_reads) owned_read_fd_.Reset();
     owned_write_fd_.Reset();
   }
-  buffer_.clear();
-  buffer_.shrink_to_fit();
-  on_message_ = nullptr;
+  if (!caller_reads) {
+    buffer_.clear();
+    buffer_.shrink_to_fit();
+    on_message_ = nullptr;
+  }
   if (on_closed_) {
     CloseHandler on_closed = std::move(on_closed_);
     on_closed_ = nullptr;

@@ -14,6 +14,7 @@
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
 #include "base/syscall.h"
+#include "transports/read_role.h"
 #include "transports/transport.h"
 #include "base/mutex.h"
 
@@ -28,7 +29,8 @@ class StreamConnection final : public Connection {
       UniqueFd read_fd, UniqueFd write_fd, bool is_socket, PeerCredentials peer,
       std::string description, size_t max_message_size);
 
-  StreamConnection(UniqueFd read_fd, UniqueFd write_fd, UniqueFd close_event, bool is_socket,
+  StreamConnection(UniqueFd read_fd, UniqueFd write_fd, UniqueFd close_event,
+                   UniqueFd wake_event, bool is_socket,
                    PeerCredentials peer, std::string description, size_t max_message_size);
   ~StreamConnection() override;
 
@@ -37,12 +39,24 @@ class StreamConnection final : public Connection {
   void Close() override;
   const PeerCredentials& peer() const override { return peer_; }
   const std::string& description() const override { return description_; }
+  void SetLoopReadPolicy(absl::AnyInvocable<bool()> keep_loop_reading) override {
+    read_role_.SetPolicy(std::move(keep_loop_reading));
+  }
+  ReadResult ReadUntil(int64_t deadline_ns, absl::FunctionRef<bool()> done) override;
+  void EnsureReader() override;
+  void WakeReader() override;
 
  private:
+  enum class Got { kMessages, kNothing, kEnded };
   void WaitReadable();
   void OnReadable();
-  // Parses whole messages out of the buffer; false if the connection ended.
-  bool DeliverMessages();
+  // On the loop: starts (again) to watch the descriptor and reads.
+  void StartLoopReading();
+  // Whoever holds the read role: one read(2), and delivery of every whole
+  // message. kEnded with *why set if the connection ended.
+  Got ReadOnce(absl::Status* why);
+  // Parses whole messages out of the buffer; not OK if the connection ended.
+  absl::Status DeliverMessages();
   void Finish(absl::Status reason);  // on the loop: close fds, run on_closed once
   absl::Status WaitWritable();       // EAGAIN on write: poll until writable or closed
 
@@ -56,15 +70,18 @@ class StreamConnection final : public Connection {
   UniqueFd owned_read_fd_;   // closed on the loop, in Finish
   UniqueFd owned_write_fd_;  // closed in Finish under write_mu_
   UniqueFd close_event_;     // eventfd: wakes blocked senders on Close
+  UniqueFd wake_event_;      // eventfd: WakeReader
 
   std::atomic<bool> closing_{false};
+  std::atomic<bool> finished_{false};
+  ReadRole read_role_;
 
   // Loop-thread state.
   std::atomic<asio::io_context*> io_{nullptr};
   std::optional<asio::posix::stream_descriptor> readable_;
-  MessageHandler on_message_;
   CloseHandler on_closed_;
-  bool finished_ = false;
+  // The read role's holder's state (the loop's, or a direct reader's).
+  MessageHandler on_message_;
   std::vector<char> buffer_;
   size_t begin_ = 0;  // first unparsed byte
   size_t end_ = 0;    // one past the last received byte

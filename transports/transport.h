@@ -13,12 +13,14 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -97,6 +99,38 @@ class Connection : public std::enable_shared_from_this<Connection> {
   virtual void Close() = 0;
 
   virtual const PeerCredentials& peer() const = 0;
+
+  // ---- Direct reads (optional; transports/read_role.h tells the design).
+  // The owner may let the loop stop reading while nothing is expected:
+  // `keep_loop_reading` (asked on any thread, under a transport lock; it
+  // must not call into the connection) returns false when nothing is. Call
+  // before Start. Without it the loop reads for good.
+  virtual void SetLoopReadPolicy(absl::AnyInvocable<bool()> /*keep_loop_reading*/) {}
+
+  enum class ReadResult {
+    kDone,         // done() became true
+    kTimeout,      // deadline_ns passed first
+    kBusy,         // another thread reads this connection: wait to be handed the message
+    kClosed,       // the connection ended; on_closed runs (on the loop)
+    kUnsupported,  // this transport has no direct reads: the loop reads everything
+  };
+  // On the calling thread: reads and delivers messages (through on_message,
+  // as the loop would) until `done()` or `deadline_ns` (monotonic), if
+  // nobody else reads this connection. Afterwards the loop reads again if
+  // the policy says something is still expected. With a deadline in the
+  // past it delivers what is already there and returns (a cheap check,
+  // before a send, for a GOAWAY or EOF that came while nobody read).
+  virtual ReadResult ReadUntil(int64_t /*deadline_ns*/, absl::FunctionRef<bool()> /*done*/) {
+    return ReadResult::kUnsupported;
+  }
+
+  // Something is expected (an async call was sent): make sure the loop
+  // reads if nobody does.
+  virtual void EnsureReader() {}
+
+  // Wakes a thread inside ReadUntil so that it asks done() again (its call
+  // was completed by another thread: cancelled).
+  virtual void WakeReader() {}
 
   // For logs: "unix:/run/x.sock peer pid 123".
   virtual const std::string& description() const = 0;

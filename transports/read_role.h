@@ -1,0 +1,93 @@
+// Who reads a connection: its loop, a thread waiting for a response (a
+// "direct read", see Connection::ReadUntil), or nobody.
+//
+// The loop reads at first. Once what it read leaves nothing to wait for
+// (the owner's keep-reading policy says so: on a client, no call pending),
+// it stops watching the connection altogether, so a caller that then sends a
+// request and reads its own response wakes nobody else: a round trip costs
+// the two wake-ups of a raw ping-pong. A caller that finishes while other
+// calls are still pending hands the reading back to the loop. Without a
+// policy (a server's connections) the loop reads for good.
+//
+// Thread-safe: every transition happens under one mutex.
+#ifndef IPCRPC_TRANSPORTS_READ_ROLE_H_
+#define IPCRPC_TRANSPORTS_READ_ROLE_H_
+
+#include <mutex>
+#include <utility>
+
+#include "absl/functional/any_invocable.h"
+
+namespace ipcrpc::internal {
+
+class ReadRole {
+ public:
+  enum class Holder { kNobody, kLoop, kCaller };
+
+  // Before the connection starts. `keep_loop_reading` is asked under the
+  // role's mutex and must not call back into the connection.
+  void SetPolicy(absl::AnyInvocable<bool()> keep_loop_reading) {
+    std::lock_guard<std::mutex> lock(mu_);
+    keep_loop_reading_ = std::move(keep_loop_reading);
+  }
+
+  // A caller takes the role if nobody holds it (and the connection has not
+  // finished).
+  bool TryTakeForCaller() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (holder_ != Holder::kNobody || finished_) return false;
+    holder_ = Holder::kCaller;
+    return true;
+  }
+
+  // The caller is done reading. True if the loop must take over now (then
+  // the role is the loop's already; the caller makes the loop start).
+  bool ReleaseFromCaller() {
+    std::lock_guard<std::mutex> lock(mu_);
+    holder_ = KeepLoopReadingLocked() && !finished_ ? Holder::kLoop : Holder::kNobody;
+    return holder_ == Holder::kLoop;
+  }
+
+  // The loop has read everything there was: true if it goes on watching,
+  // false if it stops (nobody reads until a caller or EnsureReader).
+  bool LoopKeepsReading() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (holder_ == Holder::kLoop && !KeepLoopReadingLocked()) holder_ = Holder::kNobody;
+    return holder_ == Holder::kLoop;
+  }
+
+  // Something now waits for a message (an async call was sent): true if
+  // nobody was reading, and the role is now the loop's (the caller makes the
+  // loop start). A caller reading hands over when it is done.
+  bool EnsureReader() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (holder_ != Holder::kNobody || finished_) return false;
+    holder_ = Holder::kLoop;
+    return true;
+  }
+
+  // The connection ended (on the loop): true if a caller is reading right
+  // now, so the reading state must be left alone until it lets go.
+  bool Finish() {
+    std::lock_guard<std::mutex> lock(mu_);
+    finished_ = true;
+    return holder_ == Holder::kCaller;
+  }
+
+  Holder holder() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return holder_;
+  }
+
+ private:
+  bool KeepLoopReadingLocked() { return !keep_loop_reading_ || keep_loop_reading_(); }
+
+  std::mutex mu_;
+  Holder holder_ = Holder::kLoop;
+  bool finished_ = false;
+  absl::AnyInvocable<bool()> keep_loop_reading_;
+};
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_TRANSPORTS_READ_ROLE_H_
