@@ -50,22 +50,30 @@ absl::Status SetNonBlocking(int fd, bool non_blocking, std::string_view object) 
 // The technique: block SIGPIPE in this thread; a write that hits a closed pipe
 // then leaves SIGPIPE pending (for the thread) instead of delivering it; after
 // the write, if it was not pending before, consume it with sigtimedwait.
+// Two system calls on the common path (block, unblock); the pending-signal
+// checks only when they can matter: before, only if SIGPIPE was blocked
+// already (unblocked, a pending SIGPIPE would have been delivered); after,
+// only if the write failed with EPIPE.
 SigpipeGuard::SigpipeGuard() {
-  sigset_t pending;
-  sigemptyset(&pending);
-  sigpending(&pending);
-  was_pending = sigismember(&pending, SIGPIPE) == 1;
   sigset_t block;
   sigemptyset(&block);
   sigaddset(&block, SIGPIPE);
   sigset_t old;
   pthread_sigmask(SIG_BLOCK, &block, &old);
   was_blocked = sigismember(&old, SIGPIPE) == 1;
+  was_pending = false;
+  if (was_blocked) {
+    sigset_t pending;
+    sigemptyset(&pending);
+    sigpending(&pending);
+    was_pending = sigismember(&pending, SIGPIPE) == 1;
+  }
+  errno = 0;
 }
 
 SigpipeGuard::~SigpipeGuard() {
   int saved_errno = errno;
-  if (!was_pending) {
+  if (!was_pending && saved_errno == EPIPE) {
     sigset_t pending;
     sigemptyset(&pending);
     sigpending(&pending);

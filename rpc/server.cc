@@ -478,8 +478,12 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
   } else if (call->cancelled_by_client.load()) {
     responses_dropped_.fetch_add(1, std::memory_order_relaxed);
   }
-  MutexLock lock(&mu_);
-  calls_in_flight_.fetch_sub(1);
+  // Only Shutdown waits for the count (to reach zero, under mu_): take the
+  // lock, which wakes it, only then. seq_cst on both sides: either this sees
+  // draining_, or Shutdown (which sets it first) sees the count.
+  if (calls_in_flight_.fetch_sub(1) == 1 && draining_.load()) {
+    MutexLock lock(&mu_);
+  }
 }
 
 void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connection,
