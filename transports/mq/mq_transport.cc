@@ -22,11 +22,13 @@
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
 #include "asio/post.hpp"
+#include "base/clock.h"
 #include "base/logging.h"
 #include "base/status_macros.h"
 #include "base/strings.h"
 #include "base/syscall.h"
 #include "transports/descriptor_watch.h"
+#include "transports/read_role.h"
 #include "base/mutex.h"
 
 namespace ipcrpc::internal {
@@ -191,10 +193,7 @@ class MqConnection final : public Connection {
                                           self->description_, ": peer pid ", self->peer_.pid,
                                           " exited")));
                                     });
-      if (self->read_queue_.valid()) {
-        self->readable_.emplace(io, self->read_queue_.get());
-        self->ReadQueue();
-      }
+      if (self->read_queue_.valid()) self->StartLoopReading();
       // Fragments that came before Start.
       for (auto& [header, chunk] : self->early_) {
         if (self->finished_) break;
@@ -211,26 +210,104 @@ class MqConnection final : public Connection {
       early_.emplace_back(header, std::string(chunk));
       return;
     }
+    absl::Status delivered = DeliverStarted(header, chunk);
+    if (!delivered.ok()) Finish(std::move(delivered));
+  }
+
+  // The read role's holder: one message; not OK if the connection ended.
+  absl::Status DeliverStarted(const MqHeader& header, std::string_view chunk) {
     if (header.kind == MqKind::kClose) {
-      Finish(absl::UnavailableError(absl::StrCat(description_, ": the peer closed the connection")));
-      return;
+      return absl::UnavailableError(absl::StrCat(description_, ": the peer closed the connection"));
     }
     if (header.kind != MqKind::kData) {
       IPCRPC_LOG(WARNING) << description_ << ": closing: unexpected message kind "
                           << static_cast<int>(header.kind);
-      Finish(absl::DataLossError(absl::StrCat(description_, ": unexpected message kind")));
-      return;
+      return absl::DataLossError(absl::StrCat(description_, ": unexpected message kind"));
     }
     auto message = reassembler_.Add(header, chunk);
     if (!message.ok()) {
       IPCRPC_LOG(WARNING) << description_ << ": closing: " << message.status();
-      Finish(message.status());
-      return;
+      return message.status();
     }
     if (message->has_value()) on_message_(**message);
-    if (closing_.load() && !finished_) {
-      Finish(absl::CancelledError(absl::StrCat(description_, ": closed")));
+    if (closing_.load() || finished_) {
+      return absl::CancelledError(absl::StrCat(description_, ": closed"));
     }
+    return absl::OkStatus();
+  }
+
+  void SetLoopReadPolicy(absl::AnyInvocable<bool()> keep_loop_reading) override {
+    read_role_.SetPolicy(std::move(keep_loop_reading));
+  }
+
+  // Client side only (the reply queue is this connection's own).
+  ReadResult ReadUntil(int64_t deadline_ns, absl::FunctionRef<bool()> done) override {
+    if (!has_reply_queue_) return ReadResult::kUnsupported;
+    if (!read_role_.TryTakeForCaller()) {
+      return finished_ || closing_.load() ? ReadResult::kClosed : ReadResult::kBusy;
+    }
+    ReadResult result = ReadResult::kTimeout;
+    absl::Status ended;
+    for (;;) {
+      if (done()) {
+        result = ReadResult::kDone;
+        break;
+      }
+      const Got got = ReceiveOne(&ended);
+      if (got == Got::kEnded) {
+        result = ReadResult::kClosed;
+        break;
+      }
+      if (got == Got::kMessage) continue;
+      const int64_t now = MonotonicNowNs();
+      if (now >= deadline_ns) break;
+      struct pollfd fds[4] = {{read_queue_.get(), POLLIN, 0},
+                              {close_event_.get(), POLLIN, 0},
+                              {peer_pidfd_.get(), POLLIN, 0},
+                              {wake_event_.get(), POLLIN, 0}};
+      struct timespec timeout;
+      const int64_t wait_ns = deadline_ns - now;
+      timeout.tv_sec = wait_ns / 1'000'000'000;
+      timeout.tv_nsec = wait_ns % 1'000'000'000;
+      if (::ppoll(fds, 4, deadline_ns == kNoDeadline ? nullptr : &timeout, nullptr) < 0 &&
+          errno != EINTR) {
+        ended = ErrnoStatus(errno, "poll", description_);
+        result = ReadResult::kClosed;
+        break;
+      }
+      if (fds[3].revents != 0) {
+        uint64_t count;
+        ssize_t ignored = ::read(wake_event_.get(), &count, sizeof(count));
+        (void)ignored;
+      }
+      if (fds[2].revents != 0 && fds[0].revents == 0) {
+        ended = absl::UnavailableError(
+            absl::StrCat(description_, ": peer pid ", peer_.pid, " exited"));
+        result = ReadResult::kClosed;
+        break;
+      }
+    }
+    const bool loop_reads = read_role_.ReleaseFromCaller();
+    asio::io_context* io = io_.load();
+    auto self = std::static_pointer_cast<MqConnection>(shared_from_this());
+    if (result == ReadResult::kClosed) {
+      asio::post(*io, [self, ended] { self->Finish(ended); });
+    } else if (loop_reads) {
+      asio::post(*io, [self] { self->StartLoopReading(); });
+    }
+    return result;
+  }
+
+  void EnsureReader() override {
+    if (!has_reply_queue_ || !read_role_.EnsureReader()) return;
+    auto self = std::static_pointer_cast<MqConnection>(shared_from_this());
+    asio::post(*io_.load(), [self] { self->StartLoopReading(); });
+  }
+
+  void WakeReader() override {
+    uint64_t one = 1;
+    ssize_t ignored = ::write(wake_event_.get(), &one, sizeof(one));
+    (void)ignored;
   }
 
   absl::Status Send(absl::Span<const std::string_view> parts, int priority) override {
@@ -333,26 +410,59 @@ class MqConnection final : public Connection {
     mq_send(write_queue_.get(), message, sizeof(message), 0);
   }
 
-  void ReadQueue() {
+  enum class Got { kMessage, kNothing, kEnded };
+  // The read role's holder: one mq_receive and its delivery.
+  Got ReceiveOne(absl::Status* why) {
     for (;;) {
-      if (finished_) return;
+      if (finished_ || closing_.load()) {
+        *why = absl::CancelledError(absl::StrCat(description_, ": closed"));
+        return Got::kEnded;
+      }
       unsigned priority = 0;
       ssize_t n = mq_receive(read_queue_.get(), receive_buffer_.data(), receive_buffer_.size(),
                              &priority);
       if (n < 0) {
         if (errno == EINTR) continue;
-        if (errno == EAGAIN) break;
-        Finish(ErrnoStatus(errno, "mq_receive", description_));
-        return;
+        if (errno == EAGAIN) return Got::kNothing;
+        *why = ErrnoStatus(errno, "mq_receive", description_);
+        return Got::kEnded;
       }
       std::string_view message(receive_buffer_.data(), static_cast<size_t>(n));
       auto header = DecodeMqHeader(message);
       if (!header.ok()) {
         IPCRPC_LOG(WARNING) << description_ << ": closing: " << header.status();
-        Finish(header.status());
+        *why = header.status();
+        return Got::kEnded;
+      }
+      *why = DeliverStarted(*header, message.substr(kMqHeaderSize));
+      return why->ok() ? Got::kMessage : Got::kEnded;
+    }
+  }
+
+  // On the loop: starts (again) to watch the reply queue and reads it.
+  void StartLoopReading() {
+    if (finished_) return;
+    if (!readable_.has_value()) readable_.emplace(*io_.load(), read_queue_.get());
+    ReadQueue();
+  }
+
+  void ReadQueue() {
+    for (;;) {
+      absl::Status why;
+      const Got got = ReceiveOne(&why);
+      if (got == Got::kMessage) continue;
+      if (got == Got::kEnded) {
+        Finish(std::move(why));
         return;
       }
-      Deliver(*header, message.substr(kMqHeaderSize));
+      break;
+    }
+    if (!read_role_.LoopKeepsReading()) {
+      // Nothing expected: stop watching; a direct reader or EnsureReader
+      // starts again.
+      readable_->release();
+      readable_.reset();
+      return;
     }
     auto self = std::static_pointer_cast<MqConnection>(shared_from_this());
     readable_->async_wait(asio::posix::stream_descriptor::wait_read,
@@ -366,6 +476,9 @@ class MqConnection final : public Connection {
     if (finished_) return;
     finished_ = true;
     closing_.store(true);
+    // A direct reader may be inside ReceiveOne: the queue, the pidfd it
+    // polls and the handler stay until the connection is destroyed.
+    const bool caller_reads = read_role_.Finish();
     uint64_t one = 1;
     ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
     (void)ignored;
@@ -380,11 +493,13 @@ class MqConnection final : public Connection {
     SayClose();
     {
       MutexLock lock(&write_mu_);
-      read_queue_.Reset();
       write_queue_.Reset();
-      peer_pidfd_.Reset();
+      if (!caller_reads) {
+        read_queue_.Reset();
+        peer_pidfd_.Reset();
+      }
     }
-    on_message_ = nullptr;
+    if (!caller_reads) on_message_ = nullptr;
     if (on_finish_) std::move(on_finish_)();
     on_finish_ = nullptr;
     if (on_closed_) {
@@ -406,9 +521,13 @@ class MqConnection final : public Connection {
   std::atomic<bool> closing_{false};
   std::atomic<asio::io_context*> io_{nullptr};
 
+  const bool has_reply_queue_ = read_queue_.valid();  // a client's connection
+  UniqueFd wake_event_{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};  // WakeReader (-1: none)
+  std::atomic<bool> finished_{false};
+  ReadRole read_role_;
+
   // Loop only.
   bool started_ = false;
-  bool finished_ = false;
   std::optional<asio::posix::stream_descriptor> readable_;
   std::optional<asio::posix::stream_descriptor> peer_watch_;
   MessageHandler on_message_;
