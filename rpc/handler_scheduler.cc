@@ -1,12 +1,19 @@
 #include "rpc/handler_scheduler.h"
 
+#include <pthread.h>
+
 #include <utility>
 
 namespace ipcrpc::internal {
 
 HandlerScheduler::HandlerScheduler(int threads) {
   threads_.reserve(threads);
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this] {
+      pthread_setname_np(pthread_self(), "ipcrpc-handler");
+      Work();
+    });
+  }
 }
 
 HandlerScheduler::~HandlerScheduler() { Join(); }

@@ -1,5 +1,7 @@
 #include "ipcrpc/server.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -256,7 +258,10 @@ absl::Status ServerCore::Start() {
     return absl::FailedPreconditionError("Start: the server was started or shut down already");
   }
   state_ = State::kRunning;
-  loop_thread_ = std::thread([this] { io_.run(); });
+  loop_thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "ipcrpc-server");
+    io_.run();
+  });
   UpdateRegistryLocked();
   return absl::OkStatus();
 }

@@ -217,7 +217,18 @@ class ShmConnection final : public Connection {
         continue;
       }
       const int64_t now = MonotonicNowNs();
-      if (now >= deadline_ns) break;
+      if (now >= deadline_ns) {
+        // Time is up with nothing in the ring: has the peer gone meanwhile?
+        // (The probe before a send relies on this: a dead peer's ring takes
+        // requests without complaint.)
+        char byte;
+        if (::recv(socket_.get(), &byte, 1, MSG_DONTWAIT | MSG_PEEK) == 0) {
+          ended = absl::UnavailableError(
+              absl::StrCat(description_, ": peer closed the connection"));
+          result = ReadResult::kClosed;
+        }
+        break;
+      }
       if (caller_spinner_.KeepLooking()) continue;
       // Sleep on the doorbell (and watch the socket for the peer's end).
       uint64_t count;
@@ -396,6 +407,8 @@ class ShmConnection final : public Connection {
   // On the loop: delivers every whole message in the ring, then sleeps (or,
   // with nothing expected, stops watching: a direct reader takes over).
   void ReadRing() {
+    // Whether the policy has been asked since the ring was last found empty.
+    bool asked = false;
     for (;;) {
       if (finished_) return;
       if (closing_.load()) {
@@ -411,6 +424,14 @@ class ShmConnection final : public Connection {
         return;
       }
       if (first.empty()) {
+        // Nothing expected any more: stop at once, without spinning, so
+        // that the caller of the next call reads its response itself.
+        if (!asked && !read_role_.LoopKeepsReading()) {
+          doorbell_watch_->release();
+          doorbell_watch_.reset();
+          return;
+        }
+        asked = true;
         if (loop_spinner_.KeepLooking()) continue;
         if (!read_role_.LoopKeepsReading()) {
           doorbell_watch_->release();
@@ -424,6 +445,7 @@ class ShmConnection final : public Connection {
         continue;
       }
       loop_spinner_.Found();
+      asked = false;
       absl::Status took = Take(first, second);
       if (!took.ok()) {
         Finish(std::move(took));

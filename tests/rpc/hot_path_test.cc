@@ -1,0 +1,171 @@
+// The hot path's promises, observed from outside: a sync round trip wakes no
+// thread but the caller and the server's reader (the kernel's count of
+// context switches per thread tells), and the direct reads it relies on
+// keep every other path working: async calls, cancellation of a caller that
+// is reading, a server that left while nobody was reading.
+#include <dirent.h>
+
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "base/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "ipcrpc/ipcrpc.h"
+#include "rpc/server_call_state.h"
+#include "tests/conformance/test_service.h"
+#include "tests/util/process.h"
+#include "tests/util/status_matchers.h"
+
+namespace ipcrpc::testing {
+namespace {
+
+// Context switches (voluntary and not) of this process's threads named
+// `name`, as /proc/self/task/*/status counts them.
+int64_t ContextSwitchesOfThreadsNamed(const std::string& name) {
+  int64_t total = 0;
+  DIR* tasks = opendir("/proc/self/task");
+  if (tasks == nullptr) return -1;
+  while (struct dirent* task = readdir(tasks)) {
+    if (task->d_name[0] == '.') continue;
+    const std::string dir = absl::StrCat("/proc/self/task/", task->d_name);
+    std::ifstream comm(dir + "/comm");
+    std::string thread_name;
+    std::getline(comm, thread_name);
+    if (thread_name != name) continue;
+    std::ifstream status(dir + "/status");
+    for (std::string line; std::getline(status, line);) {
+      absl::string_view rest(line);
+      if (absl::ConsumePrefix(&rest, "voluntary_ctxt_switches:") ||
+          absl::ConsumePrefix(&rest, "nonvoluntary_ctxt_switches:")) {
+        int64_t n = 0;
+        if (absl::SimpleAtoi(absl::StripAsciiWhitespace(rest), &n)) total += n;
+      }
+    }
+  }
+  closedir(tasks);
+  return total;
+}
+
+class HotPathTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void StartServer() {
+    const std::string transport = GetParam();
+    const std::string name = UniqueName("ipcrpc-hot");
+    endpoint_ = (transport == "mq" || transport == "shm") ? absl::StrCat(transport, ":", name)
+                                                          : absl::StrCat(transport, ":/tmp/", name);
+    server_ = std::make_unique<Server>();
+    ASSERT_THAT(server_->RegisterService(&service_), IsOk());
+    ASSERT_THAT(server_->Listen(endpoint_), IsOk());
+    ASSERT_THAT(server_->Start(), IsOk());
+  }
+  void SetUp() override {
+    StartServer();
+    auto channel = Channel::Connect(endpoint_);
+    ASSERT_THAT(channel, IsOk());
+    channel_ = *std::move(channel);
+  }
+  void TearDown() override {
+    channel_.reset();
+    if (server_) server_->Shutdown(absl::Seconds(5));
+  }
+
+  TestService service_;
+  std::string endpoint_;
+  std::unique_ptr<Server> server_;
+  std::shared_ptr<Channel> channel_;
+};
+
+TEST_P(HotPathTest, ASyncRoundTripWakesNeitherTheResponseThreadNorAHandlerThread) {
+  // Warm up: the server learns that Echo is short; the channel's loop has
+  // read the connection's first frames and stopped watching it.
+  for (int i = 0; i < 20; ++i) ASSERT_THAT(channel_->CallMethod("test.Test/Echo", "warm"), IsOk());
+  const int64_t response_thread = ContextSwitchesOfThreadsNamed("ipcrpc-channel");
+  const int64_t handler_threads = ContextSwitchesOfThreadsNamed("ipcrpc-handler");
+  ASSERT_GE(response_thread, 0);
+  constexpr int kCalls = 200;
+  for (int i = 0; i < kCalls; ++i) {
+    ASSERT_THAT(channel_->CallMethod("test.Test/Echo", absl::StrCat(i)),
+                IsOkAndHolds(absl::StrCat(i)));
+  }
+  // Each would be woken once per call if it were on the path; a handful of
+  // switches from elsewhere (the scheduler) is allowed.
+  EXPECT_LT(ContextSwitchesOfThreadsNamed("ipcrpc-channel") - response_thread, kCalls / 10);
+  EXPECT_LT(ContextSwitchesOfThreadsNamed("ipcrpc-handler") - handler_threads, kCalls / 10);
+}
+
+TEST_P(HotPathTest, AsyncCallsAfterDirectReadsAreAnsweredByTheResponseThread) {
+  for (int i = 0; i < 20; ++i) ASSERT_THAT(channel_->CallMethod("test.Test/Echo", "sync"), IsOk());
+  constexpr int kCalls = 100;
+  absl::BlockingCounter done(kCalls);
+  std::atomic<int> ok{0};
+  for (int i = 0; i < kCalls; ++i) {
+    channel_->CallMethodAsync("test.Test/Echo", absl::StrCat(i), {},
+                              [&, i](absl::StatusOr<std::string> reply) {
+                                if (reply.ok() && *reply == absl::StrCat(i)) ok.fetch_add(1);
+                                done.DecrementCount();
+                              });
+  }
+  done.Wait();
+  EXPECT_EQ(ok.load(), kCalls);
+  // And sync calls, mixed with async ones in flight, still end.
+  ipcrpc::internal::Notification slow_done;
+  channel_->CallMethodAsync("test.Test/Sleep", "200", {},
+                            [&](absl::StatusOr<std::string>) { slow_done.Notify(); });
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_THAT(channel_->CallMethod("test.Test/Echo", "mixed"), IsOkAndHolds("mixed"));
+  }
+  slow_done.WaitForNotification();
+}
+
+// The caller sits in its own read (poll or doorbell) when its call is
+// cancelled from another thread: it must wake and return at once.
+TEST_P(HotPathTest, CancellingACallWakesItsCallerWhileItReads) {
+  auto parent = std::make_shared<internal::ServerCallState>(
+      1, internal::kNoDeadline, 0, "parent.Parent/Call", internal::Metadata{}, getpid(), getuid());
+  CallOptions options;
+  options.parent_call = parent;
+  absl::StatusOr<std::string> result;
+  const int64_t started_ns = internal::MonotonicNowNs();
+  std::thread caller(
+      [&] { result = channel_->CallMethod("test.Test/Sleep", "20000", options); });
+  // Wait (bounded) until the call runs on the server, then cancel it.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (server_->stats().calls_in_flight < 1 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_EQ(server_->stats().calls_in_flight, 1);
+  parent->Cancel();
+  caller.join();
+  EXPECT_THAT(result, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_LT(internal::MonotonicNowNs() - started_ns, 10'000'000'000);  // not the 20 s sleep
+}
+
+// Nobody reads an idle connection: the next call sees that its server left
+// (its EOF or GOAWAY) before sending, and goes to the new server.
+TEST_P(HotPathTest, AServerThatLeftWhileNobodyReadIsReplacedByTheNextCall) {
+  for (int round = 0; round < 3; ++round) {
+    ASSERT_THAT(channel_->CallMethod("test.Test/Echo", "before"), IsOkAndHolds("before"));
+    server_->Shutdown(absl::Seconds(5));
+    server_ = std::make_unique<Server>();  // the same endpoint
+    ASSERT_THAT(server_->RegisterService(&service_), IsOk());
+    ASSERT_THAT(server_->Listen(endpoint_), IsOk());
+    ASSERT_THAT(server_->Start(), IsOk());
+    EXPECT_THAT(channel_->CallMethod("test.Test/Echo", "after"), IsOkAndHolds("after"));
+  }
+  EXPECT_EQ(channel_->stats().connects, 4u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, HotPathTest, ::testing::Values("unix", "fifo", "mq", "shm"),
+                         [](const ::testing::TestParamInfo<std::string>& param) {
+                           return param.param;
+                         });
+
+}  // namespace
+}  // namespace ipcrpc::testing
