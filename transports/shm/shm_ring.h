@@ -50,6 +50,10 @@ inline constexpr size_t kCacheLine = 64;
 // The control block, in shared memory.
 struct alignas(kCacheLine) ShmRingControl {
   alignas(kCacheLine) std::atomic<uint64_t> producer_position;
+  // Set by a producer that closes the connection (before it shuts its
+  // socket down): a consumer that nobody woke learns of it without a system
+  // call. A producer that dies unannounced is seen by its socket's EOF.
+  std::atomic<uint32_t> producer_closed;
   alignas(kCacheLine) std::atomic<uint64_t> consumer_position;
   alignas(kCacheLine) std::atomic<uint32_t> consumer_sleeping;
 };
@@ -69,6 +73,10 @@ class ShmRingProducer {
   // Publishes what was written; true if the consumer was asleep and must be
   // woken (the caller rings its doorbell).
   bool Publish();
+
+  // Tells the consumer that nothing more will come (the connection closes).
+  // One atomic store: safe from any thread, beside a writer.
+  void MarkClosed() { control_->producer_closed.store(1, std::memory_order_release); }
 
  private:
   ShmRingControl* const control_;
@@ -96,6 +104,11 @@ class ShmRingConsumer {
   // Announces that the consumer will sleep: true if it may (nothing
   // arrived), false if data arrived meanwhile (the flag is cleared again).
   bool PrepareToSleep();
+
+  // Whether the producer has said that it closed the connection.
+  bool ProducerClosed() const {
+    return control_->producer_closed.load(std::memory_order_acquire) != 0;
+  }
 
  private:
   ShmRingControl* const control_;

@@ -221,8 +221,7 @@ class ShmConnection final : public Connection {
         // Time is up with nothing in the ring: has the peer gone meanwhile?
         // (The probe before a send relies on this: a dead peer's ring takes
         // requests without complaint.)
-        char byte;
-        if (::recv(socket_.get(), &byte, 1, MSG_DONTWAIT | MSG_PEEK) == 0) {
+        if (consumer_.ProducerClosed()) {
           ended = absl::UnavailableError(
               absl::StrCat(description_, ": peer closed the connection"));
           result = ReadResult::kClosed;
@@ -303,7 +302,9 @@ class ShmConnection final : public Connection {
 
   void Close() override {
     if (closing_.exchange(true)) return;
-    // The peer sees EOF at once.
+    // The peer sees it at once: in the ring, and by EOF. (MarkClosed is one
+    // atomic store: no write_mu_, which a failing Send holds when it closes.)
+    producer_.MarkClosed();
     ::shutdown(socket_.get(), SHUT_RDWR);
     if (asio::io_context* io = io_.load(); io != nullptr) {
       auto self = std::static_pointer_cast<ShmConnection>(shared_from_this());
@@ -480,6 +481,7 @@ class ShmConnection final : public Connection {
     // A direct reader may be inside Take: the ring state and the handler
     // stay until the connection is destroyed.
     const bool caller_reads = read_role_.Finish();
+    producer_.MarkClosed();
     ::shutdown(socket_.get(), SHUT_RDWR);
     if (socket_watch_.has_value()) {
       socket_watch_->release();
@@ -505,7 +507,7 @@ class ShmConnection final : public Connection {
   const UniqueFd socket_;
   const std::shared_ptr<Region> region_;
   ShmRingConsumer consumer_;  // the read role's holder only
-  ShmRingProducer producer_ ABSL_GUARDED_BY(write_mu_);
+  ShmRingProducer producer_ ABSL_GUARDED_BY(write_mu_);  // MarkClosed: any thread
   const UniqueFd own_doorbell_;
   const UniqueFd peer_doorbell_;
   const PeerCredentials peer_;
