@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "asio/post.hpp"
 #include "base/clock.h"
@@ -204,7 +205,9 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
   if (method.empty()) return absl::InvalidArgumentError("empty method name");
   // Encode before connecting so that a bad call costs no connection; the
   // request id is patched in below.
-  std::string prefix;
+  // The prefix is encoded into this thread's buffer (Send returns once it is
+  // written), so a warm call allocates nothing for it.
+  thread_local std::string prefix;
   IPCRPC_RETURN_IF_ERROR(EncodeFramePrefix(header, method, options.metadata, request.size(),
                                            options_.max_message_size, &prefix));
   IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<ClientConnection> connection, GetConnection());
@@ -287,7 +290,21 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
                                                   const CallOptions& options) {
   const int64_t deadline_ns = DeadlineOf(options);
   if (deadline_ns <= MonotonicNowNs()) return DeadlineExceeded(method);
-  auto call = std::make_shared<PendingCall>(deadline_ns, nullptr);
+  // This thread's last PendingCall is reused if nobody else holds it any
+  // more (the table let go; a completer may still hold it for a moment).
+  // Not with a parent call: its cancellation holds a weak reference that
+  // could reach the next call.
+  thread_local std::shared_ptr<PendingCall> spare;
+  std::shared_ptr<PendingCall> call;
+  if (options.parent_call == nullptr && spare != nullptr && spare.use_count() == 1) {
+    call = std::move(spare);
+    call->Reuse(deadline_ns);
+  } else {
+    call = std::make_shared<PendingCall>(deadline_ns, nullptr);
+  }
+  absl::Cleanup keep_spare = [&] {
+    if (options.parent_call == nullptr) spare = call;
+  };
   if (options.parent_call != nullptr) {
     if (options.parent_call->IsCancelled()) {
       return absl::CancelledError(absl::StrCat("calling ", Av(method), ": the incoming call is cancelled"));

@@ -42,8 +42,19 @@ class PendingCall {
   PendingCall(int64_t deadline, Callback on_done)
       : deadline_ns(deadline), is_async(on_done != nullptr), callback(std::move(on_done)) {}
 
+  // A finished sync call that nobody else holds any more, made ready for
+  // the next call of the same thread (no allocation per call).
+  void Reuse(int64_t deadline) {
+    id = 0;
+    deadline_ns = deadline;
+    connection.reset();
+    done = false;
+    result.reset();
+    completed.store(false, std::memory_order_relaxed);
+  }
+
   uint64_t id = 0;  // set before the call is inserted into a table
-  const int64_t deadline_ns;
+  int64_t deadline_ns;  // set before the call is inserted into a table
   const bool is_async;
   std::weak_ptr<ClientConnection> connection;
 

@@ -500,7 +500,9 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
   header.status_code = static_cast<uint16_t>(status.code());
   std::string_view message = Sv(status.message());
   if (message.size() > kMaxNameSize) message = message.substr(0, kMaxNameSize);
-  std::string prefix;
+  // This thread's buffer: Send returns once it is written (no allocation
+  // per response once warm).
+  thread_local std::string prefix;
   absl::Status encoded =
       EncodeFramePrefix(header, message, {}, payload.size(), options_.max_message_size, &prefix);
   if (!encoded.ok()) {
