@@ -54,6 +54,28 @@ absl::Status SetNonBlocking(int fd, bool non_blocking, std::string_view object) 
 // checks only when they can matter: before, only if SIGPIPE was blocked
 // already (unblocked, a pending SIGPIPE would have been delivered); after,
 // only if the write failed with EPIPE.
+thread_local bool sigpipe_blocked_in_this_thread = false;
+
+void BlockSigpipeInThisThread() {
+  sigset_t block;
+  sigemptyset(&block);
+  sigaddset(&block, SIGPIPE);
+  if (pthread_sigmask(SIG_BLOCK, &block, nullptr) == 0) sigpipe_blocked_in_this_thread = true;
+}
+
+void DiscardPendingSigpipe() {
+  sigset_t pending;
+  sigemptyset(&pending);
+  sigpending(&pending);
+  if (sigismember(&pending, SIGPIPE) != 1) return;
+  sigset_t sigpipe;
+  sigemptyset(&sigpipe);
+  sigaddset(&sigpipe, SIGPIPE);
+  struct timespec zero = {0, 0};
+  while (sigtimedwait(&sigpipe, nullptr, &zero) == -1 && errno == EINTR) {
+  }
+}
+
 SigpipeGuard::SigpipeGuard() {
   sigset_t block;
   sigemptyset(&block);

@@ -71,7 +71,16 @@ std::optional<pid_t> LeadingPid(std::string_view name);
 template <typename F>
 auto WithoutSigpipe(F&& f) -> decltype(f());
 
+// For the threads ipcrpc starts (its loops and handler threads): blocks
+// SIGPIPE in the calling thread for good, so that WithoutSigpipe costs no
+// system call there (it only discards the SIGPIPE of a write that failed
+// with EPIPE). Handlers and async callbacks run on these threads: their own
+// writes to a dead pipe fail with EPIPE instead of raising SIGPIPE.
+void BlockSigpipeInThisThread();
+
 // Implementation details of WithoutSigpipe.
+extern thread_local bool sigpipe_blocked_in_this_thread;
+void DiscardPendingSigpipe();
 struct SigpipeGuard {
   SigpipeGuard();
   ~SigpipeGuard();
@@ -81,6 +90,16 @@ struct SigpipeGuard {
 
 template <typename F>
 auto WithoutSigpipe(F&& f) -> decltype(f()) {
+  if (sigpipe_blocked_in_this_thread) {
+    errno = 0;
+    auto result = f();
+    if (errno == EPIPE) {
+      const int saved_errno = errno;
+      DiscardPendingSigpipe();
+      errno = saved_errno;
+    }
+    return result;
+  }
   SigpipeGuard guard;
   return f();
 }

@@ -7,6 +7,7 @@
 #include "asio/post.hpp"
 #include "base/clock.h"
 #include "base/logging.h"
+#include "base/syscall.h"
 #include "base/status_macros.h"
 #include "base/strings.h"
 #include "ipcrpc/channel.h"
@@ -113,6 +114,7 @@ absl::Status ChannelCore::Start() {
   // run on the loop thread itself (a callback dropping the last reference).
   loop_thread_ = std::thread([self = shared_from_this()] {
     pthread_setname_np(pthread_self(), "ipcrpc-channel");
+    BlockSigpipeInThisThread();
     self->loop_thread_id_.store(std::this_thread::get_id());
     self->io_.run();
   });

@@ -1,5 +1,7 @@
 #include "rpc/handler_scheduler.h"
 
+#include "base/syscall.h"
+
 #include <pthread.h>
 
 #include <utility>
@@ -11,6 +13,7 @@ HandlerScheduler::HandlerScheduler(int threads) {
   for (int i = 0; i < threads; ++i) {
     threads_.emplace_back([this] {
       pthread_setname_np(pthread_self(), "ipcrpc-handler");
+      BlockSigpipeInThisThread();
       Work();
     });
   }

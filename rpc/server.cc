@@ -20,6 +20,7 @@
 #include "asio/steady_timer.hpp"
 #include "base/clock.h"
 #include "base/logging.h"
+#include "base/syscall.h"
 #include "base/status_macros.h"
 #include "base/strings.h"
 #include "rpc/builtin_services.h"
@@ -260,6 +261,7 @@ absl::Status ServerCore::Start() {
   state_ = State::kRunning;
   loop_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "ipcrpc-server");
+    BlockSigpipeInThisThread();
     io_.run();
   });
   UpdateRegistryLocked();

@@ -168,12 +168,17 @@ Connection::ReadResult StreamConnection::ReadUntil(int64_t deadline_ns,
   }
   ReadResult result = ReadResult::kTimeout;
   absl::Status ended;
+  // Right after a request went out its answer cannot be there yet: wait
+  // first, read after (one system call less per call). A check with a past
+  // deadline reads at once.
+  bool readable = deadline_ns <= MonotonicNowNs();
   for (;;) {
     if (done()) {
       result = ReadResult::kDone;
       break;
     }
-    const Got got = ReadOnce(&ended);
+    const Got got = readable ? ReadOnce(&ended) : Got::kNothing;
+    readable = true;
     if (got == Got::kEnded) {
       result = ReadResult::kClosed;
       break;

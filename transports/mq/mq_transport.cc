@@ -248,12 +248,15 @@ class MqConnection final : public Connection {
     }
     ReadResult result = ReadResult::kTimeout;
     absl::Status ended;
+    // Wait first, receive after (see StreamConnection::ReadUntil).
+    bool readable = deadline_ns <= MonotonicNowNs();
     for (;;) {
       if (done()) {
         result = ReadResult::kDone;
         break;
       }
-      const Got got = ReceiveOne(&ended);
+      const Got got = readable ? ReceiveOne(&ended) : Got::kNothing;
+      readable = true;
       if (got == Got::kEnded) {
         result = ReadResult::kClosed;
         break;
