@@ -1,7 +1,7 @@
 // Who reads a connection: its loop, a thread waiting for a response (a
 // "direct read", see Connection::ReadUntil), or nobody.
 //
-// The loop reads at first. Once what it read leaves nothing to wait for
+// The loop reads at first (or nobody, if the owner has a policy). Once what it read leaves nothing to wait for
 // (the owner's keep-reading policy says so: on a client, no call pending),
 // it stops watching the connection altogether, so a caller that then sends a
 // request and reads its own response wakes nobody else: a round trip costs
@@ -25,10 +25,19 @@ class ReadRole {
   enum class Holder { kNobody, kLoop, kCaller };
 
   // Before the connection starts. `keep_loop_reading` is asked under the
-  // role's mutex and must not call back into the connection.
+  // role's mutex and must not call back into the connection. With a policy
+  // nobody reads at first: nothing is expected yet (the first caller reads
+  // what the connection's start brought).
   void SetPolicy(absl::AnyInvocable<bool()> keep_loop_reading) {
     std::lock_guard<std::mutex> lock(mu_);
     keep_loop_reading_ = std::move(keep_loop_reading);
+    holder_ = Holder::kNobody;
+  }
+
+  // On the loop, when the connection starts: whether the loop reads now.
+  bool LoopReadsAtStart() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return holder_ == Holder::kLoop;
   }
 
   // A caller takes the role if nobody holds it (and the connection has not

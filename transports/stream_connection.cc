@@ -76,7 +76,13 @@ void StreamConnection::Start(asio::io_context& io, MessageHandler on_message,
   on_message_ = std::move(on_message);
   on_closed_ = std::move(on_closed);
   auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
-  asio::post(io, [self] { self->StartLoopReading(); });
+  asio::post(io, [self] {
+    if (self->closing_.load(std::memory_order_acquire)) {
+      self->Finish(absl::CancelledError(absl::StrCat(self->description_, ": closed")));
+      return;
+    }
+    if (self->read_role_.LoopReadsAtStart()) self->StartLoopReading();
+  });
 }
 
 void StreamConnection::StartLoopReading() {

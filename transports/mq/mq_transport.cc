@@ -193,7 +193,9 @@ class MqConnection final : public Connection {
                                           self->description_, ": peer pid ", self->peer_.pid,
                                           " exited")));
                                     });
-      if (self->read_queue_.valid()) self->StartLoopReading();
+      if (self->read_queue_.valid() && self->read_role_.LoopReadsAtStart()) {
+        self->StartLoopReading();
+      }
       // Fragments that came before Start.
       for (auto& [header, chunk] : self->early_) {
         if (self->finished_) break;

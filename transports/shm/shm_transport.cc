@@ -174,7 +174,7 @@ class ShmConnection final : public Connection {
       }
       self->socket_watch_.emplace(io, self->socket_.get());
       self->WatchSocket();
-      self->StartLoopReading();
+      if (self->read_role_.LoopReadsAtStart()) self->StartLoopReading();
     });
   }
 
@@ -184,7 +184,10 @@ class ShmConnection final : public Connection {
 
   ReadResult ReadUntil(int64_t deadline_ns, absl::FunctionRef<bool()> done) override {
     if (!read_role_.TryTakeForCaller()) {
-      return finished_ || closing_.load() ? ReadResult::kClosed : ReadResult::kBusy;
+      // The flag is shared memory, safe to read without the role: a check
+      // before a send learns of the peer's close even while the loop reads.
+      return finished_ || closing_.load() || consumer_.ProducerClosed() ? ReadResult::kClosed
+                                                                        : ReadResult::kBusy;
     }
     ReadResult result = ReadResult::kTimeout;
     absl::Status ended;
