@@ -49,12 +49,21 @@ class ReadRole {
     return true;
   }
 
-  // The caller is done reading. True if the loop must take over now (then
-  // the role is the loop's already; the caller makes the loop start).
-  bool ReleaseFromCaller() {
+  enum class AfterCaller {
+    kNobodyReads,  // nothing expected
+    kLoopReads,    // the role is the loop's now: the caller makes it start
+    kFinished,     // the connection ended while the caller read: the caller
+                   // was the last to use the reading state, and releases it
+  };
+  // The caller is done reading.
+  AfterCaller ReleaseFromCaller() {
     std::lock_guard<std::mutex> lock(mu_);
-    holder_ = KeepLoopReadingLocked() && !finished_ ? Holder::kLoop : Holder::kNobody;
-    return holder_ == Holder::kLoop;
+    if (finished_) {
+      holder_ = Holder::kNobody;
+      return AfterCaller::kFinished;
+    }
+    holder_ = KeepLoopReadingLocked() ? Holder::kLoop : Holder::kNobody;
+    return holder_ == Holder::kLoop ? AfterCaller::kLoopReads : AfterCaller::kNobodyReads;
   }
 
   // The loop has read everything there was: true if it goes on watching,

@@ -210,12 +210,19 @@ Connection::ReadResult StreamConnection::ReadUntil(int64_t deadline_ns,
       (void)ignored;
     }
   }
-  const bool loop_reads = read_role_.ReleaseFromCaller();
-  asio::io_context* io = io_.load(std::memory_order_acquire);
   auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
+  const ReadRole::AfterCaller after = read_role_.ReleaseFromCaller();
+  asio::io_context* io = io_.load(std::memory_order_acquire);
+  if (after == ReadRole::AfterCaller::kFinished) {
+    // Finish left the reading state to us (its handler holds the owner).
+    buffer_.clear();
+    buffer_.shrink_to_fit();
+    on_message_ = nullptr;
+    return ReadResult::kClosed;
+  }
   if (result == ReadResult::kClosed) {
     asio::post(*io, [self, ended] { self->Finish(ended); });
-  } else if (loop_reads) {
+  } else if (after == ReadRole::AfterCaller::kLoopReads) {
     asio::post(*io, [self] { self->StartLoopReading(); });
   }
   return result;

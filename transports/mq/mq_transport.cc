@@ -292,12 +292,17 @@ class MqConnection final : public Connection {
         break;
       }
     }
-    const bool loop_reads = read_role_.ReleaseFromCaller();
-    asio::io_context* io = io_.load();
     auto self = std::static_pointer_cast<MqConnection>(shared_from_this());
+    const ReadRole::AfterCaller after = read_role_.ReleaseFromCaller();
+    asio::io_context* io = io_.load();
+    if (after == ReadRole::AfterCaller::kFinished) {
+      // Finish left the reading state to us (its handler holds the owner).
+      on_message_ = nullptr;
+      return ReadResult::kClosed;
+    }
     if (result == ReadResult::kClosed) {
       asio::post(*io, [self, ended] { self->Finish(ended); });
-    } else if (loop_reads) {
+    } else if (after == ReadRole::AfterCaller::kLoopReads) {
       asio::post(*io, [self] { self->StartLoopReading(); });
     }
     return result;

@@ -263,12 +263,18 @@ class ShmConnection final : public Connection {
       }
       caller_spinner_.Begin();
     }
-    const bool loop_reads = read_role_.ReleaseFromCaller();
-    asio::io_context* io = io_.load();
     auto self = std::static_pointer_cast<ShmConnection>(shared_from_this());
+    const ReadRole::AfterCaller after = read_role_.ReleaseFromCaller();
+    asio::io_context* io = io_.load();
+    if (after == ReadRole::AfterCaller::kFinished) {
+      // Finish left the reading state to us (its handler holds the owner).
+      on_message_ = nullptr;
+      records_.Clear();
+      return ReadResult::kClosed;
+    }
     if (result == ReadResult::kClosed) {
       asio::post(*io, [self, ended] { self->Finish(ended); });
-    } else if (loop_reads) {
+    } else if (after == ReadRole::AfterCaller::kLoopReads) {
       asio::post(*io, [self] { self->StartLoopReading(); });
     }
     return result;
