@@ -52,6 +52,9 @@ struct ServerConnection {
   absl::flat_hash_map<uint64_t, std::shared_ptr<ServerCallState>> calls ABSL_GUARDED_BY(mu);
 };
 
+// Set on every server's loop thread: it must never block on a peer.
+thread_local bool on_a_server_loop = false;
+
 // A registered method, and what the server has learned of its handler: a
 // handler that returned within ServerOptions::inline_handler_limit the last
 // kShortRunsToInline times it ran, and never made an outgoing call, runs on
@@ -262,6 +265,7 @@ absl::Status ServerCore::Start() {
   loop_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "ipcrpc-server");
     BlockSigpipeInThisThread();
+    on_a_server_loop = true;
     io_.run();
   });
   UpdateRegistryLocked();
@@ -512,7 +516,21 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
     return;
   }
   std::string_view parts[] = {prefix, payload};
-  absl::Status sent = connection->transport->Send(parts, 0);
+  absl::Status sent;
+  if (on_a_server_loop) {
+    // An inline handler's response. The loop must never wait for a peer to
+    // read: a client whose own send waits for this loop to read would wait
+    // forever. If the transport has no room now, a handler thread sends it.
+    if (!connection->transport->TrySend(parts, 0, &sent)) {
+      pool_->Post(HandlerScheduler::kControlPriority, 0,
+                  [this, connection, request_id, status, body = std::string(payload)] {
+        SendResponse(connection, request_id, status, body);
+      });
+      return;
+    }
+  } else {
+    sent = connection->transport->Send(parts, 0);
+  }
   if (sent.ok()) {
     const size_t code = std::min<size_t>(static_cast<size_t>(status.code()), 16);
     responses_by_code_[code].fetch_add(1, std::memory_order_relaxed);

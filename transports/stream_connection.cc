@@ -1,5 +1,6 @@
 #include "transports/stream_connection.h"
 
+#include <limits.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -283,12 +284,42 @@ absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts, in
   for (std::string_view part : parts) {
     if (!part.empty()) iov.push_back({const_cast<char*>(part.data()), part.size()});
   }
-
   MutexLock lock(&write_mu_);
+  absl::Status result;
+  WriteLocked(absl::MakeSpan(iov), /*try_first=*/false, &result);
+  return result;
+}
+
+bool StreamConnection::TrySend(absl::Span<const std::string_view> parts, int /*priority*/,
+                               absl::Status* error) {
+  size_t total = 0;
+  for (std::string_view part : parts) total += part.size();
+  // Up to PIPE_BUF bytes a non-blocking write to a pipe or FIFO is all or
+  // nothing, and so is one to a Unix stream socket (a single buffer): never
+  // half a message left for somebody else to finish.
+  if (kPrefixSize + total > PIPE_BUF) return false;
+  unsigned char prefix[kPrefixSize] = {
+      static_cast<unsigned char>(total), static_cast<unsigned char>(total >> 8),
+      static_cast<unsigned char>(total >> 16), static_cast<unsigned char>(total >> 24)};
+  absl::InlinedVector<struct iovec, 8> iov;
+  iov.push_back({prefix, kPrefixSize});
+  for (std::string_view part : parts) {
+    if (!part.empty()) iov.push_back({const_cast<char*>(part.data()), part.size()});
+  }
+  if (!write_mu_.TryLock()) return false;  // another sender, maybe waiting for room
+  const bool done = WriteLocked(absl::MakeSpan(iov), /*try_first=*/true, error);
+  write_mu_.Unlock();
+  return done;
+}
+
+bool StreamConnection::WriteLocked(absl::Span<struct iovec> iov, bool try_first,
+                                   absl::Status* result) {
   size_t first = 0;
+  bool first_write = true;
   while (first < iov.size()) {
     if (write_fd_closed_ || closing_.load(std::memory_order_acquire)) {
-      return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+      *result = absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+      return true;
     }
     ssize_t n;
     if (is_socket_) {
@@ -304,15 +335,22 @@ absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts, in
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (try_first && first_write) return false;
         absl::Status waited = WaitWritable();
-        if (!waited.ok()) return waited;
+        if (!waited.ok()) {
+          *result = waited;
+          return true;
+        }
         continue;
       }
       if (errno == EPIPE || errno == ECONNRESET) {
-        return absl::UnavailableError(absl::StrCat(description_, ": peer closed the connection"));
+        *result = absl::UnavailableError(absl::StrCat(description_, ": peer closed the connection"));
+        return true;
       }
-      return ErrnoStatus(errno, "write", description_);
+      *result = ErrnoStatus(errno, "write", description_);
+      return true;
     }
+    first_write = false;
     size_t written = static_cast<size_t>(n);
     while (first < iov.size() && written >= iov[first].iov_len) {
       written -= iov[first].iov_len;
@@ -323,7 +361,8 @@ absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts, in
       iov[first].iov_len -= written;
     }
   }
-  return absl::OkStatus();
+  *result = absl::OkStatus();
+  return true;
 }
 
 absl::Status StreamConnection::WaitWritable() {

@@ -36,6 +36,8 @@ class StreamConnection final : public Connection {
 
   void Start(asio::io_context& io, MessageHandler on_message, CloseHandler on_closed) override;
   absl::Status Send(absl::Span<const std::string_view> parts, int priority) override;
+  bool TrySend(absl::Span<const std::string_view> parts, int priority,
+               absl::Status* error) override;
   void Close() override;
   const PeerCredentials& peer() const override { return peer_; }
   const std::string& description() const override { return description_; }
@@ -59,6 +61,10 @@ class StreamConnection final : public Connection {
   absl::Status DeliverMessages();
   void Finish(absl::Status reason);  // on the loop: close fds, run on_closed once
   absl::Status WaitWritable();       // EAGAIN on write: poll until writable or closed
+  // Writes iov[first...] whole, waiting for room; `try_first`: if the first
+  // write finds no room at all, returns false with nothing written.
+  bool WriteLocked(absl::Span<struct iovec> iov, bool try_first, absl::Status* result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
   const int read_fd_;
   const int write_fd_;

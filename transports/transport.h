@@ -94,6 +94,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // RESOURCE_EXHAUSTED if the message is over max_message_size.
   virtual absl::Status Send(absl::Span<const std::string_view> parts, int priority) = 0;
 
+  // Sends one message as Send does, if that needs no waiting: true when
+  // done (sent, or failed: *error says why), false when it would have to
+  // wait for room, and nothing was sent (then Send it from a thread that
+  // may wait). For a thread that must never block on a peer (a server's
+  // loop). The default never sends.
+  virtual bool TrySend(absl::Span<const std::string_view> /*parts*/, int /*priority*/,
+                       absl::Status* /*error*/) {
+    return false;
+  }
+
   // Ends the connection: blocked senders return, the peer sees it closed,
   // on_closed runs (on the loop) if Start was called. Idempotent.
   virtual void Close() = 0;

@@ -6,6 +6,7 @@
 #include <dirent.h>
 
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -160,6 +161,34 @@ TEST_P(HotPathTest, AServerThatLeftWhileNobodyReadIsReplacedByTheNextCall) {
     EXPECT_THAT(channel_->CallMethod("test.Test/Echo", "after"), IsOkAndHolds("after"));
   }
   EXPECT_EQ(channel_->stats().connects, 4u);
+}
+
+// Short handlers run on the server's loop, and their responses are sent
+// from it. A client whose callbacks send the next call at once can block in
+// that send (the server's input is full) while its own input is full of
+// responses nobody reads: the loop must never wait for it (it hands the
+// response to a handler thread instead), or both wait forever. (mq: reply
+// queues hold 4 messages, so this comes at once.)
+TEST_P(HotPathTest, CallbacksThatCallAgainNeverDeadlockWithTheServersLoop) {
+  for (int i = 0; i < 20; ++i) ASSERT_THAT(channel_->CallMethod("test.Test/Echo", "x"), IsOk());
+  constexpr int kChains = 64;
+  constexpr int kCallsPerChain = 100;
+  absl::BlockingCounter done(kChains);
+  std::atomic<int> failures{0};
+  std::function<void(int)> next = [&](int left) {
+    channel_->CallMethodAsync("test.Test/Echo", std::string(64, 'x'), {},
+                              [&, left](absl::StatusOr<std::string> reply) {
+                                if (!reply.ok()) failures.fetch_add(1);
+                                if (left > 1 && reply.ok()) {
+                                  next(left - 1);
+                                } else {
+                                  done.DecrementCount();
+                                }
+                              });
+  };
+  for (int i = 0; i < kChains; ++i) next(kCallsPerChain);
+  done.Wait();  // a deadlock hangs here (ctest's timeout ends it)
+  EXPECT_EQ(failures.load(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, HotPathTest, ::testing::Values("unix", "fifo", "mq", "shm"),

@@ -320,6 +320,46 @@ class MqConnection final : public Connection {
     (void)ignored;
   }
 
+  // One fragment only (a message in several could be left half sent), and
+  // only if the peer's queue has room now.
+  bool TrySend(absl::Span<const std::string_view> parts, int priority,
+               absl::Status* error) override {
+    size_t total = 0;
+    for (std::string_view part : parts) total += part.size();
+    if (total > write_message_size_ - kMqHeaderSize) return false;
+    if (!write_mu_.TryLock()) return false;
+    absl::Cleanup unlock = [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { write_mu_.Unlock(); };
+    if (closing_.load()) {
+      *error = absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+      return true;
+    }
+    MqHeader header;
+    header.kind = MqKind::kData;
+    header.sequence = next_sequence_;
+    header.connection = connection_id_;
+    header.total_length = static_cast<uint32_t>(total);
+    header.offset = 0;
+    header.last = true;
+    EncodeMqHeader(header, send_buffer_.data());
+    size_t filled = kMqHeaderSize;
+    for (std::string_view part : parts) {
+      std::memcpy(send_buffer_.data() + filled, part.data(), part.size());
+      filled += part.size();
+    }
+    const unsigned mq_priority = static_cast<unsigned>(std::clamp(priority, 0, 31));
+    for (;;) {
+      if (mq_send(write_queue_.get(), send_buffer_.data(), filled, mq_priority) == 0) {
+        ++next_sequence_;
+        *error = absl::OkStatus();
+        return true;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return false;  // full: nothing sent
+      *error = ErrnoStatus(errno, "mq_send", description_);
+      return true;
+    }
+  }
+
   absl::Status Send(absl::Span<const std::string_view> parts, int priority) override {
     size_t total = 0;
     for (std::string_view part : parts) total += part.size();

@@ -8,6 +8,21 @@
 
 namespace ipcrpc::internal {
 
+absl::StatusOr<size_t> ShmRingProducer::Room(size_t wanted) {
+  size_t free = size_ - (position_ - cached_consumer_);
+  if (free < wanted) {
+    // acquire: the consumer's reads of that space happened before.
+    const uint64_t consumer = control_->consumer_position.load(std::memory_order_acquire);
+    if (consumer > position_ || position_ - consumer > size_ || consumer < cached_consumer_) {
+      return absl::DataLossError(absl::StrCat("shm ring: impossible consumer position ",
+                                              consumer, " (ours ", position_, ")"));
+    }
+    cached_consumer_ = consumer;
+    free = size_ - (position_ - cached_consumer_);
+  }
+  return free;
+}
+
 absl::StatusOr<size_t> ShmRingProducer::Write(std::string_view bytes) {
   size_t free = size_ - (position_ - cached_consumer_);
   if (free < bytes.size()) {

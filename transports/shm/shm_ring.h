@@ -70,6 +70,10 @@ class ShmRingProducer {
   // Corrupt if the consumer's position is impossible.
   absl::StatusOr<size_t> Write(std::string_view bytes);
 
+  // Bytes that can be written now (re-reading the consumer's position only
+  // if fewer than `wanted` looked free). Corrupt as Write.
+  absl::StatusOr<size_t> Room(size_t wanted);
+
   // Publishes what was written; true if the consumer was asleep and must be
   // woken (the caller rings its doorbell).
   bool Publish();
