@@ -142,7 +142,7 @@ void BM_ShmUnaryCallInProcess(benchmark::State& state) {
   channel->reset();
   server.Shutdown();
 }
-BENCHMARK(BM_ShmUnaryCallInProcess)->Arg(8)->Arg(64)->UseRealTime();
+BENCHMARK(BM_ShmUnaryCallInProcess)->Arg(8)->Arg(64)->Arg(4096)->Arg(16384)->Arg(65536)->UseRealTime();
 
 }  // namespace
 }  // namespace ipcrpc::internal

@@ -48,8 +48,7 @@ constexpr int kHandshakeTimeoutMs = 5000;
 // sleeps on its doorbell: a peer that answers within that time costs no
 // wake-up at all (a wake-up costs 20-45 us on a 2-vCPU VM, a look at the
 // ring 0.1 us). The time is bounded (an idle connection costs no CPU once
-// it has passed) and adapts: it doubles after a wait that ended with data,
-// and halves after one that ended in sleep, between these bounds.
+// it has passed) and adapts (Spinner), between these bounds.
 constexpr int64_t kMaxSpinNs = 50'000;
 constexpr int64_t kMinSpinNs = 2'000;
 // Pause instructions before each look also yields the CPU (on one CPU the
@@ -74,7 +73,10 @@ inline void CpuRelax() {
 #endif
 }
 
-// One reader's spin-then-sleep policy (see kMaxSpinNs).
+// One reader's spin-then-sleep policy (see kMaxSpinNs): the budget halves
+// when a wait ends in sleep and the sleep was long (the peer is idle or
+// slow: spinning would have been wasted), and doubles when data comes while
+// looking, or soon after the reader gave up (it should have looked longer).
 class Spinner {
  public:
   // A wait for data begins.
@@ -87,7 +89,7 @@ class Spinner {
     const int64_t now = MonotonicNowNs();
     if (started_ns_ == 0) started_ns_ = now;
     if (now - started_ns_ >= budget_ns_) {
-      budget_ns_ = std::max(kMinSpinNs, budget_ns_ / 2);
+      slept_at_ns_ = now;
       return false;
     }
     if (++looks_ % kPausesBeforeYield == 0) {
@@ -97,15 +99,23 @@ class Spinner {
     }
     return true;
   }
-  // Data came while looking.
+  // Data came.
   void Found() {
-    if (started_ns_ != 0) budget_ns_ = std::min(kMaxSpinNs, budget_ns_ * 2);
+    if (slept_at_ns_ != 0) {
+      const int64_t slept_ns = MonotonicNowNs() - slept_at_ns_;
+      budget_ns_ = slept_ns < kMaxSpinNs ? std::min(kMaxSpinNs, budget_ns_ * 2)
+                                         : std::max(kMinSpinNs, budget_ns_ / 2);
+      slept_at_ns_ = 0;
+    } else if (started_ns_ != 0) {
+      budget_ns_ = std::min(kMaxSpinNs, budget_ns_ * 2);
+    }
     Begin();
   }
 
  private:
   int64_t budget_ns_ = kMaxSpinNs;
   int64_t started_ns_ = 0;
+  int64_t slept_at_ns_ = 0;
   int looks_ = 0;
 };
 
