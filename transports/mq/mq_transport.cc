@@ -125,15 +125,20 @@ uint64_t RandomId() {
 
 UniqueFd PidFd(pid_t pid) { return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))); }
 
-// Waits until `fd` is ready for `events` or `close_event` is signalled.
+// Waits until `fd` is ready for `events`, `close_event` is signalled, or the
+// process of `peer_pidfd` exits (a queue has no EOF: a sender waiting for
+// room in a dead peer's queue would wait forever). Negative: not watched.
 absl::Status WaitFor(int fd, short events, int close_event, int timeout_ms,
-                     std::string_view what) {
-  struct pollfd fds[2] = {{fd, events, 0}, {close_event, POLLIN, 0}};
-  int n = RetryEintr([&] { return ::poll(fds, close_event >= 0 ? 2 : 1, timeout_ms); });
+                     std::string_view what, int peer_pidfd = -1) {
+  struct pollfd fds[3] = {{fd, events, 0}, {close_event, POLLIN, 0}, {peer_pidfd, POLLIN, 0}};
+  int n = RetryEintr([&] { return ::poll(fds, 3, timeout_ms); });
   if (n < 0) return ErrnoStatus(errno, "poll", what);
   if (n == 0) return absl::DeadlineExceededError(absl::StrCat(Av(what), ": timed out"));
   if (close_event >= 0 && fds[1].revents != 0) {
     return absl::UnavailableError(absl::StrCat(Av(what), ": connection closed"));
+  }
+  if (peer_pidfd >= 0 && fds[2].revents != 0 && fds[0].revents == 0) {
+    return absl::UnavailableError(absl::StrCat(Av(what), ": the peer exited"));
   }
   return absl::OkStatus();
 }
@@ -437,8 +442,8 @@ class MqConnection final : public Connection {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
         // The peer's queue is full: wait for room, or for the end.
-        absl::Status waited =
-            WaitFor(write_queue_.get(), POLLOUT, close_event_.get(), -1, description_);
+        absl::Status waited = WaitFor(write_queue_.get(), POLLOUT, close_event_.get(), -1,
+                                      description_, peer_pidfd_.get());
         if (!waited.ok()) return waited;
         continue;
       }
