@@ -79,6 +79,16 @@ inline void CpuRelax() {
 // looking, or soon after the reader gave up (it should have looked longer).
 class Spinner {
  public:
+  // A thread that may run on one CPU only (as the thread that makes the
+  // Spinner may) yields at every look: its peer can run only when it does.
+  Spinner() {
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) == 1) {
+      pauses_before_yield_ = 1;
+    }
+  }
+
   // A wait for data begins.
   void Begin() {
     started_ns_ = 0;
@@ -92,7 +102,7 @@ class Spinner {
       slept_at_ns_ = now;
       return false;
     }
-    if (++looks_ % kPausesBeforeYield == 0) {
+    if (++looks_ % pauses_before_yield_ == 0) {
       ::sched_yield();
     } else {
       CpuRelax();
@@ -117,6 +127,7 @@ class Spinner {
   int64_t started_ns_ = 0;
   int64_t slept_at_ns_ = 0;
   int looks_ = 0;
+  int pauses_before_yield_ = kPausesBeforeYield;
 };
 
 socklen_t AbstractAddress(const std::string& name, sockaddr_un* addr) {
