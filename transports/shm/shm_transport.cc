@@ -51,9 +51,12 @@ constexpr int kHandshakeTimeoutMs = 5000;
 // it has passed) and adapts (Spinner), between these bounds.
 constexpr int64_t kMaxSpinNs = 50'000;
 constexpr int64_t kMinSpinNs = 2'000;
-// Pause instructions before each look also yields the CPU (on one CPU the
-// peer must run to answer).
-constexpr int kPausesBeforeYield = 64;
+// Looks (each after a `pause`) between two readings of the clock.
+constexpr int kLooksPerClockRead = 8;
+// A reader yields its CPU at every clock reading once it has waited this
+// long, in case its peer needs the CPU to answer; it learns to yield sooner
+// when answers come right after its yields (both on one CPU), see Spinner.
+constexpr int64_t kYieldAfterNs = 10'000;
 
 void PutLe(char* p, uint64_t value, int bytes) {
   for (int i = 0; i < bytes; ++i) p[i] = static_cast<char>((value >> (8 * i)) & 0xff);
@@ -79,30 +82,29 @@ inline void CpuRelax() {
 // looking, or soon after the reader gave up (it should have looked longer).
 class Spinner {
  public:
-  // A thread that may run on one CPU only (as the thread that makes the
-  // Spinner may) yields at every look: its peer can run only when it does.
-  Spinner() {
-    cpu_set_t cpus;
-    CPU_ZERO(&cpus);
-    if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) == 1) {
-      pauses_before_yield_ = 1;
-    }
-  }
-
   // A wait for data begins.
   void Begin() {
     started_ns_ = 0;
     looks_ = 0;
+    yielded_ = false;
   }
   // The ring was empty: true to look again, false to sleep now.
   bool KeepLooking() {
+    ++looks_;
+    if (looks_ % kLooksPerClockRead != 0) {
+      CpuRelax();
+      yielded_ = false;
+      return true;
+    }
     const int64_t now = MonotonicNowNs();
     if (started_ns_ == 0) started_ns_ = now;
     if (now - started_ns_ >= budget_ns_) {
       slept_at_ns_ = now;
       return false;
     }
-    if (++looks_ % pauses_before_yield_ == 0) {
+    // A yield costs about 0.5 us: only where the peer may need this CPU.
+    yielded_ = now - started_ns_ >= yield_after_ns_;
+    if (yielded_) {
       ::sched_yield();
     } else {
       CpuRelax();
@@ -118,16 +120,22 @@ class Spinner {
       slept_at_ns_ = 0;
     } else if (started_ns_ != 0) {
       budget_ns_ = std::min(kMaxSpinNs, budget_ns_ * 2);
+      // Data that shows up just after we yielded suggests a peer that runs
+      // only when we yield (one CPU for both): yield sooner. Data that came
+      // while we only paused: the peer runs beside us, yield later.
+      yield_after_ns_ = yielded_ ? yield_after_ns_ / 2
+                                 : std::min(kYieldAfterNs, yield_after_ns_ * 2 + 100);
     }
     Begin();
   }
 
  private:
   int64_t budget_ns_ = kMaxSpinNs;
+  int64_t yield_after_ns_ = kYieldAfterNs;
   int64_t started_ns_ = 0;
   int64_t slept_at_ns_ = 0;
   int looks_ = 0;
-  int pauses_before_yield_ = kPausesBeforeYield;
+  bool yielded_ = false;
 };
 
 socklen_t AbstractAddress(const std::string& name, sockaddr_un* addr) {
