@@ -33,7 +33,7 @@ done
   echo "set multiplot layout ${#plots[@]},1"
   echo "set style data histograms; set style histogram clustered gap 1; set style fill solid 0.8 border -1"
   echo "set logscale y; set ylabel 'p50 round trip (us, log)'; set grid ytics"
-  echo "set xtics rotate by -35; set key top left"
+  echo "set xtics rotate by -35 left nomirror; set bmargin 5; set key top left"
   for pin in "${plots[@]}"; do
     echo "set title 'ipcrpc rpc vs raw primitive, --pin $pin (transport/payload bytes)'"
     echo "plot '$work/$pin.dat' using 2:xtic(1) title 'rpc', '' using 3 title 'raw'"
