@@ -13,6 +13,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "asio/executor_work_guard.hpp"
 #include "asio/io_context.hpp"
@@ -427,7 +428,14 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
                             const std::shared_ptr<ServerCallState>& call,
                             MethodEntry* method, std::string_view request) {
   absl::Status status;
-  std::string response;
+  // This thread's response buffer: a warm call's response reuses its
+  // capacity (a thread runs one handler at a time; the loop's inline ones
+  // never nest). A buffer grown past 1 MiB is given back afterwards.
+  thread_local std::string response;
+  response.clear();
+  absl::Cleanup trim = [] {
+    if (response.capacity() > (1u << 20)) std::string().swap(response);
+  };
   const bool expired = MonotonicNowNs() >= call->deadline_ns;
   if (expired || call->IsCancelled()) {
     calls_rejected_.fetch_add(1);
@@ -484,7 +492,7 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
                        " bytes exceeds the server's max_message_size ", options_.max_message_size)),
                    "");
     } else {
-      SendResponse(connection, call->request_id, status, status.ok() ? response : "");
+      SendResponse(connection, call->request_id, status, status.ok() ? std::string_view(response) : std::string_view());
     }
   } else if (call->cancelled_by_client.load()) {
     responses_dropped_.fetch_add(1, std::memory_order_relaxed);
