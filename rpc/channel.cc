@@ -289,7 +289,8 @@ void ChannelCore::SendCancel(const std::shared_ptr<ClientConnection>& connection
 
 absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
                                                   std::string_view request,
-                                                  const CallOptions& options) {
+                                                  const CallOptions& options,
+                                                  std::string* sink) {
   const int64_t deadline_ns = DeadlineOf(options);
   if (deadline_ns <= MonotonicNowNs()) return DeadlineExceeded(method);
   // This thread's last PendingCall is reused if nobody else holds it any
@@ -304,6 +305,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
   } else {
     call = std::make_shared<PendingCall>(deadline_ns, nullptr);
   }
+  call->sink = sink;
   absl::Cleanup keep_spare = [&] {
     if (options.parent_call == nullptr) spare = call;
   };
@@ -425,6 +427,9 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
       if (call->deadline_ns <= MonotonicNowNs()) {
         // The deadline passed: that is the outcome, whatever the server said.
         Complete(call, absl::DeadlineExceededError("deadline exceeded"));
+      } else if (frame->header.status_code == 0 && call->sink != nullptr) {
+        call->sink->assign(frame->payload);  // the caller waits: see PendingCall::sink
+        Complete(call, std::string());
       } else if (frame->header.status_code == 0) {
         Complete(call, std::string(frame->payload));
       } else {
@@ -518,6 +523,14 @@ absl::StatusOr<std::shared_ptr<Channel>> SpawnChild(const std::vector<std::strin
 absl::StatusOr<std::string> Channel::CallMethod(std::string_view method, std::string_view request,
                                                 const CallOptions& options) {
   return core_->CallSync(method, request, options);
+}
+
+absl::Status Channel::CallMethodInto(std::string_view method, std::string_view request,
+                                     std::string* response, const CallOptions& options) {
+  if (response == nullptr) {
+    return absl::InvalidArgumentError("CallMethodInto: response is null");
+  }
+  return core_->CallSync(method, request, options, response).status();
 }
 
 Call Channel::CallMethodAsync(std::string_view method, std::string_view request,

@@ -47,6 +47,7 @@ class PendingCall {
   void Reuse(int64_t deadline) {
     id = 0;
     deadline_ns = deadline;
+    sink = nullptr;
     connection.reset();
     done = false;
     result.reset();
@@ -68,6 +69,10 @@ class PendingCall {
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;  // guarded by mu
+  // Sync calls through CallMethodInto: where a successful response goes.
+  // Written only by whoever took the call out of its table, while the
+  // caller waits.
+  std::string* sink = nullptr;
   // Set with `done`: what a caller reading its own response polls.
   std::atomic<bool> completed{false};
   std::optional<absl::StatusOr<std::string>> result;  // guarded by mu
@@ -115,8 +120,10 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   // loop. Called by ~Channel.
   void Shutdown();
 
+  // With `sink`, a successful response is written there (the result holds
+  // an empty string).
   absl::StatusOr<std::string> CallSync(std::string_view method, std::string_view request,
-                                       const CallOptions& options);
+                                       const CallOptions& options, std::string* sink = nullptr);
   Call CallAsync(std::string_view method, std::string_view request, const CallOptions& options,
                  PendingCall::Callback done);
   void Cancel(const std::shared_ptr<PendingCall>& call);

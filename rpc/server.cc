@@ -51,6 +51,8 @@ struct ServerConnection {
 
   Mutex mu;
   absl::flat_hash_map<uint64_t, std::shared_ptr<ServerCallState>> calls ABSL_GUARDED_BY(mu);
+  // The loop's: the state of the last call it ran itself, for the next one.
+  std::shared_ptr<ServerCallState> spare_call;
 };
 
 // Set on every server's loop thread: it must never block on a peer.
@@ -379,9 +381,21 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     return;
   }
   const PeerCredentials& peer = connection->transport->peer();
-  auto call = std::make_shared<ServerCallState>(id, frame.header.deadline_ns,
-                                                frame.header.priority, std::string(frame.name),
-                                                DecodeMetadata(frame.metadata), peer.pid, peer.uid);
+  MethodEntry* entry = method->second.get();
+  // A short handler runs here, on the thread that read the request: no
+  // hand-off to a handler thread (a wake-up) for it, and nothing queued
+  // that it would overtake.
+  const bool run_here = entry->RunsInline(inline_limit_ns_) && pool_->queued_calls() == 0;
+  std::shared_ptr<ServerCallState> call;
+  if (run_here && connection->spare_call != nullptr && connection->spare_call.use_count() == 1) {
+    call = std::move(connection->spare_call);
+    call->Reuse(id, frame.header.deadline_ns, frame.header.priority, frame.name,
+                DecodeMetadata(frame.metadata), peer.pid, peer.uid);
+  } else {
+    call = std::make_shared<ServerCallState>(id, frame.header.deadline_ns, frame.header.priority,
+                                             std::string(frame.name),
+                                             DecodeMetadata(frame.metadata), peer.pid, peer.uid);
+  }
   {
     MutexLock lock(&connection->mu);
     if (static_cast<int>(connection->calls.size()) >= options_.max_calls_per_connection) {
@@ -400,14 +414,13 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     }
   }
   calls_in_flight_.fetch_add(1);
-  MethodEntry* entry = method->second.get();
-  if (entry->RunsInline(inline_limit_ns_) && pool_->queued_calls() == 0) {
-    // A short handler runs here, on the thread that read the request: no
-    // hand-off to a handler thread (a wake-up) for it, and nothing queued
-    // that it would overtake. No deadline timer either: the loop could not
-    // fire it before the handler returns; IsCancelled() and FinishCall
-    // check the deadline themselves.
+  if (run_here) {
+    // No deadline timer: the loop could not fire it before the handler
+    // returns; IsCancelled() and FinishCall check the deadline themselves.
     RunHandler(connection, call, entry, frame.payload);
+    // Nobody else holds the state now (FinishCall took it out of the
+    // table; no timer ever referred to it): keep it for the next call.
+    if (call.use_count() == 1) connection->spare_call = std::move(call);
     return;
   }
   if (call->deadline_ns != kNoDeadline) {

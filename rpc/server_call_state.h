@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -37,14 +38,38 @@ class ServerCallState {
         peer_pid(pid),
         peer_uid(uid) {}
 
-  const uint64_t request_id;
-  const int64_t deadline_ns;
-  const int priority;
-  const std::string method;
-  const Metadata metadata;
-  const pid_t peer_pid;
-  const uid_t peer_uid;
-  const int64_t started_ns = MonotonicNowNs();  // when the request was read
+  // A finished call's state that nobody holds any more, made ready for the
+  // next call on the same connection (the server's loop does this for calls
+  // it runs itself: no allocation per call). Never for a call that had a
+  // deadline timer (its handler may still hold a weak reference).
+  void Reuse(uint64_t id, int64_t deadline, int call_priority, std::string_view method_name,
+             Metadata call_metadata, pid_t pid, uid_t uid) {
+    request_id = id;
+    deadline_ns = deadline;
+    priority = call_priority;
+    method.assign(method_name);
+    metadata = std::move(call_metadata);
+    peer_pid = pid;
+    peer_uid = uid;
+    started_ns = MonotonicNowNs();
+    cancelled_by_client.store(false, std::memory_order_relaxed);
+    deadline_timer.reset();
+    cancelled_.store(false, std::memory_order_relaxed);
+    responded_.store(false, std::memory_order_relaxed);
+    MutexLock lock(&mu_);
+    finished_ = false;
+    callbacks_.clear();
+  }
+
+  // Set when the call is read (or reused), read-only while it runs.
+  uint64_t request_id;
+  int64_t deadline_ns;
+  int priority;
+  std::string method;
+  Metadata metadata;
+  pid_t peer_pid;
+  uid_t peer_uid;
+  int64_t started_ns = MonotonicNowNs();  // when the request was read
 
   bool WasCancelled() const { return cancelled_.load(std::memory_order_acquire); }
 

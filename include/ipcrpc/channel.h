@@ -78,6 +78,12 @@ class Channel {
   absl::StatusOr<std::string> CallMethod(std::string_view method, std::string_view request,
                                          const CallOptions& options = {});
 
+  // As CallMethod, with the response written into `*response` (replacing its
+  // contents; left alone unless the call succeeds). Its capacity is reused:
+  // a warm call over shm: whose response fits it allocates nothing at all.
+  absl::Status CallMethodInto(std::string_view method, std::string_view request,
+                              std::string* response, const CallOptions& options = {});
+
   // An async call: `done` runs once, on the channel's response thread, never
   // inside this function and never after the channel is destroyed.
   Call CallMethodAsync(std::string_view method, std::string_view request,

@@ -149,6 +149,21 @@ TEST_P(HotPathTest, AsyncCallsAfterDirectReadsAreAnsweredByTheResponseThread) {
   slow_done.WaitForNotification();
 }
 
+TEST_P(HotPathTest, CallMethodIntoWritesTheResponseIntoTheCallersBuffer) {
+  std::string response = "old";
+  ASSERT_THAT(channel_->CallMethodInto("test.Test/Echo", "first", &response), IsOk());
+  EXPECT_EQ(response, "first");
+  ASSERT_THAT(channel_->CallMethodInto("test.Test/Echo", std::string(1000, 'x'), &response),
+              IsOk());
+  EXPECT_EQ(response, std::string(1000, 'x'));
+  // A failed call leaves the buffer alone.
+  EXPECT_THAT(channel_->CallMethodInto("test.Test/Nope", "x", &response),
+              StatusIs(absl::StatusCode::kUnimplemented));
+  EXPECT_EQ(response, std::string(1000, 'x'));
+  EXPECT_THAT(channel_->CallMethodInto("test.Test/Echo", "x", nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
 // The caller sits in its own read (poll or doorbell) when its call is
 // cancelled from another thread: it must wake and return at once.
 TEST_P(HotPathTest, CancellingACallWakesItsCallerWhileItReads) {
