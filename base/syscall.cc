@@ -5,7 +5,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -54,6 +56,19 @@ absl::Status SetNonBlocking(int fd, bool non_blocking, std::string_view object) 
 // checks only when they can matter: before, only if SIGPIPE was blocked
 // already (unblocked, a pending SIGPIPE would have been delivered); after,
 // only if the write failed with EPIPE.
+absl::Status PollUntil(struct pollfd* fds, size_t count, int64_t deadline_ns, int64_t now_ns,
+                       std::string_view what) {
+  struct timespec timeout;
+  const int64_t wait_ns = std::max<int64_t>(0, deadline_ns - now_ns);
+  timeout.tv_sec = wait_ns / 1'000'000'000;
+  timeout.tv_nsec = wait_ns % 1'000'000'000;
+  const bool forever = deadline_ns == std::numeric_limits<int64_t>::max();
+  if (::ppoll(fds, count, forever ? nullptr : &timeout, nullptr) < 0 && errno != EINTR) {
+    return ErrnoStatus(errno, "poll", what);
+  }
+  return absl::OkStatus();
+}
+
 thread_local bool sigpipe_blocked_in_this_thread = false;
 
 void BlockSigpipeInThisThread() {

@@ -4,6 +4,7 @@
 #ifndef IPCRPC_BASE_SYSCALL_H_
 #define IPCRPC_BASE_SYSCALL_H_
 
+#include <poll.h>
 #include <sys/types.h>
 
 #include <cerrno>
@@ -63,6 +64,13 @@ bool ProcessExists(pid_t pid);
 // The pid a name starts with, "<pid>-<rest>" (names of objects that carry
 // their owner's pid); nullopt if it does not start with one.
 std::optional<pid_t> LeadingPid(std::string_view name);
+
+// ppoll(2) until `deadline_ns` (CLOCK_MONOTONIC, as MonotonicNowNs; the
+// kNoDeadline of base/clock.h: no limit), with `now_ns` the time now. OK when
+// it returned (events, the deadline, or EINTR: look again); an error status
+// naming `what` otherwise.
+absl::Status PollUntil(struct pollfd* fds, size_t count, int64_t deadline_ns, int64_t now_ns,
+                       std::string_view what);
 
 // Runs `f` with SIGPIPE blocked in the calling thread, and discards a SIGPIPE
 // that `f` raised, so that writing to a pipe whose reader died returns EPIPE

@@ -115,38 +115,13 @@ class MicroEcho : public Service {
 };
 
 // A whole sync call over shm, both ends in this process (each on its own
-// threads, as in two processes), through the raw CallMethod API.
-void BM_ShmUnaryCallInProcess(benchmark::State& state) {
+// threads, as in two processes): through CallMethod, or (kInto) through
+// CallMethodInto with one response buffer for every call.
+template <bool kInto>
+void BM_ShmCall(benchmark::State& state) {
   MicroEcho echo;
   Server server;
-  const std::string endpoint = absl::StrCat("shm:ipcrpc-micro-", getpid());
-  if (!server.RegisterService(&echo).ok() || !server.Listen(endpoint).ok() ||
-      !server.Start().ok()) {
-    state.SkipWithError("server did not start");
-    return;
-  }
-  auto channel = Channel::Connect(endpoint);
-  if (!channel.ok()) {
-    state.SkipWithError("no channel");
-    return;
-  }
-  const std::string request(static_cast<size_t>(state.range(0)), 'x');
-  for (int i = 0; i < 1000; ++i) (*channel)->CallMethod("micro.Echo/Echo", request).IgnoreError();
-  const int64_t before = g_allocations.load();
-  for (auto _ : state) {
-    auto reply = (*channel)->CallMethod("micro.Echo/Echo", request);
-    benchmark::DoNotOptimize(reply);
-  }
-  state.counters["allocs_per_call"] = benchmark::Counter(
-      static_cast<double>(g_allocations.load() - before) / static_cast<double>(state.iterations()));
-  channel->reset();
-  server.Shutdown();
-}
-// The same through CallMethodInto, with one response buffer for every call.
-void BM_ShmUnaryCallIntoInProcess(benchmark::State& state) {
-  MicroEcho echo;
-  Server server;
-  const std::string endpoint = absl::StrCat("shm:ipcrpc-micro-into-", getpid());
+  const std::string endpoint = absl::StrCat("shm:ipcrpc-micro-", getpid(), kInto ? "-into" : "");
   if (!server.RegisterService(&echo).ok() || !server.Listen(endpoint).ok() ||
       !server.Start().ok()) {
     state.SkipWithError("server did not start");
@@ -159,20 +134,24 @@ void BM_ShmUnaryCallIntoInProcess(benchmark::State& state) {
   }
   const std::string request(static_cast<size_t>(state.range(0)), 'x');
   std::string response;
-  for (int i = 0; i < 1000; ++i) {
-    (*channel)->CallMethodInto("micro.Echo/Echo", request, &response).IgnoreError();
-  }
+  auto call = [&] {
+    if constexpr (kInto) {
+      benchmark::DoNotOptimize((*channel)->CallMethodInto("micro.Echo/Echo", request, &response));
+    } else {
+      benchmark::DoNotOptimize((*channel)->CallMethod("micro.Echo/Echo", request));
+    }
+  };
+  for (int i = 0; i < 1000; ++i) call();
   const int64_t before = g_allocations.load();
-  for (auto _ : state) {
-    benchmark::DoNotOptimize((*channel)->CallMethodInto("micro.Echo/Echo", request, &response));
-  }
+  for (auto _ : state) call();
   state.counters["allocs_per_call"] = benchmark::Counter(
       static_cast<double>(g_allocations.load() - before) / static_cast<double>(state.iterations()));
   channel->reset();
   server.Shutdown();
 }
+void BM_ShmUnaryCallInProcess(benchmark::State& state) { BM_ShmCall<false>(state); }
+void BM_ShmUnaryCallIntoInProcess(benchmark::State& state) { BM_ShmCall<true>(state); }
 BENCHMARK(BM_ShmUnaryCallIntoInProcess)->Arg(8)->Arg(64)->Arg(4096)->Arg(65536)->UseRealTime();
-
 BENCHMARK(BM_ShmUnaryCallInProcess)->Arg(8)->Arg(64)->Arg(4096)->Arg(16384)->Arg(65536)->UseRealTime();
 
 }  // namespace

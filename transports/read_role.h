@@ -17,6 +17,8 @@
 #include <utility>
 
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
+#include "transports/transport.h"
 
 namespace ipcrpc::internal {
 
@@ -82,6 +84,31 @@ class ReadRole {
     if (holder_ != Holder::kNobody || finished_) return false;
     holder_ = Holder::kLoop;
     return true;
+  }
+
+  // The end of a caller's ReadUntil that ended with `result`: releases the
+  // role and does what comes next. If the connection finished while the
+  // caller read, `release_state` lets go of the reading state (the caller was
+  // its last user); else if it ended (kClosed), `finish_on_loop` posts the
+  // connection's end to its loop; else if calls are still pending,
+  // `start_loop` posts the loop's reading.
+  Connection::ReadResult EndCallerRead(Connection::ReadResult result,
+                                       absl::FunctionRef<void()> release_state,
+                                       absl::FunctionRef<void()> finish_on_loop,
+                                       absl::FunctionRef<void()> start_loop) {
+    switch (ReleaseFromCaller()) {
+      case AfterCaller::kFinished:
+        release_state();
+        return Connection::ReadResult::kClosed;
+      case AfterCaller::kLoopReads:
+        if (result == Connection::ReadResult::kClosed) break;
+        start_loop();
+        return result;
+      case AfterCaller::kNobodyReads:
+        break;
+    }
+    if (result == Connection::ReadResult::kClosed) finish_on_loop();
+    return result;
   }
 
   // The connection ended (on the loop): true if a caller is reading right

@@ -30,6 +30,20 @@ uint32_t LoadLe32(const char* p) {
          static_cast<uint32_t>(u[2]) << 16 | static_cast<uint32_t>(u[3]) << 24;
 }
 
+using Iovecs = absl::InlinedVector<struct iovec, 8>;
+
+// The length prefix (written into `prefix`) and the parts, as one writev.
+Iovecs Gather(size_t total, absl::Span<const std::string_view> parts,
+              unsigned char (&prefix)[kPrefixSize]) {
+  for (size_t i = 0; i < kPrefixSize; ++i) prefix[i] = static_cast<unsigned char>(total >> (8 * i));
+  Iovecs iov;
+  iov.push_back({prefix, kPrefixSize});
+  for (std::string_view part : parts) {
+    if (!part.empty()) iov.push_back({const_cast<char*>(part.data()), part.size()});
+  }
+  return iov;
+}
+
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<StreamConnection>> StreamConnection::Create(
@@ -195,13 +209,8 @@ Connection::ReadResult StreamConnection::ReadUntil(int64_t deadline_ns,
     if (now >= deadline_ns) break;
     struct pollfd fds[3] = {
         {read_fd_, POLLIN, 0}, {close_event_.get(), POLLIN, 0}, {wake_event_.get(), POLLIN, 0}};
-    struct timespec timeout;
-    const int64_t wait_ns = deadline_ns - now;
-    timeout.tv_sec = wait_ns / 1'000'000'000;
-    timeout.tv_nsec = wait_ns % 1'000'000'000;
-    const bool forever = deadline_ns == kNoDeadline;
-    if (::ppoll(fds, 3, forever ? nullptr : &timeout, nullptr) < 0 && errno != EINTR) {
-      ended = ErrnoStatus(errno, "poll", description_);
+    ended = PollUntil(fds, 3, deadline_ns, now, description_);
+    if (!ended.ok()) {
       result = ReadResult::kClosed;
       break;
     }
@@ -212,21 +221,17 @@ Connection::ReadResult StreamConnection::ReadUntil(int64_t deadline_ns,
     }
   }
   auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
-  const ReadRole::AfterCaller after = read_role_.ReleaseFromCaller();
-  asio::io_context* io = io_.load(std::memory_order_acquire);
-  if (after == ReadRole::AfterCaller::kFinished) {
-    // Finish left the reading state to us (its handler holds the owner).
-    buffer_.clear();
-    buffer_.shrink_to_fit();
-    on_message_ = nullptr;
-    return ReadResult::kClosed;
-  }
-  if (result == ReadResult::kClosed) {
-    asio::post(*io, [self, ended] { self->Finish(ended); });
-  } else if (after == ReadRole::AfterCaller::kLoopReads) {
-    asio::post(*io, [self] { self->StartLoopReading(); });
-  }
-  return result;
+  asio::io_context& io = *io_.load(std::memory_order_acquire);
+  return read_role_.EndCallerRead(
+      result,
+      [&] {
+        // Finish left the reading state to us (its handler holds the owner).
+        buffer_.clear();
+        buffer_.shrink_to_fit();
+        on_message_ = nullptr;
+      },
+      [&] { asio::post(io, [self, ended] { self->Finish(ended); }); },
+      [&] { asio::post(io, [self] { self->StartLoopReading(); }); });
 }
 
 void StreamConnection::WakeReader() {
@@ -276,14 +281,8 @@ absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts, in
     return absl::ResourceExhaustedError(absl::StrCat(
         description_, ": message of ", total, " bytes exceeds max_message_size ", max_message_size_));
   }
-  unsigned char prefix[kPrefixSize] = {
-      static_cast<unsigned char>(total), static_cast<unsigned char>(total >> 8),
-      static_cast<unsigned char>(total >> 16), static_cast<unsigned char>(total >> 24)};
-  absl::InlinedVector<struct iovec, 8> iov;
-  iov.push_back({prefix, kPrefixSize});
-  for (std::string_view part : parts) {
-    if (!part.empty()) iov.push_back({const_cast<char*>(part.data()), part.size()});
-  }
+  unsigned char prefix[kPrefixSize];
+  Iovecs iov = Gather(total, parts, prefix);
   MutexLock lock(&write_mu_);
   absl::Status result;
   WriteLocked(absl::MakeSpan(iov), /*try_first=*/false, &result);
@@ -298,14 +297,8 @@ bool StreamConnection::TrySend(absl::Span<const std::string_view> parts, int /*p
   // nothing, and so is one to a Unix stream socket (a single buffer): never
   // half a message left for somebody else to finish.
   if (kPrefixSize + total > PIPE_BUF) return false;
-  unsigned char prefix[kPrefixSize] = {
-      static_cast<unsigned char>(total), static_cast<unsigned char>(total >> 8),
-      static_cast<unsigned char>(total >> 16), static_cast<unsigned char>(total >> 24)};
-  absl::InlinedVector<struct iovec, 8> iov;
-  iov.push_back({prefix, kPrefixSize});
-  for (std::string_view part : parts) {
-    if (!part.empty()) iov.push_back({const_cast<char*>(part.data()), part.size()});
-  }
+  unsigned char prefix[kPrefixSize];
+  Iovecs iov = Gather(total, parts, prefix);
   if (!write_mu_.TryLock()) return false;  // another sender, maybe waiting for room
   const bool done = WriteLocked(absl::MakeSpan(iov), /*try_first=*/true, error);
   write_mu_.Unlock();

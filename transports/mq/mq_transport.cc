@@ -125,20 +125,15 @@ uint64_t RandomId() {
 
 UniqueFd PidFd(pid_t pid) { return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))); }
 
-// Waits until `fd` is ready for `events`, `close_event` is signalled, or the
-// process of `peer_pidfd` exits (a queue has no EOF: a sender waiting for
-// room in a dead peer's queue would wait forever). Negative: not watched.
+// Waits until `fd` is ready for `events` or `close_event` is signalled.
 absl::Status WaitFor(int fd, short events, int close_event, int timeout_ms,
-                     std::string_view what, int peer_pidfd = -1) {
-  struct pollfd fds[3] = {{fd, events, 0}, {close_event, POLLIN, 0}, {peer_pidfd, POLLIN, 0}};
-  int n = RetryEintr([&] { return ::poll(fds, 3, timeout_ms); });
+                     std::string_view what) {
+  struct pollfd fds[2] = {{fd, events, 0}, {close_event, POLLIN, 0}};
+  int n = RetryEintr([&] { return ::poll(fds, close_event >= 0 ? 2 : 1, timeout_ms); });
   if (n < 0) return ErrnoStatus(errno, "poll", what);
   if (n == 0) return absl::DeadlineExceededError(absl::StrCat(Av(what), ": timed out"));
   if (close_event >= 0 && fds[1].revents != 0) {
     return absl::UnavailableError(absl::StrCat(Av(what), ": connection closed"));
-  }
-  if (peer_pidfd >= 0 && fds[2].revents != 0 && fds[0].revents == 0) {
-    return absl::UnavailableError(absl::StrCat(Av(what), ": the peer exited"));
   }
   return absl::OkStatus();
 }
@@ -275,13 +270,8 @@ class MqConnection final : public Connection {
                               {close_event_.get(), POLLIN, 0},
                               {peer_pidfd_.get(), POLLIN, 0},
                               {wake_event_.get(), POLLIN, 0}};
-      struct timespec timeout;
-      const int64_t wait_ns = deadline_ns - now;
-      timeout.tv_sec = wait_ns / 1'000'000'000;
-      timeout.tv_nsec = wait_ns % 1'000'000'000;
-      if (::ppoll(fds, 4, deadline_ns == kNoDeadline ? nullptr : &timeout, nullptr) < 0 &&
-          errno != EINTR) {
-        ended = ErrnoStatus(errno, "poll", description_);
+      ended = PollUntil(fds, 4, deadline_ns, now, description_);
+      if (!ended.ok()) {
         result = ReadResult::kClosed;
         break;
       }
@@ -298,19 +288,15 @@ class MqConnection final : public Connection {
       }
     }
     auto self = std::static_pointer_cast<MqConnection>(shared_from_this());
-    const ReadRole::AfterCaller after = read_role_.ReleaseFromCaller();
-    asio::io_context* io = io_.load();
-    if (after == ReadRole::AfterCaller::kFinished) {
-      // Finish left the reading state to us (its handler holds the owner).
-      on_message_ = nullptr;
-      return ReadResult::kClosed;
-    }
-    if (result == ReadResult::kClosed) {
-      asio::post(*io, [self, ended] { self->Finish(ended); });
-    } else if (after == ReadRole::AfterCaller::kLoopReads) {
-      asio::post(*io, [self] { self->StartLoopReading(); });
-    }
-    return result;
+    asio::io_context& io = *io_.load();
+    return read_role_.EndCallerRead(
+        result,
+        [&] {
+          // Finish left the reading state to us (its handler holds the owner).
+          on_message_ = nullptr;
+        },
+        [&] { asio::post(io, [self, ended] { self->Finish(ended); }); },
+        [&] { asio::post(io, [self] { self->StartLoopReading(); }); });
   }
 
   void EnsureReader() override {

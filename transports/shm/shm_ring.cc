@@ -24,18 +24,9 @@ absl::StatusOr<size_t> ShmRingProducer::Room(size_t wanted) {
 }
 
 absl::StatusOr<size_t> ShmRingProducer::Write(std::string_view bytes) {
-  size_t free = size_ - (position_ - cached_consumer_);
-  if (free < bytes.size()) {
-    // acquire: the consumer's reads of that space happened before.
-    const uint64_t consumer = control_->consumer_position.load(std::memory_order_acquire);
-    if (consumer > position_ || position_ - consumer > size_ || consumer < cached_consumer_) {
-      return absl::DataLossError(absl::StrCat("shm ring: impossible consumer position ",
-                                              consumer, " (ours ", position_, ")"));
-    }
-    cached_consumer_ = consumer;
-    free = size_ - (position_ - cached_consumer_);
-  }
-  const size_t n = std::min(free, bytes.size());
+  absl::StatusOr<size_t> free = Room(bytes.size());
+  if (!free.ok()) return free.status();
+  const size_t n = std::min(*free, bytes.size());
   const size_t at = position_ & (size_ - 1);
   const size_t first = std::min(n, size_ - at);
   std::memcpy(data_ + at, bytes.data(), first);

@@ -268,13 +268,8 @@ class ShmConnection final : public Connection {
       if (!consumer_.PrepareToSleep()) continue;
       struct pollfd fds[2] = {{own_doorbell_.get(), POLLIN, 0},
                               {socket_.get(), POLLIN | POLLRDHUP, 0}};
-      struct timespec timeout;
-      const int64_t wait_ns = deadline_ns - now;
-      timeout.tv_sec = wait_ns / 1'000'000'000;
-      timeout.tv_nsec = wait_ns % 1'000'000'000;
-      if (::ppoll(fds, 2, deadline_ns == kNoDeadline ? nullptr : &timeout, nullptr) < 0 &&
-          errno != EINTR) {
-        ended = ErrnoStatus(errno, "poll", description_);
+      ended = PollUntil(fds, 2, deadline_ns, now, description_);
+      if (!ended.ok()) {
         result = ReadResult::kClosed;
         break;
       }
@@ -293,20 +288,16 @@ class ShmConnection final : public Connection {
       caller_spinner_.Begin();
     }
     auto self = std::static_pointer_cast<ShmConnection>(shared_from_this());
-    const ReadRole::AfterCaller after = read_role_.ReleaseFromCaller();
-    asio::io_context* io = io_.load();
-    if (after == ReadRole::AfterCaller::kFinished) {
-      // Finish left the reading state to us (its handler holds the owner).
-      on_message_ = nullptr;
-      records_.Clear();
-      return ReadResult::kClosed;
-    }
-    if (result == ReadResult::kClosed) {
-      asio::post(*io, [self, ended] { self->Finish(ended); });
-    } else if (after == ReadRole::AfterCaller::kLoopReads) {
-      asio::post(*io, [self] { self->StartLoopReading(); });
-    }
-    return result;
+    asio::io_context& io = *io_.load();
+    return read_role_.EndCallerRead(
+        result,
+        [&] {
+          // Finish left the reading state to us (its handler holds the owner).
+          on_message_ = nullptr;
+          records_.Clear();
+        },
+        [&] { asio::post(io, [self, ended] { self->Finish(ended); }); },
+        [&] { asio::post(io, [self] { self->StartLoopReading(); }); });
   }
 
   void EnsureReader() override {
