@@ -87,7 +87,8 @@ class GateService : public Service {
 
 class DeadlineTest : public ::testing::TestWithParam<std::string> {
  protected:
-  void StartServer(ServerOptions options) {
+  // `extra`, if any, must outlive the server.
+  void StartServer(ServerOptions options, Service* extra = nullptr) {
     // Every transport whose server can live in this process (pipe: needs a
     // child; the chain test covers it).
     const std::string transport = GetParam();
@@ -97,6 +98,9 @@ class DeadlineTest : public ::testing::TestWithParam<std::string> {
     server_ = std::make_unique<Server>(options);
     ASSERT_THAT(server_->RegisterService(&gate_), IsOk());
     ASSERT_THAT(server_->RegisterService(&test_), IsOk());
+    if (extra != nullptr) {
+      ASSERT_THAT(server_->RegisterService(extra), IsOk());
+    }
     ASSERT_THAT(server_->Listen(endpoint_), IsOk());
     ASSERT_THAT(server_->Start(), IsOk());
     auto channel = Channel::Connect(endpoint_);
@@ -354,27 +358,17 @@ TEST_P(DeadlineTest, AHandlerThatCallsOutNeverRunsInline) {
   ServerOptions options;
   options.handler_threads = 2;
   options.inline_handler_limit = absl::Seconds(1);  // every run counts as short
-  const std::string transport = GetParam();
-  const std::string name = UniqueName("ipcrpc-callback");
-  endpoint_ = (transport == "mq" || transport == "shm") ? absl::StrCat(transport, ":", name)
-                                                        : absl::StrCat(transport, ":/tmp/", name);
-  server_ = std::make_unique<Server>(options);
-  ASSERT_THAT(server_->RegisterService(&callback), IsOk());
-  ASSERT_THAT(server_->RegisterService(&test_), IsOk());
-  ASSERT_THAT(server_->Listen(endpoint_), IsOk());
-  ASSERT_THAT(server_->Start(), IsOk());
+  StartServer(options, &callback);
   auto inner = Channel::Connect(endpoint_);
   ASSERT_THAT(inner, IsOk());
   callback.channel = *inner;
-  auto outer = Channel::Connect(endpoint_);
-  ASSERT_THAT(outer, IsOk());
   CallOptions options_10s;
   options_10s.timeout = absl::Seconds(10);
   for (int i = 0; i < 20; ++i) {
-    ASSERT_THAT((*outer)->CallMethod("callback.CallBack/Echo", absl::StrCat("n", i), options_10s),
+    ASSERT_THAT(channel_->CallMethod("callback.CallBack/Echo", absl::StrCat("n", i), options_10s),
                 IsOkAndHolds(absl::StrCat("n", i)));
   }
-  outer->reset();
+  channel_.reset();
   server_->Shutdown(absl::Seconds(5));
   server_.reset();
   callback.channel.reset();
