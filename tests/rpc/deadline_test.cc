@@ -343,14 +343,28 @@ class CallBackService : public Service {
   CallBackService() {
     AddMethod("callback.CallBack/Echo",
               [this](ServerContext& context, std::string_view request, std::string& response) {
-                auto reply = channel->CallMethod("test.Test/Echo", request,
-                                                 CallOptions::From(context));
+                auto reply = channel()->CallMethod("test.Test/Echo", request,
+                                                   CallOptions::From(context));
                 if (!reply.ok()) return reply.status();
                 response = *reply;
                 return absl::OkStatus();
               });
   }
-  std::shared_ptr<Channel> channel;
+  // Under a mutex: set by the test after the server started, read by
+  // handlers (ThreadSanitizer does not see the order that requests over mq
+  // and shm give them).
+  void set_channel(std::shared_ptr<Channel> channel) {
+    ipcrpc::internal::MutexLock lock(&mu_);
+    channel_ = std::move(channel);
+  }
+  std::shared_ptr<Channel> channel() {
+    ipcrpc::internal::MutexLock lock(&mu_);
+    return channel_;
+  }
+
+ private:
+  ipcrpc::internal::Mutex mu_;
+  std::shared_ptr<Channel> channel_ ABSL_GUARDED_BY(mu_);
 };
 
 TEST_P(DeadlineTest, AHandlerThatCallsOutNeverRunsInline) {
@@ -361,7 +375,7 @@ TEST_P(DeadlineTest, AHandlerThatCallsOutNeverRunsInline) {
   StartServer(options, &callback);
   auto inner = Channel::Connect(endpoint_);
   ASSERT_THAT(inner, IsOk());
-  callback.channel = *inner;
+  callback.set_channel(*inner);
   CallOptions options_10s;
   options_10s.timeout = absl::Seconds(10);
   for (int i = 0; i < 20; ++i) {
@@ -371,7 +385,7 @@ TEST_P(DeadlineTest, AHandlerThatCallsOutNeverRunsInline) {
   channel_.reset();
   server_->Shutdown(absl::Seconds(5));
   server_.reset();
-  callback.channel.reset();
+  callback.set_channel(nullptr);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, DeadlineTest,
