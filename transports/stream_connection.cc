@@ -106,7 +106,11 @@ void StreamConnection::StartLoopReading() {
     Finish(absl::CancelledError(absl::StrCat(description_, ": closed")));
     return;
   }
-  if (!readable_.has_value()) readable_.emplace(*io_.load(std::memory_order_acquire), read_fd_);
+  // Already reading (the start of the connection and an EnsureReader can
+  // both ask): one chain of waits only, or stopping one would abort the
+  // other's wait.
+  if (readable_.has_value()) return;
+  readable_.emplace(*io_.load(std::memory_order_acquire), read_fd_);
   OnReadable();  // data may already be there
 }
 

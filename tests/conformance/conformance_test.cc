@@ -112,7 +112,13 @@ TEST_P(ConformanceTest, ThousandAsyncCallsInFlightEachCompleteExactlyOnce) {
     channel().CallMethodAsync("test.Test/Echo", request, {},
                               [&, i, request](absl::StatusOr<std::string> response) {
                                 if (std::this_thread::get_id() == caller) on_caller_thread++;
-                                if (!response.ok() || *response != request) wrong++;
+                                if (!response.ok() || *response != request) {
+                                  if (wrong++ == 0) {
+                                    ADD_FAILURE() << "call " << i << ": "
+                                                  << (response.ok() ? *response
+                                                                    : response.status().ToString());
+                                  }
+                                }
                                 if (completions[i].fetch_add(1) == 0) all_done.DecrementCount();
                               });
   }

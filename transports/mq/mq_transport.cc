@@ -517,7 +517,9 @@ class MqConnection final : public Connection {
   // On the loop: starts (again) to watch the reply queue and reads it.
   void StartLoopReading() {
     if (finished_) return;
-    if (!readable_.has_value()) readable_.emplace(*io_.load(), read_queue_.get());
+    // Already reading (see StreamConnection::StartLoopReading).
+    if (readable_.has_value()) return;
+    readable_.emplace(*io_.load(), read_queue_.get());
     ReadQueue();
   }
 

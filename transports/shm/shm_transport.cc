@@ -449,7 +449,9 @@ class ShmConnection final : public Connection {
       Finish(absl::CancelledError(absl::StrCat(description_, ": closed")));
       return;
     }
-    if (!doorbell_watch_.has_value()) doorbell_watch_.emplace(*io_.load(), own_doorbell_.get());
+    // Already reading (see StreamConnection::StartLoopReading).
+    if (doorbell_watch_.has_value()) return;
+    doorbell_watch_.emplace(*io_.load(), own_doorbell_.get());
     loop_spinner_.Begin();
     ReadRing();
   }
