@@ -1,6 +1,7 @@
 #include "base/syscall.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
@@ -76,6 +77,11 @@ void BlockSigpipeInThisThread() {
   sigemptyset(&block);
   sigaddset(&block, SIGPIPE);
   if (pthread_sigmask(SIG_BLOCK, &block, nullptr) == 0) sigpipe_blocked_in_this_thread = true;
+}
+
+void BeginOwnThread(const char* name) {
+  pthread_setname_np(pthread_self(), name);
+  BlockSigpipeInThisThread();
 }
 
 void DiscardPendingSigpipe() {

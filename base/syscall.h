@@ -79,6 +79,11 @@ absl::Status PollUntil(struct pollfd* fds, size_t count, int64_t deadline_ns, in
 template <typename F>
 auto WithoutSigpipe(F&& f) -> decltype(f());
 
+// The start of every thread ipcrpc runs (its loops and handler threads):
+// names it (`name`, at most 15 characters: what ps and /proc show) and
+// blocks SIGPIPE in it (BlockSigpipeInThisThread).
+void BeginOwnThread(const char* name);
+
 // For the threads ipcrpc starts (its loops and handler threads): blocks
 // SIGPIPE in the calling thread for good, so that WithoutSigpipe costs no
 // system call there (it only discards the SIGPIPE of a write that failed

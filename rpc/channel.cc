@@ -1,5 +1,3 @@
-#include <pthread.h>
-
 #include <chrono>
 
 #include "absl/cleanup/cleanup.h"
@@ -113,8 +111,7 @@ absl::Status ChannelCore::Start() {
   // The thread keeps the core alive until its loop ends, so Shutdown may
   // run on the loop thread itself (a callback dropping the last reference).
   loop_thread_ = std::thread([self = shared_from_this()] {
-    pthread_setname_np(pthread_self(), "ipcrpc-channel");
-    BlockSigpipeInThisThread();
+    BeginOwnThread("ipcrpc-channel");
     self->loop_thread_id_.store(std::this_thread::get_id());
     self->io_.run();
   });

@@ -2,8 +2,6 @@
 
 #include "base/syscall.h"
 
-#include <pthread.h>
-
 #include <utility>
 
 namespace ipcrpc::internal {
@@ -12,8 +10,7 @@ HandlerScheduler::HandlerScheduler(int threads) {
   threads_.reserve(threads);
   for (int i = 0; i < threads; ++i) {
     threads_.emplace_back([this] {
-      pthread_setname_np(pthread_self(), "ipcrpc-handler");
-      BlockSigpipeInThisThread();
+      BeginOwnThread("ipcrpc-handler");
       Work();
     });
   }

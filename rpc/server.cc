@@ -1,7 +1,5 @@
 #include "ipcrpc/server.h"
 
-#include <pthread.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -266,8 +264,7 @@ absl::Status ServerCore::Start() {
   }
   state_ = State::kRunning;
   loop_thread_ = std::thread([this] {
-    pthread_setname_np(pthread_self(), "ipcrpc-server");
-    BlockSigpipeInThisThread();
+    BeginOwnThread("ipcrpc-server");
     on_a_server_loop = true;
     io_.run();
   });
@@ -505,7 +502,8 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
                        " bytes exceeds the server's max_message_size ", options_.max_message_size)),
                    "");
     } else {
-      SendResponse(connection, call->request_id, status, status.ok() ? std::string_view(response) : std::string_view());
+      SendResponse(connection, call->request_id, status,
+                   status.ok() ? std::string_view(response) : std::string_view());
     }
   } else if (call->cancelled_by_client.load()) {
     responses_dropped_.fetch_add(1, std::memory_order_relaxed);

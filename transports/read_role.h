@@ -119,11 +119,6 @@ class ReadRole {
     return holder_ == Holder::kCaller;
   }
 
-  Holder holder() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return holder_;
-  }
-
  private:
   bool KeepLoopReadingLocked() { return !keep_loop_reading_ || keep_loop_reading_(); }
 
