@@ -213,9 +213,12 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
   // Nobody may have read this connection since its last call: deliver what
   // came meanwhile (a GOAWAY, the server's EOF), so that a connection the
   // server has left is replaced before the request goes out. One read(2),
-  // or nothing when the loop (or another caller) is reading anyway.
-  if (connection->transport->ReadUntil(0, [] { return false; }) ==
-          Connection::ReadResult::kClosed ||
+  // or nothing when the loop (or another caller) is reading anyway. Not on
+  // the loop's own thread (a call made from an async callback): there what
+  // it delivers would run other calls' callbacks inside this one, and a call
+  // they make would overwrite this thread's prefix before it is sent.
+  if ((!OnLoopThread() && connection->transport->ReadUntil(0, [] { return false; }) ==
+                              Connection::ReadResult::kClosed) ||
       !connection->Usable()) {
     connection->MarkLost(absl::UnavailableError("connection closed"));
     IPCRPC_ASSIGN_OR_RETURN(connection, GetConnection());
