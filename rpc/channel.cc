@@ -291,6 +291,10 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
                                                   std::string_view request,
                                                   const CallOptions& options,
                                                   std::string* sink) {
+  // The caller may read the connection itself and, when it stops, post to
+  // this core's loop: the core must outlive that, even if the Channel is
+  // dropped meanwhile on another thread.
+  const std::shared_ptr<ChannelCore> keep_alive = shared_from_this();
   const int64_t deadline_ns = DeadlineOf(options);
   if (deadline_ns <= MonotonicNowNs()) return DeadlineExceeded(method);
   // This thread's last PendingCall is reused if nobody else holds it any
