@@ -424,6 +424,7 @@ int main(int argc, char** argv) {
   double seconds = 1;
   std::string pin = "split";
   int concurrency = 0;
+  std::string only;  // "rpc" or "raw" for profiling one side; empty runs both
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     std::string value;
@@ -447,6 +448,7 @@ int main(int argc, char** argv) {
     else if (take("seconds")) seconds = std::atof(value.c_str());
     else if (take("pin")) pin = value;
     else if (take("concurrency")) concurrency = std::atoi(value.c_str());
+    else if (take("only")) only = value;
     else {
       std::fprintf(stderr, "ipcrpc_bench: unknown argument %s\n", arg.c_str());
       return 2;
@@ -474,8 +476,8 @@ int main(int argc, char** argv) {
     for (const std::string& size_text : std::vector<std::string>(absl::StrSplit(sizes, ','))) {
       size_t size = 0;
       if (!absl::SimpleAtoi(size_text, &size)) continue;
-      BenchRpc(self, transport, size, seconds, placement, concurrency);
-      BenchRaw(transport, size, seconds, placement);
+      if (only != "raw") BenchRpc(self, transport, size, seconds, placement, concurrency);
+      if (only != "rpc") BenchRaw(transport, size, seconds, placement);
     }
   }
   return 0;

@@ -209,42 +209,56 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
   thread_local std::string prefix;
   IPCRPC_RETURN_IF_ERROR(EncodeFramePrefix(header, method, options.metadata, request.size(),
                                            options_.max_message_size, &prefix));
-  IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<ClientConnection> connection, GetConnection());
-  // Nobody may have read this connection since its last call: deliver what
-  // came meanwhile (a GOAWAY, the server's EOF), so that a connection the
-  // server has left is replaced before the request goes out. One read(2),
-  // or nothing when the loop (or another caller) is reading anyway. Not on
-  // the loop's own thread (a call made from an async callback): there what
-  // it delivers would run other calls' callbacks inside this one, and a call
-  // they make would overwrite this thread's prefix before it is sent.
-  if ((!OnLoopThread() && connection->transport->ReadUntil(0, [] { return false; }) ==
-                              Connection::ReadResult::kClosed) ||
-      !connection->Usable()) {
-    connection->MarkLost(absl::UnavailableError("connection closed"));
-    IPCRPC_ASSIGN_OR_RETURN(connection, GetConnection());
+  for (int attempt = 0;; ++attempt) {
+    IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<ClientConnection> connection, GetConnection());
+    // Nobody may have read this connection since its last call: deliver
+    // what came meanwhile (a GOAWAY, the server's EOF), so that a connection
+    // the server has left is replaced before the request goes out. One
+    // read(2), or nothing when the loop (or another caller) is reading
+    // anyway, or on shm (a flag). Not needed by a sync call where a send to
+    // a server that left fails with nothing sent (streams: EPIPE; the call
+    // then goes again, below) and a draining server refuses the call
+    // (kFlagRefused: CallSync sends it again). Not on the loop's own thread
+    // (a call made from an async callback): there what it delivers would run
+    // other calls' callbacks inside this one, and a call they make would
+    // overwrite this thread's prefix before it is sent.
+    const bool probe = !OnLoopThread() &&
+                       (call->is_async || !connection->transport->SendSeesPeerLeave());
+    if ((probe && connection->transport->ReadUntil(0, [] { return false; }) ==
+                      Connection::ReadResult::kClosed) ||
+        !connection->Usable()) {
+      connection->MarkLost(absl::UnavailableError("connection closed"));
+      IPCRPC_ASSIGN_OR_RETURN(connection, GetConnection());
+    }
+    call->id = connection->next_id.fetch_add(1, std::memory_order_relaxed);
+    call->connection = connection;
+    for (int i = 0; i < 8; ++i) prefix[8 + i] = static_cast<char>((call->id >> (8 * i)) & 0xff);
+    absl::Status why;
+    if (!connection->Insert(call, &why)) return why;
+    std::string_view parts[] = {prefix, request};
+    absl::Status sent = connection->transport->Send(parts, options.priority);
+    if (!sent.ok()) {
+      // The connection is broken even if its loop has not seen it yet: the
+      // next call must not pick it again. The call comes out before the
+      // Close, whose loss would otherwise complete it first.
+      connection->MarkLost(sent);
+      const bool taken = connection->Take(call->id) != nullptr;
+      connection->transport->Close();
+      if (taken) {
+        // Nothing went out (the server left while the connection was
+        // idle): once more, on a new connection.
+        if (IsNotDelivered(sent) && attempt == 0) continue;
+        sent = WithoutDeliveryMark(std::move(sent));
+        if (absl::IsUnavailable(sent)) return sent;
+        return absl::UnavailableError(sent.message());
+      }
+    }
+    // A sync caller reads its response itself; for an async call, somebody
+    // must be reading.
+    if (sent.ok() && call->is_async) connection->transport->EnsureReader();
+    // Either sent, or the connection's loss completes the call.
+    return absl::OkStatus();
   }
-  call->id = connection->next_id.fetch_add(1, std::memory_order_relaxed);
-  call->connection = connection;
-  for (int i = 0; i < 8; ++i) prefix[8 + i] = static_cast<char>((call->id >> (8 * i)) & 0xff);
-  absl::Status why;
-  if (!connection->Insert(call, &why)) return why;
-  std::string_view parts[] = {prefix, request};
-  absl::Status sent = connection->transport->Send(parts, options.priority);
-  if (!sent.ok()) {
-    // The connection is broken even if its loop has not seen it yet: the
-    // next call must not pick it again.
-    connection->MarkLost(sent);
-    connection->transport->Close();
-  }
-  if (!sent.ok() && connection->Take(call->id) != nullptr) {
-    if (absl::IsUnavailable(sent)) return sent;
-    return absl::UnavailableError(sent.message());
-  }
-  // A sync caller reads its response itself; for an async call, somebody
-  // must be reading.
-  if (sent.ok() && call->is_async) connection->transport->EnsureReader();
-  // Either sent, or the connection's loss completes the call.
-  return absl::OkStatus();
 }
 
 void ChannelCore::Complete(const std::shared_ptr<PendingCall>& call,
@@ -318,42 +332,53 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
       return absl::CancelledError(absl::StrCat("calling ", Av(method), ": the incoming call is cancelled"));
     }
   }
-  IPCRPC_RETURN_IF_ERROR(StartCall(call, method, request, options, deadline_ns));
-  if (options.parent_call != nullptr) {
-    std::weak_ptr<PendingCall> weak = call;
-    std::weak_ptr<ChannelCore> core = weak_from_this();
-    options.parent_call->OnCancel([weak, core] {
-      auto pending = weak.lock();
-      auto self = core.lock();
-      if (pending && self) self->Cancel(pending);
-    });
-  }
-  // Read the response on this thread if nobody else reads the connection:
-  // no hand-off from a response thread. Whatever the outcome (done, the
-  // deadline, another reader, the connection's end) the wait below sees it.
-  if (auto connection = call->connection.lock()) {
-    connection->transport->ReadUntil(
-        deadline_ns, [&call] { return call->completed.load(std::memory_order_acquire); });
-  }
-  std::unique_lock<std::mutex> lock(call->mu);
-  if (deadline_ns == kNoDeadline) {
-    call->cv.wait(lock, [&] { return call->done; });
-  } else {
-    call->cv.wait_until(lock, SteadyTimeOf(deadline_ns), [&] { return call->done; });
-  }
-  if (!call->done) {
-    lock.unlock();
-    if (auto connection = call->connection.lock()) {
-      if (connection->Take(call->id) != nullptr) {
-        SendCancel(connection, call->id);
-        return DeadlineExceeded(method);
-      }
+  for (int attempt = 0;; ++attempt) {
+    IPCRPC_RETURN_IF_ERROR(StartCall(call, method, request, options, deadline_ns));
+    if (options.parent_call != nullptr) {
+      std::weak_ptr<PendingCall> weak = call;
+      std::weak_ptr<ChannelCore> core = weak_from_this();
+      options.parent_call->OnCancel([weak, core] {
+        auto pending = weak.lock();
+        auto self = core.lock();
+        if (pending && self) self->Cancel(pending);
+      });
     }
-    // Someone else took it out and is completing it now.
-    lock.lock();
-    call->cv.wait(lock, [&] { return call->done; });
+    // Read the response on this thread if nobody else reads the connection:
+    // no hand-off from a response thread. Whatever the outcome (done, the
+    // deadline, another reader, the connection's end) the wait below sees it.
+    if (auto connection = call->connection.lock()) {
+      connection->transport->ReadUntil(
+          deadline_ns, [&call] { return call->completed.load(std::memory_order_acquire); });
+    }
+    std::unique_lock<std::mutex> lock(call->mu);
+    if (deadline_ns == kNoDeadline) {
+      call->cv.wait(lock, [&] { return call->done; });
+    } else {
+      call->cv.wait_until(lock, SteadyTimeOf(deadline_ns), [&] { return call->done; });
+    }
+    if (!call->done) {
+      lock.unlock();
+      if (auto connection = call->connection.lock()) {
+        if (connection->Take(call->id) != nullptr) {
+          SendCancel(connection, call->id);
+          return DeadlineExceeded(method);
+        }
+      }
+      // Someone else took it out and is completing it now.
+      lock.lock();
+      call->cv.wait(lock, [&] { return call->done; });
+    }
+    if (call->result->ok() || !IsNotDelivered(call->result->status())) {
+      return std::move(*call->result);
+    }
+    // The server refused the call without starting it (it is leaving): once
+    // more, on a new connection, within the same deadline.
+    absl::Status refused = WithoutDeliveryMark(call->result->status());
+    if (attempt > 0 || MonotonicNowNs() >= deadline_ns) return refused;
+    lock.unlock();
+    call = std::make_shared<PendingCall>(deadline_ns, nullptr);
+    call->sink = sink;
   }
-  return std::move(*call->result);
 }
 
 Call ChannelCore::CallAsync(std::string_view method, std::string_view request,
@@ -437,8 +462,15 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
       } else if (frame->header.status_code == 0) {
         Complete(call, std::string(frame->payload));
       } else {
-        Complete(call, absl::Status(static_cast<absl::StatusCode>(frame->header.status_code),
-                                    Av(frame->name)));
+        absl::Status status(static_cast<absl::StatusCode>(frame->header.status_code),
+                            Av(frame->name));
+        if ((frame->header.flags & kFlagRefused) != 0) {
+          // The server is leaving (its GOAWAY may still be on the way): no
+          // new calls here. A sync caller sends the call again elsewhere.
+          connection->Drain();
+          if (!call->is_async) status = MarkNotDelivered(std::move(status));
+        }
+        Complete(call, std::move(status));
       }
       return;
     }

@@ -34,6 +34,10 @@ inline constexpr size_t kMaxFrameOverhead = kHeaderSize + kMaxNameSize + kMaxMet
 // The wire value for "no deadline".
 inline constexpr int64_t kWireNoDeadline = INT64_MAX;
 
+// RESPONSE flag: the server refused the call without starting it (it is
+// shutting down), so the client may send it again on a new connection.
+inline constexpr uint16_t kFlagRefused = 1;
+
 enum class FrameType : uint8_t {
   kHello = 1,
   kRequest = 2,

@@ -131,11 +131,12 @@ class ServerCore final : public IntrospectionSource {
                   const std::shared_ptr<ServerCallState>& call, const absl::Status& status,
                   const std::string& response);
   // Sends a RESPONSE (from a pool thread, or Shutdown's).
+  // `flags`: kFlagRefused for a call refused without starting.
   void SendResponse(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
-                    const absl::Status& status, std::string_view payload);
+                    const absl::Status& status, std::string_view payload, uint16_t flags = 0);
   // An immediate answer to a request that does not reach a handler.
   void Reject(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
-              absl::Status status);
+              absl::Status status, uint16_t flags = 0);
   void SendControl(const std::shared_ptr<ServerConnection>& connection, FrameType type,
                    uint64_t request_id, std::string_view text);
 
@@ -354,7 +355,8 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
   const uint64_t id = frame.header.request_id;
   calls_received_.fetch_add(1, std::memory_order_relaxed);
   if (draining_.load()) {
-    Reject(connection, id, absl::UnavailableError("the server is shutting down"));
+    // Refused, not started: the client may send it again elsewhere.
+    Reject(connection, id, absl::UnavailableError("the server is shutting down"), kFlagRefused);
     return;
   }
   if (frame.header.deadline_ns <= MonotonicNowNs()) {
@@ -518,9 +520,10 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
 
 void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connection,
                               uint64_t request_id, const absl::Status& status,
-                              std::string_view payload) {
+                              std::string_view payload, uint16_t flags) {
   FrameHeader header;
   header.type = FrameType::kResponse;
+  header.flags = flags;
   header.request_id = request_id;
   header.status_code = static_cast<uint16_t>(status.code());
   std::string_view message = Sv(status.message());
@@ -542,8 +545,8 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
     // forever. If the transport has no room now, a handler thread sends it.
     if (!connection->transport->TrySend(parts, 0, &sent)) {
       pool_->Post(HandlerScheduler::kControlPriority, 0,
-                  [this, connection, request_id, status, body = std::string(payload)] {
-        SendResponse(connection, request_id, status, body);
+                  [this, connection, request_id, status, body = std::string(payload), flags] {
+        SendResponse(connection, request_id, status, body, flags);
       });
       return;
     }
@@ -563,11 +566,11 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
 }
 
 void ServerCore::Reject(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
-                        absl::Status status) {
+                        absl::Status status, uint16_t flags) {
   calls_rejected_.fetch_add(1);
   pool_->Post(HandlerScheduler::kControlPriority, 0,
-              [this, connection, request_id, status = std::move(status)] {
-    SendResponse(connection, request_id, status, "");
+              [this, connection, request_id, status = std::move(status), flags] {
+    SendResponse(connection, request_id, status, "", flags);
   });
 }
 
@@ -678,6 +681,9 @@ void ServerCore::Shutdown(absl::Duration grace) {
     connections.assign(connections_.begin(), connections_.end());
   }
   for (auto& connection : connections) connection->transport->Close();
+  // A closed listener may still read for its connections (mq:); now that
+  // they are closed, it goes, before the loop is left to run dry.
+  listeners.clear();
   // 5. Stop the loop once everything on it has finished, and the pool.
   work_.reset();
   if (loop_running) {
@@ -686,7 +692,6 @@ void ServerCore::Shutdown(absl::Duration grace) {
     io_.run();  // never started: run what Listen and Close queued
   }
   pool_->Join();
-  listeners.clear();
   MutexLock lock(&mu_);
   state_ = State::kDone;
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
@@ -55,6 +56,24 @@ absl::StatusOr<const Transport*> Find(const Endpoint& endpoint) {
 }
 
 }  // namespace
+
+namespace {
+constexpr char kNotDeliveredUrl[] = "ipcrpc.internal/not-delivered";
+}  // namespace
+
+absl::Status MarkNotDelivered(absl::Status status) {
+  if (!status.ok()) status.SetPayload(kNotDeliveredUrl, absl::Cord());
+  return status;
+}
+
+bool IsNotDelivered(const absl::Status& status) {
+  return !status.ok() && status.GetPayload(kNotDeliveredUrl).has_value();
+}
+
+absl::Status WithoutDeliveryMark(absl::Status status) {
+  status.ErasePayload(kNotDeliveredUrl);
+  return status;
+}
 
 bool TransportOptions::AllowsUid(uid_t uid) const {
   return uid == ::geteuid() ||

@@ -128,7 +128,7 @@ void StreamConnection::WaitReadable() {
                         });
 }
 
-StreamConnection::Got StreamConnection::ReadOnce(absl::Status* why) {
+StreamConnection::Got StreamConnection::ReadOnce(absl::Status* why, bool* drained) {
   for (;;) {
     if (closing_.load(std::memory_order_acquire)) {
       *why = absl::CancelledError(absl::StrCat(description_, ": closed"));
@@ -144,9 +144,11 @@ StreamConnection::Got StreamConnection::ReadOnce(absl::Status* why) {
       begin_ = 0;
       if (end_ == buffer_.size()) buffer_.resize(buffer_.size() * 2);
     }
-    ssize_t n = ::read(read_fd_, buffer_.data() + end_, buffer_.size() - end_);
+    const size_t room = buffer_.size() - end_;
+    ssize_t n = ::read(read_fd_, buffer_.data() + end_, room);
     if (n > 0) {
       end_ += static_cast<size_t>(n);
+      if (drained != nullptr) *drained = static_cast<size_t>(n) < room;
       *why = DeliverMessages();
       return why->ok() ? Got::kMessages : Got::kEnded;
     }
@@ -164,8 +166,15 @@ StreamConnection::Got StreamConnection::ReadOnce(absl::Status* why) {
 void StreamConnection::OnReadable() {
   for (;;) {
     absl::Status why;
-    switch (ReadOnce(&why)) {
+    bool drained = false;
+    switch (ReadOnce(&why, &drained)) {
       case Got::kMessages:
+        // A read that took less than it had room for emptied the stream: no
+        // second read only to see EAGAIN. The wait below re-arms the
+        // descriptor (asio's async_wait is an EPOLL_CTL_MOD, which reports
+        // at once what came meanwhile), and a direct reader polls before
+        // it reads.
+        if (drained) break;
         continue;
       case Got::kEnded:
         Finish(std::move(why));
@@ -202,13 +211,18 @@ Connection::ReadResult StreamConnection::ReadUntil(int64_t deadline_ns,
       result = ReadResult::kDone;
       break;
     }
-    const Got got = readable ? ReadOnce(&ended) : Got::kNothing;
+    bool drained = false;
+    const Got got = readable ? ReadOnce(&ended, &drained) : Got::kNothing;
     readable = true;
     if (got == Got::kEnded) {
       result = ReadResult::kClosed;
       break;
     }
-    if (got == Got::kMessages) continue;
+    if (got == Got::kMessages) {
+      // Not what we wait for, and the stream is empty: poll, then read.
+      readable = !drained;
+      continue;
+    }
     const int64_t now = MonotonicNowNs();
     if (now >= deadline_ns) break;
     struct pollfd fds[3] = {
@@ -316,6 +330,7 @@ bool StreamConnection::WriteLocked(absl::Span<struct iovec> iov, bool try_first,
   while (first < iov.size()) {
     if (write_fd_closed_ || closing_.load(std::memory_order_acquire)) {
       *result = absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+      if (first_write) *result = MarkNotDelivered(std::move(*result));
       return true;
     }
     ssize_t n;
@@ -335,13 +350,15 @@ bool StreamConnection::WriteLocked(absl::Span<struct iovec> iov, bool try_first,
         if (try_first && first_write) return false;
         absl::Status waited = WaitWritable();
         if (!waited.ok()) {
-          *result = waited;
+          *result = first_write ? MarkNotDelivered(std::move(waited)) : std::move(waited);
           return true;
         }
         continue;
       }
       if (errno == EPIPE || errno == ECONNRESET) {
         *result = absl::UnavailableError(absl::StrCat(description_, ": peer closed the connection"));
+        // EPIPE on the first write: not a byte of this message went out.
+        if (first_write) *result = MarkNotDelivered(std::move(*result));
         return true;
       }
       *result = ErrnoStatus(errno, "write", description_);

@@ -39,6 +39,9 @@ class StreamConnection final : public Connection {
   bool TrySend(absl::Span<const std::string_view> parts, int priority,
                absl::Status* error) override;
   void Close() override;
+  // A pipe or FIFO whose reader closed, a socket whose peer closed: EPIPE.
+  // (The fifo: client writes through a write-only descriptor for this.)
+  bool SendSeesPeerLeave() const override { return true; }
   const PeerCredentials& peer() const override { return peer_; }
   const std::string& description() const override { return description_; }
   void SetLoopReadPolicy(absl::AnyInvocable<bool()> keep_loop_reading) override {
@@ -55,8 +58,9 @@ class StreamConnection final : public Connection {
   // On the loop: starts (again) to watch the descriptor and reads.
   void StartLoopReading();
   // Whoever holds the read role: one read(2), and delivery of every whole
-  // message. kEnded with *why set if the connection ended.
-  Got ReadOnce(absl::Status* why);
+  // message. kEnded with *why set if the connection ended. `*drained`: the
+  // read took less than it had room for, so nothing more was there.
+  Got ReadOnce(absl::Status* why, bool* drained = nullptr);
   // Parses whole messages out of the buffer; not OK if the connection ended.
   absl::Status DeliverMessages();
   void Finish(absl::Status reason);  // on the loop: close fds, run on_closed once

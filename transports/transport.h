@@ -68,6 +68,14 @@ struct Endpoint {
 // transport that is not built yet.
 absl::StatusOr<Endpoint> ParseEndpoint(std::string_view endpoint);
 
+// A failure that provably delivered nothing (a send that failed before its
+// first byte went out; a call the server refused without starting it): the
+// same message may go again on another connection. A status payload marks
+// it; the marks are internal and removed before a status reaches the user.
+absl::Status MarkNotDelivered(absl::Status status);
+bool IsNotDelivered(const absl::Status& status);
+absl::Status WithoutDeliveryMark(absl::Status status);
+
 // One connection: a stream of whole messages in each direction.
 //
 // Thread-safety: Send and Close may be called from any thread, concurrently.
@@ -90,9 +98,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Sends one message: the concatenation of `parts`, whole; concurrent sends
   // are never interleaved. `priority` (0..31, higher first) orders messages
   // where the transport can (mq:); others ignore it. Blocks until written.
-  // UNAVAILABLE if the peer is gone or the connection closed,
+  // UNAVAILABLE if the peer is gone or the connection closed (marked
+  // MarkNotDelivered if nothing of the message went out),
   // RESOURCE_EXHAUSTED if the message is over max_message_size.
   virtual absl::Status Send(absl::Span<const std::string_view> parts, int priority) = 0;
+
+  // Whether Send to a peer that has left fails, with nothing sent, rather
+  // than queueing the message where nobody reads (a pipe, FIFO or stream
+  // socket whose reader closed: EPIPE). If so, a client need not look for
+  // the peer's EOF before it sends.
+  virtual bool SendSeesPeerLeave() const { return false; }
 
   // Sends one message as Send does, if that needs no waiting: true when
   // done (sent, or failed: *error says why), false when it would have to

@@ -202,6 +202,47 @@ TEST_P(HotPathTest, AServerThatLeftWhileNobodyReadIsReplacedByTheNextCall) {
   EXPECT_EQ(channel_->stats().connects, 4u);
 }
 
+// A server that is leaving while the client is idle: another client's call
+// keeps it draining, its GOAWAY waits unread, and a successor has taken the
+// endpoint over. The next call reaches the successor: either the client sees
+// the GOAWAY before sending (mq, shm), or the old server refuses the call
+// without starting it (kFlagRefused) and the client sends it again (streams,
+// which send without looking first).
+TEST_P(HotPathTest, ACallToALeavingServerGoesToItsSuccessor) {
+  ASSERT_THAT(channel_->CallMethod("test.Test/Echo", "before"), IsOkAndHolds("before"));
+  auto other = Channel::Connect(endpoint_);
+  ASSERT_THAT(other, IsOk());
+  Countdown sleeper_done(1);
+  Call sleeper = (*other)->CallMethodAsync("test.Test/Sleep", "60000", {},
+                                           [&](absl::StatusOr<std::string>) {
+                                             sleeper_done.Decrement();
+                                           });
+  ASSERT_THAT((*other)->CallMethod("test.Test/WaitForActive", "1"), IsOk());
+  std::unique_ptr<Server> leaving = std::move(server_);
+  // The CANCEL below must reach the draining server (mq: through the queue
+  // its closed listener still reads); else the grace period ends the Sleep.
+  std::thread shutdown([&] { leaving->Shutdown(absl::Seconds(30)); });
+  // The endpoint is free once the old server has closed its listener
+  // (Shutdown's first step); until then Listen fails.
+  const int64_t give_up = internal::MonotonicNowNs() + 10'000'000'000;
+  absl::Status listening = absl::UnknownError("not tried");
+  while (!listening.ok() && internal::MonotonicNowNs() < give_up) {
+    server_ = std::make_unique<Server>();
+    ASSERT_THAT(server_->RegisterService(&service_), IsOk());
+    listening = server_->Listen(endpoint_);
+    if (!listening.ok()) std::this_thread::yield();
+  }
+  ASSERT_THAT(listening, IsOk());
+  ASSERT_THAT(server_->Start(), IsOk());
+  auto after = channel_->CallMethod("test.Test/Echo", "after");
+  EXPECT_THAT(after, IsOkAndHolds("after"));
+  EXPECT_EQ(channel_->stats().connects, 2u);
+  sleeper.Cancel();
+  sleeper_done.Wait();
+  shutdown.join();
+  other->reset();
+}
+
 // Short handlers run on the server's loop, and their responses are sent
 // from it. A client whose callbacks send the next call at once can block in
 // that send (the server's input is full) while its own input is full of

@@ -372,6 +372,23 @@ class FifoConnector final : public Connector {
       return absl::UnavailableError(absl::StrCat(text, ": bad acknowledgement from the server"));
     }
     const pid_t server_pid = static_cast<pid_t>(GetLe(ack + 4, 4));
+    // From now on requests go through a write-only descriptor: while ours
+    // is also a reader, a write to a server that has died would fill the
+    // FIFO instead of failing with EPIPE (which lets a call go to a new
+    // server with nothing sent to the old one). The server has unlinked
+    // `c2s` already: it is reopened through /proc (a new open file
+    // description of the same FIFO; ours reads it, so the open never waits).
+    const std::string reopen = absl::StrCat("/proc/self/fd/", requests.get());
+    UniqueFd writer(::open(reopen.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
+    if (!writer.valid()) return ErrnoStatus(errno, "open", absl::StrCat(reopen, " (", c2s, ")"));
+    struct stat opened, created;
+    if (::fstat(writer.get(), &opened) < 0 || ::fstat(requests.get(), &created) < 0) {
+      return ErrnoStatus(errno, "fstat", c2s);
+    }
+    if (opened.st_dev != created.st_dev || opened.st_ino != created.st_ino) {
+      return absl::FailedPreconditionError(absl::StrCat(c2s, " was replaced during the handshake"));
+    }
+    requests = std::move(writer);
     std::move(remove_names).Invoke();
     IPCRPC_ASSIGN_OR_RETURN(
         auto connection,

@@ -636,6 +636,10 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
   Listener::AcceptHandler on_accept;
   std::vector<char> buffer;
   absl::flat_hash_map<uint64_t, std::weak_ptr<MqConnection>> routes;
+  // Cleared by the listener's Close: CONNECTs are refused from then on, but
+  // the queue is still read for the connections it has (their requests and
+  // CANCELs come through it while the server drains).
+  std::atomic<bool> accepting{true};
 
   // Receives and handles every message that is there; false stops serving.
   bool ReadMessages(int queue) {
@@ -651,6 +655,26 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
       }
       HandleMessage(std::string_view(buffer.data(), static_cast<size_t>(n)));
     }
+  }
+
+  // A CONNECT that reached a closed listener (sent before its queue's name
+  // was removed): a CLOSE on the reply queue, so the client fails at once.
+  void RefuseConnect(std::string_view payload) {
+    if (payload.size() < 12) return;
+    const std::string reply_name(payload.substr(12));
+    if (reply_name.size() < 2 || reply_name[0] != '/' ||
+        reply_name.find('/', 1) != std::string::npos ||
+        reply_name.find('\0') != std::string::npos || reply_name.size() > 255) {
+      return;
+    }
+    UniqueFd reply(static_cast<int>(
+        mq_open(reply_name.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC)));
+    if (!reply.valid()) return;
+    char refusal[kMqHeaderSize];
+    MqHeader header;
+    header.kind = MqKind::kClose;
+    EncodeMqHeader(header, refusal);
+    mq_send(reply.get(), refusal, sizeof(refusal), kConnectPriority);
   }
 
   void HandleConnect(std::string_view payload) {
@@ -738,7 +762,11 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
       return;
     }
     if (header->kind == MqKind::kConnect) {
-      HandleConnect(message.substr(kMqHeaderSize));
+      if (accepting.load(std::memory_order_acquire)) {
+        HandleConnect(message.substr(kMqHeaderSize));
+      } else {
+        RefuseConnect(message.substr(kMqHeaderSize));
+      }
       return;
     }
     auto route = routes.find(header->connection);
@@ -757,7 +785,10 @@ class MqListener final : public Listener {
  public:
   MqListener(Endpoint endpoint, TransportOptions options)
       : endpoint_(std::move(endpoint)), options_(std::move(options)) {}
-  ~MqListener() override { Close(); }
+  ~MqListener() override {
+    Close();
+    if (watch_ != nullptr) watch_->Stop();
+  }
 
   absl::Status Start(asio::io_context& io, AcceptHandler on_accept) override {
     const std::string name = "/" + endpoint_.address;
@@ -794,17 +825,22 @@ class MqListener final : public Listener {
     acceptor->buffer.resize(static_cast<size_t>(attr.mq_msgsize));
     acceptor->on_accept = std::move(on_accept);
     const int fd = queue.get();
+    acceptor_ = acceptor;
     watch_ = DescriptorWatch::Start(io, std::move(queue),
                                     [acceptor, fd] { return acceptor->ReadMessages(fd); });
     return absl::OkStatus();
   }
 
+  // Stops accepting: the name goes (a successor may take it), but the queue
+  // is read until the listener is destroyed, because the connections made
+  // through it send their messages there. (The server destroys its
+  // listeners once every connection has closed.)
   void Close() override {
     if (closed_) return;
     closed_ = true;
+    if (acceptor_ != nullptr) acceptor_->accepting.store(false, std::memory_order_release);
     if (created_) mq_unlink(("/" + endpoint_.address).c_str());
     ReleaseLock();
-    if (watch_ != nullptr) watch_->Stop();
   }
 
   const std::string& endpoint() const override { return endpoint_.text; }
@@ -847,6 +883,7 @@ class MqListener final : public Listener {
 
   const Endpoint endpoint_;
   const TransportOptions options_;
+  std::shared_ptr<MqAcceptor> acceptor_;
   std::shared_ptr<DescriptorWatch> watch_;
   std::shared_ptr<DescriptorWatch> token_;
   bool created_ = false;
