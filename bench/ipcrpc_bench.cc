@@ -15,6 +15,7 @@
 #include <mqueue.h>
 #include <sched.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -252,8 +253,20 @@ pid_t Fork(int cpu, F&& child) {
   return pid;
 }
 
+// --poll_floor: every read is preceded by a poll(2) on the descriptor, as
+// any reader that must also wake for a deadline or a cancellation does.
+bool poll_first = false;
+
+void WaitReadable(int fd) {
+  if (!poll_first) return;
+  struct pollfd pfd = {fd, POLLIN, 0};
+  while (poll(&pfd, 1, -1) < 0 && errno == EINTR) {
+  }
+}
+
 bool ReadFull(int fd, char* p, size_t n) {
   while (n > 0) {
+    WaitReadable(fd);
     ssize_t r = read(fd, p, n);
     if (r <= 0) return false;
     p += r;
@@ -348,6 +361,7 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
       std::vector<char> buffer(8192);
       for (;;) {
         for (size_t i = 0; i < count; ++i) {
+          WaitReadable(a);
           ssize_t n = mq_receive(a, buffer.data(), buffer.size(), nullptr);
           if (n < 0) return 0;
           if (n == 1 && buffer[0] == 'Q') return 0;
@@ -361,6 +375,7 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
         if (mq_send(a, buffer.data(), chunk, 0) < 0) return false;
       }
       for (size_t i = 0; i < count; ++i) {
+        WaitReadable(b);
         if (mq_receive(b, buffer.data(), buffer.size(), nullptr) < 0) return false;
       }
       return true;
@@ -410,7 +425,7 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
     waitpid(pid, nullptr, 0);
     munmap(memory, length);
   }
-  Print("raw", transport, size, std::move(result));
+  Print(poll_first ? "# raw_poll" : "raw", transport, size, std::move(result));
 }
 
 }  // namespace
@@ -425,6 +440,7 @@ int main(int argc, char** argv) {
   std::string pin = "split";
   int concurrency = 0;
   std::string only;  // "rpc" or "raw" for profiling one side; empty runs both
+  bool poll_floor = false;  // also the raw ping-pong with a poll before each read
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     std::string value;
@@ -449,6 +465,7 @@ int main(int argc, char** argv) {
     else if (take("pin")) pin = value;
     else if (take("concurrency")) concurrency = std::atoi(value.c_str());
     else if (take("only")) only = value;
+    else if (arg == "--poll_floor") poll_floor = true;
     else {
       std::fprintf(stderr, "ipcrpc_bench: unknown argument %s\n", arg.c_str());
       return 2;
@@ -478,6 +495,11 @@ int main(int argc, char** argv) {
       if (!absl::SimpleAtoi(size_text, &size)) continue;
       if (only != "raw") BenchRpc(self, transport, size, seconds, placement, concurrency);
       if (only != "rpc") BenchRaw(transport, size, seconds, placement);
+      if (poll_floor && transport != "shm") {
+        poll_first = true;
+        BenchRaw(transport, size, seconds, placement);
+        poll_first = false;
+      }
     }
   }
   return 0;
