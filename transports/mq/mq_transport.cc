@@ -670,6 +670,8 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
     UniqueFd reply(static_cast<int>(
         mq_open(reply_name.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC)));
     if (!reply.valid()) return;
+    IPCRPC_LOG(INFO) << description << ": refusing a CONNECT on " << reply_name
+                     << ": the server is shutting down";
     char refusal[kMqHeaderSize];
     MqHeader header;
     header.kind = MqKind::kClose;
