@@ -31,6 +31,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -50,10 +51,34 @@ struct Failure {
   std::string what;
 };
 
-// A child whose stdout we read line by line.
+// A child whose stdout we read line by line. One still running when its
+// Child goes (a round that failed half-way) is killed and reaped: left
+// behind, it would hold our stdout open and the test's runner would wait
+// for it.
 struct Child {
-  pid_t pid = -1;
+  pid_t pid = -1;  // -1 once reaped
   internal::UniqueFd out;
+
+  Child() = default;
+  Child(pid_t child_pid, internal::UniqueFd child_out)
+      : pid(child_pid), out(std::move(child_out)) {}
+  Child(Child&& other) noexcept : pid(std::exchange(other.pid, -1)), out(std::move(other.out)) {}
+  Child& operator=(Child&& other) noexcept {
+    if (this != &other) {
+      Kill();
+      pid = std::exchange(other.pid, -1);
+      out = std::move(other.out);
+    }
+    return *this;
+  }
+  ~Child() { Kill(); }
+
+  void Kill() {
+    if (pid <= 0) return;
+    ::kill(pid, SIGKILL);
+    WaitForExit(pid, absl::Seconds(10));
+    pid = -1;
+  }
 };
 
 std::optional<Child> Start(const std::vector<std::string>& argv) {
@@ -70,10 +95,10 @@ std::optional<Child> Start(const std::vector<std::string>& argv) {
 int Exit(Child& child, absl::Duration timeout) {
   std::optional<int> status = WaitForExit(child.pid, timeout);
   if (!status.has_value()) {
-    ::kill(child.pid, SIGKILL);
-    WaitForExit(child.pid, absl::Seconds(10));
+    child.Kill();
     return -1;
   }
+  child.pid = -1;  // reaped
   return WIFEXITED(*status) ? WEXITSTATUS(*status) : -1;
 }
 
