@@ -8,11 +8,15 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "asio/io_context.hpp"
 #include "absl/synchronization/barrier.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "base/syscall.h"
@@ -24,6 +28,7 @@
 #include "tests/transports/other_uid_check.h"
 #include "tests/util/status_matchers.h"
 #include "transports/mq/mq_transport.h"
+#include "transports/transport.h"
 
 namespace ipcrpc::testing {
 namespace {
@@ -217,6 +222,61 @@ TEST_F(MqTransportTest, HostileMessagesAreDroppedAndOnlyTheirConnectionSuffers) 
   SendRaw(data + "abcd");
   EXPECT_THAT((*bystander)->CallMethod("test.Test/Echo", "unharmed"), IsOk());
   ExpectServed();
+}
+
+// A CONNECT that reaches a server's queue after its listener closed (it was
+// sent before the name went) is answered CLOSE at once, so its client does
+// not wait out the handshake; one sent before the Close is accepted.
+TEST_F(MqTransportTest, AConnectAfterTheListenerClosedIsRefusedAtOnce) {
+  for (const bool close_first : {false, true}) {
+    SCOPED_TRACE(close_first ? "CONNECT read after Close" : "CONNECT read before Close");
+    auto listener = internal::CreateListener(endpoint_, internal::TransportOptions());
+    ASSERT_THAT(listener, IsOk());
+    asio::io_context io;
+    std::mutex accepted_mu;  // the loop thread adds, this one closes
+    std::vector<std::shared_ptr<internal::Connection>> accepted;
+    ASSERT_THAT((*listener)->Start(io, [&](std::shared_ptr<internal::Connection> connection) {
+      std::lock_guard<std::mutex> lock(accepted_mu);
+      accepted.push_back(std::move(connection));
+    }), IsOk());
+    // The loop does not run yet: the CONNECT waits in the queue.
+    const std::string reply_name = absl::StrCat("/", name_, "-reply");
+    struct mq_attr attr = {};
+    attr.mq_maxmsg = 4;
+    attr.mq_msgsize = 1024;
+    internal::UniqueFd reply(static_cast<int>(
+        mq_open(reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_CLOEXEC, 0600, &attr)));
+    ASSERT_TRUE(reply.valid()) << std::strerror(errno);
+    std::string connect(internal::kMqHeaderSize, '\0');
+    MqHeader header;
+    header.kind = MqKind::kConnect;
+    internal::EncodeMqHeader(header, connect.data());
+    char payload[12] = {'I', 'M', 'Q', 'C', 1, 0, 0, 0};
+    const uint32_t pid = static_cast<uint32_t>(::getpid());
+    std::memcpy(payload + 8, &pid, 4);  // little-endian host
+    connect.append(payload, sizeof(payload));
+    connect += reply_name;
+    SendRaw(connect);
+    if (close_first) (*listener)->Close();
+    std::thread loop([&] { io.run_for(std::chrono::seconds(10)); });
+    std::vector<char> answer(1024);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 5;
+    ssize_t n = mq_timedreceive(reply.get(), answer.data(), answer.size(), nullptr, &until);
+    mq_unlink(reply_name.c_str());
+    ASSERT_GT(n, 0) << "no answer within 5 s: " << std::strerror(errno);
+    auto got = internal::DecodeMqHeader(std::string_view(answer.data(), static_cast<size_t>(n)));
+    ASSERT_THAT(got, IsOk());
+    EXPECT_EQ(got->kind, close_first ? MqKind::kClose : MqKind::kAccept);
+    {
+      std::lock_guard<std::mutex> lock(accepted_mu);
+      for (auto& connection : accepted) connection->Close();
+    }
+    listener->reset();  // stops reading the queue
+    io.stop();
+    loop.join();
+  }
 }
 
 TEST(MqReassemblerTest, RulesForFragments) {
