@@ -378,17 +378,26 @@ class FifoConnector final : public Connector {
     // server with nothing sent to the old one). The server has unlinked
     // `c2s` already: it is reopened through /proc (a new open file
     // description of the same FIFO; ours reads it, so the open never waits).
+    // Without /proc (a sandbox) the read-write descriptor stays: calls
+    // still work, but one sent to a server that has died fails (its EOF on
+    // `s2c`) instead of going to a new server.
     const std::string reopen = absl::StrCat("/proc/self/fd/", requests.get());
     UniqueFd writer(::open(reopen.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
-    if (!writer.valid()) return ErrnoStatus(errno, "open", absl::StrCat(reopen, " (", c2s, ")"));
-    struct stat opened, created;
-    if (::fstat(writer.get(), &opened) < 0 || ::fstat(requests.get(), &created) < 0) {
-      return ErrnoStatus(errno, "fstat", c2s);
+    if (writer.valid()) {
+      struct stat opened, created;
+      if (::fstat(writer.get(), &opened) < 0 || ::fstat(requests.get(), &created) < 0) {
+        return ErrnoStatus(errno, "fstat", c2s);
+      }
+      if (opened.st_dev != created.st_dev || opened.st_ino != created.st_ino) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(reopen, " is not ", c2s, " (is /proc this process's?)"));
+      }
+      requests = std::move(writer);
+    } else {
+      IPCRPC_LOG(WARNING) << text << ": " << ErrnoStatus(errno, "open", reopen)
+                          << "; writing through a read-write descriptor (a server that dies is "
+                             "seen only when the call's answer fails to come)";
     }
-    if (opened.st_dev != created.st_dev || opened.st_ino != created.st_ino) {
-      return absl::FailedPreconditionError(absl::StrCat(c2s, " was replaced during the handshake"));
-    }
-    requests = std::move(writer);
     std::move(remove_names).Invoke();
     IPCRPC_ASSIGN_OR_RETURN(
         auto connection,
