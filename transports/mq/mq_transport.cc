@@ -657,26 +657,33 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
     }
   }
 
+  // A CONNECT's reply queue name: "/name", one component, at most 255 bytes.
+  static bool IsReplyQueueName(const std::string& name) {
+    return name.size() >= 2 && name.size() <= 255 && name[0] == '/' &&
+           name.find('/', 1) == std::string::npos && name.find('\0') == std::string::npos;
+  }
+
+  // CLOSE instead of ACCEPT on a client's reply queue: refused, and told so.
+  static void SendRefusal(int reply) {
+    char refusal[kMqHeaderSize];
+    MqHeader header;
+    header.kind = MqKind::kClose;
+    EncodeMqHeader(header, refusal);
+    mq_send(reply, refusal, sizeof(refusal), kConnectPriority);
+  }
+
   // A CONNECT that reached a closed listener (sent before its queue's name
   // was removed): a CLOSE on the reply queue, so the client fails at once.
   void RefuseConnect(std::string_view payload) {
     if (payload.size() < 12) return;
     const std::string reply_name(payload.substr(12));
-    if (reply_name.size() < 2 || reply_name[0] != '/' ||
-        reply_name.find('/', 1) != std::string::npos ||
-        reply_name.find('\0') != std::string::npos || reply_name.size() > 255) {
-      return;
-    }
+    if (!IsReplyQueueName(reply_name)) return;
     UniqueFd reply(static_cast<int>(
         mq_open(reply_name.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC)));
     if (!reply.valid()) return;
     IPCRPC_LOG(INFO) << description << ": refusing a CONNECT on " << reply_name
                      << ": the server is shutting down";
-    char refusal[kMqHeaderSize];
-    MqHeader header;
-    header.kind = MqKind::kClose;
-    EncodeMqHeader(header, refusal);
-    mq_send(reply.get(), refusal, sizeof(refusal), kConnectPriority);
+    SendRefusal(reply.get());
   }
 
   void HandleConnect(std::string_view payload) {
@@ -688,9 +695,7 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
     }
     const pid_t pid = static_cast<pid_t>(GetLe(payload.data() + 8, 4));
     const std::string reply_name(payload.substr(12));
-    if (reply_name.size() < 2 || reply_name[0] != '/' ||
-        reply_name.find('/', 1) != std::string::npos ||
-        reply_name.find('\0') != std::string::npos || reply_name.size() > 255) {
+    if (!IsReplyQueueName(reply_name)) {
       IPCRPC_LOG(WARNING) << description << ": dropping a CONNECT from pid " << pid
                           << ": bad reply queue name";
       return;
@@ -707,12 +712,7 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
       IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid << ": reply queue "
                           << reply_name << " belongs to uid " << st.st_uid
                           << ", which is not ours and not in ServerOptions::allowed_uids";
-      // Say so (CLOSE instead of ACCEPT), so the client need not time out.
-      char refusal[kMqHeaderSize];
-      MqHeader header;
-      header.kind = MqKind::kClose;
-      EncodeMqHeader(header, refusal);
-      mq_send(reply.get(), refusal, sizeof(refusal), kConnectPriority);
+      SendRefusal(reply.get());  // so the client need not time out
       return;
     }
     UniqueFd pidfd = PidFd(pid);
