@@ -55,10 +55,9 @@ absl::StatusOr<const Transport*> Find(const Endpoint& endpoint) {
                                                  "' (known: ", absl::StrJoin(schemes, ", "), ")"));
 }
 
-}  // namespace
-
-namespace {
+// The status payload that marks a failure MarkNotDelivered.
 constexpr char kNotDeliveredUrl[] = "ipcrpc.internal/not-delivered";
+
 }  // namespace
 
 absl::Status MarkNotDelivered(absl::Status status) {
