@@ -28,6 +28,7 @@ TransportOptions ToTransportOptions(const ChannelOptions& options) {
   transport.mode = options.mode;
   transport.child_exit_grace = options.child_exit_grace;
   transport.shm_ring_size = options.shm_ring_size;
+  transport.allowed_server_uids = options.allowed_server_uids;
   return transport;
 }
 

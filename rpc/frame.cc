@@ -182,9 +182,11 @@ Metadata DecodeMetadata(std::string_view block) {
   while (block.size() - at >= 4) {
     std::string_view fields[2];
     for (int field = 0; field < 2; ++field) {
-      uint64_t length = block.size() - at >= 4 ? GetLe(block.data() + at, 4) : 0;
+      // Not well formed (checked before, but never trust a second look).
+      if (block.size() - at < 4) return metadata;
+      const uint64_t length = GetLe(block.data() + at, 4);
       at += 4;
-      if (length > block.size() - at) return metadata;  // not well formed: checked before
+      if (length > block.size() - at) return metadata;
       fields[field] = block.substr(at, length);
       at += length;
     }

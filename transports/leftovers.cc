@@ -66,6 +66,10 @@ absl::StatusOr<std::optional<StaleObject>> FindStaleEndpointObject(std::string_v
   if (endpoint.scheme == "mq") {
     IPCRPC_ASSIGN_OR_RETURN(bool stale, MqQueueIsStale(endpoint.address));
     if (!stale) return std::nullopt;
+    // Another uid's queue is never ours to remove (RemoveStaleMqQueue
+    // refuses it too).
+    absl::StatusOr<uid_t> owner = MqQueueOwner(endpoint.address);
+    if (!owner.ok() || *owner != ::geteuid()) return std::nullopt;
     StaleObject object;
     object.kind = "queue";
     object.name = "/" + endpoint.address;
@@ -89,6 +93,13 @@ std::vector<StaleObject> FindStaleClientObjects(std::vector<std::string>* notes)
       if (!name.starts_with(kFifoPrivateDirPrefix)) continue;
       std::optional<pid_t> pid = LeadingPid(name.substr(sizeof(kFifoPrivateDirPrefix) - 1));
       if (!pid.has_value() || ProcessExists(*pid)) continue;
+      // Ours only (the runtime directory is, but never trust one look).
+      struct stat dir_st;
+      const std::string dir_path = absl::StrCat(*runtime, "/", Av(name));
+      if (::lstat(dir_path.c_str(), &dir_st) < 0 || !S_ISDIR(dir_st.st_mode) ||
+          dir_st.st_uid != ::geteuid()) {
+        continue;
+      }
       StaleObject object;
       object.kind = "FIFO directory";
       object.name = absl::StrCat(*runtime, "/", Av(name));

@@ -5,10 +5,18 @@
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
+#include "base/strings.h"
 #include "base/logging.h"
 #include "base/status_macros.h"
 
 namespace ipcrpc::internal {
+
+absl::Status NotOursError(std::string_view what, std::string_view noun, std::string_view name,
+                          uid_t owner) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      Av(what), ": ", Av(noun), " ", Av(name), " belongs to uid ", owner, ", not to this process (uid ",
+      ::geteuid(), "); leaving it (its owner or an administrator may remove it)"));
+}
 
 absl::Status ReclaimIfStale(const std::string& what, const std::string& path,
                             const NamedObjectKind& kind) {
@@ -25,6 +33,9 @@ absl::Status ReclaimIfStale(const std::string& what, const std::string& path,
   if (live) {
     return absl::AlreadyExistsError(absl::StrCat(what, ": a live server is using ", path));
   }
+  // Stale, but not ours to remove (the same holds for root: another uid's
+  // object is never deleted behind its back).
+  if (st.st_uid != ::geteuid()) return NotOursError(what, kind.noun, path, st.st_uid);
   IPCRPC_LOG(INFO) << what << ": reclaiming stale " << kind.noun << " " << path;
   if (::unlink(path.c_str()) < 0 && errno != ENOENT) return ErrnoStatus(errno, "unlink", what);
   return absl::OkStatus();

@@ -18,6 +18,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "absl/status/statusor.h"
@@ -48,9 +49,16 @@ class PublishedObject {
   std::optional<std::pair<dev_t, ino_t>> id_;
 };
 
-// OK if nothing is at `path` (any more): a stale object of `kind` there is
-// removed. ALREADY_EXISTS if a live one is there, FAILED_PRECONDITION if
-// something else is (untouched).
+// FAILED_PRECONDITION for an object (`noun` `name`) that `owner` owns and
+// this process (its effective uid) does not: we never remove or replace it,
+// however stale, and say who may.
+absl::Status NotOursError(std::string_view what, std::string_view noun, std::string_view name,
+                          uid_t owner);
+
+// OK if nothing is at `path` (any more): a stale object of `kind` there that
+// this process's euid owns is removed. ALREADY_EXISTS if a live one is there,
+// FAILED_PRECONDITION if something else is, or one of another owner
+// (untouched).
 absl::Status ReclaimIfStale(const std::string& what, const std::string& path,
                             const NamedObjectKind& kind);
 

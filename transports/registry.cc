@@ -79,6 +79,23 @@ bool TransportOptions::AllowsUid(uid_t uid) const {
          std::find(allowed_uids.begin(), allowed_uids.end(), uid) != allowed_uids.end();
 }
 
+absl::Status TransportOptions::CheckServerUid(std::string_view endpoint, uid_t uid,
+                                              std::string_view how) const {
+  const uid_t self = ::geteuid();
+  if (allowed_server_uids.empty() ? (uid == self || uid == 0)
+                                  : std::find(allowed_server_uids.begin(),
+                                              allowed_server_uids.end(),
+                                              uid) != allowed_server_uids.end()) {
+    return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      Av(endpoint), ": the server is uid ", uid, " (", Av(how), "), which is ",
+      allowed_server_uids.empty()
+          ? absl::StrCat("neither this process's uid ", self, " nor root")
+          : std::string("not in ChannelOptions::allowed_server_uids"),
+      "; nothing was sent to it"));
+}
+
 absl::StatusOr<Endpoint> ParseEndpoint(std::string_view text) {
   size_t colon = text.find(':');
   if (colon == std::string_view::npos) {

@@ -54,6 +54,13 @@ struct TransportOptions {
 
   // Whether a peer of `uid` may connect: our own uid, or one listed.
   bool AllowsUid(uid_t uid) const;
+
+  // Client side: whose servers we talk to. Empty: our euid and root.
+  std::vector<uid_t> allowed_server_uids;
+  // OK if a server of `uid` may be talked to; otherwise PERMISSION_DENIED
+  // naming `endpoint`, the uid and how it was found (`how`). Connectors call
+  // it before they send the server anything.
+  absl::Status CheckServerUid(std::string_view endpoint, uid_t uid, std::string_view how) const;
 };
 
 // A parsed endpoint "scheme:address".

@@ -37,6 +37,12 @@ struct ChannelOptions {
   // shm: bytes in each of the connection's two rings (a power of two,
   // 4 KiB..64 MiB). Larger messages are streamed through the ring.
   size_t shm_ring_size = 256 * 1024;
+  // Whose servers this channel talks to. Empty: this process's effective uid
+  // and root. The server's uid is checked before anything is sent to it
+  // (SO_PEERCRED on unix: and shm:, the owner of the FIFO or queue on fifo:
+  // and mq:); any other is PERMISSION_DENIED naming the endpoint and the uid.
+  // (pipe: talks to the child it spawned.)
+  std::vector<uid_t> allowed_server_uids;
 };
 
 // Limits and settings of a server.

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "ipcrpc/ipcrpc.h"
 #include "tests/conformance/test_service.h"
@@ -18,6 +19,7 @@ int main(int argc, char** argv) {
   int ready_fd = -1;
   int handler_threads = 4;
   int max_connections = 1024;
+  std::vector<uid_t> allowed_uids;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--endpoint=", 11) == 0) endpoint = argv[i] + 11;
     if (std::strncmp(argv[i], "--ready_fd=", 11) == 0) ready_fd = std::atoi(argv[i] + 11);
@@ -26,6 +28,9 @@ int main(int argc, char** argv) {
     }
     if (std::strncmp(argv[i], "--max_connections=", 18) == 0) {
       max_connections = std::atoi(argv[i] + 18);
+    }
+    if (std::strncmp(argv[i], "--allowed_uid=", 14) == 0) {
+      allowed_uids.push_back(static_cast<uid_t>(std::atoi(argv[i] + 14)));
     }
   }
   sigset_t signals;
@@ -37,6 +42,7 @@ int main(int argc, char** argv) {
   ipcrpc::ServerOptions options;
   options.handler_threads = handler_threads;
   options.max_connections = max_connections;
+  options.allowed_uids = allowed_uids;
   ipcrpc::Server server(options);
   absl::Status status = server.RegisterService(&service);
   if (status.ok()) status = server.Listen(endpoint);

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <mqueue.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <poll.h>
 #include <signal.h>
@@ -152,6 +151,9 @@ bool ShmWrite(ConformanceServerProcess::RawPeer& peer, std::string_view bytes) {
              control->consumer_position.load(std::memory_order_acquire) >
          peer.shm_ring_size) {
     if (absl::Now() > give_up) return false;
+    // The server closed this connection: no room will come.
+    struct pollfd closed = {peer.shm_socket.get(), POLLRDHUP, 0};
+    if (poll(&closed, 1, 0) > 0) return false;
     usleep(100);
   }
   for (size_t i = 0; i < bytes.size(); ++i) {
@@ -159,11 +161,15 @@ bool ShmWrite(ConformanceServerProcess::RawPeer& peer, std::string_view bytes) {
   }
   peer.shm_position += bytes.size();
   control->producer_position.store(peer.shm_position, std::memory_order_release);
-  uint64_t one = 1;
-  return write(peer.shm_server_doorbell.get(), &one, sizeof(one)) == sizeof(one);
+  return peer.RingShm();
 }
 
 }  // namespace
+
+bool ConformanceServerProcess::RawPeer::RingShm() {
+  // A full queue (EAGAIN) holds rings the server has yet to take.
+  return send(shm_doorbell.get(), "!", 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1 || errno == EAGAIN;
+}
 
 bool ConformanceServerProcess::RawPeer::SendMessage(std::string_view frame) {
   return SendAnnounced(static_cast<uint32_t>(frame.size()), frame);
@@ -277,8 +283,9 @@ absl::StatusOr<ConformanceServerProcess::RawPeer> ConformanceServerProcess::Open
     return peer;
   }
   if (transport_.name == "shm") {
-    // The shm: handshake by hand (docs/PROTOCOL.md): a sealed memfd and two
-    // eventfds in a HELLO over the abstract socket.
+    // The shm: handshake by hand (docs/PROTOCOL.md): a sealed memfd and the
+    // server's end of a datagram socket pair in a HELLO over the abstract
+    // socket.
     peer.shm_ring_size = 4096;
     peer.shm_socket = UniqueFd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     sockaddr_un addr = {};
@@ -299,15 +306,19 @@ absl::StatusOr<ConformanceServerProcess::RawPeer> ConformanceServerProcess::Open
     if (base == MAP_FAILED) return absl::ErrnoToStatus(errno, "mmap");
     peer.shm_region = std::shared_ptr<char>(static_cast<char*>(base),
                                             [length](char* p) { munmap(p, length); });
-    std::memcpy(peer.shm_region.get(), "ISHR\x01\x00\x00\x00", 8);
+    std::memcpy(peer.shm_region.get(), "ISHR\x02\x00\x00\x00", 8);
     uint64_t ring = peer.shm_ring_size;
     std::memcpy(peer.shm_region.get() + 8, &ring, 8);
-    UniqueFd client_doorbell(eventfd(0, EFD_CLOEXEC));
-    peer.shm_server_doorbell = UniqueFd(eventfd(0, EFD_CLOEXEC));
-    char hello[internal::kShmHelloSize] = {'I', 'S', 'H', 'M', 1, 0, 0, 0};
+    int bell[2];
+    if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, bell) < 0) {
+      return absl::ErrnoToStatus(errno, "socketpair");
+    }
+    peer.shm_doorbell = UniqueFd(bell[0]);
+    peer.shm_server_end = UniqueFd(bell[1]);
+    char hello[internal::kShmHelloSize] = {'I', 'S', 'H', 'M', 2, 0, 0, 0};
     std::memcpy(hello + 8, &ring, 8);
     struct iovec iov = {hello, sizeof(hello)};
-    alignas(struct cmsghdr) char control[CMSG_SPACE(3 * sizeof(int))] = {};
+    alignas(struct cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))] = {};
     struct msghdr msg = {};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -316,8 +327,8 @@ absl::StatusOr<ConformanceServerProcess::RawPeer> ConformanceServerProcess::Open
     cmsghdr* c = CMSG_FIRSTHDR(&msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(3 * sizeof(int));
-    const int fds[3] = {memfd.get(), peer.shm_server_doorbell.get(), client_doorbell.get()};
+    c->cmsg_len = CMSG_LEN(2 * sizeof(int));
+    const int fds[2] = {memfd.get(), peer.shm_server_end.get()};
     std::memcpy(CMSG_DATA(c), fds, sizeof(fds));
     if (sendmsg(peer.shm_socket.get(), &msg, MSG_NOSIGNAL) != sizeof(hello)) {
       return absl::ErrnoToStatus(errno, "sendmsg");

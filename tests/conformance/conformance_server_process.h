@@ -57,12 +57,18 @@ class ConformanceServerProcess {
     internal::UniqueFd mq_server;
     internal::UniqueFd mq_reply;
     uint64_t mq_connection = 0;
-    // shm: the socket, our mapping of the region, the server's doorbell.
+    // shm: the socket, our mapping of the region, our end of the doorbell
+    // pair (a datagram sent on it wakes the server) and, as a hostile peer
+    // may keep it, a copy of the server's end.
     internal::UniqueFd shm_socket;
     std::shared_ptr<char> shm_region;
     size_t shm_ring_size = 0;
-    internal::UniqueFd shm_server_doorbell;
+    internal::UniqueFd shm_doorbell;
+    internal::UniqueFd shm_server_end;
     uint64_t shm_position = 0;  // our producer position in ring 0
+
+    // shm: rings the server's doorbell.
+    bool RingShm();
 
     // Sends `frame` as one whole transport message.
     bool SendMessage(std::string_view frame);

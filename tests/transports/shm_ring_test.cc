@@ -156,5 +156,37 @@ TEST(ShmRingTest, TwoThreadsStreamWithoutLostWakeups) {
   EXPECT_EQ(received, kTotal);
 }
 
+// The peer may rewrite the ring at any moment: what the reader hands over
+// must be its own copy, read from the ring once. Rewriting the ring inside
+// the callback stands for a peer that does it while the message is decoded.
+TEST(ShmRecordReaderTest, HandsOverACopyThatThePeerCannotChange) {
+  constexpr size_t kSize = 256;
+  TestRing ring(kSize);
+  ShmRecordReader reader(1024);
+  const std::string message = "metadata length 7, then the rest";
+  std::string record(4, '\0');
+  record[0] = static_cast<char>(message.size());
+  record += message;
+  for (int round = 0; round < 3; ++round) {  // a warm reader too (reused buffer)
+    ASSERT_EQ(*ring.producer.Write(record), record.size());
+    ring.producer.Publish();
+    std::string_view first, second;
+    ASSERT_THAT(ring.consumer.Peek(&first, &second), IsOk());
+    ASSERT_EQ(first.size(), record.size()) << "the record lies contiguous in the ring";
+    std::string seen;
+    absl::StatusOr<size_t> took = reader.Take(first, second, [&](std::string_view view) {
+      const char* ring_begin = ring.data.data();
+      EXPECT_FALSE(view.data() >= ring_begin && view.data() < ring_begin + kSize)
+          << "the message is a view into the peer-writable ring";
+      std::memset(ring.data.data(), 'X', kSize);  // the peer strikes
+      seen = std::string(view);
+    });
+    ASSERT_THAT(took, IsOk());
+    EXPECT_EQ(*took, record.size());
+    EXPECT_EQ(seen, message) << "round " << round;
+    ring.consumer.Consume(*took);
+  }
+}
+
 }  // namespace
 }  // namespace ipcrpc::internal

@@ -8,9 +8,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/wait.h>
+
+#include <atomic>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -18,6 +23,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "ipcrpc/ipcrpc.h"
+#include "rpc/frame.h"
 #include "tests/conformance/conformance_server_process.h"
 #include "tests/conformance/test_service.h"
 #include "tests/util/process.h"
@@ -49,8 +55,7 @@ TEST_F(ShmTransportTest, GarbagePositionsInTheRingCloseOnlyThatConnection) {
   ASSERT_THAT(peer, IsOk());
   auto* control = reinterpret_cast<internal::ShmRingControl*>(peer->shm_region.get() + 64);
   control->producer_position.store(uint64_t{1} << 40);  // far beyond the ring
-  uint64_t one = 1;
-  ASSERT_EQ(write(peer->shm_server_doorbell.get(), &one, sizeof(one)), 8);
+  ASSERT_TRUE(peer->RingShm());
   EXPECT_TRUE(peer->WaitClosed(absl::Seconds(10)));
   ExpectServed();
 }
@@ -70,10 +75,7 @@ TEST_F(ShmTransportTest, GarbageBytesInTheRingCloseOnlyThatConnection) {
 TEST_F(ShmTransportTest, ADoorbellWithNothingWrittenIsHarmless) {
   auto peer = server_->OpenRawPeer();
   ASSERT_THAT(peer, IsOk());
-  for (int i = 0; i < 1000; ++i) {
-    uint64_t one = 1;
-    ASSERT_EQ(write(peer->shm_server_doorbell.get(), &one, sizeof(one)), 8);
-  }
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(peer->RingShm()) << "ring " << i;
   EXPECT_FALSE(peer->WaitClosed(absl::Milliseconds(100)));
   ExpectServed();
 }
@@ -85,14 +87,20 @@ struct BadHello {
   uint64_t memfd_rings;    // actual
   bool seal;
   int fds;
+  uint32_t version = 2;
+  bool eventfd_doorbells = false;  // version 1's
 };
 
 TEST_F(ShmTransportTest, HellosWithWrongSizesOrDescriptorsAreRefused) {
   const BadHello cases[] = {
-      {"ring size not a power of two", 5000, 5000, true, 3},
-      {"memory smaller than announced", 8192, 4096, true, 3},
-      {"memory not sealed", 4096, 4096, false, 3},
+      {"ring size not a power of two", 5000, 5000, true, 2},
+      {"memory smaller than announced", 8192, 4096, true, 2},
+      {"memory not sealed", 4096, 4096, false, 2},
       {"too few descriptors", 4096, 4096, true, 1},
+      {"too many descriptors", 4096, 4096, true, 3},
+      // Version 1's eventfds: a peer could make them blocking (below).
+      {"version 1 with eventfd doorbells", 4096, 4096, true, 3, 1, true},
+      {"an eventfd for a doorbell", 4096, 4096, true, 2, 2, true},
   };
   // The server's abstract name, as the conformance fixture made it.
   auto raw = server_->OpenRawPeer();
@@ -110,9 +118,18 @@ TEST_F(ShmTransportTest, HellosWithWrongSizesOrDescriptorsAreRefused) {
     if (bad.seal) {
       ASSERT_EQ(fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), 0);
     }
-    UniqueFd a(eventfd(0, EFD_CLOEXEC));
-    UniqueFd b(eventfd(0, EFD_CLOEXEC));
-    char hello[internal::kShmHelloSize] = {'I', 'S', 'H', 'M', 1, 0, 0, 0};
+    UniqueFd a, b;
+    if (bad.eventfd_doorbells) {
+      a = UniqueFd(eventfd(0, EFD_CLOEXEC));
+      b = UniqueFd(eventfd(0, EFD_CLOEXEC));
+    } else {
+      int bell[2];
+      ASSERT_EQ(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, bell), 0);
+      a = UniqueFd(bell[1]);
+      b = UniqueFd(bell[0]);
+    }
+    char hello[internal::kShmHelloSize] = {'I', 'S', 'H', 'M'};
+    std::memcpy(hello + 4, &bad.version, 4);
     std::memcpy(hello + 8, &bad.ring_size, 8);
     struct iovec iov = {hello, sizeof(hello)};
     alignas(struct cmsghdr) char control[CMSG_SPACE(3 * sizeof(int))] = {};
@@ -129,6 +146,104 @@ TEST_F(ShmTransportTest, HellosWithWrongSizesOrDescriptorsAreRefused) {
     std::memcpy(CMSG_DATA(c), fds, bad.fds * sizeof(int));
     ASSERT_EQ(sendmsg(socket.get(), &msg, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof(hello)));
     EXPECT_TRUE(WaitForEof(socket.get(), absl::Seconds(10))) << "the server accepted it";
+  }
+  ExpectServed();
+}
+
+// ring 1 (server to client) of a raw peer: consumes whatever the server has
+// written there; returns how many bytes.
+uint64_t ConsumeResponses(ConformanceServerProcess::RawPeer& peer, uint64_t* consumed) {
+  auto* control = reinterpret_cast<internal::ShmRingControl*>(peer.shm_region.get() + 256);
+  const uint64_t produced = control->producer_position.load(std::memory_order_acquire);
+  const uint64_t n = produced - *consumed;
+  *consumed = produced;
+  control->consumer_position.store(produced, std::memory_order_release);
+  return n;
+}
+
+std::string EchoRequestFrame(uint64_t id, const internal::Metadata& metadata,
+                             size_t payload_size) {
+  internal::FrameHeader header;
+  header.type = internal::FrameType::kRequest;
+  header.request_id = id;
+  std::string frame;
+  EXPECT_THAT(internal::EncodeFramePrefix(header, "test.Test/Echo", metadata, payload_size,
+                                          64u << 20, &frame),
+              IsOk());
+  frame.append(payload_size, 'e');
+  return frame;
+}
+
+// A peer that rewrites its ring while the server decodes from it (here: a
+// metadata length that is valid when looked at, then points past the block) must
+// never crash the server: the server reads the ring once, into memory of
+// its own, and decodes only that. Before, the metadata block was checked in
+// the ring and parsed again there later, and the server aborted
+// (basic_string_view::substr out of range) within a second.
+TEST_F(ShmTransportTest, ARingRewrittenWhileTheServerDecodesCannotCrashIt) {
+  // Records of a quarter of the raw peer's 4 KiB ring each: every record's
+  // first metadata length lies at one of four fixed places in the ring.
+  constexpr size_t kRecord = 1024;
+  const internal::Metadata metadata = {{"key", "value"}};
+  const size_t overhead = EchoRequestFrame(0, metadata, 0).size();
+  const size_t key_length_at = 4 + internal::kHeaderSize + std::strlen("test.Test/Echo");
+  const absl::Time until = absl::Now() + absl::Seconds(2);
+  int records = 0;
+  while (absl::Now() < until) {
+    auto peer = server_->OpenRawPeer();
+    ASSERT_THAT(peer, IsOk());
+    char* ring = peer->shm_region.get() + internal::kShmHeaderSize;
+    std::atomic<bool> stop{false};
+    std::thread flipper([&] {
+      auto byte = [&](int slot) {
+        return reinterpret_cast<volatile char*>(ring + slot * kRecord + key_length_at);
+      };
+      while (!stop.load(std::memory_order_relaxed)) {
+        // 10: the value's length field would start 2 bytes before the end
+        // of the 16-byte block (3 is "key"'s true length).
+        for (int slot = 0; slot < 4; ++slot) *byte(slot) = 10;
+        for (int slot = 0; slot < 4; ++slot) *byte(slot) = 3;
+      }
+    });
+    uint64_t consumed = 0;
+    for (int i = 0; i < 200 && absl::Now() < until; ++i) {
+      const std::string frame = EchoRequestFrame(++records, metadata, kRecord - 4 - overhead);
+      ASSERT_EQ(frame.size() + 4, kRecord);
+      if (!peer->SendMessage(frame)) break;  // the server closed it (saw 0xff)
+      ConsumeResponses(*peer, &consumed);
+      if (peer->WaitClosed(absl::ZeroDuration())) break;
+    }
+    stop.store(true);
+    flipper.join();
+  }
+  EXPECT_EQ(waitpid(server_->pid(), nullptr, WNOHANG), 0) << "the server died";
+  ExpectServed();
+}
+
+// A peer holds the server's end of the doorbell pair too (it made the pair).
+// It makes that end blocking and never takes its own wake-ups, so that the
+// server's rings pile up; it keeps asking the server to ring it (sleeping =
+// 1 before each request). The server's rings never wait: every call is
+// answered, others are served, and the server shuts down cleanly (checked
+// when the fixture ends). Version 1's eventfd doorbells blocked the server's
+// write for good here (with the counter filled), holding the connection's
+// write lock: every client and Shutdown hung.
+TEST_F(ShmTransportTest, APeerThatMakesItsDoorbellBlockingCannotStallTheServer) {
+  auto peer = server_->OpenRawPeer();
+  ASSERT_THAT(peer, IsOk());
+  const int flags = fcntl(peer->shm_server_end.get(), F_GETFL);
+  ASSERT_EQ(fcntl(peer->shm_server_end.get(), F_SETFL, flags & ~O_NONBLOCK), 0);
+  auto* responses = reinterpret_cast<internal::ShmRingControl*>(peer->shm_region.get() + 256);
+  uint64_t consumed = 0;
+  // The server's send buffer holds a few hundred rings: well past it.
+  for (int i = 1; i <= 2000; ++i) {
+    responses->consumer_sleeping.store(1, std::memory_order_seq_cst);
+    ASSERT_TRUE(peer->SendMessage(EchoRequestFrame(i, {}, 8))) << "request " << i;
+    const absl::Time give_up = absl::Now() + absl::Seconds(10);
+    while (ConsumeResponses(*peer, &consumed) == 0) {
+      ASSERT_LT(absl::Now(), give_up) << "no answer to request " << i << ": the server stalled";
+      sched_yield();
+    }
   }
   ExpectServed();
 }

@@ -21,10 +21,12 @@ extern char** environ;
 namespace ipcrpc::testing {
 
 absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv, const std::vector<int>& keep_fds,
-                            const std::vector<std::string>& env, int stdout_fd) {
+                            const std::vector<std::string>& env, int stdout_fd,
+                            int stderr_fd) {
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   if (stdout_fd >= 0) posix_spawn_file_actions_adddup2(&actions, stdout_fd, STDOUT_FILENO);
+  if (stderr_fd >= 0) posix_spawn_file_actions_adddup2(&actions, stderr_fd, STDERR_FILENO);
   for (int fd : keep_fds) posix_spawn_file_actions_adddup2(&actions, fd, fd);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);

@@ -16,11 +16,12 @@
 namespace ipcrpc::testing {
 
 // Spawns argv (argv[0] a path). `keep_fds` survive exec under the same
-// numbers; `env` entries ("K=V") are added to the environment; `stdout_fd`,
-// if set, becomes the child's standard output.
+// numbers; `env` entries ("K=V") are added to the environment; `stdout_fd`
+// and `stderr_fd`, if set, become the child's standard output and error.
 absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
                             const std::vector<int>& keep_fds = {},
-                            const std::vector<std::string>& env = {}, int stdout_fd = -1);
+                            const std::vector<std::string>& env = {}, int stdout_fd = -1,
+                            int stderr_fd = -1);
 
 // Waits up to `timeout` for `pid` (a child) to exit; its wait status, or
 // nullopt on timeout.

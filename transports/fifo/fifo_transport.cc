@@ -301,6 +301,9 @@ class FifoConnector final : public Connector {
       return absl::FailedPreconditionError(
           absl::StrCat(text, ": ", endpoint_.address, " is not a FIFO"));
     }
+    // A FIFO squatted by another uid would read our connect record.
+    IPCRPC_RETURN_IF_ERROR(
+        options_.CheckServerUid(text, server_st.st_uid, "the owner of the FIFO"));
 
     IPCRPC_ASSIGN_OR_RETURN(std::string base, RuntimeDirectory());
     std::string dir = absl::StrCat(base, "/", kFifoPrivateDirPrefix, ::getpid(), "-XXXXXX");

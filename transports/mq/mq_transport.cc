@@ -28,6 +28,7 @@
 #include "base/strings.h"
 #include "base/syscall.h"
 #include "transports/descriptor_watch.h"
+#include "transports/named_object.h"
 #include "transports/read_role.h"
 #include "base/mutex.h"
 
@@ -802,7 +803,17 @@ class MqListener final : public Listener {
                                            O_CREAT | O_EXCL | O_RDONLY | O_NONBLOCK | O_CLOEXEC,
                                            0600, &attr)));
       if (!queue.valid() && errno == EEXIST) {
-        // We hold the lock, so the queue's server is gone: it is stale.
+        // We hold the lock, so the queue's server is gone: it is stale. But
+        // another uid's queue is not ours to remove.
+        absl::StatusOr<uid_t> owner = MqQueueOwner(endpoint_.address);
+        if (owner.ok() && *owner != ::geteuid()) {
+          ReleaseLock();
+          return NotOursError(endpoint_.text, "stale queue", name, *owner);
+        }
+        if (!owner.ok() && !absl::IsNotFound(owner.status())) {
+          ReleaseLock();
+          return owner.status();
+        }
         IPCRPC_LOG(INFO) << endpoint_.text << ": reclaiming stale queue " << name;
         mq_unlink(name.c_str());
         continue;
@@ -910,6 +921,9 @@ class MqConnector final : public Connector {
     if (mq_getattr(server.get(), &server_attr) < 0 || ::fstat(server.get(), &server_st) < 0) {
       return ErrnoStatus(errno, "mq_getattr", server_name);
     }
+    // A queue squatted by another uid would read our CONNECT.
+    IPCRPC_RETURN_IF_ERROR(
+        options_.CheckServerUid(text, server_st.st_uid, "the owner of the queue"));
     if (server_attr.mq_msgsize < static_cast<long>(kMqHeaderSize) + 256 + 12) {
       return absl::FailedPreconditionError(
           absl::StrCat(text, ": the server queue's messages are too small"));
@@ -1113,8 +1127,27 @@ absl::StatusOr<bool> MqQueueIsStale(const std::string& name) {
   return ErrnoStatus(errno, "connect", path + "'s token");
 }
 
+absl::StatusOr<uid_t> MqQueueOwner(const std::string& name) {
+  const std::string path = "/" + name;
+  UniqueFd queue(static_cast<int>(mq_open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC)));
+  if (!queue.valid()) {
+    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat(path, ": no such queue"));
+    return MqOpenError(errno, path);
+  }
+  struct stat st;
+  if (::fstat(queue.get(), &st) < 0) return ErrnoStatus(errno, "fstat", path);
+  return st.st_uid;
+}
+
 absl::Status RemoveStaleMqQueue(const std::string& name) {
   const std::string path = "/" + name;
+  // Another uid's queue stays, however stale.
+  absl::StatusOr<uid_t> owner = MqQueueOwner(name);
+  if (!owner.ok()) {
+    if (absl::IsNotFound(owner.status())) return absl::OkStatus();  // gone already
+    return owner.status();
+  }
+  if (*owner != ::geteuid()) return NotOursError(path, "queue", path, *owner);
   UniqueFd token(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!token.valid()) return ErrnoStatus(errno, "socket", path);
   sockaddr_un addr;

@@ -83,6 +83,10 @@ absl::StatusOr<bool> MqQueueIsStale(const std::string& name);
 // Removes /NAME if it is stale, holding its token meanwhile so that no server
 // starts on it in between; FAILED_PRECONDITION if a live server owns it.
 absl::Status RemoveStaleMqQueue(const std::string& name);
+
+// The owner of queue /`name` (fstat of the opened queue). NOT_FOUND if there
+// is none.
+absl::StatusOr<uid_t> MqQueueOwner(const std::string& name);
 // Clients' reply queues are "/ipcrpc-<pid>-<n>-<random>".
 inline constexpr char kMqReplyQueuePrefix[] = "ipcrpc-";
 

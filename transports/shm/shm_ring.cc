@@ -105,7 +105,15 @@ absl::StatusOr<size_t> ShmRecordReader::Take(
           "message of ", length_, " bytes exceeds max_message_size ", max_message_size_));
     }
     if (first.size() >= 4 + length_) {
-      on_message(first.substr(4, length_));
+      // Copied out before anything looks at it: the ring is the peer's to
+      // write, and a decoder that read a length there and then the bytes it
+      // counts could see two different values (docs/PROTOCOL.md, "What each
+      // side trusts"). The buffer keeps its capacity, so a warm call does
+      // not allocate.
+      pending_.assign(first.data(), 4 + length_);
+      on_message(std::string_view(pending_).substr(4));
+      pending_.clear();
+      if (pending_.capacity() > (1u << 20)) pending_.shrink_to_fit();
       return 4 + length_;
     }
   }

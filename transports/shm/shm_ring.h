@@ -123,18 +123,20 @@ class ShmRingConsumer {
 };
 
 // Length-prefixed records (a u32 little-endian length, then the message) out
-// of a ring's readable bytes. A message that lies whole and contiguous in the
-// ring is handed over in place; one that wraps, or is larger than the ring
-// and arrives in pieces, is gathered (growing with what arrives, never to the
-// announced length at once). Every length is checked against the limit
-// before anything is gathered.
+// of a ring's readable bytes. Every message is copied out of the ring into a
+// buffer of the reader's own before it is handed over: the peer can write the
+// ring at any time, so nothing may read it twice (a length checked in one
+// read and used in the next). A message that wraps, or is larger than the
+// ring and arrives in pieces, is gathered (growing with what arrives, never
+// to the announced length at once). Every length is read once and checked
+// against the limit before anything is gathered.
 class ShmRecordReader {
  public:
   explicit ShmRecordReader(size_t max_message_size) : max_message_size_(max_message_size) {}
 
   // Takes what it can of the readable bytes `first` then `second` (as Peek
   // returned them), calling `on_message` for at most one whole message (a
-  // view valid only during the call). Returns how many bytes to Consume, or
+  // view of the reader's own copy, valid only during the call). Returns how many bytes to Consume, or
   // RESOURCE_EXHAUSTED if a message announces more than the limit (then
   // announced() says how much): the connection must close.
   absl::StatusOr<size_t> Take(std::string_view first, std::string_view second,

@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -41,7 +40,9 @@ namespace {
 constexpr char kHelloMagic[4] = {'I', 'S', 'H', 'M'};
 constexpr char kAckMagic[4] = {'I', 'S', 'H', 'A'};
 constexpr char kRegionMagic[4] = {'I', 'S', 'H', 'R'};
-constexpr uint32_t kVersion = 1;
+// 2: the doorbells are a datagram socket pair, not eventfds (1 is refused:
+// an eventfd's O_NONBLOCK is the peer's to clear, see RingPeer).
+constexpr uint32_t kVersion = 2;
 constexpr size_t kControlOffset[2] = {64, 256};  // c2s, s2c
 constexpr int kHandshakeTimeoutMs = 5000;
 // A reader that finds its ring empty looks again for a while before it
@@ -146,11 +147,52 @@ socklen_t AbstractAddress(const std::string& name, sockaddr_un* addr) {
   return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + full.size());
 }
 
-bool IsEventFd(int fd) {
-  char link[64] = {};
-  const std::string path = absl::StrCat("/proc/self/fd/", fd);
-  ssize_t n = ::readlink(path.c_str(), link, sizeof(link) - 1);
-  return n > 0 && std::string_view(link, n) == "anon_inode:[eventfd]";
+// Whether `fd` is a Unix datagram socket (a doorbell end).
+bool IsDatagramSocket(int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) return false;
+  int domain = 0;
+  int type = 0;
+  socklen_t len = sizeof(int);
+  if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) return false;
+  len = sizeof(int);
+  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return false;
+  return domain == AF_UNIX && type == SOCK_DGRAM;
+}
+
+// The doorbells. Each side holds one end of a Unix datagram socket pair: a
+// datagram sent on our end wakes the peer, one that arrives on it wakes us.
+// Every operation on it passes MSG_DONTWAIT, a flag of the call. (An eventfd
+// shared with the peer would not do: its O_NONBLOCK belongs to the open
+// file, which the peer shares and can make blocking, and a full counter then
+// blocks the writer for good.) A full queue needs no more rings: wake-ups are
+// pending already.
+void Ring(int fd) {
+  ssize_t ignored = ::send(fd, "!", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  (void)ignored;
+}
+
+// Takes the wake-ups that arrived (up to 16 at once: more only cost a spare
+// wake-up). False if the peer closed its end, or sent an empty datagram,
+// which an honest peer never does (both read as 0 bytes): the connection must
+// end, or the reader would be woken for ever.
+bool DrainDoorbell(int fd) {
+  constexpr int kBatch = 16;
+  char bytes[kBatch];
+  struct iovec iov[kBatch];
+  struct mmsghdr messages[kBatch];
+  std::memset(messages, 0, sizeof(messages));
+  for (int i = 0; i < kBatch; ++i) {
+    iov[i] = {&bytes[i], 1};
+    messages[i].msg_hdr.msg_iov = &iov[i];
+    messages[i].msg_hdr.msg_iovlen = 1;
+  }
+  const int n = ::recvmmsg(fd, messages, kBatch, MSG_DONTWAIT, nullptr);
+  if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+  for (int i = 0; i < n; ++i) {
+    if (messages[i].msg_len == 0) return false;
+  }
+  return true;
 }
 
 // A mapped region, unmapped when the last user is gone.
@@ -172,15 +214,17 @@ struct Region {
 class ShmConnection final : public Connection {
  public:
   // `in` and `out` are ring indexes (0: client to server, 1: server to client).
+  // `doorbell` is our end of the doorbell pair; `self_bell`, if valid, the
+  // peer's end, through which WakeReader rings our own (the client keeps it).
   ShmConnection(UniqueFd socket, std::shared_ptr<Region> region, int in, int out,
-                UniqueFd own_doorbell, UniqueFd peer_doorbell, PeerCredentials peer,
+                UniqueFd doorbell, UniqueFd self_bell, PeerCredentials peer,
                 std::string description, size_t max_message_size)
       : socket_(std::move(socket)),
         region_(std::move(region)),
         consumer_(region_->control(in), region_->data(in), region_->ring_size),
         producer_(region_->control(out), region_->data(out), region_->ring_size),
-        own_doorbell_(std::move(own_doorbell)),
-        peer_doorbell_(std::move(peer_doorbell)),
+        doorbell_(std::move(doorbell)),
+        self_bell_(std::move(self_bell)),
         peer_(peer),
         description_(std::move(description)),
         max_message_size_(max_message_size),
@@ -262,11 +306,14 @@ class ShmConnection final : public Connection {
       }
       if (caller_spinner_.KeepLooking()) continue;
       // Sleep on the doorbell (and watch the socket for the peer's end).
-      uint64_t count;
-      ssize_t ignored = ::read(own_doorbell_.get(), &count, sizeof(count));
-      (void)ignored;
+      if (!DrainDoorbell(doorbell_.get())) {
+        ended = absl::UnavailableError(
+            absl::StrCat(description_, ": the peer closed its doorbell"));
+        result = ReadResult::kClosed;
+        break;
+      }
       if (!consumer_.PrepareToSleep()) continue;
-      struct pollfd fds[2] = {{own_doorbell_.get(), POLLIN, 0},
+      struct pollfd fds[2] = {{doorbell_.get(), POLLIN, 0},
                               {socket_.get(), POLLIN | POLLRDHUP, 0}};
       ended = PollUntil(fds, 2, deadline_ns, now, description_);
       if (!ended.ok()) {
@@ -306,10 +353,9 @@ class ShmConnection final : public Connection {
     asio::post(*io_.load(), [self] { self->StartLoopReading(); });
   }
 
+  // Only a client reads directly (and keeps the pair's other end for this).
   void WakeReader() override {
-    uint64_t one = 1;
-    ssize_t ignored = ::write(own_doorbell_.get(), &one, sizeof(one));
-    (void)ignored;
+    if (self_bell_.valid()) Ring(self_bell_.get());
   }
 
   absl::Status Send(absl::Span<const std::string_view> parts, int /*priority*/) override {
@@ -368,11 +414,7 @@ class ShmConnection final : public Connection {
 
  private:
   void PublishAndRing() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
-    if (producer_.Publish()) {
-      uint64_t one = 1;
-      ssize_t ignored = ::write(peer_doorbell_.get(), &one, sizeof(one));
-      (void)ignored;
-    }
+    if (producer_.Publish()) Ring(doorbell_.get());
   }
 
   // Writes `bytes` whole, waiting for room when the ring is full: a message
@@ -433,10 +475,11 @@ class ShmConnection final : public Connection {
     doorbell_watch_->async_wait(asio::posix::stream_descriptor::wait_read,
                                 [self](const asio::error_code& ec) {
                                   if (ec || self->finished_) return;
-                                  uint64_t count;
-                                  ssize_t ignored =
-                                      ::read(self->own_doorbell_.get(), &count, sizeof(count));
-                                  (void)ignored;
+                                  if (!DrainDoorbell(self->doorbell_.get())) {
+                                    self->Finish(absl::UnavailableError(absl::StrCat(
+                                        self->description_, ": the peer closed its doorbell")));
+                                    return;
+                                  }
                                   self->loop_spinner_.Begin();
                                   self->ReadRing();
                                 });
@@ -451,7 +494,7 @@ class ShmConnection final : public Connection {
     }
     // Already reading (see StreamConnection::StartLoopReading).
     if (doorbell_watch_.has_value()) return;
-    doorbell_watch_.emplace(*io_.load(), own_doorbell_.get());
+    doorbell_watch_.emplace(*io_.load(), doorbell_.get());
     loop_spinner_.Begin();
     ReadRing();
   }
@@ -559,8 +602,8 @@ class ShmConnection final : public Connection {
   const std::shared_ptr<Region> region_;
   ShmRingConsumer consumer_;  // the read role's holder only
   ShmRingProducer producer_ ABSL_GUARDED_BY(write_mu_);  // MarkClosed: any thread
-  const UniqueFd own_doorbell_;
-  const UniqueFd peer_doorbell_;
+  const UniqueFd doorbell_;
+  const UniqueFd self_bell_;
   const PeerCredentials peer_;
   const std::string description_;
   const size_t max_message_size_;
@@ -641,15 +684,25 @@ struct ShmAcceptor : std::enable_shared_from_this<ShmAcceptor> {
         }
       }
     }
-    if (n != static_cast<ssize_t>(sizeof(hello)) || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC))) {
-      return absl::DataLossError("HELLO has the wrong size");
+    if (n < 0) return ErrnoStatus(errno, "recvmsg(HELLO)", description);
+    if (n == 0) return absl::UnavailableError("the client left before its HELLO");
+    if (msg.msg_flags & MSG_CTRUNC) {
+      return absl::ResourceExhaustedError(
+          "HELLO's descriptors did not fit (too many, or this process is out of descriptors)");
     }
-    if (fds.size() != 3) {
+    if (n != static_cast<ssize_t>(sizeof(hello)) || (msg.msg_flags & MSG_TRUNC)) {
+      return absl::DataLossError(absl::StrCat("HELLO has ", n, " bytes, not ", sizeof(hello)));
+    }
+    if (std::memcmp(hello, kHelloMagic, 4) != 0) return absl::DataLossError("HELLO has a bad magic");
+    if (const uint64_t version = GetLe(hello + 4, 4); version != kVersion) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "HELLO has version ", version, "; this server speaks version ", kVersion,
+          version == 1 ? " only (version 1's eventfd doorbells let a peer block the server)"
+                       : " only"));
+    }
+    if (fds.size() != 2) {
       return absl::DataLossError(absl::StrCat("HELLO carries ", fds.size(),
-                                              " descriptors, not 3"));
-    }
-    if (std::memcmp(hello, kHelloMagic, 4) != 0 || GetLe(hello + 4, 4) != kVersion) {
-      return absl::DataLossError("HELLO has a bad magic or version");
+                                              " descriptors, not 2"));
     }
     const uint64_t ring_size = GetLe(hello + 8, 8);
     if (ring_size < kShmMinRingSize || ring_size > kShmMaxRingSize ||
@@ -670,15 +723,13 @@ struct ShmAcceptor : std::enable_shared_from_this<ShmAcceptor> {
     if (seals < 0 || (seals & F_SEAL_SHRINK) == 0 || (seals & F_SEAL_SEAL) == 0) {
       return absl::DataLossError("the shared memory is not sealed against shrinking");
     }
-    if (!IsEventFd(fds[1].get()) || !IsEventFd(fds[2].get())) {
-      return absl::DataLossError("the doorbells are not eventfds");
+    if (!IsDatagramSocket(fds[1].get())) {
+      return absl::DataLossError("the doorbell is not a Unix datagram socket");
     }
     IPCRPC_ASSIGN_OR_RETURN(auto region, MapRegion(memfd, ring_size, description));
     if (std::memcmp(region->base, kRegionMagic, 4) != 0) {
       return absl::DataLossError("the shared memory's header has a bad magic");
     }
-    IPCRPC_RETURN_IF_ERROR(SetNonBlocking(fds[1].get(), true, description));
-    IPCRPC_RETURN_IF_ERROR(SetNonBlocking(fds[2].get(), true, description));
     char ack[8];
     std::memcpy(ack, kAckMagic, 4);
     PutLe(ack + 4, static_cast<uint32_t>(::getpid()), 4);
@@ -687,14 +738,17 @@ struct ShmAcceptor : std::enable_shared_from_this<ShmAcceptor> {
       return absl::UnavailableError("the client went away during the handshake");
     }
     // Ring 0 carries requests (client to server), ring 1 responses; fds[1]
-    // is the server's doorbell, fds[2] the client's.
+    // is the server's end of the doorbell pair.
     return std::static_pointer_cast<Connection>(std::make_shared<ShmConnection>(
         std::move(handshake.socket), std::move(region), /*in=*/0, /*out=*/1,
-        std::move(fds[1]), std::move(fds[2]), handshake.peer,
+        std::move(fds[1]), UniqueFd(), handshake.peer,
         absl::StrCat(description, " peer pid ", handshake.peer.pid),
         options.max_message_size));
   }
 };
+
+void WaitForHello(const std::shared_ptr<ShmAcceptor>& state,
+                  const std::shared_ptr<Handshake>& handshake);
 
 void StartHandshake(const std::shared_ptr<ShmAcceptor>& state, UniqueFd socket,
                     PeerCredentials peer) {
@@ -712,10 +766,24 @@ void StartHandshake(const std::shared_ptr<ShmAcceptor>& state, UniqueFd socket,
     handshake->readable.reset();
     handshake->socket.Reset();
   });
+  WaitForHello(state, handshake);
+}
+
+void WaitForHello(const std::shared_ptr<ShmAcceptor>& state,
+                  const std::shared_ptr<Handshake>& handshake) {
   handshake->readable->async_wait(
       asio::posix::stream_descriptor::wait_read,
       [handshake, state](const asio::error_code& ec) {
         if (ec || !handshake->readable.has_value()) return;
+        // Readiness can be spurious (asio reuses a closed descriptor's
+        // state, and an event already fetched for it lands here): wait
+        // again if nothing is there.
+        char byte;
+        if (::recv(handshake->socket.get(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
+            (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+          WaitForHello(state, handshake);
+          return;
+        }
         handshake->readable->release();
         handshake->readable.reset();
         handshake->timeout->cancel();
@@ -830,6 +898,9 @@ class ShmConnector final : public Connector {
       return ErrnoStatus(errno, "connect", text);
     }
     IPCRPC_ASSIGN_OR_RETURN(PeerCredentials server, UnixPeerCredentials(socket.get(), text));
+    // An impostor on the name must not get our memory: check first.
+    IPCRPC_RETURN_IF_ERROR(
+        options_.CheckServerUid(text, server.uid, "SO_PEERCRED of the rendezvous socket"));
 
     // The region: header, two ring controls, two rings; sealed so that its
     // size cannot change under either side.
@@ -848,17 +919,18 @@ class ShmConnector final : public Connector {
     PutLe(region->base + 8, ring_size, 8);
     for (int ring = 0; ring < 2; ++ring) new (region->control(ring)) ShmRingControl{};
 
-    UniqueFd server_doorbell(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    UniqueFd client_doorbell(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!server_doorbell.valid() || !client_doorbell.valid()) {
-      return ErrnoStatus(errno, "eventfd", text);
+    int bell[2];
+    if (::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, bell) < 0) {
+      return ErrnoStatus(errno, "socketpair", text);
     }
+    UniqueFd client_doorbell(bell[0]);
+    UniqueFd server_doorbell(bell[1]);
     char hello[kShmHelloSize] = {};
     std::memcpy(hello, kHelloMagic, 4);
     PutLe(hello + 4, kVersion, 4);
     PutLe(hello + 8, ring_size, 8);
     struct iovec iov = {hello, sizeof(hello)};
-    alignas(struct cmsghdr) char control[CMSG_SPACE(3 * sizeof(int))] = {};
+    alignas(struct cmsghdr) char control[CMSG_SPACE(2 * sizeof(int))] = {};
     struct msghdr msg = {};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -867,8 +939,8 @@ class ShmConnector final : public Connector {
     cmsghdr* c = CMSG_FIRSTHDR(&msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(3 * sizeof(int));
-    const int fds[3] = {memfd.get(), server_doorbell.get(), client_doorbell.get()};
+    c->cmsg_len = CMSG_LEN(2 * sizeof(int));
+    const int fds[2] = {memfd.get(), server_doorbell.get()};
     std::memcpy(CMSG_DATA(c), fds, sizeof(fds));
     if (RetryEintr([&] { return ::sendmsg(socket.get(), &msg, MSG_NOSIGNAL); }) !=
         static_cast<ssize_t>(sizeof(hello))) {
@@ -893,7 +965,8 @@ class ShmConnector final : public Connector {
       return absl::UnavailableError(absl::StrCat(text, ": bad answer from the server"));
     }
     IPCRPC_RETURN_IF_ERROR(SetNonBlocking(socket.get(), true, text));
-    // Ring 1 carries responses to us, ring 0 requests to the server.
+    // Ring 1 carries responses to us, ring 0 requests to the server. We keep
+    // the server's end of the doorbell pair too: WakeReader rings through it.
     return std::static_pointer_cast<Connection>(std::make_shared<ShmConnection>(
         std::move(socket), std::move(region), /*in=*/1, /*out=*/0, std::move(client_doorbell),
         std::move(server_doorbell), server, absl::StrCat(text, " server pid ", server.pid),

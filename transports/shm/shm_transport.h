@@ -2,9 +2,10 @@
 //
 // The server listens on the abstract Unix socket "@ipcrpc-shm-NAME" (nothing
 // on disk). Per connection the client makes one sealed memfd holding two
-// single-producer single-consumer rings (requests, responses) and two
-// eventfd doorbells (one per side), and passes them with SCM_RIGHTS in a
-// HELLO. The socket stays open as the liveness channel: EOF is the peer's
+// single-producer single-consumer rings (requests, responses) and a Unix
+// datagram socket pair, the doorbells (a datagram on one end wakes the
+// holder of the other), and passes the memfd and the server's end with
+// SCM_RIGHTS in a HELLO. The socket stays open as the liveness channel: EOF is the peer's
 // death; SO_PEERCRED gives its pid and uid. Nothing is created in /dev/shm,
 // so a SIGKILL of either side leaves nothing behind.
 //

@@ -206,6 +206,10 @@ class UnixConnector final : public Connector {
       return ErrnoStatus(error, "connect", endpoint_.text);
     }
     IPCRPC_ASSIGN_OR_RETURN(PeerCredentials peer, UnixPeerCredentials(fd.get(), endpoint_.text));
+    // Whoever listens there (an impostor may have taken a path or an
+    // abstract name) gets nothing before we know who it is.
+    IPCRPC_RETURN_IF_ERROR(
+        options_.CheckServerUid(endpoint_.text, peer.uid, "SO_PEERCRED of the socket"));
     IPCRPC_ASSIGN_OR_RETURN(
         auto connection,
         StreamConnection::Create(std::move(fd), UniqueFd(), /*is_socket=*/true, peer,

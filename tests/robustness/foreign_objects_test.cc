@@ -1,0 +1,117 @@
+// Objects of another uid are never deleted or replaced: a server that finds
+// a stale socket file, FIFO or queue of another owner on its endpoint leaves
+// it and says whose it is (FAILED_PRECONDITION), and `ipcrpc gc`'s helpers
+// neither list nor remove it, even as root. The objects are real, made by
+// root and given to uid 65534 (chown/fchown), as another user's server that
+// died would have left them.
+#include <fcntl.h>
+#include <mqueue.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+
+#include "absl/cleanup/cleanup.h"
+#include "base/syscall.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "ipcrpc/ipcrpc.h"
+#include "tests/conformance/test_service.h"
+#include "tests/util/process.h"
+#include "tests/util/status_matchers.h"
+#include "transports/leftovers.h"
+#include "transports/mq/mq_transport.h"
+
+namespace ipcrpc::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr uid_t kOtherUid = 65534;
+
+// Listen + Start on `endpoint` must fail FAILED_PRECONDITION naming the owner.
+void ExpectRefusedAsNotOurs(const std::string& endpoint) {
+  TestService service;
+  Server server;
+  ASSERT_THAT(server.RegisterService(&service), IsOk());
+  absl::Status status = server.Listen(endpoint);
+  if (status.ok()) status = server.Start();
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_THAT(status.message(), HasSubstr("belongs to uid 65534"));
+  server.Shutdown(absl::ZeroDuration());
+}
+
+class ForeignObjectsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to give objects to another uid";
+  }
+};
+
+TEST_F(ForeignObjectsTest, AStaleSocketFileOfAnotherUidIsLeftAlone) {
+  const std::string path = UniqueName("/tmp/ipcrpc-foreign") + ".sock";
+  absl::Cleanup remove = [&] { unlink(path.c_str()); };
+  {
+    internal::UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr = {};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    ASSERT_EQ(bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  }  // closed: nobody serves it, the file stays (stale)
+  ASSERT_EQ(chown(path.c_str(), kOtherUid, kOtherUid), 0);
+  struct stat before;
+  ASSERT_EQ(lstat(path.c_str(), &before), 0);
+  ExpectRefusedAsNotOurs("unix:" + path);
+  struct stat after;
+  ASSERT_EQ(lstat(path.c_str(), &after), 0) << "the other uid's socket file was deleted";
+  EXPECT_EQ(after.st_ino, before.st_ino) << "the other uid's socket file was replaced";
+  absl::StatusOr<std::optional<internal::StaleObject>> stale =
+      internal::FindStaleEndpointObject("unix:" + path);
+  ASSERT_THAT(stale, IsOk());
+  EXPECT_FALSE(stale->has_value()) << "gc would remove the other uid's socket file";
+}
+
+TEST_F(ForeignObjectsTest, AStaleFifoOfAnotherUidIsLeftAlone) {
+  const std::string path = UniqueName("/tmp/ipcrpc-foreign") + ".fifo";
+  absl::Cleanup remove = [&] { unlink(path.c_str()); };
+  ASSERT_EQ(mkfifo(path.c_str(), 0600), 0);
+  ASSERT_EQ(chown(path.c_str(), kOtherUid, kOtherUid), 0);
+  struct stat before;
+  ASSERT_EQ(lstat(path.c_str(), &before), 0);
+  ExpectRefusedAsNotOurs("fifo:" + path);
+  struct stat after;
+  ASSERT_EQ(lstat(path.c_str(), &after), 0) << "the other uid's FIFO was deleted";
+  EXPECT_EQ(after.st_ino, before.st_ino) << "the other uid's FIFO was replaced";
+}
+
+TEST_F(ForeignObjectsTest, AStaleQueueOfAnotherUidIsLeftAlone) {
+  const std::string name = UniqueName("ipcrpc-foreign");
+  const std::string path = "/" + name;
+  struct mq_attr attr = {};
+  attr.mq_maxmsg = 1;
+  attr.mq_msgsize = 64;
+  internal::UniqueFd queue(static_cast<int>(
+      mq_open(path.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_CLOEXEC, 0600, &attr)));
+  ASSERT_TRUE(queue.valid()) << std::strerror(errno);
+  absl::Cleanup remove = [&] { mq_unlink(path.c_str()); };
+  ASSERT_EQ(fchown(queue.get(), kOtherUid, kOtherUid), 0);
+  queue.Reset();
+  ExpectRefusedAsNotOurs("mq:" + name);
+  absl::StatusOr<uid_t> owner = internal::MqQueueOwner(name);
+  ASSERT_THAT(owner, IsOk()) << "the other uid's queue was deleted";
+  EXPECT_EQ(*owner, kOtherUid) << "the other uid's queue was replaced";
+  // gc: not listed, and not removed if asked.
+  absl::StatusOr<std::optional<internal::StaleObject>> stale =
+      internal::FindStaleEndpointObject("mq:" + name);
+  ASSERT_THAT(stale, IsOk());
+  EXPECT_FALSE(stale->has_value()) << "gc would remove the other uid's queue";
+  absl::Status removed = internal::RemoveStaleMqQueue(name);
+  EXPECT_EQ(removed.code(), absl::StatusCode::kFailedPrecondition) << removed;
+  EXPECT_THAT(internal::MqQueueOwner(name), IsOk()) << "RemoveStaleMqQueue deleted it";
+}
+
+}  // namespace
+}  // namespace ipcrpc::testing
