@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/syscall.h"
@@ -192,7 +193,15 @@ TEST_F(ShmTransportTest, ARingRewrittenWhileTheServerDecodesCannotCrashIt) {
   while (absl::Now() < until) {
     auto peer = server_->OpenRawPeer();
     ASSERT_THAT(peer, IsOk());
-    char* ring = peer->shm_region.get() + internal::kShmHeaderSize;
+    // The flipper writes through a second mapping of the same pages
+    // (mremap of size 0 duplicates a shared mapping): to ThreadSanitizer its
+    // writes and this thread's are then to different addresses, as the
+    // peer's and the server's are (another process), not a race in the test.
+    const size_t length = internal::kShmHeaderSize + 2 * peer->shm_ring_size;
+    void* alias = mremap(peer->shm_region.get(), 0, length, MREMAP_MAYMOVE);
+    ASSERT_NE(alias, MAP_FAILED) << std::strerror(errno);
+    absl::Cleanup unmap = [alias, length] { munmap(alias, length); };
+    char* ring = static_cast<char*>(alias) + internal::kShmHeaderSize;
     std::atomic<bool> stop{false};
     std::thread flipper([&] {
       auto byte = [&](int slot) {
