@@ -20,10 +20,12 @@ uint64_t GetLe(const char* p, int bytes) {
 }
 
 // Checks the metadata block's structure: (u32 length, bytes) pairs that use
-// up the block exactly.
-bool MetadataWellFormed(std::string_view block) {
+// up the block exactly. Counts the entries into *entries.
+bool MetadataWellFormed(std::string_view block, size_t* entries) {
   size_t at = 0;
+  *entries = 0;
   while (at < block.size()) {
+    ++*entries;
     for (int field = 0; field < 2; ++field) {
       if (block.size() - at < 4) return false;
       uint64_t length = GetLe(block.data() + at, 4);
@@ -65,6 +67,11 @@ absl::Status EncodeFramePrefix(const FrameHeader& header, std::string_view name,
   if (header.priority > kMaxPriority) {
     return absl::InvalidArgumentError(
         absl::StrCat("priority ", header.priority, " is outside 0..", kMaxPriority));
+  }
+  if (metadata.size() > kMaxMetadataEntries) {
+    return absl::InvalidArgumentError(absl::StrCat("metadata of ", metadata.size(),
+                                                   " entries is over the limit of ",
+                                                   kMaxMetadataEntries));
   }
   size_t metadata_size = 0;
   for (const auto& [key, value] : metadata) metadata_size += 8 + key.size() + value.size();
@@ -167,8 +174,14 @@ absl::StatusOr<FrameView> DecodeFrame(std::string_view bytes, size_t max_payload
   frame.metadata = bytes.substr(at, metadata_size);
   at += metadata_size;
   frame.payload = bytes.substr(at, payload_size);
-  if (!MetadataWellFormed(frame.metadata)) {
+  size_t entries = 0;
+  if (!MetadataWellFormed(frame.metadata, &entries)) {
     return absl::DataLossError("malformed metadata block");
+  }
+  if (entries > kMaxMetadataEntries) {
+    return absl::ResourceExhaustedError(absl::StrCat("frame metadata of ", entries,
+                                                     " entries is over the limit of ",
+                                                     kMaxMetadataEntries));
   }
   if (frame.header.type == FrameType::kRequest && frame.name.empty()) {
     return absl::DataLossError("REQUEST without a method name");

@@ -28,6 +28,9 @@ inline constexpr uint8_t kProtocolVersion = 1;
 inline constexpr size_t kHeaderSize = 40;
 inline constexpr size_t kMaxNameSize = 64 * 1024;
 inline constexpr size_t kMaxMetadataSize = 64 * 1024;
+// Entries in one frame's metadata: decoded, an empty entry costs far more
+// than its 8 wire bytes, so their number is bounded too.
+inline constexpr size_t kMaxMetadataEntries = 256;
 inline constexpr int kMaxPriority = 31;
 // Bytes a frame may add around its payload: header, name, metadata.
 inline constexpr size_t kMaxFrameOverhead = kHeaderSize + kMaxNameSize + kMaxMetadataSize;

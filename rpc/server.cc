@@ -166,6 +166,8 @@ class ServerCore final : public IntrospectionSource {
   std::atomic<int64_t> bytes_received_{0};
   std::atomic<int64_t> bytes_sent_{0};
   std::atomic<int64_t> connections_accepted_{0};
+  // Bytes held by the calls in flight (ServerOptions::max_bytes_in_flight).
+  std::atomic<int64_t> bytes_in_flight_{0};
   std::atomic<int64_t> connections_refused_{0};
   std::atomic<uint64_t> next_connection_id_{1};
 
@@ -395,22 +397,44 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
                                              std::string(frame.name),
                                              DecodeMetadata(frame.metadata), peer.pid, peer.uid);
   }
+  // Charged as decoded, not as sent (see ServerOptions::max_bytes_in_flight).
+  int64_t held = 512 + static_cast<int64_t>(frame.payload.size() + frame.name.size());
+  for (const auto& [key, value] : call->metadata) {
+    held += 64 + static_cast<int64_t>(key.size() + value.size());
+  }
+  call->held_bytes = 0;
+  if (bytes_in_flight_.fetch_add(held) + held > static_cast<int64_t>(options_.max_bytes_in_flight)) {
+    bytes_in_flight_.fetch_sub(held);
+    Reject(connection, id,
+           absl::ResourceExhaustedError(absl::StrCat(
+               "server overloaded: ServerOptions::max_bytes_in_flight (",
+               options_.max_bytes_in_flight, " bytes) reached")));
+    return;
+  }
+  call->held_bytes = held;
+  bool over_connection_limit = false;
   {
     MutexLock lock(&connection->mu);
-    if (static_cast<int>(connection->calls.size()) >= options_.max_calls_per_connection) {
-      Reject(connection, id,
-             absl::ResourceExhaustedError(absl::StrCat(
-                 "server overloaded: ServerOptions::max_calls_per_connection (",
-                 options_.max_calls_per_connection, ") reached")));
-      return;
-    }
-    if (!connection->calls.emplace(id, call).second) {
+    over_connection_limit =
+        static_cast<int>(connection->calls.size()) >= options_.max_calls_per_connection;
+    if (over_connection_limit) {
+      // Answered below, outside the lock.
+    } else if (!connection->calls.emplace(id, call).second) {
       IPCRPC_LOG(WARNING) << connection->transport->description()
                           << ": closing the connection: request id " << id
                           << " is already in flight";
+      bytes_in_flight_.fetch_sub(held);
       connection->transport->Close();
       return;
     }
+  }
+  if (over_connection_limit) {
+    bytes_in_flight_.fetch_sub(held);
+    Reject(connection, id,
+           absl::ResourceExhaustedError(absl::StrCat(
+               "server overloaded: ServerOptions::max_calls_per_connection (",
+               options_.max_calls_per_connection, ") reached")));
+    return;
   }
   calls_in_flight_.fetch_add(1);
   if (run_here) {
@@ -510,6 +534,7 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
   } else if (call->cancelled_by_client.load()) {
     responses_dropped_.fetch_add(1, std::memory_order_relaxed);
   }
+  bytes_in_flight_.fetch_sub(call->held_bytes);
   // Only Shutdown waits for the count (to reach zero, under mu_): take the
   // lock, which wakes it, only then. seq_cst on both sides: either this sees
   // draining_, or Shutdown (which sets it first) sees the count.
@@ -568,6 +593,13 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
 void ServerCore::Reject(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
                         absl::Status status, uint16_t flags) {
   calls_rejected_.fetch_add(1);
+  if (on_a_server_loop) {
+    // Answered at once, from the thread that read the request: a rejection
+    // never waits for a handler thread, however busy they all are.
+    // (SendResponse hands it to one only if the transport has no room now.)
+    SendResponse(connection, request_id, status, "", flags);
+    return;
+  }
   pool_->Post(HandlerScheduler::kControlPriority, 0,
               [this, connection, request_id, status = std::move(status), flags] {
     SendResponse(connection, request_id, status, "", flags);
@@ -576,13 +608,24 @@ void ServerCore::Reject(const std::shared_ptr<ServerConnection>& connection, uin
 
 void ServerCore::SendControl(const std::shared_ptr<ServerConnection>& connection, FrameType type,
                              uint64_t request_id, std::string_view text) {
+  FrameHeader header;
+  header.type = type;
+  header.request_id = request_id;
+  std::string frame;
+  if (!EncodeFramePrefix(header, text, {}, 0, 0, &frame).ok()) return;
+  if (on_a_server_loop) {
+    // As Reject: from the loop at once if the transport has room now.
+    std::string_view parts[] = {frame};
+    absl::Status sent;
+    if (connection->transport->TrySend(parts, 0, &sent)) {
+      if (sent.ok()) {
+        bytes_sent_.fetch_add(static_cast<int64_t>(frame.size()), std::memory_order_relaxed);
+      }
+      return;
+    }
+  }
   pool_->Post(HandlerScheduler::kControlPriority, 0,
-              [this, connection, type, request_id, text = std::string(text)] {
-    FrameHeader header;
-    header.type = type;
-    header.request_id = request_id;
-    std::string frame;
-    if (!EncodeFramePrefix(header, text, {}, 0, 0, &frame).ok()) return;
+              [this, connection, frame = std::move(frame)] {
     std::string_view parts[] = {frame};
     if (connection->transport->Send(parts, 0).ok()) {
       bytes_sent_.fetch_add(static_cast<int64_t>(frame.size()), std::memory_order_relaxed);

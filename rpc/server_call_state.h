@@ -62,6 +62,8 @@ class ServerCallState {
   }
 
   // Set when the call is read (or reused), read-only while it runs.
+  // What the call holds, as charged against ServerOptions::max_bytes_in_flight.
+  int64_t held_bytes = 0;
   uint64_t request_id;
   int64_t deadline_ns;
   int priority;

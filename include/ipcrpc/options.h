@@ -64,6 +64,14 @@ struct ServerOptions {
   // a call fails at once with RESOURCE_EXHAUSTED naming the limit.
   int max_calls_per_connection = 1024;
   int max_calls_in_flight = 16384;
+  // Bytes held by the requests of the calls in flight on the whole server,
+  // running or queued: payload, method name and metadata as decoded (each
+  // metadata entry counts 64 bytes besides its key and value, and each call
+  // 512, so that many small entries cannot hold more memory than their
+  // wire size suggests). Past it a call fails at once with
+  // RESOURCE_EXHAUSTED naming the limit. (A call also carries at most
+  // 256 metadata entries.)
+  size_t max_bytes_in_flight = 256u << 20;
   // Mode of the named objects the server creates (socket files, FIFOs, queues).
   unsigned mode = 0600;
   // Peers of a uid other than the server's are refused unless listed here.

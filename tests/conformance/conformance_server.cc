@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   int handler_threads = 4;
   int max_connections = 1024;
   std::vector<uid_t> allowed_uids;
+  size_t max_bytes_in_flight = ipcrpc::ServerOptions().max_bytes_in_flight;
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--endpoint=", 11) == 0) endpoint = argv[i] + 11;
     if (std::strncmp(argv[i], "--ready_fd=", 11) == 0) ready_fd = std::atoi(argv[i] + 11);
@@ -28,6 +29,9 @@ int main(int argc, char** argv) {
     }
     if (std::strncmp(argv[i], "--max_connections=", 18) == 0) {
       max_connections = std::atoi(argv[i] + 18);
+    }
+    if (std::strncmp(argv[i], "--max_bytes_in_flight=", 22) == 0) {
+      max_bytes_in_flight = std::strtoull(argv[i] + 22, nullptr, 10);
     }
     if (std::strncmp(argv[i], "--allowed_uid=", 14) == 0) {
       allowed_uids.push_back(static_cast<uid_t>(std::atoi(argv[i] + 14)));
@@ -43,6 +47,7 @@ int main(int argc, char** argv) {
   options.handler_threads = handler_threads;
   options.max_connections = max_connections;
   options.allowed_uids = allowed_uids;
+  options.max_bytes_in_flight = max_bytes_in_flight;
   ipcrpc::Server server(options);
   absl::Status status = server.RegisterService(&service);
   if (status.ok()) status = server.Listen(endpoint);

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -20,6 +21,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "ipcrpc/introspection.pb.h"
+#include "base/mutex.h"
 #include "rpc/frame.h"
 #include "tests/conformance/conformance_server_process.h"
 #include "tests/util/process.h"
@@ -152,6 +154,117 @@ TEST_P(HostileTest, CancelsForCallsThatDoNotExistAreIgnored) {
   absl::StatusOr<ServerStats> stats = Stats(*(*server)->channel());
   ASSERT_THAT(stats, IsOk());
   EXPECT_EQ(stats->calls_in_flight(), 1);  // GetStats itself
+}
+
+// Many slow calls, each with as many empty metadata entries as a call may
+// carry: decoded, an entry costs far more than its 8 wire bytes. What the
+// calls hold is charged as decoded against ServerOptions::max_bytes_in_flight,
+// so past it calls fail at once (RESOURCE_EXHAUSTED naming the limit) and
+// the server's memory stays near the limit. (Before: 1000 such calls, 62.6
+// MiB on the wire, grew the server by about 500 MiB.)
+TEST_P(HostileTest, DecodedMetadataIsChargedAgainstTheServersByteLimit) {
+  constexpr size_t kLimit = 4u << 20;
+  auto server = ConformanceServerProcess::Start(
+      GetParam(), {absl::StrCat("--max_bytes_in_flight=", kLimit)});
+  ASSERT_THAT(server, IsOk());
+  ASSERT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "warm"), IsOk());
+  const long before = ResidentKib((*server)->pid());
+  absl::StatusOr<std::shared_ptr<Channel>> channel = (*server)->NewChannel();
+  ASSERT_THAT(channel, IsOk());
+  CallOptions options;
+  options.timeout = absl::Seconds(60);
+  for (size_t i = 0; i < internal::kMaxMetadataEntries; ++i) options.metadata.emplace_back("", "");
+  // 256 entries: 2 KiB on the wire, 16 KiB as charged: the limit takes
+  // about 250 of these calls; 600 are sent.
+  constexpr int kCalls = 600;
+  internal::Mutex mu;
+  int done = 0;
+  int exhausted = 0;
+  std::string first_refusal;
+  std::vector<Call> calls;
+  for (int i = 0; i < kCalls; ++i) {
+    // 3 s each: long enough to stay in flight while measured. (A refusal
+    // that finds the client's transport full goes to a handler thread,
+    // which these sleeps hold for 3 s at most: mq's reply queue is 4 deep.)
+    calls.push_back((*channel)->CallMethodAsync(
+        "test.Test/Sleep", "3000", options, [&](absl::StatusOr<std::string> result) {
+          internal::MutexLock lock(&mu);
+          ++done;
+          if (absl::IsResourceExhausted(result.status())) {
+            if (++exhausted == 1) first_refusal = std::string(result.status().message());
+          }
+        }));
+  }
+  {
+    // The refusals come within seconds (the admitted calls queue for minutes).
+    internal::MutexLock lock(&mu);
+    auto enough = [&] { return exhausted >= kCalls / 4; };
+    EXPECT_TRUE(mu.AwaitWithTimeout(internal::Condition(&enough), absl::Seconds(30)))
+        << exhausted << " calls refused";
+    EXPECT_THAT(first_refusal, ::testing::HasSubstr("max_bytes_in_flight"));
+  }
+  const long growth = ResidentKib((*server)->pid()) - before;
+  // The limit is 4 MiB; with the handler queue, buffers and a sanitizer's
+  // shadow memory a few times that. Unbounded, the 600 calls would hold
+  // about 600 × 16 KiB = 9.4 MiB more than the limit allows.
+  EXPECT_LT(growth, 48 * 1024) << "resident memory grew by " << growth << " KiB";
+  for (Call& call : calls) call.Cancel();
+  {
+    internal::MutexLock lock(&mu);
+    auto all_done = [&] { return done == kCalls; };
+    EXPECT_TRUE(mu.AwaitWithTimeout(internal::Condition(&all_done), absl::Seconds(30)));
+  }
+  // Others are served (once the sleeping calls, which hold every handler
+  // thread, are cancelled).
+  EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "unharmed"), IsOk());
+}
+
+// Answers that need no handler (here UNIMPLEMENTED) come from the thread
+// that read the request, at once, even while every handler thread is busy.
+// (Before, they waited in the handler threads' queue: 5 s and more.)
+TEST_P(HostileTest, RejectionsDoNotWaitForBusyHandlerThreads) {
+  auto server = ConformanceServerProcess::Start(GetParam(), {"--handler_threads=1"});
+  ASSERT_THAT(server, IsOk());
+  const std::shared_ptr<Channel>& channel = (*server)->channel();
+  CallOptions slow;
+  slow.timeout = absl::Seconds(120);
+  internal::Notification slept;
+  Call sleeper = channel->CallMethodAsync("test.Test/Sleep", "60000", slow,
+                                          [&](absl::StatusOr<std::string>) { slept.Notify(); });
+  // The handler thread takes the Sleep at once; every rejection after the
+  // first round trip finds it busy.
+  for (int i = 0; i < 20; ++i) {
+    CallOptions options;
+    options.timeout = absl::Seconds(4);
+    absl::StatusOr<std::string> result = channel->CallMethod("test.Test/NoSuchMethod", "", options);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kUnimplemented)
+        << "call " << i << ": " << result.status();
+  }
+  sleeper.Cancel();
+  EXPECT_TRUE(slept.WaitForNotificationWithTimeout(absl::Seconds(30)));
+}
+
+// A frame with more metadata entries than a call may carry costs its sender
+// the connection, and nothing else.
+TEST_P(HostileTest, TooManyMetadataEntriesCloseOnlyThatConnection) {
+  auto server = ConformanceServerProcess::Start(GetParam());
+  ASSERT_THAT(server, IsOk());
+  absl::StatusOr<ConformanceServerProcess::RawPeer> peer = (*server)->OpenRawPeer();
+  ASSERT_THAT(peer, IsOk());
+  internal::FrameHeader header;
+  header.type = internal::FrameType::kRequest;
+  header.request_id = 1;
+  std::string frame;
+  ASSERT_THAT(internal::EncodeFramePrefix(header, "test.Test/Echo", {}, 0, 0, &frame), IsOk());
+  // The metadata block by hand (the encoder refuses this many entries).
+  const size_t entries = internal::kMaxMetadataEntries + 1;
+  const uint32_t block = static_cast<uint32_t>(entries * 8);
+  std::memcpy(frame.data() + 32, &block, 4);
+  frame.append(block, '\0');
+  // mq: over one fragment would need fragmenting; keep it within one.
+  ASSERT_TRUE(peer->SendMessage(frame));
+  EXPECT_TRUE(peer->WaitClosed(absl::Seconds(10)));
+  EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "unharmed"), IsOk());
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, HostileTest,

@@ -1,5 +1,7 @@
 #include "rpc/frame.h"
 
+#include <cstring>
+
 #include <random>
 #include <string>
 
@@ -159,6 +161,40 @@ TEST(FrameTest, MetadataLengthsThatLieAreDataLoss) {
   bytes[kHeaderSize + 1] = 100;
   EXPECT_THAT(DecodeFrame(bytes, kMax),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("metadata")));
+}
+
+// Decoded, an empty entry costs far more than its 8 wire bytes: their
+// number is bounded on both sides.
+TEST(FrameTest, MetadataEntriesAreBounded) {
+  FrameHeader header;
+  header.type = FrameType::kRequest;
+  Metadata most(kMaxMetadataEntries, {"", ""});
+  EXPECT_THAT(DecodeFrame(Encode(header, "m", most, ""), kMax), IsOk());
+  Metadata too_many(kMaxMetadataEntries + 1, {"", ""});
+  std::string frame;
+  EXPECT_THAT(EncodeFramePrefix(header, "m", too_many, 0, kMax, &frame),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("entries")));
+  // One more empty entry by hand: the block grows by 8 zero bytes.
+  std::string bytes = Encode(header, "m", most, "");
+  bytes.append(8, '\0');
+  const uint32_t block = static_cast<uint32_t>((kMaxMetadataEntries + 1) * 8);
+  std::memcpy(bytes.data() + 32, &block, 4);
+  EXPECT_THAT(DecodeFrame(bytes, kMax),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("entries")));
+}
+
+// DecodeMetadata never trusts DecodeFrame's check: a block that changed
+// since (it lay in memory a peer can write) yields what parses, never a read
+// past the block.
+TEST(FrameTest, DecodeMetadataOfABlockThatLiesStaysInside) {
+  // "key" (3) then "value" (5): 16 bytes; the key's length made 10 puts the
+  // value's length 2 bytes before the end.
+  std::string block("\x03\0\0\0key\x05\0\0\0value", 16);
+  ASSERT_EQ(DecodeMetadata(block).size(), 1u);
+  for (int length : {9, 10, 11, 12, 13, 255}) {
+    block[0] = static_cast<char>(length);
+    EXPECT_TRUE(DecodeMetadata(block).empty()) << "key length " << length;
+  }
 }
 
 TEST(FrameTest, RequestWithoutMethodIsDataLoss) {
