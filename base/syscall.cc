@@ -1,5 +1,7 @@
 #include "base/syscall.h"
 
+#include <sys/random.h>
+
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -12,6 +14,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "base/clock.h"
 #include "base/strings.h"
 
 namespace ipcrpc::internal {
@@ -136,6 +139,24 @@ SigpipeGuard::~SigpipeGuard() {
     pthread_sigmask(SIG_UNBLOCK, &unblock, nullptr);
   }
   errno = saved_errno;
+}
+
+uint64_t RandomU64() {
+  uint64_t value = 0;
+  char* at = reinterpret_cast<char*>(&value);
+  size_t got = 0;
+  while (got < sizeof(value)) {
+    const ssize_t n = ::getrandom(at + got, sizeof(value) - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
+    // EINTR: again. Anything else (no getrandom: a very old kernel) leaves
+    // the bits gathered so far, mixed with the time and the pid below.
+    if (n < 0 && errno != EINTR) break;
+  }
+  if (got < sizeof(value)) {
+    value ^= static_cast<uint64_t>(MonotonicNowNs()) * 0x9e3779b97f4a7c15ull ^
+             (static_cast<uint64_t>(::getpid()) << 32);
+  }
+  return value;
 }
 
 }  // namespace ipcrpc::internal

@@ -58,6 +58,10 @@ class UniqueFd {
 // Sets or clears O_NONBLOCK.
 absl::Status SetNonBlocking(int fd, bool non_blocking, std::string_view object);
 
+// 64 unpredictable bits from the kernel (getrandom), for names another user
+// must not guess.
+uint64_t RandomU64();
+
 // Whether process `pid` exists (also one we may not signal).
 bool ProcessExists(pid_t pid);
 

@@ -58,15 +58,18 @@ absl::StatusOr<std::pair<UniqueFd, PublishedObject>> PublishNamedObject(
   const std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
   for (int attempt = 0; attempt < 5; ++attempt) {
     IPCRPC_RETURN_IF_ERROR(ReclaimIfStale(what, path, kind));
-    std::string temp =
-        absl::StrCat(dir, ".ipcrpc-", ::getpid(), "-", counter.fetch_add(1), ".tmp");
+    // Unpredictable, so that nobody can take it first to make us fail; a
+    // name that is taken all the same is tried again with another.
+    std::string temp = absl::StrCat(dir, ".ipcrpc-", ::getpid(), "-", counter.fetch_add(1), "-",
+                                    absl::Hex(RandomU64(), absl::kZeroPad16), ".tmp");
     // Without a temporary name (PATH's directory leaves no room for one), the
     // object exists at PATH with the umask's mode until the chmod below.
     const bool via_temp = temp.size() <= max_path_length;
     const std::string& create_at = via_temp ? temp : path;
     auto created = kind.create(create_at);
     if (!created.ok()) {
-      if (!via_temp && absl::IsAlreadyExists(created.status())) continue;  // someone came first
+      // Someone came first (to PATH, or to our temporary name): look again.
+      if (absl::IsAlreadyExists(created.status())) continue;
       return created.status();
     }
     if (::chmod(create_at.c_str(), mode) < 0) {

@@ -13,8 +13,10 @@
 
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
 #include "base/syscall.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -111,6 +113,46 @@ TEST_F(ForeignObjectsTest, AStaleQueueOfAnotherUidIsLeftAlone) {
   absl::Status removed = internal::RemoveStaleMqQueue(name);
   EXPECT_EQ(removed.code(), absl::StatusCode::kFailedPrecondition) << removed;
   EXPECT_THAT(internal::MqQueueOwner(name), IsOk()) << "RemoveStaleMqQueue deleted it";
+}
+
+// Another user of a shared directory (here /tmp-like: world-writable,
+// sticky) pre-creates the temporary names a server of ours would use to
+// publish its socket (before: ".ipcrpc-<pid>-<n>.tmp", predictable). The
+// names are unpredictable now, and one found taken is tried again, so the
+// server starts all the same; the other user's files stay.
+TEST_F(ForeignObjectsTest, PreCreatedTemporaryNamesDoNotStopAServer) {
+  char dir_template[] = "/tmp/ipcrpc-squat-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  ASSERT_EQ(chmod(dir.c_str(), 01777), 0);
+  std::vector<std::string> squatted;
+  for (int n = 0; n < 1000; ++n) {
+    squatted.push_back(absl::StrCat(dir, "/.ipcrpc-", getpid(), "-", n, ".tmp"));
+    internal::UniqueFd fd(open(squatted.back().c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_EQ(fchown(fd.get(), kOtherUid, kOtherUid), 0);
+  }
+  const std::string endpoint = "unix:" + dir + "/server.sock";
+  absl::Cleanup remove = [&] {
+    for (const std::string& path : squatted) unlink(path.c_str());
+    unlink((dir + "/server.sock").c_str());
+    rmdir(dir.c_str());
+  };
+  {
+    TestService service;
+    Server server;
+    ASSERT_THAT(server.RegisterService(&service), IsOk());
+    ASSERT_THAT(server.Listen(endpoint), IsOk());
+    ASSERT_THAT(server.Start(), IsOk());
+    auto channel = Channel::Connect(endpoint);
+    ASSERT_THAT(channel, IsOk());
+    EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", "served"), IsOk());
+    server.Shutdown(absl::ZeroDuration());
+  }
+  for (const std::string& path : squatted) {
+    struct stat st;
+    ASSERT_EQ(lstat(path.c_str(), &st), 0) << path << " (the other user's) was removed";
+  }
 }
 
 }  // namespace

@@ -203,11 +203,10 @@ TEST_P(HostileTest, DecodedMetadataIsChargedAgainstTheServersByteLimit) {
         << exhausted << " calls refused";
     EXPECT_THAT(first_refusal, ::testing::HasSubstr("max_bytes_in_flight"));
   }
+  // A sanity bound only (the refusals above are what fails without the
+  // limit): 4 MiB held, plus buffers, the queue and a sanitizer's shadow.
   const long growth = ResidentKib((*server)->pid()) - before;
-  // The limit is 4 MiB; with the handler queue, buffers and a sanitizer's
-  // shadow memory a few times that. Unbounded, the 600 calls would hold
-  // about 600 × 16 KiB = 9.4 MiB more than the limit allows.
-  EXPECT_LT(growth, 48 * 1024) << "resident memory grew by " << growth << " KiB";
+  EXPECT_LT(growth, 128 * 1024) << "resident memory grew by " << growth << " KiB";
   for (Call& call : calls) call.Cancel();
   {
     internal::MutexLock lock(&mu);

@@ -943,11 +943,18 @@ class MqConnector final : public Connector {
     }
 
     static std::atomic<unsigned> counter{0};
-    const std::string reply_name = absl::StrCat("/ipcrpc-", ::getpid(), "-", counter.fetch_add(1),
-                                                "-", RandomId() % 1000000);
+    // Unpredictable (getrandom), so that nobody can take the name first; if
+    // somebody has all the same, another name.
+    std::string reply_name;
     struct mq_attr attr = QueueAttributes(/*server=*/false);
-    UniqueFd reply(static_cast<int>(mq_open(
-        reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0600, &attr)));
+    UniqueFd reply;
+    for (int attempt = 0; attempt < 4 && !reply.valid(); ++attempt) {
+      reply_name = absl::StrCat("/ipcrpc-", ::getpid(), "-", counter.fetch_add(1), "-",
+                                RandomU64() % 1'000'000'000'000);
+      reply.Reset(static_cast<int>(mq_open(
+          reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0600, &attr)));
+      if (!reply.valid() && errno != EEXIST) break;
+    }
     if (!reply.valid() && errno == EMFILE && attr.mq_maxmsg > 1) {
       // ReplyQueueFallback: RLIMIT_MSGQUEUE (or descriptors) ran out; the
       // smallest queue still works, one fragment at a time.
