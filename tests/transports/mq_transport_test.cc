@@ -279,6 +279,65 @@ TEST_F(MqTransportTest, AConnectAfterTheListenerClosedIsRefusedAtOnce) {
   }
 }
 
+// mq: has no SO_PEERCRED: a CONNECT says which pid the client is, and the
+// server watches that pid for the client's death. A client of another uid
+// (65534, allowed) that claims pid 1 (init, uid 0) would have tied its
+// connection to init for good (a dead client's calls in flight for ever).
+// The claimed pid must run as the owner of the client's reply queue, or the
+// CONNECT is refused (CLOSE); the client's own pid is accepted.
+TEST_F(MqTransportTest, AClaimedPidMustRunAsTheReplyQueuesOwner) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to run a client as another uid";
+  constexpr uid_t kNobody = 65534;
+  ServerOptions options;
+  options.allowed_uids = {kNobody};
+  options.mode = 0666;  // the other uid writes to the server's queue
+  StartServer(options);
+  for (const bool claim_init : {true, false}) {
+    SCOPED_TRACE(claim_init ? "claims pid 1" : "claims its own pid");
+    const std::string reply_name = absl::StrCat("/", name_, "-reply-", claim_init);
+    const std::string server_name = "/" + name_;
+    const pid_t child = fork();
+    if (child == 0) {
+      // The child: raw system calls only, then _exit with what it got:
+      // 0 ACCEPT, 1 CLOSE, 2 anything else.
+      if (setgid(kNobody) != 0 || setuid(kNobody) != 0) _exit(3);
+      struct mq_attr attr = {};
+      attr.mq_maxmsg = 4;
+      attr.mq_msgsize = 1024;
+      const int reply = static_cast<int>(
+          mq_open(reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY, 0600, &attr));
+      const int server = static_cast<int>(mq_open(server_name.c_str(), O_WRONLY));
+      if (reply < 0 || server < 0) _exit(4);
+      char connect[internal::kMqHeaderSize + 12 + 64] = {};
+      connect[0] = static_cast<char>(MqKind::kConnect);
+      std::memcpy(connect + internal::kMqHeaderSize, "IMQC\x01\0\0\0", 8);
+      const uint32_t pid = claim_init ? 1u : static_cast<uint32_t>(getpid());
+      std::memcpy(connect + internal::kMqHeaderSize + 8, &pid, 4);  // little-endian host
+      std::memcpy(connect + internal::kMqHeaderSize + 12, reply_name.data(), reply_name.size());
+      const size_t size = internal::kMqHeaderSize + 12 + reply_name.size();
+      if (mq_send(server, connect, size, 31) != 0) _exit(5);
+      char answer[1024];
+      struct timespec until;
+      clock_gettime(CLOCK_REALTIME, &until);
+      until.tv_sec += 10;
+      const ssize_t n = mq_timedreceive(reply, answer, sizeof(answer), nullptr, &until);
+      mq_unlink(reply_name.c_str());
+      if (n < static_cast<ssize_t>(internal::kMqHeaderSize)) _exit(2);
+      if (answer[0] == static_cast<char>(MqKind::kAccept)) _exit(0);
+      if (answer[0] == static_cast<char>(MqKind::kClose)) _exit(1);
+      _exit(2);
+    }
+    ASSERT_GT(child, 0);
+    std::optional<int> status = WaitForExit(child, absl::Seconds(30));
+    mq_unlink(reply_name.c_str());
+    ASSERT_TRUE(status.has_value() && WIFEXITED(*status)) << "the child did not finish";
+    if (WEXITSTATUS(*status) >= 3) GTEST_SKIP() << "cannot act as uid 65534 here";
+    EXPECT_EQ(WEXITSTATUS(*status), claim_init ? 1 : 0)
+        << (claim_init ? "a CONNECT claiming pid 1 was accepted" : "an honest CONNECT was refused");
+  }
+  ExpectServed();
+}
+
 TEST(MqReassemblerTest, RulesForFragments) {
   internal::MqReassembler reassembler(100, 2);
   MqHeader header;

@@ -18,7 +18,9 @@
 #include <random>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
 #include "asio/post.hpp"
@@ -125,6 +127,42 @@ uint64_t RandomId() {
 }
 
 UniqueFd PidFd(pid_t pid) { return UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))); }
+
+// A pid that a peer claims (mq: has no SO_PEERCRED) decides how its
+// connection's liveness is watched, so it is checked: `pidfd` (opened on it)
+// must be alive, and the process must run as `owner`, the uid that owns the
+// peer's queue. (Claiming pid 1 tied a dead client's calls to init.) OK, or
+// why not. Without /proc the uid cannot be read: accepted, with a warning.
+absl::Status CheckClaimedPid(pid_t pid, int pidfd, uid_t owner, std::string_view what) {
+  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  bool found = false;
+  uid_t effective = 0;
+  while (std::getline(status, line)) {
+    if (line.rfind("Uid:", 0) != 0) continue;
+    // Uid: real effective saved filesystem
+    std::vector<absl::string_view> fields =
+        absl::StrSplit(absl::string_view(line).substr(4), absl::ByAnyChar(" \t"), absl::SkipEmpty());
+    found = fields.size() >= 2 && absl::SimpleAtoi(fields[1], &effective);
+    break;
+  }
+  if (!found) {
+    IPCRPC_LOG(WARNING) << Av(what) << ": cannot read the uid of pid " << pid
+                        << " (no /proc?): its claim is taken as it is";
+    return absl::OkStatus();
+  }
+  // Still the process we opened (not a new one with a reused pid)?
+  struct pollfd exited = {pidfd, POLLIN, 0};
+  if (::poll(&exited, 1, 0) != 0) {
+    return absl::UnavailableError(absl::StrCat("pid ", pid, " is gone"));
+  }
+  if (effective != owner) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "it claims pid ", pid, ", which runs as uid ", effective, ", but its queue belongs to uid ",
+        owner));
+  }
+  return absl::OkStatus();
+}
 
 // Waits until `fd` is ready for `events` or `close_event` is signalled.
 absl::Status WaitFor(int fd, short events, int close_event, int timeout_ms,
@@ -720,6 +758,13 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
     if (!pidfd.valid()) {
       IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid << ": "
                           << ErrnoStatus(errno, "pidfd_open", "the client");
+      SendRefusal(reply.get());
+      return;
+    }
+    if (absl::Status claim = CheckClaimedPid(pid, pidfd.get(), st.st_uid, description);
+        !claim.ok()) {
+      IPCRPC_LOG(WARNING) << description << ": refusing a CONNECT: " << claim;
+      SendRefusal(reply.get());
       return;
     }
     struct mq_attr attr;
@@ -1010,6 +1055,14 @@ class MqConnector final : public Connector {
     std::move(unlink_reply).Invoke();
     const pid_t server_pid = static_cast<pid_t>(GetLe(buffer.data() + kMqHeaderSize, 4));
     UniqueFd pidfd = PidFd(server_pid);
+    if (pidfd.valid()) {
+      // The server's pid is as it says, too: checked like a client's.
+      if (absl::Status claim = CheckClaimedPid(server_pid, pidfd.get(), server_st.st_uid, text);
+          !claim.ok()) {
+        return absl::PermissionDeniedError(
+            absl::StrCat(text, ": the server's ACCEPT is not believable: ", claim.message()));
+      }
+    }
     if (!pidfd.valid()) {
       return absl::UnavailableError(absl::StrCat(text, ": server pid ", server_pid, " is gone"));
     }
