@@ -1,8 +1,10 @@
 #include "base/logging.h"
+#include "base/clock.h"
 #include "base/mutex.h"
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -25,6 +27,8 @@ LogLevel Threshold() {
   return threshold;
 }
 
+std::atomic<int64_t (*)()> log_clock{&MonotonicNowNs};
+
 Mutex sink_mu;
 std::function<void(LogLevel, const std::string&)>* sink ABSL_GUARDED_BY(sink_mu) = nullptr;
 
@@ -39,7 +43,29 @@ void SetLogSinkForTesting(std::function<void(LogLevel, const std::string&)> new_
                   : nullptr;
 }
 
-LogMessage::LogMessage(LogLevel level, const char* file, int line) : level_(level) {
+void SetLogClockForTesting(int64_t (*now_ns)()) {
+  log_clock.store(now_ns != nullptr ? now_ns : &MonotonicNowNs);
+}
+
+bool LogSite::Pass(int64_t* suppressed) {
+  const int64_t now = log_clock.load()();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (window_start_ns_ < 0 || now - window_start_ns_ >= 1'000'000'000) {
+    window_start_ns_ = now;
+    lines_ = 0;
+  }
+  if (lines_ >= kLogLinesPerSecond) {
+    ++suppressed_;
+    return false;
+  }
+  ++lines_;
+  *suppressed = suppressed_;
+  suppressed_ = 0;
+  return true;
+}
+
+LogMessage::LogMessage(LogLevel level, const char* file, int line, int64_t suppressed)
+    : level_(level), suppressed_(suppressed) {
   const char* base = std::strrchr(file, '/');
   static constexpr char kLetters[] = "IWE";
   stream_ << "ipcrpc " << kLetters[static_cast<int>(level)] << " " << ::getpid() << " "
@@ -47,6 +73,10 @@ LogMessage::LogMessage(LogLevel level, const char* file, int line) : level_(leve
 }
 
 LogMessage::~LogMessage() {
+  if (suppressed_ > 0) {
+    stream_ << " (" << suppressed_ << " more line" << (suppressed_ == 1 ? "" : "s")
+            << " from here suppressed before this one)";
+  }
   stream_ << '\n';
   std::string text = stream_.str();
   MutexLock lock(&sink_mu);

@@ -166,6 +166,12 @@ class ServerCore final : public IntrospectionSource {
   std::atomic<int64_t> bytes_received_{0};
   std::atomic<int64_t> bytes_sent_{0};
   std::atomic<int64_t> connections_accepted_{0};
+  // connections_.size(), for listeners (TransportOptions::open_connections).
+  const std::shared_ptr<std::atomic<int>> open_connections_ =
+      std::make_shared<std::atomic<int>>(0);
+  // Connections a listener refused for the limit before the server saw them.
+  const std::shared_ptr<std::atomic<int64_t>> listener_refusals_ =
+      std::make_shared<std::atomic<int64_t>>(0);
   // Bytes held by the calls in flight (ServerOptions::max_bytes_in_flight).
   std::atomic<int64_t> bytes_in_flight_{0};
   std::atomic<int64_t> connections_refused_{0};
@@ -185,6 +191,9 @@ ServerCore::ServerCore(const ServerOptions& options) : options_(options) {
   transport_options_.max_message_size = options.max_message_size + kMaxFrameOverhead;
   transport_options_.mode = options.mode;
   transport_options_.allowed_uids = options.allowed_uids;
+  transport_options_.max_connections = options.max_connections;
+  transport_options_.open_connections = open_connections_;
+  transport_options_.refused_connections = listener_refusals_;
   int threads = options.handler_threads;
   if (threads <= 0) {
     threads = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
@@ -300,6 +309,7 @@ void ServerCore::OnAccept(const std::string& endpoint, bool ends_server,
       return;
     }
     connections_.insert(connection);
+    open_connections_->store(static_cast<int>(connections_.size()), std::memory_order_relaxed);
     connections_accepted_.fetch_add(1, std::memory_order_relaxed);
   }
   transport->Start(
@@ -649,6 +659,7 @@ void ServerCore::OnClosed(const std::shared_ptr<ServerConnection>& connection,
   }
   MutexLock lock(&mu_);
   connections_.erase(connection);
+  open_connections_->store(static_cast<int>(connections_.size()), std::memory_order_relaxed);
   if (connection->ends_server && !shutdown_started_ && !auto_shutdown_.joinable()) {
     // pipe: the parent is gone or closed the channel; the server ends. Not on
     // the loop: Shutdown waits for the loop.
@@ -780,7 +791,8 @@ void internal::ServerCore::FillStats(ServerStats* out) const {
   out->set_bytes_received(bytes_received_.load(std::memory_order_relaxed));
   out->set_bytes_sent(bytes_sent_.load(std::memory_order_relaxed));
   out->set_connections_accepted(connections_accepted_.load(std::memory_order_relaxed));
-  out->set_connections_refused(connections_refused_.load(std::memory_order_relaxed));
+  out->set_connections_refused(connections_refused_.load(std::memory_order_relaxed) +
+                               listener_refusals_->load(std::memory_order_relaxed));
   const int64_t now = MonotonicNowNs();
   out->set_uptime_ms((now - created_ns_) / 1'000'000);
   std::vector<std::shared_ptr<ServerConnection>> connections;

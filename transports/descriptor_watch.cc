@@ -24,10 +24,34 @@ DescriptorWatch::~DescriptorWatch() {
   if (readable_.has_value()) readable_->release();
 }
 
+namespace {
+// Set by BackOffFromHandler during a handler (which runs on this thread).
+thread_local absl::Duration back_off = absl::ZeroDuration();
+}  // namespace
+
+void DescriptorWatch::BackOffFromHandler(absl::Duration pause) { back_off = pause; }
+
 void DescriptorWatch::Run() {
+  back_off = absl::ZeroDuration();
   if (stopped() || !on_readable_()) {
     stopped_.store(true, std::memory_order_release);
     Release();
+    return;
+  }
+  if (back_off > absl::ZeroDuration()) {
+    const absl::Duration pause = back_off;
+    back_off = absl::ZeroDuration();
+    if (!pause_.has_value()) pause_.emplace(io_);
+    pause_->expires_after(absl::ToChronoNanoseconds(pause));
+    auto self = shared_from_this();
+    pause_->async_wait([self](const asio::error_code& ec) {
+      if (ec || self->stopped()) {
+        self->stopped_.store(true, std::memory_order_release);
+        self->Release();
+        return;
+      }
+      self->Run();
+    });
     return;
   }
   Wait();
@@ -58,6 +82,7 @@ void DescriptorWatch::ShutdownSocket() {
 }
 
 void DescriptorWatch::Release() {
+  if (pause_.has_value()) pause_->cancel();
   if (readable_.has_value()) {
     readable_->release();  // cancels the pending wait; the fd stays ours
     readable_.reset();

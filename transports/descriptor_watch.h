@@ -18,8 +18,10 @@
 #include <optional>
 
 #include "absl/functional/any_invocable.h"
+#include "absl/time/time.h"
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
+#include "asio/steady_timer.hpp"
 #include "base/syscall.h"
 
 namespace ipcrpc::internal {
@@ -41,6 +43,13 @@ class DescriptorWatch : public std::enable_shared_from_this<DescriptorWatch> {
   // connects are refused at once (if the watch has not closed it already).
   void ShutdownSocket();
 
+  // From inside a handler that returns true: look again only after
+  // `pause`, not as soon as the descriptor is readable. For a descriptor that
+  // stays readable while the handler cannot take what is there (accept(2)
+  // failing with EMFILE: the connection waits in the backlog), where
+  // waiting for readability would spin on the loop.
+  static void BackOffFromHandler(absl::Duration pause);
+
   bool stopped() const { return stopped_.load(std::memory_order_acquire); }
 
   DescriptorWatch(asio::io_context& io, UniqueFd fd, Handler on_readable)
@@ -57,6 +66,7 @@ class DescriptorWatch : public std::enable_shared_from_this<DescriptorWatch> {
   UniqueFd fd_;
   Handler on_readable_;
   std::optional<asio::posix::stream_descriptor> readable_;
+  std::optional<asio::steady_timer> pause_;
   std::atomic<bool> stopped_{false};
 };
 

@@ -13,6 +13,7 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -51,6 +52,16 @@ struct TransportOptions {
   absl::Duration child_exit_grace = absl::Seconds(5);
   // shm: bytes in each of a connection's two rings (a power of two).
   size_t shm_ring_size = 256 * 1024;
+  // Server side: the server's connection limit, and how many it serves now
+  // (the server keeps the count). A listener whose handshakes take time
+  // (shm:) counts its half-open ones against the limit too, so that peers
+  // that connect and never say HELLO cannot hold more descriptors than the
+  // limit allows. 0: no limit.
+  int max_connections = 0;
+  std::shared_ptr<const std::atomic<int>> open_connections;
+  // Where such a listener counts what it refused (the server's
+  // connections_refused).
+  std::shared_ptr<std::atomic<int64_t>> refused_connections;
 
   // Whether a peer of `uid` may connect: our own uid, or one listed.
   bool AllowsUid(uid_t uid) const;

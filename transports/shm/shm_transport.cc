@@ -656,6 +656,9 @@ struct ShmAcceptor : std::enable_shared_from_this<ShmAcceptor> {
   Listener::AcceptHandler on_accept;
   std::atomic<bool> closed{false};
   asio::io_context* io = nullptr;
+  // Accepted sockets whose HELLO has not come yet (loop only): they hold
+  // descriptors, so they count against the server's connection limit.
+  int half_open = 0;
 
   // Accepts everything pending and starts each one's handshake.
   bool AcceptAll(int listener);
@@ -758,10 +761,12 @@ void StartHandshake(const std::shared_ptr<ShmAcceptor>& state, UniqueFd socket,
   handshake->readable.emplace(*state->io, handshake->socket.get());
   handshake->timeout.emplace(*state->io,
                              std::chrono::milliseconds(kHandshakeTimeoutMs));
+  ++state->half_open;
   handshake->timeout->async_wait([handshake, state](const asio::error_code& ec) {
     if (ec || !handshake->readable.has_value()) return;
     IPCRPC_LOG(WARNING) << state->description << ": dropping pid " << handshake->peer.pid
                         << ": no HELLO within " << kHandshakeTimeoutMs << " ms";
+    --state->half_open;
     handshake->readable->release();
     handshake->readable.reset();
     handshake->socket.Reset();
@@ -784,6 +789,7 @@ void WaitForHello(const std::shared_ptr<ShmAcceptor>& state,
           WaitForHello(state, handshake);
           return;
         }
+        --state->half_open;
         handshake->readable->release();
         handshake->readable.reset();
         handshake->timeout->cancel();
@@ -805,11 +811,26 @@ bool ShmAcceptor::AcceptAll(int listener) {
     if (!client.valid()) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
-      IPCRPC_LOG(ERROR) << description << ": accept: " << std::strerror(errno);
+      // Out of descriptors (EMFILE, ENFILE) or memory: the connection stays
+      // in the backlog and the socket readable; waiting for readability
+      // would spin. Look again in a while.
+      IPCRPC_LOG(ERROR) << description << ": accept: " << std::strerror(errno)
+                        << (errno == EMFILE ? " (raise the limit with ulimit -n)" : "")
+                        << "; trying again in 100 ms";
+      DescriptorWatch::BackOffFromHandler(absl::Milliseconds(100));
       return true;
     }
     auto peer = UnixPeerCredentials(client.get(), description);
     if (!peer.ok()) continue;
+    const int open = options.open_connections != nullptr ? options.open_connections->load() : 0;
+    if (options.max_connections > 0 && open + half_open >= options.max_connections) {
+      IPCRPC_LOG(WARNING) << description << ": refusing pid " << peer->pid
+                          << ": ServerOptions::max_connections (" << options.max_connections
+                          << ") reached, counting " << half_open
+                          << " connections still in their handshake";
+      if (options.refused_connections != nullptr) options.refused_connections->fetch_add(1);
+      continue;  // closed: the client's HELLO fails at once
+    }
     if (!options.AllowsUid(peer->uid)) {
       IPCRPC_LOG(WARNING) << description << ": refusing pid " << peer->pid << ": uid "
                           << peer->uid << " is not ours and not in ServerOptions::allowed_uids";

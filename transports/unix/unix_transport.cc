@@ -74,10 +74,12 @@ struct UnixAcceptor {
         if (errno == EINTR || errno == ECONNABORTED) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-          // Out of descriptors: the pending connection stays queued; try again
-          // when woken next rather than spinning.
+          // Out of descriptors: the pending connection stays queued (and the
+          // socket readable: waiting for readability would spin). Look again
+          // in a while.
           IPCRPC_LOG(ERROR) << description << ": accept: " << std::strerror(errno)
-                            << " (raise the limit with ulimit -n)";
+                            << " (raise the limit with ulimit -n); trying again in 100 ms";
+          DescriptorWatch::BackOffFromHandler(absl::Milliseconds(100));
           return true;
         }
         IPCRPC_LOG(ERROR) << description << ": stops accepting: accept: " << std::strerror(errno);
