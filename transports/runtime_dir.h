@@ -1,7 +1,9 @@
 // The per-user runtime directory where transports put private objects:
-// $XDG_RUNTIME_DIR/ipcrpc, else /tmp/ipcrpc-<uid>. Created 0700 if missing;
-// refused if it exists but is not a directory owned by us with no access for
-// others (someone could otherwise watch or replace what we put there).
+// $XDG_RUNTIME_DIR/ipcrpc, else /tmp/ipcrpc-<uid>, else (if that name is
+// another user's, or not private) $HOME/.ipcrpc-runtime. Created 0700 if
+// missing; refused if it exists but is not a directory owned by us with no
+// access for others (someone could otherwise watch or replace what we put
+// there).
 #ifndef IPCRPC_TRANSPORTS_RUNTIME_DIR_H_
 #define IPCRPC_TRANSPORTS_RUNTIME_DIR_H_
 

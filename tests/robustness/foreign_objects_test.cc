@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -25,6 +26,7 @@
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
 #include "transports/leftovers.h"
+#include "transports/runtime_dir.h"
 #include "transports/mq/mq_transport.h"
 
 namespace ipcrpc::testing {
@@ -153,6 +155,46 @@ TEST_F(ForeignObjectsTest, PreCreatedTemporaryNamesDoNotStopAServer) {
     struct stat st;
     ASSERT_EQ(lstat(path.c_str(), &st), 0) << path << " (the other user's) was removed";
   }
+}
+
+// Another user creates /tmp/ipcrpc-<uid> for a uid before it ever runs,
+// which made every fifo: client and server registry record of that uid fail
+// (FAILED_PRECONDITION). That uid's processes use $HOME/.ipcrpc-runtime
+// instead; the other user's directory stays.
+TEST_F(ForeignObjectsTest, ARuntimeDirectoryTakenInTmpGivesWayToTheHomeDirectory) {
+  constexpr uid_t kVictim = 65533;
+  const std::string taken = absl::StrCat("/tmp/ipcrpc-", kVictim);
+  struct stat st;
+  if (lstat(taken.c_str(), &st) == 0) GTEST_SKIP() << taken << " exists already";
+  ASSERT_EQ(mkdir(taken.c_str(), 0700), 0);
+  ASSERT_EQ(chown(taken.c_str(), kOtherUid, kOtherUid), 0);
+  char home_template[] = "/tmp/ipcrpc-home-XXXXXX";
+  ASSERT_NE(mkdtemp(home_template), nullptr);
+  const std::string home = home_template;
+  ASSERT_EQ(chown(home.c_str(), kVictim, kVictim), 0);
+  const std::string expected = home + "/.ipcrpc-runtime";
+  absl::Cleanup remove = [&] {
+    rmdir(expected.c_str());
+    rmdir(home.c_str());
+    rmdir(taken.c_str());
+  };
+  const pid_t child = fork();
+  if (child == 0) {
+    unsetenv("XDG_RUNTIME_DIR");
+    setenv("HOME", home.c_str(), 1);
+    if (setgid(kVictim) != 0 || setuid(kVictim) != 0) _exit(3);
+    absl::StatusOr<std::string> dir = internal::RuntimeDirectory();
+    _exit(dir.ok() && *dir == expected ? 0 : 1);
+  }
+  ASSERT_GT(child, 0);
+  std::optional<int> status = WaitForExit(child, absl::Seconds(30));
+  ASSERT_TRUE(status.has_value() && WIFEXITED(*status));
+  if (WEXITSTATUS(*status) == 3) GTEST_SKIP() << "cannot act as uid " << kVictim;
+  EXPECT_EQ(WEXITSTATUS(*status), 0) << "the runtime directory did not fall back to " << expected;
+  ASSERT_EQ(lstat(taken.c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, kOtherUid) << "the other user's directory was touched";
+  EXPECT_EQ(lstat(expected.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
 }
 
 }  // namespace
