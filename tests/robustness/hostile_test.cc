@@ -221,6 +221,10 @@ TEST_P(HostileTest, DecodedMetadataIsChargedAgainstTheServersByteLimit) {
   // Others are served (once the sleeping calls, which hold every handler
   // thread, are cancelled).
   EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "unharmed"), IsOk());
+  // No callback after this scope (they use its locals): the channel goes
+  // first.
+  calls.clear();
+  channel->reset();
 }
 
 // Answers that need no handler (here UNIMPLEMENTED) come from the thread
