@@ -50,7 +50,8 @@ void SetLogClockForTesting(int64_t (*now_ns)()) {
 bool LogSite::Pass(int64_t* suppressed) {
   const int64_t now = log_clock.load()();
   std::lock_guard<std::mutex> lock(mu_);
-  if (window_start_ns_ < 0 || now - window_start_ns_ >= 1'000'000'000) {
+  if (window_start_ns_ < 0 || now < window_start_ns_ ||
+      now - window_start_ns_ >= 1'000'000'000) {
     window_start_ns_ = now;
     lines_ = 0;
   }

@@ -1,6 +1,7 @@
 #include "ipcrpc/server.h"
 
 #include <algorithm>
+#include <limits>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -413,7 +414,10 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     held += 64 + static_cast<int64_t>(key.size() + value.size());
   }
   call->held_bytes = 0;
-  if (bytes_in_flight_.fetch_add(held) + held > static_cast<int64_t>(options_.max_bytes_in_flight)) {
+  // (A limit past INT64_MAX is no limit.)
+  const int64_t limit = static_cast<int64_t>(
+      std::min<size_t>(options_.max_bytes_in_flight, std::numeric_limits<int64_t>::max()));
+  if (bytes_in_flight_.fetch_add(held) + held > limit) {
     bytes_in_flight_.fetch_sub(held);
     Reject(connection, id,
            absl::ResourceExhaustedError(absl::StrCat(

@@ -61,7 +61,7 @@ absl::StatusOr<std::pair<UniqueFd, PublishedObject>> PublishNamedObject(
     // Unpredictable, so that nobody can take it first to make us fail; a
     // name that is taken all the same is tried again with another.
     std::string temp = absl::StrCat(dir, ".ipcrpc-", ::getpid(), "-", counter.fetch_add(1), "-",
-                                    absl::Hex(RandomU64(), absl::kZeroPad16), ".tmp");
+                                    absl::Hex(RandomU64() >> 16, absl::kZeroPad12), ".tmp");
     // Without a temporary name (PATH's directory leaves no room for one), the
     // object exists at PATH with the umask's mode until the chmod below.
     const bool via_temp = temp.size() <= max_path_length;

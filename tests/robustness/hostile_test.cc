@@ -325,6 +325,12 @@ TEST(HostileShmTest, HalfOpenHandshakesCountAgainstTheConnectionLimit) {
 // (unix: only: raw stream peers can wait in its backlog and then ask. The
 // shm: listener backs off the same way.)
 TEST(HostileUnixTest, AServerOutOfDescriptorsServesItsBacklogOnceItHasSome) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // The sanitizers' runtimes need descriptors of their own (UBSan's vptr
+  // check makes a pipe to probe memory, and reports an invalid vptr when it
+  // cannot): a process without any left fails in them, not in ipcrpc.
+  GTEST_SKIP() << "a process out of descriptors breaks the sanitizer runtime";
+#endif
   auto server = ConformanceServerProcess::Start(TransportTraits{"unix", true});
   ASSERT_THAT(server, IsOk());
   ASSERT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "warm"), IsOk());

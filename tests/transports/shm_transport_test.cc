@@ -90,10 +90,15 @@ struct BadHello {
   int fds;
   uint32_t version = 2;
   bool eventfd_doorbells = false;  // version 1's
+  bool good = false;               // the control: accepted
 };
 
 TEST_F(ShmTransportTest, HellosWithWrongSizesOrDescriptorsAreRefused) {
+  // Each case breaks one rule (the region's header is right in all); the
+  // first breaks none and must be accepted, so the others are refused for
+  // what they break.
   const BadHello cases[] = {
+      {"a good HELLO (the control)", 4096, 4096, true, 2, 2, false, true},
       {"ring size not a power of two", 5000, 5000, true, 2},
       {"memory smaller than announced", 8192, 4096, true, 2},
       {"memory not sealed", 4096, 4096, false, 2},
@@ -115,7 +120,15 @@ TEST_F(ShmTransportTest, HellosWithWrongSizesOrDescriptorsAreRefused) {
     ASSERT_EQ(getpeername(raw->shm_socket.get(), reinterpret_cast<sockaddr*>(&addr), &len), 0);
     ASSERT_EQ(connect(socket.get(), reinterpret_cast<sockaddr*>(&addr), len), 0);
     UniqueFd memfd(memfd_create("bad", MFD_CLOEXEC | MFD_ALLOW_SEALING));
-    ASSERT_EQ(ftruncate(memfd.get(), internal::kShmHeaderSize + 2 * bad.memfd_rings), 0);
+    const size_t length = internal::kShmHeaderSize + 2 * bad.memfd_rings;
+    ASSERT_EQ(ftruncate(memfd.get(), length), 0);
+    {
+      void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
+      ASSERT_NE(base, MAP_FAILED);
+      std::memcpy(base, "ISHR\x02\x00\x00\x00", 8);
+      std::memcpy(static_cast<char*>(base) + 8, &bad.ring_size, 8);
+      munmap(base, length);
+    }
     if (bad.seal) {
       ASSERT_EQ(fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), 0);
     }
@@ -146,7 +159,13 @@ TEST_F(ShmTransportTest, HellosWithWrongSizesOrDescriptorsAreRefused) {
     const int fds[3] = {memfd.get(), a.get(), b.get()};
     std::memcpy(CMSG_DATA(c), fds, bad.fds * sizeof(int));
     ASSERT_EQ(sendmsg(socket.get(), &msg, MSG_NOSIGNAL), static_cast<ssize_t>(sizeof(hello)));
-    EXPECT_TRUE(WaitForEof(socket.get(), absl::Seconds(10))) << "the server accepted it";
+    if (bad.good) {
+      auto ack = ReadBytes(socket.get(), 8, absl::Seconds(10));
+      ASSERT_THAT(ack, IsOk()) << "a good HELLO was refused";
+      EXPECT_EQ(ack->substr(0, 4), "ISHA");
+    } else {
+      EXPECT_TRUE(WaitForEof(socket.get(), absl::Seconds(10))) << "the server accepted it";
+    }
   }
   ExpectServed();
 }

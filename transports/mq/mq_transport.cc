@@ -147,8 +147,15 @@ absl::Status CheckClaimedPid(pid_t pid, int pidfd, uid_t owner, std::string_view
     break;
   }
   if (!found) {
+    // Without /proc at all nothing can be checked: taken as it is. With a
+    // /proc that hides this pid (hidepid=, another user's process), the
+    // claim cannot be verified: refused.
+    if (std::ifstream("/proc/self/status").good()) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("it claims pid ", pid, ", whose uid cannot be read here"));
+    }
     IPCRPC_LOG(WARNING) << Av(what) << ": cannot read the uid of pid " << pid
-                        << " (no /proc?): its claim is taken as it is";
+                        << " (no /proc): its claim is taken as it is";
     return absl::OkStatus();
   }
   // Still the process we opened (not a new one with a reused pid)?
