@@ -52,7 +52,16 @@ struct ServerConnection {
   absl::flat_hash_map<uint64_t, std::shared_ptr<ServerCallState>> calls ABSL_GUARDED_BY(mu);
   // The loop's: the state of the last call it ran itself, for the next one.
   std::shared_ptr<ServerCallState> spare_call;
+  // Answers that need no handler (rejections, PONG, HELLO) that found the
+  // transport full and wait for a handler thread to send them. A peer that
+  // keeps asking and never reads would otherwise queue them without end.
+  std::atomic<int> queued_control{0};
 };
+
+// Past this many queued answers that need no handler (or
+// max_calls_per_connection, if more: a client may be owed that many answers
+// at once), a connection whose peer does not read them is closed.
+constexpr int kMinQueuedControl = 64;
 
 // Set on every server's loop thread: it must never block on a peer.
 thread_local bool on_a_server_loop = false;
@@ -136,6 +145,12 @@ class ServerCore final : public IntrospectionSource {
   void SendResponse(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
                     const absl::Status& status, std::string_view payload, uint16_t flags = 0);
   // An immediate answer to a request that does not reach a handler.
+  // Counts one more answer queued for a handler thread; false (and the
+  // connection closed) past its limit (kMinQueuedControl, or
+  // max_calls_per_connection if more).
+  bool QueueControl(const std::shared_ptr<ServerConnection>& connection);
+  void CountSent(const std::shared_ptr<ServerConnection>& connection, const absl::Status& status,
+                 size_t bytes, const absl::Status& sent, uint64_t request_id);
   void Reject(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
               absl::Status status, uint16_t flags = 0);
   void SendControl(const std::shared_ptr<ServerConnection>& connection, FrameType type,
@@ -592,16 +607,7 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
   } else {
     sent = connection->transport->Send(parts, 0);
   }
-  if (sent.ok()) {
-    const size_t code = std::min<size_t>(static_cast<size_t>(status.code()), 16);
-    responses_by_code_[code].fetch_add(1, std::memory_order_relaxed);
-    bytes_sent_.fetch_add(static_cast<int64_t>(prefix.size() + payload.size()),
-                          std::memory_order_relaxed);
-  } else {
-    responses_dropped_.fetch_add(1, std::memory_order_relaxed);
-    IPCRPC_LOG(INFO) << connection->transport->description() << ": response to request "
-                     << request_id << " not sent: " << sent;
-  }
+  CountSent(connection, status, prefix.size() + payload.size(), sent, request_id);
 }
 
 void ServerCore::Reject(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
@@ -610,8 +616,28 @@ void ServerCore::Reject(const std::shared_ptr<ServerConnection>& connection, uin
   if (on_a_server_loop) {
     // Answered at once, from the thread that read the request: a rejection
     // never waits for a handler thread, however busy they all are.
-    // (SendResponse hands it to one only if the transport has no room now.)
-    SendResponse(connection, request_id, status, "", flags);
+    FrameHeader header;
+    header.type = FrameType::kResponse;
+    header.flags = flags;
+    header.request_id = request_id;
+    header.status_code = static_cast<uint16_t>(status.code());
+    std::string_view message = Sv(status.message());
+    if (message.size() > kMaxNameSize) message = message.substr(0, kMaxNameSize);
+    std::string frame;
+    if (!EncodeFramePrefix(header, message, {}, 0, 0, &frame).ok()) return;
+    std::string_view parts[] = {frame};
+    absl::Status sent;
+    if (connection->transport->TrySend(parts, 0, &sent)) {
+      CountSent(connection, status, frame.size(), sent, request_id);
+      return;
+    }
+    // No room now: a handler thread sends it, if the peer reads at all.
+    if (!QueueControl(connection)) return;
+    pool_->Post(HandlerScheduler::kControlPriority, 0,
+                [this, connection, request_id, status = std::move(status), flags] {
+      SendResponse(connection, request_id, status, "", flags);
+      connection->queued_control.fetch_sub(1);
+    });
     return;
   }
   pool_->Post(HandlerScheduler::kControlPriority, 0,
@@ -638,13 +664,41 @@ void ServerCore::SendControl(const std::shared_ptr<ServerConnection>& connection
       return;
     }
   }
+  const bool counted = on_a_server_loop;
+  if (counted && !QueueControl(connection)) return;
   pool_->Post(HandlerScheduler::kControlPriority, 0,
-              [this, connection, frame = std::move(frame)] {
+              [this, connection, frame = std::move(frame), counted] {
     std::string_view parts[] = {frame};
     if (connection->transport->Send(parts, 0).ok()) {
       bytes_sent_.fetch_add(static_cast<int64_t>(frame.size()), std::memory_order_relaxed);
     }
+    if (counted) connection->queued_control.fetch_sub(1);
   });
+}
+
+bool ServerCore::QueueControl(const std::shared_ptr<ServerConnection>& connection) {
+  const int limit = std::max(kMinQueuedControl, options_.max_calls_per_connection);
+  if (connection->queued_control.fetch_add(1) < limit) return true;
+  connection->queued_control.fetch_sub(1);
+  IPCRPC_LOG(WARNING) << connection->transport->description()
+                      << ": closing the connection: its peer does not read its answers ("
+                      << limit << " answers wait for room)";
+  connection->transport->Close();
+  return false;
+}
+
+void ServerCore::CountSent(const std::shared_ptr<ServerConnection>& connection,
+                           const absl::Status& status, size_t bytes, const absl::Status& sent,
+                           uint64_t request_id) {
+  if (sent.ok()) {
+    const size_t code = std::min<size_t>(static_cast<size_t>(status.code()), 16);
+    responses_by_code_[code].fetch_add(1, std::memory_order_relaxed);
+    bytes_sent_.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed);
+  } else {
+    responses_dropped_.fetch_add(1, std::memory_order_relaxed);
+    IPCRPC_LOG(INFO) << connection->transport->description() << ": response to request "
+                     << request_id << " not sent: " << sent;
+  }
 }
 
 void ServerCore::OnClosed(const std::shared_ptr<ServerConnection>& connection,

@@ -5,6 +5,8 @@
 // everyone else, and counts what it refused (read through its own
 // ipcrpc.Introspection service). Garbage frames, oversized lengths and
 // garbage in shm: rings are in the conformance suite and shm_transport_test.
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -20,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -324,21 +327,17 @@ TEST(HostileShmTest, HalfOpenHandshakesCountAgainstTheConnectionLimit) {
 // instead; and it does not spin meanwhile.
 // (unix: only: raw stream peers can wait in its backlog and then ask. The
 // shm: listener backs off the same way.)
-TEST(HostileUnixTest, AServerOutOfDescriptorsServesItsBacklogOnceItHasSome) {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  // The sanitizers' runtimes need descriptors of their own (UBSan's vptr
-  // check makes a pipe to probe memory, and reports an invalid vptr when it
-  // cannot): a process without any left fails in them, not in ipcrpc.
-  GTEST_SKIP() << "a process out of descriptors breaks the sanitizer runtime";
-#endif
+// One try; false if it proved nothing (see below).
+bool BacklogServedOnceDescriptorsAreFree() {
   auto server = ConformanceServerProcess::Start(TransportTraits{"unix", true});
-  ASSERT_THAT(server, IsOk());
-  ASSERT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "warm"), IsOk());
+  EXPECT_THAT(server, IsOk());
+  if (!server.ok()) return true;
+  EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "warm"), IsOk());
   const pid_t pid = (*server)->pid();
   // No descriptor to spare: the soft limit at what it has open (the hard
   // limit stays, so that the soft one can go back up without privilege).
   struct rlimit original;
-  ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, nullptr, &original), 0) << std::strerror(errno);
+  EXPECT_EQ(prlimit(pid, RLIMIT_NOFILE, nullptr, &original), 0) << std::strerror(errno);
   // (The limit is on descriptor numbers: the lowest free one is the limit
   // at which nothing more can be opened.)
   std::set<int> numbers;
@@ -349,7 +348,7 @@ TEST(HostileUnixTest, AServerOutOfDescriptorsServesItsBacklogOnceItHasSome) {
   while (numbers.contains(lowest_free)) ++lowest_free;
   struct rlimit none = original;
   none.rlim_cur = static_cast<rlim_t>(lowest_free);
-  ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, &none, nullptr), 0) << std::strerror(errno);
+  EXPECT_EQ(prlimit(pid, RLIMIT_NOFILE, &none, nullptr), 0) << std::strerror(errno);
   // The socket's path (getpeername would say the temporary name it was
   // bound under before it was published).
   const std::string endpoint = (*server)->ClientArgs()[0].substr(std::strlen("--endpoint=unix:"));
@@ -357,20 +356,20 @@ TEST(HostileUnixTest, AServerOutOfDescriptorsServesItsBacklogOnceItHasSome) {
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, endpoint.c_str(), sizeof(addr.sun_path) - 1);
   internal::UniqueFd waiting(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  ASSERT_EQ(connect(waiting.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0)
+  EXPECT_EQ(connect(waiting.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)), 0)
       << std::strerror(errno);  // accepted by the kernel, into the backlog
   // The request goes out now; the server cannot accept the connection yet.
   internal::FrameHeader header;
   header.type = internal::FrameType::kRequest;
   header.request_id = 1;
   std::string frame;
-  ASSERT_THAT(internal::EncodeFramePrefix(header, "test.Test/Echo", {}, 5, 1 << 20, &frame),
+  EXPECT_THAT(internal::EncodeFramePrefix(header, "test.Test/Echo", {}, 5, 1 << 20, &frame),
               IsOk());
   frame += "hello";
   const uint32_t size = static_cast<uint32_t>(frame.size());
   std::string message(reinterpret_cast<const char*>(&size), 4);
   message += frame;
-  ASSERT_EQ(send(waiting.get(), message.data(), message.size(), MSG_NOSIGNAL),
+  EXPECT_EQ(send(waiting.get(), message.data(), message.size(), MSG_NOSIGNAL),
             static_cast<ssize_t>(message.size()));
   // Out of descriptors, the server must not spin.
   const int64_t ticks_before = CpuTicks(pid);
@@ -379,9 +378,81 @@ TEST(HostileUnixTest, AServerOutOfDescriptorsServesItsBacklogOnceItHasSome) {
   EXPECT_LT(used, 25) << "the server used " << used << " ticks of 50 while out of descriptors";
   // Descriptors again; nobody connects any more. The waiting connection is
   // accepted and answered.
-  ASSERT_EQ(prlimit(pid, RLIMIT_NOFILE, &original, nullptr), 0) << std::strerror(errno);
+  EXPECT_EQ(prlimit(pid, RLIMIT_NOFILE, &original, nullptr), 0) << std::strerror(errno);
   absl::StatusOr<std::string> answer = ReadBytes(waiting.get(), 4, absl::Seconds(10));
+  // EOF: the server freed a descriptor of its own in the window (its ready
+  // pipe, say) and accepted the connection early, then had none for its
+  // connection state and dropped it: this try proved nothing. No answer at
+  // all is the failure: the connection stayed in the backlog.
+  if (!answer.ok() && absl::StrContains(answer.status().message(), "EOF")) return false;
   EXPECT_THAT(answer, IsOk()) << "a connection left in the backlog was never accepted";
+  return true;
+}
+
+TEST(HostileUnixTest, AServerOutOfDescriptorsServesItsBacklogOnceItHasSome) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // The sanitizers' runtimes need descriptors of their own (UBSan's vptr
+  // check makes a pipe to probe memory, and reports an invalid vptr when it
+  // cannot): a process without any left fails in them, not in ipcrpc.
+  GTEST_SKIP() << "a process out of descriptors breaks the sanitizer runtime";
+#endif
+  bool proved = false;
+  for (int attempt = 0; attempt < 5 && !proved && !HasFailure(); ++attempt) {
+    proved = BacklogServedOnceDescriptorsAreFree();
+  }
+  EXPECT_TRUE(proved) << "five tries were spoiled by the server freeing descriptors";
+}
+
+// A peer that asks and asks (PINGs, calls to methods that do not exist)
+// and never reads the answers: once its transport is full, the answers wait
+// for a handler thread, and a few of them hold those threads until the peer
+// reads. Past max_calls_per_connection waiting answers (at least 64) its
+// connection is closed (a logged reason), so the handler threads go back to
+// the others.
+TEST_P(HostileTest, APeerThatNeverReadsItsAnswersLosesItsConnection) {
+  auto server = ConformanceServerProcess::Start(GetParam(), {"--handler_threads=2"});
+  ASSERT_THAT(server, IsOk());
+  absl::StatusOr<ConformanceServerProcess::RawPeer> peer = (*server)->OpenRawPeer();
+  ASSERT_THAT(peer, IsOk());
+  // Our writes must not wait for a server that stopped reading us (a fifo:
+  // raw peer is a reader of its own FIFO: its writes never fail), nor kill
+  // us (EPIPE).
+  signal(SIGPIPE, SIG_IGN);
+  if (peer->to_server.valid()) {
+    ASSERT_EQ(fcntl(peer->to_server.get(), F_SETFL,
+                    fcntl(peer->to_server.get(), F_GETFL) | O_NONBLOCK), 0);
+  }
+  internal::FrameHeader header;
+  header.type = internal::FrameType::kRequest;
+  std::string frame;
+  bool stopped = false;
+  for (uint64_t id = 1; id <= 20000 && !stopped; ++id) {
+    header.request_id = id;
+    ASSERT_THAT(internal::EncodeFramePrefix(header, "test.Test/NoSuchMethod", {}, 0, 0, &frame),
+                IsOk());
+    // A send that fails: no room (the server is behind), or closed.
+    for (int tries = 0; !peer->SendMessage(frame); ++tries) {
+      if (tries == 10) {
+        stopped = true;
+        break;
+      }
+      struct pollfd room = {peer->to_server.get(), POLLOUT, 0};
+      poll(&room, peer->to_server.valid() ? 1 : 0, 100);
+    }
+  }
+  // The server's own count: only the fixture's connection is left.
+  absl::StatusOr<ServerStats> stats;
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  do {
+    stats = Stats(*(*server)->channel());
+    ASSERT_THAT(stats, IsOk());
+  } while (stats->connections_size() > 1 && absl::Now() < give_up);
+  EXPECT_EQ(stats->connections_size(), 1) << "a peer that never reads kept its connection";
+  // The handler threads serve the others.
+  CallOptions options;
+  options.timeout = absl::Seconds(10);
+  EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Sleep", "1", options), IsOk());
+  EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Sleep", "1", options), IsOk());
 }
 
 // A frame with more metadata entries than a call may carry costs its sender
