@@ -53,6 +53,15 @@ absl::Time MonotonicToWall(int64_t deadline_ns) {
   return absl::Now() + absl::Nanoseconds(deadline_ns - MonotonicNowNs());
 }
 
+int PollTimeoutMs(int64_t deadline_ns) {
+  if (deadline_ns == kNoDeadline) return -1;
+  const int64_t left = deadline_ns - MonotonicNowNs();
+  if (left <= 0) return 0;
+  const int64_t ms = (left + 999'999) / 1'000'000;
+  return ms > std::numeric_limits<int>::max() ? std::numeric_limits<int>::max()
+                                              : static_cast<int>(ms);
+}
+
 absl::Duration RemainingUntil(int64_t deadline_ns) {
   if (deadline_ns == kNoDeadline) return absl::InfiniteDuration();
   int64_t left = deadline_ns - MonotonicNowNs();

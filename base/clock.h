@@ -43,6 +43,10 @@ std::chrono::steady_clock::time_point SteadyTimeOf(int64_t deadline_ns);
 // Remaining time until `deadline_ns` (never negative; Infinite for none).
 absl::Duration RemainingUntil(int64_t deadline_ns);
 
+// The same as a poll(2) timeout: milliseconds, rounded up (so a wait never
+// ends before the deadline), 0 once it has passed, -1 for none.
+int PollTimeoutMs(int64_t deadline_ns);
+
 }  // namespace ipcrpc::internal
 
 #endif  // IPCRPC_BASE_CLOCK_H_

@@ -29,6 +29,7 @@ TransportOptions ToTransportOptions(const ChannelOptions& options) {
   transport.child_exit_grace = options.child_exit_grace;
   transport.shm_ring_size = options.shm_ring_size;
   transport.allowed_server_uids = options.allowed_server_uids;
+  transport.connect_timeout = options.connect_timeout;
   return transport;
 }
 

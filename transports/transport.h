@@ -68,6 +68,8 @@ struct TransportOptions {
 
   // Client side: whose servers we talk to. Empty: our euid and root.
   std::vector<uid_t> allowed_server_uids;
+  // Client side: how long a Connect may wait for the server's handshake.
+  absl::Duration connect_timeout = absl::Seconds(5);
   // OK if a server of `uid` may be talked to; otherwise PERMISSION_DENIED
   // naming `endpoint`, the uid and how it was found (`how`). Connectors call
   // it before they send the server anything.

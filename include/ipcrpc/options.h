@@ -43,6 +43,10 @@ struct ChannelOptions {
   // and mq:); any other is PERMISSION_DENIED naming the endpoint and the uid.
   // (pipe: talks to the child it spawned.)
   std::vector<uid_t> allowed_server_uids;
+  // Bounds Channel::Connect, and each later connect (a reconnect after the
+  // server left): a server that is alive but does not answer the handshake
+  // (stopped, stuck) makes it fail UNAVAILABLE after this long.
+  absl::Duration connect_timeout = absl::Seconds(5);
 };
 
 // Limits and settings of a server.

@@ -38,6 +38,13 @@ class ChainService : public ipcrpc::Service {
   explicit ChainService(std::shared_ptr<ipcrpc::Channel> next) : next_(std::move(next)) {
     AddMethod("chain.Chain/Call", [this](ipcrpc::ServerContext& context, std::string_view,
                                          std::string&) { return Call(context); });
+    // Answers once every hop below answers: the whole chain is up.
+    AddMethod("chain.Chain/Ready", [this](ipcrpc::ServerContext& context, std::string_view,
+                                          std::string&) {
+      if (next_ == nullptr) return absl::OkStatus();
+      return next_->CallMethod("chain.Chain/Ready", "", ipcrpc::CallOptions::From(context))
+          .status();
+    });
     AddMethod("chain.Chain/WaitCancelled",
               [this](ipcrpc::ServerContext& context, std::string_view, std::string& response) {
                 ipcrpc::internal::MutexLock lock(&mu_);

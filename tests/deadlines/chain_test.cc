@@ -36,6 +36,12 @@ class ChainTest : public ::testing::TestWithParam<std::string> {
                                  "--transport=pipe"});
       ASSERT_THAT(channel, IsOk());
       channel_ = *std::move(channel);
+      // Each hop spawns the next as it starts: wait until the last one
+      // answers, or a slow start eats the test's deadline (a fresh machine:
+      // 4 failures in 4 runs).
+      CallOptions ready;
+      ready.timeout = absl::Seconds(30);
+      ASSERT_THAT(channel_->CallMethod("chain.Chain/Ready", "", ready), IsOk());
       return;
     }
     const std::string name = UniqueName("ipcrpc-chain-top");

@@ -17,6 +17,7 @@
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
 #include "asio/post.hpp"
+#include "base/clock.h"
 #include "base/logging.h"
 #include "base/status_macros.h"
 #include "base/syscall.h"
@@ -31,7 +32,6 @@ namespace {
 constexpr char kRecordMagic[4] = {'I', 'F', 'C', 'R'};
 constexpr char kAckMagic[4] = {'I', 'F', 'C', 'A'};
 constexpr uint16_t kRecordVersion = 1;
-constexpr int kHandshakeTimeoutMs = 5000;
 
 static_assert(kFifoRecordSize <= PIPE_BUF, "connect records must be written atomically");
 
@@ -286,6 +286,7 @@ class FifoConnector final : public Connector {
 
   absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&) override {
     const std::string& text = endpoint_.text;
+    const int64_t deadline_ns = AddDurationNs(MonotonicNowNs(), options_.connect_timeout);
     // The server first: no private objects for nothing.
     UniqueFd server(::open(endpoint_.address.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
     if (!server.valid()) {
@@ -343,7 +344,7 @@ class FifoConnector final : public Connector {
       if (n < 0 && errno == EAGAIN) {
         // The server's FIFO is full of other clients' records: wait for room.
         struct pollfd pfd = {server.get(), POLLOUT, 0};
-        if (RetryEintr([&] { return ::poll(&pfd, 1, kHandshakeTimeoutMs); }) == 1) continue;
+        if (RetryEintr([&] { return ::poll(&pfd, 1, PollTimeoutMs(deadline_ns)); }) == 1) continue;
         return absl::UnavailableError(absl::StrCat(text, ": the server's FIFO stayed full"));
       }
       if (n < 0 && errno == EPIPE) {
@@ -357,11 +358,12 @@ class FifoConnector final : public Connector {
     size_t got = 0;
     while (got < sizeof(ack)) {
       struct pollfd pfd = {responses.get(), POLLIN, 0};
-      int ready = RetryEintr([&] { return ::poll(&pfd, 1, kHandshakeTimeoutMs); });
+      int ready = RetryEintr([&] { return ::poll(&pfd, 1, PollTimeoutMs(deadline_ns)); });
       if (ready == 0) {
         return absl::UnavailableError(absl::StrCat(
-            text, ": the server did not answer the connect record within ",
-            kHandshakeTimeoutMs, " ms"));
+            text, ": the server did not answer the connect record within "
+            "ChannelOptions::connect_timeout (",
+            absl::FormatDuration(options_.connect_timeout), ")"));
       }
       ssize_t n = ::read(responses.get(), ack + got, sizeof(ack) - got);
       if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;

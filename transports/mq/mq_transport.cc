@@ -39,7 +39,6 @@ namespace {
 
 constexpr char kConnectMagic[4] = {'I', 'M', 'Q', 'C'};
 constexpr uint32_t kMqVersion = 1;
-constexpr int kHandshakeTimeoutMs = 5000;
 constexpr int kConnectPriority = 31;  // new clients are not stuck behind queued work
 
 void PutLe(char* p, uint64_t value, int bytes) {
@@ -964,6 +963,7 @@ class MqConnector final : public Connector {
 
   absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&) override {
     const std::string& text = endpoint_.text;
+    const int64_t deadline_ns = AddDurationNs(MonotonicNowNs(), options_.connect_timeout);
     const std::string server_name = "/" + endpoint_.address;
     UniqueFd server(static_cast<int>(
         mq_open(server_name.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC)));
@@ -1031,7 +1031,7 @@ class MqConnector final : public Connector {
       if (mq_send(server.get(), connect.data(), connect.size(), kConnectPriority) == 0) break;
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
-        IPCRPC_RETURN_IF_ERROR(WaitFor(server.get(), POLLOUT, -1, kHandshakeTimeoutMs,
+        IPCRPC_RETURN_IF_ERROR(WaitFor(server.get(), POLLOUT, -1, PollTimeoutMs(deadline_ns),
                                        absl::StrCat(text, ": waiting for room to connect")));
         continue;
       }
@@ -1040,11 +1040,12 @@ class MqConnector final : public Connector {
     std::vector<char> buffer(static_cast<size_t>(attr.mq_msgsize));
     ssize_t n;
     for (;;) {
-      absl::Status waited = WaitFor(reply.get(), POLLIN, -1, kHandshakeTimeoutMs, text);
+      absl::Status waited = WaitFor(reply.get(), POLLIN, -1, PollTimeoutMs(deadline_ns), text);
       if (!waited.ok()) {
         return absl::UnavailableError(absl::StrCat(
-            text, ": the server did not accept the connection within ", kHandshakeTimeoutMs,
-            " ms (its log says why)"));
+            text, ": the server did not accept the connection within "
+            "ChannelOptions::connect_timeout (",
+            absl::FormatDuration(options_.connect_timeout), "; its log may say why)"));
       }
       n = mq_receive(reply.get(), buffer.data(), buffer.size(), nullptr);
       if (n >= 0) break;

@@ -901,6 +901,7 @@ class ShmConnector final : public Connector {
 
   absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&) override {
     const std::string& text = endpoint_.text;
+    const int64_t deadline_ns = AddDurationNs(MonotonicNowNs(), options_.connect_timeout);
     size_t ring_size = options_.shm_ring_size;
     if (ring_size < kShmMinRingSize || ring_size > kShmMaxRingSize ||
         (ring_size & (ring_size - 1)) != 0) {
@@ -971,9 +972,10 @@ class ShmConnector final : public Connector {
     size_t got = 0;
     while (got < sizeof(ack)) {
       struct pollfd pfd = {socket.get(), POLLIN, 0};
-      if (RetryEintr([&] { return ::poll(&pfd, 1, kHandshakeTimeoutMs); }) == 0) {
-        return absl::UnavailableError(absl::StrCat(text, ": no answer from the server within ",
-                                                   kHandshakeTimeoutMs, " ms"));
+      if (RetryEintr([&] { return ::poll(&pfd, 1, PollTimeoutMs(deadline_ns)); }) == 0) {
+        return absl::UnavailableError(
+            absl::StrCat(text, ": no answer from the server within ChannelOptions::connect_timeout (",
+                         absl::FormatDuration(options_.connect_timeout), ")"));
       }
       ssize_t n = RetryEintr([&] { return ::recv(socket.get(), ack + got, sizeof(ack) - got, 0); });
       if (n <= 0) {

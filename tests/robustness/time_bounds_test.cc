@@ -1,0 +1,79 @@
+// Time bounds while connecting: a server that is alive but does not answer
+// (here SIGSTOPped, a real process) holds Channel::Connect for
+// ChannelOptions::connect_timeout at most, not for a fixed 5 s. (unix:
+// needs no answer from the server to connect: the kernel's backlog takes
+// the connection.)
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "ipcrpc/ipcrpc.h"
+#include "tests/conformance/conformance_server_process.h"
+#include "tests/util/status_matchers.h"
+
+namespace ipcrpc::testing {
+namespace {
+
+// kill(SIGSTOP) returns before every thread of the target has stopped: a
+// thread already running on the other CPU may still answer. True once every
+// thread of `pid` is stopped (state T in /proc), within `timeout`.
+bool WaitStopped(pid_t pid, absl::Duration timeout) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (absl::Now() < give_up) {
+    bool all = true;
+    for (const auto& task :
+         std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/task"))) {
+      std::ifstream stat(task.path() / "stat");
+      std::string line;
+      std::getline(stat, line);
+      const size_t paren = line.rfind(')');
+      if (paren == std::string::npos || paren + 2 >= line.size() || line[paren + 2] != 'T') {
+        all = false;
+        break;
+      }
+    }
+    if (all) return true;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return false;
+}
+
+class TimeBoundsTest : public ::testing::TestWithParam<TransportTraits> {};
+
+TEST_P(TimeBoundsTest, ConnectingToAStoppedServerEndsAtConnectTimeout) {
+  auto server = ConformanceServerProcess::Start(GetParam());
+  ASSERT_THAT(server, IsOk());
+  ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
+  ChannelOptions options;
+  options.connect_timeout = absl::Milliseconds(300);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::shared_ptr<Channel>> channel =
+      Channel::Connect((*server)->ClientArgs()[0].substr(std::string("--endpoint=").size()),
+                       options);
+  const absl::Duration took = absl::Now() - start;
+  kill((*server)->pid(), SIGCONT);
+  EXPECT_EQ(channel.status().code(), absl::StatusCode::kUnavailable) << channel.status();
+  EXPECT_THAT(channel.status().message(), ::testing::HasSubstr("connect_timeout"));
+  EXPECT_GE(took, absl::Milliseconds(290)) << "gave up before the timeout";
+  // Generous (another process may hold the other CPU), yet far below the
+  // fixed 5 s of before.
+  EXPECT_LT(took, absl::Seconds(3)) << "Connect took " << took;
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, TimeBoundsTest,
+                         ::testing::Values(TransportTraits{"fifo", true},
+                                           TransportTraits{"mq", true},
+                                           TransportTraits{"shm", true}),
+                         [](const auto& test_info) { return test_info.param.name; });
+
+}  // namespace
+}  // namespace ipcrpc::testing
