@@ -142,15 +142,16 @@ class ServerCore final : public IntrospectionSource {
                   const std::string& response);
   // Sends a RESPONSE (from a pool thread, or Shutdown's).
   // `flags`: kFlagRefused for a call refused without starting.
+  // `rejection`: an answer that needs no handler (counted by QueueControl if
+  // it must wait for a handler thread).
   void SendResponse(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
-                    const absl::Status& status, std::string_view payload, uint16_t flags = 0);
-  // An immediate answer to a request that does not reach a handler.
+                    const absl::Status& status, std::string_view payload, uint16_t flags = 0,
+                    bool rejection = false);
   // Counts one more answer queued for a handler thread; false (and the
   // connection closed) past its limit (kMinQueuedControl, or
   // max_calls_per_connection if more).
   bool QueueControl(const std::shared_ptr<ServerConnection>& connection);
-  void CountSent(const std::shared_ptr<ServerConnection>& connection, const absl::Status& status,
-                 size_t bytes, const absl::Status& sent, uint64_t request_id);
+  // An immediate answer to a request that does not reach a handler.
   void Reject(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
               absl::Status status, uint16_t flags = 0);
   void SendControl(const std::shared_ptr<ServerConnection>& connection, FrameType type,
@@ -574,7 +575,7 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
 
 void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connection,
                               uint64_t request_id, const absl::Status& status,
-                              std::string_view payload, uint16_t flags) {
+                              std::string_view payload, uint16_t flags, bool rejection) {
   FrameHeader header;
   header.type = FrameType::kResponse;
   header.flags = flags;
@@ -594,20 +595,34 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
   std::string_view parts[] = {prefix, payload};
   absl::Status sent;
   if (on_a_server_loop) {
-    // An inline handler's response. The loop must never wait for a peer to
-    // read: a client whose own send waits for this loop to read would wait
-    // forever. If the transport has no room now, a handler thread sends it.
+    // An inline handler's response, or a rejection. The loop must never wait
+    // for a peer to read: a client whose own send waits for this loop to
+    // read would wait forever. If the transport has no room now, a handler
+    // thread sends it (rejections counted: a peer that never reads must not
+    // queue them without end).
     if (!connection->transport->TrySend(parts, 0, &sent)) {
+      if (rejection && !QueueControl(connection)) return;
       pool_->Post(HandlerScheduler::kControlPriority, 0,
-                  [this, connection, request_id, status, body = std::string(payload), flags] {
+                  [this, connection, request_id, status, body = std::string(payload), flags,
+                   rejection] {
         SendResponse(connection, request_id, status, body, flags);
+        if (rejection) connection->queued_control.fetch_sub(1);
       });
       return;
     }
   } else {
     sent = connection->transport->Send(parts, 0);
   }
-  CountSent(connection, status, prefix.size() + payload.size(), sent, request_id);
+  if (sent.ok()) {
+    const size_t code = std::min<size_t>(static_cast<size_t>(status.code()), 16);
+    responses_by_code_[code].fetch_add(1, std::memory_order_relaxed);
+    bytes_sent_.fetch_add(static_cast<int64_t>(prefix.size() + payload.size()),
+                          std::memory_order_relaxed);
+  } else {
+    responses_dropped_.fetch_add(1, std::memory_order_relaxed);
+    IPCRPC_LOG(INFO) << connection->transport->description() << ": response to request "
+                     << request_id << " not sent: " << sent;
+  }
 }
 
 void ServerCore::Reject(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
@@ -616,28 +631,7 @@ void ServerCore::Reject(const std::shared_ptr<ServerConnection>& connection, uin
   if (on_a_server_loop) {
     // Answered at once, from the thread that read the request: a rejection
     // never waits for a handler thread, however busy they all are.
-    FrameHeader header;
-    header.type = FrameType::kResponse;
-    header.flags = flags;
-    header.request_id = request_id;
-    header.status_code = static_cast<uint16_t>(status.code());
-    std::string_view message = Sv(status.message());
-    if (message.size() > kMaxNameSize) message = message.substr(0, kMaxNameSize);
-    std::string frame;
-    if (!EncodeFramePrefix(header, message, {}, 0, 0, &frame).ok()) return;
-    std::string_view parts[] = {frame};
-    absl::Status sent;
-    if (connection->transport->TrySend(parts, 0, &sent)) {
-      CountSent(connection, status, frame.size(), sent, request_id);
-      return;
-    }
-    // No room now: a handler thread sends it, if the peer reads at all.
-    if (!QueueControl(connection)) return;
-    pool_->Post(HandlerScheduler::kControlPriority, 0,
-                [this, connection, request_id, status = std::move(status), flags] {
-      SendResponse(connection, request_id, status, "", flags);
-      connection->queued_control.fetch_sub(1);
-    });
+    SendResponse(connection, request_id, status, "", flags, /*rejection=*/true);
     return;
   }
   pool_->Post(HandlerScheduler::kControlPriority, 0,
@@ -685,20 +679,6 @@ bool ServerCore::QueueControl(const std::shared_ptr<ServerConnection>& connectio
                       << limit << " answers wait for room)";
   connection->transport->Close();
   return false;
-}
-
-void ServerCore::CountSent(const std::shared_ptr<ServerConnection>& connection,
-                           const absl::Status& status, size_t bytes, const absl::Status& sent,
-                           uint64_t request_id) {
-  if (sent.ok()) {
-    const size_t code = std::min<size_t>(static_cast<size_t>(status.code()), 16);
-    responses_by_code_[code].fetch_add(1, std::memory_order_relaxed);
-    bytes_sent_.fetch_add(static_cast<int64_t>(bytes), std::memory_order_relaxed);
-  } else {
-    responses_dropped_.fetch_add(1, std::memory_order_relaxed);
-    IPCRPC_LOG(INFO) << connection->transport->description() << ": response to request "
-                     << request_id << " not sent: " << sent;
-  }
 }
 
 void ServerCore::OnClosed(const std::shared_ptr<ServerConnection>& connection,
