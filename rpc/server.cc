@@ -59,9 +59,12 @@ struct ServerConnection {
 };
 
 // Past this many queued answers that need no handler (or
-// max_calls_per_connection, if more: a client may be owed that many answers
-// at once), a connection whose peer does not read them is closed.
-constexpr int kMinQueuedControl = 64;
+// max_calls_per_connection, if more), a connection whose peer does not read
+// them is closed. Generous: an honest client that fires many calls past a
+// limit is owed one rejection each and reads them as it can (200 such
+// against max_calls_per_connection = 3 over mq: with its 4-deep reply queue
+// closed the connection at 64). At about 200 bytes each, 4096 hold ~1 MiB.
+constexpr int kMinQueuedControl = 4096;
 
 // Set on every server's loop thread: it must never block on a peer.
 thread_local bool on_a_server_loop = false;

@@ -406,7 +406,7 @@ TEST(HostileUnixTest, AServerOutOfDescriptorsServesItsBacklogOnceItHasSome) {
 // A peer that asks and asks (PINGs, calls to methods that do not exist)
 // and never reads the answers: once its transport is full, the answers wait
 // for a handler thread, and a few of them hold those threads until the peer
-// reads. Past max_calls_per_connection waiting answers (at least 64) its
+// reads. Past max_calls_per_connection waiting answers (at least 4096) its
 // connection is closed (a logged reason), so the handler threads go back to
 // the others.
 TEST_P(HostileTest, APeerThatNeverReadsItsAnswersLosesItsConnection) {
