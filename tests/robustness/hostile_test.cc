@@ -265,19 +265,6 @@ int OpenDescriptors(pid_t pid) {
   return n;
 }
 
-int64_t CpuTicks(pid_t pid) {
-  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
-  std::string line;
-  std::getline(stat, line);
-  std::istringstream fields(line.substr(line.rfind(')') + 2));
-  std::string field;
-  int64_t ticks = 0;
-  for (int i = 3; i <= 15 && fields >> field; ++i) {
-    if (i == 14 || i == 15) ticks += std::stoll(field);  // utime, stime
-  }
-  return ticks;
-}
-
 // Peers that connect and never finish their handshake (shm: never sends its
 // HELLO) count against ServerOptions::max_connections while they wait, so
 // they hold no more descriptors than the limit allows (before, 1,100 of them
@@ -372,9 +359,9 @@ bool BacklogServedOnceDescriptorsAreFree() {
   EXPECT_EQ(send(waiting.get(), message.data(), message.size(), MSG_NOSIGNAL),
             static_cast<ssize_t>(message.size()));
   // Out of descriptors, the server must not spin.
-  const int64_t ticks_before = CpuTicks(pid);
+  const int64_t ticks_before = ProcessCpuTicks(pid);
   absl::SleepFor(absl::Milliseconds(500));  // a measurement window, not synchronisation
-  const int64_t used = CpuTicks(pid) - ticks_before;
+  const int64_t used = ProcessCpuTicks(pid) - ticks_before;
   EXPECT_LT(used, 25) << "the server used " << used << " ticks of 50 while out of descriptors";
   // Descriptors again; nobody connects any more. The waiting connection is
   // accepted and answered.

@@ -276,22 +276,6 @@ TEST_F(ShmTransportTest, APeerThatMakesItsDoorbellBlockingCannotStallTheServer) 
   ExpectServed();
 }
 
-int64_t ProcessCpuTicks(pid_t pid) {
-  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
-  std::string line;
-  std::getline(stat, line);
-  // Fields after the command name (which ends with ')'): 14th and 15th are
-  // utime and stime.
-  std::istringstream fields(line.substr(line.rfind(')') + 2));
-  std::string field;
-  int64_t utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && fields >> field; ++i) {
-    if (i == 14) utime = std::stoll(field);
-    if (i == 15) stime = std::stoll(field);
-  }
-  return utime + stime;
-}
-
 TEST_F(ShmTransportTest, AnIdleConnectionCostsNoCpu) {
   ExpectServed();  // connected and warm
   const int64_t server_before = ProcessCpuTicks(server_->pid());

@@ -12,6 +12,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "base/clock.h"
@@ -163,6 +166,23 @@ absl::StatusOr<std::string> FirstLineAsUid(const std::vector<std::string>& argv,
   std::optional<int> status = WaitForExit(pid, absl::Seconds(20));
   *cannot_run = status.has_value() && WIFEXITED(*status) && WEXITSTATUS(*status) >= 3;
   return line;
+}
+
+int64_t ProcessCpuTicks(pid_t pid) {
+  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+  std::string line;
+  std::getline(stat, line);
+  // Fields after the command name (which ends with ')'): the 14th and 15th
+  // are utime and stime.
+  const size_t paren = line.rfind(')');
+  if (paren == std::string::npos || paren + 2 > line.size()) return 0;
+  std::istringstream fields(line.substr(paren + 2));
+  std::string field;
+  int64_t ticks = 0;
+  for (int i = 3; i <= 15 && fields >> field; ++i) {
+    if (i == 14 || i == 15) ticks += std::stoll(field);
+  }
+  return ticks;
 }
 
 std::string UniqueName(const std::string& prefix) {

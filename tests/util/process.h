@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <utility>
@@ -49,6 +50,11 @@ bool WaitForEof(int fd, absl::Duration timeout);
 // Sets *cannot_run if it could not even be started as that uid.
 absl::StatusOr<std::string> FirstLineAsUid(const std::vector<std::string>& argv, uid_t uid,
                                            bool* cannot_run);
+
+// CPU time `pid` has used so far (user + system), in clock ticks (usually
+// 1/100 s), from /proc/PID/stat; for tests that a process stays idle or does
+// not spin.
+int64_t ProcessCpuTicks(pid_t pid);
 
 // A name unique to this process and call: "<prefix>-<pid>-<n>".
 std::string UniqueName(const std::string& prefix);
