@@ -161,6 +161,10 @@ class ServerCore final : public IntrospectionSource {
                    uint64_t request_id, std::string_view text);
 
   const ServerOptions options_;
+  // options_.max_bytes_in_flight as compared on every call (a limit past
+  // INT64_MAX is no limit).
+  const int64_t max_bytes_in_flight_ = static_cast<int64_t>(
+      std::min<size_t>(options_.max_bytes_in_flight, std::numeric_limits<int64_t>::max()));
   const int64_t inline_limit_ns_ = absl::ToInt64Nanoseconds(options_.inline_handler_limit);
   TransportOptions transport_options_;
 
@@ -432,11 +436,7 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
   for (const auto& [key, value] : call->metadata) {
     held += 64 + static_cast<int64_t>(key.size() + value.size());
   }
-  call->held_bytes = 0;
-  // (A limit past INT64_MAX is no limit.)
-  const int64_t limit = static_cast<int64_t>(
-      std::min<size_t>(options_.max_bytes_in_flight, std::numeric_limits<int64_t>::max()));
-  if (bytes_in_flight_.fetch_add(held) + held > limit) {
+  if (bytes_in_flight_.fetch_add(held) + held > max_bytes_in_flight_) {
     bytes_in_flight_.fetch_sub(held);
     Reject(connection, id,
            absl::ResourceExhaustedError(absl::StrCat(
