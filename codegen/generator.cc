@@ -132,6 +132,139 @@ Vars MethodVars(const ServiceDescriptor* service, const MethodDescriptor* method
   };
 }
 
+enum class Kind { kUnary, kServerStreaming, kClientStreaming, kBidiStreaming };
+
+Kind KindOf(const MethodDescriptor* method) {
+  if (method->client_streaming() && method->server_streaming()) return Kind::kBidiStreaming;
+  if (method->client_streaming()) return Kind::kClientStreaming;
+  if (method->server_streaming()) return Kind::kServerStreaming;
+  return Kind::kUnary;
+}
+
+// The stub's methods for a streaming RPC: thin, over the channel's untyped
+// streams and the typed wrappers of ipcrpc/stream.h.
+void PrintStreamStub(Printer& p, const Vars& m, Kind kind) {
+  switch (kind) {
+    case Kind::kServerStreaming:
+      p.Print(m,
+              "\n"
+              "::ipcrpc::ClientReader<$reply$> $service$::Stub::$method$(\n"
+              "    const $request$& request, const ::ipcrpc::CallOptions& options) {\n"
+              "  ::std::string request_bytes;\n"
+              "  request.SerializePartialToString(&request_bytes);\n"
+              "  return ::ipcrpc::ClientReader<$reply$>(\n"
+              "      ipcrpc_channel_->OpenServerStream(\"$full_method$\", request_bytes, options));\n"
+              "}\n"
+              "\n"
+              "::ipcrpc::Call $service$::Stub::$method$Async(\n"
+              "    const $request$& request, const ::ipcrpc::CallOptions& options,\n"
+              "    ::absl::AnyInvocable<void(const $reply$&)> on_message,\n"
+              "    ::absl::AnyInvocable<void(::absl::Status) &&> done) {\n"
+              "  ::std::string request_bytes;\n"
+              "  request.SerializePartialToString(&request_bytes);\n"
+              "  // A message that does not parse is skipped, and the call then ends\n"
+              "  // INTERNAL whatever the server says.\n"
+              "  auto parse_failed = ::std::make_shared<bool>(false);\n"
+              "  return ipcrpc_channel_->CallServerStreamAsync(\n"
+              "      \"$full_method$\", request_bytes, options,\n"
+              "      [on_message = ::std::move(on_message), parse_failed](\n"
+              "          ::std::string_view message_bytes) mutable {\n"
+              "        $reply$ message;\n"
+              "        if (*parse_failed || !message.ParseFromArray(message_bytes.data(),\n"
+              "                static_cast<int>(message_bytes.size()))) {\n"
+              "          *parse_failed = true;\n"
+              "          return;\n"
+              "        }\n"
+              "        on_message(message);\n"
+              "      },\n"
+              "      [done = ::std::move(done), parse_failed](::absl::Status status) mutable {\n"
+              "        if (*parse_failed) {\n"
+              "          status = ::absl::InternalError(\n"
+              "              \"$full_method$: a stream message does not parse as $reply_name$\");\n"
+              "        }\n"
+              "        ::std::move(done)(::std::move(status));\n"
+              "      });\n"
+              "}\n");
+      break;
+    case Kind::kClientStreaming:
+      p.Print(m,
+              "\n"
+              "::ipcrpc::ClientWriter<$request$, $reply$> $service$::Stub::$method$(\n"
+              "    const ::ipcrpc::CallOptions& options) {\n"
+              "  return ::ipcrpc::ClientWriter<$request$, $reply$>(\n"
+              "      ipcrpc_channel_->OpenStream(\"$full_method$\", options));\n"
+              "}\n");
+      break;
+    case Kind::kBidiStreaming:
+      p.Print(m,
+              "\n"
+              "::ipcrpc::ClientReaderWriter<$request$, $reply$> $service$::Stub::$method$(\n"
+              "    const ::ipcrpc::CallOptions& options) {\n"
+              "  return ::ipcrpc::ClientReaderWriter<$request$, $reply$>(\n"
+              "      ipcrpc_channel_->OpenStream(\"$full_method$\", options));\n"
+              "}\n");
+      break;
+    case Kind::kUnary:
+      break;
+  }
+}
+
+// The registration of a streaming RPC's handler in the Service's constructor.
+void PrintStreamRegistration(Printer& p, const Vars& m, Kind kind) {
+  switch (kind) {
+    case Kind::kServerStreaming:
+      p.Print(m,
+              "  ::ipcrpc::Service::AddStreamMethod(\"$full_method$\",\n"
+              "      ::ipcrpc::MethodKind::kServerStreaming,\n"
+              "      [this](::ipcrpc::ServerContext& context,\n"
+              "             ::ipcrpc::GenericServerStream& stream) -> ::absl::Status {\n"
+              "        ::std::string request_bytes;\n"
+              "        if (!stream.Read(&request_bytes)) {\n"
+              "          return ::absl::CancelledError(\"$full_method$: no request\");\n"
+              "        }\n"
+              "        $request$ request;\n"
+              "        if (!request.ParseFromString(request_bytes)) {\n"
+              "          return ::absl::InvalidArgumentError(\n"
+              "              \"$full_method$: the request does not parse as $request_name$\");\n"
+              "        }\n"
+              "        ::ipcrpc::ServerWriter<$reply$> writer(stream);\n"
+              "        return this->$method$(context, request, writer);\n"
+              "      });\n");
+      break;
+    case Kind::kClientStreaming:
+      p.Print(m,
+              "  ::ipcrpc::Service::AddStreamMethod(\"$full_method$\",\n"
+              "      ::ipcrpc::MethodKind::kClientStreaming,\n"
+              "      [this](::ipcrpc::ServerContext& context,\n"
+              "             ::ipcrpc::GenericServerStream& stream) -> ::absl::Status {\n"
+              "        ::ipcrpc::ServerReader<$request$> reader(stream);\n"
+              "        $reply$ reply;\n"
+              "        ::absl::Status status = this->$method$(context, reader, reply);\n"
+              "        if (!status.ok()) return status;\n"
+              "        ::std::string reply_bytes;\n"
+              "        if (!reply.SerializeToString(&reply_bytes)) {\n"
+              "          return ::absl::InternalError(\n"
+              "              \"$full_method$: the handler's reply is missing required fields\");\n"
+              "        }\n"
+              "        stream.Write(reply_bytes);\n"
+              "        return status;\n"
+              "      });\n");
+      break;
+    case Kind::kBidiStreaming:
+      p.Print(m,
+              "  ::ipcrpc::Service::AddStreamMethod(\"$full_method$\",\n"
+              "      ::ipcrpc::MethodKind::kBidiStreaming,\n"
+              "      [this](::ipcrpc::ServerContext& context,\n"
+              "             ::ipcrpc::GenericServerStream& stream) -> ::absl::Status {\n"
+              "        ::ipcrpc::ServerReaderWriter<$reply$, $request$> reader_writer(stream);\n"
+              "        return this->$method$(context, reader_writer);\n"
+              "      });\n");
+      break;
+    case Kind::kUnary:
+      break;
+  }
+}
+
 // ------------------------------------------------------------------ header
 
 void PrintServiceDeclaration(Printer& p, const ServiceDescriptor* service) {
@@ -151,12 +284,37 @@ void PrintServiceDeclaration(Printer& p, const ServiceDescriptor* service) {
     Vars m = MethodVars(service, method);
     p.Print("\n");
     p.PrintRaw(CommentsOf(method, "    "));
-    p.Print(m,
-            "    ::absl::StatusOr<$reply$> $method$(const $request$& request,\n"
-            "        const ::ipcrpc::CallOptions& options = {});\n"
-            "    ::ipcrpc::Call $method$Async(const $request$& request,\n"
-            "        const ::ipcrpc::CallOptions& options,\n"
-            "        ::absl::AnyInvocable<void(::absl::StatusOr<$reply$>) &&> done);\n");
+    switch (KindOf(method)) {
+      case Kind::kUnary:
+        p.Print(m,
+                "    ::absl::StatusOr<$reply$> $method$(const $request$& request,\n"
+                "        const ::ipcrpc::CallOptions& options = {});\n"
+                "    ::ipcrpc::Call $method$Async(const $request$& request,\n"
+                "        const ::ipcrpc::CallOptions& options,\n"
+                "        ::absl::AnyInvocable<void(::absl::StatusOr<$reply$>) &&> done);\n");
+        break;
+      case Kind::kServerStreaming:
+        p.Print(m,
+                "    ::ipcrpc::ClientReader<$reply$> $method$(const $request$& request,\n"
+                "        const ::ipcrpc::CallOptions& options = {});\n"
+                "    // on_message runs on the channel's response thread, once per message, in\n"
+                "    // order; done runs once, last, with the call's final status.\n"
+                "    ::ipcrpc::Call $method$Async(const $request$& request,\n"
+                "        const ::ipcrpc::CallOptions& options,\n"
+                "        ::absl::AnyInvocable<void(const $reply$&)> on_message,\n"
+                "        ::absl::AnyInvocable<void(::absl::Status) &&> done);\n");
+        break;
+      case Kind::kClientStreaming:
+        p.Print(m,
+                "    ::ipcrpc::ClientWriter<$request$, $reply$> $method$(\n"
+                "        const ::ipcrpc::CallOptions& options = {});\n");
+        break;
+      case Kind::kBidiStreaming:
+        p.Print(m,
+                "    ::ipcrpc::ClientReaderWriter<$request$, $reply$> $method$(\n"
+                "        const ::ipcrpc::CallOptions& options = {});\n");
+        break;
+    }
   }
   p.Print(
       "\n"
@@ -174,9 +332,22 @@ void PrintServiceDeclaration(Printer& p, const ServiceDescriptor* service) {
     Vars m = MethodVars(service, method);
     p.Print("\n");
     p.PrintRaw(CommentsOf(method, "    "));
-    p.Print(m,
-            "    virtual ::absl::Status $method$(::ipcrpc::ServerContext& context,\n"
-            "        const $request$& request, $reply$& reply);\n");
+    p.Print(m, "    virtual ::absl::Status $method$(::ipcrpc::ServerContext& context,\n");
+    switch (KindOf(method)) {
+      case Kind::kUnary:
+        p.Print(m, "        const $request$& request, $reply$& reply);\n");
+        break;
+      case Kind::kServerStreaming:
+        p.Print(m,
+                "        const $request$& request, ::ipcrpc::ServerWriter<$reply$>& writer);\n");
+        break;
+      case Kind::kClientStreaming:
+        p.Print(m, "        ::ipcrpc::ServerReader<$request$>& reader, $reply$& reply);\n");
+        break;
+      case Kind::kBidiStreaming:
+        p.Print(m, "        ::ipcrpc::ServerReaderWriter<$reply$, $request$>& stream);\n");
+        break;
+    }
   }
   p.Print(
       "  };\n"
@@ -228,6 +399,10 @@ void PrintServiceDefinition(Printer& p, const ServiceDescriptor* service) {
           "    : ipcrpc_channel_(::std::move(channel)) {}\n");
   for (int i = 0; i < service->method_count(); ++i) {
     Vars m = MethodVars(service, service->method(i));
+    if (KindOf(service->method(i)) != Kind::kUnary) {
+      PrintStreamStub(p, m, KindOf(service->method(i)));
+      continue;
+    }
     // The request is serialized even if a proto2 required field is missing:
     // the server's parse then answers INVALID_ARGUMENT, the documented code.
     p.Print(m,
@@ -276,6 +451,10 @@ void PrintServiceDefinition(Printer& p, const ServiceDescriptor* service) {
           "$service$::Service::Service() {\n");
   for (int i = 0; i < service->method_count(); ++i) {
     Vars m = MethodVars(service, service->method(i));
+    if (KindOf(service->method(i)) != Kind::kUnary) {
+      PrintStreamRegistration(p, m, KindOf(service->method(i)));
+      continue;
+    }
     // Qualified, so that an RPC called AddMethod cannot hide it.
     p.Print(m,
             "  ::ipcrpc::Service::AddMethod(\"$full_method$\",\n"
@@ -299,10 +478,22 @@ void PrintServiceDefinition(Printer& p, const ServiceDescriptor* service) {
   p.Print("}\n");
   for (int i = 0; i < service->method_count(); ++i) {
     Vars m = MethodVars(service, service->method(i));
+    p.Print(m, "\n::absl::Status $service$::Service::$method$(::ipcrpc::ServerContext&,\n");
+    switch (KindOf(service->method(i))) {
+      case Kind::kUnary:
+        p.Print(m, "    const $request$&, $reply$&) {\n");
+        break;
+      case Kind::kServerStreaming:
+        p.Print(m, "    const $request$&, ::ipcrpc::ServerWriter<$reply$>&) {\n");
+        break;
+      case Kind::kClientStreaming:
+        p.Print(m, "    ::ipcrpc::ServerReader<$request$>&, $reply$&) {\n");
+        break;
+      case Kind::kBidiStreaming:
+        p.Print(m, "    ::ipcrpc::ServerReaderWriter<$reply$, $request$>&) {\n");
+        break;
+    }
     p.Print(m,
-            "\n"
-            "::absl::Status $service$::Service::$method$(::ipcrpc::ServerContext&,\n"
-            "    const $request$&, $reply$&) {\n"
             "  return ::absl::UnimplementedError(\"$full_method$ is not implemented\");\n"
             "}\n");
   }
@@ -319,6 +510,7 @@ std::string GenerateSource(const FileDescriptor* file, const std::string& includ
             "// Generated by protoc-gen-ipcrpc from $file$. DO NOT EDIT.\n"
             "#include \"$ipcrpc_h$\"\n"
             "\n"
+            "#include <memory>\n"
             "#include <string>\n"
             "#include <string_view>\n"
             "#include <utility>\n"
@@ -366,18 +558,6 @@ bool IpcrpcGenerator::Generate(const FileDescriptor* file, const std::string& pa
   }
   // Files are written even for a .proto without services (they then only
   // include its .pb.h), so that build rules can name their outputs up front.
-  for (int i = 0; i < file->service_count(); ++i) {
-    const ServiceDescriptor* service = file->service(i);
-    for (int j = 0; j < service->method_count(); ++j) {
-      const MethodDescriptor* method = service->method(j);
-      if (method->client_streaming() || method->server_streaming()) {
-        *error = file->name() + ": service " + service->full_name() + ", method " +
-                 method->name() +
-                 ": streaming methods are not supported by protoc-gen-ipcrpc yet";
-        return false;
-      }
-    }
-  }
   const std::string base = StripProto(file->name());
   if (!WriteFile(context, base + ".ipcrpc.h", GenerateHeader(file, include_prefix)) ||
       !WriteFile(context, base + ".ipcrpc.cc", GenerateSource(file, include_prefix))) {

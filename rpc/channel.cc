@@ -33,6 +33,10 @@ TransportOptions ToTransportOptions(const ChannelOptions& options) {
   return transport;
 }
 
+}  // namespace
+
+uint64_t CallsStartedOnThisThread() { return calls_started_on_this_thread; }
+
 int64_t DeadlineOf(const CallOptions& options) {
   int64_t from_timeout = AddDurationNs(MonotonicNowNs(), options.timeout);
   int64_t from_deadline = WallToMonotonicNs(options.deadline);
@@ -44,9 +48,6 @@ absl::Status DeadlineExceeded(std::string_view method) {
   return absl::DeadlineExceededError(absl::StrCat("deadline exceeded calling ", Av(method)));
 }
 
-}  // namespace
-
-uint64_t CallsStartedOnThisThread() { return calls_started_on_this_thread; }
 
 // ------------------------------------------------------------ ClientConnection
 
@@ -67,6 +68,12 @@ std::shared_ptr<PendingCall> ClientConnection::Take(uint64_t id) {
   std::shared_ptr<PendingCall> call = std::move(it->second);
   pending_.erase(it);
   return call;
+}
+
+std::shared_ptr<PendingCall> ClientConnection::Find(uint64_t id) {
+  MutexLock lock(&mu_);
+  auto it = pending_.find(id);
+  return it == pending_.end() ? nullptr : it->second;
 }
 
 std::vector<std::shared_ptr<PendingCall>> ClientConnection::TakeAll(absl::Status reason) {
@@ -192,11 +199,13 @@ absl::StatusOr<std::shared_ptr<ClientConnection>> ChannelCore::GetConnection() {
 
 absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
                                     std::string_view method, std::string_view request,
-                                    const CallOptions& options, int64_t deadline_ns) {
+                                    const CallOptions& options, int64_t deadline_ns,
+                                    uint16_t flags, std::string_view head) {
   calls_started_.fetch_add(1, std::memory_order_relaxed);
   ++calls_started_on_this_thread;
   FrameHeader header;
   header.type = FrameType::kRequest;
+  header.flags = flags;
   header.deadline_ns = deadline_ns;
   if (options.priority < 0 || options.priority > kMaxPriority) {
     return absl::InvalidArgumentError(absl::StrCat("CallOptions::priority ", options.priority,
@@ -209,8 +218,9 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
   // The prefix is encoded into this thread's buffer (Send returns once it is
   // written), so a warm call allocates nothing for it.
   thread_local std::string prefix;
-  IPCRPC_RETURN_IF_ERROR(EncodeFramePrefix(header, method, options.metadata, request.size(),
-                                           options_.max_message_size, &prefix));
+  IPCRPC_RETURN_IF_ERROR(EncodeFramePrefix(header, method, options.metadata,
+                                           head.size() + request.size(),
+                                           options_.max_message_size + head.size(), &prefix));
   for (int attempt = 0;; ++attempt) {
     IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<ClientConnection> connection, GetConnection());
     // Nobody may have read this connection since its last call: deliver
@@ -237,7 +247,7 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
     for (int i = 0; i < 8; ++i) prefix[8 + i] = static_cast<char>((call->id >> (8 * i)) & 0xff);
     absl::Status why;
     if (!connection->Insert(call, &why)) return why;
-    std::string_view parts[] = {prefix, request};
+    std::string_view parts[] = {prefix, head, request};
     absl::Status sent = connection->transport->Send(parts, options.priority);
     if (!sent.ok()) {
       // The connection is broken even if its loop has not seen it yet: the
@@ -257,7 +267,9 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
     }
     // A sync caller reads its response itself; for an async call, somebody
     // must be reading.
-    if (sent.ok() && call->is_async) connection->transport->EnsureReader();
+    if (sent.ok() && (call->is_async || call->stream != nullptr)) {
+      connection->transport->EnsureReader();
+    }
     // Either sent, or the connection's loss completes the call.
     return absl::OkStatus();
   }
@@ -265,6 +277,11 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
 
 void ChannelCore::Complete(const std::shared_ptr<PendingCall>& call,
                            absl::StatusOr<std::string> result) {
+  if (call->stream != nullptr) {
+    std::lock_guard<std::mutex> lock(call->mu);
+    // Unless the server ended it, an ended stream reads nothing more.
+    if (!call->stream->ended_by_server) call->stream->inbox.clear();
+  }
   if (!call->is_async) {
     {
       std::lock_guard<std::mutex> lock(call->mu);
@@ -285,7 +302,9 @@ void ChannelCore::Complete(const std::shared_ptr<PendingCall>& call,
       std::move(callback)(std::move(value));
     }
   };
-  if (OnLoopThread()) {
+  // An async stream's end is always posted: its messages are, and `done`
+  // must come after every one of them.
+  if (OnLoopThread() && call->stream == nullptr) {
     run(std::move(result));
   } else {
     asio::post(io_, [run, result = std::move(result)]() mutable { run(std::move(result)); });
@@ -458,6 +477,16 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
       if (call->deadline_ns <= MonotonicNowNs()) {
         // The deadline passed: that is the outcome, whatever the server said.
         Complete(call, absl::DeadlineExceededError("deadline exceeded"));
+      } else if (call->stream != nullptr) {
+        {
+          std::lock_guard<std::mutex> lock(call->mu);
+          call->stream->ended_by_server = true;
+        }
+        absl::Status status(static_cast<absl::StatusCode>(frame->header.status_code),
+                            Av(frame->name));
+        if ((frame->header.flags & kFlagRefused) != 0) connection->Drain();
+        Complete(call, status.ok() ? absl::StatusOr<std::string>(std::string())
+                                   : absl::StatusOr<std::string>(std::move(status)));
       } else if (frame->header.status_code == 0 && call->sink != nullptr) {
         call->sink->assign(frame->payload);  // the caller waits: see PendingCall::sink
         Complete(call, std::string());
@@ -495,8 +524,13 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
     case FrameType::kHello:
     case FrameType::kPong:
       return;
+    case FrameType::kMessage:
+    case FrameType::kWindow:
+      OnStreamFrame(connection, *frame);
+      return;
     case FrameType::kRequest:
     case FrameType::kCancel:
+    case FrameType::kHalfClose:
       IPCRPC_LOG(WARNING) << connection->transport->description()
                           << ": closing the connection: the server sent a "
                           << FrameTypeName(frame->header.type) << " frame";
@@ -575,6 +609,23 @@ Call Channel::CallMethodAsync(std::string_view method, std::string_view request,
                               const CallOptions& options,
                               absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done) {
   return core_->CallAsync(method, request, options, std::move(done));
+}
+
+GenericClientStream Channel::OpenStream(std::string_view method, const CallOptions& options) {
+  return core_->OpenStream(method, nullptr, options);
+}
+
+GenericClientStream Channel::OpenServerStream(std::string_view method, std::string_view request,
+                                              const CallOptions& options) {
+  return core_->OpenStream(method, &request, options);
+}
+
+Call Channel::CallServerStreamAsync(std::string_view method, std::string_view request,
+                                    const CallOptions& options,
+                                    absl::AnyInvocable<void(std::string_view)> on_message,
+                                    absl::AnyInvocable<void(absl::Status) &&> done) {
+  return core_->CallServerStreamAsync(method, request, options, std::move(on_message),
+                                      std::move(done));
 }
 
 Channel::Stats Channel::stats() const { return core_->stats(); }

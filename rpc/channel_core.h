@@ -15,6 +15,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -28,12 +29,39 @@
 #include "asio/io_context.hpp"
 #include "asio/steady_timer.hpp"
 #include "ipcrpc/channel.h"
+#include "rpc/frame.h"
 #include "transports/transport.h"
 #include "base/mutex.h"
 
 namespace ipcrpc::internal {
 
 class ClientConnection;
+
+// A call's absolute monotonic deadline: the earlier of its timeout and deadline.
+int64_t DeadlineOf(const CallOptions& options);
+absl::Status DeadlineExceeded(std::string_view method);
+
+// The client's side of a stream; every field is guarded by its
+// PendingCall's `mu`. Window accounting (docs/PROTOCOL.md, "Streams") is in
+// totals of message costs (StreamCost) since the stream began.
+struct ClientStreamState {
+  std::deque<std::string> inbox;  // received, not read yet
+  int64_t window = 0;             // ours: ChannelOptions::stream_window
+  int64_t received = 0;           // costs received
+  int64_t receive_limit = 0;      // our window plus every grant we sent
+  int64_t consumed_ungranted = 0; // read, not granted back yet
+  int64_t sent = 0;               // costs sent
+  int64_t send_limit = kInitialStreamWindow;  // the server's grants
+  int priority = 0;
+  bool writes_done = false;
+  // The server ended the stream (RESPONSE before the deadline): what is in
+  // the inbox may still be read. Otherwise an ended stream reads nothing.
+  bool ended_by_server = false;
+  // Finish: messages are dropped (and granted back) as they come.
+  bool discard = false;
+  // Async server streaming: runs on the loop, once per message.
+  absl::AnyInvocable<void(std::string_view)> on_message;
+};
 
 class PendingCall {
  public:
@@ -76,6 +104,10 @@ class PendingCall {
   // Set with `done`: what a caller reading its own response polls.
   std::atomic<bool> completed{false};
   std::optional<absl::StatusOr<std::string>> result;  // guarded by mu
+
+  // Streams only.
+  std::unique_ptr<ClientStreamState> stream;
+  std::string method;  // for messages
 };
 
 // One transport connection and the calls pending on it.
@@ -90,6 +122,8 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   bool Insert(const std::shared_ptr<PendingCall>& call, absl::Status* why);
   // Takes the call with `id` out of the table, or nullptr if it is gone.
   std::shared_ptr<PendingCall> Take(uint64_t id);
+  // The call with `id`, left in the table, or nullptr.
+  std::shared_ptr<PendingCall> Find(uint64_t id);
   // Marks the connection lost and takes every pending call out.
   std::vector<std::shared_ptr<PendingCall>> TakeAll(absl::Status reason);
   // A send failed: no new calls here (pending ones end when the loop sees it).
@@ -128,6 +162,19 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
                  PendingCall::Callback done);
   void Cancel(const std::shared_ptr<PendingCall>& call);
 
+  // Streams (rpc/client_stream.cc). `request` is the one request of a
+  // server-streaming call (then the client half-closes at once), or null.
+  GenericClientStream OpenStream(std::string_view method, const std::string_view* request,
+                                 const CallOptions& options);
+  Call CallServerStreamAsync(std::string_view method, std::string_view request,
+                             const CallOptions& options,
+                             absl::AnyInvocable<void(std::string_view)> on_message,
+                             absl::AnyInvocable<void(absl::Status) &&> done);
+  bool StreamWrite(const std::shared_ptr<PendingCall>& call, std::string_view message);
+  bool StreamWritesDone(const std::shared_ptr<PendingCall>& call);
+  bool StreamRead(const std::shared_ptr<PendingCall>& call, std::string* message);
+  absl::Status StreamFinish(const std::shared_ptr<PendingCall>& call);
+
   Channel::Stats stats() const;
   const std::string& endpoint() const { return connector_->endpoint(); }
 
@@ -136,8 +183,22 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   absl::StatusOr<std::shared_ptr<ClientConnection>> GetConnection();
   // Common start of a call: inserted and sent; on error the call is already
   // completed and the status is returned.
+  // A stream's REQUEST has `flags` (kFlagStream...) and `head` (its
+  // window) before the request.
   absl::Status StartCall(const std::shared_ptr<PendingCall>& call, std::string_view method,
-                         std::string_view request, const CallOptions& options, int64_t deadline_ns);
+                         std::string_view request, const CallOptions& options, int64_t deadline_ns,
+                         uint16_t flags = 0, std::string_view head = {});
+  // Stream frames of `call` on its connection: a MESSAGE, HALF_CLOSE or
+  // WINDOW. False if the connection is gone (its loss ends the call).
+  bool SendStreamFrame(const std::shared_ptr<PendingCall>& call, FrameType type,
+                       std::string_view payload);
+  // Sends a WINDOW for what the reader of `call` consumed, if due (at least
+  // half the window); `grant` is what StreamConsumed returned.
+  void SendGrant(const std::shared_ptr<PendingCall>& call, int64_t grant);
+  // The deadline of a sync stream passed while its owner waited: ends it
+  // DEADLINE_EXCEEDED (if nobody else ended it first).
+  void ExpireStream(const std::shared_ptr<PendingCall>& call);
+  void OnStreamFrame(const std::shared_ptr<ClientConnection>& connection, const FrameView& frame);
   // Completes a call that was taken out of its table.
   void Complete(const std::shared_ptr<PendingCall>& call, absl::StatusOr<std::string> result);
   void SendCancel(const std::shared_ptr<ClientConnection>& connection, uint64_t id);

@@ -5,8 +5,6 @@
 #include "absl/strings/str_cat.h"
 
 namespace ipcrpc::internal {
-namespace {
-
 void PutLe(std::string* out, uint64_t value, int bytes) {
   for (int i = 0; i < bytes; ++i) out->push_back(static_cast<char>((value >> (8 * i)) & 0xff));
 }
@@ -18,6 +16,8 @@ uint64_t GetLe(const char* p, int bytes) {
   }
   return value;
 }
+
+namespace {
 
 // Checks the metadata block's structure: (u32 length, bytes) pairs that use
 // up the block exactly. Counts the entries into *entries.
@@ -48,6 +48,9 @@ const char* FrameTypeName(FrameType type) {
     case FrameType::kGoAway: return "GOAWAY";
     case FrameType::kPing: return "PING";
     case FrameType::kPong: return "PONG";
+    case FrameType::kMessage: return "MESSAGE";
+    case FrameType::kHalfClose: return "HALF_CLOSE";
+    case FrameType::kWindow: return "WINDOW";
   }
   return "UNKNOWN";
 }
@@ -123,7 +126,7 @@ absl::StatusOr<FrameView> DecodeFrame(std::string_view bytes, size_t max_payload
   FrameView frame;
   const uint8_t type = static_cast<uint8_t>(p[5]);
   if (type < static_cast<uint8_t>(FrameType::kHello) ||
-      type > static_cast<uint8_t>(FrameType::kPong)) {
+      type > static_cast<uint8_t>(FrameType::kWindow)) {
     return absl::DataLossError(absl::StrCat("unknown frame type ", type));
   }
   frame.header.type = static_cast<FrameType>(type);
@@ -185,6 +188,50 @@ absl::StatusOr<FrameView> DecodeFrame(std::string_view bytes, size_t max_payload
   }
   if (frame.header.type == FrameType::kRequest && frame.name.empty()) {
     return absl::DataLossError("REQUEST without a method name");
+  }
+  switch (frame.header.type) {
+    case FrameType::kRequest:
+      if ((frame.header.flags & kFlagStream) != 0) {
+        const bool with_message = (frame.header.flags & kFlagWithMessage) != 0;
+        if (frame.payload.size() < kStreamHeadSize ||
+            (!with_message && frame.payload.size() != kStreamHeadSize)) {
+          return absl::DataLossError(absl::StrCat(
+              "stream REQUEST with a payload of ", frame.payload.size(), " bytes (",
+              with_message ? "at least " : "exactly ", kStreamHeadSize, " expected)"));
+        }
+        const uint64_t window = GetLe(frame.payload.data(), 4);
+        if (window < static_cast<uint64_t>(kMinStreamWindow)) {
+          return absl::DataLossError(absl::StrCat("stream REQUEST announces a window of ",
+                                                  window, " bytes, under the minimum of ",
+                                                  kMinStreamWindow));
+        }
+      }
+      break;
+    case FrameType::kMessage:
+    case FrameType::kHalfClose:
+    case FrameType::kWindow:
+      if (!frame.name.empty() || !frame.metadata.empty()) {
+        return absl::DataLossError(absl::StrCat(FrameTypeName(frame.header.type),
+                                                " frame with a name or metadata"));
+      }
+      if (frame.header.type == FrameType::kHalfClose && !frame.payload.empty()) {
+        return absl::DataLossError("HALF_CLOSE frame with a payload");
+      }
+      if (frame.header.type == FrameType::kWindow) {
+        if (frame.payload.size() != kWindowPayloadSize) {
+          return absl::DataLossError(absl::StrCat("WINDOW frame with a payload of ",
+                                                  frame.payload.size(), " bytes (",
+                                                  kWindowPayloadSize, " expected)"));
+        }
+        const uint64_t grant = GetLe(frame.payload.data(), 8);
+        if (grant == 0 || grant > static_cast<uint64_t>(kMaxStreamWindow)) {
+          return absl::DataLossError(
+              absl::StrCat("WINDOW frame grants ", grant, " bytes (1..", kMaxStreamWindow, ")"));
+        }
+      }
+      break;
+    default:
+      break;
   }
   return frame;
 }

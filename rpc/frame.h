@@ -41,6 +41,29 @@ inline constexpr int64_t kWireNoDeadline = INT64_MAX;
 // shutting down), so the client may send it again on a new connection.
 inline constexpr uint16_t kFlagRefused = 1;
 
+// REQUEST flags of a stream (docs/PROTOCOL.md, "Streams"). kFlagStream: the
+// call is a stream; its payload starts with the client's receive window
+// (u32 LE). kFlagWithMessage: the stream's first message follows that.
+// kFlagHalfClose: the client sends nothing more on this stream (a
+// server-streaming call is one REQUEST with all three).
+inline constexpr uint16_t kFlagStream = 2;
+inline constexpr uint16_t kFlagWithMessage = 4;
+inline constexpr uint16_t kFlagHalfClose = 8;
+
+// What one stream message counts against a window: its payload, plus this
+// (so that empty messages are not free).
+inline constexpr int64_t kStreamMessageCost = 64;
+// The window a client may use on a new stream before the server grants
+// more: a server whose ServerOptions::stream_window is larger grants the
+// rest when the stream starts.
+inline constexpr int64_t kInitialStreamWindow = 64 * 1024;
+// The smallest window a side may announce (a smaller stream_window is
+// raised to it).
+inline constexpr int64_t kMinStreamWindow = 64 * 1024;
+inline constexpr int64_t kMaxStreamWindow = 1LL << 30;
+inline constexpr size_t kStreamHeadSize = 4;  // the window in a stream REQUEST
+inline constexpr size_t kWindowPayloadSize = 8;  // the u64 grant of a WINDOW
+
 enum class FrameType : uint8_t {
   kHello = 1,
   kRequest = 2,
@@ -49,6 +72,9 @@ enum class FrameType : uint8_t {
   kGoAway = 5,
   kPing = 6,
   kPong = 7,
+  kMessage = 8,    // a stream message, either way
+  kHalfClose = 9,  // client: no more messages on this stream
+  kWindow = 10,    // either way: the sender may send this many more bytes
 };
 
 using Metadata = std::vector<std::pair<std::string, std::string>>;
@@ -85,6 +111,15 @@ absl::StatusOr<FrameView> DecodeFrame(std::string_view bytes, size_t max_payload
 Metadata DecodeMetadata(std::string_view block);
 
 const char* FrameTypeName(FrameType type);
+
+// Little-endian integers, as every wire field is.
+void PutLe(std::string* out, uint64_t value, int bytes);
+uint64_t GetLe(const char* p, int bytes);
+
+// What a stream message of `payload_size` bytes counts against a window.
+inline int64_t StreamCost(size_t payload_size) {
+  return static_cast<int64_t>(payload_size) + kStreamMessageCost;
+}
 
 }  // namespace ipcrpc::internal
 

@@ -2,6 +2,7 @@
 
 #include "base/syscall.h"
 
+#include <chrono>
 #include <utility>
 
 namespace ipcrpc::internal {
@@ -60,6 +61,53 @@ void HandlerScheduler::Work() {
     }
     std::move(run)();
   }
+}
+
+void StreamThreads::Run(absl::AnyInvocable<void() &&> task) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (stopping_) return;
+  tasks_.push_back(std::move(task));
+  if (idle_ >= static_cast<int>(tasks_.size())) {
+    lock.unlock();
+    work_.notify_one();
+    return;
+  }
+  ++live_;
+  lock.unlock();
+  // Detached: Join waits for `live_` to reach zero instead, so that threads
+  // that left after idling need no joining.
+  std::thread([this] {
+    BeginOwnThread("ipcrpc-stream");
+    Work();
+  }).detach();
+}
+
+void StreamThreads::Join() {
+  std::unique_lock<std::mutex> lock(mu_);
+  stopping_ = true;
+  work_.notify_all();
+  gone_.wait(lock, [this] { return live_ == 0; });
+}
+
+void StreamThreads::Work() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    while (tasks_.empty() && !stopping_) {
+      ++idle_;
+      const bool woken = work_.wait_for(lock, std::chrono::milliseconds(kIdleExitMs),
+                                        [this] { return !tasks_.empty() || stopping_; });
+      --idle_;
+      if (!woken) break;
+    }
+    if (tasks_.empty()) break;  // stopping, or idle for long
+    absl::AnyInvocable<void() &&> run = std::move(tasks_.back());
+    tasks_.pop_back();
+    lock.unlock();
+    std::move(run)();
+    run = nullptr;  // what the task held goes before the thread counts as idle
+    lock.lock();
+  }
+  if (--live_ == 0) gone_.notify_all();
 }
 
 }  // namespace ipcrpc::internal

@@ -71,6 +71,36 @@ class HandlerScheduler {
   std::vector<std::thread> threads_;
 };
 
+// Threads for stream handlers, which run as long as their streams do (a
+// stream must not hold one of the few handler threads that unary calls
+// share): a task runs at once on an idle thread, or on a new one. A thread
+// idle for kIdleExit leaves. The number of threads is bounded by the
+// number of tasks running at once (the server bounds that:
+// ServerOptions::max_open_streams). Thread-safe.
+class StreamThreads {
+ public:
+  static constexpr int64_t kIdleExitMs = 10'000;
+
+  StreamThreads() = default;
+  ~StreamThreads() { Join(); }
+
+  void Run(absl::AnyInvocable<void() &&> task);
+  // Waits for every task to end and every thread to leave. Idempotent; Run
+  // after Join runs nothing.
+  void Join();
+
+ private:
+  void Work();
+
+  std::mutex mu_;
+  std::condition_variable work_;
+  std::condition_variable gone_;
+  std::vector<absl::AnyInvocable<void() &&>> tasks_ ABSL_GUARDED_BY(mu_);
+  int idle_ ABSL_GUARDED_BY(mu_) = 0;
+  int live_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+};
+
 }  // namespace ipcrpc::internal
 
 #endif  // IPCRPC_RPC_HANDLER_SCHEDULER_H_

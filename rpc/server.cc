@@ -80,7 +80,8 @@ struct MethodEntry {
   static constexpr int kShortRunsToInline = 8;
   static constexpr int kNeverInline = -1;
 
-  explicit MethodEntry(const Service::MethodHandler* method_handler) : handler(method_handler) {}
+  explicit MethodEntry(const Service::Method* method)
+      : handler(&method->handler), kind(method->kind), stream_handler(&method->stream_handler) {}
 
   bool RunsInline(int64_t limit_ns) const {
     return limit_ns > 0 && short_runs.load(std::memory_order_relaxed) >= kShortRunsToInline;
@@ -99,6 +100,8 @@ struct MethodEntry {
   }
 
   const Service::MethodHandler* const handler;
+  const MethodKind kind;
+  const Service::StreamHandler* const stream_handler;
   std::atomic<int> short_runs{0};
 };
 
@@ -137,6 +140,13 @@ class ServerCore final : public IntrospectionSource {
   void OnMessage(const std::shared_ptr<ServerConnection>& connection, std::string_view message);
   void OnRequest(const std::shared_ptr<ServerConnection>& connection, const FrameView& frame);
   void OnClosed(const std::shared_ptr<ServerConnection>& connection, absl::Status reason);
+  // Streams: the state a stream REQUEST starts with, its handler on a
+  // thread of its own, and the client's MESSAGE, HALF_CLOSE and WINDOW.
+  std::unique_ptr<ServerStreamState> NewStreamState(
+      const std::shared_ptr<ServerConnection>& connection, const FrameView& frame);
+  void RunStreamHandler(const std::shared_ptr<ServerConnection>& connection,
+                        const std::shared_ptr<ServerCallState>& call, MethodEntry* method);
+  void OnStreamFrame(const std::shared_ptr<ServerConnection>& connection, const FrameView& frame);
   void RunHandler(const std::shared_ptr<ServerConnection>& connection,
                   const std::shared_ptr<ServerCallState>& call, MethodEntry* method,
                   std::string_view request);
@@ -172,6 +182,8 @@ class ServerCore final : public IntrospectionSource {
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
   std::thread loop_thread_;
   std::optional<HandlerScheduler> pool_;
+  StreamThreads stream_threads_;
+  std::atomic<int> open_streams_{0};
 
   // Filled before Start, read-only after (the loop starts in Start).
   absl::flat_hash_map<std::string, std::unique_ptr<MethodEntry>> methods_;
@@ -256,7 +268,7 @@ absl::Status ServerCore::RegisterServiceLocked(Service* service) {
     }
   }
   for (const Service::Method& method : service->methods()) {
-    methods_.emplace(method.name, std::make_unique<MethodEntry>(&method.handler));
+    methods_.emplace(method.name, std::make_unique<MethodEntry>(&method));
     method_names_.push_back(method.name);
   }
   return absl::OkStatus();
@@ -376,6 +388,11 @@ void ServerCore::OnMessage(const std::shared_ptr<ServerConnection>& connection,
       return;
     case FrameType::kPong:
       return;
+    case FrameType::kMessage:
+    case FrameType::kHalfClose:
+    case FrameType::kWindow:
+      OnStreamFrame(connection, *frame);
+      return;
     case FrameType::kResponse:
     case FrameType::kGoAway:
       IPCRPC_LOG(WARNING) << connection->transport->description()
@@ -408,6 +425,22 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
                absl::StrCat("method ", Av(frame.name), " is not implemented by this server")));
     return;
   }
+  MethodEntry* const found = method->second.get();
+  const bool is_stream = (frame.header.flags & kFlagStream) != 0;
+  if (is_stream != (found->kind != MethodKind::kUnary)) {
+    Reject(connection, id,
+           absl::UnimplementedError(absl::StrCat(
+               "method ", Av(frame.name), is_stream ? " is unary: it cannot be called as a stream"
+                                                   : " streams: it cannot be called as unary")));
+    return;
+  }
+  if (is_stream && open_streams_.load() >= options_.max_open_streams) {
+    Reject(connection, id,
+           absl::ResourceExhaustedError(
+               absl::StrCat("server overloaded: ServerOptions::max_open_streams (",
+                            options_.max_open_streams, ") reached")));
+    return;
+  }
   if (calls_in_flight_.load() >= options_.max_calls_in_flight) {
     Reject(connection, id,
            absl::ResourceExhaustedError(
@@ -420,7 +453,8 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
   // A short handler runs here, on the thread that read the request: no
   // hand-off to a handler thread (a wake-up) for it, and nothing queued
   // that it would overtake.
-  const bool run_here = entry->RunsInline(inline_limit_ns_) && pool_->queued_calls() == 0;
+  const bool run_here =
+      !is_stream && entry->RunsInline(inline_limit_ns_) && pool_->queued_calls() == 0;
   std::shared_ptr<ServerCallState> call;
   if (run_here && connection->spare_call != nullptr && connection->spare_call.use_count() == 1) {
     call = std::move(connection->spare_call);
@@ -431,6 +465,7 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
                                              std::string(frame.name),
                                              DecodeMetadata(frame.metadata), peer.pid, peer.uid);
   }
+  if (is_stream) call->stream = NewStreamState(connection, frame);
   // Charged as decoded, not as sent (see ServerOptions::max_bytes_in_flight).
   int64_t held = 512 + static_cast<int64_t>(frame.payload.size() + frame.name.size());
   for (const auto& [key, value] : call->metadata) {
@@ -470,6 +505,7 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     return;
   }
   calls_in_flight_.fetch_add(1);
+  if (is_stream) open_streams_.fetch_add(1);
   if (run_here) {
     // No deadline timer: the loop could not fire it before the handler
     // returns; IsCancelled() and FinishCall check the deadline themselves.
@@ -487,10 +523,154 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
       if (auto expired = weak.lock()) expired->Cancel();
     });
   }
+  if (is_stream) {
+    // Read and Write wait on the stream: wake them when it is cancelled.
+    ServerStreamState* stream = call->stream.get();
+    call->OnCancel([stream] {
+      { std::lock_guard<std::mutex> lock(stream->mu); }
+      stream->cv.notify_all();
+    });
+    stream_threads_.Run([this, connection, call, entry] {
+      RunStreamHandler(connection, call, entry);
+    });
+    return;
+  }
   pool_->Post(call->priority, call->deadline_ns,
               [this, connection, call, entry, request = std::string(frame.payload)] {
     RunHandler(connection, call, entry, request);
   });
+}
+
+std::unique_ptr<ServerStreamState> ServerCore::NewStreamState(
+    const std::shared_ptr<ServerConnection>& connection, const FrameView& frame) {
+  auto stream = std::make_unique<ServerStreamState>();
+  stream->window = std::clamp<int64_t>(
+      static_cast<int64_t>(std::min<size_t>(options_.stream_window, kMaxStreamWindow)),
+      kMinStreamWindow, kMaxStreamWindow);
+  stream->receive_limit = stream->window;
+  // DecodeFrame checked the head: the client's window, then the message.
+  stream->send_limit = static_cast<int64_t>(GetLe(frame.payload.data(), 4));
+  stream->max_message_size = options_.max_message_size;
+  if ((frame.header.flags & kFlagWithMessage) != 0) {
+    std::string_view first = frame.payload.substr(kStreamHeadSize);
+    stream->received = StreamCost(first.size());
+    stream->inbox.emplace_back(first);
+  }
+  stream->half_closed = (frame.header.flags & kFlagHalfClose) != 0;
+  std::weak_ptr<ServerConnection> weak = connection;
+  stream->send = [this, weak, id = frame.header.request_id](FrameType type,
+                                                            std::string_view payload) {
+    auto alive = weak.lock();
+    if (alive == nullptr) return false;
+    FrameHeader header;
+    header.type = type;
+    header.request_id = id;
+    thread_local std::string prefix;
+    if (!EncodeFramePrefix(header, "", {}, payload.size(), options_.max_message_size, &prefix)
+             .ok()) {
+      return false;
+    }
+    std::string_view parts[] = {prefix, payload};
+    if (!alive->transport->Send(parts, 0).ok()) return false;
+    bytes_sent_.fetch_add(static_cast<int64_t>(prefix.size() + payload.size()),
+                          std::memory_order_relaxed);
+    return true;
+  };
+  return stream;
+}
+
+void ServerCore::RunStreamHandler(const std::shared_ptr<ServerConnection>& connection,
+                                  const std::shared_ptr<ServerCallState>& call,
+                                  MethodEntry* method) {
+  absl::Status status;
+  ServerStreamState& stream = *call->stream;
+  const bool expired = MonotonicNowNs() >= call->deadline_ns;
+  if (expired || call->IsCancelled()) {
+    calls_rejected_.fetch_add(1);
+    status = expired
+                 ? absl::DeadlineExceededError(absl::StrCat(
+                       "deadline passed before ", call->method, " started on the server"))
+                 : absl::CancelledError(absl::StrCat(call->method, " cancelled before it started"));
+  } else {
+    calls_handled_.fetch_add(1);
+    bool grant = false;
+    {
+      std::lock_guard<std::mutex> lock(stream.mu);
+      grant = !stream.half_closed && stream.window > kInitialStreamWindow;
+    }
+    if (grant) {
+      // The client started with kInitialStreamWindow; the rest of ours.
+      std::string payload;
+      PutLe(&payload, static_cast<uint64_t>(stream.window - kInitialStreamWindow), 8);
+      stream.send(FrameType::kWindow, payload);
+    }
+    ServerContext context(call);
+    GenericServerStream server_stream(call);
+    try {
+      status = (*method->stream_handler)(context, server_stream);
+    } catch (const std::exception& e) {
+      status = absl::InternalError(absl::StrCat(call->method, " threw: ", e.what()));
+    } catch (...) {
+      status = absl::InternalError(absl::StrCat(call->method, " threw an exception"));
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(stream.mu);
+    if (stream.failed) status = stream.failure;
+    stream.inbox.clear();
+  }
+  call->Finish();
+  open_streams_.fetch_sub(1);
+  static const std::string kNoPayload;
+  FinishCall(connection, call, status, kNoPayload);
+}
+
+void ServerCore::OnStreamFrame(const std::shared_ptr<ServerConnection>& connection,
+                               const FrameView& frame) {
+  std::shared_ptr<ServerCallState> call;
+  {
+    MutexLock lock(&connection->mu);
+    auto it = connection->calls.find(frame.header.request_id);
+    if (it != connection->calls.end()) call = it->second;
+  }
+  // Ended here already (the handler returned, or it was refused): the client
+  // may not know yet. Dropped; nothing of it is kept.
+  if (call == nullptr) return;
+  const char* violation = nullptr;
+  if (call->stream == nullptr) {
+    violation = "a stream frame for a unary call";
+  } else {
+    ServerStreamState& stream = *call->stream;
+    std::lock_guard<std::mutex> lock(stream.mu);
+    switch (frame.header.type) {
+      case FrameType::kWindow:
+        stream.send_limit += static_cast<int64_t>(GetLe(frame.payload.data(), 8));
+        break;
+      case FrameType::kHalfClose:
+        if (stream.half_closed) violation = "HALF_CLOSE on a stream it had half-closed already";
+        stream.half_closed = true;
+        break;
+      default:  // kMessage
+        if (stream.half_closed) {
+          violation = "a MESSAGE on a stream it had half-closed";
+        } else if (stream.received >= stream.receive_limit) {
+          violation = "a MESSAGE past the stream's window";
+        } else {
+          stream.received += StreamCost(frame.payload.size());
+          // A cancelled stream's handler reads nothing more.
+          if (!call->WasCancelled()) stream.inbox.emplace_back(frame.payload);
+        }
+        break;
+    }
+  }
+  if (violation != nullptr) {
+    IPCRPC_LOG(WARNING) << connection->transport->description()
+                        << ": closing the connection: the client sent " << violation
+                        << " (request id " << frame.header.request_id << ")";
+    connection->transport->Close();
+    return;
+  }
+  call->stream->cv.notify_all();
 }
 
 void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
@@ -787,6 +967,7 @@ void ServerCore::Shutdown(absl::Duration grace) {
     io_.run();  // never started: run what Listen and Close queued
   }
   pool_->Join();
+  stream_threads_.Join();
   MutexLock lock(&mu_);
   state_ = State::kDone;
 }

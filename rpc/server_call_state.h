@@ -7,7 +7,10 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <string>
@@ -15,6 +18,7 @@
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
 #include "asio/steady_timer.hpp"
 #include "base/clock.h"
 #include "rpc/frame.h"
@@ -25,6 +29,29 @@ namespace ipcrpc::internal {
 // Calls this thread has started through any Channel (rpc/channel.cc): the
 // server tells a handler that makes outgoing calls by it.
 uint64_t CallsStartedOnThisThread();
+
+// The server's side of a stream (docs/PROTOCOL.md, "Streams"); the loop
+// queues the client's messages, the handler reads and writes. Window
+// accounting is in totals of message costs (StreamCost) since the start.
+struct ServerStreamState {
+  std::mutex mu;
+  std::condition_variable cv;  // messages, grants, half-close, cancellation
+  std::deque<std::string> inbox;   // guarded by mu
+  int64_t window = 0;              // ours: ServerOptions::stream_window (fixed)
+  int64_t received = 0;            // guarded by mu
+  int64_t receive_limit = 0;       // guarded by mu: our window plus our grants
+  int64_t consumed_ungranted = 0;  // guarded by mu
+  bool half_closed = false;        // guarded by mu: the client sends no more
+  int64_t sent = 0;                // guarded by mu
+  int64_t send_limit = 0;          // guarded by mu: the client's window plus its grants
+  bool failed = false;             // guarded by mu: GenericServerStream::Fail
+  absl::Status failure;            // guarded by mu
+  size_t max_message_size = 0;     // fixed
+  // Sends a MESSAGE or WINDOW of this stream on its connection (from the
+  // handler's thread); false if the connection is gone. Set before the
+  // handler starts.
+  absl::AnyInvocable<bool(FrameType type, std::string_view payload)> send;
+};
 
 class ServerCallState {
  public:
@@ -124,6 +151,9 @@ class ServerCallState {
 
   // The deadline timer; touched only on the server's loop.
   std::optional<asio::steady_timer> deadline_timer;
+
+  // Streams only (set before the call is in its connection's table).
+  std::unique_ptr<ServerStreamState> stream;
 
  private:
   std::atomic<bool> cancelled_{false};

@@ -22,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "ipcrpc/options.h"
+#include "ipcrpc/stream.h"
 
 namespace ipcrpc {
 
@@ -89,6 +90,25 @@ class Channel {
   Call CallMethodAsync(std::string_view method, std::string_view request,
                        const CallOptions& options,
                        absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done);
+
+  // Starts a client-streaming or bidirectional stream on `method`
+  // ("package.Service/Method"); for server streaming use OpenServerStream,
+  // which sends the one request. Never fails here: a stream that cannot
+  // start reads nothing, and its Finish says why.
+  GenericClientStream OpenStream(std::string_view method, const CallOptions& options = {});
+  // A server-streaming call: `request` goes with the call, and the client
+  // half-closes at once.
+  GenericClientStream OpenServerStream(std::string_view method, std::string_view request,
+                                       const CallOptions& options = {});
+  // A server-streaming call, async: `on_message` runs on the channel's
+  // response thread once per message, in order, never after `done`; `done`
+  // runs once, last, with the call's final status, never inside this
+  // function. Consumption (and so the server's window) follows
+  // `on_message`: a slow callback slows the server's writer.
+  Call CallServerStreamAsync(std::string_view method, std::string_view request,
+                             const CallOptions& options,
+                             absl::AnyInvocable<void(std::string_view message)> on_message,
+                             absl::AnyInvocable<void(absl::Status) &&> done);
 
   struct Stats {
     uint64_t calls_started = 0;

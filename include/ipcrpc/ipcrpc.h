@@ -8,5 +8,6 @@
 #include "ipcrpc/server.h"
 #include "ipcrpc/server_context.h"
 #include "ipcrpc/service.h"
+#include "ipcrpc/stream.h"
 
 #endif  // IPCRPC_IPCRPC_H_

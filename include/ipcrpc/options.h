@@ -47,6 +47,10 @@ struct ChannelOptions {
   // server left): a server that is alive but does not answer the handshake
   // (stopped, stuck) makes it fail UNAVAILABLE after this long.
   absl::Duration connect_timeout = absl::Seconds(5);
+  // Streams: bytes of messages (each counted as its size plus 64) a server
+  // may send on one stream that this client has not consumed yet (read, or
+  // passed to on_message). At least 64 KiB; smaller values are raised.
+  size_t stream_window = 1u << 20;
 };
 
 // Limits and settings of a server.
@@ -85,6 +89,14 @@ struct ServerOptions {
   // and ipcrpc.Reflection (the .proto files of its services: `ipcrpc call`).
   bool introspection = true;
   bool reflection = true;
+  // Streams: bytes of messages (each counted as its size plus 64) a client
+  // may send on one stream that the handler has not read yet. At least
+  // 64 KiB; smaller values are raised.
+  size_t stream_window = 1u << 20;
+  // Streams open at once on the whole server (each has a handler thread of
+  // its own while it lasts); past it a stream fails at once with
+  // RESOURCE_EXHAUSTED naming the limit.
+  int max_open_streams = 1024;
   // Record the server in the registry under the runtime directory while it
   // runs (`ipcrpc ls`, `ipcrpc gc`).
   bool registry = true;

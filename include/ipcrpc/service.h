@@ -23,6 +23,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "ipcrpc/server_context.h"
+#include "ipcrpc/stream.h"
 
 namespace ipcrpc {
 
@@ -33,9 +34,18 @@ class Service {
   using MethodHandler = absl::AnyInvocable<absl::Status(
       ServerContext& context, std::string_view request, std::string& response) const>;
 
+  // Serves one stream (any streaming kind): reads the client's messages and
+  // writes its own through `stream`; the returned status ends the call. A
+  // client-streaming handler writes its one reply as a message. Runs on a
+  // thread of its own for as long as the stream lasts.
+  using StreamHandler = absl::AnyInvocable<absl::Status(
+      ServerContext& context, GenericServerStream& stream) const>;
+
   struct Method {
     std::string name;  // "package.Service/Method"
-    MethodHandler handler;
+    MethodHandler handler;  // unary methods
+    MethodKind kind = MethodKind::kUnary;
+    StreamHandler stream_handler;  // streaming methods
   };
 
   Service() = default;
@@ -48,7 +58,19 @@ class Service {
   // Adds a method; registering the service with a server that already has a
   // method of that name fails ALREADY_EXISTS.
   void AddMethod(std::string full_name, MethodHandler handler) {
-    methods_.push_back(Method{std::move(full_name), std::move(handler)});
+    Method method;
+    method.name = std::move(full_name);
+    method.handler = std::move(handler);
+    methods_.push_back(std::move(method));
+  }
+
+  // Adds a streaming method of `kind` (not kUnary), as AddMethod.
+  void AddStreamMethod(std::string full_name, MethodKind kind, StreamHandler handler) {
+    Method method;
+    method.name = std::move(full_name);
+    method.kind = kind;
+    method.stream_handler = std::move(handler);
+    methods_.push_back(std::move(method));
   }
 
  private:

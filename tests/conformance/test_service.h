@@ -9,11 +9,22 @@
 //   test.Test/Metadata              "k=v;..." of the call's metadata
 //   test.Test/Record                appends the request to a log
 //   test.Test/Log                   the log, entries joined by ','
+// Streams:
+//   test.Test/Count       server streaming, request "<n> <size>": n messages,
+//                         message i is "<i>" padded with 'x' to size bytes
+//   test.Test/Forever     server streaming, request "<size>": messages of size
+//                         bytes until cancelled (counts a cancellation)
+//   test.Test/Written     unary: messages Forever wrote so far
+//   test.Test/Sum         client streaming: replies "<messages> <bytes>"
+//   test.Test/Stall       client streaming: reads nothing until cancelled
+//                         (active while it waits, as Sleep; counts a cancellation)
+//   test.Test/EchoStream  bidirectional: echoes each message
 #ifndef IPCRPC_TESTS_CONFORMANCE_TEST_SERVICE_H_
 #define IPCRPC_TESTS_CONFORMANCE_TEST_SERVICE_H_
 
 #include <unistd.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -59,6 +70,78 @@ class TestService : public Service {
       response = log_;
       return absl::OkStatus();
     });
+    AddStreamMethod("test.Test/Count", MethodKind::kServerStreaming,
+                    [](ServerContext&, GenericServerStream& stream) {
+                      std::string request;
+                      if (!stream.Read(&request)) return absl::CancelledError("no request");
+                      int n = 0;
+                      size_t size = 0;
+                      const size_t space = request.find(' ');
+                      if (space == std::string::npos ||
+                          !absl::SimpleAtoi(absl::string_view(request).substr(0, space), &n) ||
+                          !absl::SimpleAtoi(absl::string_view(request).substr(space + 1), &size)) {
+                        return absl::InvalidArgumentError("expected \"<n> <size>\"");
+                      }
+                      for (int i = 0; i < n; ++i) {
+                        std::string message = std::to_string(i);
+                        if (message.size() < size) message.resize(size, 'x');
+                        if (!stream.Write(message)) return absl::CancelledError("write failed");
+                      }
+                      return absl::OkStatus();
+                    });
+    AddStreamMethod("test.Test/Forever", MethodKind::kServerStreaming,
+                    [this](ServerContext& context, GenericServerStream& stream) {
+                      std::string request;
+                      size_t size = 0;
+                      if (!stream.Read(&request) || !absl::SimpleAtoi(request, &size)) {
+                        return absl::InvalidArgumentError("expected a size");
+                      }
+                      const std::string message(size, 'f');
+                      while (stream.Write(message)) written_.fetch_add(1);
+                      if (context.IsCancelled()) {
+                        ipcrpc::internal::MutexLock lock(&mu_);
+                        ++cancellations_;
+                      }
+                      return absl::CancelledError("Forever was cancelled");
+                    });
+    AddMethod("test.Test/Written", [this](ServerContext&, std::string_view, std::string& response) {
+      response = std::to_string(written_.load());
+      return absl::OkStatus();
+    });
+    AddStreamMethod("test.Test/Sum", MethodKind::kClientStreaming,
+                    [](ServerContext&, GenericServerStream& stream) {
+                      int64_t messages = 0;
+                      int64_t bytes = 0;
+                      std::string message;
+                      while (stream.Read(&message)) {
+                        ++messages;
+                        bytes += static_cast<int64_t>(message.size());
+                      }
+                      stream.Write(absl::StrCat(messages, " ", bytes));
+                      return absl::OkStatus();
+                    });
+    AddStreamMethod("test.Test/Stall", MethodKind::kClientStreaming,
+                    [this](ServerContext& context, GenericServerStream&) {
+                      ipcrpc::internal::Notification cancelled;
+                      context.OnCancel([&cancelled] { cancelled.Notify(); });
+                      {
+                        ipcrpc::internal::MutexLock lock(&mu_);
+                        ++active_;  // WaitForActive counts it
+                      }
+                      cancelled.WaitForNotification();
+                      ipcrpc::internal::MutexLock lock(&mu_);
+                      --active_;
+                      ++cancellations_;
+                      return absl::CancelledError("Stall was cancelled");
+                    });
+    AddStreamMethod("test.Test/EchoStream", MethodKind::kBidiStreaming,
+                    [](ServerContext&, GenericServerStream& stream) {
+                      std::string message;
+                      while (stream.Read(&message)) {
+                        if (!stream.Write(message)) break;
+                      }
+                      return absl::OkStatus();
+                    });
     AddMethod("test.Test/Metadata",
               [](ServerContext& context, std::string_view, std::string& response) {
                 for (const auto& [key, value] : context.metadata()) {
@@ -119,6 +202,7 @@ class TestService : public Service {
   int active_ ABSL_GUARDED_BY(mu_) = 0;
   int cancellations_ ABSL_GUARDED_BY(mu_) = 0;
   std::string log_ ABSL_GUARDED_BY(mu_);
+  std::atomic<int64_t> written_{0};
 };
 
 }  // namespace ipcrpc::testing

@@ -57,6 +57,9 @@ absl::StatusOr<std::string> FirstLineAsUid(const std::vector<std::string>& argv,
 int64_t ProcessCpuTicks(pid_t pid);
 
 // A name unique to this process and call: "<prefix>-<pid>-<n>".
+// Resident memory of `pid` (VmRSS), or -1.
+int64_t ProcessRssBytes(pid_t pid);
+
 std::string UniqueName(const std::string& prefix);
 
 }  // namespace ipcrpc::testing

@@ -92,6 +92,58 @@ class Admin final {
   };
 };
 
+// One method of each streaming kind.
+class Feed final {
+ public:
+  static constexpr char kServiceName[] = "golden.v1.Feed";
+
+  // Client side: one method per RPC, sync and async, over a channel.
+  class Stub {
+   public:
+    explicit Stub(::std::shared_ptr<::ipcrpc::Channel> channel);
+
+    // Server streaming: events until cancelled.
+    ::ipcrpc::ClientReader<::golden::v1::Event> Watch(const ::golden::v1::EchoRequest& request,
+        const ::ipcrpc::CallOptions& options = {});
+    // on_message runs on the channel's response thread, once per message, in
+    // order; done runs once, last, with the call's final status.
+    ::ipcrpc::Call WatchAsync(const ::golden::v1::EchoRequest& request,
+        const ::ipcrpc::CallOptions& options,
+        ::absl::AnyInvocable<void(const ::golden::v1::Event&)> on_message,
+        ::absl::AnyInvocable<void(::absl::Status) &&> done);
+
+    // Client streaming: one summary of many events.
+    ::ipcrpc::ClientWriter<::golden::v1::Event, ::golden::v1::EchoReply> Upload(
+        const ::ipcrpc::CallOptions& options = {});
+
+    // Bidirectional.
+    ::ipcrpc::ClientReaderWriter<::golden::v1::EchoRequest, ::golden::v1::EchoReply> Chat(
+        const ::ipcrpc::CallOptions& options = {});
+
+   private:
+    ::std::shared_ptr<::ipcrpc::Channel> ipcrpc_channel_;
+  };
+
+  // Server side: override the methods; each defaults to UNIMPLEMENTED.
+  class Service : public ::ipcrpc::Service {
+   public:
+    Service();
+    ~Service() override = default;
+
+    // Server streaming: events until cancelled.
+    virtual ::absl::Status Watch(::ipcrpc::ServerContext& context,
+        const ::golden::v1::EchoRequest& request, ::ipcrpc::ServerWriter<::golden::v1::Event>& writer);
+
+    // Client streaming: one summary of many events.
+    virtual ::absl::Status Upload(::ipcrpc::ServerContext& context,
+        ::ipcrpc::ServerReader<::golden::v1::Event>& reader, ::golden::v1::EchoReply& reply);
+
+    // Bidirectional.
+    virtual ::absl::Status Chat(::ipcrpc::ServerContext& context,
+        ::ipcrpc::ServerReaderWriter<::golden::v1::EchoReply, ::golden::v1::EchoRequest>& stream);
+  };
+};
+
 }  // namespace v1
 }  // namespace golden
 

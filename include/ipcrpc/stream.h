@@ -1,0 +1,259 @@
+// Streaming calls: one call id carrying ordered messages each way, a
+// half-close from the client, and one final status.
+//
+//   // Client, server streaming (generated stubs wrap these):
+//   ipcrpc::ClientReader<Event> reader = stub.Watch(request);
+//   Event event;
+//   while (reader.Read(&event)) Handle(event);
+//   absl::Status status = reader.Finish();
+//
+// Flow control is per stream (docs/PROTOCOL.md, "Streams"): a writer has at
+// most the reader's window (ChannelOptions / ServerOptions::stream_window) of
+// messages it has sent and the reader has not consumed, plus one message;
+// Write blocks while it has none left, so a slow reader slows its writer and
+// neither process buffers more than that per stream.
+//
+// The untyped classes (GenericClientStream, GenericServerStream) carry
+// serialized bytes, for code without a .proto; the typed templates below sit
+// on them.
+#ifndef IPCRPC_STREAM_H_
+#define IPCRPC_STREAM_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+
+namespace ipcrpc {
+
+namespace internal {
+class ChannelCore;
+class PendingCall;
+class ServerCallState;
+}  // namespace internal
+
+// The kinds of method. A stream started as one kind on a method registered
+// as another is refused UNIMPLEMENTED.
+enum class MethodKind {
+  kUnary,
+  kServerStreaming,  // one request, a stream of responses
+  kClientStreaming,  // a stream of requests, one response
+  kBidiStreaming,    // both ways
+};
+
+// The client end of a stream, untyped (Channel::OpenStream). Move-only.
+// Destroying it before Finish returned cancels the call. Thread-safety: one
+// thread may Write while another Reads; Cancel from any thread.
+class GenericClientStream {
+ public:
+  GenericClientStream() = default;
+  GenericClientStream(GenericClientStream&& other) noexcept = default;
+  GenericClientStream& operator=(GenericClientStream&& other) noexcept;
+  ~GenericClientStream();
+
+  // Sends one message; blocks while the server's window is used up. False
+  // once the call has ended (then call Finish) or after WritesDone.
+  bool Write(std::string_view message);
+  // Tells the server no more messages come. False if the call has ended.
+  bool WritesDone();
+  // The next message, in order; blocks. False once the stream has ended
+  // (the server finished it, or it was cancelled, or its deadline passed):
+  // then call Finish.
+  bool Read(std::string* message);
+  // Implies WritesDone, drops messages not read, and waits for the call's
+  // final status (at most until the deadline).
+  absl::Status Finish();
+  // Ends the call CANCELLED (unless it has ended already); the server's
+  // handler sees IsCancelled(). Safe from any thread.
+  void Cancel();
+
+ private:
+  friend class internal::ChannelCore;
+  GenericClientStream(std::shared_ptr<internal::ChannelCore> core,
+                      std::shared_ptr<internal::PendingCall> call)
+      : core_(std::move(core)), call_(std::move(call)) {}
+
+  std::shared_ptr<internal::ChannelCore> core_;
+  std::shared_ptr<internal::PendingCall> call_;
+  bool finished_ = false;
+};
+
+// The server end of a stream, untyped: what a handler added with
+// Service::AddStreamMethod gets. Valid while the handler runs.
+class GenericServerStream {
+ public:
+  explicit GenericServerStream(std::shared_ptr<internal::ServerCallState> state)
+      : state_(std::move(state)) {}
+  GenericServerStream(const GenericServerStream&) = delete;
+  GenericServerStream& operator=(const GenericServerStream&) = delete;
+
+  // The next message from the client; blocks. False once the client has
+  // half-closed and every message was read, or once the call is cancelled
+  // (deadline, client's Cancel, client gone, server shutdown): then
+  // ServerContext::IsCancelled() is already true.
+  bool Read(std::string* message);
+  // Sends one message; blocks while the client's window is used up. False
+  // once the call is cancelled.
+  bool Write(std::string_view message);
+  // Ends the stream with `status` whatever the handler returns (a message
+  // that did not parse: INVALID_ARGUMENT): the call is cancelled, so that
+  // Read and Write return false.
+  void Fail(absl::Status status);
+
+ private:
+  std::shared_ptr<internal::ServerCallState> state_;
+};
+
+// ------------------------------------------------------------ typed: client
+
+template <class R>
+class ClientReader {
+ public:
+  ClientReader() = default;
+  explicit ClientReader(GenericClientStream stream) : stream_(std::move(stream)) {}
+  ClientReader(ClientReader&&) noexcept = default;
+  ClientReader& operator=(ClientReader&&) noexcept = default;
+
+  bool Read(R* message) {
+    if (!stream_.Read(&buffer_)) return false;
+    if (message->ParseFromString(buffer_)) return true;
+    parse_error_ = absl::InternalError(absl::StrCat("a stream message does not parse as ",
+                                                    message->GetTypeName()));
+    stream_.Cancel();
+    return false;
+  }
+  absl::Status Finish() {
+    absl::Status status = stream_.Finish();
+    return parse_error_.ok() ? status : parse_error_;
+  }
+  void Cancel() { stream_.Cancel(); }
+
+ private:
+  GenericClientStream stream_;
+  std::string buffer_;
+  absl::Status parse_error_;
+};
+
+template <class W, class R>
+class ClientWriter {
+ public:
+  ClientWriter() = default;
+  explicit ClientWriter(GenericClientStream stream) : stream_(std::move(stream)) {}
+  ClientWriter(ClientWriter&&) noexcept = default;
+  ClientWriter& operator=(ClientWriter&&) noexcept = default;
+
+  bool Write(const W& message) {
+    message.SerializePartialToString(&buffer_);
+    return stream_.Write(buffer_);
+  }
+  bool WritesDone() { return stream_.WritesDone(); }
+  // The server's reply (its one message), or the call's status.
+  absl::StatusOr<R> Finish() {
+    stream_.WritesDone();
+    std::string bytes;
+    const bool got = stream_.Read(&bytes);
+    absl::Status status = stream_.Finish();
+    if (!status.ok()) return status;
+    R reply;
+    if (!got) return absl::InternalError("the server ended the stream OK without a reply");
+    if (!reply.ParseFromString(bytes)) {
+      return absl::InternalError(
+          absl::StrCat("the reply does not parse as ", reply.GetTypeName()));
+    }
+    return reply;
+  }
+  void Cancel() { stream_.Cancel(); }
+
+ private:
+  GenericClientStream stream_;
+  std::string buffer_;
+};
+
+template <class W, class R>
+class ClientReaderWriter {
+ public:
+  ClientReaderWriter() = default;
+  explicit ClientReaderWriter(GenericClientStream stream) : stream_(std::move(stream)) {}
+  ClientReaderWriter(ClientReaderWriter&&) noexcept = default;
+  ClientReaderWriter& operator=(ClientReaderWriter&&) noexcept = default;
+
+  bool Write(const W& message) {
+    message.SerializePartialToString(&write_buffer_);
+    return stream_.Write(write_buffer_);
+  }
+  bool WritesDone() { return stream_.WritesDone(); }
+  bool Read(R* message) {
+    if (!stream_.Read(&read_buffer_)) return false;
+    if (message->ParseFromString(read_buffer_)) return true;
+    parse_error_ = absl::InternalError(absl::StrCat("a stream message does not parse as ",
+                                                    message->GetTypeName()));
+    stream_.Cancel();
+    return false;
+  }
+  absl::Status Finish() {
+    absl::Status status = stream_.Finish();
+    return parse_error_.ok() ? status : parse_error_;
+  }
+  void Cancel() { stream_.Cancel(); }
+
+ private:
+  GenericClientStream stream_;
+  std::string write_buffer_;
+  std::string read_buffer_;
+  absl::Status parse_error_;
+};
+
+// ------------------------------------------------------------ typed: server
+// A message from the client that does not parse ends the stream
+// INVALID_ARGUMENT (Read returns false), whatever the handler returns.
+
+template <class W>
+class ServerWriter {
+ public:
+  explicit ServerWriter(GenericServerStream& stream) : stream_(stream) {}
+  bool Write(const W& message) {
+    message.SerializePartialToString(&buffer_);
+    return stream_.Write(buffer_);
+  }
+
+ private:
+  GenericServerStream& stream_;
+  std::string buffer_;
+};
+
+template <class R>
+class ServerReader {
+ public:
+  explicit ServerReader(GenericServerStream& stream) : stream_(stream) {}
+  bool Read(R* message) {
+    if (!stream_.Read(&buffer_)) return false;
+    if (message->ParseFromString(buffer_)) return true;
+    stream_.Fail(absl::InvalidArgumentError(
+        absl::StrCat("a stream message does not parse as ", message->GetTypeName())));
+    return false;
+  }
+
+ private:
+  GenericServerStream& stream_;
+  std::string buffer_;
+};
+
+template <class W, class R>
+class ServerReaderWriter {
+ public:
+  explicit ServerReaderWriter(GenericServerStream& stream) : reader_(stream), writer_(stream) {}
+  bool Read(R* message) { return reader_.Read(message); }
+  bool Write(const W& message) { return writer_.Write(message); }
+
+ private:
+  ServerReader<R> reader_;
+  ServerWriter<W> writer_;
+};
+
+}  // namespace ipcrpc
+
+#endif  // IPCRPC_STREAM_H_

@@ -1,0 +1,398 @@
+// The client's side of streams: a stream is a PendingCall with a
+// ClientStreamState, in its connection's table like a unary call, so that
+// whoever takes it out (the server's RESPONSE, Cancel, the deadline, the
+// connection's loss, the channel's end) ends it, once.
+//
+// Messages from the server are queued by whoever reads the connection (the
+// loop, or a sync caller reading its own response) and read by the owner of
+// the stream; an async server stream's messages and its end are posted to
+// the loop in order, so that `on_message` never runs after `done`.
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "asio/post.hpp"
+#include "base/clock.h"
+#include "base/logging.h"
+#include "base/strings.h"
+#include "ipcrpc/server_context.h"
+#include "ipcrpc/stream.h"
+#include "rpc/channel_core.h"
+#include "rpc/frame.h"
+#include "rpc/server_call_state.h"
+
+namespace ipcrpc {
+namespace internal {
+namespace {
+
+int64_t ClampWindow(size_t window) {
+  return std::clamp<int64_t>(static_cast<int64_t>(std::min<size_t>(window, kMaxStreamWindow)),
+                             kMinStreamWindow, kMaxStreamWindow);
+}
+
+// With call->mu held: what the reader has consumed and not granted back,
+// if it is time to grant it (half the window, as HTTP/2 implementations
+// do: one WINDOW per half window, not one per message). The grant counts
+// as sent from here on.
+int64_t TakeGrant(ClientStreamState& stream) {
+  if (stream.consumed_ungranted < stream.window / 2) return 0;
+  const int64_t grant = stream.consumed_ungranted;
+  stream.consumed_ungranted = 0;
+  stream.receive_limit += grant;
+  return grant;
+}
+
+// With `lock` (of call->mu) held: waits for a notification, or until the
+// call's deadline. False once the deadline has passed.
+bool WaitForProgress(PendingCall& call, std::unique_lock<std::mutex>& lock) {
+  if (call.deadline_ns == kNoDeadline) {
+    call.cv.wait(lock);
+    return true;
+  }
+  if (MonotonicNowNs() >= call.deadline_ns) return false;
+  call.cv.wait_until(lock, SteadyTimeOf(call.deadline_ns));
+  return MonotonicNowNs() < call.deadline_ns;
+}
+
+}  // namespace
+
+GenericClientStream ChannelCore::OpenStream(std::string_view method,
+                                            const std::string_view* request,
+                                            const CallOptions& options) {
+  const int64_t deadline_ns = DeadlineOf(options);
+  auto call = std::make_shared<PendingCall>(deadline_ns, nullptr);
+  call->method = std::string(method);
+  call->stream = std::make_unique<ClientStreamState>();
+  ClientStreamState& stream = *call->stream;
+  stream.window = ClampWindow(options_.stream_window);
+  stream.receive_limit = stream.window;
+  stream.priority = options.priority;
+  stream.writes_done = request != nullptr;
+  GenericClientStream handle(shared_from_this(), call);
+  absl::Status started;
+  if (deadline_ns <= MonotonicNowNs()) {
+    started = DeadlineExceeded(method);
+  } else if (options.parent_call != nullptr && options.parent_call->IsCancelled()) {
+    started = absl::CancelledError(
+        absl::StrCat("calling ", Av(method), ": the incoming call is cancelled"));
+  } else {
+    std::string head;
+    PutLe(&head, static_cast<uint64_t>(stream.window), 4);
+    const uint16_t flags =
+        kFlagStream | (request != nullptr ? kFlagWithMessage | kFlagHalfClose : 0);
+    started = StartCall(call, method, request != nullptr ? *request : std::string_view(),
+                        options, deadline_ns, flags, head);
+  }
+  if (!started.ok()) {
+    // Never started: its Finish says why.
+    Complete(call, std::move(started));
+    return handle;
+  }
+  if (options.parent_call != nullptr) {
+    std::weak_ptr<PendingCall> weak = call;
+    std::weak_ptr<ChannelCore> core = weak_from_this();
+    options.parent_call->OnCancel([weak, core] {
+      auto pending = weak.lock();
+      auto self = core.lock();
+      if (pending && self) self->Cancel(pending);
+    });
+  }
+  return handle;
+}
+
+Call ChannelCore::CallServerStreamAsync(std::string_view method, std::string_view request,
+                                        const CallOptions& options,
+                                        absl::AnyInvocable<void(std::string_view)> on_message,
+                                        absl::AnyInvocable<void(absl::Status) &&> done) {
+  const int64_t deadline_ns = DeadlineOf(options);
+  auto call = std::make_shared<PendingCall>(
+      deadline_ns, [done = std::move(done)](absl::StatusOr<std::string> result) mutable {
+        std::move(done)(result.status());
+      });
+  call->method = std::string(method);
+  call->stream = std::make_unique<ClientStreamState>();
+  ClientStreamState& stream = *call->stream;
+  stream.window = ClampWindow(options_.stream_window);
+  stream.receive_limit = stream.window;
+  stream.priority = options.priority;
+  stream.writes_done = true;
+  stream.on_message = std::move(on_message);
+  Call handle(weak_from_this(), call);
+  absl::Status started;
+  if (deadline_ns <= MonotonicNowNs()) {
+    started = DeadlineExceeded(method);
+  } else if (options.parent_call != nullptr && options.parent_call->IsCancelled()) {
+    started = absl::CancelledError(
+        absl::StrCat("calling ", Av(method), ": the incoming call is cancelled"));
+  } else {
+    std::string head;
+    PutLe(&head, static_cast<uint64_t>(stream.window), 4);
+    started = StartCall(call, method, request, options, deadline_ns,
+                        kFlagStream | kFlagWithMessage | kFlagHalfClose, head);
+  }
+  if (!started.ok()) {
+    Complete(call, std::move(started));  // posted to the loop: never on this stack
+    return handle;
+  }
+  if (deadline_ns != kNoDeadline) ArmTimer(call);
+  if (options.parent_call != nullptr) {
+    options.parent_call->OnCancel([handle]() mutable { handle.Cancel(); });
+  }
+  return handle;
+}
+
+bool ChannelCore::SendStreamFrame(const std::shared_ptr<PendingCall>& call, FrameType type,
+                                  std::string_view payload) {
+  auto connection = call->connection.lock();
+  if (connection == nullptr) return false;
+  FrameHeader header;
+  header.type = type;
+  header.request_id = call->id;
+  // The call's priority (fixed when it opened): on mq: every frame of a
+  // stream must keep its place behind the REQUEST.
+  header.priority = static_cast<uint8_t>(call->stream->priority);
+  thread_local std::string prefix;
+  if (!EncodeFramePrefix(header, "", {}, payload.size(), options_.max_message_size, &prefix)
+           .ok()) {
+    return false;
+  }
+  std::string_view parts[] = {prefix, payload};
+  absl::Status sent = connection->transport->Send(parts, header.priority);
+  if (!sent.ok()) {
+    // As StartCall: the connection is broken; its loss ends the call.
+    connection->MarkLost(sent);
+    connection->transport->Close();
+    return false;
+  }
+  return true;
+}
+
+void ChannelCore::SendGrant(const std::shared_ptr<PendingCall>& call, int64_t grant) {
+  if (grant <= 0) return;
+  std::string payload;
+  PutLe(&payload, static_cast<uint64_t>(grant), 8);
+  SendStreamFrame(call, FrameType::kWindow, payload);
+}
+
+void ChannelCore::ExpireStream(const std::shared_ptr<PendingCall>& call) {
+  auto connection = call->connection.lock();
+  if (connection == nullptr || connection->Take(call->id) == nullptr) return;
+  SendCancel(connection, call->id);
+  Complete(call, DeadlineExceeded(call->method));
+}
+
+bool ChannelCore::StreamWrite(const std::shared_ptr<PendingCall>& call,
+                              std::string_view message) {
+  ClientStreamState& stream = *call->stream;
+  if (message.size() > options_.max_message_size) {
+    // The call ends: the server must not see a stream with a hole in it.
+    auto connection = call->connection.lock();
+    if (connection != nullptr && connection->Take(call->id) != nullptr) {
+      SendCancel(connection, call->id);
+      Complete(call, absl::ResourceExhaustedError(absl::StrCat(
+                         call->method, ": stream message of ", message.size(),
+                         " bytes exceeds ChannelOptions::max_message_size ",
+                         options_.max_message_size)));
+    }
+    return false;
+  }
+  {
+    std::unique_lock<std::mutex> lock(call->mu);
+    for (;;) {
+      if (call->done || stream.writes_done) return false;
+      // Room while anything of the window is left (the message may use
+      // more than what is left: a writer never waits for room that a
+      // large message could never get).
+      if (stream.sent < stream.send_limit) break;
+      if (!WaitForProgress(*call, lock)) {
+        lock.unlock();
+        ExpireStream(call);
+        return false;
+      }
+    }
+    stream.sent += StreamCost(message.size());
+  }
+  return SendStreamFrame(call, FrameType::kMessage, message);
+}
+
+bool ChannelCore::StreamWritesDone(const std::shared_ptr<PendingCall>& call) {
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    if (call->done) return false;
+    if (call->stream->writes_done) return true;
+    call->stream->writes_done = true;
+  }
+  return SendStreamFrame(call, FrameType::kHalfClose, "");
+}
+
+bool ChannelCore::StreamRead(const std::shared_ptr<PendingCall>& call, std::string* message) {
+  ClientStreamState& stream = *call->stream;
+  std::unique_lock<std::mutex> lock(call->mu);
+  for (;;) {
+    if (!stream.inbox.empty() && (!call->done || stream.ended_by_server)) {
+      message->swap(stream.inbox.front());
+      stream.inbox.pop_front();
+      stream.consumed_ungranted += StreamCost(message->size());
+      const int64_t grant = call->done ? 0 : TakeGrant(stream);
+      lock.unlock();
+      SendGrant(call, grant);
+      return true;
+    }
+    if (call->done) return false;
+    if (!WaitForProgress(*call, lock)) {
+      lock.unlock();
+      ExpireStream(call);
+      lock.lock();
+    }
+  }
+}
+
+absl::Status ChannelCore::StreamFinish(const std::shared_ptr<PendingCall>& call) {
+  StreamWritesDone(call);
+  ClientStreamState& stream = *call->stream;
+  int64_t grant = 0;
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    // What is not read is dropped, and granted back, so that a server
+    // blocked on its window can finish.
+    stream.discard = true;
+    for (const std::string& unread : stream.inbox) {
+      stream.consumed_ungranted += StreamCost(unread.size());
+    }
+    stream.inbox.clear();
+    if (!call->done && stream.consumed_ungranted > 0) {
+      grant = stream.consumed_ungranted;
+      stream.consumed_ungranted = 0;
+      stream.receive_limit += grant;
+    }
+  }
+  SendGrant(call, grant);
+  std::unique_lock<std::mutex> lock(call->mu);
+  while (!call->done) {
+    if (!WaitForProgress(*call, lock)) {
+      lock.unlock();
+      ExpireStream(call);
+      lock.lock();
+    }
+  }
+  return call->result->status();
+}
+
+void ChannelCore::OnStreamFrame(const std::shared_ptr<ClientConnection>& connection,
+                                const FrameView& frame) {
+  auto call = connection->Find(frame.header.request_id);
+  if (call == nullptr) {
+    // The stream ended here first (cancelled, expired): its late messages
+    // are dropped.
+    late_responses_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (call->stream == nullptr) {
+    IPCRPC_LOG(WARNING) << connection->transport->description()
+                        << ": closing the connection: the server sent a "
+                        << FrameTypeName(frame.header.type) << " frame for unary call "
+                        << frame.header.request_id;
+    connection->transport->Close();
+    return;
+  }
+  ClientStreamState& stream = *call->stream;
+  if (frame.header.type == FrameType::kWindow) {
+    {
+      std::lock_guard<std::mutex> lock(call->mu);
+      stream.send_limit += static_cast<int64_t>(GetLe(frame.payload.data(), 8));
+    }
+    call->cv.notify_all();
+    return;
+  }
+  const int64_t cost = StreamCost(frame.payload.size());
+  int64_t grant = 0;
+  bool deliver = false;
+  bool over_window = false;
+  {
+    std::lock_guard<std::mutex> lock(call->mu);
+    over_window = stream.received >= stream.receive_limit;
+    if (!over_window) stream.received += cost;
+    if (over_window) {
+      // Closed below, outside the lock (the loss completes this call).
+    } else if (stream.discard) {
+      stream.consumed_ungranted += cost;
+      grant = TakeGrant(stream);
+    } else if (call->is_async) {
+      deliver = true;
+    } else {
+      stream.inbox.emplace_back(frame.payload);
+    }
+  }
+  if (over_window) {
+    // The server had no window left: it does not follow the protocol.
+    IPCRPC_LOG(WARNING) << connection->transport->description()
+                        << ": closing the connection: the server sent past the window of "
+                        << call->method;
+    connection->transport->Close();
+    return;
+  }
+  if (deliver) {
+    // Through the loop, in order with the call's end (also posted): never
+    // after `done`, always on the response thread.
+    asio::post(io_, [this, call, message = std::string(frame.payload), cost] {
+      if (call->callback && call->stream->on_message) call->stream->on_message(message);
+      int64_t granted = 0;
+      {
+        std::lock_guard<std::mutex> lock(call->mu);
+        call->stream->consumed_ungranted += cost;
+        granted = TakeGrant(*call->stream);
+      }
+      if (call->callback) SendGrant(call, granted);
+    });
+    return;
+  }
+  if (grant == 0) {
+    call->cv.notify_all();
+  } else {
+    SendGrant(call, grant);
+  }
+}
+
+}  // namespace internal
+
+// ------------------------------------------------------- GenericClientStream
+
+GenericClientStream& GenericClientStream::operator=(GenericClientStream&& other) noexcept {
+  if (this != &other) {
+    if (call_ != nullptr && !finished_) core_->Cancel(call_);
+    core_ = std::move(other.core_);
+    call_ = std::move(other.call_);
+    finished_ = other.finished_;
+  }
+  return *this;
+}
+
+GenericClientStream::~GenericClientStream() {
+  if (call_ != nullptr && !finished_) core_->Cancel(call_);
+}
+
+bool GenericClientStream::Write(std::string_view message) {
+  return call_ != nullptr && core_->StreamWrite(call_, message);
+}
+
+bool GenericClientStream::WritesDone() {
+  return call_ != nullptr && core_->StreamWritesDone(call_);
+}
+
+bool GenericClientStream::Read(std::string* message) {
+  return call_ != nullptr && core_->StreamRead(call_, message);
+}
+
+absl::Status GenericClientStream::Finish() {
+  if (call_ == nullptr) return absl::FailedPreconditionError("Finish on an empty stream object");
+  absl::Status status = core_->StreamFinish(call_);
+  finished_ = true;
+  return status;
+}
+
+void GenericClientStream::Cancel() {
+  if (call_ != nullptr) core_->Cancel(call_);
+}
+
+}  // namespace ipcrpc

@@ -1,0 +1,95 @@
+// The server's side of a stream, as its handler sees it (GenericServerStream):
+// reads what the loop queued, writes within the client's window, and grants
+// the client more as it reads. ServerCore (rpc/server.cc) starts streams,
+// queues their frames and ends them.
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "base/clock.h"
+#include "ipcrpc/stream.h"
+#include "rpc/frame.h"
+#include "rpc/server_call_state.h"
+
+namespace ipcrpc {
+namespace {
+
+using internal::ServerCallState;
+using internal::ServerStreamState;
+
+// With `lock` (of stream.mu) held: waits for a notification or the call's
+// deadline (after which IsCancelled() is true).
+void WaitForProgress(const ServerCallState& call, ServerStreamState& stream,
+                     std::unique_lock<std::mutex>& lock) {
+  if (call.deadline_ns == internal::kNoDeadline) {
+    stream.cv.wait(lock);
+  } else {
+    stream.cv.wait_until(lock, internal::SteadyTimeOf(call.deadline_ns));
+  }
+}
+
+}  // namespace
+
+bool GenericServerStream::Read(std::string* message) {
+  ServerStreamState& stream = *state_->stream;
+  int64_t grant = 0;
+  {
+    std::unique_lock<std::mutex> lock(stream.mu);
+    for (;;) {
+      if (state_->IsCancelled()) return false;
+      if (!stream.inbox.empty()) break;
+      if (stream.half_closed) return false;
+      WaitForProgress(*state_, stream, lock);
+    }
+    message->swap(stream.inbox.front());
+    stream.inbox.pop_front();
+    stream.consumed_ungranted += internal::StreamCost(message->size());
+    // One WINDOW per half window consumed, not one per message.
+    if (!stream.half_closed && stream.consumed_ungranted >= stream.window / 2) {
+      grant = stream.consumed_ungranted;
+      stream.consumed_ungranted = 0;
+      stream.receive_limit += grant;
+    }
+  }
+  if (grant > 0) {
+    std::string payload;
+    internal::PutLe(&payload, static_cast<uint64_t>(grant), 8);
+    stream.send(internal::FrameType::kWindow, payload);
+  }
+  return true;
+}
+
+bool GenericServerStream::Write(std::string_view message) {
+  ServerStreamState& stream = *state_->stream;
+  if (message.size() > stream.max_message_size) {
+    Fail(absl::ResourceExhaustedError(absl::StrCat(
+        state_->method, ": stream message of ", message.size(),
+        " bytes exceeds the server's max_message_size ", stream.max_message_size)));
+    return false;
+  }
+  {
+    std::unique_lock<std::mutex> lock(stream.mu);
+    for (;;) {
+      if (state_->IsCancelled()) return false;
+      // Room while anything of the client's window is left (see
+      // docs/PROTOCOL.md: a message may use more than what is left).
+      if (stream.sent < stream.send_limit) break;
+      WaitForProgress(*state_, stream, lock);
+    }
+    stream.sent += internal::StreamCost(message.size());
+  }
+  return stream.send(internal::FrameType::kMessage, message);
+}
+
+void GenericServerStream::Fail(absl::Status status) {
+  ServerStreamState& stream = *state_->stream;
+  {
+    std::lock_guard<std::mutex> lock(stream.mu);
+    if (stream.failed) return;
+    stream.failed = true;
+    stream.failure = std::move(status);
+  }
+  state_->Cancel();  // wakes Read and Write (the stream's OnCancel callback)
+}
+
+}  // namespace ipcrpc

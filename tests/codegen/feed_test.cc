@@ -1,0 +1,242 @@
+// Generated code for the three streaming kinds (golden.v1.Feed in
+// golden.proto): typed stubs and service bases over a real server, on
+// shm: and unix:.
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "golden.ipcrpc.h"
+#include "ipcrpc/ipcrpc.h"
+#include "tests/util/process.h"
+#include "tests/util/status_matchers.h"
+#include "base/mutex.h"
+
+namespace golden::v1 {
+namespace {
+
+using ::ipcrpc::testing::IsOk;
+using ::ipcrpc::testing::StatusIs;
+using ::testing::HasSubstr;
+
+class FeedService final : public Feed::Service {
+ public:
+  // Watch: request.message() is the number of events; then waits for
+  // cancellation if it is "forever".
+  absl::Status Watch(ipcrpc::ServerContext& context, const EchoRequest& request,
+                     ipcrpc::ServerWriter<Event>& writer) override {
+    if (request.message() == "forever") {
+      Event event;
+      while (writer.Write(event)) event.set_sequence(event.sequence() + 1);
+      watch_saw_cancel = context.IsCancelled();
+      return absl::CancelledError("cancelled");
+    }
+    const int n = std::stoi(request.message());
+    for (int i = 0; i < n; ++i) {
+      Event event;
+      event.set_sequence(i);
+      event.set_data(std::string(i % 50, 'd'));
+      if (!writer.Write(event)) return absl::CancelledError("write failed");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Upload(ipcrpc::ServerContext&, ipcrpc::ServerReader<Event>& reader,
+                      EchoReply& reply) override {
+    Event event;
+    int64_t count = 0;
+    int64_t sum = 0;
+    while (reader.Read(&event)) {
+      ++count;
+      sum += event.sequence();
+    }
+    reply.set_message(absl::StrCat(count, " events, sequence sum ", sum));
+    return absl::OkStatus();
+  }
+
+  absl::Status Chat(ipcrpc::ServerContext& context,
+                    ipcrpc::ServerReaderWriter<EchoReply, EchoRequest>& stream) override {
+    EchoRequest request;
+    while (stream.Read(&request)) {
+      if (request.message() == "nested") {
+        // A nested call from a streaming handler inherits its deadline.
+        Echo::Stub echo(nested_channel);
+        auto reply = echo.Echo(request, ipcrpc::CallOptions::From(context));
+        EchoReply out;
+        out.set_message(reply.ok() ? "nested:" + reply->message() : reply.status().ToString());
+        if (!stream.Write(out)) break;
+        continue;
+      }
+      EchoReply reply;
+      reply.set_message("re:" + request.message());
+      if (!stream.Write(reply)) break;
+    }
+    return absl::OkStatus();
+  }
+
+  std::atomic<bool> watch_saw_cancel{false};
+  std::shared_ptr<ipcrpc::Channel> nested_channel;
+};
+
+class EchoService final : public Echo::Service {
+ public:
+  absl::Status Echo(ipcrpc::ServerContext& context, const EchoRequest& request,
+                    EchoReply& reply) override {
+    reply.set_message(absl::StrCat(request.message(),
+                                   context.deadline() == absl::InfiniteFuture() ? "" : "+deadline"));
+    return absl::OkStatus();
+  }
+};
+
+class FeedTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    endpoint_ = GetParam() == "shm" ? "shm:" + ipcrpc::testing::UniqueName("feed-test")
+                                    : "unix:" + ipcrpc::testing::UniqueName("/tmp/feed-test") + ".sock";
+    ASSERT_THAT(server_.RegisterService(&feed_), IsOk());
+    ASSERT_THAT(server_.RegisterService(&echo_), IsOk());
+    ASSERT_THAT(server_.Listen(endpoint_), IsOk());
+    ASSERT_THAT(server_.Start(), IsOk());
+    auto channel = ipcrpc::Channel::Connect(endpoint_);
+    ASSERT_THAT(channel, IsOk());
+    channel_ = *channel;
+    auto nested = ipcrpc::Channel::Connect(endpoint_);
+    ASSERT_THAT(nested, IsOk());
+    feed_.nested_channel = *nested;
+  }
+  void TearDown() override {
+    channel_.reset();
+    feed_.nested_channel.reset();
+    server_.Shutdown(absl::Seconds(1));
+  }
+
+  ipcrpc::CallOptions Within(absl::Duration timeout) {
+    ipcrpc::CallOptions options;
+    options.timeout = timeout;
+    return options;
+  }
+
+  std::string endpoint_;
+  FeedService feed_;
+  EchoService echo_;
+  ipcrpc::Server server_;
+  std::shared_ptr<ipcrpc::Channel> channel_;
+};
+
+TEST_P(FeedTest, ServerStreamingSyncAndAsync) {
+  Feed::Stub stub(channel_);
+  EchoRequest request;
+  request.set_message("1000");
+  ipcrpc::ClientReader<Event> reader = stub.Watch(request, Within(absl::Seconds(30)));
+  Event event;
+  int64_t expected = 0;
+  while (reader.Read(&event)) {
+    ASSERT_EQ(event.sequence(), expected);
+    EXPECT_EQ(event.data().size(), static_cast<size_t>(expected % 50));
+    ++expected;
+  }
+  EXPECT_THAT(reader.Finish(), IsOk());
+  EXPECT_EQ(expected, 1000);
+
+  ipcrpc::internal::Notification done;
+  std::atomic<int64_t> received{0};
+  std::atomic<bool> in_order{true};
+  absl::Status status;
+  stub.WatchAsync(
+      request, Within(absl::Seconds(30)),
+      [&](const Event& message) {
+        if (message.sequence() != received.load()) in_order = false;
+        received.fetch_add(1);
+      },
+      [&](absl::Status final_status) {
+        status = final_status;
+        done.Notify();
+      });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_THAT(status, IsOk());
+  EXPECT_EQ(received.load(), 1000);
+  EXPECT_TRUE(in_order.load());
+}
+
+TEST_P(FeedTest, ClientStreamingReturnsTheReply) {
+  Feed::Stub stub(channel_);
+  ipcrpc::ClientWriter<Event, EchoReply> writer = stub.Upload(Within(absl::Seconds(30)));
+  int64_t sum = 0;
+  for (int i = 0; i < 500; ++i) {
+    Event event;
+    event.set_sequence(i);
+    sum += i;
+    ASSERT_TRUE(writer.Write(event));
+  }
+  absl::StatusOr<EchoReply> reply = writer.Finish();  // implies WritesDone
+  ASSERT_THAT(reply, IsOk());
+  EXPECT_EQ(reply->message(), absl::StrCat(500, " events, sequence sum ", sum));
+}
+
+TEST_P(FeedTest, BidirectionalAndANestedCallFromAStreamingHandler) {
+  Feed::Stub stub(channel_);
+  ipcrpc::ClientReaderWriter<EchoRequest, EchoReply> stream = stub.Chat(Within(absl::Seconds(30)));
+  for (const char* text : {"a", "nested", "b"}) {
+    EchoRequest request;
+    request.set_message(text);
+    ASSERT_TRUE(stream.Write(request));
+    EchoReply reply;
+    ASSERT_TRUE(stream.Read(&reply));
+    if (std::string(text) == "nested") {
+      // CallOptions::From carried the stream's deadline to the nested call.
+      EXPECT_EQ(reply.message(), "nested:nested+deadline");
+    } else {
+      EXPECT_EQ(reply.message(), std::string("re:") + text);
+    }
+  }
+  ASSERT_TRUE(stream.WritesDone());
+  EchoReply extra;
+  EXPECT_FALSE(stream.Read(&extra));
+  EXPECT_THAT(stream.Finish(), IsOk());
+}
+
+TEST_P(FeedTest, CancelReachesAStreamingHandler) {
+  Feed::Stub stub(channel_);
+  EchoRequest request;
+  request.set_message("forever");
+  ipcrpc::ClientReader<Event> reader = stub.Watch(request, Within(absl::Seconds(30)));
+  Event event;
+  ASSERT_TRUE(reader.Read(&event));
+  reader.Cancel();
+  EXPECT_FALSE(reader.Read(&event));
+  EXPECT_THAT(reader.Finish(), StatusIs(absl::StatusCode::kCancelled));
+  for (int i = 0; i < 500 && !feed_.watch_saw_cancel.load(); ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_TRUE(feed_.watch_saw_cancel.load());
+}
+
+TEST_P(FeedTest, AStreamMessageThatDoesNotParseEndsOnlyThatStreamInvalidArgument) {
+  // Bytes that are not an Event (a truncated varint), through the untyped API.
+  ipcrpc::GenericClientStream raw =
+      channel_->OpenStream("golden.v1.Feed/Upload", Within(absl::Seconds(30)));
+  ASSERT_TRUE(raw.Write(std::string("\x08\xff", 2)));
+  EXPECT_THAT(raw.Finish(),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("golden.v1.Event")));
+  // The connection and other calls are unharmed.
+  Echo::Stub echo(channel_);
+  EchoRequest request;
+  request.set_message("still");
+  EXPECT_THAT(echo.Echo(request), IsOk());
+  // A request of a server stream that does not parse, likewise.
+  ipcrpc::GenericClientStream bad_request = channel_->OpenServerStream(
+      "golden.v1.Feed/Watch", std::string("\x0a\x05", 2), Within(absl::Seconds(30)));
+  EXPECT_THAT(bad_request.Finish(), StatusIs(absl::StatusCode::kInvalidArgument));
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, FeedTest, ::testing::Values("shm", "unix"),
+                         [](const ::testing::TestParamInfo<std::string>& param) {
+                           return param.param;
+                         });
+
+}  // namespace
+}  // namespace golden::v1

@@ -1,0 +1,333 @@
+// The streaming part of the conformance suite: server, client and
+// bidirectional streams against a real server process on every transport,
+// with flow control, deadlines, cancellation and the death of either side.
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "ipcrpc/ipcrpc.h"
+#include "tests/conformance/conformance_server_process.h"
+#include "tests/util/process.h"
+#include "tests/util/status_matchers.h"
+#include "base/mutex.h"
+
+namespace ipcrpc::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+const TransportTraits kTransports[] = {
+    {"unix", true}, {"pipe", false}, {"fifo", true}, {"mq", true}, {"shm", true},
+};
+
+class StreamConformanceTest : public ::testing::TestWithParam<TransportTraits> {
+ protected:
+  void SetUp() override {
+    auto server = ConformanceServerProcess::Start(GetParam());
+    ASSERT_THAT(server, IsOk());
+    server_ = *std::move(server);
+  }
+  void TearDown() override { server_.reset(); }
+
+  Channel& channel() { return *server_->channel(); }
+
+  CallOptions Within(absl::Duration timeout) {
+    CallOptions options;
+    options.timeout = timeout;
+    return options;
+  }
+
+  int64_t Written() {
+    auto written = channel().CallMethod("test.Test/Written", "", Within(absl::Seconds(10)));
+    int64_t n = -1;
+    if (written.ok()) {
+      EXPECT_TRUE(absl::SimpleAtoi(*written, &n));
+    }
+    return n;
+  }
+
+  std::unique_ptr<ConformanceServerProcess> server_;
+};
+
+TEST_P(StreamConformanceTest, TenThousandMessagesArriveInOrder) {
+  GenericClientStream reader =
+      channel().OpenServerStream("test.Test/Count", "10000 0", Within(absl::Seconds(60)));
+  std::string message;
+  int expected = 0;
+  while (reader.Read(&message)) {
+    ASSERT_EQ(message, std::to_string(expected)) << "message " << expected;
+    ++expected;
+  }
+  EXPECT_THAT(reader.Finish(), IsOk());
+  EXPECT_EQ(expected, 10000);
+}
+
+TEST_P(StreamConformanceTest, MessagesFromZeroBytesToFourMebibytesEchoWhole) {
+  GenericClientStream stream = channel().OpenStream("test.Test/EchoStream", Within(absl::Seconds(60)));
+  for (size_t size : {size_t{0}, size_t{1}, size_t{4096}, size_t{64} << 10, size_t{1} << 20,
+                      size_t{4} << 20}) {
+    std::string sent(size, '\0');
+    for (size_t i = 0; i < size; ++i) sent[i] = static_cast<char>(i * 131 + size);
+    ASSERT_TRUE(stream.Write(sent)) << size;
+    std::string got;
+    ASSERT_TRUE(stream.Read(&got)) << size;
+    EXPECT_TRUE(got == sent) << "the echo of " << size << " bytes differs";
+  }
+  ASSERT_TRUE(stream.WritesDone());
+  std::string extra;
+  EXPECT_FALSE(stream.Read(&extra));
+  EXPECT_THAT(stream.Finish(), IsOk());
+}
+
+TEST_P(StreamConformanceTest, ClientStreamingSumsWhatWasWritten) {
+  GenericClientStream writer = channel().OpenStream("test.Test/Sum", Within(absl::Seconds(60)));
+  int64_t bytes = 0;
+  for (int i = 0; i < 3000; ++i) {
+    const std::string message(i % 700, 'a');
+    bytes += static_cast<int64_t>(message.size());
+    ASSERT_TRUE(writer.Write(message)) << i;
+  }
+  ASSERT_TRUE(writer.WritesDone());
+  std::string reply;
+  ASSERT_TRUE(writer.Read(&reply));
+  EXPECT_EQ(reply, absl::StrCat(3000, " ", bytes));
+  EXPECT_THAT(writer.Finish(), IsOk());
+}
+
+TEST_P(StreamConformanceTest, AServerWriterWaitsForASlowReaderWithinTheWindow) {
+  // 64 KiB messages against the default 1 MiB window: the server's
+  // handler must stop after about 16 while nobody reads.
+  GenericClientStream reader =
+      channel().OpenServerStream("test.Test/Forever", "65536", Within(absl::Seconds(60)));
+  std::string message;
+  ASSERT_TRUE(reader.Read(&message));
+  // Give the writer every chance to run ahead (it must not): poll until the
+  // count stops growing.
+  int64_t last = -1;
+  for (int i = 0; i < 50; ++i) {
+    absl::SleepFor(absl::Milliseconds(20));
+    const int64_t now = Written();
+    if (now == last && i > 10) break;
+    last = now;
+  }
+  const int64_t cost = 65536 + 64;
+  // Window in messages, plus one that may overshoot it, plus the one read.
+  const int64_t bound = (int64_t{1} << 20) / cost + 2;
+  EXPECT_LE(Written(), bound);
+  EXPECT_GE(Written(), 8) << "the window should let the writer run ahead";
+  // Reading lets it go on.
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(reader.Read(&message));
+  EXPECT_GT(Written(), 100);
+  reader.Cancel();
+  EXPECT_THAT(reader.Finish(), StatusIs(absl::StatusCode::kCancelled));
+}
+
+TEST_P(StreamConformanceTest, AClientWriterBlocksOnAServerThatDoesNotReadAndMemoryStaysBounded) {
+  const int64_t rss_before = ProcessRssBytes(server_->pid());
+  ASSERT_GT(rss_before, 0);
+  GenericClientStream writer = channel().OpenStream("test.Test/Stall", Within(absl::Seconds(2)));
+  const std::string message(1 << 20, 'w');
+  int written = 0;
+  const absl::Time start = absl::Now();
+  while (writer.Write(message)) ++written;
+  // The window (1 MiB) lets one or two 1 MiB messages through; then Write
+  // waits, and returns false at the deadline.
+  EXPECT_LE(written, 2);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(1500));
+  EXPECT_THAT(writer.Finish(), StatusIs(absl::StatusCode::kDeadlineExceeded));
+  const int64_t rss_after = ProcessRssBytes(server_->pid());
+  EXPECT_LT(rss_after - rss_before, int64_t{32} << 20);
+}
+
+TEST_P(StreamConformanceTest, DeadlineEndsAStreamOnBothSides) {
+  GenericClientStream reader =
+      channel().OpenServerStream("test.Test/Forever", "100", Within(absl::Milliseconds(300)));
+  std::string message;
+  int read = 0;
+  const absl::Time start = absl::Now();
+  while (reader.Read(&message)) ++read;
+  EXPECT_GT(read, 0);
+  EXPECT_THAT(reader.Finish(), StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_THAT(channel().CallMethod("test.Test/WaitForCancellations", "1", Within(absl::Seconds(10))),
+              IsOk());
+}
+
+TEST_P(StreamConformanceTest, CancelEndsAStreamOnBothSidesAndUnblocksARead) {
+  GenericClientStream stream = channel().OpenStream("test.Test/EchoStream", Within(absl::Seconds(60)));
+  ASSERT_TRUE(stream.Write("one"));
+  std::string message;
+  ASSERT_TRUE(stream.Read(&message));
+  std::atomic<bool> returned{false};
+  std::thread reader([&] {
+    std::string more;
+    EXPECT_FALSE(stream.Read(&more));  // blocks: nothing was written
+    returned = true;
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_FALSE(returned.load());
+  stream.Cancel();
+  reader.join();
+  EXPECT_FALSE(stream.Write("two"));
+  EXPECT_THAT(stream.Finish(), StatusIs(absl::StatusCode::kCancelled));
+  // Cancelling a stream the server handler waits on (Stall counts it).
+  GenericClientStream stall = channel().OpenStream("test.Test/Stall", Within(absl::Seconds(60)));
+  ASSERT_THAT(channel().CallMethod("test.Test/WaitForActive", "1", Within(absl::Seconds(10))),
+              IsOk());
+  stall.Cancel();
+  EXPECT_THAT(channel().CallMethod("test.Test/WaitForCancellations", "1", Within(absl::Seconds(10))),
+              IsOk());
+}
+
+TEST_P(StreamConformanceTest, DestroyingAnUnfinishedStreamCancelsIt) {
+  {
+    GenericClientStream stall = channel().OpenStream("test.Test/Stall", Within(absl::Seconds(60)));
+    ASSERT_THAT(channel().CallMethod("test.Test/WaitForActive", "1", Within(absl::Seconds(10))),
+                IsOk());
+  }
+  EXPECT_THAT(channel().CallMethod("test.Test/WaitForCancellations", "1", Within(absl::Seconds(10))),
+              IsOk());
+}
+
+TEST_P(StreamConformanceTest, ServerKilledMidStreamEndsItUnavailablePromptly) {
+  GenericClientStream reader =
+      channel().OpenServerStream("test.Test/Forever", "100", Within(absl::Seconds(60)));
+  std::string message;
+  ASSERT_TRUE(reader.Read(&message));
+  std::atomic<int64_t> ended_ns{0};
+  std::thread draining([&] {
+    std::string more;
+    while (reader.Read(&more)) {
+    }
+    ended_ns = absl::GetCurrentTimeNanos();
+  });
+  absl::SleepFor(absl::Milliseconds(20));
+  const int64_t killed_ns = absl::GetCurrentTimeNanos();
+  server_->Kill();
+  draining.join();
+  EXPECT_LT(absl::Nanoseconds(ended_ns - killed_ns), absl::Seconds(2));
+  EXPECT_THAT(reader.Finish(), StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST_P(StreamConformanceTest, ClientKilledMidStreamCancelsTheHandler) {
+  if (!GetParam().many_clients) GTEST_SKIP() << "pipe: the client would be the server's parent";
+  int out[2];
+  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+  internal::UniqueFd out_read(out[0]);
+  internal::UniqueFd out_write(out[1]);
+  std::vector<std::string> argv = {IPCRPC_CONFORMANCE_CLIENT, "--stream"};
+  for (const std::string& arg : server_->ClientArgs()) argv.push_back(arg);
+  auto client = Spawn(argv, {}, {}, out_write.get());
+  ASSERT_THAT(client, IsOk());
+  out_write.Reset();
+  auto line = ReadLine(out_read.get(), absl::Seconds(20));
+  ASSERT_THAT(line, IsOk());
+  ASSERT_THAT(*line, ::testing::StartsWith("PID "));
+  ASSERT_THAT(channel().CallMethod("test.Test/WaitForActive", "1", Within(absl::Seconds(10))),
+              IsOk());
+  kill(*client, SIGKILL);
+  ASSERT_TRUE(WaitForExit(*client, absl::Seconds(10)).has_value());
+  EXPECT_THAT(channel().CallMethod("test.Test/WaitForCancellations", "1", Within(absl::Seconds(10))),
+              IsOk());
+  EXPECT_THAT(channel().CallMethod("test.Test/Echo", "still here"), IsOk());
+}
+
+TEST_P(StreamConformanceTest, ManyStreamsAndUnaryCallsShareOneConnection) {
+  constexpr int kStreams = 8;
+  constexpr int kMessages = 500;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int s = 0; s < kStreams; ++s) {
+    threads.emplace_back([&, s] {
+      GenericClientStream stream =
+          channel().OpenStream("test.Test/EchoStream", Within(absl::Seconds(60)));
+      for (int i = 0; i < kMessages; ++i) {
+        const std::string sent = absl::StrCat(s, ":", i, std::string(i % 300, '.'));
+        std::string got;
+        if (!stream.Write(sent) || !stream.Read(&got) || got != sent) {
+          failures.fetch_add(1);
+          return;
+        }
+      }
+      stream.WritesDone();
+      if (!stream.Finish().ok()) failures.fetch_add(1);
+    });
+  }
+  // A stalled stream on the same connection holds nobody up.
+  GenericClientStream stalled = channel().OpenStream("test.Test/Stall", Within(absl::Seconds(60)));
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 300; ++i) {
+        const std::string request = absl::StrCat("unary ", t, " ", i);
+        auto response = channel().CallMethod("test.Test/Echo", request, Within(absl::Seconds(30)));
+        if (!response.ok() || *response != request) {
+          failures.fetch_add(1);
+          return;
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+  stalled.Cancel();
+}
+
+TEST_P(StreamConformanceTest, AsyncServerStreamDeliversInOrderThenDoneOnce) {
+  ipcrpc::internal::Notification done;
+  std::atomic<int> messages{0};
+  std::atomic<int> out_of_order{0};
+  std::atomic<int> after_done{0};
+  std::atomic<int> dones{0};
+  absl::Status final_status;
+  channel().CallServerStreamAsync(
+      "test.Test/Count", "2000 10", Within(absl::Seconds(60)),
+      [&](std::string_view message) {
+        if (dones.load() > 0) after_done.fetch_add(1);
+        std::string expected = std::to_string(messages.load());
+        expected.resize(10, 'x');
+        if (message != expected) out_of_order.fetch_add(1);
+        messages.fetch_add(1);
+      },
+      [&](absl::Status status) {
+        final_status = status;
+        dones.fetch_add(1);
+        done.Notify();
+      });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  EXPECT_THAT(final_status, IsOk());
+  EXPECT_EQ(messages.load(), 2000);
+  EXPECT_EQ(out_of_order.load(), 0);
+  EXPECT_EQ(after_done.load(), 0);
+  EXPECT_EQ(dones.load(), 1);
+}
+
+TEST_P(StreamConformanceTest, AStreamToAUnaryMethodAndTheReverseAreUnimplemented) {
+  GenericClientStream wrong = channel().OpenStream("test.Test/Echo", Within(absl::Seconds(10)));
+  std::string message;
+  EXPECT_FALSE(wrong.Read(&message));
+  EXPECT_THAT(wrong.Finish(),
+              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("test.Test/Echo")));
+  EXPECT_THAT(channel().CallMethod("test.Test/Count", "1 1", Within(absl::Seconds(10))),
+              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("test.Test/Count")));
+  GenericClientStream missing = channel().OpenStream("test.Test/NoSuchStream");
+  EXPECT_THAT(missing.Finish(), StatusIs(absl::StatusCode::kUnimplemented));
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, StreamConformanceTest, ::testing::ValuesIn(kTransports),
+                         [](const ::testing::TestParamInfo<TransportTraits>& param) {
+                           return param.param.name;
+                         });
+
+}  // namespace
+}  // namespace ipcrpc::testing
