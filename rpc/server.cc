@@ -554,6 +554,8 @@ std::unique_ptr<ServerStreamState> ServerCore::NewStreamState(
   if ((frame.header.flags & kFlagWithMessage) != 0) {
     std::string_view first = frame.payload.substr(kStreamHeadSize);
     stream->received = StreamCost(first.size());
+    stream->unread_bytes = stream->received;
+    stream->messages_received = 1;
     stream->inbox.emplace_back(first);
   }
   stream->half_closed = (frame.header.flags & kFlagHalfClose) != 0;
@@ -618,6 +620,7 @@ void ServerCore::RunStreamHandler(const std::shared_ptr<ServerConnection>& conne
     std::lock_guard<std::mutex> lock(stream.mu);
     if (stream.failed) status = stream.failure;
     stream.inbox.clear();
+    stream.unread_bytes = 0;
   }
   call->Finish();
   open_streams_.fetch_sub(1);
@@ -657,8 +660,12 @@ void ServerCore::OnStreamFrame(const std::shared_ptr<ServerConnection>& connecti
           violation = "a MESSAGE past the stream's window";
         } else {
           stream.received += StreamCost(frame.payload.size());
+          ++stream.messages_received;
           // A cancelled stream's handler reads nothing more.
-          if (!call->WasCancelled()) stream.inbox.emplace_back(frame.payload);
+          if (!call->WasCancelled()) {
+            stream.unread_bytes += StreamCost(frame.payload.size());
+            stream.inbox.emplace_back(frame.payload);
+          }
         }
         break;
     }
@@ -1052,6 +1059,17 @@ void internal::ServerCore::FillStats(ServerStats* out) const {
       }
       call_info->set_priority(call->priority);
       call_info->set_cancelled(call->WasCancelled() || call->cancelled_by_client.load());
+      if (call->stream != nullptr) {
+        ServerStreamState& stream = *call->stream;
+        std::lock_guard<std::mutex> lock(stream.mu);
+        StreamInfo* stream_info = call_info->mutable_stream();
+        stream_info->set_messages_received(stream.messages_received);
+        stream_info->set_messages_sent(stream.messages_sent);
+        stream_info->set_client_half_closed(stream.half_closed);
+        stream_info->set_unread_bytes(stream.unread_bytes);
+        stream_info->set_send_window_left(stream.send_limit - stream.sent);
+        stream_info->set_receive_window_left(stream.receive_limit - stream.received);
+      }
     }
   }
 }

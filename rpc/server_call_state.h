@@ -39,6 +39,9 @@ struct ServerStreamState {
   std::deque<std::string> inbox;   // guarded by mu
   int64_t window = 0;              // ours: ServerOptions::stream_window (fixed)
   int64_t received = 0;            // guarded by mu
+  int64_t messages_received = 0;   // guarded by mu
+  int64_t messages_sent = 0;       // guarded by mu
+  int64_t unread_bytes = 0;        // guarded by mu: the costs in inbox
   int64_t receive_limit = 0;       // guarded by mu: our window plus our grants
   int64_t consumed_ungranted = 0;  // guarded by mu
   bool half_closed = false;        // guarded by mu: the client sends no more

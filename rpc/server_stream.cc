@@ -44,6 +44,7 @@ bool GenericServerStream::Read(std::string* message) {
     message->swap(stream.inbox.front());
     stream.inbox.pop_front();
     stream.consumed_ungranted += internal::StreamCost(message->size());
+    stream.unread_bytes -= internal::StreamCost(message->size());
     // One WINDOW per half window consumed, not one per message.
     if (!stream.half_closed && stream.consumed_ungranted >= stream.window / 2) {
       grant = stream.consumed_ungranted;
@@ -77,6 +78,7 @@ bool GenericServerStream::Write(std::string_view message) {
       WaitForProgress(*state_, stream, lock);
     }
     stream.sent += internal::StreamCost(message.size());
+    ++stream.messages_sent;
   }
   return stream.send(internal::FrameType::kMessage, message);
 }

@@ -14,14 +14,17 @@
 #include <cstdio>
 #include <iostream>
 #include <iterator>
+#include <sstream>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -53,6 +56,10 @@ constexpr char kUsage[] = R"(usage:
   ipcrpc stats ENDPOINT [--json] [--timeout=DURATION]
   ipcrpc call ENDPOINT pkg.Service/Method [JSON | -] [--timeout=DURATION]
               [--metadata=KEY=VALUE]... [--proto=FILE]... [--import_path=DIR]...
+      (streams: messages from the server print one JSON object per line as
+       they arrive; a client or bidirectional stream reads its messages as
+       JSON lines from stdin, or from the JSON argument; no deadline unless
+       --timeout is given)
   ipcrpc gc [--dry-run]
 )";
 
@@ -82,6 +89,7 @@ struct Args {
   bool json = false;
   bool dry_run = false;
   absl::Duration timeout = absl::Seconds(5);
+  bool timeout_given = false;  // streams have no deadline unless one is given
   std::vector<std::pair<std::string, std::string>> metadata;
   std::vector<std::string> protos;
   std::vector<std::string> import_paths;
@@ -120,6 +128,7 @@ std::optional<Failure> ParseArgs(int argc, char** argv, Args* args) {
         return Usage(absl::StrCat("--timeout: '", text.value_or(""),
                                   "' is not a positive duration (e.g. 500ms, 2s)"));
       }
+      args->timeout_given = true;
     } else if (name == "--metadata") {
       std::optional<std::string> pair = take_value();
       size_t eq = pair.has_value() ? pair->find('=') : std::string::npos;
@@ -240,7 +249,8 @@ std::optional<Failure> RunStats(const Args& args) {
                                  c.id(), c.endpoint(), c.peer_pid(), c.peer_uid(),
                                  c.calls_in_flight(), c.age_ms() / 1000.0);
   }
-  std::cout << "calls in flight:" << (stats.calls().empty() ? " none" : "") << "\n";
+  std::cout << "calls in flight (streams included):" << (stats.calls().empty() ? " none" : "")
+            << "\n";
   for (const CallInfo& call : stats.calls()) {
     std::string deadline =
         call.has_deadline()
@@ -249,6 +259,16 @@ std::optional<Failure> RunStats(const Args& args) {
     std::cout << absl::StrFormat("  conn #%d id %d %s age %.3fs, %s%s\n", call.connection_id(),
                                  call.request_id(), call.method(), call.age_us() / 1e6, deadline,
                                  call.cancelled() ? ", cancelled" : "");
+    if (call.has_stream()) {
+      const StreamInfo& stream = call.stream();
+      std::cout << absl::StrFormat(
+          "    stream: %d received (%d bytes unread)%s, %d sent; window left: send %d, "
+          "receive %d%s\n",
+          stream.messages_received(), stream.unread_bytes(),
+          stream.client_half_closed() ? ", client done" : "", stream.messages_sent(),
+          stream.send_window_left(), stream.receive_window_left(),
+          stream.send_window_left() <= 0 ? " (waiting for the client to read)" : "");
+    }
   }
   return std::nullopt;
 }
@@ -330,6 +350,94 @@ absl::StatusOr<const pb::DescriptorPool*> LoadSchema(const Args& args, Channel& 
   return schema->pool.get();
 }
 
+Failure CallFailure(const std::string& method_name, const absl::Status& status) {
+  return FromStatus(absl::Status(status.code(),
+                                 absl::StrCat(method_name, ": ",
+                                              absl::StatusCodeToString(status.code()), ": ",
+                                              status.message())));
+}
+
+// A streaming call. Messages to the server are JSON objects, one per line:
+// from `input` ("-" or none: stdin, read as the call goes); a
+// server-streaming call takes one (the whole input; none: {}, as a unary
+// call). Messages from the server are printed as
+// they arrive, one JSON object per line. No deadline unless --timeout.
+std::optional<Failure> RunStreamCall(const Args& args, Channel& channel,
+                                     const std::string& method_name,
+                                     const pb::MethodDescriptor* method,
+                                     pb::DynamicMessageFactory* factory,
+                                     const std::string& input) {
+  const pb::Message* request_type = factory->GetPrototype(method->input_type());
+  const pb::Message* reply_type = factory->GetPrototype(method->output_type());
+  auto parse = [&](const std::string& json, std::string* bytes) -> std::optional<Failure> {
+    std::unique_ptr<pb::Message> message(request_type->New());
+    if (auto parsed = pb::util::JsonStringToMessage(json, message.get()); !parsed.ok()) {
+      std::string why(parsed.message());
+      return FromStatus(absl::InvalidArgumentError(
+          absl::StrCat(method->client_streaming() ? "a request line" : "the request JSON",
+                       " is not a ", method->input_type()->full_name(), ": ", why)));
+    }
+    *bytes = message->SerializeAsString();
+    return std::nullopt;
+  };
+  CallOptions options;
+  if (args.timeout_given) options.timeout = args.timeout;
+  options.metadata = args.metadata;
+  std::unique_ptr<pb::Message> reply(reply_type->New());
+  auto print_all = [&](GenericClientStream& stream) -> std::optional<Failure> {
+    std::string bytes;
+    while (stream.Read(&bytes)) {
+      if (!reply->ParseFromString(bytes)) {
+        stream.Cancel();
+        return FromStatus(absl::DataLossError(absl::StrCat(
+            method_name, ": a stream message is not a ", method->output_type()->full_name())));
+      }
+      std::cout << ToJson(*reply, false) << std::endl;  // flushed: as it arrives
+    }
+    return std::nullopt;
+  };
+  if (!method->client_streaming()) {
+    std::string json = input.empty() ? "{}" : input;
+    if (json == "-") {
+      json.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+    }
+    std::string request;
+    if (auto failed = parse(json, &request)) return failed;
+    GenericClientStream stream = channel.OpenServerStream(method_name, request, options);
+    if (auto failed = print_all(stream)) return failed;
+    absl::Status status = stream.Finish();
+    if (!status.ok()) return CallFailure(method_name, status);
+    return std::nullopt;
+  }
+  GenericClientStream stream = channel.OpenStream(method_name, options);
+  // Lines go out as they are read (a writer thread), while replies print.
+  std::optional<Failure> write_failure;
+  std::thread writer([&] {
+    const bool from_stdin = input.empty() || input == "-";
+    std::istringstream given(from_stdin ? std::string() : input);
+    std::istream& in = from_stdin ? std::cin : given;
+    std::string line;
+    while (std::getline(in, line)) {
+      if (absl::StripAsciiWhitespace(line).empty()) continue;
+      std::string bytes;
+      if (auto failed = parse(line, &bytes)) {
+        write_failure = failed;
+        stream.Cancel();
+        return;
+      }
+      if (!stream.Write(bytes)) return;  // the call ended: Finish says why
+    }
+    stream.WritesDone();
+  });
+  std::optional<Failure> read_failure = print_all(stream);
+  writer.join();
+  absl::Status status = stream.Finish();
+  if (write_failure.has_value()) return write_failure;
+  if (read_failure.has_value()) return read_failure;
+  if (!status.ok()) return CallFailure(method_name, status);
+  return std::nullopt;
+}
+
 std::optional<Failure> RunCall(const Args& args) {
   if (args.positional.size() < 2 || args.positional.size() > 3) {
     return Usage("call takes ENDPOINT pkg.Service/Method [JSON | -]");
@@ -366,11 +474,11 @@ std::optional<Failure> RunCall(const Args& args) {
                                                        method_short, " (it has ",
                                                        absl::StrJoin(names, ", "), ")")));
   }
-  if (method->client_streaming() || method->server_streaming()) {
-    return FromStatus(absl::UnimplementedError(
-        absl::StrCat(method_name, " is a streaming method; ipcrpc calls are unary")));
-  }
   pb::DynamicMessageFactory factory(*pool);
+  if (method->client_streaming() || method->server_streaming()) {
+    return RunStreamCall(args, **channel, method_name, method, &factory,
+                         args.positional.size() == 3 ? args.positional[2] : "");
+  }
   std::unique_ptr<pb::Message> request(factory.GetPrototype(method->input_type())->New());
   std::unique_ptr<pb::Message> response(factory.GetPrototype(method->output_type())->New());
   if (auto parsed = pb::util::JsonStringToMessage(json, request.get()); !parsed.ok()) {

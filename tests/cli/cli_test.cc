@@ -303,6 +303,62 @@ TEST_F(CliTest, CallsThroughReflectionWithMetadataAndTimeout) {
   EXPECT_EQ(LineCount(late.err), 1) << late.err;
 }
 
+TEST_F(CliTest, CallsStreamsPrintingOneJsonObjectPerLine) {
+  const std::string shm = UniqueName("clitest-stream");
+  auto server = TestServer::Start({"shm:" + shm, "unix:" + Path("stream.sock")});
+  ASSERT_NE(server, nullptr);
+  for (const std::string& endpoint : {"shm:" + shm, "unix:" + Path("stream.sock")}) {
+    CliResult count = RunCli({"call", endpoint, "clitest.Tester/Count", R"({"n": 3})"});
+    EXPECT_EQ(count.exit_code, 0) << endpoint << ": " << count.err;
+    // Ticks 0, 1, 2, one compact object per line (n 0 is the default: {}).
+    EXPECT_EQ(count.out, "{}\n{\"n\":\"1\"}\n{\"n\":\"2\"}\n") << endpoint;
+
+    CliResult total = RunCli({"call", endpoint, "clitest.Tester/Total"},
+                             "{\"n\": 1}\n\n{\"n\": 2}\n{\"n\": 39}\n");
+    EXPECT_EQ(total.exit_code, 0) << endpoint << ": " << total.err;
+    EXPECT_EQ(total.out, "{\"sum\":\"42\"}\n") << endpoint;
+
+    CliResult doubled = RunCli({"call", endpoint, "clitest.Tester/Double"},
+                               "{\"n\": 1}\n{\"n\": 21}\n");
+    EXPECT_EQ(doubled.exit_code, 0) << endpoint << ": " << doubled.err;
+    EXPECT_EQ(doubled.out, "{\"n\":\"2\"}\n{\"n\":\"42\"}\n") << endpoint;
+  }
+  // A line that is not a Tick: one line naming it, INVALID_ARGUMENT.
+  CliResult bad = RunCli({"call", "shm:" + shm, "clitest.Tester/Total"}, "{\"n\": 1}\nnot json\n");
+  EXPECT_EQ(bad.exit_code, static_cast<int>(absl::StatusCode::kInvalidArgument)) << bad.err;
+  EXPECT_THAT(bad.err, HasSubstr("clitest.Tick"));
+  EXPECT_EQ(LineCount(bad.err), 1) << bad.err;
+  // A deadline given ends a stream that would not end.
+  CliResult flood = RunCli({"call", "shm:" + shm, "clitest.Tester/Flood", "--timeout=300ms"});
+  EXPECT_EQ(flood.exit_code, static_cast<int>(absl::StatusCode::kDeadlineExceeded)) << flood.err;
+  EXPECT_GT(LineCount(flood.out), 0);
+}
+
+TEST_F(CliTest, StatsListsOpenStreamsWithTheirWindows) {
+  const std::string shm = UniqueName("clitest-stream-stats");
+  auto server = TestServer::Start({"shm:" + shm});
+  ASSERT_NE(server, nullptr);
+  auto channel = Channel::Connect("shm:" + shm);
+  ASSERT_THAT(channel, IsOk());
+  // A reader that reads one tick and then nothing: the server's writer uses
+  // up the window and waits.
+  GenericClientStream flood =
+      (*channel)->OpenServerStream("clitest.Tester/Flood", "", CallOptions());
+  std::string first;
+  ASSERT_TRUE(flood.Read(&first));
+  CliResult stats;
+  for (int i = 0; i < 100; ++i) {
+    stats = RunCli({"stats", "shm:" + shm});
+    if (absl::StrContains(stats.out, "waiting for the client to read")) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(stats.exit_code, 0) << stats.err;
+  EXPECT_THAT(stats.out, HasSubstr("clitest.Tester/Flood"));
+  EXPECT_THAT(stats.out, HasSubstr("stream: 1 received"));
+  EXPECT_THAT(stats.out, HasSubstr("(waiting for the client to read)")) << stats.out;
+  flood.Cancel();
+}
+
 TEST_F(CliTest, BadInputGetsOneLineNamingTheProblemAndAnExitCode) {
   const std::string endpoint = "unix:" + Path("bad.sock");
   auto server = TestServer::Start({endpoint});
@@ -317,7 +373,7 @@ TEST_F(CliTest, BadInputGetsOneLineNamingTheProblemAndAnExitCode) {
       {{"call", "bogus", "clitest.Tester/Add"}, 3, "no scheme"},
       {{"stats", "tcp:1.2.3.4"}, 3, "unknown scheme 'tcp'"},
       {{"call", endpoint, "clitest.Nope/Add"}, 5, "service clitest.Nope is unknown"},
-      {{"call", endpoint, "clitest.Tester/Nope"}, 5, "has no method Nope (it has Add, Wait, Metadata)"},
+      {{"call", endpoint, "clitest.Tester/Nope"}, 5, "has no method Nope (it has Add, Wait, Metadata, Count, Total, Double, Flood)"},
       {{"call", endpoint, "clitest.Tester/Add", R"({"a": "x"})"}, 3, "not a clitest.AddRequest"},
       {{"call", endpoint, "clitest.Tester/Add", R"({"c": 1})"}, 3, "not a clitest.AddRequest"},
       {{"call", endpoint, "clitest.Tester/Add", "{not json"}, 3, "not a clitest.AddRequest"},

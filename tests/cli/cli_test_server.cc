@@ -50,6 +50,41 @@ class Tester final : public clitest::Tester::Service {
     }
     return absl::NotFoundError("no such metadata key: " + request.key());
   }
+
+  absl::Status Count(ipcrpc::ServerContext&, const clitest::CountRequest& request,
+                     ipcrpc::ServerWriter<clitest::Tick>& writer) override {
+    for (int64_t i = 0; i < request.n(); ++i) {
+      clitest::Tick tick;
+      tick.set_n(i);
+      if (!writer.Write(tick)) return absl::CancelledError("Count: cancelled");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Total(ipcrpc::ServerContext&, ipcrpc::ServerReader<clitest::Tick>& reader,
+                     clitest::AddReply& reply) override {
+    clitest::Tick tick;
+    while (reader.Read(&tick)) reply.set_sum(reply.sum() + tick.n());
+    return absl::OkStatus();
+  }
+
+  absl::Status Double(ipcrpc::ServerContext&,
+                      ipcrpc::ServerReaderWriter<clitest::Tick, clitest::Tick>& stream) override {
+    clitest::Tick tick;
+    while (stream.Read(&tick)) {
+      tick.set_n(tick.n() * 2);
+      if (!stream.Write(tick)) break;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Flood(ipcrpc::ServerContext&, const clitest::CountRequest&,
+                     ipcrpc::ServerWriter<clitest::Tick>& writer) override {
+    clitest::Tick tick;
+    tick.set_padding(std::string(1024, 'p'));
+    while (writer.Write(tick)) tick.set_n(tick.n() + 1);
+    return absl::CancelledError("Flood: cancelled");
+  }
 };
 
 }  // namespace
