@@ -63,6 +63,7 @@ run_example() {
   echo "== calculator over mq: (queue /NAME, a reply queue per client)"
   run_pair "$bin" "mq:ipcrpc-calculator-$$"
   echo "== every transport works"
+  bash examples/pubsub/run.sh "$BUILD_DIR/examples/pubsub"
 }
 
 run_tests() {
