@@ -3,6 +3,7 @@
 // shm: and unix:.
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -64,7 +65,7 @@ class FeedService final : public Feed::Service {
     while (stream.Read(&request)) {
       if (request.message() == "nested") {
         // A nested call from a streaming handler inherits its deadline.
-        Echo::Stub echo(nested_channel);
+        Echo::Stub echo(nested_channel());
         auto reply = echo.Echo(request, ipcrpc::CallOptions::From(context));
         EchoReply out;
         out.set_message(reply.ok() ? "nested:" + reply->message() : reply.status().ToString());
@@ -78,8 +79,22 @@ class FeedService final : public Feed::Service {
     return absl::OkStatus();
   }
 
+  // Set by the test after the server started: under a lock (ThreadSanitizer
+  // does not see a socket's bytes order the handler after the test).
+  std::shared_ptr<ipcrpc::Channel> nested_channel() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return nested_channel_;
+  }
+  void set_nested_channel(std::shared_ptr<ipcrpc::Channel> channel) {
+    std::lock_guard<std::mutex> lock(mu_);
+    nested_channel_ = std::move(channel);
+  }
+
   std::atomic<bool> watch_saw_cancel{false};
-  std::shared_ptr<ipcrpc::Channel> nested_channel;
+
+ private:
+  std::mutex mu_;
+  std::shared_ptr<ipcrpc::Channel> nested_channel_;
 };
 
 class EchoService final : public Echo::Service {
@@ -106,11 +121,11 @@ class FeedTest : public ::testing::TestWithParam<std::string> {
     channel_ = *channel;
     auto nested = ipcrpc::Channel::Connect(endpoint_);
     ASSERT_THAT(nested, IsOk());
-    feed_.nested_channel = *nested;
+    feed_.set_nested_channel(*nested);
   }
   void TearDown() override {
     channel_.reset();
-    feed_.nested_channel.reset();
+    feed_.set_nested_channel(nullptr);
     server_.Shutdown(absl::Seconds(1));
   }
 
