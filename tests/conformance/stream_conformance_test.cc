@@ -190,6 +190,25 @@ TEST_P(StreamConformanceTest, CancelEndsAStreamOnBothSidesAndUnblocksARead) {
               IsOk());
 }
 
+// The server's writer must wait where a cancellation reaches it (the
+// window), not in the transport: a client that stopped reading, then
+// cancels, ends the handler promptly.
+TEST_P(StreamConformanceTest, CancelReachesAWriterWhoseReaderStoppedReading) {
+  GenericClientStream reader =
+      channel().OpenServerStream("test.Test/Forever", "65536", Within(absl::Seconds(60)));
+  std::string message;
+  ASSERT_TRUE(reader.Read(&message));
+  for (int64_t last = -1, i = 0; i < 100; ++i) {  // until the writer is stuck
+    absl::SleepFor(absl::Milliseconds(10));
+    const int64_t now = Written();
+    if (now == last) break;
+    last = now;
+  }
+  reader.Cancel();
+  EXPECT_THAT(channel().CallMethod("test.Test/WaitForCancellations", "1", Within(absl::Seconds(10))),
+              IsOk());
+}
+
 TEST_P(StreamConformanceTest, DestroyingAnUnfinishedStreamCancelsIt) {
   {
     GenericClientStream stall = channel().OpenStream("test.Test/Stall", Within(absl::Seconds(60)));

@@ -465,6 +465,77 @@ TEST_P(HostileTest, TooManyMetadataEntriesCloseOnlyThatConnection) {
   EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "unharmed"), IsOk());
 }
 
+// A stream REQUEST of `method` (window 64 KiB) with `flags` added.
+std::string StreamRequest(const std::string& method, uint64_t id, uint16_t flags = 0) {
+  internal::FrameHeader header;
+  header.type = internal::FrameType::kRequest;
+  header.request_id = id;
+  header.flags = internal::kFlagStream | flags;
+  std::string frame;
+  EXPECT_THAT(internal::EncodeFramePrefix(header, method, {}, internal::kStreamHeadSize, 1 << 20,
+                                          &frame),
+              IsOk());
+  internal::PutLe(&frame, 64 * 1024, 4);
+  return frame;
+}
+
+std::string StreamMessage(uint64_t id, size_t size) {
+  internal::FrameHeader header;
+  header.type = internal::FrameType::kMessage;
+  header.request_id = id;
+  std::string frame;
+  EXPECT_THAT(internal::EncodeFramePrefix(header, "", {}, size, 1 << 20, &frame), IsOk());
+  frame.append(size, 'm');
+  return frame;
+}
+
+// A peer that writes to a stream whose handler reads nothing (test.Test/Stall)
+// may send its window (the server's: 1 MiB) and one message more; past that
+// it loses its connection, and nothing else does. 4000-byte messages fit
+// one mq: fragment.
+TEST_P(HostileTest, StreamMessagesPastTheWindowCloseOnlyThatConnection) {
+  auto server = ConformanceServerProcess::Start(GetParam());
+  ASSERT_THAT(server, IsOk());
+  constexpr size_t kSize = 4000;
+  const int64_t cost = internal::StreamCost(kSize);
+  const int within = static_cast<int>((int64_t{1} << 20) / cost);  // 258: all within the window
+  {
+    // Control: a peer that stays within the window keeps its connection.
+    absl::StatusOr<ConformanceServerProcess::RawPeer> peer = (*server)->OpenRawPeer();
+    ASSERT_THAT(peer, IsOk());
+    ASSERT_TRUE(peer->SendMessage(StreamRequest("test.Test/Stall", 1)));
+    for (int i = 0; i < within; ++i) ASSERT_TRUE(peer->SendMessage(StreamMessage(1, kSize))) << i;
+    EXPECT_FALSE(peer->WaitClosed(absl::Milliseconds(300)));
+  }
+  absl::StatusOr<ConformanceServerProcess::RawPeer> peer = (*server)->OpenRawPeer();
+  ASSERT_THAT(peer, IsOk());
+  ASSERT_TRUE(peer->SendMessage(StreamRequest("test.Test/Stall", 1)));
+  bool sent_all = true;
+  for (int i = 0; i < within + 3 && sent_all; ++i) {
+    sent_all = peer->SendMessage(StreamMessage(1, kSize));
+  }
+  EXPECT_TRUE(peer->WaitClosed(absl::Seconds(10)));
+  EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "unharmed"), IsOk());
+}
+
+TEST_P(HostileTest, AStreamMessageAfterTheClientsHalfCloseClosesTheConnection) {
+  auto server = ConformanceServerProcess::Start(GetParam());
+  ASSERT_THAT(server, IsOk());
+  absl::StatusOr<ConformanceServerProcess::RawPeer> peer = (*server)->OpenRawPeer();
+  ASSERT_THAT(peer, IsOk());
+  ASSERT_TRUE(peer->SendMessage(StreamRequest("test.Test/Stall", 5, internal::kFlagHalfClose)));
+  EXPECT_FALSE(peer->WaitClosed(absl::Milliseconds(200)));
+  ASSERT_TRUE(peer->SendMessage(StreamMessage(5, 10)));
+  EXPECT_TRUE(peer->WaitClosed(absl::Seconds(10)));
+  // A MESSAGE for a stream id the server does not know (ended, or never
+  // started) is dropped: the sender may not have seen its end yet.
+  absl::StatusOr<ConformanceServerProcess::RawPeer> other = (*server)->OpenRawPeer();
+  ASSERT_THAT(other, IsOk());
+  ASSERT_TRUE(other->SendMessage(StreamMessage(77, 10)));
+  EXPECT_FALSE(other->WaitClosed(absl::Milliseconds(300)));
+  EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "unharmed"), IsOk());
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, HostileTest,
                          ::testing::Values(TransportTraits{"unix", true},
                                            TransportTraits{"fifo", true},
