@@ -61,13 +61,25 @@ bool ClientConnection::Insert(const std::shared_ptr<PendingCall>& call, absl::St
   return true;
 }
 
-std::shared_ptr<PendingCall> ClientConnection::Take(uint64_t id) {
+std::shared_ptr<PendingCall> ClientConnection::Take(uint64_t id, bool drain) {
   MutexLock lock(&mu_);
   auto it = pending_.find(id);
   if (it == pending_.end()) return nullptr;
   std::shared_ptr<PendingCall> call = std::move(it->second);
   pending_.erase(it);
+  // In the same step, so that HasPending never reads false in between.
+  if (drain && lost_.ok()) draining_streams_.insert(id);
   return call;
+}
+
+bool ClientConnection::EndDraining(uint64_t id) {
+  MutexLock lock(&mu_);
+  return draining_streams_.erase(id) > 0;
+}
+
+bool ClientConnection::IsDraining(uint64_t id) {
+  MutexLock lock(&mu_);
+  return draining_streams_.contains(id);
 }
 
 std::shared_ptr<PendingCall> ClientConnection::Find(uint64_t id) {
@@ -83,6 +95,7 @@ std::vector<std::shared_ptr<PendingCall>> ClientConnection::TakeAll(absl::Status
   calls.reserve(pending_.size());
   for (auto& [id, call] : pending_) calls.push_back(std::move(call));
   pending_.clear();
+  draining_streams_.clear();
   return calls;
 }
 
@@ -98,7 +111,7 @@ void ClientConnection::Drain() {
 
 bool ClientConnection::HasPending() {
   MutexLock lock(&mu_);
-  return !pending_.empty();
+  return !pending_.empty() || !draining_streams_.empty();
 }
 
 bool ClientConnection::Usable() {
@@ -124,7 +137,7 @@ absl::Status ChannelCore::Start() {
     self->loop_thread_id_.store(std::this_thread::get_id());
     self->io_.run();
   });
-  auto connection = GetConnection();
+  auto connection = GetConnection(kNoDeadline);
   if (!connection.ok()) {
     Shutdown();
     return connection.status();
@@ -138,6 +151,9 @@ void ChannelCore::Shutdown() {
     MutexLock lock(&connect_mu_);
     if (shut_down_) return;
     shut_down_ = true;
+    // A connect in progress (bounded by connect_timeout) ends first: the
+    // connector is not used from two threads at once.
+    connect_mu_.Await(Condition(+[](bool* connecting) { return !*connecting; }, &connecting_));
     for (auto& weak : connections_) {
       if (auto connection = weak.lock()) connections.push_back(std::move(connection));
     }
@@ -160,11 +176,54 @@ void ChannelCore::Shutdown() {
   }
 }
 
-absl::StatusOr<std::shared_ptr<ClientConnection>> ChannelCore::GetConnection() {
-  MutexLock lock(&connect_mu_);
-  if (shut_down_) return absl::CancelledError(absl::StrCat("channel to ", endpoint(), " is shut down"));
-  if (current_ != nullptr && current_->Usable()) return current_;
-  IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<Connection> transport, connector_->Connect(io_));
+absl::StatusOr<std::shared_ptr<ClientConnection>> ChannelCore::GetConnection(int64_t deadline_ns) {
+  connect_mu_.Lock();
+  for (;;) {
+    if (shut_down_) {
+      connect_mu_.Unlock();
+      return absl::CancelledError(absl::StrCat("channel to ", endpoint(), " is shut down"));
+    }
+    if (current_ != nullptr && current_->Usable()) {
+      std::shared_ptr<ClientConnection> current = current_;
+      connect_mu_.Unlock();
+      return current;
+    }
+    if (!connecting_) break;
+    // Another caller is connecting: wait for it, never past our own
+    // deadline (its connect may wait for a server that does not answer).
+    const bool settled = connect_mu_.AwaitWithTimeout(
+        Condition(+[](bool* connecting) { return !*connecting; }, &connecting_),
+        RemainingUntil(deadline_ns));
+    if (!settled) {
+      connect_mu_.Unlock();
+      return absl::DeadlineExceededError(absl::StrCat(
+          "the deadline passed while another call was connecting to ", endpoint()));
+    }
+  }
+  connecting_ = true;
+  connect_mu_.Unlock();
+  // Outside the lock: a handshake may wait (up to connect_timeout, or this
+  // call's deadline), and other callers must not wait past theirs.
+  absl::StatusOr<std::shared_ptr<ClientConnection>> made = Connect(deadline_ns);
+  connect_mu_.Lock();
+  connecting_ = false;
+  if (made.ok() && shut_down_) {
+    (*made)->transport->Close();
+    made = absl::CancelledError(absl::StrCat("channel to ", endpoint(), " is shut down"));
+  } else if (made.ok()) {
+    std::erase_if(connections_, [](const std::weak_ptr<ClientConnection>& weak) {
+      return weak.expired();
+    });
+    connections_.push_back(*made);
+    current_ = *made;
+  }
+  connect_mu_.Unlock();  // wakes the callers that waited for this connect
+  return made;
+}
+
+absl::StatusOr<std::shared_ptr<ClientConnection>> ChannelCore::Connect(int64_t deadline_ns) {
+  IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<Connection> transport,
+                          connector_->Connect(io_, deadline_ns));
   auto connection = std::make_shared<ClientConnection>(transport);
   connects_.fetch_add(1, std::memory_order_relaxed);
   // The loop reads only while a call waits for a response; a sync caller
@@ -189,11 +248,6 @@ absl::StatusOr<std::shared_ptr<ClientConnection>> ChannelCore::GetConnection() {
     transport->Close();
     return sent;
   }
-  std::erase_if(connections_, [](const std::weak_ptr<ClientConnection>& weak) {
-    return weak.expired();
-  });
-  connections_.push_back(connection);
-  current_ = connection;
   return connection;
 }
 
@@ -221,8 +275,19 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
   IPCRPC_RETURN_IF_ERROR(EncodeFramePrefix(header, method, options.metadata,
                                            head.size() + request.size(),
                                            options_.max_message_size + head.size(), &prefix));
+  // A connect inside a call ends by the call's deadline too: then the call
+  // says DEADLINE_EXCEEDED, with the connect's reason.
+  auto connect = [&]() -> absl::StatusOr<std::shared_ptr<ClientConnection>> {
+    absl::StatusOr<std::shared_ptr<ClientConnection>> connection = GetConnection(deadline_ns);
+    if (!connection.ok() && (absl::IsDeadlineExceeded(connection.status()) ||
+                             MonotonicNowNs() >= deadline_ns)) {
+      return absl::DeadlineExceededError(absl::StrCat("deadline exceeded calling ", Av(method),
+                                                      ": ", connection.status().message()));
+    }
+    return connection;
+  };
   for (int attempt = 0;; ++attempt) {
-    IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<ClientConnection> connection, GetConnection());
+    IPCRPC_ASSIGN_OR_RETURN(std::shared_ptr<ClientConnection> connection, connect());
     // Nobody may have read this connection since its last call: deliver
     // what came meanwhile (a GOAWAY, the server's EOF), so that a connection
     // the server has left is replaced before the request goes out. One
@@ -240,7 +305,7 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
                       Connection::ReadResult::kClosed) ||
         !connection->Usable()) {
       connection->MarkLost(absl::UnavailableError("connection closed"));
-      IPCRPC_ASSIGN_OR_RETURN(connection, GetConnection());
+      IPCRPC_ASSIGN_OR_RETURN(connection, connect());
     }
     call->id = connection->next_id.fetch_add(1, std::memory_order_relaxed);
     call->connection = connection;
@@ -441,7 +506,10 @@ void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
       auto expired = weak.lock();
       if (expired == nullptr) return;
       auto connection = expired->connection.lock();
-      if (connection == nullptr || connection->Take(expired->id) == nullptr) return;
+      if (connection == nullptr ||
+          connection->Take(expired->id, /*drain=*/expired->stream != nullptr) == nullptr) {
+        return;
+      }
       SendCancel(connection, expired->id);
       Complete(expired, absl::DeadlineExceededError("deadline exceeded"));
     });
@@ -450,7 +518,10 @@ void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
 
 void ChannelCore::Cancel(const std::shared_ptr<PendingCall>& call) {
   auto connection = call->connection.lock();
-  if (connection == nullptr || connection->Take(call->id) == nullptr) return;
+  if (connection == nullptr ||
+      connection->Take(call->id, /*drain=*/call->stream != nullptr) == nullptr) {
+    return;
+  }
   SendCancel(connection, call->id);
   Complete(call, absl::CancelledError("call cancelled by the client"));
   // Its caller may be reading the connection, waiting for the response.
@@ -471,7 +542,10 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
     case FrameType::kResponse: {
       auto call = connection->Take(frame->header.request_id);
       if (call == nullptr) {
-        late_responses_.fetch_add(1, std::memory_order_relaxed);
+        // A stream we ended first: the server's handler has returned.
+        if (!connection->EndDraining(frame->header.request_id)) {
+          late_responses_.fetch_add(1, std::memory_order_relaxed);
+        }
         return;
       }
       if (call->deadline_ns <= MonotonicNowNs()) {

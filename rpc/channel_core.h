@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "asio/executor_work_guard.hpp"
@@ -45,6 +46,10 @@ absl::Status DeadlineExceeded(std::string_view method);
 // PendingCall's `mu`. Window accounting (docs/PROTOCOL.md, "Streams") is in
 // totals of message costs (StreamCost) since the stream began.
 struct ClientStreamState {
+  // Held across a writer's check of the window and its send (Write,
+  // WritesDone), so that frames leave in the order they were counted and
+  // no MESSAGE follows the HALF_CLOSE. Taken before PendingCall::mu.
+  std::mutex send_mu;
   std::deque<std::string> inbox;  // received, not read yet
   int64_t window = 0;             // ours: ChannelOptions::stream_window
   int64_t received = 0;           // costs received
@@ -121,7 +126,14 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   // Inserts `call`; false if the connection is lost or draining.
   bool Insert(const std::shared_ptr<PendingCall>& call, absl::Status* why);
   // Takes the call with `id` out of the table, or nullptr if it is gone.
-  std::shared_ptr<PendingCall> Take(uint64_t id);
+  // `drain`: a stream ended here before the server ended it; until the
+  // server's RESPONSE for `id` comes, the loop keeps reading and drops what
+  // arrives for it (so that a server writer blocked on a full transport
+  // gets through to its cancellation).
+  std::shared_ptr<PendingCall> Take(uint64_t id, bool drain = false);
+  // The server's RESPONSE to a drained stream came: true if `id` was one.
+  bool EndDraining(uint64_t id);
+  bool IsDraining(uint64_t id);
   // The call with `id`, left in the table, or nullptr.
   std::shared_ptr<PendingCall> Find(uint64_t id);
   // Marks the connection lost and takes every pending call out.
@@ -139,6 +151,7 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
  private:
   Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<PendingCall>> pending_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<uint64_t> draining_streams_ ABSL_GUARDED_BY(mu_);
   absl::Status lost_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -179,8 +192,13 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   const std::string& endpoint() const { return connector_->endpoint(); }
 
  private:
-  // The current connection, connecting first if there is none usable.
-  absl::StatusOr<std::shared_ptr<ClientConnection>> GetConnection();
+  // The current connection, connecting first if there is none usable. One
+  // caller connects at a time, without the lock; the others wait for it, at
+  // most until `deadline_ns` (then DEADLINE_EXCEEDED). The connect itself
+  // ends by connect_timeout or `deadline_ns`, the earlier.
+  absl::StatusOr<std::shared_ptr<ClientConnection>> GetConnection(int64_t deadline_ns);
+  // A new connection, started, its HELLO sent.
+  absl::StatusOr<std::shared_ptr<ClientConnection>> Connect(int64_t deadline_ns);
   // Common start of a call: inserted and sent; on error the call is already
   // completed and the status is returned.
   // A stream's REQUEST has `flags` (kFlagStream...) and `head` (its
@@ -220,6 +238,8 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   // Every connection that may still have pending calls (a draining one too).
   std::vector<std::weak_ptr<ClientConnection>> connections_ ABSL_GUARDED_BY(connect_mu_);
   bool shut_down_ ABSL_GUARDED_BY(connect_mu_) = false;
+  // A caller is connecting (without holding connect_mu_).
+  bool connecting_ ABSL_GUARDED_BY(connect_mu_) = false;
 
   std::atomic<uint64_t> calls_started_{0};
   std::atomic<uint64_t> late_responses_{0};

@@ -177,7 +177,13 @@ void ChannelCore::SendGrant(const std::shared_ptr<PendingCall>& call, int64_t gr
 
 void ChannelCore::ExpireStream(const std::shared_ptr<PendingCall>& call) {
   auto connection = call->connection.lock();
-  if (connection == nullptr || connection->Take(call->id) == nullptr) return;
+  if (connection == nullptr || connection->Take(call->id, /*drain=*/true) == nullptr) {
+    // Somebody else took it and is completing it (perhaps blocked in a
+    // send): wait for that, without spinning on a passed deadline.
+    std::unique_lock<std::mutex> lock(call->mu);
+    call->cv.wait(lock, [&call] { return call->done; });
+    return;
+  }
   SendCancel(connection, call->id);
   Complete(call, DeadlineExceeded(call->method));
 }
@@ -188,7 +194,7 @@ bool ChannelCore::StreamWrite(const std::shared_ptr<PendingCall>& call,
   if (message.size() > options_.max_message_size) {
     // The call ends: the server must not see a stream with a hole in it.
     auto connection = call->connection.lock();
-    if (connection != nullptr && connection->Take(call->id) != nullptr) {
+    if (connection != nullptr && connection->Take(call->id, /*drain=*/true) != nullptr) {
       SendCancel(connection, call->id);
       Complete(call, absl::ResourceExhaustedError(absl::StrCat(
                          call->method, ": stream message of ", message.size(),
@@ -197,6 +203,7 @@ bool ChannelCore::StreamWrite(const std::shared_ptr<PendingCall>& call,
     }
     return false;
   }
+  std::lock_guard<std::mutex> send_lock(stream.send_mu);
   {
     std::unique_lock<std::mutex> lock(call->mu);
     for (;;) {
@@ -217,6 +224,7 @@ bool ChannelCore::StreamWrite(const std::shared_ptr<PendingCall>& call,
 }
 
 bool ChannelCore::StreamWritesDone(const std::shared_ptr<PendingCall>& call) {
+  std::lock_guard<std::mutex> send_lock(call->stream->send_mu);
   {
     std::lock_guard<std::mutex> lock(call->mu);
     if (call->done) return false;
@@ -283,9 +291,11 @@ void ChannelCore::OnStreamFrame(const std::shared_ptr<ClientConnection>& connect
                                 const FrameView& frame) {
   auto call = connection->Find(frame.header.request_id);
   if (call == nullptr) {
-    // The stream ended here first (cancelled, expired): its late messages
-    // are dropped.
-    late_responses_.fetch_add(1, std::memory_order_relaxed);
+    // The stream ended here first (cancelled, expired): what the server
+    // sent before it saw that is dropped.
+    if (!connection->IsDraining(frame.header.request_id)) {
+      late_responses_.fetch_add(1, std::memory_order_relaxed);
+    }
     return;
   }
   if (call->stream == nullptr) {

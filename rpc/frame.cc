@@ -161,7 +161,13 @@ absl::StatusOr<FrameView> DecodeFrame(std::string_view bytes, size_t max_payload
     return absl::ResourceExhaustedError(absl::StrCat(
         "frame metadata of ", metadata_size, " bytes is over the limit of ", kMaxMetadataSize));
   }
-  if (payload_size > max_payload_size) {
+  // A stream's REQUEST carries its window before the message.
+  const uint64_t payload_limit =
+      max_payload_size + ((frame.header.type == FrameType::kRequest &&
+                           (frame.header.flags & kFlagStream) != 0)
+                              ? kStreamHeadSize
+                              : 0);
+  if (payload_size > payload_limit) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "frame payload of ", payload_size, " bytes exceeds max_message_size ", max_payload_size));
   }

@@ -3,6 +3,7 @@
 #include "base/syscall.h"
 
 #include <chrono>
+#include <system_error>
 #include <utility>
 
 namespace ipcrpc::internal {
@@ -63,23 +64,39 @@ void HandlerScheduler::Work() {
   }
 }
 
-void StreamThreads::Run(absl::AnyInvocable<void() &&> task) {
+bool StreamThreads::Run(absl::AnyInvocable<void() &&> task) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (stopping_) return;
-  tasks_.push_back(std::move(task));
+  if (stopping_) return false;
+  const uint64_t id = next_task_++;
+  tasks_.emplace_back(id, std::move(task));
   if (idle_ >= static_cast<int>(tasks_.size())) {
     lock.unlock();
     work_.notify_one();
-    return;
+    return true;
   }
   ++live_;
   lock.unlock();
   // Detached: Join waits for `live_` to reach zero instead, so that threads
   // that left after idling need no joining.
-  std::thread([this] {
-    BeginOwnThread("ipcrpc-stream");
-    Work();
-  }).detach();
+  try {
+    std::thread([this] {
+      BeginOwnThread("ipcrpc-stream");
+      Work();
+    }).detach();
+  } catch (const std::system_error&) {
+    // No thread (EAGAIN: the system's limit). Take the task back, unless a
+    // thread that became idle meanwhile took it (then it runs).
+    lock.lock();
+    if (--live_ == 0) gone_.notify_all();
+    for (auto it = tasks_.begin(); it != tasks_.end(); ++it) {
+      if (it->first == id) {
+        tasks_.erase(it);
+        return false;
+      }
+    }
+    return true;
+  }
+  return true;
 }
 
 void StreamThreads::Join() {
@@ -100,8 +117,8 @@ void StreamThreads::Work() {
       if (!woken) break;
     }
     if (tasks_.empty()) break;  // stopping, or idle for long
-    absl::AnyInvocable<void() &&> run = std::move(tasks_.back());
-    tasks_.pop_back();
+    absl::AnyInvocable<void() &&> run = std::move(tasks_.front().second);
+    tasks_.pop_front();
     lock.unlock();
     std::move(run)();
     run = nullptr;  // what the task held goes before the thread counts as idle

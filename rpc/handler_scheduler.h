@@ -8,7 +8,9 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <mutex>
+#include <utility>
 #include <queue>
 #include <thread>
 #include <vector>
@@ -84,7 +86,9 @@ class StreamThreads {
   StreamThreads() = default;
   ~StreamThreads() { Join(); }
 
-  void Run(absl::AnyInvocable<void() &&> task);
+  // False if the task cannot run: after Join, or no thread could be
+  // started (the system's limit): the task is dropped, not run.
+  bool Run(absl::AnyInvocable<void() &&> task);
   // Waits for every task to end and every thread to leave. Idempotent; Run
   // after Join runs nothing.
   void Join();
@@ -95,7 +99,8 @@ class StreamThreads {
   std::mutex mu_;
   std::condition_variable work_;
   std::condition_variable gone_;
-  std::vector<absl::AnyInvocable<void() &&>> tasks_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<uint64_t, absl::AnyInvocable<void() &&>>> tasks_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_task_ ABSL_GUARDED_BY(mu_) = 0;
   int idle_ ABSL_GUARDED_BY(mu_) = 0;
   int live_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -56,6 +56,8 @@ struct ServerConnection {
   // transport full and wait for a handler thread to send them. A peer that
   // keeps asking and never reads would otherwise queue them without end.
   std::atomic<int> queued_control{0};
+  // Set when the connection ends: nothing more can be sent on it.
+  std::atomic<bool> closed{false};
 };
 
 // Past this many queued answers that need no handler (or
@@ -65,6 +67,10 @@ struct ServerConnection {
 // against max_calls_per_connection = 3 over mq: with its 4-deep reply queue
 // closed the connection at 64). At about 200 bytes each, 4096 hold ~1 MiB.
 constexpr int kMinQueuedControl = 4096;
+
+// Shutdown: how long cancelled handlers may take to return before the
+// connections are closed under them.
+constexpr absl::Duration kCloseStuckAfter = absl::Seconds(1);
 
 // Set on every server's loop thread: it must never block on a peer.
 thread_local bool on_a_server_loop = false;
@@ -157,9 +163,12 @@ class ServerCore final : public IntrospectionSource {
   // `flags`: kFlagRefused for a call refused without starting.
   // `rejection`: an answer that needs no handler (counted by QueueControl if
   // it must wait for a handler thread).
+  // `never_wait`: Shutdown's answers: one that cannot go out without
+  // waiting for the client is dropped (the client then sees the connection
+  // end instead).
   void SendResponse(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
                     const absl::Status& status, std::string_view payload, uint16_t flags = 0,
-                    bool rejection = false);
+                    bool rejection = false, bool never_wait = false);
   // Counts one more answer queued for a handler thread; false (and the
   // connection closed) past its limit (kMinQueuedControl, or
   // max_calls_per_connection if more).
@@ -467,7 +476,9 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
   }
   if (is_stream) call->stream = NewStreamState(connection, frame);
   // Charged as decoded, not as sent (see ServerOptions::max_bytes_in_flight).
-  int64_t held = 512 + static_cast<int64_t>(frame.payload.size() + frame.name.size());
+  // (A stream's first message is charged as its inbox's: below.)
+  int64_t held = 512 + static_cast<int64_t>((is_stream ? 0 : frame.payload.size()) +
+                                            frame.name.size());
   for (const auto& [key, value] : call->metadata) {
     held += 64 + static_cast<int64_t>(key.size() + value.size());
   }
@@ -505,7 +516,10 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     return;
   }
   calls_in_flight_.fetch_add(1);
-  if (is_stream) open_streams_.fetch_add(1);
+  if (is_stream) {
+    open_streams_.fetch_add(1);
+    bytes_in_flight_.fetch_add(call->stream->unread_bytes);
+  }
   if (run_here) {
     // No deadline timer: the loop could not fire it before the handler
     // returns; IsCancelled() and FinishCall check the deadline themselves.
@@ -530,9 +544,19 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
       { std::lock_guard<std::mutex> lock(stream->mu); }
       stream->cv.notify_all();
     });
-    stream_threads_.Run([this, connection, call, entry] {
-      RunStreamHandler(connection, call, entry);
-    });
+    if (!stream_threads_.Run([this, connection, call, entry] {
+          RunStreamHandler(connection, call, entry);
+        })) {
+      // Never started: answered at once, like a call over a limit.
+      IPCRPC_LOG(WARNING) << "cannot start a thread for a stream of " << call->method;
+      call->Finish();
+      static const std::string kNoPayload;
+      FinishCall(connection, call,
+                 absl::ResourceExhaustedError(absl::StrCat(
+                     "server overloaded: no thread for a stream of ", call->method)),
+                 kNoPayload);
+      open_streams_.fetch_sub(1);
+    }
     return;
   }
   pool_->Post(call->priority, call->deadline_ns,
@@ -551,6 +575,7 @@ std::unique_ptr<ServerStreamState> ServerCore::NewStreamState(
   // DecodeFrame checked the head: the client's window, then the message.
   stream->send_limit = static_cast<int64_t>(GetLe(frame.payload.data(), 4));
   stream->max_message_size = options_.max_message_size;
+  stream->charged = &bytes_in_flight_;
   if ((frame.header.flags & kFlagWithMessage) != 0) {
     std::string_view first = frame.payload.substr(kStreamHeadSize);
     stream->received = StreamCost(first.size());
@@ -620,12 +645,15 @@ void ServerCore::RunStreamHandler(const std::shared_ptr<ServerConnection>& conne
     std::lock_guard<std::mutex> lock(stream.mu);
     if (stream.failed) status = stream.failure;
     stream.inbox.clear();
+    bytes_in_flight_.fetch_sub(stream.unread_bytes);
     stream.unread_bytes = 0;
   }
   call->Finish();
-  open_streams_.fetch_sub(1);
   static const std::string kNoPayload;
   FinishCall(connection, call, status, kNoPayload);
+  // Only now: until its RESPONSE is sent (which may wait for the client),
+  // the stream holds this thread, and the limit bounds threads.
+  open_streams_.fetch_sub(1);
 }
 
 void ServerCore::OnStreamFrame(const std::shared_ptr<ServerConnection>& connection,
@@ -640,6 +668,7 @@ void ServerCore::OnStreamFrame(const std::shared_ptr<ServerConnection>& connecti
   // may not know yet. Dropped; nothing of it is kept.
   if (call == nullptr) return;
   const char* violation = nullptr;
+  bool over_limit = false;
   if (call->stream == nullptr) {
     violation = "a stream frame for a unary call";
   } else {
@@ -659,11 +688,23 @@ void ServerCore::OnStreamFrame(const std::shared_ptr<ServerConnection>& connecti
         } else if (stream.received >= stream.receive_limit) {
           violation = "a MESSAGE past the stream's window";
         } else {
-          stream.received += StreamCost(frame.payload.size());
+          const int64_t cost = StreamCost(frame.payload.size());
+          stream.received += cost;
           ++stream.messages_received;
           // A cancelled stream's handler reads nothing more.
-          if (!call->WasCancelled()) {
-            stream.unread_bytes += StreamCost(frame.payload.size());
+          if (call->WasCancelled() || stream.failed) {
+            // dropped
+          } else if (bytes_in_flight_.fetch_add(cost) + cost > max_bytes_in_flight_) {
+            // The server's memory limit, across every call and stream: this
+            // stream ends (not the connection: its peer broke no rule).
+            bytes_in_flight_.fetch_sub(cost);
+            stream.failed = true;
+            stream.failure = absl::ResourceExhaustedError(absl::StrCat(
+                "server overloaded: ServerOptions::max_bytes_in_flight (",
+                options_.max_bytes_in_flight, " bytes) reached by ", call->method, "'s messages"));
+            over_limit = true;
+          } else {
+            stream.unread_bytes += cost;
             stream.inbox.emplace_back(frame.payload);
           }
         }
@@ -677,6 +718,7 @@ void ServerCore::OnStreamFrame(const std::shared_ptr<ServerConnection>& connecti
     connection->transport->Close();
     return;
   }
+  if (over_limit) call->Cancel();  // wakes the handler (OnCancel), outside the stream's lock
   call->stream->cv.notify_all();
 }
 
@@ -733,7 +775,12 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
       if (call->deadline_timer.has_value()) call->deadline_timer->cancel();
     });
   }
-  if (!call->cancelled_by_client.load() && call->ClaimResponse()) {
+  // A stream the client cancelled is answered all the same (CANCELLED):
+  // the client reads until this RESPONSE, so that a writer blocked on a
+  // full transport gets through to its cancellation (docs/PROTOCOL.md).
+  const bool answer = !call->cancelled_by_client.load() ||
+                      (call->stream != nullptr && !connection->closed.load());
+  if (answer && call->ClaimResponse()) {
     if (MonotonicNowNs() >= call->deadline_ns) {
       // Past the deadline the answer is DEADLINE_EXCEEDED, whatever the
       // handler made of its cancellation.
@@ -765,7 +812,8 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
 
 void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connection,
                               uint64_t request_id, const absl::Status& status,
-                              std::string_view payload, uint16_t flags, bool rejection) {
+                              std::string_view payload, uint16_t flags, bool rejection,
+                              bool never_wait) {
   FrameHeader header;
   header.type = FrameType::kResponse;
   header.flags = flags;
@@ -784,7 +832,14 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
   }
   std::string_view parts[] = {prefix, payload};
   absl::Status sent;
-  if (on_a_server_loop) {
+  if (never_wait && !on_a_server_loop) {
+    if (!connection->transport->TrySend(parts, 0, &sent)) {
+      responses_dropped_.fetch_add(1, std::memory_order_relaxed);
+      IPCRPC_LOG(INFO) << connection->transport->description() << ": response to request "
+                       << request_id << " not sent: the client does not read";
+      return;
+    }
+  } else if (on_a_server_loop) {
     // An inline handler's response, or a rejection. The loop must never wait
     // for a peer to read: a client whose own send waits for this loop to
     // read would wait forever. If the transport has no room now, a handler
@@ -876,6 +931,7 @@ void ServerCore::OnClosed(const std::shared_ptr<ServerConnection>& connection,
   if (!absl::IsCancelled(reason)) {
     IPCRPC_LOG(INFO) << connection->transport->description() << ": connection ended: " << reason;
   }
+  connection->closed.store(true);
   std::vector<std::shared_ptr<ServerCallState>> calls;
   {
     MutexLock lock(&connection->mu);
@@ -945,18 +1001,32 @@ void ServerCore::Shutdown(absl::Duration grace) {
         SendResponse(connection, call->request_id,
                      absl::CancelledError(absl::StrCat(
                          call->method, ": the server shut down before the call finished")),
-                     "");
+                     "", 0, false, /*never_wait=*/true);
       }
       call->Cancel();
     }
   }
-  // 4. Wait for the handlers to return, then close every connection.
+  // 4. Wait for the handlers to return, then close every connection. A
+  // handler still running after kCloseStuckAfter is stuck in a send to a
+  // client that does not read (a cancellation cannot reach a blocked
+  // send): closing the connections makes such sends fail, so Shutdown
+  // returns within the grace plus that bound whatever clients do.
   {
     MutexLock lock(&mu_);
-    while (!mu_.AwaitWithTimeout(Condition(
-                                     +[](std::atomic<int>* n) { return n->load() == 0; },
-                                     &calls_in_flight_),
-                                 absl::Seconds(5))) {
+    auto all_returned = Condition(+[](std::atomic<int>* n) { return n->load() == 0; },
+                                  &calls_in_flight_);
+    if (!mu_.AwaitWithTimeout(all_returned, kCloseStuckAfter)) {
+      connections.assign(connections_.begin(), connections_.end());
+      IPCRPC_LOG(WARNING) << "Shutdown: " << calls_in_flight_.load()
+                          << " cancelled handlers have not returned after "
+                          << absl::FormatDuration(kCloseStuckAfter)
+                          << "; closing every connection (a client that does not read holds "
+                             "their sends)";
+      mu_.Unlock();
+      for (auto& connection : connections) connection->transport->Close();
+      mu_.Lock();
+    }
+    while (!mu_.AwaitWithTimeout(all_returned, absl::Seconds(5))) {
       IPCRPC_LOG(WARNING) << "Shutdown: waiting for " << calls_in_flight_.load()
                           << " cancelled handlers to return";
     }

@@ -34,6 +34,9 @@ uint64_t CallsStartedOnThisThread();
 // queues the client's messages, the handler reads and writes. Window
 // accounting is in totals of message costs (StreamCost) since the start.
 struct ServerStreamState {
+  // Held across a writer's check of the window and its send, so that
+  // frames leave in the order they were counted. Taken before mu.
+  std::mutex send_mu;
   std::mutex mu;
   std::condition_variable cv;  // messages, grants, half-close, cancellation
   std::deque<std::string> inbox;   // guarded by mu
@@ -50,6 +53,9 @@ struct ServerStreamState {
   bool failed = false;             // guarded by mu: GenericServerStream::Fail
   absl::Status failure;            // guarded by mu
   size_t max_message_size = 0;     // fixed
+  // Where the inbox's bytes are charged (the server's bytes in flight,
+  // ServerOptions::max_bytes_in_flight): each message's cost while unread.
+  std::atomic<int64_t>* charged = nullptr;  // fixed
   // Sends a MESSAGE or WINDOW of this stream on its connection (from the
   // handler's thread); false if the connection is gone. Set before the
   // handler starts.

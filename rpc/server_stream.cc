@@ -45,6 +45,7 @@ bool GenericServerStream::Read(std::string* message) {
     stream.inbox.pop_front();
     stream.consumed_ungranted += internal::StreamCost(message->size());
     stream.unread_bytes -= internal::StreamCost(message->size());
+    stream.charged->fetch_sub(internal::StreamCost(message->size()));
     // One WINDOW per half window consumed, not one per message.
     if (!stream.half_closed && stream.consumed_ungranted >= stream.window / 2) {
       grant = stream.consumed_ungranted;
@@ -68,6 +69,7 @@ bool GenericServerStream::Write(std::string_view message) {
         " bytes exceeds the server's max_message_size ", stream.max_message_size)));
     return false;
   }
+  std::lock_guard<std::mutex> send_lock(stream.send_mu);
   {
     std::unique_lock<std::mutex> lock(stream.mu);
     for (;;) {

@@ -9,6 +9,8 @@
 // Exit code: 0 on success; the status code of a failed call or check
 // (UNAVAILABLE = 14, NOT_FOUND = 5, INVALID_ARGUMENT = 3, ...); 64 for a
 // command line that makes no sense. Errors are one line on stderr.
+#include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -39,6 +41,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "ipcrpc/introspection.pb.h"
 #include "ipcrpc/ipcrpc.h"
+#include "base/syscall.h"
 #include "rpc/server_registry.h"
 #include "transports/leftovers.h"
 
@@ -411,25 +414,58 @@ std::optional<Failure> RunStreamCall(const Args& args, Channel& channel,
   }
   GenericClientStream stream = channel.OpenStream(method_name, options);
   // Lines go out as they are read (a writer thread), while replies print.
+  // Once the stream has ended, the writer stops waiting for stdin (`stop`).
+  int stop_pipe[2];
+  if (::pipe2(stop_pipe, O_CLOEXEC) != 0) {
+    return FromStatus(absl::InternalError("pipe2 failed"));
+  }
+  internal::UniqueFd stop_read(stop_pipe[0]);
+  internal::UniqueFd stop_write(stop_pipe[1]);
   std::optional<Failure> write_failure;
   std::thread writer([&] {
-    const bool from_stdin = input.empty() || input == "-";
-    std::istringstream given(from_stdin ? std::string() : input);
-    std::istream& in = from_stdin ? std::cin : given;
-    std::string line;
-    while (std::getline(in, line)) {
-      if (absl::StripAsciiWhitespace(line).empty()) continue;
+    // One line: false to stop writing.
+    auto send_line = [&](const std::string& line) {
+      if (absl::StripAsciiWhitespace(line).empty()) return true;
       std::string bytes;
       if (auto failed = parse(line, &bytes)) {
         write_failure = failed;
         stream.Cancel();
+        return false;
+      }
+      return stream.Write(bytes);  // false: the call ended (Finish says why)
+    };
+    if (!input.empty() && input != "-") {
+      for (const std::string& line : std::vector<std::string>(absl::StrSplit(input, '\n'))) {
+        if (!send_line(line)) return;
+      }
+      stream.WritesDone();
+      return;
+    }
+    std::string pending;
+    char buffer[4096];
+    for (;;) {
+      struct pollfd fds[2] = {{STDIN_FILENO, POLLIN, 0}, {stop_read.get(), POLLIN, 0}};
+      if (::poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
         return;
       }
-      if (!stream.Write(bytes)) return;  // the call ended: Finish says why
+      if (fds[1].revents != 0) return;  // the stream ended
+      const ssize_t n = ::read(STDIN_FILENO, buffer, sizeof(buffer));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // end of input
+      pending.append(buffer, static_cast<size_t>(n));
+      size_t newline;
+      while ((newline = pending.find('\n')) != std::string::npos) {
+        if (!send_line(pending.substr(0, newline))) return;
+        pending.erase(0, newline + 1);
+      }
     }
+    if (!send_line(pending)) return;
     stream.WritesDone();
   });
   std::optional<Failure> read_failure = print_all(stream);
+  const char byte = 's';
+  [[maybe_unused]] ssize_t ignored = ::write(stop_write.get(), &byte, 1);
   writer.join();
   absl::Status status = stream.Finish();
   if (write_failure.has_value()) return write_failure;

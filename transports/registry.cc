@@ -8,6 +8,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/clock.h"
 #include "base/status_macros.h"
 #include "base/strings.h"
 #include "transports/fifo/fifo_transport.h"
@@ -72,6 +73,14 @@ bool IsNotDelivered(const absl::Status& status) {
 absl::Status WithoutDeliveryMark(absl::Status status) {
   status.ErasePayload(kNotDeliveredUrl);
   return status;
+}
+
+TransportOptions::ConnectDeadline TransportOptions::ConnectDeadlineFor(
+    int64_t call_deadline_ns) const {
+  const int64_t by_timeout = AddDurationNs(MonotonicNowNs(), connect_timeout);
+  if (call_deadline_ns < by_timeout) return {call_deadline_ns, "before the call's deadline"};
+  return {by_timeout, absl::StrCat("within ChannelOptions::connect_timeout (",
+                                   absl::FormatDuration(connect_timeout), ")")};
 }
 
 bool TransportOptions::AllowsUid(uid_t uid) const {

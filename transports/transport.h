@@ -74,6 +74,15 @@ struct TransportOptions {
   // naming `endpoint`, the uid and how it was found (`how`). Connectors call
   // it before they send the server anything.
   absl::Status CheckServerUid(std::string_view endpoint, uid_t uid, std::string_view how) const;
+
+  // Client side: when a handshake started now must end: connect_timeout from
+  // now, or the call's deadline (monotonic ns) if earlier; `bound` says
+  // which, for the message of a handshake that ran out of time.
+  struct ConnectDeadline {
+    int64_t ns;
+    std::string bound;  // "within ChannelOptions::connect_timeout (5s)" / "before the call's deadline"
+  };
+  ConnectDeadline ConnectDeadlineFor(int64_t call_deadline_ns) const;
 };
 
 // A parsed endpoint "scheme:address".
@@ -208,8 +217,12 @@ class Connector {
  public:
   virtual ~Connector() = default;
 
-  // Opens a new connection (not yet started). UNAVAILABLE if nobody listens.
-  virtual absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context& io) = 0;
+  // Opens a new connection (not yet started). UNAVAILABLE if nobody listens,
+  // or if the server does not answer the handshake within
+  // TransportOptions::connect_timeout or before `deadline_ns` (monotonic;
+  // a call's deadline), whichever comes first.
+  virtual absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context& io,
+                                                              int64_t deadline_ns) = 0;
 
   // Stops anything the connector watches on the loop it was given. Called
   // before the loop stops; idempotent.

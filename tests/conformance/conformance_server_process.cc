@@ -30,13 +30,15 @@ namespace ipcrpc::testing {
 using internal::UniqueFd;
 
 absl::StatusOr<std::unique_ptr<ConformanceServerProcess>> ConformanceServerProcess::Start(
-    const TransportTraits& transport, const std::vector<std::string>& server_args) {
+    const TransportTraits& transport, const std::vector<std::string>& server_args,
+    const std::string& name) {
   std::unique_ptr<ConformanceServerProcess> server(new ConformanceServerProcess());
   server->transport_ = transport;
   if (transport.name == "unix" || transport.name == "fifo" || transport.name == "mq" ||
       transport.name == "shm") {
     // Servers with a name: a separate process that says when it is ready.
-    server->socket_path_ = (transport.name == "mq" || transport.name == "shm")
+    server->socket_path_ = !name.empty() ? name
+                           : (transport.name == "mq" || transport.name == "shm")
                                ? UniqueName("ipcrpc-conformance")
                                : UniqueName("/tmp/ipcrpc-conformance") + "." + transport.name;
     server->endpoint_ = transport.name + ":" + server->socket_path_;

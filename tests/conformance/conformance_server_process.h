@@ -30,8 +30,14 @@ class ConformanceServerProcess {
  public:
   // `server_args` are added to conformance_server's command line (e.g.
   // "--max_connections=16"); not for pipe:.
+  // `name`: the endpoint's address (a path, or a queue or shm: name) to
+  // use instead of a new unique one (a successor on a dead server's
+  // endpoint); not for pipe:.
   static absl::StatusOr<std::unique_ptr<ConformanceServerProcess>> Start(
-      const TransportTraits& transport, const std::vector<std::string>& server_args = {});
+      const TransportTraits& transport, const std::vector<std::string>& server_args = {},
+      const std::string& name = "");
+  // The endpoint's address (see Start).
+  const std::string& name() const { return socket_path_; }
   // Stops the server: unix: SIGTERM, and checks it exited 0 and removed its
   // socket file; pipe: closes the channel, which ends the child.
   ~ConformanceServerProcess();

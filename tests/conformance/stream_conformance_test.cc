@@ -108,6 +108,7 @@ TEST_P(StreamConformanceTest, ClientStreamingSumsWhatWasWritten) {
 TEST_P(StreamConformanceTest, AServerWriterWaitsForASlowReaderWithinTheWindow) {
   // 64 KiB messages against the default 1 MiB window: the server's
   // handler must stop after about 16 while nobody reads.
+  const int64_t writer_rss_before = ProcessRssBytes(server_->pid());
   GenericClientStream reader =
       channel().OpenServerStream("test.Test/Forever", "65536", Within(absl::Seconds(60)));
   std::string message;
@@ -126,6 +127,8 @@ TEST_P(StreamConformanceTest, AServerWriterWaitsForASlowReaderWithinTheWindow) {
   const int64_t bound = (int64_t{1} << 20) / cost + 2;
   EXPECT_LE(Written(), bound);
   EXPECT_GE(Written(), 8) << "the window should let the writer run ahead";
+  // The writer process (the server) holds no more than that either.
+  EXPECT_LT(ProcessRssBytes(server_->pid()) - writer_rss_before, int64_t{32} << 20);
   // Reading lets it go on.
   for (int i = 0; i < 100; ++i) ASSERT_TRUE(reader.Read(&message));
   EXPECT_GT(Written(), 100);
@@ -136,6 +139,7 @@ TEST_P(StreamConformanceTest, AServerWriterWaitsForASlowReaderWithinTheWindow) {
 TEST_P(StreamConformanceTest, AClientWriterBlocksOnAServerThatDoesNotReadAndMemoryStaysBounded) {
   const int64_t rss_before = ProcessRssBytes(server_->pid());
   ASSERT_GT(rss_before, 0);
+  const int64_t own_rss_before = ProcessRssBytes(getpid());  // the writer's
   GenericClientStream writer = channel().OpenStream("test.Test/Stall", Within(absl::Seconds(2)));
   const std::string message(1 << 20, 'w');
   int written = 0;
@@ -148,6 +152,8 @@ TEST_P(StreamConformanceTest, AClientWriterBlocksOnAServerThatDoesNotReadAndMemo
   EXPECT_THAT(writer.Finish(), StatusIs(absl::StatusCode::kDeadlineExceeded));
   const int64_t rss_after = ProcessRssBytes(server_->pid());
   EXPECT_LT(rss_after - rss_before, int64_t{32} << 20);
+  // The writer (this process) kept nothing of what it could not send.
+  EXPECT_LT(ProcessRssBytes(getpid()) - own_rss_before, int64_t{32} << 20);
 }
 
 TEST_P(StreamConformanceTest, DeadlineEndsAStreamOnBothSides) {
@@ -209,6 +215,28 @@ TEST_P(StreamConformanceTest, CancelReachesAWriterWhoseReaderStoppedReading) {
               IsOk());
 }
 
+// A writer in the middle of a message larger than the transport holds
+// (a pipe holds 64 KiB) when its reader cancels: the client reads on until
+// the server answers the cancelled stream, so the writer gets through to its
+// cancellation. Watched from another channel: a call on the same one would
+// read the connection anyway.
+TEST_P(StreamConformanceTest, CancelReachesAWriterBlockedInTheMiddleOfAMessage) {
+  if (!GetParam().many_clients) GTEST_SKIP() << "pipe: one channel only";
+  absl::StatusOr<std::shared_ptr<Channel>> observer = server_->NewChannel();
+  ASSERT_THAT(observer, IsOk());
+  for (int round = 1; round <= 5; ++round) {
+    GenericClientStream reader =
+        channel().OpenServerStream("test.Test/Forever", "300000", Within(absl::Seconds(60)));
+    std::string message;
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(reader.Read(&message));
+    reader.Cancel();
+    EXPECT_THAT((*observer)->CallMethod("test.Test/WaitForCancellations", std::to_string(round),
+                                        Within(absl::Seconds(10))),
+                IsOk())
+        << "round " << round;
+  }
+}
+
 TEST_P(StreamConformanceTest, DestroyingAnUnfinishedStreamCancelsIt) {
   {
     GenericClientStream stall = channel().OpenStream("test.Test/Stall", Within(absl::Seconds(60)));
@@ -237,6 +265,33 @@ TEST_P(StreamConformanceTest, ServerKilledMidStreamEndsItUnavailablePromptly) {
   draining.join();
   EXPECT_LT(absl::Nanoseconds(ended_ns - killed_ns), absl::Seconds(2));
   EXPECT_THAT(reader.Finish(), StatusIs(absl::StatusCode::kUnavailable));
+}
+
+// Shutdown(grace) (conformance_server: SIGTERM, a grace of 1 s) ends every
+// open stream within the grace plus a little, whatever each handler waits
+// for: a handler waiting for cancellation, a writer waiting for the
+// window, a reader waiting for messages.
+TEST_P(StreamConformanceTest, ServerShutdownEndsOpenStreamsWithinItsGrace) {
+  GenericClientStream stall = channel().OpenStream("test.Test/Stall", Within(absl::Seconds(60)));
+  GenericClientStream forever =
+      channel().OpenServerStream("test.Test/Forever", "65536", Within(absl::Seconds(60)));
+  GenericClientStream echo = channel().OpenStream("test.Test/EchoStream", Within(absl::Seconds(60)));
+  std::string message;
+  ASSERT_TRUE(echo.Write("x"));
+  ASSERT_TRUE(echo.Read(&message));
+  ASSERT_TRUE(forever.Read(&message));
+  ASSERT_THAT(channel().CallMethod("test.Test/WaitForActive", "1", Within(absl::Seconds(10))),
+              IsOk());
+  const absl::Time start = absl::Now();
+  ASSERT_EQ(kill(server_->pid(), SIGTERM), 0);
+  for (GenericClientStream* stream : {&stall, &forever, &echo}) {
+    while (stream->Read(&message)) {
+    }
+    absl::Status status = stream->Finish();
+    EXPECT_TRUE(absl::IsCancelled(status) || absl::IsUnavailable(status)) << status;
+  }
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1) + absl::Seconds(3));
+  EXPECT_TRUE(WaitUntilGone(server_->pid(), absl::Seconds(10)));
 }
 
 TEST_P(StreamConformanceTest, ClientKilledMidStreamCancelsTheHandler) {

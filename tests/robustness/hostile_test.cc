@@ -536,6 +536,33 @@ TEST_P(HostileTest, AStreamMessageAfterTheClientsHalfCloseClosesTheConnection) {
   EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "unharmed"), IsOk());
 }
 
+// A peer that starts a stream and never reads: the handler's send of a
+// message larger than the transport holds blocks, and no cancellation
+// reaches a blocked send. Shutdown (conformance_server: SIGTERM, a grace
+// of 1 s) closes the connections of handlers that have not returned a
+// second after it cancelled them, so the server exits (before: it waited
+// for the peer for good).
+TEST_P(HostileTest, ShutdownEndsWhileAPeerNeverReadsItsStream) {
+  auto server = ConformanceServerProcess::Start(GetParam());
+  ASSERT_THAT(server, IsOk());
+  absl::StatusOr<ConformanceServerProcess::RawPeer> peer = (*server)->OpenRawPeer();
+  ASSERT_THAT(peer, IsOk());
+  std::string request = StreamRequest("test.Test/Count", 9,
+                                      internal::kFlagWithMessage | internal::kFlagHalfClose);
+  const std::string body = "1000 300000";
+  const uint32_t payload = static_cast<uint32_t>(internal::kStreamHeadSize + body.size());
+  std::memcpy(request.data() + 36, &payload, 4);
+  request += body;
+  ASSERT_TRUE(peer->SendMessage(request));
+  // The handler runs (and blocks in its first send) while the peer reads nothing.
+  absl::SleepFor(absl::Milliseconds(200));
+  const absl::Time start = absl::Now();
+  ASSERT_EQ(kill((*server)->pid(), SIGTERM), 0);
+  EXPECT_TRUE(WaitUntilGone((*server)->pid(), absl::Seconds(15)))
+      << "the server did not exit while a peer held its handler";
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, HostileTest,
                          ::testing::Values(TransportTraits{"unix", true},
                                            TransportTraits{"fifo", true},

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -17,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "ipcrpc/ipcrpc.h"
 #include "tests/conformance/conformance_server_process.h"
+#include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
 
 namespace ipcrpc::testing {
@@ -67,6 +69,53 @@ TEST_P(TimeBoundsTest, ConnectingToAStoppedServerEndsAtConnectTimeout) {
   // Generous (another process may hold the other CPU), yet far below the
   // fixed 5 s of before.
   EXPECT_LT(took, absl::Seconds(3)) << "Connect took " << took;
+}
+
+// The server died; its successor on the same endpoint is stuck (stopped).
+// The next call must reconnect: that connect is bounded by the call's own
+// deadline (before: the fixed handshake time, 5 s, 100x a 50 ms deadline),
+// and another caller on the channel is not held past its deadline by a
+// connect that someone else started.
+TEST_P(TimeBoundsTest, AReconnectInsideACallEndsAtTheCallsDeadline) {
+  auto first = ConformanceServerProcess::Start(GetParam());
+  ASSERT_THAT(first, IsOk());
+  const std::string name = (*first)->name();
+  const std::string endpoint = GetParam().name + ":" + name;
+  ChannelOptions options;
+  options.connect_timeout = absl::Seconds(20);  // only the calls' deadlines bound the connects
+  auto channel = Channel::Connect(endpoint, options);
+  ASSERT_THAT(channel, IsOk());
+  ASSERT_THAT((*channel)->CallMethod("test.Test/Echo", "x"), IsOk());
+  (*first)->Kill();
+  ASSERT_TRUE(WaitUntilGone((*first)->pid(), absl::Seconds(10)));
+  auto successor = ConformanceServerProcess::Start(GetParam(), {}, name);
+  ASSERT_THAT(successor, IsOk());
+  ASSERT_EQ(kill((*successor)->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitStopped((*successor)->pid(), absl::Seconds(10)));
+
+  // A caller without a deadline starts the reconnect and waits in it.
+  std::thread patient([&] {
+    CallOptions forever;
+    forever.timeout = absl::Seconds(15);
+    (*channel)->CallMethod("test.Test/Echo", "patient", forever).IgnoreError();
+  });
+  for (int i = 0; i < 2; ++i) {
+    CallOptions options_50ms;
+    options_50ms.timeout = absl::Milliseconds(50);
+    const absl::Time start = absl::Now();
+    absl::StatusOr<std::string> reply =
+        (*channel)->CallMethod("test.Test/Echo", "hurried", options_50ms);
+    const absl::Duration took = absl::Now() - start;
+    EXPECT_EQ(reply.status().code(), absl::StatusCode::kDeadlineExceeded) << reply.status();
+    // Generous (the other CPU may be busy), yet far below the 5 s of before.
+    EXPECT_LT(took, absl::Seconds(1)) << "call " << i << " took " << took;
+  }
+  kill((*successor)->pid(), SIGCONT);
+  patient.join();
+  // Once the successor runs, the channel works again.
+  CallOptions soon;
+  soon.timeout = absl::Seconds(10);
+  EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", "again", soon), IsOk());
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TimeBoundsTest,

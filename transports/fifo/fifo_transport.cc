@@ -284,9 +284,11 @@ class FifoConnector final : public Connector {
   FifoConnector(Endpoint endpoint, TransportOptions options)
       : endpoint_(std::move(endpoint)), options_(std::move(options)) {}
 
-  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&) override {
+  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&,
+                                                      int64_t call_deadline_ns) override {
     const std::string& text = endpoint_.text;
-    const int64_t deadline_ns = AddDurationNs(MonotonicNowNs(), options_.connect_timeout);
+    const TransportOptions::ConnectDeadline deadline = options_.ConnectDeadlineFor(call_deadline_ns);
+    const int64_t deadline_ns = deadline.ns;
     // The server first: no private objects for nothing.
     UniqueFd server(::open(endpoint_.address.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
     if (!server.valid()) {
@@ -361,9 +363,7 @@ class FifoConnector final : public Connector {
       int ready = RetryEintr([&] { return ::poll(&pfd, 1, PollTimeoutMs(deadline_ns)); });
       if (ready == 0) {
         return absl::UnavailableError(absl::StrCat(
-            text, ": the server did not answer the connect record within "
-            "ChannelOptions::connect_timeout (",
-            absl::FormatDuration(options_.connect_timeout), ")"));
+            text, ": the server did not answer the connect record ", deadline.bound));
       }
       ssize_t n = ::read(responses.get(), ack + got, sizeof(ack) - got);
       if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;

@@ -961,9 +961,11 @@ class MqConnector final : public Connector {
   MqConnector(Endpoint endpoint, TransportOptions options)
       : endpoint_(std::move(endpoint)), options_(std::move(options)) {}
 
-  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&) override {
+  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&,
+                                                      int64_t call_deadline_ns) override {
     const std::string& text = endpoint_.text;
-    const int64_t deadline_ns = AddDurationNs(MonotonicNowNs(), options_.connect_timeout);
+    const TransportOptions::ConnectDeadline deadline = options_.ConnectDeadlineFor(call_deadline_ns);
+    const int64_t deadline_ns = deadline.ns;
     const std::string server_name = "/" + endpoint_.address;
     UniqueFd server(static_cast<int>(
         mq_open(server_name.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC)));
@@ -1043,9 +1045,8 @@ class MqConnector final : public Connector {
       absl::Status waited = WaitFor(reply.get(), POLLIN, -1, PollTimeoutMs(deadline_ns), text);
       if (!waited.ok()) {
         return absl::UnavailableError(absl::StrCat(
-            text, ": the server did not accept the connection within "
-            "ChannelOptions::connect_timeout (",
-            absl::FormatDuration(options_.connect_timeout), "; its log may say why)"));
+            text, ": the server did not accept the connection ", deadline.bound,
+            " (its log may say why)"));
       }
       n = mq_receive(reply.get(), buffer.data(), buffer.size(), nullptr);
       if (n >= 0) break;

@@ -200,7 +200,7 @@ class PipeConnector final : public Connector {
     child_->ReapOrKill(options_.child_exit_grace);
   }
 
-  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context& io) override {
+  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context& io, int64_t) override {
     if (!read_fd_.valid()) {
       return absl::UnavailableError(absl::StrCat(
           description_, ": ", child_->Describe(), "; a pipe: channel cannot reconnect"));

@@ -899,9 +899,11 @@ class ShmConnector final : public Connector {
   ShmConnector(Endpoint endpoint, TransportOptions options)
       : endpoint_(std::move(endpoint)), options_(std::move(options)) {}
 
-  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&) override {
+  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&,
+                                                      int64_t call_deadline_ns) override {
     const std::string& text = endpoint_.text;
-    const int64_t deadline_ns = AddDurationNs(MonotonicNowNs(), options_.connect_timeout);
+    const TransportOptions::ConnectDeadline deadline = options_.ConnectDeadlineFor(call_deadline_ns);
+    const int64_t deadline_ns = deadline.ns;
     size_t ring_size = options_.shm_ring_size;
     if (ring_size < kShmMinRingSize || ring_size > kShmMaxRingSize ||
         (ring_size & (ring_size - 1)) != 0) {
@@ -974,8 +976,7 @@ class ShmConnector final : public Connector {
       struct pollfd pfd = {socket.get(), POLLIN, 0};
       if (RetryEintr([&] { return ::poll(&pfd, 1, PollTimeoutMs(deadline_ns)); }) == 0) {
         return absl::UnavailableError(
-            absl::StrCat(text, ": no answer from the server within ChannelOptions::connect_timeout (",
-                         absl::FormatDuration(options_.connect_timeout), ")"));
+            absl::StrCat(text, ": no answer from the server ", deadline.bound));
       }
       ssize_t n = RetryEintr([&] { return ::recv(socket.get(), ack + got, sizeof(ack) - got, 0); });
       if (n <= 0) {

@@ -198,7 +198,8 @@ class UnixConnector final : public Connector {
   UnixConnector(Endpoint endpoint, TransportOptions options)
       : endpoint_(std::move(endpoint)), options_(std::move(options)) {}
 
-  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&) override {
+  // The kernel's backlog completes a connect: no handshake to wait for.
+  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&, int64_t) override {
     auto [fd, error] = ConnectTo(endpoint_.address);
     if (!fd.valid()) {
       if (error == ENOENT || error == ECONNREFUSED) {
