@@ -32,8 +32,9 @@ inline constexpr size_t kMaxMetadataSize = 64 * 1024;
 // than its 8 wire bytes, so their number is bounded too.
 inline constexpr size_t kMaxMetadataEntries = 256;
 inline constexpr int kMaxPriority = 31;
-// Bytes a frame may add around its payload: header, name, metadata.
-inline constexpr size_t kMaxFrameOverhead = kHeaderSize + kMaxNameSize + kMaxMetadataSize;
+// Bytes a frame may add around its payload: header, name, metadata (and a
+// stream REQUEST's 4-byte head, kStreamHeadSize below).
+inline constexpr size_t kMaxFrameOverhead = kHeaderSize + kMaxNameSize + kMaxMetadataSize + 4;
 // The wire value for "no deadline".
 inline constexpr int64_t kWireNoDeadline = INT64_MAX;
 
@@ -62,6 +63,7 @@ inline constexpr int64_t kInitialStreamWindow = 64 * 1024;
 inline constexpr int64_t kMinStreamWindow = 64 * 1024;
 inline constexpr int64_t kMaxStreamWindow = 1LL << 30;
 inline constexpr size_t kStreamHeadSize = 4;  // the window in a stream REQUEST
+static_assert(kMaxFrameOverhead == kHeaderSize + kMaxNameSize + kMaxMetadataSize + kStreamHeadSize);
 inline constexpr size_t kWindowPayloadSize = 8;  // the u64 grant of a WINDOW
 
 enum class FrameType : uint8_t {

@@ -476,12 +476,15 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
   }
   if (is_stream) call->stream = NewStreamState(connection, frame);
   // Charged as decoded, not as sent (see ServerOptions::max_bytes_in_flight).
-  // (A stream's first message is charged as its inbox's: below.)
+  // A stream's first message is checked with the rest, but once accepted
+  // its charge belongs to the stream's inbox (released as it is read).
   int64_t held = 512 + static_cast<int64_t>((is_stream ? 0 : frame.payload.size()) +
                                             frame.name.size());
   for (const auto& [key, value] : call->metadata) {
     held += 64 + static_cast<int64_t>(key.size() + value.size());
   }
+  const int64_t first_message = is_stream ? call->stream->unread_bytes : 0;
+  held += first_message;
   if (bytes_in_flight_.fetch_add(held) + held > max_bytes_in_flight_) {
     bytes_in_flight_.fetch_sub(held);
     Reject(connection, id,
@@ -490,7 +493,7 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
                options_.max_bytes_in_flight, " bytes) reached")));
     return;
   }
-  call->held_bytes = held;
+  call->held_bytes = held - first_message;
   bool over_connection_limit = false;
   {
     MutexLock lock(&connection->mu);
@@ -516,10 +519,7 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     return;
   }
   calls_in_flight_.fetch_add(1);
-  if (is_stream) {
-    open_streams_.fetch_add(1);
-    bytes_in_flight_.fetch_add(call->stream->unread_bytes);
-  }
+  if (is_stream) open_streams_.fetch_add(1);
   if (run_here) {
     // No deadline timer: the loop could not fire it before the handler
     // returns; IsCancelled() and FinishCall check the deadline themselves.
@@ -549,6 +549,13 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
         })) {
       // Never started: answered at once, like a call over a limit.
       IPCRPC_LOG(WARNING) << "cannot start a thread for a stream of " << call->method;
+      {
+        std::lock_guard<std::mutex> lock(call->stream->mu);
+        call->stream->handler_done = true;
+        bytes_in_flight_.fetch_sub(call->stream->unread_bytes);
+        call->stream->unread_bytes = 0;
+        call->stream->inbox.clear();
+      }
       call->Finish();
       static const std::string kNoPayload;
       FinishCall(connection, call,
@@ -644,6 +651,9 @@ void ServerCore::RunStreamHandler(const std::shared_ptr<ServerConnection>& conne
   {
     std::lock_guard<std::mutex> lock(stream.mu);
     if (stream.failed) status = stream.failure;
+    // From here on messages are dropped uncharged (OnStreamFrame): the call
+    // leaves its connection's table only in FinishCall.
+    stream.handler_done = true;
     stream.inbox.clear();
     bytes_in_flight_.fetch_sub(stream.unread_bytes);
     stream.unread_bytes = 0;
@@ -692,7 +702,7 @@ void ServerCore::OnStreamFrame(const std::shared_ptr<ServerConnection>& connecti
           stream.received += cost;
           ++stream.messages_received;
           // A cancelled stream's handler reads nothing more.
-          if (call->WasCancelled() || stream.failed) {
+          if (call->WasCancelled() || stream.failed || stream.handler_done) {
             // dropped
           } else if (bytes_in_flight_.fetch_add(cost) + cost > max_bytes_in_flight_) {
             // The server's memory limit, across every call and stream: this
@@ -833,7 +843,14 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
   std::string_view parts[] = {prefix, payload};
   absl::Status sent;
   if (never_wait && !on_a_server_loop) {
-    if (!connection->transport->TrySend(parts, 0, &sent)) {
+    // TrySend also fails while another thread sends on the connection (its
+    // lock): a few short tries, about 1 ms in all, before giving up.
+    bool done = connection->transport->TrySend(parts, 0, &sent);
+    for (int i = 0; i < 10 && !done; ++i) {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+      done = connection->transport->TrySend(parts, 0, &sent);
+    }
+    if (!done) {
       responses_dropped_.fetch_add(1, std::memory_order_relaxed);
       IPCRPC_LOG(INFO) << connection->transport->description() << ": response to request "
                        << request_id << " not sent: the client does not read";

@@ -51,6 +51,7 @@ struct ServerStreamState {
   int64_t sent = 0;                // guarded by mu
   int64_t send_limit = 0;          // guarded by mu: the client's window plus its grants
   bool failed = false;             // guarded by mu: GenericServerStream::Fail
+  bool handler_done = false;       // guarded by mu: nothing reads the inbox any more
   absl::Status failure;            // guarded by mu
   size_t max_message_size = 0;     // fixed
   // Where the inbox's bytes are charged (the server's bytes in flight,

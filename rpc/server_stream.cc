@@ -45,7 +45,7 @@ bool GenericServerStream::Read(std::string* message) {
     stream.inbox.pop_front();
     stream.consumed_ungranted += internal::StreamCost(message->size());
     stream.unread_bytes -= internal::StreamCost(message->size());
-    stream.charged->fetch_sub(internal::StreamCost(message->size()));
+    stream.charged->fetch_sub(internal::StreamCost(message->size()));  // set before the handler ran
     // One WINDOW per half window consumed, not one per message.
     if (!stream.half_closed && stream.consumed_ungranted >= stream.window / 2) {
       grant = stream.consumed_ungranted;

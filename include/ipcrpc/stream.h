@@ -47,7 +47,9 @@ enum class MethodKind {
 
 // The client end of a stream, untyped (Channel::OpenStream). Move-only.
 // Destroying it before Finish returned cancels the call. Thread-safety: one
-// thread may Write while another Reads; Cancel from any thread.
+// thread writes (Write, WritesDone, Finish) while another may Read; Cancel
+// from any thread. (Finish from a second thread while a Write waits for the
+// window waits for that Write to return.)
 class GenericClientStream {
  public:
   GenericClientStream() = default;
