@@ -45,7 +45,10 @@ struct ChannelOptions {
   std::vector<uid_t> allowed_server_uids;
   // Bounds Channel::Connect, and each later connect (a reconnect after the
   // server left): a server that is alive but does not answer the handshake
-  // (stopped, stuck) makes it fail UNAVAILABLE after this long.
+  // (stopped, stuck) makes it fail UNAVAILABLE after this long. A connect
+  // inside a call also ends at the call's deadline (the call then fails
+  // DEADLINE_EXCEEDED), and other calls on the channel wait for someone
+  // else's connect only until their own deadlines.
   absl::Duration connect_timeout = absl::Seconds(5);
   // Streams: bytes of messages (each counted as its size plus 64) a server
   // may send on one stream that this client has not consumed yet (read, or
