@@ -312,8 +312,14 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
     for (int i = 0; i < 8; ++i) prefix[8 + i] = static_cast<char>((call->id >> (8 * i)) & 0xff);
     absl::Status why;
     if (!connection->Insert(call, &why)) return why;
-    std::string_view parts[] = {prefix, head, request};
-    absl::Status sent = connection->transport->Send(parts, options.priority);
+    // A unary call has no head: two parts, as before streams (an empty part
+    // is no use to anyone, and its data() may be null).
+    std::string_view stream_parts[] = {prefix, head, request};
+    std::string_view unary_parts[] = {prefix, request};
+    absl::Status sent = connection->transport->Send(
+        head.empty() ? absl::Span<const std::string_view>(unary_parts)
+                     : absl::Span<const std::string_view>(stream_parts),
+        options.priority);
     if (!sent.ok()) {
       // The connection is broken even if its loop has not seen it yet: the
       // next call must not pick it again. The call comes out before the

@@ -427,7 +427,11 @@ class MqConnection final : public Connection {
       size_t filled = 0;
       while (filled < chunk) {
         const size_t n = std::min(chunk - filled, parts[part].size() - part_offset);
-        std::memcpy(send_buffer_.data() + kMqHeaderSize + filled, parts[part].data() + part_offset, n);
+        // (An empty part's data() may be null: memcpy must not see it.)
+        if (n > 0) {
+          std::memcpy(send_buffer_.data() + kMqHeaderSize + filled,
+                      parts[part].data() + part_offset, n);
+        }
         filled += n;
         part_offset += n;
         if (part_offset == parts[part].size()) {

@@ -29,8 +29,9 @@ absl::StatusOr<size_t> ShmRingProducer::Write(std::string_view bytes) {
   const size_t n = std::min(*free, bytes.size());
   const size_t at = position_ & (size_ - 1);
   const size_t first = std::min(n, size_ - at);
-  std::memcpy(data_ + at, bytes.data(), first);
-  std::memcpy(data_, bytes.data() + first, n - first);
+  // (Never memcpy from an empty view: its data() may be null.)
+  if (first > 0) std::memcpy(data_ + at, bytes.data(), first);
+  if (n > first) std::memcpy(data_, bytes.data() + first, n - first);
   position_ += n;
   return n;
 }
