@@ -382,7 +382,8 @@ void ChannelCore::Complete(const std::shared_ptr<PendingCall>& call,
   }
 }
 
-void ChannelCore::SendCancel(const std::shared_ptr<ClientConnection>& connection, uint64_t id) {
+void ChannelCore::SendCancel(const std::shared_ptr<ClientConnection>& connection, uint64_t id,
+                             bool may_wait) {
   FrameHeader header;
   header.type = FrameType::kCancel;
   header.request_id = id;
@@ -390,7 +391,14 @@ void ChannelCore::SendCancel(const std::shared_ptr<ClientConnection>& connection
   if (!EncodeFramePrefix(header, "", {}, 0, 0, &frame).ok()) return;
   std::string_view parts[] = {frame};
   // Best effort: if the connection is gone, so is the call on the server.
-  connection->transport->Send(parts, 0).IgnoreError();
+  if (may_wait) {
+    connection->transport->Send(parts, 0).IgnoreError();
+    return;
+  }
+  absl::Status sent;
+  if (!connection->transport->TrySend(parts, 0, &sent)) {
+    cancels_not_sent_.fetch_add(1, std::memory_order_relaxed);
+  }
 }
 
 absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
@@ -452,7 +460,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
       lock.unlock();
       if (auto connection = call->connection.lock()) {
         if (connection->Take(call->id) != nullptr) {
-          SendCancel(connection, call->id);
+          SendCancel(connection, call->id, /*may_wait=*/false);
           return DeadlineExceeded(method);
         }
       }
@@ -516,7 +524,7 @@ void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
           connection->Take(expired->id, /*drain=*/expired->stream != nullptr) == nullptr) {
         return;
       }
-      SendCancel(connection, expired->id);
+      SendCancel(connection, expired->id, /*may_wait=*/false);
       Complete(expired, absl::DeadlineExceededError("deadline exceeded"));
     });
   });
@@ -635,6 +643,7 @@ Channel::Stats ChannelCore::stats() const {
   stats.calls_started = calls_started_.load(std::memory_order_relaxed);
   stats.late_responses_dropped = late_responses_.load(std::memory_order_relaxed);
   stats.connects = connects_.load(std::memory_order_relaxed);
+  stats.expiry_cancels_not_sent = cancels_not_sent_.load(std::memory_order_relaxed);
   return stats;
 }
 

@@ -219,7 +219,12 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   void OnStreamFrame(const std::shared_ptr<ClientConnection>& connection, const FrameView& frame);
   // Completes a call that was taken out of its table.
   void Complete(const std::shared_ptr<PendingCall>& call, absl::StatusOr<std::string> result);
-  void SendCancel(const std::shared_ptr<ClientConnection>& connection, uint64_t id);
+  // `may_wait` false (a deadline passed): the CANCEL goes only if it needs
+  // no waiting (the transport has room, nobody else is sending), else it is
+  // dropped: the server's own timer ends the call at the same deadline, and
+  // neither the caller nor the loop may wait for a stopped or busy server.
+  void SendCancel(const std::shared_ptr<ClientConnection>& connection, uint64_t id,
+                  bool may_wait = true);
   void OnMessage(const std::shared_ptr<ClientConnection>& connection, std::string_view message);
   void OnClosed(const std::shared_ptr<ClientConnection>& connection, absl::Status reason);
   void ArmTimer(const std::shared_ptr<PendingCall>& call);
@@ -244,6 +249,7 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   std::atomic<uint64_t> calls_started_{0};
   std::atomic<uint64_t> late_responses_{0};
   std::atomic<uint64_t> connects_{0};
+  std::atomic<uint64_t> cancels_not_sent_{0};
 };
 
 }  // namespace ipcrpc::internal

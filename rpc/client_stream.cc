@@ -184,7 +184,7 @@ void ChannelCore::ExpireStream(const std::shared_ptr<PendingCall>& call) {
     call->cv.wait(lock, [&call] { return call->done; });
     return;
   }
-  SendCancel(connection, call->id);
+  SendCancel(connection, call->id, /*may_wait=*/false);
   Complete(call, DeadlineExceeded(call->method));
 }
 

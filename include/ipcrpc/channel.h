@@ -114,6 +114,9 @@ class Channel {
     uint64_t calls_started = 0;
     uint64_t late_responses_dropped = 0;  // responses that came after their call ended
     uint64_t connects = 0;                // connections made, the first included
+    // CANCELs of expired calls not sent because the transport had no room
+    // at once (the server ends such calls at their deadline itself).
+    uint64_t expiry_cancels_not_sent = 0;
   };
   Stats stats() const;
 

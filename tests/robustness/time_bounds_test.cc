@@ -20,6 +20,7 @@
 #include "tests/conformance/conformance_server_process.h"
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::testing {
 namespace {
@@ -116,6 +117,43 @@ TEST_P(TimeBoundsTest, AReconnectInsideACallEndsAtTheCallsDeadline) {
   CallOptions soon;
   soon.timeout = absl::Seconds(10);
   EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", "again", soon), IsOk());
+}
+
+// An async call's deadline passes while the transport to a stopped server
+// is full (another caller is in the middle of a large request, holding the
+// connection's send): the call ends DEADLINE_EXCEEDED at its deadline. Its
+// CANCEL does not wait for room; the server's own timer ends the call.
+// (Before: the response thread waited in that send, and no callback of the
+// channel ran until the server did.)
+TEST_P(TimeBoundsTest, AnExpiryNeverWaitsForAFullTransport) {
+  auto server = ConformanceServerProcess::Start(GetParam());
+  ASSERT_THAT(server, IsOk());
+  Channel& channel = *(*server)->channel();
+  ASSERT_THAT(channel.CallMethod("test.Test/Echo", "warm"), IsOk());
+  ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
+  ipcrpc::internal::Notification done;
+  absl::Status result;
+  CallOptions options;
+  options.timeout = absl::Milliseconds(300);
+  const absl::Time start = absl::Now();
+  channel.CallMethodAsync("test.Test/Echo", "hurried", options,
+                          [&](absl::StatusOr<std::string> reply) {
+                            result = reply.status();
+                            done.Notify();
+                          });
+  std::thread big([&] {
+    CallOptions patient;
+    patient.timeout = absl::Seconds(30);
+    channel.CallMethod("test.Test/Echo", std::string(16 << 20, 'x'), patient).IgnoreError();
+  });
+  const bool ended = done.WaitForNotificationWithTimeout(absl::Seconds(5));
+  const absl::Duration took = absl::Now() - start;
+  kill((*server)->pid(), SIGCONT);
+  big.join();
+  ASSERT_TRUE(ended) << "the expired call's callback did not run while the server was stopped";
+  EXPECT_EQ(result.code(), absl::StatusCode::kDeadlineExceeded) << result;
+  EXPECT_LT(took, absl::Seconds(2));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TimeBoundsTest,

@@ -379,6 +379,7 @@ class MqConnection final : public Connection {
     EncodeMqHeader(header, send_buffer_.data());
     size_t filled = kMqHeaderSize;
     for (std::string_view part : parts) {
+      if (part.empty()) continue;  // its data() may be null
       std::memcpy(send_buffer_.data() + filled, part.data(), part.size());
       filled += part.size();
     }
