@@ -183,6 +183,12 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
                              const CallOptions& options,
                              absl::AnyInvocable<void(std::string_view)> on_message,
                              absl::AnyInvocable<void(absl::Status) &&> done);
+  // Sets up `call` (made by the caller, sync or async) as a stream of
+  // `method` and sends its REQUEST; `request` as for OpenStream. On error
+  // nothing was sent and the call is not completed yet.
+  absl::Status StartStream(const std::shared_ptr<PendingCall>& call, std::string_view method,
+                           const std::string_view* request, const CallOptions& options,
+                           absl::AnyInvocable<void(std::string_view)> on_message = nullptr);
   bool StreamWrite(const std::shared_ptr<PendingCall>& call, std::string_view message);
   bool StreamWritesDone(const std::shared_ptr<PendingCall>& call);
   bool StreamRead(const std::shared_ptr<PendingCall>& call, std::string* message);

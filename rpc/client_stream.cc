@@ -7,7 +7,6 @@
 // loop, or a sync caller reading its own response) and read by the owner of
 // the stream; an async server stream's messages and its end are posted to
 // the loop in order, so that `on_message` never runs after `done`.
-#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -15,6 +14,7 @@
 #include "asio/post.hpp"
 #include "base/clock.h"
 #include "base/logging.h"
+#include "base/status_macros.h"
 #include "base/strings.h"
 #include "ipcrpc/server_context.h"
 #include "ipcrpc/stream.h"
@@ -25,11 +25,6 @@
 namespace ipcrpc {
 namespace internal {
 namespace {
-
-int64_t ClampWindow(size_t window) {
-  return std::clamp<int64_t>(static_cast<int64_t>(std::min<size_t>(window, kMaxStreamWindow)),
-                             kMinStreamWindow, kMaxStreamWindow);
-}
 
 // With call->mu held: what the reader has consumed and not granted back,
 // if it is time to grant it (half the window, as HTTP/2 implementations
@@ -57,38 +52,30 @@ bool WaitForProgress(PendingCall& call, std::unique_lock<std::mutex>& lock) {
 
 }  // namespace
 
-GenericClientStream ChannelCore::OpenStream(std::string_view method,
-                                            const std::string_view* request,
-                                            const CallOptions& options) {
-  const int64_t deadline_ns = DeadlineOf(options);
-  auto call = std::make_shared<PendingCall>(deadline_ns, nullptr);
+absl::Status ChannelCore::StartStream(const std::shared_ptr<PendingCall>& call,
+                                      std::string_view method, const std::string_view* request,
+                                      const CallOptions& options,
+                                      absl::AnyInvocable<void(std::string_view)> on_message) {
   call->method = std::string(method);
   call->stream = std::make_unique<ClientStreamState>();
   ClientStreamState& stream = *call->stream;
-  stream.window = ClampWindow(options_.stream_window);
+  stream.window = ClampStreamWindow(options_.stream_window);
   stream.receive_limit = stream.window;
   stream.priority = options.priority;
   stream.writes_done = request != nullptr;
-  GenericClientStream handle(shared_from_this(), call);
-  absl::Status started;
-  if (deadline_ns <= MonotonicNowNs()) {
-    started = DeadlineExceeded(method);
-  } else if (options.parent_call != nullptr && options.parent_call->IsCancelled()) {
-    started = absl::CancelledError(
+  stream.on_message = std::move(on_message);  // before anything can arrive
+  if (call->deadline_ns <= MonotonicNowNs()) return DeadlineExceeded(method);
+  if (options.parent_call != nullptr && options.parent_call->IsCancelled()) {
+    return absl::CancelledError(
         absl::StrCat("calling ", Av(method), ": the incoming call is cancelled"));
-  } else {
-    std::string head;
-    PutLe(&head, static_cast<uint64_t>(stream.window), 4);
-    const uint16_t flags =
-        kFlagStream | (request != nullptr ? kFlagWithMessage | kFlagHalfClose : 0);
-    started = StartCall(call, method, request != nullptr ? *request : std::string_view(),
-                        options, deadline_ns, flags, head);
   }
-  if (!started.ok()) {
-    // Never started: its Finish says why.
-    Complete(call, std::move(started));
-    return handle;
-  }
+  std::string head;
+  PutLe(&head, static_cast<uint64_t>(stream.window), 4);
+  const uint16_t flags =
+      kFlagStream | (request != nullptr ? kFlagWithMessage | kFlagHalfClose : 0);
+  IPCRPC_RETURN_IF_ERROR(StartCall(call, method,
+                                   request != nullptr ? *request : std::string_view(), options,
+                                   call->deadline_ns, flags, head));
   if (options.parent_call != nullptr) {
     std::weak_ptr<PendingCall> weak = call;
     std::weak_ptr<ChannelCore> core = weak_from_this();
@@ -98,6 +85,17 @@ GenericClientStream ChannelCore::OpenStream(std::string_view method,
       if (pending && self) self->Cancel(pending);
     });
   }
+  return absl::OkStatus();
+}
+
+GenericClientStream ChannelCore::OpenStream(std::string_view method,
+                                            const std::string_view* request,
+                                            const CallOptions& options) {
+  auto call = std::make_shared<PendingCall>(DeadlineOf(options), nullptr);
+  GenericClientStream handle(shared_from_this(), call);
+  absl::Status started = StartStream(call, method, request, options);
+  // Never started: its Finish says why.
+  if (!started.ok()) Complete(call, std::move(started));
   return handle;
 }
 
@@ -105,40 +103,17 @@ Call ChannelCore::CallServerStreamAsync(std::string_view method, std::string_vie
                                         const CallOptions& options,
                                         absl::AnyInvocable<void(std::string_view)> on_message,
                                         absl::AnyInvocable<void(absl::Status) &&> done) {
-  const int64_t deadline_ns = DeadlineOf(options);
   auto call = std::make_shared<PendingCall>(
-      deadline_ns, [done = std::move(done)](absl::StatusOr<std::string> result) mutable {
+      DeadlineOf(options), [done = std::move(done)](absl::StatusOr<std::string> result) mutable {
         std::move(done)(result.status());
       });
-  call->method = std::string(method);
-  call->stream = std::make_unique<ClientStreamState>();
-  ClientStreamState& stream = *call->stream;
-  stream.window = ClampWindow(options_.stream_window);
-  stream.receive_limit = stream.window;
-  stream.priority = options.priority;
-  stream.writes_done = true;
-  stream.on_message = std::move(on_message);
   Call handle(weak_from_this(), call);
-  absl::Status started;
-  if (deadline_ns <= MonotonicNowNs()) {
-    started = DeadlineExceeded(method);
-  } else if (options.parent_call != nullptr && options.parent_call->IsCancelled()) {
-    started = absl::CancelledError(
-        absl::StrCat("calling ", Av(method), ": the incoming call is cancelled"));
-  } else {
-    std::string head;
-    PutLe(&head, static_cast<uint64_t>(stream.window), 4);
-    started = StartCall(call, method, request, options, deadline_ns,
-                        kFlagStream | kFlagWithMessage | kFlagHalfClose, head);
-  }
+  absl::Status started = StartStream(call, method, &request, options, std::move(on_message));
   if (!started.ok()) {
     Complete(call, std::move(started));  // posted to the loop: never on this stack
     return handle;
   }
-  if (deadline_ns != kNoDeadline) ArmTimer(call);
-  if (options.parent_call != nullptr) {
-    options.parent_call->OnCancel([handle]() mutable { handle.Cancel(); });
-  }
+  if (call->deadline_ns != kNoDeadline) ArmTimer(call);
   return handle;
 }
 

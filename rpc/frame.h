@@ -118,6 +118,13 @@ const char* FrameTypeName(FrameType type);
 void PutLe(std::string* out, uint64_t value, int bytes);
 uint64_t GetLe(const char* p, int bytes);
 
+// A configured stream_window as used: within [kMinStreamWindow, kMaxStreamWindow].
+inline int64_t ClampStreamWindow(size_t window) {
+  if (window < static_cast<size_t>(kMinStreamWindow)) return kMinStreamWindow;
+  if (window > static_cast<size_t>(kMaxStreamWindow)) return kMaxStreamWindow;
+  return static_cast<int64_t>(window);
+}
+
 // What a stream message of `payload_size` bytes counts against a window.
 inline int64_t StreamCost(size_t payload_size) {
   return static_cast<int64_t>(payload_size) + kStreamMessageCost;

@@ -575,9 +575,7 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
 std::unique_ptr<ServerStreamState> ServerCore::NewStreamState(
     const std::shared_ptr<ServerConnection>& connection, const FrameView& frame) {
   auto stream = std::make_unique<ServerStreamState>();
-  stream->window = std::clamp<int64_t>(
-      static_cast<int64_t>(std::min<size_t>(options_.stream_window, kMaxStreamWindow)),
-      kMinStreamWindow, kMaxStreamWindow);
+  stream->window = ClampStreamWindow(options_.stream_window);
   stream->receive_limit = stream->window;
   // DecodeFrame checked the head: the client's window, then the message.
   stream->send_limit = static_cast<int64_t>(GetLe(frame.payload.data(), 4));

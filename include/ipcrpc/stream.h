@@ -112,6 +112,23 @@ class GenericServerStream {
 
 // ------------------------------------------------------------ typed: client
 
+namespace internal {
+// A client's typed Read: the next message of `stream` parsed into
+// `message`; one that does not parse cancels the call and is remembered in
+// `*parse_error` (which Finish reports), as a unary reply that does not
+// parse is INTERNAL.
+template <class R>
+bool ReadParsed(GenericClientStream& stream, std::string& buffer, R* message,
+                absl::Status* parse_error) {
+  if (!stream.Read(&buffer)) return false;
+  if (message->ParseFromString(buffer)) return true;
+  *parse_error = absl::InternalError(
+      absl::StrCat("a stream message does not parse as ", message->GetTypeName()));
+  stream.Cancel();
+  return false;
+}
+}  // namespace internal
+
 template <class R>
 class ClientReader {
  public:
@@ -120,14 +137,7 @@ class ClientReader {
   ClientReader(ClientReader&&) noexcept = default;
   ClientReader& operator=(ClientReader&&) noexcept = default;
 
-  bool Read(R* message) {
-    if (!stream_.Read(&buffer_)) return false;
-    if (message->ParseFromString(buffer_)) return true;
-    parse_error_ = absl::InternalError(absl::StrCat("a stream message does not parse as ",
-                                                    message->GetTypeName()));
-    stream_.Cancel();
-    return false;
-  }
+  bool Read(R* message) { return internal::ReadParsed(stream_, buffer_, message, &parse_error_); }
   absl::Status Finish() {
     absl::Status status = stream_.Finish();
     return parse_error_.ok() ? status : parse_error_;
@@ -189,12 +199,7 @@ class ClientReaderWriter {
   }
   bool WritesDone() { return stream_.WritesDone(); }
   bool Read(R* message) {
-    if (!stream_.Read(&read_buffer_)) return false;
-    if (message->ParseFromString(read_buffer_)) return true;
-    parse_error_ = absl::InternalError(absl::StrCat("a stream message does not parse as ",
-                                                    message->GetTypeName()));
-    stream_.Cancel();
-    return false;
+    return internal::ReadParsed(stream_, read_buffer_, message, &parse_error_);
   }
   absl::Status Finish() {
     absl::Status status = stream_.Finish();
