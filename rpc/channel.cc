@@ -12,6 +12,7 @@
 #include "ipcrpc/server_context.h"
 #include "rpc/channel_core.h"
 #include "rpc/frame.h"
+#include "rpc/status_details.h"
 #include "rpc/server_call_state.h"
 #include "base/mutex.h"
 
@@ -410,6 +411,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
   // dropped meanwhile on another thread.
   const std::shared_ptr<ChannelCore> keep_alive = shared_from_this();
   const int64_t deadline_ns = DeadlineOf(options);
+  if (options.response_metadata != nullptr) options.response_metadata->clear();
   if (deadline_ns <= MonotonicNowNs()) return DeadlineExceeded(method);
   // This thread's last PendingCall is reused if nobody else holds it any
   // more (the table let go; a completer may still hold it for a moment).
@@ -469,6 +471,9 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
       call->cv.wait(lock, [&] { return call->done; });
     }
     if (call->result->ok() || !IsNotDelivered(call->result->status())) {
+      if (options.response_metadata != nullptr) {
+        *options.response_metadata = std::move(call->response_metadata);
+      }
       return std::move(*call->result);
     }
     // The server refused the call without starting it (it is leaving): once
@@ -485,6 +490,16 @@ Call ChannelCore::CallAsync(std::string_view method, std::string_view request,
                             const CallOptions& options, PendingCall::Callback done) {
   const int64_t deadline_ns = DeadlineOf(options);
   auto call = std::make_shared<PendingCall>(deadline_ns, std::move(done));
+  if (auto* response_metadata = options.response_metadata; response_metadata != nullptr) {
+    // Filled just before `done` runs (the call owns its callback, so the
+    // raw pointer back to it is valid whenever that runs).
+    response_metadata->clear();
+    call->callback = [response_metadata, raw = call.get(), done = std::move(call->callback)](
+                         absl::StatusOr<std::string> result) mutable {
+      *response_metadata = std::move(raw->response_metadata);
+      std::move(done)(std::move(result));
+    };
+  }
   Call handle(weak_from_this(), call);
   auto fail = [&](absl::Status status) {
     // Never on the caller's stack: through the loop.
@@ -562,6 +577,17 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
         }
         return;
       }
+      // The server's status; its payloads and the response metadata (if
+      // any) come in the metadata block. Written into the call before it
+      // completes, read by its caller after.
+      absl::Status status;
+      if (frame->header.status_code != 0) {
+        status = absl::Status(static_cast<absl::StatusCode>(frame->header.status_code),
+                              Av(frame->name));
+      }
+      if (!frame->metadata.empty()) {
+        call->response_metadata = TakeResponseMetadata(frame->metadata, &status);
+      }
       if (call->deadline_ns <= MonotonicNowNs()) {
         // The deadline passed: that is the outcome, whatever the server said.
         Complete(call, absl::DeadlineExceededError("deadline exceeded"));
@@ -570,8 +596,6 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
           std::lock_guard<std::mutex> lock(call->mu);
           call->stream->ended_by_server = true;
         }
-        absl::Status status(static_cast<absl::StatusCode>(frame->header.status_code),
-                            Av(frame->name));
         if ((frame->header.flags & kFlagRefused) != 0) connection->Drain();
         Complete(call, status.ok() ? absl::StatusOr<std::string>(std::string())
                                    : absl::StatusOr<std::string>(std::move(status)));
@@ -581,8 +605,6 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
       } else if (frame->header.status_code == 0) {
         Complete(call, std::string(frame->payload));
       } else {
-        absl::Status status(static_cast<absl::StatusCode>(frame->header.status_code),
-                            Av(frame->name));
         if ((frame->header.flags & kFlagRefused) != 0) {
           // The server is leaving (its GOAWAY may still be on the way): no
           // new calls here. A sync caller sends the call again elsewhere.

@@ -66,6 +66,8 @@ struct ClientStreamState {
   bool discard = false;
   // Async server streaming: runs on the loop, once per message.
   absl::AnyInvocable<void(std::string_view)> on_message;
+  // CallOptions::response_metadata: filled by Finish.
+  Metadata* response_metadata = nullptr;
 };
 
 class PendingCall {
@@ -84,6 +86,7 @@ class PendingCall {
     connection.reset();
     done = false;
     result.reset();
+    response_metadata.clear();
     completed.store(false, std::memory_order_relaxed);
   }
 
@@ -109,6 +112,10 @@ class PendingCall {
   // Set with `done`: what a caller reading its own response polls.
   std::atomic<bool> completed{false};
   std::optional<absl::StatusOr<std::string>> result;  // guarded by mu
+  // The RESPONSE's metadata (ServerContext::AddResponseMetadata): written,
+  // like `sink`, only by whoever took the call out of its table, before it
+  // completes; read by the caller after.
+  Metadata response_metadata;
 
   // Streams only.
   std::unique_ptr<ClientStreamState> stream;

@@ -64,6 +64,8 @@ absl::Status ChannelCore::StartStream(const std::shared_ptr<PendingCall>& call,
   stream.priority = options.priority;
   stream.writes_done = request != nullptr;
   stream.on_message = std::move(on_message);  // before anything can arrive
+  stream.response_metadata = options.response_metadata;
+  if (options.response_metadata != nullptr) options.response_metadata->clear();
   if (call->deadline_ns <= MonotonicNowNs()) return DeadlineExceeded(method);
   if (options.parent_call != nullptr && options.parent_call->IsCancelled()) {
     return absl::CancelledError(
@@ -107,6 +109,15 @@ Call ChannelCore::CallServerStreamAsync(std::string_view method, std::string_vie
       DeadlineOf(options), [done = std::move(done)](absl::StatusOr<std::string> result) mutable {
         std::move(done)(result.status());
       });
+  if (auto* response_metadata = options.response_metadata; response_metadata != nullptr) {
+    // Filled just before `done` runs (the call owns its callback, so the
+    // raw pointer back to it is valid whenever that runs).
+    call->callback = [response_metadata, raw = call.get(), done = std::move(call->callback)](
+                         absl::StatusOr<std::string> result) mutable {
+      *response_metadata = raw->response_metadata;
+      std::move(done)(std::move(result));
+    };
+  }
   Call handle(weak_from_this(), call);
   absl::Status started = StartStream(call, method, &request, options, std::move(on_message));
   if (!started.ok()) {
@@ -259,6 +270,7 @@ absl::Status ChannelCore::StreamFinish(const std::shared_ptr<PendingCall>& call)
       lock.lock();
     }
   }
+  if (stream.response_metadata != nullptr) *stream.response_metadata = call->response_metadata;
   return call->result->status();
 }
 

@@ -13,6 +13,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "asio/executor_work_guard.hpp"
 #include "asio/io_context.hpp"
@@ -28,6 +29,7 @@
 #include "rpc/handler_scheduler.h"
 #include "rpc/server_call_state.h"
 #include "rpc/server_registry.h"
+#include "rpc/status_details.h"
 #include "transports/transport.h"
 #include "base/mutex.h"
 
@@ -168,7 +170,8 @@ class ServerCore final : public IntrospectionSource {
   // end instead).
   void SendResponse(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
                     const absl::Status& status, std::string_view payload, uint16_t flags = 0,
-                    bool rejection = false, bool never_wait = false);
+                    bool rejection = false, bool never_wait = false,
+                    const Metadata* metadata = nullptr);
   // Counts one more answer queued for a handler thread; false (and the
   // connection closed) past its limit (kMinQueuedControl, or
   // max_calls_per_connection if more).
@@ -789,22 +792,25 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
   const bool answer = !call->cancelled_by_client.load() ||
                       (call->stream != nullptr && !connection->closed.load());
   if (answer && call->ClaimResponse()) {
+    // The handler's response metadata goes with whatever the answer is.
+    const Metadata response_metadata = call->TakeResponseMetadata();
     if (MonotonicNowNs() >= call->deadline_ns) {
       // Past the deadline the answer is DEADLINE_EXCEEDED, whatever the
       // handler made of its cancellation.
       SendResponse(connection, call->request_id,
                    absl::DeadlineExceededError(
                        absl::StrCat(call->method, ": deadline exceeded on the server")),
-                   "");
+                   "", 0, false, false, &response_metadata);
     } else if (status.ok() && response.size() > options_.max_message_size) {
       SendResponse(connection, call->request_id,
                    absl::ResourceExhaustedError(absl::StrCat(
                        call->method, ": response of ", response.size(),
                        " bytes exceeds the server's max_message_size ", options_.max_message_size)),
-                   "");
+                   "", 0, false, false, &response_metadata);
     } else {
       SendResponse(connection, call->request_id, status,
-                   status.ok() ? std::string_view(response) : std::string_view());
+                   status.ok() ? std::string_view(response) : std::string_view(), 0, false,
+                   false, &response_metadata);
     }
   } else if (call->cancelled_by_client.load()) {
     responses_dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -821,7 +827,7 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
 void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connection,
                               uint64_t request_id, const absl::Status& status,
                               std::string_view payload, uint16_t flags, bool rejection,
-                              bool never_wait) {
+                              bool never_wait, const Metadata* metadata) {
   FrameHeader header;
   header.type = FrameType::kResponse;
   header.flags = flags;
@@ -832,8 +838,29 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
   // This thread's buffer: Send returns once it is written (no allocation
   // per response once warm).
   thread_local std::string prefix;
-  absl::Status encoded =
-      EncodeFramePrefix(header, message, {}, payload.size(), options_.max_message_size, &prefix);
+  // The metadata block: the handler's response metadata, then the status's
+  // payloads (docs/PROTOCOL.md). Usually neither: nothing is built.
+  static const Metadata kNone;
+  const Metadata* block = metadata != nullptr ? metadata : &kNone;
+  Metadata with_details;
+  if (std::string details = EncodeStatusDetails(status); !details.empty()) {
+    with_details = *block;
+    with_details.emplace_back(std::string(kStatusDetailsKey), std::move(details));
+    block = &with_details;
+  }
+  absl::Status encoded = EncodeFramePrefix(header, message, *block, payload.size(),
+                                           options_.max_message_size, &prefix);
+  if (!encoded.ok() && !block->empty()) {
+    // Over the metadata limits: the caller learns that instead of the answer.
+    IPCRPC_LOG(WARNING) << connection->transport->description() << ": response to request "
+                        << request_id << " not sent as it was: " << encoded.message();
+    SendResponse(connection, request_id,
+                 absl::ResourceExhaustedError(absl::StrCat(
+                     "the server's response metadata and status details are over the limits: ",
+                     encoded.message())),
+                 "", flags, rejection, never_wait);
+    return;
+  }
   if (!encoded.ok()) {
     IPCRPC_LOG(ERROR) << "cannot encode a response: " << encoded;
     return;
@@ -864,8 +891,8 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
       if (rejection && !QueueControl(connection)) return;
       pool_->Post(HandlerScheduler::kControlPriority, 0,
                   [this, connection, request_id, status, body = std::string(payload), flags,
-                   rejection] {
-        SendResponse(connection, request_id, status, body, flags);
+                   rejection, kept = metadata != nullptr ? *metadata : Metadata()] {
+        SendResponse(connection, request_id, status, body, flags, false, false, &kept);
         if (rejection) connection->queued_control.fetch_sub(1);
       });
       return;
@@ -1199,6 +1226,15 @@ const std::string& ServerContext::method() const { return state_->method; }
 
 void ServerContext::OnCancel(absl::AnyInvocable<void() &&> callback) {
   state_->OnCancel(std::move(callback));
+}
+
+void ServerContext::AddResponseMetadata(std::string key, std::string value) {
+  if (internal::IsReservedResponseKey(key)) {
+    IPCRPC_LOG(WARNING) << state_->method << ": response metadata key \"" << absl::CHexEscape(key)
+                        << "\" is reserved: not sent";
+    return;
+  }
+  state_->AddResponseMetadata(std::move(key), std::move(value));
 }
 
 }  // namespace ipcrpc

@@ -96,6 +96,7 @@ class ServerCallState {
     MutexLock lock(&mu_);
     finished_ = false;
     callbacks_.clear();
+    response_metadata_.clear();
   }
 
   // Set when the call is read (or reused), read-only while it runs.
@@ -153,6 +154,16 @@ class ServerCallState {
     dropped.swap(callbacks_);
   }
 
+  // ServerContext::AddResponseMetadata: sent with the RESPONSE.
+  void AddResponseMetadata(std::string key, std::string value) {
+    MutexLock lock(&mu_);
+    response_metadata_.emplace_back(std::move(key), std::move(value));
+  }
+  Metadata TakeResponseMetadata() {
+    MutexLock lock(&mu_);
+    return std::move(response_metadata_);
+  }
+
   // Claims the right to send the one response of this call.
   bool ClaimResponse() { return !responded_.exchange(true, std::memory_order_acq_rel); }
 
@@ -171,6 +182,7 @@ class ServerCallState {
   Mutex mu_;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<absl::AnyInvocable<void() &&>> callbacks_ ABSL_GUARDED_BY(mu_);
+  Metadata response_metadata_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ipcrpc::internal

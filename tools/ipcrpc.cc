@@ -8,7 +8,9 @@
 //
 // Exit code: 0 on success; the status code of a failed call or check
 // (UNAVAILABLE = 14, NOT_FOUND = 5, INVALID_ARGUMENT = 3, ...); 64 for a
-// command line that makes no sense. Errors are one line on stderr.
+// command line that makes no sense. Errors are one line on stderr (a failed
+// call's status payloads on it too); the response metadata a server sent are
+// on stderr before it, a line each ("response metadata KEY: VALUE").
 #include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
@@ -28,6 +30,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -353,11 +357,51 @@ absl::StatusOr<const pb::DescriptorPool*> LoadSchema(const Args& args, Channel& 
   return schema->pool.get();
 }
 
-Failure CallFailure(const std::string& method_name, const absl::Status& status) {
-  return FromStatus(absl::Status(status.code(),
-                                 absl::StrCat(method_name, ": ",
-                                              absl::StatusCodeToString(status.code()), ": ",
-                                              status.message())));
+// The status's payloads, to follow its message on the error line:
+// "; detail TYPE_URL: JSON" each if the schema knows the type (e.g.
+// google.rpc.ErrorInfo), else its bytes in base64.
+std::string DescribePayloads(const absl::Status& status, const pb::DescriptorPool* pool) {
+  std::string lines;
+  status.ForEachPayload([&](absl::string_view type_url, const absl::Cord& payload) {
+    const std::string url(type_url.data(), type_url.size());
+    const std::string bytes(payload);
+    const std::string type_name = url.substr(url.rfind('/') + 1);
+    std::string shown;
+    if (const pb::Descriptor* type = pool != nullptr ? pool->FindMessageTypeByName(type_name)
+                                                     : nullptr) {
+      pb::DynamicMessageFactory factory(pool);
+      std::unique_ptr<pb::Message> message(factory.GetPrototype(type)->New());
+      if (message->ParseFromString(bytes)) shown = ToJson(*message, false);
+    }
+    if (shown.empty()) {
+      std::string encoded;
+      absl::Base64Escape(bytes, &encoded);
+      shown = absl::StrCat("(base64) ", encoded);
+    }
+    absl::StrAppend(&lines, "; detail ", url, ": ", shown);
+  });
+  return lines;
+}
+
+Failure CallFailure(const std::string& method_name, const absl::Status& status,
+                    const pb::DescriptorPool* pool = nullptr) {
+  return FromStatus(absl::Status(
+      status.code(), absl::StrCat(method_name, ": ", absl::StatusCodeToString(status.code()), ": ",
+                                  status.message(), DescribePayloads(status, pool))));
+}
+
+// The server's response metadata, on stderr (stdout is the response): one
+// "response metadata KEY: VALUE" line each, a -bin key's value in base64.
+void PrintResponseMetadata(const std::vector<std::pair<std::string, std::string>>& metadata) {
+  for (const auto& [key, value] : metadata) {
+    std::string shown;
+    if (absl::EndsWith(key, "-bin")) {
+      absl::Base64Escape(value, &shown);
+    } else {
+      shown = absl::CHexEscape(value);
+    }
+    std::cerr << "response metadata " << absl::CHexEscape(key) << ": " << shown << "\n";
+  }
 }
 
 // A streaming call. Messages to the server are JSON objects, one per line:
@@ -386,6 +430,9 @@ std::optional<Failure> RunStreamCall(const Args& args, Channel& channel,
   CallOptions options;
   if (args.timeout_given) options.timeout = args.timeout;
   options.metadata = args.metadata;
+  std::vector<std::pair<std::string, std::string>> response_metadata;
+  options.response_metadata = &response_metadata;
+  const pb::DescriptorPool* pool = method->file()->pool();
   std::unique_ptr<pb::Message> reply(reply_type->New());
   auto print_all = [&](GenericClientStream& stream) -> std::optional<Failure> {
     std::string bytes;
@@ -409,7 +456,8 @@ std::optional<Failure> RunStreamCall(const Args& args, Channel& channel,
     GenericClientStream stream = channel.OpenServerStream(method_name, request, options);
     if (auto failed = print_all(stream)) return failed;
     absl::Status status = stream.Finish();
-    if (!status.ok()) return CallFailure(method_name, status);
+    PrintResponseMetadata(response_metadata);
+    if (!status.ok()) return CallFailure(method_name, status, pool);
     return std::nullopt;
   }
   GenericClientStream stream = channel.OpenStream(method_name, options);
@@ -468,9 +516,10 @@ std::optional<Failure> RunStreamCall(const Args& args, Channel& channel,
   [[maybe_unused]] ssize_t ignored = ::write(stop_write.get(), &byte, 1);
   writer.join();
   absl::Status status = stream.Finish();
+  PrintResponseMetadata(response_metadata);
   if (write_failure.has_value()) return write_failure;
   if (read_failure.has_value()) return read_failure;
-  if (!status.ok()) return CallFailure(method_name, status);
+  if (!status.ok()) return CallFailure(method_name, status, pool);
   return std::nullopt;
 }
 
@@ -525,13 +574,12 @@ std::optional<Failure> RunCall(const Args& args) {
   CallOptions options;
   options.timeout = args.timeout;
   options.metadata = args.metadata;
+  std::vector<std::pair<std::string, std::string>> response_metadata;
+  options.response_metadata = &response_metadata;
   absl::StatusOr<std::string> bytes =
       (*channel)->CallMethod(method_name, request->SerializeAsString(), options);
-  if (!bytes.ok()) {
-    return Failure{static_cast<int>(bytes.status().code()),
-                   absl::StrCat(method_name, ": ", absl::StatusCodeToString(bytes.status().code()),
-                                ": ", bytes.status().message())};
-  }
+  PrintResponseMetadata(response_metadata);
+  if (!bytes.ok()) return CallFailure(method_name, bytes.status(), *pool);
   if (!response->ParseFromString(*bytes)) {
     return FromStatus(absl::DataLossError(absl::StrCat(
         method_name, ": the response is not a ", method->output_type()->full_name())));

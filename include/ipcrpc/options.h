@@ -111,6 +111,11 @@ struct CallOptions {
   absl::Time deadline = absl::InfiniteFuture();       // ... or absolute: the earlier wins
   int priority = 0;                                   // 0..31, higher served first where the transport can
   std::vector<std::pair<std::string, std::string>> metadata;
+  // If set, filled with the metadata the server attached to its answer
+  // (ServerContext::AddResponseMetadata), whatever the call's outcome (empty
+  // if no answer came): before a sync call returns, before an async call's
+  // callback runs, by a stream's Finish. Must outlive the call.
+  std::vector<std::pair<std::string, std::string>>* response_metadata = nullptr;
 
   // Inside a handler: options for a nested call that inherit the caller's
   // deadline (less `shave`) and are cancelled when the incoming call is.

@@ -38,6 +38,14 @@ class ServerContext {
   // if it already is). Callbacks registered after the handler returned never
   // run. A callback must be quick: it runs on the thread that cancels.
   void OnCancel(absl::AnyInvocable<void() &&> callback);
+  // Metadata sent back with the call's answer, whatever its status: the
+  // caller finds it in CallOptions::response_metadata. Keys are as for
+  // request metadata (binary values by convention on keys ending in
+  // "-bin"); keys starting with "grpc-" or ':' are reserved and dropped
+  // (logged). Together with the request's limits apply: 256 entries and
+  // 64 KiB encoded, beyond which the caller gets RESOURCE_EXHAUSTED instead
+  // of the handler's answer.
+  void AddResponseMetadata(std::string key, std::string value);
 
   const std::shared_ptr<internal::ServerCallState>& state() const { return state_; }
 

@@ -295,7 +295,17 @@ TEST_F(CliTest, CallsThroughReflectionWithMetadataAndTimeout) {
   CliResult missing = RunCli({"call", "mq:" + mq, "clitest.Tester/Metadata", R"({"key": "x"})"});
   EXPECT_EQ(missing.exit_code, static_cast<int>(absl::StatusCode::kNotFound));
   EXPECT_THAT(missing.err, HasSubstr("no such metadata key: x"));
-  EXPECT_EQ(LineCount(missing.err), 1) << missing.err;
+  // ... with its payloads (JSON where the schema knows the type) and the
+  // response metadata, on stderr; stdout has nothing but the response.
+  EXPECT_THAT(missing.err, HasSubstr(R"(; detail type.googleapis.com/clitest.Problem: {"reason":"NO_SUCH_KEY","key":"x"})"));
+  EXPECT_THAT(missing.err, HasSubstr("; detail type.example/unknown: (base64) /wA="));
+  EXPECT_THAT(missing.err, HasSubstr("response metadata x-looked-for: x\n"));
+  EXPECT_THAT(missing.err, HasSubstr("response metadata trace-bin: AAEC\n"));
+  EXPECT_EQ(missing.out, "");
+  EXPECT_THAT(metadata.err, HasSubstr("response metadata x-looked-for: who\n"));
+  // The error is one line, after the two of response metadata.
+  EXPECT_EQ(LineCount(missing.err), 3) << missing.err;
+  EXPECT_THAT(missing.err, HasSubstr("response metadata trace-bin: AAEC\nipcrpc call: "));
 
   CliResult late = RunCli({"call", "shm:" + mq, "clitest.Tester/Wait", "--timeout=200ms"});
   EXPECT_EQ(late.exit_code, static_cast<int>(absl::StatusCode::kDeadlineExceeded)) << late.err;

@@ -42,13 +42,21 @@ class Tester final : public clitest::Tester::Service {
 
   absl::Status Metadata(ipcrpc::ServerContext& context, const clitest::MetadataRequest& request,
                         clitest::MetadataReply& reply) override {
+    context.AddResponseMetadata("x-looked-for", request.key());
+    context.AddResponseMetadata("trace-bin", std::string("\0\x01\x02", 3));
     for (const auto& [key, value] : context.metadata()) {
       if (key == request.key()) {
         reply.set_value(value);
         return absl::OkStatus();
       }
     }
-    return absl::NotFoundError("no such metadata key: " + request.key());
+    absl::Status status = absl::NotFoundError("no such metadata key: " + request.key());
+    clitest::Problem problem;
+    problem.set_reason("NO_SUCH_KEY");
+    problem.set_key(request.key());
+    status.SetPayload("type.googleapis.com/clitest.Problem", absl::Cord(problem.SerializeAsString()));
+    status.SetPayload("type.example/unknown", absl::Cord(std::string("\xff\x00", 2)));
+    return status;
   }
 
   absl::Status Count(ipcrpc::ServerContext&, const clitest::CountRequest& request,

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -23,6 +24,7 @@
 #include "ipcrpc/ipcrpc.h"
 #include "rpc/frame.h"
 #include "tests/conformance/conformance_server_process.h"
+#include "tests/conformance/test_service.h"
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
 #include "base/mutex.h"
@@ -309,6 +311,70 @@ TEST_P(ConformanceTest, MetadataReachesTheHandler) {
   auto response = channel().CallMethod("test.Test/Metadata", "", options);
   ASSERT_THAT(response, IsOk());
   EXPECT_EQ(*response, "trace-id=abc123;empty=;");
+}
+
+using Entries = std::vector<std::pair<std::string, std::string>>;
+
+std::string DetailOf(const absl::Status& status) {
+  auto payload = status.GetPayload(kDetailTypeUrl);
+  return payload.has_value() ? std::string(*payload) : "<none>";
+}
+
+TEST_P(ConformanceTest, AHandlersStatusArrivesWholeWithItsResponseMetadata) {
+  const std::string detail(kDetailBytes, sizeof(kDetailBytes) - 1);
+  const Entries expected = {{"x-served-by", "conformance"}, {"trace-bin", std::string("\0\x01", 2)}};
+  std::string request = "9;x-served-by=conformance;trace-bin=";
+  request.append("\0\x01", 2);
+  // Sync.
+  Entries response_metadata = {{"stale", "entry"}};
+  CallOptions options;
+  options.response_metadata = &response_metadata;
+  auto response = channel().CallMethod("test.Test/Reply", request, options);
+  EXPECT_THAT(response, StatusIs(absl::StatusCode::kFailedPrecondition, "failed on purpose"));
+  EXPECT_EQ(DetailOf(response.status()), detail);
+  EXPECT_EQ(response_metadata, expected);
+  // Async: filled before the callback runs.
+  Entries async_metadata;
+  options.response_metadata = &async_metadata;
+  ipcrpc::internal::Notification done;
+  absl::Status async_status;
+  Entries seen_in_callback;
+  channel().CallMethodAsync("test.Test/Reply", request, options,
+                            [&](absl::StatusOr<std::string> result) {
+                              async_status = result.status();
+                              seen_in_callback = async_metadata;
+                              done.Notify();
+                            });
+  done.WaitForNotification();
+  EXPECT_THAT(async_status, StatusIs(absl::StatusCode::kFailedPrecondition));
+  EXPECT_EQ(DetailOf(async_status), detail);
+  EXPECT_EQ(seen_in_callback, expected);
+}
+
+TEST_P(ConformanceTest, ResponseMetadataComesWithAnAnswerAndReservedKeysDoNot) {
+  Entries response_metadata;
+  CallOptions options;
+  options.response_metadata = &response_metadata;
+  auto response = channel().CallMethod(
+      "test.Test/Reply", "0;a=1;grpc-status=0;a=2;:path=/x;b-bin=", options);
+  ASSERT_THAT(response, IsOk());
+  EXPECT_EQ(*response, "replied");
+  EXPECT_EQ(response_metadata, (Entries{{"a", "1"}, {"a", "2"}, {"b-bin", ""}}));
+  // A call that gets no answer has none.
+  options.timeout = absl::Milliseconds(50);
+  EXPECT_THAT(channel().CallMethod("test.Test/Sleep", "10000", options),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_TRUE(response_metadata.empty());
+}
+
+TEST_P(ConformanceTest, ResponseMetadataOverTheLimitsIsResourceExhaustedForThatCallOnly) {
+  Entries response_metadata;
+  CallOptions options;
+  options.response_metadata = &response_metadata;
+  EXPECT_THAT(channel().CallMethod("test.Test/Reply", "0;many", options),
+              StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("metadata")));
+  EXPECT_TRUE(response_metadata.empty());
+  EXPECT_THAT(channel().CallMethod("test.Test/Echo", "unharmed"), IsOkAndHolds("unharmed"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, ConformanceTest, ::testing::ValuesIn(kTransports),

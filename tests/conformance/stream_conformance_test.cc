@@ -73,6 +73,38 @@ TEST_P(StreamConformanceTest, TenThousandMessagesArriveInOrder) {
   EXPECT_EQ(expected, 10000);
 }
 
+TEST_P(StreamConformanceTest, FinishAndDoneFillTheResponseMetadata) {
+  using Entries = std::vector<std::pair<std::string, std::string>>;
+  Entries response_metadata = {{"stale", "entry"}};
+  CallOptions options = Within(absl::Seconds(60));
+  options.response_metadata = &response_metadata;
+  GenericClientStream reader = channel().OpenServerStream("test.Test/Count", "3 1", options);
+  std::string message;
+  int messages = 0;
+  while (reader.Read(&message)) ++messages;
+  EXPECT_EQ(messages, 3);
+  EXPECT_THAT(reader.Finish(), IsOk());
+  EXPECT_EQ(response_metadata, (Entries{{"x-count", "3"}}));
+
+  Entries async_metadata;
+  options.response_metadata = &async_metadata;
+  ipcrpc::internal::Notification done;
+  absl::Status status;
+  Entries seen_in_done;
+  std::atomic<int> async_messages{0};
+  channel().CallServerStreamAsync(
+      "test.Test/Count", "5 1", options, [&](std::string_view) { ++async_messages; },
+      [&](absl::Status final_status) {
+        status = final_status;
+        seen_in_done = async_metadata;
+        done.Notify();
+      });
+  done.WaitForNotification();
+  EXPECT_THAT(status, IsOk());
+  EXPECT_EQ(async_messages.load(), 5);
+  EXPECT_EQ(seen_in_done, (Entries{{"x-count", "5"}}));
+}
+
 TEST_P(StreamConformanceTest, MessagesFromZeroBytesToFourMebibytesEchoWhole) {
   GenericClientStream stream = channel().OpenStream("test.Test/EchoStream", Within(absl::Seconds(60)));
   for (size_t size : {size_t{0}, size_t{1}, size_t{4096}, size_t{64} << 10, size_t{1} << 20,

@@ -7,11 +7,16 @@
 //   test.Test/WaitForCancellations  request "<n>": returns once n Sleep calls saw cancellation
 //   test.Test/WaitForActive         request "<n>": returns once n Sleep calls are running
 //   test.Test/Metadata              "k=v;..." of the call's metadata
+//   test.Test/Reply                 request "<code>;k=v;...": each k=v is added
+//                                   as response metadata ("many": 300 entries);
+//                                   code 0 answers "replied", any other fails
+//                                   with a test.Detail payload (kDetailTypeUrl)
 //   test.Test/Record                appends the request to a log
 //   test.Test/Log                   the log, entries joined by ','
 // Streams:
 //   test.Test/Count       server streaming, request "<n> <size>": n messages,
-//                         message i is "<i>" padded with 'x' to size bytes
+//                         message i is "<i>" padded with 'x' to size bytes;
+//                         response metadata "x-count" = n
 //   test.Test/Forever     server streaming, request "<size>": messages of size
 //                         bytes until cancelled (counts a cancellation)
 //   test.Test/Written     unary: messages Forever wrote so far
@@ -27,13 +32,20 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "ipcrpc/ipcrpc.h"
 #include "base/mutex.h"
 
 namespace ipcrpc::testing {
+
+// The type URL of test.Test/Reply's status payload, and its bytes.
+inline constexpr char kDetailTypeUrl[] = "type.googleapis.com/test.Detail";
+inline constexpr char kDetailBytes[] = "detail\0\xff bytes";
 
 class TestService : public Service {
  public:
@@ -65,13 +77,38 @@ class TestService : public Service {
                 log_.append(request);
                 return absl::OkStatus();
               });
+    AddMethod("test.Test/Reply",
+              [](ServerContext& context, std::string_view request, std::string& response) {
+                std::vector<std::string> parts = absl::StrSplit(std::string(request), ';');
+                int code = 0;
+                if (!absl::SimpleAtoi(parts[0], &code) || code < 0 || code > 16) {
+                  return absl::InvalidArgumentError("expected \"<code>;k=v;...\"");
+                }
+                for (size_t i = 1; i < parts.size(); ++i) {
+                  if (parts[i] == "many") {
+                    for (int j = 0; j < 300; ++j) context.AddResponseMetadata("k", "v");
+                    continue;
+                  }
+                  const size_t eq = parts[i].find('=');
+                  if (eq == std::string::npos) continue;
+                  context.AddResponseMetadata(parts[i].substr(0, eq), parts[i].substr(eq + 1));
+                }
+                if (code == 0) {
+                  response = "replied";
+                  return absl::OkStatus();
+                }
+                absl::Status status(static_cast<absl::StatusCode>(code), "failed on purpose");
+                status.SetPayload(kDetailTypeUrl,
+                                  absl::Cord(std::string(kDetailBytes, sizeof(kDetailBytes) - 1)));
+                return status;
+              });
     AddMethod("test.Test/Log", [this](ServerContext&, std::string_view, std::string& response) {
       ipcrpc::internal::MutexLock lock(&mu_);
       response = log_;
       return absl::OkStatus();
     });
     AddStreamMethod("test.Test/Count", MethodKind::kServerStreaming,
-                    [](ServerContext&, GenericServerStream& stream) {
+                    [](ServerContext& context, GenericServerStream& stream) {
                       std::string request;
                       if (!stream.Read(&request)) return absl::CancelledError("no request");
                       int n = 0;
@@ -82,6 +119,7 @@ class TestService : public Service {
                           !absl::SimpleAtoi(absl::string_view(request).substr(space + 1), &size)) {
                         return absl::InvalidArgumentError("expected \"<n> <size>\"");
                       }
+                      context.AddResponseMetadata("x-count", std::to_string(n));
                       for (int i = 0; i < n; ++i) {
                         std::string message = std::to_string(i);
                         if (message.size() < size) message.resize(size, 'x');

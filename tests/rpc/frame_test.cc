@@ -1,9 +1,12 @@
 #include "rpc/frame.h"
+#include "rpc/status_details.h"
 
 #include <cstring>
 
 #include <random>
 #include <string>
+
+#include "absl/strings/cord.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -233,6 +236,60 @@ TEST(FrameTest, RandomMutationsOfAValidFrame) {
       DecodeMetadata(frame->metadata);
     }
   }
+}
+
+
+TEST(StatusDetailsTest, PayloadsRoundTripAsAGoogleRpcStatus) {
+  absl::Status sent = absl::FailedPreconditionError("no");
+  sent.SetPayload("type.googleapis.com/google.rpc.ErrorInfo", absl::Cord(std::string("\0\x01x", 3)));
+  sent.SetPayload("type.example/b", absl::Cord(""));
+  const std::string details = EncodeStatusDetails(sent);
+  // google.rpc.Status: code 9 (field 1), message "no" (field 2), then the Anys.
+  EXPECT_EQ(details.substr(0, 6), std::string("\x08\x09\x12\x02no", 6));
+  absl::Status received = absl::FailedPreconditionError("no");
+  ASSERT_TRUE(ApplyStatusDetails(details, &received));
+  EXPECT_EQ(received, sent);
+  EXPECT_EQ(EncodeStatusDetails(absl::InternalError("no payload")), "");
+}
+
+TEST(StatusDetailsTest, BytesThatAreNotAStatusChangeNothing) {
+  absl::Status sent = absl::InternalError("x");
+  sent.SetPayload("t", absl::Cord("value"));
+  const std::string details = EncodeStatusDetails(sent);
+  // Cut anywhere in the payload's Any (a cut before it leaves a valid,
+  // shorter google.rpc.Status).
+  for (size_t cut = details.find('\x1a') + 1; cut < details.size(); ++cut) {
+    absl::Status status = absl::InternalError("x");
+    EXPECT_FALSE(ApplyStatusDetails(details.substr(0, cut), &status)) << "cut at " << cut;
+    EXPECT_FALSE(status.GetPayload("t").has_value());
+  }
+  // An Any that claims more bytes than there are, and one whose string does.
+  for (const std::string& lie : {std::string("\x1a\xff\xff\xff\x07", 5),
+                                 std::string("\x1a\x06\x0a\x7f", 4) + "abcd",
+                                 std::string("\x00", 1)}) {
+    absl::Status status = absl::InternalError("x");
+    EXPECT_FALSE(ApplyStatusDetails(lie, &status));
+    EXPECT_EQ(status, absl::InternalError("x"));
+  }
+}
+
+TEST(StatusDetailsTest, TheDetailsEntryIsTakenOutOfTheResponseMetadata) {
+  absl::Status sent = absl::NotFoundError("gone");
+  sent.SetPayload("t", absl::Cord("v"));
+  std::string prefix;
+  const Metadata metadata = {{"a", "1"}, {std::string(kStatusDetailsKey), EncodeStatusDetails(sent)},
+                             {"b", "2"}};
+  FrameHeader header;
+  header.type = FrameType::kResponse;
+  ASSERT_TRUE(EncodeFramePrefix(header, "", metadata, 0, 0, &prefix).ok());
+  auto frame = DecodeFrame(prefix, 0);
+  ASSERT_TRUE(frame.ok());
+  absl::Status status = absl::NotFoundError("gone");
+  EXPECT_EQ(TakeResponseMetadata(frame->metadata, &status), (Metadata{{"a", "1"}, {"b", "2"}}));
+  EXPECT_EQ(status, sent);
+  absl::Status ok;
+  EXPECT_EQ(TakeResponseMetadata(frame->metadata, &ok).size(), 2u);
+  EXPECT_TRUE(ok.ok());
 }
 
 }  // namespace
