@@ -561,7 +561,7 @@ bool IpcrpcGenerator::Generate(const FileDescriptor* file, const std::string& pa
   const std::string base = StripProto(file->name());
   if (!WriteFile(context, base + ".ipcrpc.h", GenerateHeader(file, include_prefix)) ||
       !WriteFile(context, base + ".ipcrpc.cc", GenerateSource(file, include_prefix))) {
-    *error = file->name() + ": cannot write the generated files";
+    *error = "cannot write the generated files";  // protoc names the file
     return false;
   }
   return true;

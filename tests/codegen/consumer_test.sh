@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds tests/codegen/consumer against ipcrpc, in-tree (add_subdirectory) or
-# installed (cmake --install, then find_package), and runs it.
+# installed (cmake --install, then find_package), and runs it. Installed, it
+# also checks that ipcrpc_add_proto_library names what is wrong with a
+# project whose imports cannot be satisfied.
 #   consumer_test.sh in-tree SOURCE_DIR
 #   consumer_test.sh installed SOURCE_DIR BUILD_DIR
 set -euo pipefail
@@ -23,3 +25,28 @@ case "$mode" in
 esac
 cmake --build "$work/build" -j 2 >"$work/build.log" 2>&1 || { tail -50 "$work/build.log"; exit 1; }
 "$work/build/consumer"
+
+[[ $mode == installed ]] || exit 0
+# Bad projects: configuring fails, naming the problem.
+expect_configure_error() {  # expect_configure_error NAME PATTERN CMAKE-LINES
+  local dir="$work/bad-$1"
+  mkdir -p "$dir/p"
+  printf 'cmake_minimum_required(VERSION 3.24)\nproject(bad LANGUAGES CXX)\nfind_package(ipcrpc CONFIG REQUIRED)\n%s\n' "$3" >"$dir/CMakeLists.txt"
+  printf 'syntax = "proto3";\npackage p;\nimport "p/missing.proto";\n' >"$dir/p/a.proto"
+  printf 'syntax = "proto3";\npackage q;\nmessage M {}\n' >"$dir/p/b.proto"
+  if cmake -S "$dir" -B "$dir/build" -DCMAKE_PREFIX_PATH="$work/prefix" >"$dir/log" 2>&1; then
+    echo "FAIL $1: configured"; exit 1
+  fi
+  if ! tr -s ' \n' ' ' <"$dir/log" | grep -q -- "$2"; then
+    echo "FAIL $1: no '$2' in:"; cat "$dir/log"; exit 1
+  fi
+  echo "ok   $1"
+}
+expect_configure_error missing-import 'p/a.proto imports "p/missing.proto", which no DEPS library generates' \
+  'ipcrpc_add_proto_library(a PROTOS p/a.proto)'
+expect_configure_error bad-deps 'DEPS nothing is not a target' \
+  'ipcrpc_add_proto_library(b PROTOS p/b.proto DEPS nothing)'
+expect_configure_error not-a-proto-library 'DEPS ipcrpc::ipcrpc is not an ipcrpc_add_proto_library target' \
+  'ipcrpc_add_proto_library(b PROTOS p/b.proto DEPS ipcrpc::ipcrpc)'
+expect_configure_error missing-proto 'PROTOS p/none.proto: no such file' \
+  'ipcrpc_add_proto_library(b PROTOS p/none.proto)'

@@ -39,4 +39,15 @@ if "$protoc" --plugin=protoc-gen-ipcrpc="$plugin" --ipcrpc_out=include_prefix=ge
 else
   echo "FAIL include_prefix"; failed=1
 fi
+# Run by hand, it answers --help and --version, and names a bad argument.
+if "$plugin" --help | grep -q -- "--ipcrpc_out" && "$plugin" --version | grep -q "^protoc-gen-ipcrpc [0-9]"; then
+  echo "ok   --help, --version"
+else
+  echo "FAIL --help or --version"; failed=1
+fi
+if log=$("$plugin" --bogus 2>&1) || ! grep -q "unknown argument '--bogus'" <<<"$log"; then
+  echo "FAIL unknown argument: $log"; failed=1
+else
+  echo "ok   unknown argument: $log"
+fi
 exit $failed
