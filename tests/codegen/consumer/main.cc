@@ -1,10 +1,12 @@
 // Serves every service of the consumer project in-process over unix: and
-// calls each through its generated stub. Compiled with CMake's defaults
+// calls each through its generated stub (CMake: tests/codegen/consumer_test.sh;
+// Bazel: @ipcrpc//:consumer_test). Compiled with CMake's defaults
 // (-std=gnu++20), where `linux` and `unix` are macros unless the proto
 // library's flags undefine them.
 #include <unistd.h>
 
 #include <cstdio>
+#include <ctime>
 #include <string>
 
 #include "acme/collector/trace/v1/trace_service.ipcrpc.h"
@@ -60,12 +62,17 @@ int Fail(const char* what) {
 }  // namespace
 
 int main() {
-  const std::string endpoint = "unix:/tmp/ipcrpc-consumer-" + std::to_string(getpid()) + ".sock";
+  // An abstract socket (nothing on disk) and no registry record: Bazel runs
+  // this as a test in a sandbox with pids of its own.
+  const std::string endpoint = "unix:@ipcrpc-consumer-" + std::to_string(getpid()) + "-" +
+                               std::to_string(time(nullptr));
+  ipcrpc::ServerOptions options;
+  options.registry = false;
   GreeterImpl greeter_impl;
   TraceServiceImpl trace_impl;
   StorageImpl storage_impl;
   DeviceImpl device_impl;
-  ipcrpc::Server server;
+  ipcrpc::Server server(options);
   for (ipcrpc::Service* service :
        std::initializer_list<ipcrpc::Service*>{&greeter_impl, &trace_impl, &storage_impl,
                                                &device_impl}) {
