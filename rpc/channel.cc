@@ -31,6 +31,11 @@ TransportOptions ToTransportOptions(const ChannelOptions& options) {
   transport.shm_ring_size = options.shm_ring_size;
   transport.allowed_server_uids = options.allowed_server_uids;
   transport.connect_timeout = options.connect_timeout;
+  transport.grpc_certificate_chain_file = options.grpc.certificate_chain_file;
+  transport.grpc_private_key_file = options.grpc.private_key_file;
+  transport.grpc_root_certificates_file = options.grpc.root_certificates_file;
+  transport.grpc_use_tls = options.grpc.use_tls;
+  transport.grpc_allow_plaintext_off_host = options.grpc.allow_plaintext_off_host;
   return transport;
 }
 

@@ -128,6 +128,10 @@ class ServerCore final : public IntrospectionSource {
   void Wait();
   void Shutdown(absl::Duration grace);
   Server::Stats stats() const;
+  std::vector<std::string> endpoints() const {
+    MutexLock lock(&mu_);
+    return endpoints_;
+  }
 
   // IntrospectionSource: for the built-in services.
   ServerRecord Record() const override;
@@ -242,6 +246,18 @@ ServerCore::ServerCore(const ServerOptions& options) : options_(options) {
   transport_options_.max_connections = options.max_connections;
   transport_options_.open_connections = open_connections_;
   transport_options_.refused_connections = listener_refusals_;
+  transport_options_.grpc_certificate_chain_file = options.grpc.certificate_chain_file;
+  transport_options_.grpc_private_key_file = options.grpc.private_key_file;
+  transport_options_.grpc_root_certificates_file = options.grpc.root_certificates_file;
+  transport_options_.grpc_require_client_certificate = options.grpc.require_client_certificate;
+  transport_options_.grpc_allow_plaintext_off_host = options.grpc.allow_plaintext_off_host;
+  // Asked on the server's loop only, which runs from Start on, when
+  // methods_ no longer changes.
+  transport_options_.grpc_method_streams = [this](std::string_view name) -> std::optional<bool> {
+    auto method = methods_.find(Av(name));
+    if (method == methods_.end()) return std::nullopt;
+    return method->second->kind != MethodKind::kUnary;
+  };
   int threads = options.handler_threads;
   if (threads <= 0) {
     threads = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
@@ -1189,6 +1205,8 @@ void internal::ServerCore::FillStats(ServerStats* out) const {
 // --------------------------------------------------------------------- public
 
 Server::Stats Server::stats() const { return core_->stats(); }
+
+std::vector<std::string> Server::endpoints() const { return core_->endpoints(); }
 
 Server::Server(const ServerOptions& options)
     : core_(std::make_shared<internal::ServerCore>(options)) {}

@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(cmake g++ make pkg-config ccache
           libprotobuf-dev libprotoc-dev protobuf-compiler
-          libabsl-dev libasio-dev libgtest-dev libgmock-dev libbenchmark-dev)
+          libabsl-dev libasio-dev libgtest-dev libgmock-dev libbenchmark-dev
+          libgrpc++-dev protobuf-compiler-grpc python3-grpcio)
 
 source scripts/install_missing.sh
 

@@ -17,6 +17,9 @@
 #include "transports/shm/shm_transport.h"
 #include "transports/transport.h"
 #include "transports/unix/unix_transport.h"
+#ifdef IPCRPC_HAVE_GRPC
+#include "grpc/grpc_transport.h"
+#endif
 
 namespace ipcrpc::internal {
 namespace {
@@ -38,14 +41,22 @@ constexpr Transport kTransports[] = {
     {"fifo", &CreateFifoListener, &CreateFifoConnector},
     {"mq", &CreateMqListener, &CreateMqConnector},
     {"shm", &CreateShmListener, &CreateShmConnector},
+#ifdef IPCRPC_HAVE_GRPC
+    // Real gRPC, the one transport that reads frames (grpc/grpc_transport.h).
+    {"grpc", &CreateGrpcListener, &CreateGrpcConnector},
+#else
+    {"grpc", nullptr, nullptr},
+#endif
 };
 
 absl::StatusOr<const Transport*> Find(const Endpoint& endpoint) {
   for (const Transport& transport : kTransports) {
     if (endpoint.scheme != transport.scheme) continue;
     if (transport.listen == nullptr) {
-      return absl::UnimplementedError(absl::StrCat("endpoint '", endpoint.text, "': transport '",
-                                                   endpoint.scheme, ":' is not built yet"));
+      return absl::UnimplementedError(absl::StrCat(
+          "endpoint '", endpoint.text, "': transport '", endpoint.scheme,
+          ":' is not in this build (ipcrpc was configured without gRPC: install "
+          "libgrpc++-dev and configure with -DIPCRPC_GRPC=ON)"));
     }
     return &transport;
   }

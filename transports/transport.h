@@ -15,7 +15,9 @@
 #include <cstddef>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -83,6 +85,18 @@ struct TransportOptions {
     std::string bound;  // "within ChannelOptions::connect_timeout (5s)" / "before the call's deadline"
   };
   ConnectDeadline ConnectDeadlineFor(int64_t call_deadline_ns) const;
+
+  // grpc: (grpc/grpc_transport.h), both sides: TLS and plaintext.
+  std::string grpc_certificate_chain_file;
+  std::string grpc_private_key_file;
+  std::string grpc_root_certificates_file;
+  bool grpc_require_client_certificate = false;
+  bool grpc_use_tls = false;
+  bool grpc_allow_plaintext_off_host = false;
+  // grpc: server side: whether `method` ("package.Service/Method") streams,
+  // or nullopt if the server has no such method. gRPC's wire does not say
+  // how a call is to be framed; the server's methods do.
+  std::function<std::optional<bool>(std::string_view method)> grpc_method_streams;
 };
 
 // A parsed endpoint "scheme:address".

@@ -23,6 +23,26 @@ namespace internal {
 class ServerCallState;
 }  // namespace internal
 
+// grpc: endpoints (docs/GRPC.md). Plaintext is allowed on loopback
+// addresses (127.0.0.0/8, ::1, localhost) and on grpc:unix:; any other
+// address needs TLS, or allow_plaintext_off_host.
+struct GrpcOptions {
+  // PEM files. A server serves TLS when certificate_chain_file and
+  // private_key_file are set; with require_client_certificate it also
+  // demands a client certificate signed by root_certificates_file (mutual
+  // TLS). A client uses TLS when use_tls is set or root_certificates_file is
+  // (the CAs it trusts; empty: the system's), and presents
+  // certificate_chain_file/private_key_file if set.
+  std::string certificate_chain_file;
+  std::string private_key_file;
+  std::string root_certificates_file;
+  bool require_client_certificate = false;
+  bool use_tls = false;
+  // Plaintext on an address other than loopback: anyone on the network can
+  // read and forge the calls. Off: such an endpoint fails INVALID_ARGUMENT.
+  bool allow_plaintext_off_host = false;
+};
+
 // Limits and settings of a client channel.
 struct ChannelOptions {
   // Largest request or response payload; a larger request fails
@@ -54,6 +74,8 @@ struct ChannelOptions {
   // may send on one stream that this client has not consumed yet (read, or
   // passed to on_message). At least 64 KiB; smaller values are raised.
   size_t stream_window = 1u << 20;
+  // grpc: endpoints: TLS and plaintext.
+  GrpcOptions grpc;
 };
 
 // Limits and settings of a server.
@@ -103,6 +125,8 @@ struct ServerOptions {
   // Record the server in the registry under the runtime directory while it
   // runs (`ipcrpc ls`, `ipcrpc gc`).
   bool registry = true;
+  // grpc: endpoints: TLS and plaintext.
+  GrpcOptions grpc;
 };
 
 // Options of one call.

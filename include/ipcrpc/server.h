@@ -66,6 +66,10 @@ class Server {
   };
   Stats stats() const;
 
+  // The endpoints Listen bound, in order, as bound: a grpc: port 0 is
+  // replaced by the port it got ("grpc:127.0.0.1:41234").
+  std::vector<std::string> endpoints() const;
+
  private:
   std::shared_ptr<internal::ServerCore> core_;
 };

@@ -1,5 +1,5 @@
 // A server process for the conformance suite: serves TestService on
-// --endpoint, writes "READY" to --ready_fd once serving, shuts down cleanly
+// --endpoint, writes "READY" and the bound endpoint to --ready_fd once serving, shuts down cleanly
 // (exit 0) on SIGTERM or, for pipe:, when its parent goes away.
 #include <signal.h>
 #include <unistd.h>
@@ -57,7 +57,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (ready_fd >= 0) {
-    ssize_t ignored = write(ready_fd, "READY\n", 6);
+    // READY, then the endpoint as bound (a grpc: port 0 resolved).
+    const std::string ready = "READY\n" + server.endpoints().front() + "\n";
+    ssize_t ignored = write(ready_fd, ready.data(), ready.size());
     (void)ignored;
     close(ready_fd);
   }

@@ -35,13 +35,16 @@ absl::StatusOr<std::unique_ptr<ConformanceServerProcess>> ConformanceServerProce
   std::unique_ptr<ConformanceServerProcess> server(new ConformanceServerProcess());
   server->transport_ = transport;
   if (transport.name == "unix" || transport.name == "fifo" || transport.name == "mq" ||
-      transport.name == "shm") {
+      transport.name == "shm" || transport.name == "grpc" || transport.name == "grpcunix") {
     // Servers with a name: a separate process that says when it is ready.
     server->socket_path_ = !name.empty() ? name
                            : (transport.name == "mq" || transport.name == "shm")
                                ? UniqueName("ipcrpc-conformance")
                                : UniqueName("/tmp/ipcrpc-conformance") + "." + transport.name;
     server->endpoint_ = transport.name + ":" + server->socket_path_;
+    // gRPC over TCP on a port the server picks, or over a Unix socket.
+    if (transport.name == "grpc") server->endpoint_ = "grpc:127.0.0.1:0";
+    if (transport.name == "grpcunix") server->endpoint_ = "grpc:unix:" + server->socket_path_;
     int ready[2];
     if (pipe2(ready, O_CLOEXEC) < 0) return absl::InternalError("pipe2");
     UniqueFd ready_read(ready[0]);
@@ -60,6 +63,9 @@ absl::StatusOr<std::unique_ptr<ConformanceServerProcess>> ConformanceServerProce
       return absl::InternalError(absl::StrCat("conformance_server did not start: ",
                                               line.ok() ? *line : line.status().ToString()));
     }
+    auto bound = ReadLine(ready_read.get(), absl::Seconds(20));
+    if (!bound.ok()) return bound.status();
+    server->endpoint_ = *bound;
     auto channel = Channel::Connect(server->endpoint_);
     if (!channel.ok()) return channel.status();
     server->channel_ = *std::move(channel);

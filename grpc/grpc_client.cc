@@ -1,0 +1,537 @@
+// grpc: client side: a Connector that opens a gRPC channel, and a
+// Connection that turns the RPC layer's frames into gRPC calls (see
+// grpc_transport.h).
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "asio/io_context.hpp"
+#include "asio/post.hpp"
+#include "asio/steady_timer.hpp"
+#include "base/clock.h"
+#include "base/logging.h"
+#include "base/status_macros.h"
+#include "base/strings.h"
+#include "grpc/grpc_common.h"
+#include "grpc/grpc_transport.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "rpc/status_details.h"
+
+namespace ipcrpc::internal {
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& status) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+class GrpcClientConnection;
+
+// One call in flight on the connection: what the RPC layer's frames for
+// its request id act on.
+class ClientCall {
+ public:
+  virtual ~ClientCall() = default;
+  virtual void Cancel() = 0;
+  // Streams only.
+  virtual void Write(std::string_view /*message*/) {}
+  virtual void WritesDone() {}
+  virtual void Grant(int64_t /*bytes*/) {}
+};
+
+class GrpcClientConnection final : public Connection {
+ public:
+  GrpcClientConnection(std::shared_ptr<grpc::Channel> channel, std::string endpoint,
+                       size_t max_payload)
+      : channel_(std::move(channel)),
+        stub_(channel_),
+        max_payload_(max_payload),
+        description_(std::move(endpoint)) {
+    // Over gRPC the server is not a process of this host to ask the kernel
+    // about.
+    peer_.pid = -1;
+    peer_.uid = static_cast<uid_t>(-1);
+  }
+  ~GrpcClientConnection() override { Close(); }
+
+  void Start(asio::io_context& io, MessageHandler on_message, CloseHandler on_closed) override {
+    io_ = &io;
+    on_message_ = std::move(on_message);
+    on_closed_ = std::move(on_closed);
+  }
+
+  absl::Status Send(absl::Span<const std::string_view> parts, int /*priority*/) override;
+  bool TrySend(absl::Span<const std::string_view> parts, int priority,
+               absl::Status* error) override {
+    // Send never waits for the peer: gRPC queues.
+    *error = Send(parts, priority);
+    return true;
+  }
+  void Close() override;
+  const PeerCredentials& peer() const override { return peer_; }
+  const std::string& description() const override { return description_; }
+
+  // For the calls: hands a frame to the RPC layer, on the loop, in order.
+  void Deliver(std::string frame) {
+    std::weak_ptr<Connection> weak = weak_from_this();
+    asio::post(*io_, [weak, frame = std::move(frame)] {
+      auto self = std::static_pointer_cast<GrpcClientConnection>(weak.lock());
+      if (self != nullptr && !self->closed_on_loop_) self->on_message_(frame);
+    });
+  }
+  // gRPC may end a call DEADLINE_EXCEEDED a little before the deadline the
+  // RPC layer set (its clocks and rounding, the server's): the RPC layer
+  // says that only at the deadline, so the answer waits for it.
+  void DeliverEnd(std::string frame, const grpc::Status& status, int64_t deadline_ns) {
+    if (status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED ||
+        deadline_ns == kWireNoDeadline || MonotonicNowNs() >= deadline_ns) {
+      Deliver(std::move(frame));
+      return;
+    }
+    std::weak_ptr<Connection> weak = weak_from_this();
+    auto timer = std::make_shared<asio::steady_timer>(*io_, SteadyTimeOf(deadline_ns));
+    timer->async_wait([weak, timer, frame = std::move(frame)](const asio::error_code&) {
+      auto self = std::static_pointer_cast<GrpcClientConnection>(weak.lock());
+      if (self != nullptr && !self->closed_on_loop_ && self->on_message_) self->on_message_(frame);
+    });
+  }
+  // The call's last act: it leaves the table (Close waits for that).
+  std::shared_ptr<ClientCall> Take(uint64_t id) {
+    std::shared_ptr<ClientCall> call;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = calls_.find(id);
+      if (it == calls_.end()) return nullptr;
+      call = std::move(it->second);
+      calls_.erase(it);
+    }
+    done_.notify_all();
+    return call;
+  }
+  grpc::GenericStub& stub() { return stub_; }
+  size_t max_payload() const { return max_payload_; }
+
+ private:
+  void StartCall(const FrameView& frame);
+  std::shared_ptr<ClientCall> Find(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = calls_.find(id);
+    return it == calls_.end() ? nullptr : it->second;
+  }
+
+  const std::shared_ptr<grpc::Channel> channel_;
+  grpc::GenericStub stub_;
+  const size_t max_payload_;
+  const std::string description_;
+  PeerCredentials peer_;
+  asio::io_context* io_ = nullptr;
+  MessageHandler on_message_;  // loop only
+  CloseHandler on_closed_;
+  bool closed_on_loop_ = false;  // loop only: on_closed ran
+
+  std::mutex mu_;
+  std::condition_variable done_;
+  bool closed_ = false;  // guarded by mu_
+  absl::flat_hash_map<uint64_t, std::shared_ptr<ClientCall>> calls_;  // guarded by mu_
+};
+
+// Sets up a call's context from its REQUEST: deadline and metadata.
+absl::Status Configure(const FrameView& frame, grpc::ClientContext* context) {
+  Metadata metadata = DecodeMetadata(frame.metadata);
+  IPCRPC_RETURN_IF_ERROR(CheckGrpcMetadata(metadata));
+  for (auto& [key, value] : metadata) context->AddMetadata(key, value);
+  if (frame.header.deadline_ns != kWireNoDeadline) {
+    context->set_deadline(GrpcDeadline(frame.header.deadline_ns));
+  }
+  return absl::OkStatus();
+}
+
+// The RESPONSE for gRPC's end of a call: its status, the server's initial
+// and trailing metadata and status details, the response.
+std::string ResponseFromGrpc(uint64_t id, const grpc::Status& status,
+                             const grpc::ClientContext& context, std::string_view payload,
+                             size_t max_payload) {
+  Metadata metadata;
+  AppendGrpcMetadata(context.GetServerInitialMetadata(), &metadata);
+  AppendGrpcMetadata(context.GetServerTrailingMetadata(), &metadata);
+  if (!status.ok() && !status.error_details().empty()) {
+    metadata.emplace_back(std::string(kStatusDetailsKey), status.error_details());
+  }
+  return ResponseFrame(id, FromGrpc(status), metadata, payload, max_payload);
+}
+
+class UnaryClientCall final : public ClientCall {
+ public:
+  void Cancel() override { context.TryCancel(); }
+
+  grpc::ClientContext context;
+  grpc::ByteBuffer request;
+  grpc::ByteBuffer response;
+};
+
+// A stream, whatever its kind: gRPC's generic stub has bidirectional calls
+// only, which carry the other kinds as well (they differ in how many
+// messages go each way, not on the wire).
+class StreamClientCall final : public ClientCall,
+                               public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  StreamClientCall(GrpcClientConnection* connection, uint64_t id, int64_t window,
+                   int64_t deadline_ns)
+      : connection_(connection), id_(id), deadline_ns_(deadline_ns), read_limit_(window) {}
+
+  void Begin(const std::string& method, std::optional<std::string_view> first, bool half_close) {
+    connection_->stub().PrepareBidiStreamingCall(&context, method, grpc::StubOptions(), this);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (first.has_value()) writes_.emplace_back(*first);
+      half_close_ = half_close;
+    }
+    StartCall();
+    Pump();
+  }
+
+  void Cancel() override { context.TryCancel(); }
+  void Write(std::string_view message) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (half_close_) return;  // the RPC layer never does this
+      writes_.emplace_back(message);
+    }
+    Pump();
+  }
+  void WritesDone() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      half_close_ = true;
+    }
+    Pump();
+  }
+  void Grant(int64_t bytes) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      read_limit_ += bytes;
+    }
+    Pump();
+  }
+
+  void OnWriteDone(bool ok) override {
+    int64_t cost;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      cost = writing_cost_;
+      if (!ok) writes_.clear();  // the call is ending; OnDone says how
+    }
+    // The RPC layer may write this much more (its window: what gRPC has not
+    // taken yet).
+    std::string grant;
+    PutLe(&grant, static_cast<uint64_t>(cost), 8);
+    connection_->Deliver(StreamFrame(FrameType::kWindow, id_, grant));
+    Pump();
+  }
+  void OnReadDone(bool ok) override {
+    if (ok) {
+      std::string message = ByteBufferToString(read_buffer_);
+      const int64_t cost = StreamCost(message.size());
+      connection_->Deliver(StreamFrame(FrameType::kMessage, id_, message));
+      std::lock_guard<std::mutex> lock(mu_);
+      delivered_ += cost;
+      reading_ = false;
+    } else {
+      std::lock_guard<std::mutex> lock(mu_);
+      reading_ = false;
+      read_done_ = true;
+    }
+    Pump();
+  }
+  void OnDone(const grpc::Status& status) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      done_ = true;
+      idle_.wait(lock, [&] { return starting_ == 0; });
+    }
+    connection_->DeliverEnd(ResponseFromGrpc(id_, status, context, {}, connection_->max_payload()),
+                            status, deadline_ns_);
+    // Last: this may be what destroys the call.
+    std::shared_ptr<ClientCall> self = connection_->Take(id_);
+  }
+
+  grpc::ClientContext context;
+
+ private:
+  // Starts what may start now: the next write (or WritesDone), a read if the
+  // RPC layer's window has room. Decisions under mu_, gRPC's Start* outside
+  // it (a reaction may run on this thread); OnDone waits for those on their
+  // way (starting_), after which nothing starts.
+  void Pump() {
+    for (;;) {
+      bool write = false, writes_done = false, read = false;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (done_) return;
+        if (!writing_ && !writes_.empty()) {
+          writing_ = true;
+          write_buffer_ = StringToByteBuffer(writes_.front());
+          writing_cost_ = StreamCost(writes_.front().size());
+          writes_.pop_front();
+          write = true;
+        } else if (!writing_ && half_close_ && !writes_done_started_) {
+          writes_done_started_ = true;
+          writes_done = true;
+        }
+        if (!reading_ && !read_done_ && delivered_ < read_limit_) {
+          reading_ = true;
+          read = true;
+        }
+        if (!write && !writes_done && !read) return;
+        ++starting_;
+      }
+      if (write) StartWrite(&write_buffer_);
+      if (writes_done) StartWritesDone();
+      if (read) StartRead(&read_buffer_);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--starting_ == 0) idle_.notify_all();
+    }
+  }
+
+  GrpcClientConnection* const connection_;  // outlives the call: Close waits for it
+  const uint64_t id_;
+  const int64_t deadline_ns_;
+  std::mutex mu_;
+  std::condition_variable idle_;     // starting_ fell to 0
+  int starting_ = 0;                 // guarded by mu_: Start* calls being made
+  bool done_ = false;                // guarded by mu_: OnDone ran
+  std::deque<std::string> writes_;   // guarded by mu_
+  bool writing_ = false;             // guarded by mu_
+  int64_t writing_cost_ = 0;         // guarded by mu_
+  bool half_close_ = false;          // guarded by mu_
+  bool writes_done_started_ = false; // guarded by mu_
+  bool reading_ = false;             // guarded by mu_
+  bool read_done_ = false;           // guarded by mu_
+  int64_t delivered_ = 0;            // guarded by mu_: costs handed to the RPC layer
+  int64_t read_limit_;               // guarded by mu_: its window plus its grants
+  grpc::ByteBuffer write_buffer_;
+  grpc::ByteBuffer read_buffer_;
+};
+
+absl::Status GrpcClientConnection::Send(absl::Span<const std::string_view> parts, int) {
+  std::string bytes;
+  for (std::string_view part : parts) bytes.append(part);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return MarkNotDelivered(absl::UnavailableError(description_ + ": closed"));
+  }
+  auto frame = DecodeFrame(bytes, max_payload_);
+  if (!frame.ok()) return frame.status();
+  switch (frame->header.type) {
+    case FrameType::kRequest:
+      StartCall(*frame);
+      return absl::OkStatus();
+    case FrameType::kCancel:
+      if (auto call = Find(frame->header.request_id)) call->Cancel();
+      return absl::OkStatus();
+    case FrameType::kMessage:
+      if (auto call = Find(frame->header.request_id)) call->Write(frame->payload);
+      return absl::OkStatus();
+    case FrameType::kHalfClose:
+      if (auto call = Find(frame->header.request_id)) call->WritesDone();
+      return absl::OkStatus();
+    case FrameType::kWindow:
+      if (auto call = Find(frame->header.request_id)) {
+        call->Grant(static_cast<int64_t>(GetLe(frame->payload.data(), 8)));
+      }
+      return absl::OkStatus();
+    default:  // HELLO, PING, PONG: gRPC has its own
+      return absl::OkStatus();
+  }
+}
+
+void GrpcClientConnection::StartCall(const FrameView& frame) {
+  const uint64_t id = frame.header.request_id;
+  const std::string method = absl::StrCat("/", Av(frame.name));
+  const bool stream = (frame.header.flags & kFlagStream) != 0;
+  auto refuse = [&](absl::Status status) {
+    Deliver(ResponseFrame(id, std::move(status), {}, {}, max_payload_));
+  };
+  if (!stream) {
+    auto call = std::make_shared<UnaryClientCall>();
+    if (absl::Status configured = Configure(frame, &call->context); !configured.ok()) {
+      return refuse(absl::Status(configured.code(), absl::StrCat("calling ", Av(frame.name),
+                                                                 " over gRPC: ",
+                                                                 configured.message())));
+    }
+    call->request = StringToByteBuffer(frame.payload);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (closed_) return;
+      calls_[id] = call;
+    }
+    UnaryClientCall* raw = call.get();
+    stub_.UnaryCall(&raw->context, method, grpc::StubOptions(), &raw->request, &raw->response,
+                    [this, id, raw, deadline_ns = frame.header.deadline_ns](grpc::Status status) {
+                      std::string payload;
+                      if (status.ok()) payload = ByteBufferToString(raw->response);
+                      DeliverEnd(ResponseFromGrpc(id, status, raw->context, payload, max_payload_),
+                                 status, deadline_ns);
+                      std::shared_ptr<ClientCall> self = Take(id);  // last
+                    });
+    return;
+  }
+  // Streams: the head is the client's window, then maybe the first message.
+  const int64_t window = static_cast<int64_t>(GetLe(frame.payload.data(), 4));
+  std::optional<std::string_view> first;
+  if ((frame.header.flags & kFlagWithMessage) != 0) first = frame.payload.substr(kStreamHeadSize);
+  auto call = std::make_shared<StreamClientCall>(this, id, window, frame.header.deadline_ns);
+  if (absl::Status configured = Configure(frame, &call->context); !configured.ok()) {
+    return refuse(absl::Status(configured.code(), absl::StrCat("calling ", Av(frame.name),
+                                                               " over gRPC: ",
+                                                               configured.message())));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    calls_[id] = call;
+  }
+  call->Begin(method, first, (frame.header.flags & kFlagHalfClose) != 0);
+}
+
+void GrpcClientConnection::Close() {
+  std::vector<std::shared_ptr<ClientCall>> calls;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    closed_ = true;
+    for (auto& [id, call] : calls_) calls.push_back(call);
+  }
+  for (auto& call : calls) call->Cancel();
+  calls.clear();
+  // Every call's last act is to leave the table; after that gRPC calls
+  // nothing of ours. Cancelled calls end at once.
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!done_.wait_for(lock, std::chrono::seconds(10), [&] { return calls_.empty(); })) {
+      IPCRPC_LOG(ERROR) << description_ << ": " << calls_.size()
+                        << " gRPC calls did not end within 10 s of their cancellation";
+    }
+  }
+  if (io_ != nullptr) {
+    std::weak_ptr<Connection> weak = weak_from_this();
+    auto closed = std::make_shared<CloseHandler>(std::move(on_closed_));
+    asio::post(*io_, [weak, closed] {
+      auto self = std::static_pointer_cast<GrpcClientConnection>(weak.lock());
+      MessageHandler on_message;
+      if (self != nullptr) {
+        self->closed_on_loop_ = true;
+        // It holds the channel's side of this connection, which holds it.
+        on_message = std::move(self->on_message_);
+        self->on_message_ = nullptr;
+      }
+      if (*closed) std::move(*closed)(absl::CancelledError("connection closed"));
+    });
+  }
+}
+
+class GrpcConnector final : public Connector {
+ public:
+  GrpcConnector(Endpoint endpoint, GrpcAddress address, TransportOptions options,
+                std::shared_ptr<grpc::ChannelCredentials> credentials)
+      : endpoint_(std::move(endpoint)),
+        address_(std::move(address)),
+        options_(std::move(options)),
+        credentials_(std::move(credentials)) {}
+
+  absl::StatusOr<std::shared_ptr<Connection>> Connect(asio::io_context&,
+                                                      int64_t deadline_ns) override {
+    const TransportOptions::ConnectDeadline deadline = options_.ConnectDeadlineFor(deadline_ns);
+    if (address_.is_unix) IPCRPC_RETURN_IF_ERROR(CheckUnixServer());
+    const size_t max_payload = options_.max_message_size - kMaxFrameOverhead;
+    grpc::ChannelArguments arguments;
+    arguments.SetMaxReceiveMessageSize(static_cast<int>(std::min<size_t>(max_payload, INT32_MAX)));
+    arguments.SetMaxSendMessageSize(static_cast<int>(std::min<size_t>(max_payload, INT32_MAX)));
+    std::shared_ptr<grpc::Channel> channel =
+        grpc::CreateCustomChannel(address_.target, credentials_, arguments);
+    if (!channel->WaitForConnected(GrpcDeadline(deadline.ns))) {
+      const bool by_call = MonotonicNowNs() >= deadline_ns;
+      const std::string why = absl::StrCat(endpoint_.text, ": no gRPC server answered ",
+                                           deadline.bound);
+      return by_call ? absl::DeadlineExceededError(why) : absl::UnavailableError(why);
+    }
+    return std::make_shared<GrpcClientConnection>(std::move(channel), endpoint_.text,
+                                                  max_payload);
+  }
+  const std::string& endpoint() const override { return endpoint_.text; }
+
+ private:
+  // grpc:unix:: who the server is, before gRPC sends it anything: the uid
+  // of a probe connection's peer (SO_PEERCRED).
+  absl::Status CheckUnixServer() const {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return absl::InternalError(absl::StrCat(endpoint_.text, ": socket failed"));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::copy(address_.path.begin(), address_.path.end(), addr.sun_path);
+    ucred cred{};
+    socklen_t length = sizeof(cred);
+    const bool connected =
+        ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0 &&
+        ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) == 0;
+    const int error = errno;
+    ::close(fd);
+    if (!connected) {
+      return absl::UnavailableError(absl::StrCat(endpoint_.text, ": no server listens there (",
+                                                 std::strerror(error), ")"));
+    }
+    return options_.CheckServerUid(endpoint_.text, cred.uid, "SO_PEERCRED");
+  }
+
+  const Endpoint endpoint_;
+  const GrpcAddress address_;
+  const TransportOptions options_;
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Connector>> CreateGrpcConnector(const Endpoint& endpoint,
+                                                               const TransportOptions& options) {
+  KeepGrpcCallbackQueueAlive();
+  const bool tls = options.grpc_use_tls || !options.grpc_root_certificates_file.empty();
+  IPCRPC_ASSIGN_OR_RETURN(GrpcAddress address,
+                          ParseGrpcAddress(endpoint, tls, options.grpc_allow_plaintext_off_host));
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (tls) {
+    grpc::SslCredentialsOptions ssl;
+    if (!options.grpc_root_certificates_file.empty()) {
+      IPCRPC_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemFile(options.grpc_root_certificates_file,
+                                                              "root_certificates_file"));
+    }
+    if (!options.grpc_certificate_chain_file.empty() || !options.grpc_private_key_file.empty()) {
+      IPCRPC_ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPemFile(options.grpc_certificate_chain_file,
+                                                              "certificate_chain_file"));
+      IPCRPC_ASSIGN_OR_RETURN(ssl.pem_private_key,
+                              ReadPemFile(options.grpc_private_key_file, "private_key_file"));
+    }
+    credentials = grpc::SslCredentials(ssl);
+  } else {
+    credentials = grpc::InsecureChannelCredentials();
+  }
+  return std::make_unique<GrpcConnector>(endpoint, std::move(address), options,
+                                         std::move(credentials));
+}
+
+}  // namespace ipcrpc::internal

@@ -1,0 +1,83 @@
+// What both sides of the grpc: transport share: endpoint syntax and the
+// plaintext rule, metadata and deadline conversions, byte buffers, TLS files.
+#ifndef IPCRPC_GRPC_GRPC_COMMON_H_
+#define IPCRPC_GRPC_GRPC_COMMON_H_
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/string_ref.h"
+#include "rpc/frame.h"
+#include "transports/transport.h"
+
+namespace ipcrpc::internal {
+
+// "grpc:HOST:PORT" (HOST: a name, an IPv4 address or [an IPv6 address]) or
+// "grpc:unix:PATH".
+struct GrpcAddress {
+  std::string target;  // as gRPC takes it: "127.0.0.1:50051", "unix:/run/x.sock"
+  std::string host;    // empty for unix:
+  int port = -1;       // -1 for unix:
+  bool is_unix = false;
+  std::string path;    // unix: only
+  // Loopback (127.0.0.0/8, ::1, localhost) or unix:: plaintext is allowed.
+  bool local = false;
+};
+
+// INVALID_ARGUMENT naming the endpoint and what is wrong; also for plaintext
+// to an address that is not local, unless TLS is configured (`tls`) or
+// plaintext off the host is allowed.
+absl::StatusOr<GrpcAddress> ParseGrpcAddress(const Endpoint& endpoint, bool tls,
+                                             bool allow_plaintext_off_host);
+
+// The endpoint as bound: port 0 replaced by the port gRPC picked.
+std::string GrpcEndpointText(const GrpcAddress& address, int port);
+
+// Headers of gRPC and HTTP/2 themselves, never metadata: pseudo-headers,
+// grpc-*, content-type, te, user-agent.
+bool IsGrpcTransportHeader(std::string_view key);
+
+// OK if every entry can go on gRPC's wire: keys of lowercase letters,
+// digits, '-', '_', '.', not a transport header; values printable ASCII
+// unless the key ends in "-bin". Else INVALID_ARGUMENT naming the entry.
+absl::Status CheckGrpcMetadata(const Metadata& metadata);
+
+// gRPC's metadata without its transport headers, appended to `out`.
+void AppendGrpcMetadata(const std::multimap<grpc::string_ref, grpc::string_ref>& metadata,
+                        Metadata* out);
+
+// A monotonic wire deadline as gRPC's system-clock time, and back
+// (kWireNoDeadline: none).
+std::chrono::system_clock::time_point GrpcDeadline(int64_t deadline_ns);
+int64_t WireDeadline(std::chrono::system_clock::time_point deadline);
+
+std::string ByteBufferToString(const grpc::ByteBuffer& buffer);
+grpc::ByteBuffer StringToByteBuffer(std::string_view bytes);
+
+// A whole frame: the prefix EncodeFramePrefix writes, then the payload.
+// RESPONSE frames that would break the metadata limits become
+// RESOURCE_EXHAUSTED without the metadata.
+std::string ResponseFrame(uint64_t request_id, absl::Status status, const Metadata& metadata,
+                          std::string_view payload, size_t max_payload);
+std::string StreamFrame(FrameType type, uint64_t request_id, std::string_view payload);
+
+// gRPC 1.51 runs callback-API calls (on Linux, where its I/O manager does
+// not poll in the background) on one shared completion queue that it shuts
+// down when the last user goes and creates again for the next; that cycle
+// can free the queue twice (seen under AddressSanitizer when channels come
+// and go). One channel that uses the queue and is never destroyed keeps it
+// up for the life of the process. Idempotent.
+void KeepGrpcCallbackQueueAlive();
+
+// The contents of a PEM file named by an option (`what`, for messages).
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, std::string_view what);
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_GRPC_GRPC_COMMON_H_

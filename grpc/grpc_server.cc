@@ -1,0 +1,685 @@
+// grpc: server side: a Listener that runs a gRPC server with one generic
+// service, and per gRPC peer a Connection that turns each gRPC call into
+// the RPC layer's frames and its answers back (see grpc_transport.h).
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "asio/io_context.hpp"
+#include "asio/post.hpp"
+#include "base/logging.h"
+#include "base/status_macros.h"
+#include "base/strings.h"
+#include "grpc/grpc_common.h"
+#include "grpc/grpc_transport.h"
+#include "grpcpp/generic/async_generic_service.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+#include "rpc/status_details.h"
+
+namespace ipcrpc::internal {
+namespace {
+
+// What a gRPC caller may send on a stream before the server's handler
+// grants more: as an ipcrpc client starts (docs/PROTOCOL.md, "Streams").
+constexpr int64_t kAnnouncedWindow = 1 << 20;
+
+class PeerConnection;
+class ServerCall;
+
+// What the listener, its connections and its calls share. Outlives every
+// call: the listener shuts the gRPC server down (which waits for them)
+// before it goes.
+struct ListenerState {
+  TransportOptions options;
+  std::string endpoint;
+  size_t max_payload = 0;
+
+  std::mutex mu;
+  asio::io_context* io = nullptr;                  // guarded by mu; set by Start
+  Listener::AcceptHandler on_accept;               // guarded by mu
+  std::vector<std::shared_ptr<ServerCall>> waiting;  // guarded by mu: calls before Start
+  bool closing = false;                            // guarded by mu
+  // One connection per gRPC peer with calls in flight.
+  absl::flat_hash_map<std::string, std::shared_ptr<PeerConnection>> peers;  // guarded by mu
+};
+
+class PeerConnection final : public Connection {
+ public:
+  PeerConnection(std::shared_ptr<ListenerState> state, std::string peer)
+      : state_(std::move(state)),
+        peer_name_(std::move(peer)),
+        description_(absl::StrCat(state_->endpoint, " gRPC peer ", peer_name_)) {
+    credentials_.pid = -1;
+    credentials_.uid = static_cast<uid_t>(-1);
+  }
+
+  void Start(asio::io_context&, MessageHandler on_message, CloseHandler on_closed) override {
+    // Called on the loop, before anything is delivered (both are posted
+    // there, in order).
+    on_message_ = std::move(on_message);
+    on_closed_ = std::move(on_closed);
+  }
+  absl::Status Send(absl::Span<const std::string_view> parts, int priority) override;
+  bool TrySend(absl::Span<const std::string_view> parts, int priority,
+               absl::Status* error) override {
+    *error = Send(parts, priority);  // never waits: gRPC queues
+    return true;
+  }
+  void Close() override;
+  const PeerCredentials& peer() const override { return credentials_; }
+  const std::string& description() const override { return description_; }
+
+  // Hands a frame to the server, on its loop.
+  void Deliver(std::string frame) {
+    asio::io_context* io;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      io = state_->io;
+    }
+    std::weak_ptr<Connection> weak = weak_from_this();
+    asio::post(*io, [weak, frame = std::move(frame)] {
+      auto self = std::static_pointer_cast<PeerConnection>(weak.lock());
+      if (self != nullptr && self->on_message_ && !self->closed_on_loop_) self->on_message_(frame);
+    });
+  }
+  // On the loop only: at once.
+  void DeliverNow(std::string_view frame) {
+    if (on_message_ && !closed_on_loop_) on_message_(frame);
+  }
+
+  // Under state_->mu.
+  uint64_t AddCall(std::shared_ptr<ServerCall> call) {
+    const uint64_t id = next_id_++;
+    calls_[id] = std::move(call);
+    return id;
+  }
+  bool closed() const { return closed_; }  // under state_->mu
+  // The call ended (its OnDone). The connection ends with its last call.
+  void RemoveCall(uint64_t id);
+
+  const std::string& peer_name() const { return peer_name_; }
+
+ private:
+  void PostClosed();
+  std::shared_ptr<ServerCall> Find(uint64_t id) {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    auto it = calls_.find(id);
+    return it == calls_.end() ? nullptr : it->second;
+  }
+
+  const std::shared_ptr<ListenerState> state_;
+  const std::string peer_name_;
+  const std::string description_;
+  PeerCredentials credentials_;
+  MessageHandler on_message_;    // loop only
+  CloseHandler on_closed_;       // loop only
+  bool closed_on_loop_ = false;  // loop only
+  // Guarded by state_->mu.
+  absl::flat_hash_map<uint64_t, std::shared_ptr<ServerCall>> calls_;
+  uint64_t next_id_ = 1;
+  bool closed_ = false;
+};
+
+// Owned by itself (self_) until gRPC's OnDone, and by its connection's
+// table while it is in it: a frame for it that races with its end finds it
+// alive, and finished (every method is then a no-op).
+class ServerCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
+                         public std::enable_shared_from_this<ServerCall> {
+ public:
+  ServerCall(std::shared_ptr<ListenerState> state, grpc::GenericCallbackServerContext* context)
+      : state_(std::move(state)), context_(context) {
+    method_ = context->method();
+    if (!method_.empty() && method_[0] == '/') method_.erase(0, 1);
+    deadline_ns_ = WireDeadline(context->deadline());
+    AppendGrpcMetadata(context->client_metadata(), &metadata_);
+  }
+
+  // Joins a connection (on the thread gRPC made it on); false if the call
+  // was answered instead.
+  void Admit();
+  // On the loop: the call starts.
+  void Begin();
+
+  // Frames from the server for this call.
+  void OnResponse(const FrameView& frame);
+  void QueueWrite(std::string_view message) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_ || finish_.has_value()) return;
+      writes_.emplace_back(message);
+    }
+    Pump();
+  }
+  void Grant(int64_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      read_limit_ += bytes;
+    }
+    Pump();
+  }
+  // Ends the call with `status` now (the connection closed, the listener
+  // is shutting down).
+  void Abort(grpc::Status status) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_ || finish_.has_value()) return;
+      writes_.clear();
+      finish_ = std::move(status);
+    }
+    Pump();
+  }
+
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override {
+    int64_t cost;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      cost = writing_cost_;
+      if (!ok) writes_.clear();
+    }
+    // The server's writer may send this much more.
+    std::string grant;
+    PutLe(&grant, static_cast<uint64_t>(cost), 8);
+    if (connection_ != nullptr) connection_->Deliver(StreamFrame(FrameType::kWindow, id_, grant));
+    Pump();
+  }
+  void OnCancel() override {
+    if (connection_ != nullptr) connection_->Deliver(StreamFrame(FrameType::kCancel, id_, ""));
+    Abort(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the gRPC client"));
+  }
+  void OnDone() override {
+    {
+      // No Start* of ours may still be on its way into gRPC.
+      std::unique_lock<std::mutex> lock(mu_);
+      done_ = true;
+      idle_.wait(lock, [&] { return starting_ == 0; });
+    }
+    if (connection_ != nullptr) connection_->RemoveCall(id_);
+    std::shared_ptr<ServerCall> last = std::move(self_);  // may free this: last
+  }
+
+  std::shared_ptr<ServerCall> self_;
+
+ private:
+  // Starts what may start now: a write, the finish once writes are done, a
+  // read within the server's window (streams).
+  void Pump();
+  grpc::Status ToGrpcStatus(const FrameView& frame);
+
+  const std::shared_ptr<ListenerState> state_;
+  grpc::GenericCallbackServerContext* const context_;
+  std::string method_;
+  int64_t deadline_ns_;
+  Metadata metadata_;
+  // Set by Admit, before the call's first frame.
+  std::shared_ptr<PeerConnection> connection_;
+  uint64_t id_ = 0;
+  bool streaming_ = false;  // guarded by mu_: set by Begin
+
+  std::mutex mu_;
+  std::condition_variable idle_;            // starting_ fell to 0
+  int starting_ = 0;                        // guarded by mu_: Start* calls being made
+  bool done_ = false;                       // guarded by mu_: OnDone ran
+  bool begun_ = false;                      // guarded by mu_
+  bool finished_ = false;                   // guarded by mu_: Finish called
+  std::optional<grpc::Status> finish_;      // guarded by mu_: to call once writes are done
+  std::optional<grpc::ByteBuffer> unary_response_;  // guarded by mu_
+  std::deque<std::string> writes_;          // guarded by mu_
+  bool writing_ = false;                    // guarded by mu_
+  int64_t writing_cost_ = 0;                // guarded by mu_
+  bool reading_ = false;                    // guarded by mu_
+  bool read_done_ = false;                  // guarded by mu_
+  int64_t delivered_ = 0;                   // guarded by mu_
+  int64_t read_limit_ = kInitialStreamWindow;  // guarded by mu_
+  grpc::ByteBuffer read_buffer_;
+  grpc::ByteBuffer write_buffer_;
+};
+
+void ServerCall::Admit() {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  if (state_->closing) {
+    lock.unlock();
+    Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+    return;
+  }
+  const std::string peer = context_->peer();
+  auto it = state_->peers.find(peer);
+  bool accepted = false;
+  if (it == state_->peers.end() || it->second->closed()) {
+    const TransportOptions& options = state_->options;
+    if (options.max_connections > 0 && options.open_connections != nullptr &&
+        options.open_connections->load() >= options.max_connections) {
+      if (options.refused_connections != nullptr) options.refused_connections->fetch_add(1);
+      lock.unlock();
+      IPCRPC_LOG(WARNING) << state_->endpoint << ": refusing gRPC peer " << peer
+                          << ": ServerOptions::max_connections (" << options.max_connections
+                          << ") reached";
+      Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                         absl::StrCat("server overloaded: ServerOptions::max_connections (",
+                                      options.max_connections, ") reached")));
+      return;
+    }
+    auto connection = std::make_shared<PeerConnection>(state_, peer);
+    state_->peers[peer] = connection;
+    connection_ = connection;
+    accepted = true;
+  } else {
+    connection_ = it->second;
+  }
+  id_ = connection_->AddCall(shared_from_this());
+  if (state_->io == nullptr) {
+    // Listen has bound the port, Start has not run yet: Start posts
+    // on_accept for the connection, then Begin.
+    state_->waiting.push_back(shared_from_this());
+    return;
+  }
+  asio::io_context& io = *state_->io;
+  if (accepted) {
+    asio::post(io, [state = state_, connection = connection_] {
+      // Set once, by Start, before anything is posted.
+      state->on_accept(connection);
+    });
+  }
+  asio::post(io, [call = shared_from_this()] { call->Begin(); });
+}
+
+void ServerCall::Begin() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    begun_ = true;
+    // Answered already (refused, cancelled): it never reaches the server.
+    if (done_ || finished_ || finish_.has_value()) return;
+  }
+  const std::optional<bool> streams = state_->options.grpc_method_streams
+                                          ? state_->options.grpc_method_streams(method_)
+                                          : std::nullopt;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    streaming_ = streams.value_or(false);
+  }
+  if (!streams.has_value()) {
+    // No such method: its REQUEST at once, without waiting for a message
+    // (the server answers UNIMPLEMENTED naming it, as gRPC servers do).
+    FrameHeader header;
+    header.type = FrameType::kRequest;
+    header.request_id = id_;
+    header.deadline_ns = deadline_ns_;
+    std::string frame;
+    if (EncodeFramePrefix(header, method_, {}, 0, state_->max_payload, &frame).ok()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        read_done_ = true;  // nothing of the client's is read
+      }
+      connection_->DeliverNow(frame);
+      return;
+    }
+  }
+  if (streams.value_or(false)) {
+    // A stream: its REQUEST now (window, no message); messages as they come.
+    FrameHeader header;
+    header.type = FrameType::kRequest;
+    header.flags = kFlagStream;
+    header.request_id = id_;
+    header.deadline_ns = deadline_ns_;
+    std::string head;
+    PutLe(&head, static_cast<uint64_t>(kAnnouncedWindow), 4);
+    std::string frame;
+    absl::Status encoded =
+        EncodeFramePrefix(header, method_, metadata_, head.size(), state_->max_payload, &frame);
+    if (!encoded.ok()) {
+      Abort(grpc::Status(static_cast<grpc::StatusCode>(encoded.code()),
+                         std::string(encoded.message())));
+      return;
+    }
+    frame.append(head);
+    connection_->DeliverNow(frame);
+  }
+  // Unary (or a method the server does not have, which it answers
+  // UNIMPLEMENTED): the one message, then the REQUEST.
+  Pump();
+}
+
+void ServerCall::OnReadDone(bool ok) {
+  bool streaming;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    streaming = streaming_;
+  }
+  if (!streaming) {
+    if (!ok) {
+      Abort(grpc::Status(grpc::StatusCode::INTERNAL, "no request message"));
+      return;
+    }
+    FrameHeader header;
+    header.type = FrameType::kRequest;
+    header.request_id = id_;
+    header.deadline_ns = deadline_ns_;
+    std::string request = ByteBufferToString(read_buffer_);
+    std::string frame;
+    absl::Status encoded = EncodeFramePrefix(header, method_, metadata_, request.size(),
+                                             state_->max_payload, &frame);
+    if (!encoded.ok()) {
+      Abort(grpc::Status(static_cast<grpc::StatusCode>(encoded.code()),
+                         std::string(encoded.message())));
+      return;
+    }
+    frame.append(request);
+    connection_->Deliver(std::move(frame));
+    return;
+  }
+  if (ok) {
+    std::string message = ByteBufferToString(read_buffer_);
+    const int64_t cost = StreamCost(message.size());
+    connection_->Deliver(StreamFrame(FrameType::kMessage, id_, message));
+    std::lock_guard<std::mutex> lock(mu_);
+    delivered_ += cost;
+    reading_ = false;
+  } else {
+    connection_->Deliver(StreamFrame(FrameType::kHalfClose, id_, ""));
+    std::lock_guard<std::mutex> lock(mu_);
+    reading_ = false;
+    read_done_ = true;
+  }
+  Pump();
+}
+
+grpc::Status ServerCall::ToGrpcStatus(const FrameView& frame) {
+  absl::StatusCode code = static_cast<absl::StatusCode>(frame.header.status_code);
+  std::string message(frame.name);
+  if ((frame.header.flags & kFlagRefused) != 0) code = absl::StatusCode::kUnavailable;
+  std::string details;
+  for (auto& [key, value] : DecodeMetadata(frame.metadata)) {
+    if (key == kStatusDetailsKey) {
+      details = std::move(value);
+      continue;
+    }
+    if (absl::Status valid = CheckGrpcMetadata({{key, value}}); !valid.ok()) {
+      IPCRPC_LOG(WARNING) << state_->endpoint << ": " << method_
+                          << ": response metadata not sent to the gRPC client: "
+                          << valid.message();
+      continue;
+    }
+    context_->AddTrailingMetadata(key, value);
+  }
+  return grpc::Status(static_cast<grpc::StatusCode>(code), message, details);
+}
+
+void ServerCall::OnResponse(const FrameView& frame) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_ || finish_.has_value()) return;
+  }
+  grpc::Status status = ToGrpcStatus(frame);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_ || finish_.has_value()) return;
+    if (!streaming_ && status.ok()) unary_response_ = StringToByteBuffer(frame.payload);
+    finish_ = std::move(status);
+  }
+  Pump();
+}
+
+void ServerCall::Pump() {
+  // Decisions under mu_, gRPC's Start* outside it (a reaction may run on
+  // this thread and take mu_). Finish waits until no Start* is on its way
+  // (starting_), and whoever brings that to zero decides again.
+  for (;;) {
+    bool write = false, read = false;
+    std::optional<grpc::Status> finish;
+    std::optional<grpc::ByteBuffer>* last = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (done_ || finished_) return;
+      if (!writing_ && !writes_.empty()) {
+        writing_ = true;
+        write_buffer_ = StringToByteBuffer(writes_.front());
+        writing_cost_ = StreamCost(writes_.front().size());
+        writes_.pop_front();
+        write = true;
+      }
+      if (begun_ && !finish_.has_value() && !reading_ && !read_done_ &&
+          (streaming_ ? delivered_ < read_limit_ : delivered_ == 0)) {
+        reading_ = true;
+        read = true;
+        if (!streaming_) delivered_ = 1;  // a unary call reads once
+      }
+      if (!write && !read && !writing_ && finish_.has_value() && starting_ == 0) {
+        finished_ = true;
+        finish = std::move(finish_);
+        if (unary_response_.has_value()) last = &unary_response_;
+      }
+      if (write || read) ++starting_;
+    }
+    if (finish.has_value()) {
+      if (last != nullptr) {
+        StartWriteAndFinish(&**last, grpc::WriteOptions(), *finish);
+      } else {
+        Finish(*finish);
+      }
+      return;
+    }
+    if (!write && !read) return;
+    if (write) StartWrite(&write_buffer_);
+    if (read) StartRead(&read_buffer_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--starting_ == 0) idle_.notify_all();
+    }
+  }
+}
+
+absl::Status PeerConnection::Send(absl::Span<const std::string_view> parts, int) {
+  std::string bytes;
+  for (std::string_view part : parts) bytes.append(part);
+  auto frame = DecodeFrame(bytes, state_->max_payload);
+  if (!frame.ok()) return frame.status();
+  switch (frame->header.type) {
+    case FrameType::kResponse:
+      if (auto call = Find(frame->header.request_id)) call->OnResponse(*frame);
+      break;
+    case FrameType::kMessage:
+      if (auto call = Find(frame->header.request_id)) call->QueueWrite(frame->payload);
+      break;
+    case FrameType::kWindow:
+      if (auto call = Find(frame->header.request_id)) {
+        call->Grant(static_cast<int64_t>(GetLe(frame->payload.data(), 8)));
+      }
+      break;
+    default:  // HELLO, PONG, GOAWAY: gRPC has its own
+      break;
+  }
+  return absl::OkStatus();
+}
+
+void PeerConnection::RemoveCall(uint64_t id) {
+  bool last = false;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    calls_.erase(id);
+    if (calls_.empty() && !closed_) {
+      // Its calls are over: the next call from this peer opens a new one.
+      closed_ = true;
+      last = true;
+      auto it = state_->peers.find(peer_name_);
+      if (it != state_->peers.end() && it->second.get() == this) state_->peers.erase(it);
+    }
+  }
+  if (last) PostClosed();
+}
+
+void PeerConnection::Close() {
+  std::vector<std::shared_ptr<ServerCall>> calls;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (closed_) return;
+    closed_ = true;
+    for (auto& [id, call] : calls_) calls.push_back(call);
+    auto it = state_->peers.find(peer_name_);
+    if (it != state_->peers.end() && it->second.get() == this) state_->peers.erase(it);
+  }
+  // The calls stay alive until their OnDone, which needs the Finish.
+  for (auto& call : calls) {
+    call->Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server closed the connection"));
+  }
+  PostClosed();
+}
+
+void PeerConnection::PostClosed() {
+  asio::io_context* io;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    io = state_->io;
+  }
+  if (io == nullptr) return;
+  std::weak_ptr<Connection> weak = weak_from_this();
+  asio::post(*io, [weak] {
+    auto self = std::static_pointer_cast<PeerConnection>(weak.lock());
+    if (self == nullptr || self->closed_on_loop_) return;
+    self->closed_on_loop_ = true;
+    // The handlers hold the server's side of this connection, which holds
+    // it: dropped now, or neither would ever be freed.
+    MessageHandler on_message = std::move(self->on_message_);
+    self->on_message_ = nullptr;
+    CloseHandler on_closed = std::move(self->on_closed_);
+    self->on_closed_ = nullptr;
+    if (on_closed) std::move(on_closed)(absl::CancelledError("gRPC peer's calls ended"));
+  });
+}
+
+class GenericService final : public grpc::CallbackGenericService {
+ public:
+  explicit GenericService(std::shared_ptr<ListenerState> state) : state_(std::move(state)) {}
+  grpc::ServerGenericBidiReactor* CreateReactor(
+      grpc::GenericCallbackServerContext* context) override {
+    auto call = std::make_shared<ServerCall>(state_, context);
+    call->self_ = call;
+    call->Admit();
+    return call.get();
+  }
+
+ private:
+  const std::shared_ptr<ListenerState> state_;
+};
+
+class GrpcListener final : public Listener {
+ public:
+  GrpcListener(std::shared_ptr<ListenerState> state, std::unique_ptr<GenericService> service,
+               std::unique_ptr<grpc::Server> server)
+      : state_(std::move(state)), service_(std::move(service)), server_(std::move(server)) {}
+  ~GrpcListener() override {
+    Close();
+    // Every call has been answered by now (the server closed its
+    // connections first); gRPC cancels any left.
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    server_->Wait();
+  }
+
+  absl::Status Start(asio::io_context& io, AcceptHandler on_accept) override {
+    std::vector<std::shared_ptr<ServerCall>> waiting;
+    std::vector<std::shared_ptr<PeerConnection>> peers;
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      state_->io = &io;
+      state_->on_accept = std::move(on_accept);
+      waiting.swap(state_->waiting);
+      for (auto& [name, peer] : state_->peers) peers.push_back(peer);
+    }
+    for (auto& peer : peers) {
+      asio::post(io, [state = state_, peer] { state->on_accept(peer); });
+    }
+    for (auto& call : waiting) asio::post(io, [call] { call->Begin(); });
+    return absl::OkStatus();
+  }
+  void Close() override {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->closing = true;  // new calls: UNAVAILABLE; calls in flight go on
+  }
+  const std::string& endpoint() const override { return state_->endpoint; }
+
+ private:
+  const std::shared_ptr<ListenerState> state_;
+  const std::unique_ptr<GenericService> service_;
+  const std::unique_ptr<grpc::Server> server_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Listener>> CreateGrpcListener(const Endpoint& endpoint,
+                                                             const TransportOptions& options) {
+  KeepGrpcCallbackQueueAlive();
+  const bool tls = !options.grpc_certificate_chain_file.empty() ||
+                   !options.grpc_private_key_file.empty();
+  IPCRPC_ASSIGN_OR_RETURN(GrpcAddress address,
+                          ParseGrpcAddress(endpoint, tls, options.grpc_allow_plaintext_off_host));
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (tls) {
+    grpc::SslServerCredentialsOptions ssl(
+        options.grpc_require_client_certificate
+            ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+            : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+    IPCRPC_ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile(options.grpc_certificate_chain_file,
+                                                         "certificate_chain_file"));
+    IPCRPC_ASSIGN_OR_RETURN(pair.private_key,
+                            ReadPemFile(options.grpc_private_key_file, "private_key_file"));
+    ssl.pem_key_cert_pairs.push_back(std::move(pair));
+    if (options.grpc_require_client_certificate) {
+      if (options.grpc_root_certificates_file.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "endpoint '", endpoint.text,
+            "': GrpcOptions::require_client_certificate needs root_certificates_file (the CAs "
+            "that sign client certificates)"));
+      }
+      IPCRPC_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemFile(options.grpc_root_certificates_file,
+                                                              "root_certificates_file"));
+    }
+    credentials = grpc::SslServerCredentials(ssl);
+  } else if (options.grpc_require_client_certificate) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "endpoint '", endpoint.text,
+        "': GrpcOptions::require_client_certificate needs TLS (certificate_chain_file and "
+        "private_key_file)"));
+  } else {
+    credentials = grpc::InsecureServerCredentials();
+  }
+
+  auto state = std::make_shared<ListenerState>();
+  state->options = options;
+  state->max_payload = options.max_message_size - kMaxFrameOverhead;
+  auto service = std::make_unique<GenericService>(state);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(address.target, credentials, address.is_unix ? nullptr : &port);
+  builder.RegisterCallbackGenericService(service.get());
+  const int max = static_cast<int>(std::min<size_t>(state->max_payload, INT32_MAX));
+  builder.SetMaxReceiveMessageSize(max);
+  builder.SetMaxSendMessageSize(max);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || (!address.is_unix && port == 0)) {
+    return absl::UnavailableError(absl::StrCat(
+        "endpoint '", endpoint.text, "': gRPC cannot listen on ", address.target,
+        " (in use, or not an address of this host; gRPC logs why)"));
+  }
+  if (address.is_unix) {
+    // gRPC creates the socket file with the process's umask: the server's
+    // mode, as for unix: (the directory's permissions bound it meanwhile).
+    ::chmod(address.path.c_str(), options.mode);
+  }
+  state->endpoint = GrpcEndpointText(address, port);
+  return std::make_unique<GrpcListener>(std::move(state), std::move(service), std::move(server));
+}
+
+}  // namespace ipcrpc::internal
