@@ -1,0 +1,228 @@
+// ipcrpc against programs that nobody in the project wrote the protocol for:
+// a client and a server that grpc_cpp_plugin generated (grpc_interop_peer,
+// which links gRPC only), and a Python grpcio client (Debian's
+// python3-grpcio), each in a process of its own, over real gRPC.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "base/mutex.h"
+#include "base/syscall.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "interop.ipcrpc.h"
+#include "ipcrpc/ipcrpc.h"
+#include "tests/util/process.h"
+#include "tests/util/status_matchers.h"
+
+namespace ipcrpc::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+class InteropImpl final : public interop::Interop::Service {
+ public:
+  absl::Status Echo(ServerContext& context, const interop::Msg& request,
+                    interop::Msg& reply) override {
+    for (const auto& [key, value] : context.metadata()) {
+      if (key == "x-echo") context.AddResponseMetadata("x-echoed", value);
+    }
+    reply.set_text(request.text());
+    return absl::OkStatus();
+  }
+  absl::Status Count(ServerContext&, const interop::Msg& request,
+                     ServerWriter<interop::Msg>& writer) override {
+    for (int i = 0; i < request.n(); ++i) {
+      interop::Msg message;
+      message.set_text(std::to_string(i));
+      if (!writer.Write(message)) break;
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Sleep(ServerContext& context, const interop::Msg& request,
+                     interop::Msg&) override {
+    internal::Notification cancelled;
+    context.OnCancel([&cancelled] { cancelled.Notify(); });
+    if (cancelled.WaitForNotificationWithTimeout(absl::Milliseconds(request.n()))) {
+      cancellations_.fetch_add(1);
+      return absl::CancelledError("Sleep was cancelled");
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Cancellations(ServerContext&, const interop::Msg&, interop::Msg& reply) override {
+    reply.set_n(cancellations_.load());
+    return absl::OkStatus();
+  }
+  absl::Status Fail(ServerContext&, const interop::Msg&, interop::Msg&) override {
+    absl::Status status = absl::FailedPreconditionError("failed on purpose");
+    interop::Msg detail;
+    detail.set_text("detail");
+    status.SetPayload("type.googleapis.com/interop.Msg", absl::Cord(detail.SerializeAsString()));
+    return status;
+  }
+
+ private:
+  std::atomic<int> cancellations_{0};
+};
+
+// An ipcrpc server with InteropImpl on grpc:127.0.0.1, port picked.
+struct IpcrpcGrpcServer {
+  IpcrpcGrpcServer() {
+    ServerOptions options;
+    options.registry = false;
+    server = std::make_unique<Server>(options);
+    EXPECT_THAT(server->RegisterService(&impl), IsOk());
+    EXPECT_THAT(server->Listen("grpc:127.0.0.1:0"), IsOk());
+    EXPECT_THAT(server->Start(), IsOk());
+    target = std::string(absl::StripPrefix(server->endpoints().at(0), "grpc:"));
+  }
+  ~IpcrpcGrpcServer() { server->Shutdown(absl::Seconds(1)); }
+
+  InteropImpl impl;
+  std::unique_ptr<Server> server;
+  std::string target;  // "127.0.0.1:PORT"
+};
+
+// Runs argv to its end; its exit status and what it printed.
+struct Ran {
+  int status = -1;
+  std::string out;
+};
+Ran RunToEnd(const std::vector<std::string>& argv) {
+  Ran ran;
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return ran;
+  internal::UniqueFd out_read(out[0]);
+  internal::UniqueFd out_write(out[1]);
+  auto pid = Spawn(argv, {}, {}, out_write.get());
+  if (!pid.ok()) {
+    ran.out = pid.status().ToString();
+    return ran;
+  }
+  out_write.Reset();
+  char buffer[4096];
+  ssize_t n;
+  while ((n = read(out_read.get(), buffer, sizeof(buffer))) > 0) ran.out.append(buffer, n);
+  std::optional<int> status = WaitForExit(*pid, absl::Seconds(60));
+  if (status.has_value() && WIFEXITED(*status)) ran.status = WEXITSTATUS(*status);
+  return ran;
+}
+
+TEST(GrpcInteropTest, AGrpcGeneratedClientCallsAnIpcrpcServer) {
+  IpcrpcGrpcServer server;
+  Ran client = RunToEnd({IPCRPC_GRPC_PEER, "client", server.target});
+  EXPECT_EQ(client.status, 0) << client.out;
+  EXPECT_THAT(client.out, Not(::testing::ContainsRegex("(^|\n)FAIL "))) << client.out;
+  EXPECT_THAT(client.out, HasSubstr("ok   error status with details")) << client.out;
+}
+
+TEST(GrpcInteropTest, APythonGrpcioClientCallsAnIpcrpcServer) {
+  IpcrpcGrpcServer server;
+  Ran client = RunToEnd({"/usr/bin/python3", IPCRPC_INTEROP_PY, server.target});
+  EXPECT_EQ(client.status, 0) << client.out;
+  EXPECT_THAT(client.out, Not(::testing::ContainsRegex("(^|\n)FAIL "))) << client.out;
+  EXPECT_THAT(client.out, HasSubstr("ok   error status with details")) << client.out;
+}
+
+TEST(GrpcInteropTest, AnIpcrpcStubCallsAGrpcGeneratedServer) {
+  int out[2];
+  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+  internal::UniqueFd out_read(out[0]), out_write(out[1]);
+  auto pid = Spawn({IPCRPC_GRPC_PEER, "server"}, {}, {}, out_write.get());
+  ASSERT_THAT(pid, IsOk());
+  out_write.Reset();
+  auto line = ReadLine(out_read.get(), absl::Seconds(20));
+  ASSERT_THAT(line, IsOk());
+  int port = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(absl::StripPrefix(*line, "PORT "), &port)) << *line;
+
+  auto channel = Channel::Connect(absl::StrCat("grpc:127.0.0.1:", port));
+  ASSERT_THAT(channel, IsOk());
+  interop::Interop::Stub stub(*channel);
+  {
+    std::vector<std::pair<std::string, std::string>> response_metadata;
+    CallOptions options;
+    options.metadata = {{"x-echo", "hi"}};
+    options.response_metadata = &response_metadata;
+    interop::Msg request;
+    request.set_text("hello");
+    auto reply = stub.Echo(request, options);
+    ASSERT_THAT(reply, IsOk());
+    EXPECT_EQ(reply->text(), "hello");
+    EXPECT_THAT(response_metadata, ::testing::Contains(std::pair<std::string, std::string>(
+                                       "x-echoed", "hi")));
+  }
+  {
+    interop::Msg request;
+    request.set_n(5);
+    auto reader = stub.Count(request);
+    interop::Msg message;
+    std::vector<std::string> texts;
+    while (reader.Read(&message)) texts.push_back(message.text());
+    EXPECT_THAT(reader.Finish(), IsOk());
+    EXPECT_THAT(texts, ::testing::ElementsAre("0", "1", "2", "3", "4"));
+  }
+  {
+    CallOptions options;
+    options.timeout = absl::Milliseconds(100);
+    interop::Msg request;
+    request.set_n(10000);
+    const absl::Time start = absl::Now();
+    EXPECT_THAT(stub.Sleep(request, options), StatusIs(absl::StatusCode::kDeadlineExceeded));
+    EXPECT_GE(absl::Now() - start, absl::Milliseconds(100));
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  }
+  {
+    auto before = stub.Cancellations(interop::Msg());
+    ASSERT_THAT(before, IsOk());
+    interop::Msg request;
+    request.set_n(10000);
+    internal::Notification done;
+    absl::Status status;
+    Call call = stub.SleepAsync(request, CallOptions(),
+                                [&](absl::StatusOr<interop::Msg> result) {
+                                  status = result.status();
+                                  done.Notify();
+                                });
+    absl::SleepFor(absl::Milliseconds(200));
+    call.Cancel();
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+    EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
+    // The gRPC server's handler saw it (it counts once it has returned).
+    int seen = before->n();
+    for (const absl::Time until = absl::Now() + absl::Seconds(10);
+         seen <= before->n() && absl::Now() < until; absl::SleepFor(absl::Milliseconds(10))) {
+      auto after = stub.Cancellations(interop::Msg());
+      ASSERT_THAT(after, IsOk());
+      seen = after->n();
+    }
+    EXPECT_EQ(seen, before->n() + 1);
+  }
+  {
+    auto failed = stub.Fail(interop::Msg());
+    EXPECT_THAT(failed, StatusIs(absl::StatusCode::kFailedPrecondition, "failed on purpose"));
+    auto payload = failed.status().GetPayload("type.googleapis.com/interop.Msg");
+    ASSERT_TRUE(payload.has_value());
+    interop::Msg detail;
+    EXPECT_TRUE(detail.ParseFromString(std::string(*payload)));
+    EXPECT_EQ(detail.text(), "detail");
+  }
+  channel->reset();
+  kill(*pid, SIGTERM);
+  std::optional<int> status = WaitForExit(*pid, absl::Seconds(20));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << *status;
+}
+
+}  // namespace
+}  // namespace ipcrpc::testing
