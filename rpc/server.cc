@@ -60,6 +60,21 @@ struct ServerConnection {
   std::atomic<int> queued_control{0};
   // Set when the connection ends: nothing more can be sent on it.
   std::atomic<bool> closed{false};
+
+  // Sends that may wait for the client to read, and when one last ended or
+  // began with none before it: the server's watchdog closes a connection
+  // whose client has taken nothing for ServerOptions::send_timeout.
+  std::atomic<int> sends_waiting{0};
+  std::atomic<int64_t> send_progress_ns{0};
+
+  // Send, counted for the watchdog.
+  absl::Status Send(absl::Span<const std::string_view> parts) {
+    if (sends_waiting.fetch_add(1) == 0) send_progress_ns.store(MonotonicNowNs());
+    absl::Status sent = transport->Send(parts, 0);
+    send_progress_ns.store(MonotonicNowNs());
+    sends_waiting.fetch_sub(1);
+    return sent;
+  }
 };
 
 // Past this many queued answers that need no handler (or
@@ -149,6 +164,10 @@ class ServerCore final : public IntrospectionSource {
 
   void OnAccept(const std::string& endpoint, bool ends_server,
                 std::shared_ptr<Connection> transport);
+  // Every send_timeout / 4 on the loop: closes connections whose client has
+  // taken nothing the server sends for send_timeout (a client that never
+  // reads must not hold handler threads).
+  void WatchSends();
   void OnMessage(const std::shared_ptr<ServerConnection>& connection, std::string_view message);
   void OnRequest(const std::shared_ptr<ServerConnection>& connection, const FrameView& frame);
   void OnClosed(const std::shared_ptr<ServerConnection>& connection, absl::Status reason);
@@ -196,6 +215,7 @@ class ServerCore final : public IntrospectionSource {
 
   asio::io_context io_;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::optional<asio::steady_timer> send_watch_;  // loop only
   std::thread loop_thread_;
   std::optional<HandlerScheduler> pool_;
   StreamThreads stream_threads_;
@@ -339,6 +359,10 @@ absl::Status ServerCore::Start() {
     return absl::FailedPreconditionError("Start: the server was started or shut down already");
   }
   state_ = State::kRunning;
+  if (options_.send_timeout > absl::ZeroDuration() &&
+      options_.send_timeout < absl::InfiniteDuration()) {
+    asio::post(io_, [this] { WatchSends(); });
+  }
   loop_thread_ = std::thread([this] {
     BeginOwnThread("ipcrpc-server");
     on_a_server_loop = true;
@@ -352,6 +376,35 @@ void ServerCore::Wait() {
   MutexLock lock(&mu_);
   mu_.Await(Condition(
       +[](State* state) { return *state == State::kDone; }, &state_));
+}
+
+void ServerCore::WatchSends() {
+  const int64_t timeout_ns = absl::ToInt64Nanoseconds(options_.send_timeout);
+  std::vector<std::shared_ptr<ServerConnection>> stuck;
+  {
+    MutexLock lock(&mu_);
+    if (shutdown_started_) return;  // Shutdown bounds its own sends
+    const int64_t now = MonotonicNowNs();
+    for (const auto& connection : connections_) {
+      if (connection->sends_waiting.load() > 0 &&
+          now - connection->send_progress_ns.load() > timeout_ns) {
+        stuck.push_back(connection);
+      }
+    }
+  }
+  for (const auto& connection : stuck) {
+    IPCRPC_LOG(WARNING) << connection->transport->description()
+                        << ": closing the connection: the client has taken nothing the server "
+                           "sent for "
+                        << absl::FormatDuration(options_.send_timeout)
+                        << " (ServerOptions::send_timeout)";
+    connection->transport->Close();
+  }
+  send_watch_.emplace(io_, std::chrono::steady_clock::now() +
+                               std::chrono::nanoseconds(std::max<int64_t>(timeout_ns / 4, 1000000)));
+  send_watch_->async_wait([this](const asio::error_code& ec) {
+    if (!ec) WatchSends();
+  });
 }
 
 void ServerCore::OnAccept(const std::string& endpoint, bool ends_server,
@@ -622,7 +675,7 @@ std::unique_ptr<ServerStreamState> ServerCore::NewStreamState(
       return false;
     }
     std::string_view parts[] = {prefix, payload};
-    if (!alive->transport->Send(parts, 0).ok()) return false;
+    if (!alive->Send(parts).ok()) return false;
     bytes_sent_.fetch_add(static_cast<int64_t>(prefix.size() + payload.size()),
                           std::memory_order_relaxed);
     return true;
@@ -914,7 +967,7 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
       return;
     }
   } else {
-    sent = connection->transport->Send(parts, 0);
+    sent = connection->Send(parts);
   }
   if (sent.ok()) {
     const size_t code = std::min<size_t>(static_cast<size_t>(status.code()), 16);
@@ -966,7 +1019,7 @@ void ServerCore::SendControl(const std::shared_ptr<ServerConnection>& connection
   pool_->Post(HandlerScheduler::kControlPriority, 0,
               [this, connection, frame = std::move(frame), counted] {
     std::string_view parts[] = {frame};
-    if (connection->transport->Send(parts, 0).ok()) {
+    if (connection->Send(parts).ok()) {
       bytes_sent_.fetch_add(static_cast<int64_t>(frame.size()), std::memory_order_relaxed);
     }
     if (counted) connection->queued_control.fetch_sub(1);
@@ -1095,6 +1148,9 @@ void ServerCore::Shutdown(absl::Duration grace) {
   // they are closed, it goes, before the loop is left to run dry.
   listeners.clear();
   // 5. Stop the loop once everything on it has finished, and the pool.
+  asio::post(io_, [this] {
+    if (send_watch_.has_value()) send_watch_->cancel();
+  });
   work_.reset();
   if (loop_running) {
     loop_thread_.join();

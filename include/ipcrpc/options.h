@@ -125,6 +125,12 @@ struct ServerOptions {
   // Record the server in the registry under the runtime directory while it
   // runs (`ipcrpc ls`, `ipcrpc gc`).
   bool registry = true;
+  // A client that takes nothing the server sends it (a response, a stream
+  // message) for this long, while a send to it waits for room, loses its
+  // connection, with a logged reason: a client that never reads cannot hold
+  // handler threads. A single answer must be taken within it. Infinite: no
+  // bound.
+  absl::Duration send_timeout = absl::Seconds(10);
   // grpc: endpoints: TLS and plaintext.
   GrpcOptions grpc;
 };

@@ -16,6 +16,7 @@
 
 int main(int argc, char** argv) {
   std::string endpoint;
+  absl::Duration send_timeout = ipcrpc::ServerOptions().send_timeout;
   int ready_fd = -1;
   int handler_threads = 4;
   int max_connections = 1024;
@@ -33,6 +34,9 @@ int main(int argc, char** argv) {
     if (std::strncmp(argv[i], "--max_bytes_in_flight=", 22) == 0) {
       max_bytes_in_flight = std::strtoull(argv[i] + 22, nullptr, 10);
     }
+    if (std::strncmp(argv[i], "--send_timeout_ms=", 18) == 0) {
+      send_timeout = absl::Milliseconds(std::atoi(argv[i] + 18));
+    }
     if (std::strncmp(argv[i], "--allowed_uid=", 14) == 0) {
       allowed_uids.push_back(static_cast<uid_t>(std::atoi(argv[i] + 14)));
     }
@@ -48,6 +52,7 @@ int main(int argc, char** argv) {
   options.max_connections = max_connections;
   options.allowed_uids = allowed_uids;
   options.max_bytes_in_flight = max_bytes_in_flight;
+  options.send_timeout = send_timeout;
   ipcrpc::Server server(options);
   absl::Status status = server.RegisterService(&service);
   if (status.ok()) status = server.Listen(endpoint);

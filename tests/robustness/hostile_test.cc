@@ -454,6 +454,45 @@ TEST_P(HostileTest, TooManyMetadataEntriesCloseOnlyThatConnection) {
   EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "unharmed"), IsOk());
 }
 
+// A client that sends calls and never reads their answers: once the
+// server's sends to it have waited ServerOptions::send_timeout, it loses its
+// connection, and the handler threads it held serve others again. (Before,
+// they waited for it for good.)
+TEST_P(HostileTest, AClientThatNeverReadsLosesItsConnectionAfterTheSendTimeout) {
+  auto server = ConformanceServerProcess::Start(GetParam(), {"--send_timeout_ms=500"});
+  ASSERT_THAT(server, IsOk());
+  absl::StatusOr<ConformanceServerProcess::RawPeer> peer = (*server)->OpenRawPeer();
+  ASSERT_THAT(peer, IsOk());
+  // 400 answers of 4000 bytes: more than any transport holds unread (a
+  // socket's buffer, the reply queue, the ring). Each request fits one mq:
+  // message.
+  const std::string payload(4000, 'r');
+  for (uint64_t id = 1; id <= 400; ++id) {
+    internal::FrameHeader header;
+    header.type = internal::FrameType::kRequest;
+    header.request_id = id;
+    std::string frame;
+    ASSERT_THAT(internal::EncodeFramePrefix(header, "test.Test/Echo", {}, payload.size(),
+                                            1 << 20, &frame),
+                IsOk());
+    frame.append(payload);
+    if (!peer->SendMessage(frame)) break;  // closed already
+  }
+  // (Not peer->WaitClosed: it reads what the server sends.) Only the
+  // honest channel's connection remains.
+  int connections = -1;
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(30); absl::Now() < give_up;
+       absl::SleepFor(absl::Milliseconds(50))) {
+    absl::StatusOr<ServerStats> stats = Stats(*(*server)->channel());
+    if (stats.ok()) connections = stats->connections_size();
+    if (connections == 1) break;
+  }
+  EXPECT_EQ(connections, 1) << "the server kept a client that never reads";
+  CallOptions options;
+  options.timeout = absl::Seconds(30);
+  EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "unharmed", options), IsOk());
+}
+
 // A stream REQUEST of `method` (window 64 KiB) with `flags` added.
 std::string StreamRequest(const std::string& method, uint64_t id, uint16_t flags = 0) {
   internal::FrameHeader header;
