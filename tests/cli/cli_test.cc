@@ -313,6 +313,26 @@ TEST_F(CliTest, CallsThroughReflectionWithMetadataAndTimeout) {
   EXPECT_EQ(LineCount(late.err), 1) << late.err;
 }
 
+#ifdef IPCRPC_TEST_GRPC
+// Over grpc:, `call` finds the method through the server's own reflection
+// service, called over gRPC like any other method.
+TEST_F(CliTest, CallsOverGrpcThroughTheServersReflection) {
+  const std::string endpoint = "grpc:unix:" + Path("grpc.sock");
+  auto server = TestServer::Start({endpoint});
+  ASSERT_NE(server, nullptr);
+  CliResult add = RunCli({"call", endpoint, "clitest.Tester/Add", R"({"a": 40, "b": 2})"});
+  EXPECT_EQ(add.exit_code, 0) << add.err;
+  EXPECT_THAT(add.out, HasSubstr(R"("sum": "42")"));
+  CliResult count = RunCli({"call", endpoint, "clitest.Tester/Count", R"({"n": 3})"});
+  EXPECT_EQ(count.exit_code, 0) << count.err;
+  EXPECT_EQ(LineCount(count.out), 3) << count.out;
+  CliResult missing = RunCli({"call", endpoint, "clitest.Tester/Metadata", R"({"key": "x"})"});
+  EXPECT_EQ(missing.exit_code, static_cast<int>(absl::StatusCode::kNotFound)) << missing.err;
+  EXPECT_THAT(missing.err, HasSubstr(R"(; detail type.googleapis.com/clitest.Problem: {"reason":"NO_SUCH_KEY","key":"x"})"));
+  EXPECT_THAT(missing.err, HasSubstr("response metadata x-looked-for: x\n"));
+}
+#endif
+
 TEST_F(CliTest, CallsStreamsPrintingOneJsonObjectPerLine) {
   const std::string shm = UniqueName("clitest-stream");
   auto server = TestServer::Start({"shm:" + shm, "unix:" + Path("stream.sock")});

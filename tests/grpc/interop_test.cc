@@ -1,13 +1,16 @@
-// ipcrpc against programs that nobody in the project wrote the protocol for:
+// ipcrpc against programs that nobody in the project wrote the protocol for
+// (and, last, TLS and the plaintext rule):
 // a client and a server that grpc_cpp_plugin generated (grpc_interop_peer,
 // which links gRPC only), and a Python grpcio client (Debian's
 // python3-grpcio), each in a process of its own, over real gRPC.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -222,6 +225,124 @@ TEST(GrpcInteropTest, AnIpcrpcStubCallsAGrpcGeneratedServer) {
   std::optional<int> status = WaitForExit(*pid, absl::Seconds(20));
   ASSERT_TRUE(status.has_value());
   EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << *status;
+}
+
+// TLS and the plaintext rule, with a certificate made for the test
+// (openssl) that is its own CA.
+class GrpcTlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = UniqueName("/tmp/ipcrpc-tls");
+    ASSERT_EQ(mkdir(dir_.c_str(), 0700), 0);
+    const std::string command = absl::StrCat(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+        "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout ",
+        key(), " -out ", cert(), " 2>/dev/null");
+    ASSERT_EQ(system(command.c_str()), 0) << command;
+  }
+  void TearDown() override {
+    unlink(key().c_str());
+    unlink(cert().c_str());
+    rmdir(dir_.c_str());
+  }
+  std::string key() const { return dir_ + "/key.pem"; }
+  std::string cert() const { return dir_ + "/cert.pem"; }
+
+  absl::Status Echo(const std::string& endpoint, const GrpcOptions& grpc) {
+    ChannelOptions options;
+    options.grpc = grpc;
+    options.connect_timeout = absl::Seconds(2);
+    auto channel = Channel::Connect(endpoint, options);
+    if (!channel.ok()) return channel.status();
+    interop::Interop::Stub stub(*channel);
+    interop::Msg request;
+    request.set_text("over tls");
+    CallOptions call;
+    call.timeout = absl::Seconds(10);
+    auto reply = stub.Echo(request, call);
+    if (!reply.ok()) return reply.status();
+    return reply->text() == "over tls" ? absl::OkStatus() : absl::InternalError(reply->text());
+  }
+
+  std::string dir_;
+};
+
+TEST_F(GrpcTlsTest, ServesTlsAndRefusesPlaintextClients) {
+  InteropImpl impl;
+  ServerOptions options;
+  options.registry = false;
+  options.grpc.certificate_chain_file = cert();
+  options.grpc.private_key_file = key();
+  Server server(options);
+  ASSERT_THAT(server.RegisterService(&impl), IsOk());
+  ASSERT_THAT(server.Listen("grpc:127.0.0.1:0"), IsOk());
+  ASSERT_THAT(server.Start(), IsOk());
+  const std::string endpoint = server.endpoints().at(0);
+  GrpcOptions tls;
+  tls.root_certificates_file = cert();
+  EXPECT_THAT(Echo(endpoint, tls), IsOk());
+  // A plaintext client gets no answer from a TLS server.
+  EXPECT_THAT(Echo(endpoint, GrpcOptions()), ::testing::Not(IsOk()));
+  // Nor does a client that trusts another CA (here: none but the system's).
+  GrpcOptions system_roots;
+  system_roots.use_tls = true;
+  EXPECT_THAT(Echo(endpoint, system_roots), ::testing::Not(IsOk()));
+  server.Shutdown(absl::Seconds(1));
+}
+
+TEST_F(GrpcTlsTest, MutualTlsRequiresAClientCertificate) {
+  InteropImpl impl;
+  ServerOptions options;
+  options.registry = false;
+  options.grpc.certificate_chain_file = cert();
+  options.grpc.private_key_file = key();
+  options.grpc.root_certificates_file = cert();
+  options.grpc.require_client_certificate = true;
+  Server server(options);
+  ASSERT_THAT(server.RegisterService(&impl), IsOk());
+  ASSERT_THAT(server.Listen("grpc:127.0.0.1:0"), IsOk());
+  ASSERT_THAT(server.Start(), IsOk());
+  const std::string endpoint = server.endpoints().at(0);
+  GrpcOptions no_certificate;
+  no_certificate.root_certificates_file = cert();
+  EXPECT_THAT(Echo(endpoint, no_certificate), ::testing::Not(IsOk()));
+  GrpcOptions with_certificate = no_certificate;
+  with_certificate.certificate_chain_file = cert();
+  with_certificate.private_key_file = key();
+  EXPECT_THAT(Echo(endpoint, with_certificate), IsOk());
+  server.Shutdown(absl::Seconds(1));
+}
+
+TEST_F(GrpcTlsTest, PlaintextOffTheHostNeedsTlsOrAnExplicitOptIn) {
+  Server plain;
+  EXPECT_THAT(plain.Listen("grpc:0.0.0.0:0"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a loopback address")));
+  EXPECT_THAT(Channel::Connect("grpc:192.0.2.1:50051"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("allow_plaintext_off_host")));
+  ServerOptions opted_in;
+  opted_in.registry = false;
+  opted_in.grpc.allow_plaintext_off_host = true;
+  Server anywhere(opted_in);
+  EXPECT_THAT(anywhere.Listen("grpc:0.0.0.0:0"), IsOk());
+  ServerOptions with_tls;
+  with_tls.registry = false;
+  with_tls.grpc.certificate_chain_file = cert();
+  with_tls.grpc.private_key_file = key();
+  Server tls(with_tls);
+  EXPECT_THAT(tls.Listen("grpc:0.0.0.0:0"), IsOk());
+  // Bad endpoints and files name what is wrong.
+  EXPECT_THAT(plain.Listen("grpc:127.0.0.1:99999"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("port '99999'")));
+  EXPECT_THAT(plain.Listen("grpc:unix:"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("needs a socket path")));
+  EXPECT_THAT(plain.Listen("grpc:::1:5"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("in brackets")));
+  ServerOptions missing;
+  missing.grpc.certificate_chain_file = dir_ + "/none.pem";
+  missing.grpc.private_key_file = key();
+  Server broken(missing);
+  EXPECT_THAT(broken.Listen("grpc:127.0.0.1:0"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("none.pem")));
 }
 
 }  // namespace
