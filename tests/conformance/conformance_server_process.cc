@@ -6,6 +6,8 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
@@ -199,7 +201,11 @@ bool ConformanceServerProcess::RawPeer::SendAnnounced(uint32_t announced, std::s
     header.last = body.size() == announced;
     internal::EncodeMqHeader(header, message.data());
     message.append(body);
-    return mq_send(mq_server.get(), message.data(), message.size(), 0) == 0;
+    // Bounded, as on unix: (see OpenRawPeer).
+    timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;
+    return mq_timedsend(mq_server.get(), message.data(), message.size(), 0, &until) == 0;
   }
   std::string message(reinterpret_cast<const char*>(&announced), 4);
   message.append(body);
@@ -269,6 +275,10 @@ absl::StatusOr<ConformanceServerProcess::RawPeer> ConformanceServerProcess::Open
     if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) < 0) {
       return absl::ErrnoToStatus(errno, "connect");
     }
+    // A send the server never makes room for fails after 20 s (the test
+    // then says what it saw) instead of hanging until ctest's timeout.
+    const timeval send_timeout = {20, 0};
+    setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
     peer.from_server = UniqueFd(dup(fd.get()));
     peer.to_server = std::move(fd);
     return peer;
