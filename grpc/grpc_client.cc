@@ -114,13 +114,15 @@ class GrpcClientConnection final : public Connection {
   std::shared_ptr<ClientCall> Take(uint64_t id) {
     std::shared_ptr<ClientCall> call;
     {
+      // Notified under the lock: Close may return (and this connection go)
+      // as soon as the table is empty.
       std::lock_guard<std::mutex> lock(mu_);
       auto it = calls_.find(id);
       if (it == calls_.end()) return nullptr;
       call = std::move(it->second);
       calls_.erase(it);
+      done_.notify_all();
     }
-    done_.notify_all();
     return call;
   }
   grpc::GenericStub& stub() { return stub_; }
@@ -201,11 +203,18 @@ class StreamClientCall final : public ClientCall,
       if (first.has_value()) writes_.emplace_back(*first);
       half_close_ = half_close;
     }
+    // Held until nothing more starts from outside a reaction (the read
+    // side is over, or the call is cancelled): gRPC frees its side of the
+    // call once it is done, which it cannot be while held.
+    AddHold();
     StartCall();
     Pump();
   }
 
-  void Cancel() override { context.TryCancel(); }
+  void Cancel() override {
+    context.TryCancel();
+    ReleaseHold();
+  }
   void Write(std::string_view message) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -253,9 +262,14 @@ class StreamClientCall final : public ClientCall,
       delivered_ += cost;
       reading_ = false;
     } else {
-      std::lock_guard<std::mutex> lock(mu_);
-      reading_ = false;
-      read_done_ = true;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        reading_ = false;
+        read_done_ = true;
+      }
+      // The server sends nothing more: the call is ending.
+      ReleaseHold();
+      return;
     }
     Pump();
   }
@@ -274,6 +288,18 @@ class StreamClientCall final : public ClientCall,
   grpc::ClientContext context;
 
  private:
+  // Ends the hold, once: from then on nothing starts (writes still queued
+  // are dropped: the call is ending), and a Start* on its way finishes first.
+  void ReleaseHold() {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (hold_released_) return;
+      hold_released_ = true;
+      idle_.wait(lock, [&] { return starting_ == 0; });
+    }
+    RemoveHold();
+  }
+
   // Starts what may start now: the next write (or WritesDone), a read if the
   // RPC layer's window has room. Decisions under mu_, gRPC's Start* outside
   // it (a reaction may run on this thread); OnDone waits for those on their
@@ -283,7 +309,7 @@ class StreamClientCall final : public ClientCall,
       bool write = false, writes_done = false, read = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
-        if (done_) return;
+        if (done_ || hold_released_) return;
         if (!writing_ && !writes_.empty()) {
           writing_ = true;
           write_buffer_ = StringToByteBuffer(writes_.front());
@@ -316,6 +342,7 @@ class StreamClientCall final : public ClientCall,
   std::condition_variable idle_;     // starting_ fell to 0
   int starting_ = 0;                 // guarded by mu_: Start* calls being made
   bool done_ = false;                // guarded by mu_: OnDone ran
+  bool hold_released_ = false;       // guarded by mu_: nothing starts any more
   std::deque<std::string> writes_;   // guarded by mu_
   bool writing_ = false;             // guarded by mu_
   int64_t writing_cost_ = 0;         // guarded by mu_
@@ -423,10 +450,11 @@ void GrpcClientConnection::Close() {
   // Every call's last act is to leave the table; after that gRPC calls
   // nothing of ours. Cancelled calls end at once.
   {
+    // (They refer to this connection until then: no time limit.)
     std::unique_lock<std::mutex> lock(mu_);
-    if (!done_.wait_for(lock, std::chrono::seconds(10), [&] { return calls_.empty(); })) {
+    while (!done_.wait_for(lock, std::chrono::seconds(10), [&] { return calls_.empty(); })) {
       IPCRPC_LOG(ERROR) << description_ << ": " << calls_.size()
-                        << " gRPC calls did not end within 10 s of their cancellation";
+                        << " gRPC calls have not ended 10 s after their cancellation";
     }
   }
   if (io_ != nullptr) {

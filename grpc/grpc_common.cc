@@ -177,7 +177,7 @@ std::string ResponseFrame(uint64_t request_id, absl::Status status, const Metada
   FrameHeader header;
   header.type = FrameType::kResponse;
   header.request_id = request_id;
-  if (static_cast<int>(status.code()) > 16) {
+  if (static_cast<int>(status.code()) < 0 || static_cast<int>(status.code()) > 16) {
     status = absl::UnknownError(absl::StrCat("status code ", static_cast<int>(status.code()),
                                              ": ", status.message()));
   }

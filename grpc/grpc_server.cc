@@ -88,6 +88,7 @@ class PeerConnection final : public Connection {
       std::lock_guard<std::mutex> lock(state_->mu);
       io = state_->io;
     }
+    if (io == nullptr) return;  // never started: nobody to deliver to
     std::weak_ptr<Connection> weak = weak_from_this();
     asio::post(*io, [weak, frame = std::move(frame)] {
       auto self = std::static_pointer_cast<PeerConnection>(weak.lock());
@@ -197,7 +198,14 @@ class ServerCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     Pump();
   }
   void OnCancel() override {
-    if (connection_ != nullptr) connection_->Deliver(StreamFrame(FrameType::kCancel, id_, ""));
+    {
+      // The CANCEL follows the REQUEST, or neither goes (a call cancelled
+      // before its REQUEST went never reaches the server).
+      std::lock_guard<std::mutex> lock(mu_);
+      if (request_sent_ && connection_ != nullptr) {
+        connection_->Deliver(StreamFrame(FrameType::kCancel, id_, ""));
+      }
+    }
     Abort(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the gRPC client"));
   }
   void OnDone() override {
@@ -217,7 +225,8 @@ class ServerCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
   // Starts what may start now: a write, the finish once writes are done, a
   // read within the server's window (streams).
   void Pump();
-  grpc::Status ToGrpcStatus(const FrameView& frame);
+  // The RESPONSE's status, and the metadata gRPC can carry (`trailing`).
+  grpc::Status ToGrpcStatus(const FrameView& frame, Metadata* trailing);
 
   const std::shared_ptr<ListenerState> state_;
   grpc::GenericCallbackServerContext* const context_;
@@ -234,6 +243,7 @@ class ServerCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
   int starting_ = 0;                        // guarded by mu_: Start* calls being made
   bool done_ = false;                       // guarded by mu_: OnDone ran
   bool begun_ = false;                      // guarded by mu_
+  bool request_sent_ = false;               // guarded by mu_: the REQUEST went to the server
   bool finished_ = false;                   // guarded by mu_: Finish called
   std::optional<grpc::Status> finish_;      // guarded by mu_: to call once writes are done
   std::optional<grpc::ByteBuffer> unary_response_;  // guarded by mu_
@@ -303,6 +313,12 @@ void ServerCall::Begin() {
     // Answered already (refused, cancelled): it never reaches the server.
     if (done_ || finished_ || finish_.has_value()) return;
   }
+  if (method_.empty() || method_.size() > kMaxNameSize) {
+    // Not a name the server can have (gRPC lets a client send any path).
+    Abort(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
+                       absl::StrCat("no method '", method_.substr(0, 200), "'")));
+    return;
+  }
   const std::optional<bool> streams = state_->options.grpc_method_streams
                                           ? state_->options.grpc_method_streams(method_)
                                           : std::nullopt;
@@ -322,6 +338,7 @@ void ServerCall::Begin() {
       {
         std::lock_guard<std::mutex> lock(mu_);
         read_done_ = true;  // nothing of the client's is read
+        request_sent_ = true;
       }
       connection_->DeliverNow(frame);
       return;
@@ -345,6 +362,10 @@ void ServerCall::Begin() {
       return;
     }
     frame.append(head);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      request_sent_ = true;
+    }
     connection_->DeliverNow(frame);
   }
   // Unary (or a method the server does not have, which it answers
@@ -377,7 +398,10 @@ void ServerCall::OnReadDone(bool ok) {
       return;
     }
     frame.append(request);
-    connection_->Deliver(std::move(frame));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_ || finish_.has_value()) return;  // cancelled meanwhile: never runs
+    request_sent_ = true;
+    connection_->Deliver(std::move(frame));  // posts: safe under the lock
     return;
   }
   if (ok) {
@@ -396,7 +420,7 @@ void ServerCall::OnReadDone(bool ok) {
   Pump();
 }
 
-grpc::Status ServerCall::ToGrpcStatus(const FrameView& frame) {
+grpc::Status ServerCall::ToGrpcStatus(const FrameView& frame, Metadata* trailing) {
   absl::StatusCode code = static_cast<absl::StatusCode>(frame.header.status_code);
   std::string message(frame.name);
   if ((frame.header.flags & kFlagRefused) != 0) code = absl::StatusCode::kUnavailable;
@@ -412,20 +436,20 @@ grpc::Status ServerCall::ToGrpcStatus(const FrameView& frame) {
                           << valid.message();
       continue;
     }
-    context_->AddTrailingMetadata(key, value);
+    trailing->emplace_back(std::move(key), std::move(value));
   }
   return grpc::Status(static_cast<grpc::StatusCode>(code), message, details);
 }
 
 void ServerCall::OnResponse(const FrameView& frame) {
+  Metadata trailing;
+  grpc::Status status = ToGrpcStatus(frame, &trailing);
   {
+    // The context is gRPC's until OnDone: touched only while this call is
+    // not finished, under the lock that finishing takes.
     std::lock_guard<std::mutex> lock(mu_);
-    if (finished_ || finish_.has_value()) return;
-  }
-  grpc::Status status = ToGrpcStatus(frame);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (finished_ || finish_.has_value()) return;
+    if (done_ || finished_ || finish_.has_value()) return;
+    for (auto& [key, value] : trailing) context_->AddTrailingMetadata(key, value);
     if (!streaming_ && status.ok()) unary_response_ = StringToByteBuffer(frame.payload);
     finish_ = std::move(status);
   }
@@ -588,19 +612,15 @@ class GrpcListener final : public Listener {
   }
 
   absl::Status Start(asio::io_context& io, AcceptHandler on_accept) override {
-    std::vector<std::shared_ptr<ServerCall>> waiting;
-    std::vector<std::shared_ptr<PeerConnection>> peers;
-    {
-      std::lock_guard<std::mutex> lock(state_->mu);
-      state_->io = &io;
-      state_->on_accept = std::move(on_accept);
-      waiting.swap(state_->waiting);
-      for (auto& [name, peer] : state_->peers) peers.push_back(peer);
+    // Under the lock: a call that Admit takes from now on posts after these.
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->io = &io;
+    state_->on_accept = std::move(on_accept);
+    for (auto& [name, peer] : state_->peers) {
+      asio::post(io, [state = state_, peer = peer] { state->on_accept(peer); });
     }
-    for (auto& peer : peers) {
-      asio::post(io, [state = state_, peer] { state->on_accept(peer); });
-    }
-    for (auto& call : waiting) asio::post(io, [call] { call->Begin(); });
+    for (auto& call : state_->waiting) asio::post(io, [call = call] { call->Begin(); });
+    state_->waiting.clear();
     return absl::OkStatus();
   }
   void Close() override {
@@ -667,6 +687,13 @@ absl::StatusOr<std::unique_ptr<Listener>> CreateGrpcListener(const Endpoint& end
   const int max = static_cast<int>(std::min<size_t>(state->max_payload, INT32_MAX));
   builder.SetMaxReceiveMessageSize(max);
   builder.SetMaxSendMessageSize(max);
+  // Calls at once on one HTTP/2 connection: gRPC refuses more streams before
+  // any state of ours exists for them (a unary call reaches the server's
+  // limits only once its message has come).
+  if (options.grpc_max_concurrent_streams > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                               options.grpc_max_concurrent_streams);
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || (!address.is_unix && port == 0)) {
     return absl::UnavailableError(absl::StrCat(

@@ -271,6 +271,7 @@ ServerCore::ServerCore(const ServerOptions& options) : options_(options) {
   transport_options_.grpc_root_certificates_file = options.grpc.root_certificates_file;
   transport_options_.grpc_require_client_certificate = options.grpc.require_client_certificate;
   transport_options_.grpc_allow_plaintext_off_host = options.grpc.allow_plaintext_off_host;
+  transport_options_.grpc_max_concurrent_streams = options.max_calls_per_connection;
   // Asked on the server's loop only, which runs from Start on, when
   // methods_ no longer changes.
   transport_options_.grpc_method_streams = [this](std::string_view name) -> std::optional<bool> {

@@ -93,6 +93,8 @@ struct TransportOptions {
   bool grpc_require_client_certificate = false;
   bool grpc_use_tls = false;
   bool grpc_allow_plaintext_off_host = false;
+  // grpc: server side: calls at once on one HTTP/2 connection (0: gRPC's).
+  int grpc_max_concurrent_streams = 0;
   // grpc: server side: whether `method` ("package.Service/Method") streams,
   // or nullopt if the server has no such method. gRPC's wire does not say
   // how a call is to be framed; the server's methods do.

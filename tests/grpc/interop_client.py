@@ -128,6 +128,17 @@ def main(target):
               and error.details() == "failed on purpose"
               and b"type.googleapis.com/interop.Msg" in details and b"detail" in details,
               "error status with details: %s %s" % (error.code(), error.details()))
+    # Paths no server has (gRPC lets a client send any): UNIMPLEMENTED for
+    # that call only; the connection and the other calls go on.
+    for path in ["/", "//", "/no.Such/Method"]:
+        try:
+            channel.unary_unary(path, **ident)(b"", timeout=10)
+            check(False, "bad path %r: the call succeeded" % path[:10])
+        except grpc.RpcError as error:
+            check(error.code() == grpc.StatusCode.UNIMPLEMENTED,
+                  "bad path %r: %s" % (path[:10], error.code()))
+    reply = echo(encode("still here"), timeout=10)
+    check(decode(reply)[0] == "still here", "served after bad paths")
     return 0 if failures == 0 else 1
 
 
