@@ -54,46 +54,25 @@ class ClientCall {
   virtual void Grant(int64_t /*bytes*/) {}
 };
 
-class GrpcClientConnection final : public Connection {
+class GrpcClientConnection final : public GrpcBridgeConnection {
  public:
   GrpcClientConnection(std::shared_ptr<grpc::Channel> channel, std::string endpoint,
                        size_t max_payload)
-      : channel_(std::move(channel)),
+      : GrpcBridgeConnection(std::move(endpoint)),
+        channel_(std::move(channel)),
         stub_(channel_),
-        max_payload_(max_payload),
-        description_(std::move(endpoint)) {
-    // Over gRPC the server is not a process of this host to ask the kernel
-    // about.
-    peer_.pid = -1;
-    peer_.uid = static_cast<uid_t>(-1);
-  }
+        max_payload_(max_payload) {}
   ~GrpcClientConnection() override { Close(); }
 
   void Start(asio::io_context& io, MessageHandler on_message, CloseHandler on_closed) override {
     io_ = &io;
-    on_message_ = std::move(on_message);
-    on_closed_ = std::move(on_closed);
+    GrpcBridgeConnection::Start(io, std::move(on_message), std::move(on_closed));
   }
-
   absl::Status Send(absl::Span<const std::string_view> parts, int /*priority*/) override;
-  bool TrySend(absl::Span<const std::string_view> parts, int priority,
-               absl::Status* error) override {
-    // Send never waits for the peer: gRPC queues.
-    *error = Send(parts, priority);
-    return true;
-  }
   void Close() override;
-  const PeerCredentials& peer() const override { return peer_; }
-  const std::string& description() const override { return description_; }
 
   // For the calls: hands a frame to the RPC layer, on the loop, in order.
-  void Deliver(std::string frame) {
-    std::weak_ptr<Connection> weak = weak_from_this();
-    asio::post(*io_, [weak, frame = std::move(frame)] {
-      auto self = std::static_pointer_cast<GrpcClientConnection>(weak.lock());
-      if (self != nullptr && !self->closed_on_loop_) self->on_message_(frame);
-    });
-  }
+  void Deliver(std::string frame) { PostFrame(io_, std::move(frame)); }
   // gRPC may end a call DEADLINE_EXCEEDED a little before the deadline the
   // RPC layer set (its clocks and rounding, the server's): the RPC layer
   // says that only at the deadline, so the answer waits for it.
@@ -107,7 +86,7 @@ class GrpcClientConnection final : public Connection {
     auto timer = std::make_shared<asio::steady_timer>(*io_, SteadyTimeOf(deadline_ns));
     timer->async_wait([weak, timer, frame = std::move(frame)](const asio::error_code&) {
       auto self = std::static_pointer_cast<GrpcClientConnection>(weak.lock());
-      if (self != nullptr && !self->closed_on_loop_ && self->on_message_) self->on_message_(frame);
+      if (self != nullptr) self->DeliverOnLoop(frame);
     });
   }
   // The call's last act: it leaves the table (Close waits for that).
@@ -139,12 +118,7 @@ class GrpcClientConnection final : public Connection {
   const std::shared_ptr<grpc::Channel> channel_;
   grpc::GenericStub stub_;
   const size_t max_payload_;
-  const std::string description_;
-  PeerCredentials peer_;
-  asio::io_context* io_ = nullptr;
-  MessageHandler on_message_;  // loop only
-  CloseHandler on_closed_;
-  bool closed_on_loop_ = false;  // loop only: on_closed ran
+  asio::io_context* io_ = nullptr;  // set by Start, before any Send
 
   std::mutex mu_;
   std::condition_variable done_;
@@ -361,7 +335,7 @@ absl::Status GrpcClientConnection::Send(absl::Span<const std::string_view> parts
   for (std::string_view part : parts) bytes.append(part);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (closed_) return MarkNotDelivered(absl::UnavailableError(description_ + ": closed"));
+    if (closed_) return MarkNotDelivered(absl::UnavailableError(description() + ": closed"));
   }
   auto frame = DecodeFrame(bytes, max_payload_);
   if (!frame.ok()) return frame.status();
@@ -453,25 +427,11 @@ void GrpcClientConnection::Close() {
     // (They refer to this connection until then: no time limit.)
     std::unique_lock<std::mutex> lock(mu_);
     while (!done_.wait_for(lock, std::chrono::seconds(10), [&] { return calls_.empty(); })) {
-      IPCRPC_LOG(ERROR) << description_ << ": " << calls_.size()
+      IPCRPC_LOG(ERROR) << description() << ": " << calls_.size()
                         << " gRPC calls have not ended 10 s after their cancellation";
     }
   }
-  if (io_ != nullptr) {
-    std::weak_ptr<Connection> weak = weak_from_this();
-    auto closed = std::make_shared<CloseHandler>(std::move(on_closed_));
-    asio::post(*io_, [weak, closed] {
-      auto self = std::static_pointer_cast<GrpcClientConnection>(weak.lock());
-      MessageHandler on_message;
-      if (self != nullptr) {
-        self->closed_on_loop_ = true;
-        // It holds the channel's side of this connection, which holds it.
-        on_message = std::move(self->on_message_);
-        self->on_message_ = nullptr;
-      }
-      if (*closed) std::move(*closed)(absl::CancelledError("connection closed"));
-    });
-  }
+  PostClosed(io_, absl::CancelledError("connection closed"));
 }
 
 class GrpcConnector final : public Connector {

@@ -13,6 +13,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "asio/io_context.hpp"
+#include "asio/post.hpp"
 #include "base/clock.h"
 #include "base/strings.h"
 #include "grpcpp/create_channel.h"
@@ -208,6 +210,43 @@ std::string StreamFrame(FrameType type, uint64_t request_id, std::string_view pa
   EncodeFramePrefix(header, "", {}, payload.size(), payload.size(), &frame).IgnoreError();
   frame.append(payload);
   return frame;
+}
+
+GrpcBridgeConnection::GrpcBridgeConnection(std::string description)
+    : description_(std::move(description)) {
+  // Over gRPC the peer is not a process of this host to ask the kernel about.
+  peer_.pid = -1;
+  peer_.uid = static_cast<uid_t>(-1);
+}
+
+void GrpcBridgeConnection::Start(asio::io_context&, MessageHandler on_message,
+                                 CloseHandler on_closed) {
+  on_message_ = std::move(on_message);
+  on_closed_ = std::move(on_closed);
+}
+
+void GrpcBridgeConnection::PostFrame(asio::io_context* io, std::string frame) {
+  if (io == nullptr) return;
+  std::weak_ptr<Connection> weak = weak_from_this();
+  asio::post(*io, [weak, frame = std::move(frame)] {
+    auto self = std::static_pointer_cast<GrpcBridgeConnection>(weak.lock());
+    if (self != nullptr) self->DeliverOnLoop(frame);
+  });
+}
+
+void GrpcBridgeConnection::PostClosed(asio::io_context* io, absl::Status reason) {
+  if (io == nullptr) return;
+  std::weak_ptr<Connection> weak = weak_from_this();
+  asio::post(*io, [weak, reason = std::move(reason)]() mutable {
+    auto self = std::static_pointer_cast<GrpcBridgeConnection>(weak.lock());
+    if (self == nullptr || self->closed_on_loop_) return;
+    self->closed_on_loop_ = true;
+    MessageHandler on_message = std::move(self->on_message_);
+    self->on_message_ = nullptr;
+    CloseHandler on_closed = std::move(self->on_closed_);
+    self->on_closed_ = nullptr;
+    if (on_closed) std::move(on_closed)(std::move(reason));
+  });
 }
 
 void KeepGrpcCallbackQueueAlive() {

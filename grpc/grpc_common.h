@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/string_ref.h"
 #include "rpc/frame.h"
@@ -66,6 +67,44 @@ grpc::ByteBuffer StringToByteBuffer(std::string_view bytes);
 std::string ResponseFrame(uint64_t request_id, absl::Status status, const Metadata& metadata,
                           std::string_view payload, size_t max_payload);
 std::string StreamFrame(FrameType type, uint64_t request_id, std::string_view payload);
+
+// What the client's and the server's gRPC connections share: the RPC
+// layer's handlers, used on its loop only; frames posted there in order;
+// the close that drops the handlers (they hold the RPC layer's side of the
+// connection, which holds it); sends that never wait (gRPC queues); and no
+// process to name as the peer.
+class GrpcBridgeConnection : public Connection {
+ public:
+  explicit GrpcBridgeConnection(std::string description);
+
+  // Called on the loop before anything is delivered.
+  void Start(asio::io_context& io, MessageHandler on_message, CloseHandler on_closed) override;
+  bool TrySend(absl::Span<const std::string_view> parts, int priority,
+               absl::Status* error) final {
+    *error = Send(parts, priority);
+    return true;
+  }
+  const PeerCredentials& peer() const final { return peer_; }
+  const std::string& description() const final { return description_; }
+
+ protected:
+  // Hands `frame` to the RPC layer on `io` (null: never started, dropped).
+  void PostFrame(asio::io_context* io, std::string frame);
+  // On the loop: at once.
+  void DeliverOnLoop(std::string_view frame) {
+    if (on_message_ && !closed_on_loop_) on_message_(frame);
+  }
+  // Ends the connection for the RPC layer, on `io`: on_closed runs once,
+  // nothing is delivered after it, and the handlers are dropped.
+  void PostClosed(asio::io_context* io, absl::Status reason);
+
+ private:
+  const std::string description_;
+  PeerCredentials peer_;
+  MessageHandler on_message_;    // loop only
+  CloseHandler on_closed_;       // loop only
+  bool closed_on_loop_ = false;  // loop only: on_closed ran
+};
 
 // gRPC 1.51 runs callback-API calls (on Linux, where its I/O manager does
 // not poll in the background) on one shared completion queue that it shuts

@@ -55,50 +55,21 @@ struct ListenerState {
   absl::flat_hash_map<std::string, std::shared_ptr<PeerConnection>> peers;  // guarded by mu
 };
 
-class PeerConnection final : public Connection {
+class PeerConnection final : public GrpcBridgeConnection {
  public:
   PeerConnection(std::shared_ptr<ListenerState> state, std::string peer)
-      : state_(std::move(state)),
-        peer_name_(std::move(peer)),
-        description_(absl::StrCat(state_->endpoint, " gRPC peer ", peer_name_)) {
-    credentials_.pid = -1;
-    credentials_.uid = static_cast<uid_t>(-1);
-  }
+      : GrpcBridgeConnection(absl::StrCat(state->endpoint, " gRPC peer ", peer)),
+        state_(std::move(state)),
+        peer_name_(std::move(peer)) {}
 
-  void Start(asio::io_context&, MessageHandler on_message, CloseHandler on_closed) override {
-    // Called on the loop, before anything is delivered (both are posted
-    // there, in order).
-    on_message_ = std::move(on_message);
-    on_closed_ = std::move(on_closed);
-  }
   absl::Status Send(absl::Span<const std::string_view> parts, int priority) override;
-  bool TrySend(absl::Span<const std::string_view> parts, int priority,
-               absl::Status* error) override {
-    *error = Send(parts, priority);  // never waits: gRPC queues
-    return true;
-  }
   void Close() override;
-  const PeerCredentials& peer() const override { return credentials_; }
-  const std::string& description() const override { return description_; }
 
-  // Hands a frame to the server, on its loop.
-  void Deliver(std::string frame) {
-    asio::io_context* io;
-    {
-      std::lock_guard<std::mutex> lock(state_->mu);
-      io = state_->io;
-    }
-    if (io == nullptr) return;  // never started: nobody to deliver to
-    std::weak_ptr<Connection> weak = weak_from_this();
-    asio::post(*io, [weak, frame = std::move(frame)] {
-      auto self = std::static_pointer_cast<PeerConnection>(weak.lock());
-      if (self != nullptr && self->on_message_ && !self->closed_on_loop_) self->on_message_(frame);
-    });
-  }
+  // Hands a frame to the server, on its loop (the listener's: Start, which
+  // runs there first, is posted before anything is delivered).
+  void Deliver(std::string frame) { PostFrame(LoopOrNull(), std::move(frame)); }
   // On the loop only: at once.
-  void DeliverNow(std::string_view frame) {
-    if (on_message_ && !closed_on_loop_) on_message_(frame);
-  }
+  void DeliverNow(std::string_view frame) { DeliverOnLoop(frame); }
 
   // Under state_->mu.
   uint64_t AddCall(std::shared_ptr<ServerCall> call) {
@@ -113,7 +84,10 @@ class PeerConnection final : public Connection {
   const std::string& peer_name() const { return peer_name_; }
 
  private:
-  void PostClosed();
+  asio::io_context* LoopOrNull() {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    return state_->io;
+  }
   std::shared_ptr<ServerCall> Find(uint64_t id) {
     std::lock_guard<std::mutex> lock(state_->mu);
     auto it = calls_.find(id);
@@ -122,11 +96,6 @@ class PeerConnection final : public Connection {
 
   const std::shared_ptr<ListenerState> state_;
   const std::string peer_name_;
-  const std::string description_;
-  PeerCredentials credentials_;
-  MessageHandler on_message_;    // loop only
-  CloseHandler on_closed_;       // loop only
-  bool closed_on_loop_ = false;  // loop only
   // Guarded by state_->mu.
   absl::flat_hash_map<uint64_t, std::shared_ptr<ServerCall>> calls_;
   uint64_t next_id_ = 1;
@@ -541,7 +510,7 @@ void PeerConnection::RemoveCall(uint64_t id) {
       if (it != state_->peers.end() && it->second.get() == this) state_->peers.erase(it);
     }
   }
-  if (last) PostClosed();
+  if (last) PostClosed(LoopOrNull(), absl::CancelledError("gRPC peer's calls ended"));
 }
 
 void PeerConnection::Close() {
@@ -558,29 +527,7 @@ void PeerConnection::Close() {
   for (auto& call : calls) {
     call->Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server closed the connection"));
   }
-  PostClosed();
-}
-
-void PeerConnection::PostClosed() {
-  asio::io_context* io;
-  {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    io = state_->io;
-  }
-  if (io == nullptr) return;
-  std::weak_ptr<Connection> weak = weak_from_this();
-  asio::post(*io, [weak] {
-    auto self = std::static_pointer_cast<PeerConnection>(weak.lock());
-    if (self == nullptr || self->closed_on_loop_) return;
-    self->closed_on_loop_ = true;
-    // The handlers hold the server's side of this connection, which holds
-    // it: dropped now, or neither would ever be freed.
-    MessageHandler on_message = std::move(self->on_message_);
-    self->on_message_ = nullptr;
-    CloseHandler on_closed = std::move(self->on_closed_);
-    self->on_closed_ = nullptr;
-    if (on_closed) std::move(on_closed)(absl::CancelledError("gRPC peer's calls ended"));
-  });
+  PostClosed(LoopOrNull(), absl::CancelledError("gRPC peer's calls ended"));
 }
 
 class GenericService final : public grpc::CallbackGenericService {
