@@ -4,6 +4,11 @@
 //
 //   chain_server --endpoint=unix:/tmp/a.sock --hops=3 --transport=unix [--ready_fd=N]
 //
+// --transport is one transport for every hop, or a comma-separated list with
+// one per hop, this one's first ("unix,grpc,unix": the second hop is reached
+// over gRPC). A grpc hop listens on grpc:127.0.0.1:0; READY_FD gets the
+// endpoint this hop bound, one line.
+//
 // chain.Chain/WaitCancelled returns, once this hop and every later one have
 // seen their call cancelled, "1,1,1" (one entry per hop: IsCancelled() was
 // true when the handler returned).
@@ -18,8 +23,12 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "ipcrpc/ipcrpc.h"
 #include "base/mutex.h"
 
@@ -44,6 +53,20 @@ class ChainService : public ipcrpc::Service {
       if (next_ == nullptr) return absl::OkStatus();
       return next_->CallMethod("chain.Chain/Ready", "", ipcrpc::CallOptions::From(context))
           .status();
+    });
+    // The deadline each hop's handler sees, as milliseconds left when it
+    // starts, this hop's first: "4998,4995,4991" (-1: no deadline).
+    AddMethod("chain.Chain/Remaining", [this](ipcrpc::ServerContext& context, std::string_view,
+                                              std::string& response) {
+      const absl::Duration left = context.deadline() - absl::Now();
+      response = context.deadline() == absl::InfiniteFuture()
+                     ? std::string("-1")
+                     : absl::StrCat(absl::ToInt64Milliseconds(left));
+      if (next_ == nullptr) return absl::OkStatus();
+      auto rest = next_->CallMethod("chain.Chain/Remaining", "", ipcrpc::CallOptions::From(context));
+      if (!rest.ok()) return rest.status();
+      absl::StrAppend(&response, ",", *rest);
+      return absl::OkStatus();
     });
     AddMethod("chain.Chain/WaitCancelled",
               [this](ipcrpc::ServerContext& context, std::string_view, std::string& response) {
@@ -107,14 +130,21 @@ int main(int argc, char** argv) {
   if (hops > 1) {
     const std::string self = "/proc/self/exe";
     const std::string rest = absl::StrCat("--hops=", hops - 1);
+    // The next hop's transport, and the list it passes on.
+    std::vector<std::string> transports = absl::StrSplit(transport, ',');
+    if (transports.size() > 1) transports.erase(transports.begin());
+    const std::string next_transport = transports.front();
+    const std::string transport_flag = "--transport=" + absl::StrJoin(transports, ",");
     absl::StatusOr<std::shared_ptr<ipcrpc::Channel>> channel;
-    if (transport == "pipe") {
-      channel = ipcrpc::SpawnChild({self, "--endpoint=pipe:", rest, "--transport=pipe"});
+    if (next_transport == "pipe") {
+      channel = ipcrpc::SpawnChild({self, "--endpoint=pipe:", rest, transport_flag});
     } else {
       const std::string name = absl::StrCat("ipcrpc-chain-", getpid());
       const std::string next_endpoint =
-          (transport == "mq" || transport == "shm") ? absl::StrCat(transport, ":", name)
-                                                    : absl::StrCat(transport, ":/tmp/", name);
+          next_transport == "grpc" ? std::string("grpc:127.0.0.1:0")
+          : (next_transport == "mq" || next_transport == "shm")
+              ? absl::StrCat(next_transport, ":", name)
+              : absl::StrCat(next_transport, ":/tmp/", name);
       int pipefd[2];
       if (pipe(pipefd) != 0) return 1;
       next_pid = fork();
@@ -122,16 +152,18 @@ int main(int argc, char** argv) {
         close(pipefd[0]);
         const std::string ready_flag = absl::StrCat("--ready_fd=", pipefd[1]);
         const std::string endpoint_flag = "--endpoint=" + next_endpoint;
-        const std::string transport_flag = "--transport=" + transport;
         execl(self.c_str(), self.c_str(), endpoint_flag.c_str(), rest.c_str(),
               transport_flag.c_str(), ready_flag.c_str(), static_cast<char*>(nullptr));
         _exit(127);
       }
       close(pipefd[1]);
-      char line[8] = {};
-      if (read(pipefd[0], line, sizeof(line) - 1) <= 0) return 1;
+      // The next hop's bound endpoint (a grpc: port 0 becomes its port).
+      std::string bound;
+      char c;
+      while (read(pipefd[0], &c, 1) == 1 && c != '\n') bound.push_back(c);
       close(pipefd[0]);
-      channel = ipcrpc::Channel::Connect(next_endpoint);
+      if (bound.empty()) return 1;
+      channel = ipcrpc::Channel::Connect(bound);
     }
     if (!channel.ok()) {
       std::fprintf(stderr, "chain_server: next hop: %s\n", channel.status().ToString().c_str());
@@ -151,7 +183,8 @@ int main(int argc, char** argv) {
   }
   if (!ready.empty()) {
     const int fd = std::atoi(ready.c_str());
-    ssize_t ignored = write(fd, "READY\n", 6);
+    const std::string line = server.endpoints().front() + "\n";
+    ssize_t ignored = write(fd, line.data(), line.size());
     (void)ignored;
     close(fd);
   }
