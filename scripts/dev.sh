@@ -63,6 +63,10 @@ run_example() {
   run_pair "$bin" "fifo:$tmp/ipcrpc-calculator-$$.fifo" "$tmp/ipcrpc-calculator-$$.fifo"
   echo "== calculator over mq: (queue /NAME, a reply queue per client)"
   run_pair "$bin" "mq:ipcrpc-calculator-$$"
+  if grep -q '^IPCRPC_GRPC:BOOL=ON' "$BUILD_DIR/CMakeCache.txt"; then
+    echo "== calculator on shm: and grpc:127.0.0.1 at once: C++ over both, Python (grpcio) over grpc:"
+    bash examples/calculator/run_grpc.sh "$bin"
+  fi
   echo "== every transport works"
   bash examples/pubsub/run.sh "$BUILD_DIR/examples/pubsub"
 }

@@ -13,11 +13,15 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "calculator.ipcrpc.h"
 
 ABSL_FLAG(std::string, endpoint, "", "Where to listen (comma-separated for several)");
+ABSL_FLAG(std::string, endpoints_file, "",
+          "Once serving, write the endpoints bound here, one per line (a grpc: port 0 "
+          "becomes the port picked)");
 
 class CalculatorImpl final : public calc::Calculator::Service {
  public:
@@ -82,8 +86,19 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "calculator_server: %s\n", status.ToString().c_str());
     return 1;
   }
+  const std::string bound = absl::StrJoin(server.endpoints(), ",");
   std::fprintf(stderr, "calculator_server: pid %d serving %s on %s\n", getpid(),
-               calc::Calculator::kServiceName, endpoints.c_str());
+               calc::Calculator::kServiceName, bound.c_str());
+  if (const std::string file = absl::GetFlag(FLAGS_endpoints_file); !file.empty()) {
+    // Written whole under another name, then renamed: a reader never sees half.
+    const std::string partial = file + ".partial";
+    std::FILE* out = std::fopen(partial.c_str(), "w");
+    if (out == nullptr || std::fprintf(out, "%s\n", absl::StrJoin(server.endpoints(), "\n").c_str()) < 0 ||
+        std::fclose(out) != 0 || std::rename(partial.c_str(), file.c_str()) != 0) {
+      std::fprintf(stderr, "calculator_server: cannot write %s\n", file.c_str());
+      return 1;
+    }
+  }
   std::thread signal_thread([&server, signals] {
     int signal_number = 0;
     sigwait(&signals, &signal_number);
