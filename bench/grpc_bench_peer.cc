@@ -1,0 +1,111 @@
+// grpc_bench_peer: the calculator in plain gRPC generated code
+// (grpc_cpp_plugin's, the sync API; links gRPC, not ipcrpc): the baseline
+// beside which grpc_bench measures the grpc: bridge.
+//
+//   grpc_bench_peer --serve=ADDRESS --cpu=N --ready_fd=FD
+//       serves calc.Calculator on ADDRESS (127.0.0.1:0 or unix:PATH) until
+//       SIGTERM; writes the address bound to FD, one line
+//   grpc_bench_peer --call=ADDRESS --cpu=N --seconds=S --threads=T
+//       calls Add on ADDRESS and prints one line of figures
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "calculator.grpc.pb.h"
+#include "grpc_bench_common.h"
+
+namespace {
+
+class CalculatorImpl final : public calc::Calculator::Service {
+  grpc::Status Add(grpc::ServerContext*, const calc::AddRequest* request,
+                   calc::AddReply* reply) override {
+    reply->set_sum(request->a() + request->b());
+    return grpc::Status::OK;
+  }
+};
+
+int Serve(const std::string& address, int ready_fd) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  CalculatorImpl service;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::fprintf(stderr, "grpc_bench_peer: cannot serve on %s\n", address.c_str());
+    return 1;
+  }
+  std::string bound = address;
+  if (address.rfind("unix:", 0) != 0) {
+    bound = address.substr(0, address.rfind(':') + 1) + std::to_string(port);
+  }
+  bound += "\n";
+  if (write(ready_fd, bound.data(), bound.size()) != static_cast<ssize_t>(bound.size())) return 1;
+  close(ready_fd);
+  std::thread stopper([&server, signals] {
+    int signal_number = 0;
+    sigwait(&signals, &signal_number);
+    server->Shutdown();
+  });
+  server->Wait();
+  stopper.join();
+  return 0;
+}
+
+int Call(const std::string& address, double seconds, int threads) {
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  std::unique_ptr<calc::Calculator::Stub> stub = calc::Calculator::NewStub(channel);
+  calc::AddRequest request;
+  request.set_a(40);
+  request.set_b(2);
+  grpc_bench::PrintFigures(grpc_bench::Measure(seconds, threads, [&] {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    calc::AddReply reply;
+    return stub->Add(&context, request, &reply).ok() && reply.sum() == 42;
+  }));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string serve, call;
+  int cpu = -1, ready_fd = -1, threads = 8;
+  double seconds = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](const char* name) -> const char* {
+      const std::string prefix = std::string("--") + name + "=";
+      return arg.rfind(prefix, 0) == 0 ? argv[i] + prefix.size() : nullptr;
+    };
+    if (const char* v_serve = value("serve")) serve = v_serve;
+    else if (const char* v_call = value("call")) call = v_call;
+    else if (const char* v_cpu = value("cpu")) cpu = std::atoi(v_cpu);
+    else if (const char* v_ready_fd = value("ready_fd")) ready_fd = std::atoi(v_ready_fd);
+    else if (const char* v_seconds = value("seconds")) seconds = std::atof(v_seconds);
+    else if (const char* v_threads = value("threads")) threads = std::atoi(v_threads);
+    else {
+      std::fprintf(stderr, "grpc_bench_peer: unknown argument %s\n", arg.c_str());
+      return 2;
+    }
+  }
+  grpc_bench::Pin(cpu);
+  if (!serve.empty()) return Serve(serve, ready_fd);
+  if (!call.empty()) return Call(call, seconds, threads);
+  std::fprintf(stderr, "grpc_bench_peer: --serve=ADDRESS or --call=ADDRESS\n");
+  return 2;
+}
