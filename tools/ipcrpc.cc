@@ -6,6 +6,10 @@
 //               [--proto=FILE]... [--import_path=DIR]...
 //   ipcrpc gc [--dry-run]                    remove what dead servers and clients left
 //
+// `call` learns the method's messages from the server: its ipcrpc.Reflection
+// or, over grpc: from a plain gRPC server, gRPC's standard server
+// reflection; --proto files replace both.
+//
 // Exit code: 0 on success; the status code of a failed call or check
 // (UNAVAILABLE = 14, NOT_FOUND = 5, INVALID_ARGUMENT = 3, ...); 64 for a
 // command line that makes no sense. Errors are one line on stderr (a failed
@@ -15,9 +19,13 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdio>
+#include <deque>
 #include <iostream>
 #include <iterator>
+#include <map>
+#include <set>
 #include <sstream>
 #include <memory>
 #include <optional>
@@ -42,7 +50,10 @@
 #include "google/protobuf/descriptor.pb.h"
 #include "google/protobuf/descriptor_database.h"
 #include "google/protobuf/dynamic_message.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/json_util.h"
+#include "google/protobuf/wire_format_lite.h"
 #include "ipcrpc/introspection.pb.h"
 #include "ipcrpc/ipcrpc.h"
 #include "base/syscall.h"
@@ -293,8 +304,9 @@ class ImportErrors final : public pb::compiler::MultiFileErrorCollector {
   std::string first;
 };
 
-// Where the method's descriptors come from: the server's reflection, or
-// --proto files.
+// Where the method's descriptors come from: the server's reflection
+// (ipcrpc's, or over grpc: gRPC's standard server reflection), or --proto
+// files.
 struct Schema {
   pb::SimpleDescriptorDatabase database;
   std::unique_ptr<pb::DescriptorPool> pool;
@@ -304,8 +316,228 @@ struct Schema {
   std::unique_ptr<pb::compiler::Importer> importer;
 };
 
+// ------------------------------------------------- gRPC server reflection
+// A plain gRPC server (not ipcrpc) describes its services through gRPC's
+// standard reflection service: one bidirectional stream on which each
+// request gets one response. Its few messages are coded here by hand, as
+// rpc/status_details.cc codes google.rpc.Status: nothing is vendored, and
+// the tool needs neither gRPC's headers nor its reflection library.
+// grpc/reflection/v1alpha/reflection.proto:
+//   ServerReflectionRequest { string host = 1; oneof { string file_by_filename = 3;
+//       string file_containing_symbol = 4; ... } }
+//   ServerReflectionResponse { string valid_host = 1; ServerReflectionRequest
+//       original_request = 2; oneof { FileDescriptorResponse file_descriptor_response = 4;
+//       ... = 5; ... = 6; ErrorResponse error_response = 7; } }
+//   FileDescriptorResponse { repeated bytes file_descriptor_proto = 1; }
+//   ErrorResponse { int32 error_code = 1; string error_message = 2; }
+
+using pb::internal::WireFormatLite;
+
+constexpr char kGrpcReflectionMethod[] =
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo";
+// What one schema may take from gRPC server reflection: a hostile or broken
+// server cannot make the tool hold, or ask for, ever more (each question is
+// for a file not yet sent, and must bring it).
+constexpr size_t kMaxReflectionFiles = 1000;
+constexpr size_t kMaxReflectionBytes = 64u << 20;
+
+// Field tags: (number << 3) | wire type (0 varint, 2 length-delimited).
+constexpr uint32_t kFileByFilenameTag = (3 << 3) | 2;
+constexpr uint32_t kFileContainingSymbolTag = (4 << 3) | 2;
+constexpr uint32_t kFileDescriptorProtoTag = (1 << 3) | 2;
+constexpr uint32_t kErrorCodeTag = (1 << 3) | 0;
+constexpr uint32_t kErrorMessageTag = (2 << 3) | 2;
+// The response's oneof: its members are fields 4 to 7.
+constexpr int kFileDescriptorResponseField = 4;
+constexpr int kErrorResponseField = 7;
+constexpr int kFirstAnswerField = 4;
+constexpr int kLastAnswerField = 7;
+
+std::string EncodeReflectionRequest(uint32_t tag, const std::string& value) {
+  std::string encoded;
+  {
+    pb::io::StringOutputStream stream(&encoded);
+    pb::io::CodedOutputStream out(&stream);
+    out.WriteTag(tag);
+    out.WriteVarint32(static_cast<uint32_t>(value.size()));
+    out.WriteString(value);
+  }
+  return encoded;
+}
+
+bool ReadLengthDelimited(pb::io::CodedInputStream& in, std::string* out) {
+  uint32_t size = 0;
+  // ReadString reserves no more than what is left of the input.
+  return in.ReadVarint32(&size) && size <= INT32_MAX && in.ReadString(out, static_cast<int>(size));
+}
+
+struct ReflectionResponse {
+  int answer = 0;                  // the oneof member set (its field number); 0: none
+  std::vector<std::string> files;  // file_descriptor_response: FileDescriptorProtos
+  int32_t error_code = 0;          // error_response
+  std::string error_message;
+};
+
+// Parses the fields of a nested message (`bytes`) with `field`, which reads
+// the field of `tag` (false: not a valid message).
+template <class ReadField>
+bool ParseNested(const std::string& bytes, ReadField field) {
+  pb::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(bytes.data()),
+                              static_cast<int>(bytes.size()));
+  while (uint32_t tag = in.ReadTag()) {
+    if (!field(in, tag)) return false;
+  }
+  return in.ConsumedEntireMessage();
+}
+
+// A ServerReflectionResponse; false if `bytes` are not one.
+bool ParseReflectionResponse(const std::string& bytes, ReflectionResponse* response) {
+  return ParseNested(bytes, [&](pb::io::CodedInputStream& in, uint32_t tag) {
+    const int field = WireFormatLite::GetTagFieldNumber(tag);
+    if (WireFormatLite::GetTagWireType(tag) != WireFormatLite::WIRETYPE_LENGTH_DELIMITED ||
+        field < kFirstAnswerField || field > kLastAnswerField) {
+      return WireFormatLite::SkipField(&in, tag);  // valid_host, original_request, unknown
+    }
+    std::string nested;
+    if (!ReadLengthDelimited(in, &nested)) return false;
+    if (field != response->answer) {
+      // As in protobuf, a later member of the oneof replaces an earlier one.
+      *response = ReflectionResponse();
+      response->answer = field;
+    }
+    if (field == kFileDescriptorResponseField) {
+      return ParseNested(nested, [&](pb::io::CodedInputStream& file_in, uint32_t file_tag) {
+        if (file_tag != kFileDescriptorProtoTag) {
+          return WireFormatLite::SkipField(&file_in, file_tag);
+        }
+        response->files.emplace_back();
+        return ReadLengthDelimited(file_in, &response->files.back());
+      });
+    }
+    if (field == kErrorResponseField) {
+      return ParseNested(nested, [&](pb::io::CodedInputStream& error_in, uint32_t error_tag) {
+        if (error_tag == kErrorCodeTag) {
+          return WireFormatLite::ReadPrimitive<int32_t, WireFormatLite::TYPE_INT32>(
+              &error_in, &response->error_code);
+        }
+        if (error_tag == kErrorMessageTag) {
+          return ReadLengthDelimited(error_in, &response->error_message);
+        }
+        return WireFormatLite::SkipField(&error_in, error_tag);
+      });
+    }
+    return true;  // list_services and extension numbers: answers to what is never asked
+  });
+}
+
+// Adds the file that defines `service_name`, and every file it depends on
+// (transitively), to `schema->database`, as `endpoint`'s gRPC server
+// reflection sends them, by `deadline`.
+absl::Status LoadSchemaThroughGrpcReflection(Channel& channel, const std::string& endpoint,
+                                             const std::string& service_name, absl::Time deadline,
+                                             Schema* schema) {
+  const std::string source = absl::StrCat(endpoint, ": gRPC server reflection");
+  CallOptions options;
+  options.deadline = deadline;
+  GenericClientStream stream = channel.OpenStream(kGrpcReflectionMethod, options);
+  // The stream ended before answering `question`: why.
+  auto ended = [&](const std::string& question) -> absl::Status {
+    absl::Status status = stream.Finish();
+    if (absl::IsUnimplemented(status)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(endpoint,
+                       ": the server offers neither ipcrpc.Reflection nor gRPC server "
+                       "reflection; pass the service's --proto FILE"));
+    }
+    if (status.ok()) {
+      return absl::DataLossError(
+          absl::StrCat(source, " ended its stream without answering ", question));
+    }
+    return absl::Status(status.code(),
+                        absl::StrCat(source, ": ", question, ": ", status.message()));
+  };
+  std::map<std::string, std::string> received;  // file name: its bytes as first sent
+  size_t bytes_received = 0;
+  std::deque<std::string> missing;  // dependencies not received yet
+  std::set<std::string> listed;     // ... listed once each
+  // Asks one question; the files of the answer go into the database.
+  auto ask = [&](uint32_t tag, const std::string& value) -> absl::Status {
+    const std::string question = absl::StrCat(
+        tag == kFileByFilenameTag ? "file_by_filename " : "file_containing_symbol ", value);
+    if (!stream.Write(EncodeReflectionRequest(tag, value))) return ended(question);
+    std::string bytes;
+    if (!stream.Read(&bytes)) return ended(question);
+    ReflectionResponse response;
+    if (!ParseReflectionResponse(bytes, &response)) {
+      return absl::DataLossError(
+          absl::StrCat(source, ": the answer to ", question, " does not parse"));
+    }
+    if (response.answer == kErrorResponseField) {
+      const int code = response.error_code;
+      const absl::StatusCode status_code =
+          code > 0 && code <= 16 ? static_cast<absl::StatusCode>(code) : absl::StatusCode::kUnknown;
+      return absl::Status(
+          status_code,
+          absl::StrCat(source, " answered ", question, " with error ", code, " (",
+                       absl::StatusCodeToString(status_code), "): ", response.error_message));
+    }
+    if (response.answer != kFileDescriptorResponseField) {
+      return absl::DataLossError(
+          absl::StrCat(source, " answered ", question, " with no file descriptors"));
+    }
+    for (const std::string& file_bytes : response.files) {
+      bytes_received += file_bytes.size();
+      if (bytes_received > kMaxReflectionBytes) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            source, " sent more than ", kMaxReflectionBytes >> 20, " MiB of file descriptors"));
+      }
+      pb::FileDescriptorProto file;
+      if (!file.ParseFromString(file_bytes) || file.name().empty()) {
+        return absl::DataLossError(absl::StrCat(source, ": a file descriptor in the answer to ",
+                                                question, " does not parse"));
+      }
+      auto [it, added] = received.try_emplace(file.name(), file_bytes);
+      if (!added) {
+        // gRPC's reflection sends files again that it sent before: the same
+        // bytes are nothing new.
+        if (it->second == file_bytes) continue;
+        return absl::DataLossError(absl::StrCat(source, " sent a conflicting file ", file.name()));
+      }
+      if (received.size() > kMaxReflectionFiles) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat(source, " sent more than ", kMaxReflectionFiles, " files"));
+      }
+      if (!schema->database.Add(file)) {
+        return absl::DataLossError(absl::StrCat(source, " sent a conflicting file ", file.name()));
+      }
+      for (const std::string& dependency : file.dependency()) {
+        if (listed.insert(dependency).second) missing.push_back(dependency);
+      }
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status asked = ask(kFileContainingSymbolTag, service_name); !asked.ok()) return asked;
+  while (!missing.empty()) {
+    const std::string name = std::move(missing.front());
+    missing.pop_front();
+    if (received.contains(name)) continue;  // it came with another answer
+    if (absl::Status asked = ask(kFileByFilenameTag, name); !asked.ok()) return asked;
+    if (!received.contains(name)) {
+      return absl::DataLossError(
+          absl::StrCat(source, " did not send ", name, " when asked file_by_filename ", name));
+    }
+  }
+  // Everything needed has arrived; how the server then ends the stream
+  // changes nothing.
+  stream.WritesDone();
+  stream.Finish().IgnoreError();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<const pb::DescriptorPool*> LoadSchema(const Args& args, Channel& channel,
-                                                     const std::string& endpoint, Schema* schema) {
+                                                     const std::string& endpoint,
+                                                     const std::string& service_name,
+                                                     Schema* schema) {
   if (!args.protos.empty()) {
     schema->tree = std::make_unique<pb::compiler::DiskSourceTree>();
     schema->errors = std::make_unique<ImportErrors>();
@@ -330,12 +562,23 @@ absl::StatusOr<const pb::DescriptorPool*> LoadSchema(const Args& args, Channel& 
     }
     return schema->importer->pool();
   }
+  // One deadline for the schema, whichever reflection it comes from.
+  const absl::Time deadline = absl::Now() + args.timeout;
   CallOptions options;
-  options.timeout = args.timeout;
+  options.deadline = deadline;
   absl::StatusOr<std::string> bytes =
       channel.CallMethod("ipcrpc.Reflection/GetFileDescriptorSet",
                          GetFileDescriptorSetRequest().SerializeAsString(), options);
   if (!bytes.ok()) {
+    if (absl::IsUnimplemented(bytes.status()) && absl::StartsWith(endpoint, "grpc:")) {
+      // Not an ipcrpc server (or its reflection is off): a plain gRPC
+      // server may offer gRPC's standard reflection instead.
+      absl::Status loaded =
+          LoadSchemaThroughGrpcReflection(channel, endpoint, service_name, deadline, schema);
+      if (!loaded.ok()) return loaded;
+      schema->pool = std::make_unique<pb::DescriptorPool>(&schema->database);
+      return schema->pool.get();
+    }
     if (absl::IsUnimplemented(bytes.status())) {
       return absl::FailedPreconditionError(absl::StrCat(
           endpoint, ": reflection is off on this server; pass the service's --proto FILE"));
@@ -543,7 +786,8 @@ std::optional<Failure> RunCall(const Args& args) {
   absl::StatusOr<std::shared_ptr<Channel>> channel = Channel::Connect(endpoint);
   if (!channel.ok()) return FromStatus(channel.status(), endpoint);
   Schema schema;
-  absl::StatusOr<const pb::DescriptorPool*> pool = LoadSchema(args, **channel, endpoint, &schema);
+  absl::StatusOr<const pb::DescriptorPool*> pool =
+      LoadSchema(args, **channel, endpoint, service_name, &schema);
   if (!pool.ok()) return FromStatus(pool.status());
   const pb::ServiceDescriptor* service = (*pool)->FindServiceByName(service_name);
   if (service == nullptr) {

@@ -22,12 +22,15 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "base/syscall.h"
 #include "gmock/gmock.h"
+#include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "ipcrpc/introspection.pb.h"
@@ -330,6 +333,110 @@ TEST_F(CliTest, CallsOverGrpcThroughTheServersReflection) {
   EXPECT_EQ(missing.exit_code, static_cast<int>(absl::StatusCode::kNotFound)) << missing.err;
   EXPECT_THAT(missing.err, HasSubstr(R"(; detail type.googleapis.com/clitest.Problem: {"reason":"NO_SUCH_KEY","key":"x"})"));
   EXPECT_THAT(missing.err, HasSubstr("response metadata x-looked-for: x\n"));
+}
+
+// A grpc_interop_peer server: a plain gRPC server (gRPC's generated code, no
+// ipcrpc) with gRPC's standard server reflection, on 127.0.0.1 at a port it
+// picks; SIGTERM when destroyed.
+class GrpcPeer {
+ public:
+  static std::unique_ptr<GrpcPeer> Start() {
+    int out[2];
+    if (::pipe2(out, O_CLOEXEC) < 0) return nullptr;
+    internal::UniqueFd read_end(out[0]);
+    internal::UniqueFd write_end(out[1]);
+    absl::StatusOr<pid_t> pid = Spawn({IPCRPC_GRPC_PEER, "server"}, {}, {}, out[1]);
+    if (!pid.ok()) return nullptr;
+    write_end.Reset();
+    auto peer = std::unique_ptr<GrpcPeer>(new GrpcPeer(*pid));
+    absl::StatusOr<std::string> line = ReadLine(read_end.get(), absl::Seconds(30));
+    absl::string_view port = line.ok() ? absl::string_view(*line) : absl::string_view();
+    if (!absl::ConsumePrefix(&port, "PORT ") || !absl::SimpleAtoi(port, &peer->port_)) {
+      return nullptr;
+    }
+    return peer;
+  }
+
+  ~GrpcPeer() {
+    ::kill(pid_, SIGTERM);
+    if (!WaitForExit(pid_, absl::Seconds(30)).has_value()) {
+      ::kill(pid_, SIGKILL);
+      WaitForExit(pid_, absl::Seconds(10));
+    }
+  }
+
+  std::string endpoint() const { return absl::StrCat("grpc:127.0.0.1:", port_); }
+
+ private:
+  explicit GrpcPeer(pid_t pid) : pid_(pid) {}
+
+  pid_t pid_;
+  int port_ = 0;
+};
+
+// A plain gRPC server has no ipcrpc.Reflection: `call` learns the method
+// from gRPC's standard server reflection instead.
+TEST_F(CliTest, CallsAPlainGrpcServerThroughGrpcServerReflection) {
+  auto peer = GrpcPeer::Start();
+  ASSERT_NE(peer, nullptr);
+  const std::string endpoint = peer->endpoint();
+
+  CliResult echo = RunCli({"call", endpoint, "interop.Interop/Echo", R"({"text": "hello"})"});
+  ASSERT_EQ(echo.exit_code, 0) << echo.err;
+  google::protobuf::Struct reply;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(echo.out, &reply).ok()) << echo.out;
+  EXPECT_EQ(reply.fields_size(), 1) << echo.out;
+  EXPECT_EQ(reply.fields().at("text").string_value(), "hello") << echo.out;
+  EXPECT_EQ(echo.err, "");
+
+  CliResult count = RunCli({"call", endpoint, "interop.Interop/Count", R"({"n": 3})"});
+  EXPECT_EQ(count.exit_code, 0) << count.err;
+  EXPECT_EQ(count.out, "{\"text\":\"0\"}\n{\"text\":\"1\"}\n{\"text\":\"2\"}\n");
+
+  // The server's status, with its payload shown as JSON: the reflected
+  // schema knows interop.Msg.
+  CliResult failed = RunCli({"call", endpoint, "interop.Interop/Fail"});
+  EXPECT_EQ(failed.exit_code, static_cast<int>(absl::StatusCode::kFailedPrecondition))
+      << failed.err;
+  EXPECT_THAT(
+      failed.err,
+      HasSubstr(R"(failed on purpose; detail type.googleapis.com/interop.Msg: {"text":"detail"})"));
+
+  // What the server does not have: named, one line, NOT_FOUND.
+  CliResult no_method = RunCli({"call", endpoint, "interop.Interop/Nope", "{}"});
+  EXPECT_EQ(no_method.exit_code, static_cast<int>(absl::StatusCode::kNotFound)) << no_method.err;
+  EXPECT_THAT(no_method.err,
+              HasSubstr("service interop.Interop has no method Nope (it has Echo, Count, Sleep, "
+                        "Cancellations, Fail)"));
+  EXPECT_EQ(LineCount(no_method.err), 1) << no_method.err;
+  EXPECT_EQ(no_method.out, "");
+  CliResult no_service = RunCli({"call", endpoint, "interop.Nope/Echo", "{}"});
+  EXPECT_EQ(no_service.exit_code, static_cast<int>(absl::StatusCode::kNotFound)) << no_service.err;
+  EXPECT_THAT(no_service.err,
+              AllOf(HasSubstr(endpoint + ": gRPC server reflection answered "
+                                         "file_containing_symbol interop.Nope with error 5 "
+                                         "(NOT_FOUND)"),
+                    HasSubstr("Symbol not found")));
+  EXPECT_EQ(LineCount(no_service.err), 1) << no_service.err;
+  EXPECT_EQ(no_service.out, "");
+}
+
+// A grpc: server with neither ipcrpc.Reflection nor gRPC server reflection:
+// the error says so, and what to do.
+TEST_F(CliTest, ProtoFileReplacesReflectionOverGrpcWhenTheServerOffersNone) {
+  const std::string endpoint = "grpc:unix:" + Path("noreflect-grpc.sock");
+  auto server = TestServer::Start({endpoint}, {"--reflection=false"});
+  ASSERT_NE(server, nullptr);
+  CliResult without = RunCli({"call", endpoint, "clitest.Tester/Add", R"({"a": 1, "b": 1})"});
+  EXPECT_EQ(without.exit_code, static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_THAT(without.err,
+              HasSubstr(endpoint + ": the server offers neither ipcrpc.Reflection nor gRPC "
+                                   "server reflection; pass the service's --proto FILE"));
+  EXPECT_EQ(LineCount(without.err), 1) << without.err;
+  CliResult with = RunCli({"call", endpoint, "clitest.Tester/Add", R"({"a": 1, "b": 1})", "--proto",
+                           IPCRPC_CLI_TEST_PROTO});
+  EXPECT_EQ(with.exit_code, 0) << with.err;
+  EXPECT_THAT(with.out, HasSubstr(R"("sum": "2")"));
 }
 #endif
 

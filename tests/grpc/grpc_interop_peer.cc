@@ -2,7 +2,8 @@
 // the code grpc_cpp_plugin generates (no ipcrpc here):
 //   grpc_interop_peer client HOST:PORT   calls an Interop server, checks
 //                                        every answer; exit 0 if all hold
-//   grpc_interop_peer server             serves Interop on 127.0.0.1 at a
+//   grpc_interop_peer server             serves Interop, and gRPC's standard
+//                                        server reflection, on 127.0.0.1 at a
 //                                        port it picks, printed as "PORT n";
 //                                        stops on SIGTERM
 #include <pthread.h>
@@ -19,6 +20,7 @@
 #include <string>
 #include <thread>
 
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "interop.grpc.pb.h"
 
@@ -188,6 +190,9 @@ int RunServer() {
   sigaddset(&stop, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
   InteropService service;
+  // As a plain gRPC server usually does: tools such as grpcurl (and
+  // `ipcrpc call`) learn its methods from gRPC's standard reflection.
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
