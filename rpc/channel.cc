@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <chrono>
 
 #include "absl/cleanup/cleanup.h"
@@ -19,6 +20,20 @@
 namespace ipcrpc {
 namespace internal {
 namespace {
+
+// StartCall's answer to an async call that would have to connect: the call
+// goes to the connect thread instead (ChannelCore::Defer).
+constexpr char kDeferConnectPayload[] = "ipcrpc.internal/defer-connect";
+
+absl::Status DeferConnect() {
+  absl::Status status = absl::UnavailableError("connecting: deferred to the connect thread");
+  status.SetPayload(kDeferConnectPayload, absl::Cord("1"));
+  return status;
+}
+
+bool IsDeferConnect(const absl::Status& status) {
+  return !status.ok() && status.GetPayload(kDeferConnectPayload).has_value();
+}
 
 thread_local uint64_t calls_started_on_this_thread = 0;
 
@@ -173,6 +188,15 @@ void ChannelCore::Shutdown() {
     }
     connection->transport->Close();
   }
+  // The connect thread ends the calls it still holds (the channel is shut
+  // down) before the loop, which runs their callbacks, goes.
+  std::thread deferred;
+  {
+    MutexLock lock(&deferred_mu_);
+    deferred_closed_ = true;
+    deferred = std::move(deferred_thread_);
+  }
+  if (deferred.joinable()) deferred.join();
   connector_->Shutdown();
   work_.reset();
   if (OnLoopThread()) {
@@ -284,6 +308,7 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
   // A connect inside a call ends by the call's deadline too: then the call
   // says DEADLINE_EXCEEDED, with the connect's reason.
   auto connect = [&]() -> absl::StatusOr<std::shared_ptr<ClientConnection>> {
+    if (call->defer_connect && !ConnectedNow()) return DeferConnect();
     absl::StatusOr<std::shared_ptr<ClientConnection>> connection = GetConnection(deadline_ns);
     if (!connection.ok() && (absl::IsDeadlineExceeded(connection.status()) ||
                              MonotonicNowNs() >= deadline_ns)) {
@@ -521,13 +546,100 @@ Call ChannelCore::CallAsync(std::string_view method, std::string_view request,
   if (options.parent_call != nullptr && options.parent_call->IsCancelled()) {
     return fail(absl::CancelledError(absl::StrCat("calling ", Av(method), ": the incoming call is cancelled")));
   }
-  absl::Status started = StartCall(call, method, request, options, deadline_ns);
-  if (!started.ok()) return fail(std::move(started));
+  // Connecting is the connect thread's, never the caller's (nor the
+  // loop's, for a call made from a callback).
+  call->defer_connect = true;
+  absl::Status started =
+      ConnectedNow() ? StartCall(call, method, request, options, deadline_ns) : DeferConnect();
+  if (IsDeferConnect(started)) {
+    CallOptions kept = options;
+    kept.response_metadata = nullptr;  // in the callback already
+    Defer({call, std::string(method), std::string(request), std::move(kept)});
+  } else if (!started.ok()) {
+    return fail(std::move(started));
+  }
   if (deadline_ns != kNoDeadline) ArmTimer(call);
   if (options.parent_call != nullptr) {
     options.parent_call->OnCancel([handle]() mutable { handle.Cancel(); });
   }
   return handle;
+}
+
+bool ChannelCore::ConnectedNow() {
+  MutexLock lock(&connect_mu_);
+  return shut_down_ || (!connecting_ && current_ != nullptr && current_->Usable());
+}
+
+void ChannelCore::FailAsync(const std::shared_ptr<PendingCall>& call, absl::Status status) {
+  asio::post(io_, [call, status = std::move(status)]() mutable {
+    if (call->timer.has_value()) call->timer->cancel();
+    if (call->callback) {
+      PendingCall::Callback callback = std::move(call->callback);
+      call->callback = nullptr;
+      std::move(callback)(std::move(status));
+    }
+  });
+}
+
+void ChannelCore::Defer(DeferredCall deferred) {
+  deferred.call->connection.reset();  // a connection it tried and lost
+  MutexLock lock(&deferred_mu_);
+  if (deferred_closed_) {
+    FailAsync(deferred.call, absl::CancelledError(absl::StrCat("channel to ", endpoint(),
+                                                               " is shut down")));
+    return;
+  }
+  deferred_.push_back(std::move(deferred));
+  if (deferred_running_) return;
+  deferred_running_ = true;
+  // The previous thread has left its loop (deferred_running_ was false).
+  if (deferred_thread_.joinable()) deferred_thread_.join();
+  deferred_thread_ = std::thread([this] { RunDeferred(); });
+}
+
+bool ChannelCore::TakeDeferred(const std::shared_ptr<PendingCall>& call) {
+  MutexLock lock(&deferred_mu_);
+  auto it = std::find_if(deferred_.begin(), deferred_.end(),
+                         [&](const DeferredCall& deferred) { return deferred.call == call; });
+  if (it == deferred_.end()) return false;
+  deferred_.erase(it);
+  return true;
+}
+
+void ChannelCore::RunDeferred() {
+  BeginOwnThread("ipcrpc-connect");
+  for (;;) {
+    // One connect for every call queued, bounded by connect_timeout; the
+    // calls' own deadlines end them in the queue meanwhile (ArmTimer).
+    absl::StatusOr<std::shared_ptr<ClientConnection>> connection = GetConnection(kNoDeadline);
+    std::deque<DeferredCall> batch;
+    {
+      MutexLock lock(&deferred_mu_);
+      batch.swap(deferred_);
+      if (batch.empty()) {
+        deferred_running_ = false;
+        return;
+      }
+    }
+    for (DeferredCall& deferred : batch) {
+      const std::shared_ptr<PendingCall>& call = deferred.call;
+      if (!connection.ok()) {
+        FailAsync(call, connection.status());
+        continue;
+      }
+      call->defer_connect = false;
+      absl::Status started = StartCall(call, deferred.method, deferred.request, deferred.options,
+                                       call->deadline_ns);
+      if (!started.ok()) {
+        FailAsync(call, std::move(started));
+        continue;
+      }
+      // Its deadline may have passed while it was out of the queue, where
+      // the timer looked for it: armed again (the earlier timer goes).
+      if (call->deadline_ns != kNoDeadline) ArmTimer(call);
+      if (call->cancel_requested.load()) Cancel(call);
+    }
+  }
 }
 
 void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
@@ -540,8 +652,15 @@ void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
       auto expired = weak.lock();
       if (expired == nullptr) return;
       auto connection = expired->connection.lock();
-      if (connection == nullptr ||
-          connection->Take(expired->id, /*drain=*/expired->stream != nullptr) == nullptr) {
+      if (connection == nullptr) {
+        // Not started: waiting for the connect thread's connection.
+        if (TakeDeferred(expired)) {
+          Complete(expired, absl::DeadlineExceededError(absl::StrCat(
+                                "deadline exceeded while connecting to ", endpoint())));
+        }
+        return;
+      }
+      if (connection->Take(expired->id, /*drain=*/expired->stream != nullptr) == nullptr) {
         return;
       }
       SendCancel(connection, expired->id, /*may_wait=*/false);
@@ -551,7 +670,12 @@ void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
 }
 
 void ChannelCore::Cancel(const std::shared_ptr<PendingCall>& call) {
+  call->cancel_requested.store(true);
   auto connection = call->connection.lock();
+  if (connection == nullptr && TakeDeferred(call)) {
+    Complete(call, absl::CancelledError("call cancelled by the client"));
+    return;
+  }
   if (connection == nullptr ||
       connection->Take(call->id, /*drain=*/call->stream != nullptr) == nullptr) {
     return;

@@ -117,6 +117,16 @@ class PendingCall {
   // completes; read by the caller after.
   Metadata response_metadata;
 
+  // An async unary call does not connect on its caller's thread: when it
+  // finds no usable connection, the channel's connect thread starts it
+  // (ChannelCore::Defer). Cleared by that thread, which connects.
+  bool defer_connect = false;
+  // Cancel was asked (set before anything else Cancel does): the connect
+  // thread, having started a deferred call, cancels it if this is set, so a
+  // Cancel that came while the call was between the queue and its
+  // connection is not lost.
+  std::atomic<bool> cancel_requested{false};
+
   // Streams only.
   std::unique_ptr<ClientStreamState> stream;
   std::string method;  // for messages
@@ -241,6 +251,27 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   void OnMessage(const std::shared_ptr<ClientConnection>& connection, std::string_view message);
   void OnClosed(const std::shared_ptr<ClientConnection>& connection, absl::Status reason);
   void ArmTimer(const std::shared_ptr<PendingCall>& call);
+
+  // Async calls waiting for a connection, which the connect thread makes
+  // (one connect for all of them, bounded by connect_timeout), then starts
+  // them; a deferred call's deadline or Cancel ends it in the queue.
+  struct DeferredCall {
+    std::shared_ptr<PendingCall> call;
+    std::string method;
+    std::string request;
+    CallOptions options;
+  };
+  // True if a call can start on the current connection without
+  // connecting (or the channel is shut down: it fails at once).
+  bool ConnectedNow();
+  void Defer(DeferredCall deferred);
+  // Takes `call` out of the queue: true if it was there (then the caller
+  // completes it).
+  bool TakeDeferred(const std::shared_ptr<PendingCall>& call);
+  void RunDeferred();  // the connect thread
+  // Ends an async call that never started, through the loop.
+  void FailAsync(const std::shared_ptr<PendingCall>& call, absl::Status status);
+
   bool OnLoopThread() const { return std::this_thread::get_id() == loop_thread_id_.load(); }
 
   const std::unique_ptr<Connector> connector_;
@@ -258,6 +289,12 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   bool shut_down_ ABSL_GUARDED_BY(connect_mu_) = false;
   // A caller is connecting (without holding connect_mu_).
   bool connecting_ ABSL_GUARDED_BY(connect_mu_) = false;
+
+  Mutex deferred_mu_;
+  std::deque<DeferredCall> deferred_ ABSL_GUARDED_BY(deferred_mu_);
+  bool deferred_running_ ABSL_GUARDED_BY(deferred_mu_) = false;  // the thread works
+  bool deferred_closed_ ABSL_GUARDED_BY(deferred_mu_) = false;   // Shutdown ran
+  std::thread deferred_thread_ ABSL_GUARDED_BY(deferred_mu_);
 
   std::atomic<uint64_t> calls_started_{0};
   std::atomic<uint64_t> late_responses_{0};

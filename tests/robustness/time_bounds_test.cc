@@ -156,6 +156,67 @@ TEST_P(TimeBoundsTest, AnExpiryNeverWaitsForAFullTransport) {
   EXPECT_LT(took, absl::Seconds(2));
 }
 
+// An async call never connects on its caller's thread: the server died and
+// its successor is stuck, so the next call must reconnect. CallAsync returns
+// at once (before: it connected inside, for up to the call's deadline), the
+// callback says DEADLINE_EXCEEDED at the deadline, a Cancel ends a waiting
+// call at once, and once the successor runs the channel works again.
+TEST_P(TimeBoundsTest, AnAsyncCallNeverWaitsToConnect) {
+  auto first = ConformanceServerProcess::Start(GetParam());
+  ASSERT_THAT(first, IsOk());
+  const std::string name = (*first)->name();
+  ChannelOptions channel_options;
+  channel_options.connect_timeout = absl::Seconds(20);
+  auto channel = Channel::Connect(GetParam().name + ":" + name, channel_options);
+  ASSERT_THAT(channel, IsOk());
+  ASSERT_THAT((*channel)->CallMethod("test.Test/Echo", "x"), IsOk());
+  (*first)->Kill();
+  ASSERT_TRUE(WaitUntilGone((*first)->pid(), absl::Seconds(10)));
+  auto successor = ConformanceServerProcess::Start(GetParam(), {}, name);
+  ASSERT_THAT(successor, IsOk());
+  ASSERT_EQ(kill((*successor)->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitStopped((*successor)->pid(), absl::Seconds(10)));
+
+  struct Outcome {
+    ipcrpc::internal::Notification done;
+    absl::Status status;
+    absl::Time at;
+  };
+  auto call = [&](Outcome* outcome, absl::Duration timeout) {
+    CallOptions options;
+    options.timeout = timeout;
+    return (*channel)->CallMethodAsync("test.Test/Echo", "async", options,
+                                       [outcome](absl::StatusOr<std::string> reply) {
+                                         outcome->status = reply.status();
+                                         outcome->at = absl::Now();
+                                         outcome->done.Notify();
+                                       });
+  };
+  Outcome timed, cancelled;
+  const absl::Time start = absl::Now();
+  call(&timed, absl::Seconds(2));
+  const absl::Duration returned = absl::Now() - start;
+  Call to_cancel = call(&cancelled, absl::Seconds(30));
+  // Generous (the other CPU may be busy), yet far below the 2 s the call
+  // spent connecting before.
+  EXPECT_LT(returned, absl::Milliseconds(500)) << "CallMethodAsync took " << returned;
+  const absl::Time cancel_at = absl::Now();
+  to_cancel.Cancel();
+  ASSERT_TRUE(cancelled.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(cancelled.status.code(), absl::StatusCode::kCancelled) << cancelled.status;
+  EXPECT_LT(cancelled.at - cancel_at, absl::Seconds(1));
+  ASSERT_TRUE(timed.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(timed.status.code(), absl::StatusCode::kDeadlineExceeded) << timed.status;
+  EXPECT_GE(timed.at - start, absl::Seconds(2));
+  EXPECT_LT(timed.at - start, absl::Seconds(3)) << "the deadline's callback came late";
+
+  kill((*successor)->pid(), SIGCONT);
+  Outcome again;
+  call(&again, absl::Seconds(10));
+  ASSERT_TRUE(again.done.WaitForNotificationWithTimeout(absl::Seconds(15)));
+  EXPECT_TRUE(again.status.ok()) << again.status;
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, TimeBoundsTest,
                          ::testing::Values(TransportTraits{"fifo", true},
                                            TransportTraits{"mq", true},
