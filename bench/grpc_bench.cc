@@ -1,22 +1,29 @@
 // grpc_bench: the cost of ipcrpc's grpc: bridge. The calculator's Add over
 // real gRPC, on a Unix socket (grpc:unix:) and on TCP loopback
-// (grpc:127.0.0.1), in the same run for four pairs:
+// (grpc:127.0.0.1), in the same run for these pairs (client -> server):
 //
-//   grpc   -> grpc     plain gRPC generated code both sides (grpc_bench_peer)
-//   grpc   -> ipcrpc   a gRPC client calling an ipcrpc server's grpc: endpoint
-//   ipcrpc -> grpc     an ipcrpc stub on a grpc: channel calling the gRPC server
-//   ipcrpc -> ipcrpc   both ends ipcrpc, gRPC between them
+//   grpc -> grpc         plain gRPC generated code, sync API (grpc_bench_peer)
+//   grpc_cb -> grpc_cb   the same with gRPC's callback API, the bridge's own
+//   grpc -> grpc_cb, grpc_cb -> grpc   mixed, as baselines for one bridge
+//   grpc -> ipcrpc       a gRPC client calling an ipcrpc server's grpc: endpoint
+//   ipcrpc -> grpc       an ipcrpc stub on a grpc: channel calling the gRPC server
+//   ipcrpc -> ipcrpc     both ends ipcrpc, gRPC between them
 //
 // Each pair: p50 and p99 of one caller's back-to-back calls, then calls/s
 // with --threads callers at once. Servers and callers are separate
 // processes, placed by --pin (split: callers on CPU 0, servers on CPU 1).
 //
-//   grpc_bench [--seconds S] [--threads T] [--pin split|same|none] [--networks unix,tcp]
+//   grpc_bench [--seconds S] [--rounds R] [--threads T] [--pin split|same|none]
+//              [--networks unix,tcp]
+//
+// The pairs take turns R times (default 5); each figure printed last is
+// the median of its R rounds.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -150,8 +157,8 @@ double Field(const std::string& line, const std::string& name) {
 int main(int argc, char** argv) {
   std::string serve, call, pin = "split", networks = "unix,tcp";
   std::string peer = GRPC_BENCH_PEER;
-  int ready_fd = -1, threads = 8, cpu = -1;
-  double seconds = 2;
+  int ready_fd = -1, threads = 8, cpu = -1, rounds = 5;
+  double seconds = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&](const char* name) -> const char* {
@@ -166,6 +173,7 @@ int main(int argc, char** argv) {
     else if (const char* v_threads = value("threads")) threads = std::atoi(v_threads);
     else if (const char* v_pin = value("pin")) pin = v_pin;
     else if (const char* v_networks = value("networks")) networks = v_networks;
+    else if (const char* v_rounds = value("rounds")) rounds = std::max(1, std::atoi(v_rounds));
     else if (const char* v_peer = value("peer")) peer = v_peer;
     else {
       std::fprintf(stderr, "grpc_bench: unknown argument %s\n", arg.c_str());
@@ -207,11 +215,17 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "grpc_bench: --networks takes unix and tcp\n");
       return 2;
     }
+    std::string grpc_cb_address;
+    const std::string grpc_cb_listen =
+        network == "unix" ? absl::StrCat("unix:/tmp/ipcrpc-grpcbench-", getpid(), "-grpccb.sock")
+                          : std::string("127.0.0.1:0");
     const pid_t grpc_server =
         StartServer({peer, "--serve=" + grpc_listen, server_cpu_flag}, &grpc_address);
+    const pid_t grpc_cb_server = StartServer(
+        {peer, "--serve=" + grpc_cb_listen, "--api=callback", server_cpu_flag}, &grpc_cb_address);
     const pid_t ipcrpc_server =
         StartServer({self, "--serve=" + ipcrpc_listen, server_cpu_flag}, &ipcrpc_endpoint);
-    if (grpc_address.empty() || ipcrpc_endpoint.empty()) {
+    if (grpc_address.empty() || grpc_cb_address.empty() || ipcrpc_endpoint.empty()) {
       std::fprintf(stderr, "grpc_bench: a server did not start\n");
       return 1;
     }
@@ -221,32 +235,70 @@ int main(int argc, char** argv) {
       const char* name;
       std::vector<std::string> argv;
     };
-    const std::vector<Pair> pairs = {
-        {"grpc->grpc", {peer, "--call=" + grpc_address, client_cpu_flag, timing, callers}},
-        {"grpc->ipcrpc", {peer, "--call=" + ipcrpc_address, client_cpu_flag, timing, callers}},
-        {"ipcrpc->grpc",
-         {self, "--call=grpc:" + grpc_address, client_cpu_flag, timing, callers}},
-        {"ipcrpc->ipcrpc", {self, "--call=" + ipcrpc_endpoint, client_cpu_flag, timing, callers}},
+    auto grpc_client = [&](const std::string& address, bool callback) {
+      std::vector<std::string> command = {peer, "--call=" + address, client_cpu_flag, timing,
+                                          callers};
+      if (callback) command.push_back("--api=callback");
+      return command;
     };
-    std::map<std::string, std::string> lines;
-    for (const Pair& pair : pairs) {
-      const std::string line = RunForLine(pair.argv);
-      lines[pair.name] = line;
-      std::printf("%-6s %-15s %s\n", network.c_str(), pair.name,
-                  line.empty() ? "FAILED" : line.c_str());
-      std::fflush(stdout);
-      all_ok &= Field(line, "ok") == 1;
+    auto ipcrpc_client = [&](const std::string& endpoint) {
+      return std::vector<std::string>{self, "--call=" + endpoint, client_cpu_flag, timing,
+                                      callers};
+    };
+    // grpc: gRPC's sync API; grpc_cb: its callback API (the bridge's).
+    const std::vector<Pair> pairs = {
+        {"grpc->grpc", grpc_client(grpc_address, false)},
+        {"grpc_cb->grpc_cb", grpc_client(grpc_cb_address, true)},
+        {"grpc->grpc_cb", grpc_client(grpc_cb_address, false)},
+        {"grpc_cb->grpc", grpc_client(grpc_address, true)},
+        {"grpc->ipcrpc", grpc_client(ipcrpc_address, false)},
+        {"ipcrpc->grpc", ipcrpc_client("grpc:" + grpc_address)},
+        {"ipcrpc->ipcrpc", ipcrpc_client(ipcrpc_endpoint)},
+    };
+    // The pairs take turns, --rounds times: the machine's drift (another
+    // process, frequency, the hypervisor) falls on all of them alike. Each
+    // figure is the median of its rounds.
+    std::map<std::string, std::vector<std::string>> lines;
+    for (int round = 0; round < rounds; ++round) {
+      for (const Pair& pair : pairs) {
+        const std::string line = RunForLine(pair.argv);
+        lines[pair.name].push_back(line);
+        std::printf("%-6s %-15s round %d: %s\n", network.c_str(), pair.name, round + 1,
+                    line.empty() ? "FAILED" : line.c_str());
+        std::fflush(stdout);
+        all_ok &= Field(line, "ok") == 1;
+      }
     }
     Stop(grpc_server);
+    Stop(grpc_cb_server);
     Stop(ipcrpc_server);
-    const std::string& base = lines["grpc->grpc"];
-    for (const char* name : {"grpc->ipcrpc", "ipcrpc->grpc", "ipcrpc->ipcrpc"}) {
-      const std::string& line = lines[name];
-      if (Field(base, "p50_us") <= 0 || Field(line, "p50_us") <= 0) continue;
-      std::printf("# %s %s against grpc->grpc: p50 %+.1f%%, calls/s %+.1f%%\n", network.c_str(),
-                  name, 100 * (Field(line, "p50_us") / Field(base, "p50_us") - 1),
-                  100 * (Field(line, "calls_per_s") / Field(base, "calls_per_s") - 1));
+    auto median = [&](const char* name, const char* field) {
+      std::vector<double> values;
+      for (const std::string& line : lines[name]) values.push_back(Field(line, field));
+      std::sort(values.begin(), values.end());
+      return values.empty() ? 0.0 : values[values.size() / 2];
+    };
+    for (const Pair& pair : pairs) {
+      std::printf("%-6s %-15s median: p50_us=%.1f p99_us=%.1f calls_per_s=%.0f\n", network.c_str(),
+                  pair.name, median(pair.name, "p50_us"), median(pair.name, "p99_us"),
+                  median(pair.name, "calls_per_s"));
     }
+    // What the bridge adds: each ipcrpc end against gRPC's own code in its
+    // place, with the sync API and with the callback API.
+    auto compare = [&](const char* what, const char* name, const char* base) {
+      const double base_p50 = median(base, "p50_us");
+      const double base_rate = median(base, "calls_per_s");
+      if (base_p50 <= 0 || base_rate <= 0 || median(name, "p50_us") <= 0) return;
+      std::printf("# %s %s: %s against %s: p50 %+.1f%%, calls/s %+.1f%%\n", network.c_str(), what,
+                  name, base, 100 * (median(name, "p50_us") / base_p50 - 1),
+                  100 * (median(name, "calls_per_s") / base_rate - 1));
+    };
+    compare("server bridge", "grpc->ipcrpc", "grpc->grpc");
+    compare("server bridge", "grpc->ipcrpc", "grpc->grpc_cb");
+    compare("client bridge", "ipcrpc->grpc", "grpc->grpc");
+    compare("client bridge", "ipcrpc->grpc", "grpc_cb->grpc");
+    compare("both bridges", "ipcrpc->ipcrpc", "grpc->grpc");
+    compare("both bridges", "ipcrpc->ipcrpc", "grpc_cb->grpc_cb");
   }
   return all_ok ? 0 : 1;
 }

@@ -2,18 +2,22 @@
 // (grpc_cpp_plugin's, the sync API; links gRPC, not ipcrpc): the baseline
 // beside which grpc_bench measures the grpc: bridge.
 //
-//   grpc_bench_peer --serve=ADDRESS --cpu=N --ready_fd=FD
+//   grpc_bench_peer --serve=ADDRESS --cpu=N --ready_fd=FD [--api=sync|callback]
 //       serves calc.Calculator on ADDRESS (127.0.0.1:0 or unix:PATH) until
 //       SIGTERM; writes the address bound to FD, one line
-//   grpc_bench_peer --call=ADDRESS --cpu=N --seconds=S --threads=T
+//   grpc_bench_peer --call=ADDRESS --cpu=N --seconds=S --threads=T [--api=sync|callback]
 //       calls Add on ADDRESS and prints one line of figures
+// --api: gRPC's sync API (the default) or its callback API, the one the
+// grpc: bridge is built on.
 #include <signal.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -24,6 +28,7 @@
 
 namespace {
 
+// gRPC's sync API: the handler runs on the thread that polled the request.
 class CalculatorImpl final : public calc::Calculator::Service {
   grpc::Status Add(grpc::ServerContext*, const calc::AddRequest* request,
                    calc::AddReply* reply) override {
@@ -32,16 +37,32 @@ class CalculatorImpl final : public calc::Calculator::Service {
   }
 };
 
-int Serve(const std::string& address, int ready_fd) {
+// gRPC's callback API, the one the grpc: bridge is built on.
+class CallbackCalculatorImpl final : public calc::Calculator::CallbackService {
+  grpc::ServerUnaryReactor* Add(grpc::CallbackServerContext* context,
+                                const calc::AddRequest* request, calc::AddReply* reply) override {
+    reply->set_sum(request->a() + request->b());
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+};
+
+int Serve(const std::string& address, bool callback_api, int ready_fd) {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  CalculatorImpl service;
+  CalculatorImpl sync_service;
+  CallbackCalculatorImpl callback_service;
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
+  if (callback_api) {
+    builder.RegisterService(&callback_service);
+  } else {
+    builder.RegisterService(&sync_service);
+  }
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     std::fprintf(stderr, "grpc_bench_peer: cannot serve on %s\n", address.c_str());
@@ -64,7 +85,7 @@ int Serve(const std::string& address, int ready_fd) {
   return 0;
 }
 
-int Call(const std::string& address, double seconds, int threads) {
+int Call(const std::string& address, bool callback_api, double seconds, int threads) {
   std::shared_ptr<grpc::Channel> channel =
       grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   std::unique_ptr<calc::Calculator::Stub> stub = calc::Calculator::NewStub(channel);
@@ -75,7 +96,21 @@ int Call(const std::string& address, double seconds, int threads) {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     calc::AddReply reply;
-    return stub->Add(&context, request, &reply).ok() && reply.sum() == 42;
+    if (!callback_api) return stub->Add(&context, request, &reply).ok() && reply.sum() == 42;
+    // The callback API, waited for as a blocking caller does.
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    grpc::Status status;
+    stub->async()->Add(&context, &request, &reply, [&](grpc::Status result) {
+      std::lock_guard<std::mutex> lock(mu);
+      status = std::move(result);
+      done = true;
+      cv.notify_one();
+    });
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return done; });
+    return status.ok() && reply.sum() == 42;
   }));
   return 0;
 }
@@ -85,6 +120,7 @@ int Call(const std::string& address, double seconds, int threads) {
 int main(int argc, char** argv) {
   std::string serve, call;
   int cpu = -1, ready_fd = -1, threads = 8;
+  bool callback_api = false;
   double seconds = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -98,14 +134,15 @@ int main(int argc, char** argv) {
     else if (const char* v_ready_fd = value("ready_fd")) ready_fd = std::atoi(v_ready_fd);
     else if (const char* v_seconds = value("seconds")) seconds = std::atof(v_seconds);
     else if (const char* v_threads = value("threads")) threads = std::atoi(v_threads);
+    else if (const char* v_api = value("api")) callback_api = std::string(v_api) == "callback";
     else {
       std::fprintf(stderr, "grpc_bench_peer: unknown argument %s\n", arg.c_str());
       return 2;
     }
   }
   grpc_bench::Pin(cpu);
-  if (!serve.empty()) return Serve(serve, ready_fd);
-  if (!call.empty()) return Call(call, seconds, threads);
+  if (!serve.empty()) return Serve(serve, callback_api, ready_fd);
+  if (!call.empty()) return Call(call, callback_api, seconds, threads);
   std::fprintf(stderr, "grpc_bench_peer: --serve=ADDRESS or --call=ADDRESS\n");
   return 2;
 }

@@ -272,8 +272,8 @@ ServerCore::ServerCore(const ServerOptions& options) : options_(options) {
   transport_options_.grpc_require_client_certificate = options.grpc.require_client_certificate;
   transport_options_.grpc_allow_plaintext_off_host = options.grpc.allow_plaintext_off_host;
   transport_options_.grpc_max_concurrent_streams = options.max_calls_per_connection;
-  // Asked on the server's loop only, which runs from Start on, when
-  // methods_ no longer changes.
+  // Asked once the server has started (on its loop, or on gRPC's threads
+  // for a call that arrives), when methods_ no longer changes.
   transport_options_.grpc_method_streams = [this](std::string_view name) -> std::optional<bool> {
     auto method = methods_.find(Av(name));
     if (method == methods_.end()) return std::nullopt;
