@@ -4,11 +4,15 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 
@@ -85,6 +89,28 @@ void BlockSigpipeInThisThread() {
 void BeginOwnThread(const char* name) {
   pthread_setname_np(pthread_self(), name);
   BlockSigpipeInThisThread();
+}
+
+void RequestShortTimeSlice() {
+  // struct sched_attr (include/uapi/linux/sched/types.h); glibc 2.36 has
+  // no wrapper.
+  struct SchedAttr {
+    uint32_t size;
+    uint32_t sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime;
+    uint64_t sched_deadline;
+    uint64_t sched_period;
+  };
+  SchedAttr attr = {};
+  attr.size = sizeof(attr);
+  attr.sched_policy = SCHED_OTHER;
+  attr.sched_nice = getpriority(PRIO_PROCESS, 0);  // keep this thread's nice value
+  attr.sched_runtime = 100'000;  // ns
+  // Best effort: refused (EINVAL, EPERM) leaves the thread as it was.
+  syscall(SYS_sched_setattr, 0, &attr, 0u);
 }
 
 void DiscardPendingSigpipe() {

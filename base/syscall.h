@@ -88,6 +88,15 @@ auto WithoutSigpipe(F&& f) -> decltype(f());
 // blocks SIGPIPE in it (BlockSigpipeInThisThread).
 void BeginOwnThread(const char* name);
 
+// Asks the kernel to run the calling thread with a short time slice
+// (sched_setattr's sched_runtime for SCHED_OTHER, 100 us): on Linux 6.6 and
+// later (EEVDF), a thread with a shorter slice has an earlier virtual
+// deadline, so when it wakes (a timer, a message) it preempts a CPU-bound
+// process instead of waiting for that one's slice to end. For the loop
+// threads, whose work is short and whose lateness is a call's. No privilege
+// needed; elsewhere a no-op (older kernels ignore the field or refuse).
+void RequestShortTimeSlice();
+
 // For the threads ipcrpc starts (its loops and handler threads): blocks
 // SIGPIPE in the calling thread for good, so that WithoutSigpipe costs no
 // system call there (it only discards the SIGPIPE of a write that failed

@@ -4,7 +4,11 @@
 //   async: 1000 calls in flight at once, deadlines spread over 1..100 ms
 // Lateness = when the caller got DEADLINE_EXCEEDED - the deadline.
 //
-//   deadline_accuracy [--transports unix,pipe,fifo,mq] [--sync_calls 200] [--async_calls 1000]
+//   deadline_accuracy [--transports unix,pipe,fifo,mq,shm] [--sync_calls 200]
+//                     [--async_calls 1000] [--load N]
+//
+// --load N: N other processes spin for the whole run (N = 2 on a 2-CPU
+// machine: both CPUs busy).
 //
 // One line per measurement:
 //   deadline <transport> <sync|async> calls=<n> late_p50_us=<x> late_p99_us=<y> late_max_us=<z>
@@ -94,7 +98,8 @@ int Measure(const std::string& self, const std::string& transport, int sync_call
     channel = *spawned;
   } else {
     const std::string name = absl::StrCat("ipcrpc-bench-deadline-", getpid());
-    endpoint = transport == "mq" ? "mq:" + name : absl::StrCat(transport, ":/tmp/", name);
+    endpoint = (transport == "mq" || transport == "shm") ? absl::StrCat(transport, ":", name)
+                                                        : absl::StrCat(transport, ":/tmp/", name);
     int ready[2];
     if (pipe(ready) != 0) return 1;
     server = fork();
@@ -122,8 +127,13 @@ int Measure(const std::string& self, const std::string& transport, int sync_call
   for (int i = 0; i < sync_calls; ++i) {
     ipcrpc::CallOptions options;
     const int64_t timeout_ns = 1'000'000 + rng() % 9'000'000;
-    options.timeout = absl::Nanoseconds(timeout_ns);
+    // An absolute deadline, read here with this measurement's clock: a
+    // relative timeout would start when the call reads the clock, and a
+    // preemption between the two reads (likely with --load) would count
+    // as lateness that is not the call's.
+    const absl::Time wall_now = absl::Now();
     const int64_t deadline = NowNs() + timeout_ns;
+    options.deadline = wall_now + absl::Nanoseconds(timeout_ns);
     auto result = channel->CallMethod("bench.Never/Call", "", options);
     const int64_t now = NowNs();
     if (!absl::IsDeadlineExceeded(result.status())) {
@@ -140,8 +150,9 @@ int Measure(const std::string& self, const std::string& transport, int sync_call
   for (int i = 0; i < async_calls; ++i) {
     ipcrpc::CallOptions options;
     const int64_t timeout_ns = 1'000'000 + rng() % 99'000'000;
-    options.timeout = absl::Nanoseconds(timeout_ns);
+    const absl::Time wall_now = absl::Now();
     const int64_t deadline = NowNs() + timeout_ns;
+    options.deadline = wall_now + absl::Nanoseconds(timeout_ns);
     channel->CallMethodAsync("bench.Never/Call", "", options,
                              [&, i, deadline](absl::StatusOr<std::string> result) {
                                async_late[i] = NowNs() - deadline;
@@ -168,9 +179,10 @@ int Measure(const std::string& self, const std::string& transport, int sync_call
 int main(int argc, char** argv) {
   std::string serve;
   int ready_fd = -1;
-  std::string transports = "unix,pipe,fifo,mq";
+  std::string transports = "unix,pipe,fifo,mq,shm";
   int sync_calls = 200;
   int async_calls = 1000;
+  int load = 0;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&](const char* name) -> const char* {
@@ -189,14 +201,32 @@ int main(int argc, char** argv) {
       sync_calls = std::atoi(v4);
     } else if (const char* v5 = value("async_calls")) {
       async_calls = std::atoi(v5);
+    } else if (const char* v6 = value("load")) {
+      load = std::atoi(v6);
     }
   }
   if (!serve.empty()) return Serve(serve, ready_fd);
-  std::printf("# deadline accuracy; %ld CPUs online; client and server placed by the scheduler\n",
-              sysconf(_SC_NPROCESSORS_ONLN));
+  std::printf("# deadline accuracy; %ld CPUs online; client and server placed by the scheduler; "
+              "load: %d other processes spinning\n",
+              sysconf(_SC_NPROCESSORS_ONLN), load);
+  // --load=N: N processes that only spin, at the same priority, for the
+  // whole run (N = the CPUs: every CPU busy with another process).
+  std::vector<pid_t> spinners;
+  for (int i = 0; i < load; ++i) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      volatile uint64_t n = 0;
+      for (;;) n = n + 1;
+    }
+    if (pid > 0) spinners.push_back(pid);
+  }
   int rc = 0;
   for (const std::string& transport : std::vector<std::string>(absl::StrSplit(transports, ','))) {
     rc |= Measure("/proc/self/exe", transport, sync_calls, async_calls);
+  }
+  for (pid_t pid : spinners) {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
   }
   return rc;
 }

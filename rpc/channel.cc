@@ -155,6 +155,7 @@ absl::Status ChannelCore::Start() {
   // run on the loop thread itself (a callback dropping the last reference).
   loop_thread_ = std::thread([self = shared_from_this()] {
     BeginOwnThread("ipcrpc-channel");
+    RequestShortTimeSlice();  // timers and responses wake it: its lateness is the calls'
     self->loop_thread_id_.store(std::this_thread::get_id());
     self->io_.run();
   });

@@ -366,6 +366,7 @@ absl::Status ServerCore::Start() {
   }
   loop_thread_ = std::thread([this] {
     BeginOwnThread("ipcrpc-server");
+    RequestShortTimeSlice();
     on_a_server_loop = true;
     io_.run();
   });
