@@ -91,6 +91,9 @@ class PeerConnection final : public GrpcBridgeConnection {
   void RemoveCall(uint64_t id);
   // On the loop: the linger timer of idle period `epoch` expired.
   void CloseIfIdle(uint64_t epoch);
+  // Under state_->mu: if no call is in flight, closes (the caller removes
+  // it from the peers) and returns true.
+  bool EvictIfIdleLocked();
 
   const std::string& peer_name() const { return peer_name_; }
 
@@ -254,8 +257,20 @@ void ServerCall::Admit() {
   bool accepted = false;
   if (it == state_->peers.end() || it->second->closed()) {
     const TransportOptions& options = state_->options;
-    if (options.max_connections > 0 && options.open_connections != nullptr &&
-        options.open_connections->load() >= options.max_connections) {
+    bool room = options.max_connections <= 0 || options.open_connections == nullptr ||
+                options.open_connections->load() < options.max_connections;
+    if (!room) {
+      // An idle peer's lingering connection makes room: it closes (posted
+      // before this peer's on_accept, so the server counts it gone first).
+      for (auto idle = state_->peers.begin(); idle != state_->peers.end(); ++idle) {
+        if (idle->second->EvictIfIdleLocked()) {
+          state_->peers.erase(idle);
+          room = true;
+          break;
+        }
+      }
+    }
+    if (!room) {
       if (options.refused_connections != nullptr) options.refused_connections->fetch_add(1);
       lock.unlock();
       IPCRPC_LOG(WARNING) << state_->endpoint << ": refusing gRPC peer " << peer
@@ -289,12 +304,16 @@ void ServerCall::Admit() {
   }
   // A unary method the server has begins here, on gRPC's thread: it only
   // starts the read, and its REQUEST is posted after the on_accept above.
-  // (The method table no longer changes once the server has started.)
+  // Only once the server has started: its method table changes until then
+  // (Listen, which starts this listener, may come before RegisterService).
   // Streams and unknown methods begin on the loop, where their REQUEST is
   // delivered at once.
-  const bool unary = !method_.empty() && method_.size() <= kMaxNameSize &&
-                     state_->options.grpc_method_streams &&
-                     state_->options.grpc_method_streams(method_) == std::optional<bool>(false);
+  const TransportOptions& options = state_->options;
+  const bool unary = options.server_running != nullptr &&
+                     options.server_running->load(std::memory_order_acquire) &&
+                     !method_.empty() && method_.size() <= kMaxNameSize &&
+                     options.grpc_method_streams &&
+                     options.grpc_method_streams(method_) == std::optional<bool>(false);
   if (unary) {
     lock.unlock();  // Begin takes this call's lock, which comes before state_->mu
     Begin();
@@ -540,6 +559,7 @@ void PeerConnection::RemoveCall(uint64_t id) {
         // Before Start, or shutting down: its calls are over, so is it.
         closed_ = true;
         last = true;
+        old_timer = std::move(linger_);
         auto it = state_->peers.find(peer_name_);
         if (it != state_->peers.end() && it->second.get() == this) state_->peers.erase(it);
       } else {
@@ -551,6 +571,7 @@ void PeerConnection::RemoveCall(uint64_t id) {
     }
   }
   if (last) {
+    if (old_timer != nullptr && io != nullptr) asio::post(*io, [old_timer] { old_timer->cancel(); });
     PostClosed(io, absl::CancelledError("gRPC peer's calls ended"));
     return;
   }
@@ -558,11 +579,27 @@ void PeerConnection::RemoveCall(uint64_t id) {
   auto self = std::static_pointer_cast<PeerConnection>(shared_from_this());
   asio::post(*io, [self, timer, old_timer, epoch] {
     if (old_timer != nullptr) old_timer->cancel();
+    {
+      // Closed, busy again or idle again since (a newer timer): no wait,
+      // which would hold the server's loop (and its Shutdown) for nothing.
+      std::lock_guard<std::mutex> lock(self->state_->mu);
+      if (self->closed_ || self->idle_epoch_ != epoch || self->linger_ != timer) return;
+    }
     timer->expires_after(kIdlePeerLinger);
     timer->async_wait([self, epoch](const asio::error_code& ec) {
       if (!ec) self->CloseIfIdle(epoch);
     });
   });
+}
+
+bool PeerConnection::EvictIfIdleLocked() {
+  if (closed_ || !calls_.empty() || state_->io == nullptr) return false;
+  closed_ = true;
+  if (std::shared_ptr<asio::steady_timer> timer = std::move(linger_)) {
+    asio::post(*state_->io, [timer] { timer->cancel(); });
+  }
+  PostClosed(state_->io, absl::CancelledError("gRPC peer idle, its place taken by another"));
+  return true;
 }
 
 void PeerConnection::CloseIfIdle(uint64_t epoch) {
@@ -580,6 +617,11 @@ void PeerConnection::Close() {
   std::vector<std::shared_ptr<ServerCall>> calls;
   {
     std::lock_guard<std::mutex> lock(state_->mu);
+    // A linger timer would hold the server's loop (and its Shutdown).
+    if (std::shared_ptr<asio::steady_timer> timer = std::move(linger_);
+        timer != nullptr && state_->io != nullptr) {
+      asio::post(*state_->io, [timer] { timer->cancel(); });
+    }
     if (closed_) return;
     closed_ = true;
     for (auto& [id, call] : calls_) calls.push_back(call);
@@ -590,15 +632,7 @@ void PeerConnection::Close() {
   for (auto& call : calls) {
     call->Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server closed the connection"));
   }
-  asio::io_context* io = LoopOrNull();
-  std::shared_ptr<asio::steady_timer> timer;
-  {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    timer = std::move(linger_);
-  }
-  // A pending linger timer would hold the server's loop (and its Shutdown).
-  if (timer != nullptr && io != nullptr) asio::post(*io, [timer] { timer->cancel(); });
-  PostClosed(io, absl::CancelledError("gRPC peer's calls ended"));
+  PostClosed(LoopOrNull(), absl::CancelledError("gRPC peer's calls ended"));
 }
 
 class GenericService final : public grpc::CallbackGenericService {

@@ -309,7 +309,7 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
   // A connect inside a call ends by the call's deadline too: then the call
   // says DEADLINE_EXCEEDED, with the connect's reason.
   auto connect = [&]() -> absl::StatusOr<std::shared_ptr<ClientConnection>> {
-    if (call->defer_connect && !ConnectedNow()) return DeferConnect();
+    if (call->defer_connect) return ConnectionOrDefer();
     absl::StatusOr<std::shared_ptr<ClientConnection>> connection = GetConnection(deadline_ns);
     if (!connection.ok() && (absl::IsDeadlineExceeded(connection.status()) ||
                              MonotonicNowNs() >= deadline_ns)) {
@@ -339,8 +339,7 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
       connection->MarkLost(absl::UnavailableError("connection closed"));
       IPCRPC_ASSIGN_OR_RETURN(connection, connect());
     }
-    call->id = connection->next_id.fetch_add(1, std::memory_order_relaxed);
-    call->connection = connection;
+    call->SetWhere(connection->next_id.fetch_add(1, std::memory_order_relaxed), connection);
     for (int i = 0; i < 8; ++i) prefix[8 + i] = static_cast<char>((call->id >> (8 * i)) & 0xff);
     absl::Status why;
     if (!connection->Insert(call, &why)) return why;
@@ -550,8 +549,7 @@ Call ChannelCore::CallAsync(std::string_view method, std::string_view request,
   // Connecting is the connect thread's, never the caller's (nor the
   // loop's, for a call made from a callback).
   call->defer_connect = true;
-  absl::Status started =
-      ConnectedNow() ? StartCall(call, method, request, options, deadline_ns) : DeferConnect();
+  absl::Status started = StartCall(call, method, request, options, deadline_ns);
   if (IsDeferConnect(started)) {
     CallOptions kept = options;
     kept.response_metadata = nullptr;  // in the callback already
@@ -566,9 +564,13 @@ Call ChannelCore::CallAsync(std::string_view method, std::string_view request,
   return handle;
 }
 
-bool ChannelCore::ConnectedNow() {
+absl::StatusOr<std::shared_ptr<ClientConnection>> ChannelCore::ConnectionOrDefer() {
   MutexLock lock(&connect_mu_);
-  return shut_down_ || (!connecting_ && current_ != nullptr && current_->Usable());
+  if (shut_down_) {
+    return absl::CancelledError(absl::StrCat("channel to ", endpoint(), " is shut down"));
+  }
+  if (!connecting_ && current_ != nullptr && current_->Usable()) return current_;
+  return DeferConnect();
 }
 
 void ChannelCore::FailAsync(const std::shared_ptr<PendingCall>& call, absl::Status status) {
@@ -583,13 +585,14 @@ void ChannelCore::FailAsync(const std::shared_ptr<PendingCall>& call, absl::Stat
 }
 
 void ChannelCore::Defer(DeferredCall deferred) {
-  deferred.call->connection.reset();  // a connection it tried and lost
+  deferred.call->SetWhere(0, nullptr);  // a connection it tried and lost
   MutexLock lock(&deferred_mu_);
   if (deferred_closed_) {
     FailAsync(deferred.call, absl::CancelledError(absl::StrCat("channel to ", endpoint(),
                                                                " is shut down")));
     return;
   }
+  deferred.seq = deferred_seq_++;
   deferred_.push_back(std::move(deferred));
   if (deferred_running_) return;
   deferred_running_ = true;
@@ -610,14 +613,37 @@ bool ChannelCore::TakeDeferred(const std::shared_ptr<PendingCall>& call) {
 void ChannelCore::RunDeferred() {
   BeginOwnThread("ipcrpc-connect");
   for (;;) {
-    // One connect for every call queued, bounded by connect_timeout; the
+    // One connect for every call queued, bounded by connect_timeout and by
+    // the latest of their deadlines (no one waits for it after that); the
     // calls' own deadlines end them in the queue meanwhile (ArmTimer).
-    absl::StatusOr<std::shared_ptr<ClientConnection>> connection = GetConnection(kNoDeadline);
+    int64_t latest = 0;
+    uint64_t attempt_seq = 0;  // calls queued from here on were not waiting for this connect
+    {
+      MutexLock lock(&deferred_mu_);
+      if (deferred_.empty()) {  // all ended in the queue
+        deferred_running_ = false;
+        return;
+      }
+      for (const DeferredCall& deferred : deferred_) {
+        latest = std::max(latest, deferred.call->deadline_ns);
+      }
+      attempt_seq = deferred_seq_;
+    }
+    absl::StatusOr<std::shared_ptr<ClientConnection>> connection = GetConnection(latest);
     std::deque<DeferredCall> batch;
     {
       MutexLock lock(&deferred_mu_);
-      batch.swap(deferred_);
-      if (batch.empty()) {
+      if (connection.ok()) {
+        batch.swap(deferred_);
+      } else {
+        // A failed connect fails only the calls that waited for it; a call
+        // queued meanwhile gets its own attempt (the next round).
+        while (!deferred_.empty() && deferred_.front().seq < attempt_seq) {
+          batch.push_back(std::move(deferred_.front()));
+          deferred_.pop_front();
+        }
+      }
+      if (batch.empty() && deferred_.empty()) {
         deferred_running_ = false;
         return;
       }
@@ -652,7 +678,7 @@ void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
       if (ec) return;
       auto expired = weak.lock();
       if (expired == nullptr) return;
-      auto connection = expired->connection.lock();
+      auto [id, connection] = expired->Where();
       if (connection == nullptr) {
         // Not started: waiting for the connect thread's connection.
         if (TakeDeferred(expired)) {
@@ -661,10 +687,10 @@ void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
         }
         return;
       }
-      if (connection->Take(expired->id, /*drain=*/expired->stream != nullptr) == nullptr) {
+      if (connection->Take(id, /*drain=*/expired->stream != nullptr) == nullptr) {
         return;
       }
-      SendCancel(connection, expired->id, /*may_wait=*/false);
+      SendCancel(connection, id, /*may_wait=*/false);
       Complete(expired, absl::DeadlineExceededError("deadline exceeded"));
     });
   });
@@ -672,16 +698,16 @@ void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
 
 void ChannelCore::Cancel(const std::shared_ptr<PendingCall>& call) {
   call->cancel_requested.store(true);
-  auto connection = call->connection.lock();
+  auto [id, connection] = call->Where();
   if (connection == nullptr && TakeDeferred(call)) {
     Complete(call, absl::CancelledError("call cancelled by the client"));
     return;
   }
   if (connection == nullptr ||
-      connection->Take(call->id, /*drain=*/call->stream != nullptr) == nullptr) {
+      connection->Take(id, /*drain=*/call->stream != nullptr) == nullptr) {
     return;
   }
-  SendCancel(connection, call->id);
+  SendCancel(connection, id);
   Complete(call, absl::CancelledError("call cancelled by the client"));
   // Its caller may be reading the connection, waiting for the response.
   if (!call->is_async) connection->transport->WakeReader();

@@ -95,6 +95,21 @@ class PendingCall {
   const bool is_async;
   std::weak_ptr<ClientConnection> connection;
 
+  // `id` and `connection` as Cancel and the deadline timer read them: a
+  // deferred call (ChannelCore::Defer) gets them on the connect thread
+  // while those may run on others, so StartCall writes them under
+  // `where_mu` and these read them under it.
+  void SetWhere(uint64_t new_id, const std::shared_ptr<ClientConnection>& where) {
+    std::lock_guard<std::mutex> lock(where_mu);
+    id = new_id;
+    connection = where;
+  }
+  std::pair<uint64_t, std::shared_ptr<ClientConnection>> Where() {
+    std::lock_guard<std::mutex> lock(where_mu);
+    return {id, connection.lock()};
+  }
+  std::mutex where_mu;
+
   // Async calls: run on the loop by whoever completes the call.
   Callback callback;
   std::optional<asio::steady_timer> timer;  // loop only
@@ -260,10 +275,12 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
     std::string method;
     std::string request;
     CallOptions options;
+    uint64_t seq = 0;  // order of queueing (deferred_seq_)
   };
-  // True if a call can start on the current connection without
-  // connecting (or the channel is shut down: it fails at once).
-  bool ConnectedNow();
+  // The current connection if a call can start on it without connecting;
+  // the DeferConnect() mark otherwise; CANCELLED if the channel is shut
+  // down. Never waits (one look under connect_mu_).
+  absl::StatusOr<std::shared_ptr<ClientConnection>> ConnectionOrDefer();
   void Defer(DeferredCall deferred);
   // Takes `call` out of the queue: true if it was there (then the caller
   // completes it).
@@ -293,6 +310,7 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   Mutex deferred_mu_;
   std::deque<DeferredCall> deferred_ ABSL_GUARDED_BY(deferred_mu_);
   bool deferred_running_ ABSL_GUARDED_BY(deferred_mu_) = false;  // the thread works
+  uint64_t deferred_seq_ ABSL_GUARDED_BY(deferred_mu_) = 0;       // next DeferredCall::seq
   bool deferred_closed_ ABSL_GUARDED_BY(deferred_mu_) = false;   // Shutdown ran
   std::thread deferred_thread_ ABSL_GUARDED_BY(deferred_mu_);
 

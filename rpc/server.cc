@@ -241,6 +241,9 @@ class ServerCore final : public IntrospectionSource {
   // connections_.size(), for listeners (TransportOptions::open_connections).
   const std::shared_ptr<std::atomic<int>> open_connections_ =
       std::make_shared<std::atomic<int>>(0);
+  // Set by Start (under mu_, which RegisterService takes too): methods_
+  // is final from then on (TransportOptions::server_running).
+  const std::shared_ptr<std::atomic<bool>> running_ = std::make_shared<std::atomic<bool>>(false);
   // Connections a listener refused for the limit before the server saw them.
   const std::shared_ptr<std::atomic<int64_t>> listener_refusals_ =
       std::make_shared<std::atomic<int64_t>>(0);
@@ -265,6 +268,7 @@ ServerCore::ServerCore(const ServerOptions& options) : options_(options) {
   transport_options_.allowed_uids = options.allowed_uids;
   transport_options_.max_connections = options.max_connections;
   transport_options_.open_connections = open_connections_;
+  transport_options_.server_running = running_;
   transport_options_.refused_connections = listener_refusals_;
   transport_options_.grpc_certificate_chain_file = options.grpc.certificate_chain_file;
   transport_options_.grpc_private_key_file = options.grpc.private_key_file;
@@ -272,8 +276,9 @@ ServerCore::ServerCore(const ServerOptions& options) : options_(options) {
   transport_options_.grpc_require_client_certificate = options.grpc.require_client_certificate;
   transport_options_.grpc_allow_plaintext_off_host = options.grpc.allow_plaintext_off_host;
   transport_options_.grpc_max_concurrent_streams = options.max_calls_per_connection;
-  // Asked once the server has started (on its loop, or on gRPC's threads
-  // for a call that arrives), when methods_ no longer changes.
+  // Asked on the server's loop, which runs from Start on, or on gRPC's
+  // threads once running_ says the server has started: when methods_ no
+  // longer changes.
   transport_options_.grpc_method_streams = [this](std::string_view name) -> std::optional<bool> {
     auto method = methods_.find(Av(name));
     if (method == methods_.end()) return std::nullopt;
@@ -360,6 +365,7 @@ absl::Status ServerCore::Start() {
     return absl::FailedPreconditionError("Start: the server was started or shut down already");
   }
   state_ = State::kRunning;
+  running_->store(true, std::memory_order_release);
   if (options_.send_timeout > absl::ZeroDuration() &&
       options_.send_timeout < absl::InfiniteDuration()) {
     asio::post(io_, [this] { WatchSends(); });

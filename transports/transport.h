@@ -61,6 +61,9 @@ struct TransportOptions {
   // limit allows. 0: no limit.
   int max_connections = 0;
   std::shared_ptr<const std::atomic<int>> open_connections;
+  // Server side: true once the server has started (its services no longer
+  // change), for a listener that answers calls off the server's loop.
+  std::shared_ptr<const std::atomic<bool>> server_running;
   // Where such a listener counts what it refused (the server's
   // connections_refused).
   std::shared_ptr<std::atomic<int64_t>> refused_connections;

@@ -40,6 +40,20 @@ std::string Describe(const grpc::Status& status) {
   return std::to_string(status.error_code()) + " " + status.error_message();
 }
 
+// One unary call, nothing else: "ok   unary: ..." or "FAIL unary: ...".
+int RunOneCall(const std::string& target) {
+  auto stub = interop::Interop::NewStub(
+      grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  interop::Msg request, reply;
+  request.set_text("hello");
+  grpc::Status status = stub->Echo(&context, request, &reply);
+  const bool ok = status.ok() && reply.text() == "hello";
+  Check(ok, "unary: " + Describe(status) + " " + reply.text());
+  return ok ? 0 : 1;
+}
+
 int RunClient(const std::string& target) {
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   auto stub = interop::Interop::NewStub(channel);
@@ -212,7 +226,8 @@ int RunServer() {
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "client" && argc == 3) return RunClient(argv[2]);
+  if (mode == "one_call" && argc == 3) return RunOneCall(argv[2]);
   if (mode == "server" && argc == 2) return RunServer();
-  std::fprintf(stderr, "usage: grpc_interop_peer client HOST:PORT | server\n");
+  std::fprintf(stderr, "usage: grpc_interop_peer client HOST:PORT | one_call HOST:PORT | server\n");
   return 2;
 }

@@ -80,9 +80,10 @@ class InteropImpl final : public interop::Interop::Service {
 
 // An ipcrpc server with InteropImpl on grpc:127.0.0.1, port picked.
 struct IpcrpcGrpcServer {
-  IpcrpcGrpcServer() {
+  explicit IpcrpcGrpcServer(int max_connections = 0) {
     ServerOptions options;
     options.registry = false;
+    if (max_connections > 0) options.max_connections = max_connections;
     server = std::make_unique<Server>(options);
     EXPECT_THAT(server->RegisterService(&impl), IsOk());
     EXPECT_THAT(server->Listen("grpc:127.0.0.1:0"), IsOk());
@@ -127,6 +128,20 @@ TEST(GrpcInteropTest, AGrpcGeneratedClientCallsAnIpcrpcServer) {
   EXPECT_EQ(client.status, 0) << client.out;
   EXPECT_THAT(client.out, Not(::testing::ContainsRegex("(^|\n)FAIL "))) << client.out;
   EXPECT_THAT(client.out, HasSubstr("ok   error status with details")) << client.out;
+}
+
+// A gRPC peer's server connection outlives its last call for a while (so
+// that one call after another does not open one each), but at
+// ServerOptions::max_connections an idle one makes room: two client
+// processes one after the other (two TCP connections, two peers), with room
+// for one, are both served.
+TEST(GrpcInteropTest, AnIdlePeerMakesRoomAtTheConnectionLimit) {
+  IpcrpcGrpcServer server(/*max_connections=*/1);
+  for (int i = 0; i < 2; ++i) {
+    Ran client = RunToEnd({IPCRPC_GRPC_PEER, "one_call", server.target});
+    EXPECT_EQ(client.status, 0) << "client " << i << ": " << client.out;
+    EXPECT_THAT(client.out, HasSubstr("ok   unary")) << "client " << i << ": " << client.out;
+  }
 }
 
 TEST(GrpcInteropTest, APythonGrpcioClientCallsAnIpcrpcServer) {
