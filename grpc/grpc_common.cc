@@ -212,9 +212,15 @@ std::string StreamFrame(FrameType type, uint64_t request_id, std::string_view pa
   return frame;
 }
 
-GrpcBridgeConnection::GrpcBridgeConnection(std::string description)
+GrpcBridgeConnection::GrpcBridgeConnection(std::string description,
+                                           std::optional<PeerCredentials> peer)
     : description_(std::move(description)) {
-  // Over gRPC the peer is not a process of this host to ask the kernel about.
+  if (peer.has_value()) {
+    peer_ = *peer;
+    return;
+  }
+  // Over gRPC's own listeners the peer is not a process of this host the
+  // kernel told us about.
   peer_.pid = -1;
   peer_.uid = static_cast<uid_t>(-1);
 }

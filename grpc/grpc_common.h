@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -75,7 +76,10 @@ std::string StreamFrame(FrameType type, uint64_t request_id, std::string_view pa
 // process to name as the peer.
 class GrpcBridgeConnection : public Connection {
  public:
-  explicit GrpcBridgeConnection(std::string description);
+  // `peer`: who is at the other end, where the kernel told us (a
+  // grpc:unix: connection the server accepted itself); else pid -1.
+  explicit GrpcBridgeConnection(std::string description,
+                                std::optional<PeerCredentials> peer = std::nullopt);
 
   // Called on the loop before anything is delivered.
   void Start(asio::io_context& io, MessageHandler on_message, CloseHandler on_closed) override;

@@ -1,10 +1,14 @@
 // grpc: server side: a Listener that runs a gRPC server with one generic
 // service, and per gRPC peer a Connection that turns each gRPC call into
 // the RPC layer's frames and its answers back (see grpc_transport.h).
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -19,14 +23,19 @@
 #include "asio/post.hpp"
 #include "asio/steady_timer.hpp"
 #include "base/logging.h"
+#include "base/syscall.h"
 #include "base/status_macros.h"
 #include "base/strings.h"
 #include "grpc/grpc_common.h"
 #include "grpc/grpc_transport.h"
+#include "transports/descriptor_watch.h"
+#include "transports/named_object.h"
+#include "transports/unix/unix_transport.h"
 #include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
+#include "grpcpp/server_posix.h"
 #include "rpc/status_details.h"
 
 namespace ipcrpc::internal {
@@ -60,12 +69,19 @@ struct ListenerState {
   // One connection per gRPC peer with calls in flight, or idle for less
   // than kIdlePeerLinger.
   absl::flat_hash_map<std::string, std::shared_ptr<PeerConnection>> peers;  // guarded by mu
+  // grpc:unix: connections the listener accepted itself and handed to gRPC
+  // (their calls' peer is "fd:N"): who is at the other end (SO_PEERCRED).
+  absl::flat_hash_map<std::string, PeerCredentials> fd_peers;  // guarded by mu
 };
 
 class PeerConnection final : public GrpcBridgeConnection {
  public:
-  PeerConnection(std::shared_ptr<ListenerState> state, std::string peer)
-      : GrpcBridgeConnection(absl::StrCat(state->endpoint, " gRPC peer ", peer)),
+  PeerConnection(std::shared_ptr<ListenerState> state, std::string peer,
+                 std::optional<PeerCredentials> credentials)
+      : GrpcBridgeConnection(
+            absl::StrCat(state->endpoint, " gRPC peer ",
+                         credentials.has_value() ? absl::StrCat("pid ", credentials->pid) : peer),
+            credentials),
         state_(std::move(state)),
         peer_name_(std::move(peer)) {}
 
@@ -281,7 +297,11 @@ void ServerCall::Admit() {
                                       options.max_connections, ") reached")));
       return;
     }
-    auto connection = std::make_shared<PeerConnection>(state_, peer);
+    std::optional<PeerCredentials> credentials;
+    if (auto known = state_->fd_peers.find(peer); known != state_->fd_peers.end()) {
+      credentials = known->second;
+    }
+    auto connection = std::make_shared<PeerConnection>(state_, peer, credentials);
     state_->peers[peer] = connection;
     connection_ = connection;
     accepted = true;
@@ -650,11 +670,73 @@ class GenericService final : public grpc::CallbackGenericService {
   const std::shared_ptr<ListenerState> state_;
 };
 
+// grpc:unix: without TLS: the listener accepts the connections itself, so
+// that it knows who is at the other end (SO_PEERCRED; ServerOptions::
+// allowed_uids applies as on unix:), and hands each to gRPC
+// (AddInsecureChannelFromFd), whose calls on it then say "fd:N" as their
+// peer: one server connection per client connection, with its pid and uid.
+// (gRPC 1.51's own Unix listener gives every call the same peer, and keeps
+// no credentials.)
+struct UnixAcceptState {
+  std::shared_ptr<ListenerState> state;
+  std::mutex mu;
+  grpc::Server* server = nullptr;  // guarded by mu; null once the listener closes
+
+  bool AcceptAll(int listener) {
+    for (;;) {
+      UniqueFd client(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+      if (!client.valid()) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+          IPCRPC_LOG(ERROR) << state->endpoint << ": accept: " << std::strerror(errno)
+                            << " (raise the limit with ulimit -n); trying again in 100 ms";
+          DescriptorWatch::BackOffFromHandler(absl::Milliseconds(100));
+          return true;
+        }
+        IPCRPC_LOG(ERROR) << state->endpoint << ": stops accepting: accept: "
+                          << std::strerror(errno);
+        return false;
+      }
+      absl::StatusOr<PeerCredentials> peer = UnixPeerCredentials(client.get(), state->endpoint);
+      if (!peer.ok()) {
+        IPCRPC_LOG(WARNING) << state->endpoint << ": refusing a connection: " << peer.status();
+        continue;
+      }
+      if (!state->options.AllowsUid(peer->uid)) {
+        IPCRPC_LOG(WARNING) << state->endpoint << ": refusing a connection from pid "
+                            << peer->pid << ": uid " << peer->uid
+                            << " is not ours and not in ServerOptions::allowed_uids";
+        continue;
+      }
+      const std::string name = absl::StrCat("fd:", client.get());
+      {
+        std::lock_guard<std::mutex> lock(state->mu);
+        // The descriptor's number may have served a connection gRPC has
+        // closed since: what is left of that one goes now.
+        if (auto old = state->peers.find(name); old != state->peers.end()) {
+          old->second->EvictIfIdleLocked();
+          state->peers.erase(old);
+        }
+        state->fd_peers[name] = *peer;
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      if (server == nullptr) return false;  // closed meanwhile: the descriptor closes
+      grpc::AddInsecureChannelFromFd(server, client.Release());
+    }
+  }
+};
+
 class GrpcListener final : public Listener {
  public:
   GrpcListener(std::shared_ptr<ListenerState> state, std::unique_ptr<GenericService> service,
-               std::unique_ptr<grpc::Server> server)
-      : state_(std::move(state)), service_(std::move(service)), server_(std::move(server)) {}
+               std::unique_ptr<grpc::Server> server, UniqueFd unix_socket = UniqueFd(),
+               PublishedObject published = PublishedObject())
+      : state_(std::move(state)),
+        service_(std::move(service)),
+        server_(std::move(server)),
+        unix_socket_(std::move(unix_socket)),
+        published_(std::move(published)) {}
   ~GrpcListener() override {
     Close();
     // Every call has been answered by now (the server closed its
@@ -673,11 +755,31 @@ class GrpcListener final : public Listener {
     }
     for (auto& call : state_->waiting) asio::post(io, [call = call] { call->Begin(); });
     state_->waiting.clear();
+    if (unix_socket_.valid()) {
+      IPCRPC_RETURN_IF_ERROR(SetNonBlocking(unix_socket_.get(), true, state_->endpoint));
+      acceptor_ = std::make_shared<UnixAcceptState>();
+      acceptor_->state = state_;
+      acceptor_->server = server_.get();
+      const int listener = unix_socket_.get();
+      watch_ = DescriptorWatch::Start(io, std::move(unix_socket_),
+                                      [acceptor = acceptor_, listener] {
+                                        return acceptor->AcceptAll(listener);
+                                      });
+    }
     return absl::OkStatus();
   }
   void Close() override {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    state_->closing = true;  // new calls: UNAVAILABLE; calls in flight go on
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      state_->closing = true;  // new calls: UNAVAILABLE; calls in flight go on
+    }
+    // New connects fail from now on; no connection reaches gRPC after this.
+    published_.Remove();
+    if (watch_ != nullptr) watch_->Stop();
+    if (acceptor_ != nullptr) {
+      std::lock_guard<std::mutex> lock(acceptor_->mu);
+      acceptor_->server = nullptr;
+    }
   }
   const std::string& endpoint() const override { return state_->endpoint; }
 
@@ -685,7 +787,39 @@ class GrpcListener final : public Listener {
   const std::shared_ptr<ListenerState> state_;
   const std::unique_ptr<GenericService> service_;
   const std::unique_ptr<grpc::Server> server_;
+  UniqueFd unix_socket_;  // until Start
+  PublishedObject published_;
+  std::shared_ptr<UnixAcceptState> acceptor_;
+  std::shared_ptr<DescriptorWatch> watch_;
 };
+
+// Binds and listens on `path` for grpc:unix:, as unix: does (a stale socket
+// file is replaced, a live one is not; the file gets `mode`).
+absl::StatusOr<std::pair<UniqueFd, PublishedObject>> BindUnixSocket(const std::string& what,
+                                                                    const std::string& path,
+                                                                    unsigned mode) {
+  NamedObjectKind kind;
+  kind.type = S_IFSOCK;
+  kind.noun = "socket";
+  kind.is_live = &UnixSocketIsLive;
+  kind.create = [&what](const std::string& at) -> absl::StatusOr<UniqueFd> {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!fd.valid()) return ErrnoStatus(errno, "socket", what);
+    sockaddr_un addr = {};
+    addr.sun_family = AF_UNIX;
+    if (at.size() >= sizeof(addr.sun_path)) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": the socket path is too long"));
+    }
+    std::memcpy(addr.sun_path, at.data(), at.size());
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) < 0) {
+      if (errno == EADDRINUSE) return absl::AlreadyExistsError(absl::StrCat(what, ": ", at, " is taken"));
+      return ErrnoStatus(errno, "bind", absl::StrCat(what, " at ", at));
+    }
+    if (::listen(fd.get(), SOMAXCONN) < 0) return ErrnoStatus(errno, "listen", what);
+    return fd;
+  };
+  return PublishNamedObject(what, path, mode, kind, sizeof(sockaddr_un{}.sun_path) - 1);
+}
 
 }  // namespace
 
@@ -732,9 +866,18 @@ absl::StatusOr<std::unique_ptr<Listener>> CreateGrpcListener(const Endpoint& end
   state->options = options;
   state->max_payload = options.max_message_size - kMaxFrameOverhead;
   auto service = std::make_unique<GenericService>(state);
+  // grpc:unix: in plaintext: our own socket, whose connections we hand to
+  // gRPC (UnixAcceptState); with TLS, gRPC's own listener.
+  const bool own_unix_socket = address.is_unix && !tls;
+  std::pair<UniqueFd, PublishedObject> unix_socket;
+  if (own_unix_socket) {
+    IPCRPC_ASSIGN_OR_RETURN(unix_socket, BindUnixSocket(endpoint.text, address.path, options.mode));
+  }
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(address.target, credentials, address.is_unix ? nullptr : &port);
+  if (!own_unix_socket) {
+    builder.AddListeningPort(address.target, credentials, address.is_unix ? nullptr : &port);
+  }
   builder.RegisterCallbackGenericService(service.get());
   const int max = static_cast<int>(std::min<size_t>(state->max_payload, INT32_MAX));
   builder.SetMaxReceiveMessageSize(max);
@@ -752,13 +895,15 @@ absl::StatusOr<std::unique_ptr<Listener>> CreateGrpcListener(const Endpoint& end
         "endpoint '", endpoint.text, "': gRPC cannot listen on ", address.target,
         " (in use, or not an address of this host; gRPC logs why)"));
   }
-  if (address.is_unix) {
+  if (address.is_unix && !own_unix_socket) {
     // gRPC creates the socket file with the process's umask: the server's
     // mode, as for unix: (the directory's permissions bound it meanwhile).
     ::chmod(address.path.c_str(), options.mode);
   }
   state->endpoint = GrpcEndpointText(address, port);
-  return std::make_unique<GrpcListener>(std::move(state), std::move(service), std::move(server));
+  return std::make_unique<GrpcListener>(std::move(state), std::move(service), std::move(server),
+                                        std::move(unix_socket.first),
+                                        std::move(unix_socket.second));
 }
 
 }  // namespace ipcrpc::internal

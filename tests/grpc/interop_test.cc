@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -41,8 +42,12 @@ class InteropImpl final : public interop::Interop::Service {
       if (key == "x-echo") context.AddResponseMetadata("x-echoed", value);
     }
     reply.set_text(request.text());
+    last_peer_pid_.store(context.peer_pid());
+    last_peer_uid_.store(context.peer_uid());
     return absl::OkStatus();
   }
+  pid_t last_peer_pid() const { return last_peer_pid_.load(); }
+  uid_t last_peer_uid() const { return last_peer_uid_.load(); }
   absl::Status Count(ServerContext&, const interop::Msg& request,
                      ServerWriter<interop::Msg>& writer) override {
     for (int i = 0; i < request.n(); ++i) {
@@ -76,6 +81,8 @@ class InteropImpl final : public interop::Interop::Service {
 
  private:
   std::atomic<int> cancellations_{0};
+  std::atomic<pid_t> last_peer_pid_{0};
+  std::atomic<uid_t> last_peer_uid_{0};
 };
 
 // An ipcrpc server with InteropImpl on grpc:127.0.0.1, port picked.
@@ -142,6 +149,53 @@ TEST(GrpcInteropTest, AnIdlePeerMakesRoomAtTheConnectionLimit) {
     EXPECT_EQ(client.status, 0) << "client " << i << ": " << client.out;
     EXPECT_THAT(client.out, HasSubstr("ok   unary")) << "client " << i << ": " << client.out;
   }
+}
+
+// Over grpc:unix: the server accepts the connections itself: a call's
+// ServerContext says which process made it (SO_PEERCRED), for a client
+// gRPC's generated code made in another process and for an ipcrpc stub in
+// this one; over TCP it cannot (-1).
+TEST(GrpcInteropTest, OverAUnixSocketAHandlerKnowsTheCallersPidAndUid) {
+  InteropImpl impl;
+  ServerOptions options;
+  options.registry = false;
+  Server server(options);
+  const std::string path = "/tmp/" + UniqueName("ipcrpc-grpc-peer") + ".sock";
+  ASSERT_THAT(server.RegisterService(&impl), IsOk());
+  ASSERT_THAT(server.Listen("grpc:unix:" + path), IsOk());
+  ASSERT_THAT(server.Start(), IsOk());
+
+  int out[2];
+  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+  internal::UniqueFd out_read(out[0]);
+  internal::UniqueFd out_write(out[1]);
+  auto pid = Spawn({IPCRPC_GRPC_PEER, "one_call", "unix:" + path}, {}, {}, out_write.get());
+  ASSERT_THAT(pid, IsOk());
+  out_write.Reset();
+  std::string printed;
+  char buffer[1024];
+  for (ssize_t n; (n = read(out_read.get(), buffer, sizeof(buffer))) > 0;) printed.append(buffer, n);
+  std::optional<int> status = WaitForExit(*pid, absl::Seconds(30));
+  ASSERT_TRUE(status.has_value() && WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << printed;
+  EXPECT_EQ(impl.last_peer_pid(), *pid);
+  EXPECT_EQ(impl.last_peer_uid(), ::getuid());
+
+  auto channel = Channel::Connect("grpc:unix:" + path);
+  ASSERT_THAT(channel, IsOk());
+  interop::Interop::Stub stub(*channel);
+  interop::Msg request;
+  request.set_text("hi");
+  ASSERT_THAT(stub.Echo(request), IsOk());
+  EXPECT_EQ(impl.last_peer_pid(), ::getpid());
+
+  IpcrpcGrpcServer tcp;
+  auto tcp_channel = Channel::Connect("grpc:" + tcp.target);
+  ASSERT_THAT(tcp_channel, IsOk());
+  interop::Interop::Stub tcp_stub(*tcp_channel);
+  ASSERT_THAT(tcp_stub.Echo(request), IsOk());
+  EXPECT_EQ(tcp.impl.last_peer_pid(), -1);
+  server.Shutdown(absl::Seconds(1));
+  EXPECT_FALSE(std::filesystem::exists(path)) << "the socket file was left behind";
 }
 
 TEST(GrpcInteropTest, APythonGrpcioClientCallsAnIpcrpcServer) {
