@@ -6,6 +6,7 @@
 #include <sys/un.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -98,15 +99,15 @@ class PeerConnection final : public GrpcBridgeConnection {
   uint64_t AddCall(std::shared_ptr<ServerCall> call) {
     const uint64_t id = next_id_++;
     calls_[id] = std::move(call);
-    ++idle_epoch_;  // busy again: a pending linger timer does nothing
     return id;
   }
   bool closed() const { return closed_; }  // under state_->mu
   // The call ended (its OnDone). The connection ends kIdlePeerLinger after
   // its last call, unless another comes.
   void RemoveCall(uint64_t id);
-  // On the loop: the linger timer of idle period `epoch` expired.
-  void CloseIfIdle(uint64_t epoch);
+  // On the loop: the linger timer expired. Closes the connection if it
+  // has been idle for kIdlePeerLinger, else waits again for what is left.
+  void OnLinger(const std::shared_ptr<asio::steady_timer>& timer);
   // Under state_->mu: if no call is in flight, closes (the caller removes
   // it from the peers) and returns true.
   bool EvictIfIdleLocked();
@@ -130,9 +131,10 @@ class PeerConnection final : public GrpcBridgeConnection {
   absl::flat_hash_map<uint64_t, std::shared_ptr<ServerCall>> calls_;
   uint64_t next_id_ = 1;
   bool closed_ = false;
-  uint64_t idle_epoch_ = 0;  // changes whenever the connection goes idle or busy
-  // Armed when the connection goes idle; waited on and cancelled on the
-  // loop only (asio timers are not safe across threads).
+  std::chrono::steady_clock::time_point idle_since_;  // when calls_ last became empty
+  // Armed when the connection first goes idle, and kept armed (one wait at
+  // a time, not one per call) until it closes; waited on and cancelled on
+  // the loop only (asio timers are not safe across threads).
   std::shared_ptr<asio::steady_timer> linger_;
 };
 
@@ -567,7 +569,6 @@ absl::Status PeerConnection::Send(absl::Span<const std::string_view> parts, int)
 void PeerConnection::RemoveCall(uint64_t id) {
   bool last = false;
   asio::io_context* io = nullptr;
-  uint64_t epoch = 0;
   std::shared_ptr<asio::steady_timer> old_timer;
   std::shared_ptr<asio::steady_timer> timer;
   {
@@ -584,9 +585,13 @@ void PeerConnection::RemoveCall(uint64_t id) {
         if (it != state_->peers.end() && it->second.get() == this) state_->peers.erase(it);
       } else {
         // Idle: it stays for the peer's next call, kIdlePeerLinger at most.
-        epoch = ++idle_epoch_;
-        timer = std::make_shared<asio::steady_timer>(*io);
-        old_timer = std::exchange(linger_, timer);
+        // A call that ends costs no more than this: the timer, once armed,
+        // looks at idle_since_ when it expires.
+        idle_since_ = std::chrono::steady_clock::now();
+        if (linger_ == nullptr) {
+          timer = std::make_shared<asio::steady_timer>(*io);
+          linger_ = timer;
+        }
       }
     }
   }
@@ -597,18 +602,47 @@ void PeerConnection::RemoveCall(uint64_t id) {
   }
   if (timer == nullptr) return;
   auto self = std::static_pointer_cast<PeerConnection>(shared_from_this());
-  asio::post(*io, [self, timer, old_timer, epoch] {
-    if (old_timer != nullptr) old_timer->cancel();
+  asio::post(*io, [self, timer] {
     {
-      // Closed, busy again or idle again since (a newer timer): no wait,
-      // which would hold the server's loop (and its Shutdown) for nothing.
+      // Closed since: no wait, which would hold the server's loop (and its
+      // Shutdown) for nothing.
       std::lock_guard<std::mutex> lock(self->state_->mu);
-      if (self->closed_ || self->idle_epoch_ != epoch || self->linger_ != timer) return;
+      if (self->closed_ || self->linger_ != timer) return;
     }
     timer->expires_after(kIdlePeerLinger);
-    timer->async_wait([self, epoch](const asio::error_code& ec) {
-      if (!ec) self->CloseIfIdle(epoch);
+    timer->async_wait([self, timer](const asio::error_code& ec) {
+      if (!ec) self->OnLinger(timer);
     });
+  });
+}
+
+void PeerConnection::OnLinger(const std::shared_ptr<asio::steady_timer>& timer) {
+  std::chrono::steady_clock::duration wait = kIdlePeerLinger;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (closed_ || linger_ != timer) return;
+    if (calls_.empty()) {
+      const auto idle = std::chrono::steady_clock::now() - idle_since_;
+      if (idle < kIdlePeerLinger) {
+        wait = kIdlePeerLinger - idle;
+      } else {
+        closed_ = true;
+        linger_.reset();
+        auto it = state_->peers.find(peer_name_);
+        if (it != state_->peers.end() && it->second.get() == this) state_->peers.erase(it);
+        wait = std::chrono::steady_clock::duration::zero();
+      }
+    }
+    // Busy: look again in kIdlePeerLinger.
+  }
+  if (wait == std::chrono::steady_clock::duration::zero()) {
+    PostClosed(LoopOrNull(), absl::CancelledError("gRPC peer idle"));
+    return;
+  }
+  auto self = std::static_pointer_cast<PeerConnection>(shared_from_this());
+  timer->expires_after(wait);
+  timer->async_wait([self, timer](const asio::error_code& ec) {
+    if (!ec) self->OnLinger(timer);
   });
 }
 
@@ -620,17 +654,6 @@ bool PeerConnection::EvictIfIdleLocked() {
   }
   PostClosed(state_->io, absl::CancelledError("gRPC peer idle, its place taken by another"));
   return true;
-}
-
-void PeerConnection::CloseIfIdle(uint64_t epoch) {
-  {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    if (closed_ || !calls_.empty() || idle_epoch_ != epoch) return;
-    closed_ = true;
-    auto it = state_->peers.find(peer_name_);
-    if (it != state_->peers.end() && it->second.get() == this) state_->peers.erase(it);
-  }
-  PostClosed(LoopOrNull(), absl::CancelledError("gRPC peer idle"));
 }
 
 void PeerConnection::Close() {
