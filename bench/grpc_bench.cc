@@ -95,6 +95,15 @@ int Call(const std::string& endpoint, double seconds, int threads) {
   return 0;
 }
 
+// In a child: becomes argv[0] with `argv`.
+[[noreturn]] void Exec(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  execv(args[0], args.data());
+  _exit(127);
+}
+
 // Runs argv to its end and returns the first line of its stdout.
 std::string RunForLine(const std::vector<std::string>& argv) {
   int out[2];
@@ -102,11 +111,7 @@ std::string RunForLine(const std::vector<std::string>& argv) {
   const pid_t pid = fork();
   if (pid == 0) {
     dup2(out[1], 1);
-    std::vector<char*> args;
-    for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    _exit(127);
+    Exec(argv);
   }
   close(out[1]);
   std::string text;
@@ -126,11 +131,7 @@ pid_t StartServer(std::vector<std::string> argv, std::string* bound) {
   const pid_t pid = fork();
   if (pid == 0) {
     close(ready[0]);
-    std::vector<char*> args;
-    for (const std::string& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    _exit(127);
+    Exec(argv);
   }
   close(ready[1]);
   bound->clear();
@@ -155,34 +156,20 @@ double Field(const std::string& line, const std::string& name) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string serve, call, pin = "split", networks = "unix,tcp";
-  std::string peer = GRPC_BENCH_PEER;
-  int ready_fd = -1, threads = 8, cpu = -1, rounds = 5;
-  double seconds = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&](const char* name) -> const char* {
-      const std::string prefix = std::string("--") + name + "=";
-      return arg.rfind(prefix, 0) == 0 ? argv[i] + prefix.size() : nullptr;
-    };
-    if (const char* v_serve = value("serve")) serve = v_serve;
-    else if (const char* v_call = value("call")) call = v_call;
-    else if (const char* v_cpu = value("cpu")) cpu = std::atoi(v_cpu);
-    else if (const char* v_ready_fd = value("ready_fd")) ready_fd = std::atoi(v_ready_fd);
-    else if (const char* v_seconds = value("seconds")) seconds = std::atof(v_seconds);
-    else if (const char* v_threads = value("threads")) threads = std::atoi(v_threads);
-    else if (const char* v_pin = value("pin")) pin = v_pin;
-    else if (const char* v_networks = value("networks")) networks = v_networks;
-    else if (const char* v_rounds = value("rounds")) rounds = std::max(1, std::atoi(v_rounds));
-    else if (const char* v_peer = value("peer")) peer = v_peer;
-    else {
-      std::fprintf(stderr, "grpc_bench: unknown argument %s\n", arg.c_str());
-      return 2;
-    }
-  }
-  grpc_bench::Pin(cpu);
-  if (!serve.empty()) return Serve(serve, ready_fd);
-  if (!call.empty()) return Call(call, seconds, threads);
+  grpc_bench::Flags flags;
+  if (!grpc_bench::ParseFlags("grpc_bench", argc, argv, &flags)) return 2;
+  std::string pin = "split", networks = "unix,tcp", peer = GRPC_BENCH_PEER, rounds_text = "5";
+  grpc_bench::TakeFlag(&flags, "pin", &pin);
+  grpc_bench::TakeFlag(&flags, "networks", &networks);
+  grpc_bench::TakeFlag(&flags, "peer", &peer);
+  grpc_bench::TakeFlag(&flags, "rounds", &rounds_text);
+  if (!grpc_bench::NoFlagsLeft("grpc_bench", flags)) return 2;
+  const int rounds = std::max(1, std::atoi(rounds_text.c_str()));
+  const double seconds = flags.seconds;
+  const int threads = flags.threads;
+  grpc_bench::Pin(flags.cpu);
+  if (!flags.serve.empty()) return Serve(flags.serve, flags.ready_fd);
+  if (!flags.call.empty()) return Call(flags.call, seconds, threads);
 
   int client_cpu = -1, server_cpu = -1;
   const long cpus = sysconf(_SC_NPROCESSORS_ONLN);

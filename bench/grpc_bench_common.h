@@ -12,6 +12,8 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -89,6 +91,58 @@ Figures Measure(double seconds, int threads, F&& once) {
   figures.calls_per_s = calls.load() / ((NowNs() - start) / 1e9);
   figures.ok = !failed;
   return figures;
+}
+
+// The flags both programs take (--name=VALUE), and the others by name
+// for the program to take or refuse.
+struct Flags {
+  std::string serve;  // --serve=ADDRESS: be a server
+  std::string call;   // --call=ADDRESS: be a caller
+  int cpu = -1;
+  int ready_fd = -1;
+  double seconds = 1;
+  int threads = 8;
+  std::map<std::string, std::string> others;
+};
+
+// False (after a message naming `program`) for an argument not --NAME=VALUE.
+inline bool ParseFlags(const char* program, int argc, char** argv, Flags* flags) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const size_t equals = arg.find('=');
+    if (arg.rfind("--", 0) != 0 || equals == std::string::npos) {
+      std::fprintf(stderr, "%s: unknown argument %s\n", program, arg.c_str());
+      return false;
+    }
+    const std::string name = arg.substr(2, equals - 2);
+    const std::string value = arg.substr(equals + 1);
+    if (name == "serve") flags->serve = value;
+    else if (name == "call") flags->call = value;
+    else if (name == "cpu") flags->cpu = std::atoi(value.c_str());
+    else if (name == "ready_fd") flags->ready_fd = std::atoi(value.c_str());
+    else if (name == "seconds") flags->seconds = std::atof(value.c_str());
+    else if (name == "threads") flags->threads = std::atoi(value.c_str());
+    else flags->others[name] = value;
+  }
+  return true;
+}
+
+// Takes --`name` out of `flags->others` into *value; true if it was there.
+inline bool TakeFlag(Flags* flags, const char* name, std::string* value) {
+  auto it = flags->others.find(name);
+  if (it == flags->others.end()) return false;
+  *value = it->second;
+  flags->others.erase(it);
+  return true;
+}
+
+// False (after a message) if a flag nobody took is left.
+inline bool NoFlagsLeft(const char* program, const Flags& flags) {
+  for (const auto& [name, value] : flags.others) {
+    std::fprintf(stderr, "%s: unknown argument --%s=%s\n", program, name.c_str(), value.c_str());
+    return false;
+  }
+  return true;
 }
 
 inline void PrintFigures(const Figures& figures) {

@@ -118,31 +118,15 @@ int Call(const std::string& address, bool callback_api, double seconds, int thre
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string serve, call;
-  int cpu = -1, ready_fd = -1, threads = 8;
-  bool callback_api = false;
-  double seconds = 1;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&](const char* name) -> const char* {
-      const std::string prefix = std::string("--") + name + "=";
-      return arg.rfind(prefix, 0) == 0 ? argv[i] + prefix.size() : nullptr;
-    };
-    if (const char* v_serve = value("serve")) serve = v_serve;
-    else if (const char* v_call = value("call")) call = v_call;
-    else if (const char* v_cpu = value("cpu")) cpu = std::atoi(v_cpu);
-    else if (const char* v_ready_fd = value("ready_fd")) ready_fd = std::atoi(v_ready_fd);
-    else if (const char* v_seconds = value("seconds")) seconds = std::atof(v_seconds);
-    else if (const char* v_threads = value("threads")) threads = std::atoi(v_threads);
-    else if (const char* v_api = value("api")) callback_api = std::string(v_api) == "callback";
-    else {
-      std::fprintf(stderr, "grpc_bench_peer: unknown argument %s\n", arg.c_str());
-      return 2;
-    }
-  }
-  grpc_bench::Pin(cpu);
-  if (!serve.empty()) return Serve(serve, callback_api, ready_fd);
-  if (!call.empty()) return Call(call, callback_api, seconds, threads);
+  grpc_bench::Flags flags;
+  if (!grpc_bench::ParseFlags("grpc_bench_peer", argc, argv, &flags)) return 2;
+  std::string api = "sync";
+  grpc_bench::TakeFlag(&flags, "api", &api);
+  if (!grpc_bench::NoFlagsLeft("grpc_bench_peer", flags)) return 2;
+  const bool callback_api = api == "callback";
+  grpc_bench::Pin(flags.cpu);
+  if (!flags.serve.empty()) return Serve(flags.serve, callback_api, flags.ready_fd);
+  if (!flags.call.empty()) return Call(flags.call, callback_api, flags.seconds, flags.threads);
   std::fprintf(stderr, "grpc_bench_peer: --serve=ADDRESS or --call=ADDRESS\n");
   return 2;
 }

@@ -222,9 +222,7 @@ class StreamClientCall final : public ClientCall,
     }
     // The RPC layer may write this much more (its window: what gRPC has not
     // taken yet).
-    std::string grant;
-    PutLe(&grant, static_cast<uint64_t>(cost), 8);
-    connection_->Deliver(StreamFrame(FrameType::kWindow, id_, grant));
+    connection_->Deliver(WindowFrame(id_, cost));
     Pump();
   }
   void OnReadDone(bool ok) override {

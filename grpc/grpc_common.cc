@@ -212,6 +212,12 @@ std::string StreamFrame(FrameType type, uint64_t request_id, std::string_view pa
   return frame;
 }
 
+std::string WindowFrame(uint64_t request_id, int64_t credit) {
+  std::string grant;
+  PutLe(&grant, static_cast<uint64_t>(credit), 8);
+  return StreamFrame(FrameType::kWindow, request_id, grant);
+}
+
 GrpcBridgeConnection::GrpcBridgeConnection(std::string description,
                                            std::optional<PeerCredentials> peer)
     : description_(std::move(description)) {

@@ -68,6 +68,8 @@ grpc::ByteBuffer StringToByteBuffer(std::string_view bytes);
 std::string ResponseFrame(uint64_t request_id, absl::Status status, const Metadata& metadata,
                           std::string_view payload, size_t max_payload);
 std::string StreamFrame(FrameType type, uint64_t request_id, std::string_view payload);
+// A WINDOW frame granting `credit` more bytes of the stream `request_id`.
+std::string WindowFrame(uint64_t request_id, int64_t credit);
 
 // What the client's and the server's gRPC connections share: the RPC
 // layer's handlers, used on its loop only; frames posted there in order;

@@ -1,15 +1,11 @@
 // grpc: server side: a Listener that runs a gRPC server with one generic
 // service, and per gRPC peer a Connection that turns each gRPC call into
 // the RPC layer's frames and its answers back (see grpc_transport.h).
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cerrno>
 #include <condition_variable>
-#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -197,9 +193,7 @@ class ServerCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
       if (!ok) writes_.clear();
     }
     // The server's writer may send this much more.
-    std::string grant;
-    PutLe(&grant, static_cast<uint64_t>(cost), 8);
-    if (connection_ != nullptr) connection_->Deliver(StreamFrame(FrameType::kWindow, id_, grant));
+    if (connection_ != nullptr) connection_->Deliver(WindowFrame(id_, cost));
     Pump();
   }
   void OnCancel() override {
@@ -705,48 +699,23 @@ struct UnixAcceptState {
   std::mutex mu;
   grpc::Server* server = nullptr;  // guarded by mu; null once the listener closes
 
-  bool AcceptAll(int listener) {
-    for (;;) {
-      UniqueFd client(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-      if (!client.valid()) {
-        if (errno == EINTR || errno == ECONNABORTED) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
-        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-          IPCRPC_LOG(ERROR) << state->endpoint << ": accept: " << std::strerror(errno)
-                            << " (raise the limit with ulimit -n); trying again in 100 ms";
-          DescriptorWatch::BackOffFromHandler(absl::Milliseconds(100));
-          return true;
-        }
-        IPCRPC_LOG(ERROR) << state->endpoint << ": stops accepting: accept: "
-                          << std::strerror(errno);
-        return false;
+  // One connection: its peer recorded for Admit, then handed to gRPC.
+  bool Take(UniqueFd client, const PeerCredentials& peer) {
+    const std::string name = absl::StrCat("fd:", client.get());
+    {
+      std::lock_guard<std::mutex> lock(state->mu);
+      // The descriptor's number may have served a connection gRPC has
+      // closed since: what is left of that one goes now.
+      if (auto old = state->peers.find(name); old != state->peers.end()) {
+        old->second->EvictIfIdleLocked();
+        state->peers.erase(old);
       }
-      absl::StatusOr<PeerCredentials> peer = UnixPeerCredentials(client.get(), state->endpoint);
-      if (!peer.ok()) {
-        IPCRPC_LOG(WARNING) << state->endpoint << ": refusing a connection: " << peer.status();
-        continue;
-      }
-      if (!state->options.AllowsUid(peer->uid)) {
-        IPCRPC_LOG(WARNING) << state->endpoint << ": refusing a connection from pid "
-                            << peer->pid << ": uid " << peer->uid
-                            << " is not ours and not in ServerOptions::allowed_uids";
-        continue;
-      }
-      const std::string name = absl::StrCat("fd:", client.get());
-      {
-        std::lock_guard<std::mutex> lock(state->mu);
-        // The descriptor's number may have served a connection gRPC has
-        // closed since: what is left of that one goes now.
-        if (auto old = state->peers.find(name); old != state->peers.end()) {
-          old->second->EvictIfIdleLocked();
-          state->peers.erase(old);
-        }
-        state->fd_peers[name] = *peer;
-      }
-      std::lock_guard<std::mutex> lock(mu);
-      if (server == nullptr) return false;  // closed meanwhile: the descriptor closes
-      grpc::AddInsecureChannelFromFd(server, client.Release());
+      state->fd_peers[name] = peer;
     }
+    std::lock_guard<std::mutex> lock(mu);
+    if (server == nullptr) return false;  // closed meanwhile: the descriptor closes
+    grpc::AddInsecureChannelFromFd(server, client.Release());
+    return true;
   }
 };
 
@@ -784,10 +753,12 @@ class GrpcListener final : public Listener {
       acceptor_->state = state_;
       acceptor_->server = server_.get();
       const int listener = unix_socket_.get();
-      watch_ = DescriptorWatch::Start(io, std::move(unix_socket_),
-                                      [acceptor = acceptor_, listener] {
-                                        return acceptor->AcceptAll(listener);
-                                      });
+      watch_ = DescriptorWatch::Start(io, std::move(unix_socket_), [acceptor = acceptor_, listener] {
+        return AcceptUnixConnections(listener, acceptor->state->endpoint, acceptor->state->options,
+                                     [&](UniqueFd client, const PeerCredentials& peer) {
+                                       return acceptor->Take(std::move(client), peer);
+                                     });
+      });
     }
     return absl::OkStatus();
   }
@@ -815,34 +786,6 @@ class GrpcListener final : public Listener {
   std::shared_ptr<UnixAcceptState> acceptor_;
   std::shared_ptr<DescriptorWatch> watch_;
 };
-
-// Binds and listens on `path` for grpc:unix:, as unix: does (a stale socket
-// file is replaced, a live one is not; the file gets `mode`).
-absl::StatusOr<std::pair<UniqueFd, PublishedObject>> BindUnixSocket(const std::string& what,
-                                                                    const std::string& path,
-                                                                    unsigned mode) {
-  NamedObjectKind kind;
-  kind.type = S_IFSOCK;
-  kind.noun = "socket";
-  kind.is_live = &UnixSocketIsLive;
-  kind.create = [&what](const std::string& at) -> absl::StatusOr<UniqueFd> {
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!fd.valid()) return ErrnoStatus(errno, "socket", what);
-    sockaddr_un addr = {};
-    addr.sun_family = AF_UNIX;
-    if (at.size() >= sizeof(addr.sun_path)) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": the socket path is too long"));
-    }
-    std::memcpy(addr.sun_path, at.data(), at.size());
-    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) < 0) {
-      if (errno == EADDRINUSE) return absl::AlreadyExistsError(absl::StrCat(what, ": ", at, " is taken"));
-      return ErrnoStatus(errno, "bind", absl::StrCat(what, " at ", at));
-    }
-    if (::listen(fd.get(), SOMAXCONN) < 0) return ErrnoStatus(errno, "listen", what);
-    return fd;
-  };
-  return PublishNamedObject(what, path, mode, kind, sizeof(sockaddr_un{}.sun_path) - 1);
-}
 
 }  // namespace
 
@@ -894,7 +837,8 @@ absl::StatusOr<std::unique_ptr<Listener>> CreateGrpcListener(const Endpoint& end
   const bool own_unix_socket = address.is_unix && !tls;
   std::pair<UniqueFd, PublishedObject> unix_socket;
   if (own_unix_socket) {
-    IPCRPC_ASSIGN_OR_RETURN(unix_socket, BindUnixSocket(endpoint.text, address.path, options.mode));
+    IPCRPC_ASSIGN_OR_RETURN(unix_socket,
+                            BindUnixSocketFile(endpoint.text, address.path, options.mode));
   }
   grpc::ServerBuilder builder;
   int port = 0;

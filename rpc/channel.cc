@@ -532,14 +532,7 @@ Call ChannelCore::CallAsync(std::string_view method, std::string_view request,
   }
   Call handle(weak_from_this(), call);
   auto fail = [&](absl::Status status) {
-    // Never on the caller's stack: through the loop.
-    asio::post(io_, [call, status = std::move(status)]() mutable {
-      if (call->callback) {
-        PendingCall::Callback callback = std::move(call->callback);
-        call->callback = nullptr;
-        std::move(callback)(std::move(status));
-      }
-    });
+    FailAsync(call, std::move(status));  // never on the caller's stack: through the loop
     return handle;
   };
   if (deadline_ns <= MonotonicNowNs()) return fail(DeadlineExceeded(method));

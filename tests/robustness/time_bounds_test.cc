@@ -49,7 +49,38 @@ bool WaitStopped(pid_t pid, absl::Duration timeout) {
   return false;
 }
 
-class TimeBoundsTest : public ::testing::TestWithParam<TransportTraits> {};
+class TimeBoundsTest : public ::testing::TestWithParam<TransportTraits> {
+ protected:
+  // A channel whose server has died (after one call), and that server's
+  // successor on the same name, stopped: the next call must reconnect to a
+  // server that does not answer. Only the calls' deadlines bound the
+  // connects (connect_timeout 20 s).
+  void ConnectThenStickTheSuccessor() {
+    auto first = ConformanceServerProcess::Start(GetParam());
+    ASSERT_THAT(first, IsOk());
+    // Kept until the test ends: its cleanup would remove the name the
+    // successor serves on.
+    first_ = *std::move(first);
+    const std::string name = first_->name();
+    ChannelOptions options;
+    options.connect_timeout = absl::Seconds(20);
+    auto channel = Channel::Connect(GetParam().name + ":" + name, options);
+    ASSERT_THAT(channel, IsOk());
+    channel_ = *std::move(channel);
+    ASSERT_THAT(channel_->CallMethod("test.Test/Echo", "x"), IsOk());
+    first_->Kill();
+    ASSERT_TRUE(WaitUntilGone(first_->pid(), absl::Seconds(10)));
+    auto successor = ConformanceServerProcess::Start(GetParam(), {}, name);
+    ASSERT_THAT(successor, IsOk());
+    successor_ = *std::move(successor);
+    ASSERT_EQ(kill(successor_->pid(), SIGSTOP), 0);
+    ASSERT_TRUE(WaitStopped(successor_->pid(), absl::Seconds(10)));
+  }
+
+  std::unique_ptr<ConformanceServerProcess> first_;
+  std::unique_ptr<ConformanceServerProcess> successor_;
+  std::shared_ptr<Channel> channel_;
+};
 
 TEST_P(TimeBoundsTest, ConnectingToAStoppedServerEndsAtConnectTimeout) {
   auto server = ConformanceServerProcess::Start(GetParam());
@@ -78,45 +109,31 @@ TEST_P(TimeBoundsTest, ConnectingToAStoppedServerEndsAtConnectTimeout) {
 // and another caller on the channel is not held past its deadline by a
 // connect that someone else started.
 TEST_P(TimeBoundsTest, AReconnectInsideACallEndsAtTheCallsDeadline) {
-  auto first = ConformanceServerProcess::Start(GetParam());
-  ASSERT_THAT(first, IsOk());
-  const std::string name = (*first)->name();
-  const std::string endpoint = GetParam().name + ":" + name;
-  ChannelOptions options;
-  options.connect_timeout = absl::Seconds(20);  // only the calls' deadlines bound the connects
-  auto channel = Channel::Connect(endpoint, options);
-  ASSERT_THAT(channel, IsOk());
-  ASSERT_THAT((*channel)->CallMethod("test.Test/Echo", "x"), IsOk());
-  (*first)->Kill();
-  ASSERT_TRUE(WaitUntilGone((*first)->pid(), absl::Seconds(10)));
-  auto successor = ConformanceServerProcess::Start(GetParam(), {}, name);
-  ASSERT_THAT(successor, IsOk());
-  ASSERT_EQ(kill((*successor)->pid(), SIGSTOP), 0);
-  ASSERT_TRUE(WaitStopped((*successor)->pid(), absl::Seconds(10)));
+  ASSERT_NO_FATAL_FAILURE(ConnectThenStickTheSuccessor());
 
   // A caller without a deadline starts the reconnect and waits in it.
   std::thread patient([&] {
     CallOptions forever;
     forever.timeout = absl::Seconds(15);
-    (*channel)->CallMethod("test.Test/Echo", "patient", forever).IgnoreError();
+    channel_->CallMethod("test.Test/Echo", "patient", forever).IgnoreError();
   });
   for (int i = 0; i < 2; ++i) {
     CallOptions options_50ms;
     options_50ms.timeout = absl::Milliseconds(50);
     const absl::Time start = absl::Now();
     absl::StatusOr<std::string> reply =
-        (*channel)->CallMethod("test.Test/Echo", "hurried", options_50ms);
+        channel_->CallMethod("test.Test/Echo", "hurried", options_50ms);
     const absl::Duration took = absl::Now() - start;
     EXPECT_EQ(reply.status().code(), absl::StatusCode::kDeadlineExceeded) << reply.status();
     // Generous (the other CPU may be busy), yet far below the 5 s of before.
     EXPECT_LT(took, absl::Seconds(1)) << "call " << i << " took " << took;
   }
-  kill((*successor)->pid(), SIGCONT);
+  kill(successor_->pid(), SIGCONT);
   patient.join();
   // Once the successor runs, the channel works again.
   CallOptions soon;
   soon.timeout = absl::Seconds(10);
-  EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", "again", soon), IsOk());
+  EXPECT_THAT(channel_->CallMethod("test.Test/Echo", "again", soon), IsOk());
 }
 
 // An async call's deadline passes while the transport to a stopped server
@@ -162,20 +179,7 @@ TEST_P(TimeBoundsTest, AnExpiryNeverWaitsForAFullTransport) {
 // callback says DEADLINE_EXCEEDED at the deadline, a Cancel ends a waiting
 // call at once, and once the successor runs the channel works again.
 TEST_P(TimeBoundsTest, AnAsyncCallNeverWaitsToConnect) {
-  auto first = ConformanceServerProcess::Start(GetParam());
-  ASSERT_THAT(first, IsOk());
-  const std::string name = (*first)->name();
-  ChannelOptions channel_options;
-  channel_options.connect_timeout = absl::Seconds(20);
-  auto channel = Channel::Connect(GetParam().name + ":" + name, channel_options);
-  ASSERT_THAT(channel, IsOk());
-  ASSERT_THAT((*channel)->CallMethod("test.Test/Echo", "x"), IsOk());
-  (*first)->Kill();
-  ASSERT_TRUE(WaitUntilGone((*first)->pid(), absl::Seconds(10)));
-  auto successor = ConformanceServerProcess::Start(GetParam(), {}, name);
-  ASSERT_THAT(successor, IsOk());
-  ASSERT_EQ(kill((*successor)->pid(), SIGSTOP), 0);
-  ASSERT_TRUE(WaitStopped((*successor)->pid(), absl::Seconds(10)));
+  ASSERT_NO_FATAL_FAILURE(ConnectThenStickTheSuccessor());
 
   struct Outcome {
     ipcrpc::internal::Notification done;
@@ -185,7 +189,7 @@ TEST_P(TimeBoundsTest, AnAsyncCallNeverWaitsToConnect) {
   auto call = [&](Outcome* outcome, absl::Duration timeout) {
     CallOptions options;
     options.timeout = timeout;
-    return (*channel)->CallMethodAsync("test.Test/Echo", "async", options,
+    return channel_->CallMethodAsync("test.Test/Echo", "async", options,
                                        [outcome](absl::StatusOr<std::string> reply) {
                                          outcome->status = reply.status();
                                          outcome->at = absl::Now();
@@ -210,7 +214,7 @@ TEST_P(TimeBoundsTest, AnAsyncCallNeverWaitsToConnect) {
   EXPECT_GE(timed.at - start, absl::Seconds(2));
   EXPECT_LT(timed.at - start, absl::Seconds(3)) << "the deadline's callback came late";
 
-  kill((*successor)->pid(), SIGCONT);
+  kill(successor_->pid(), SIGCONT);
   Outcome again;
   call(&again, absl::Seconds(10));
   ASSERT_TRUE(again.done.WaitForNotificationWithTimeout(absl::Seconds(15)));

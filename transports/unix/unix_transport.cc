@@ -60,54 +60,6 @@ std::pair<UniqueFd, int> ConnectTo(const std::string& address) {
   return {std::move(fd), 0};
 }
 
-// What the listening socket's watch does on the loop: accept everything
-// pending. False stops accepting.
-struct UnixAcceptor {
-  std::string description;
-  TransportOptions options;
-  Listener::AcceptHandler on_accept;
-
-  bool AcceptAll(int listener) {
-    for (;;) {
-      UniqueFd client(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-      if (!client.valid()) {
-        if (errno == EINTR || errno == ECONNABORTED) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
-        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-          // Out of descriptors: the pending connection stays queued (and the
-          // socket readable: waiting for readability would spin). Look again
-          // in a while.
-          IPCRPC_LOG(ERROR) << description << ": accept: " << std::strerror(errno)
-                            << " (raise the limit with ulimit -n); trying again in 100 ms";
-          DescriptorWatch::BackOffFromHandler(absl::Milliseconds(100));
-          return true;
-        }
-        IPCRPC_LOG(ERROR) << description << ": stops accepting: accept: " << std::strerror(errno);
-        return false;
-      }
-      auto peer = UnixPeerCredentials(client.get(), description);
-      if (!peer.ok()) {
-        IPCRPC_LOG(WARNING) << description << ": refusing a connection: " << peer.status();
-        continue;
-      }
-      if (!options.AllowsUid(peer->uid)) {
-        IPCRPC_LOG(WARNING) << description << ": refusing a connection from pid " << peer->pid
-                            << ": uid " << peer->uid
-                            << " is not ours and not in ServerOptions::allowed_uids";
-        continue;
-      }
-      auto connection = StreamConnection::Create(
-          std::move(client), UniqueFd(), /*is_socket=*/true, *peer,
-          absl::StrCat(description, " peer pid ", peer->pid), options.max_message_size);
-      if (!connection.ok()) {
-        IPCRPC_LOG(WARNING) << description << ": dropping a connection: " << connection.status();
-        continue;
-      }
-      on_accept(*std::move(connection));
-    }
-  }
-};
-
 class UnixListener final : public Listener {
  public:
   UnixListener(Endpoint endpoint, TransportOptions options)
@@ -122,13 +74,25 @@ class UnixListener final : public Listener {
       RemoveOurFile();
       return status;
     }
-    auto acceptor = std::make_shared<UnixAcceptor>();
-    acceptor->description = endpoint_.text;
-    acceptor->options = options_;
-    acceptor->on_accept = std::move(on_accept);
     const int listener = bound->get();
-    watch_ = DescriptorWatch::Start(io, *std::move(bound),
-                                    [acceptor, listener] { return acceptor->AcceptAll(listener); });
+    watch_ = DescriptorWatch::Start(
+        io, *std::move(bound),
+        [listener, description = endpoint_.text, options = options_,
+         on_accept = std::move(on_accept)]() mutable {
+          return AcceptUnixConnections(
+              listener, description, options, [&](UniqueFd client, const PeerCredentials& peer) {
+                auto connection = StreamConnection::Create(
+                    std::move(client), UniqueFd(), /*is_socket=*/true, peer,
+                    absl::StrCat(description, " peer pid ", peer.pid), options.max_message_size);
+                if (!connection.ok()) {
+                  IPCRPC_LOG(WARNING) << description
+                                      << ": dropping a connection: " << connection.status();
+                  return true;
+                }
+                on_accept(*std::move(connection));
+                return true;
+              });
+        });
     return absl::OkStatus();
   }
 
@@ -160,26 +124,8 @@ class UnixListener final : public Listener {
   }
 
   absl::StatusOr<UniqueFd> BindPath() {
-    NamedObjectKind kind;
-    kind.type = S_IFSOCK;
-    kind.noun = "socket";
-    kind.is_live = &UnixSocketIsLive;
-    kind.create = [this](const std::string& path) -> absl::StatusOr<UniqueFd> {
-      IPCRPC_ASSIGN_OR_RETURN(UniqueFd fd, NewSocket(endpoint_.text));
-      sockaddr_un addr;
-      socklen_t len = MakeAddress(path, &addr);
-      if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0) {
-        if (errno == EADDRINUSE) {
-          return absl::AlreadyExistsError(absl::StrCat(endpoint_.text, ": ", path, " is taken"));
-        }
-        return ErrnoStatus(errno, "bind", absl::StrCat(endpoint_.text, " at ", path));
-      }
-      if (::listen(fd.get(), SOMAXCONN) < 0) return ErrnoStatus(errno, "listen", endpoint_.text);
-      return fd;
-    };
-    IPCRPC_ASSIGN_OR_RETURN(
-        auto published,
-        PublishNamedObject(endpoint_.text, endpoint_.address, options_.mode, kind, kMaxPathLength));
+    IPCRPC_ASSIGN_OR_RETURN(auto published,
+                            BindUnixSocketFile(endpoint_.text, endpoint_.address, options_.mode));
     published_ = std::move(published.second);
     return std::move(published.first);
   }
@@ -235,6 +181,63 @@ absl::StatusOr<bool> UnixSocketIsLive(const std::string& path) {
   if (probe.valid()) return true;
   if (error == ECONNREFUSED || error == ENOENT) return false;
   return ErrnoStatus(error, "connect", path);
+}
+
+absl::StatusOr<std::pair<UniqueFd, PublishedObject>> BindUnixSocketFile(const std::string& what,
+                                                                        const std::string& path,
+                                                                        unsigned mode) {
+  NamedObjectKind kind;
+  kind.type = S_IFSOCK;
+  kind.noun = "socket";
+  kind.is_live = &UnixSocketIsLive;
+  kind.create = [&what](const std::string& at) -> absl::StatusOr<UniqueFd> {
+    IPCRPC_ASSIGN_OR_RETURN(UniqueFd fd, NewSocket(what));
+    sockaddr_un addr;
+    socklen_t len = MakeAddress(at, &addr);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0) {
+      if (errno == EADDRINUSE) {
+        return absl::AlreadyExistsError(absl::StrCat(what, ": ", at, " is taken"));
+      }
+      return ErrnoStatus(errno, "bind", absl::StrCat(what, " at ", at));
+    }
+    if (::listen(fd.get(), SOMAXCONN) < 0) return ErrnoStatus(errno, "listen", what);
+    return fd;
+  };
+  return PublishNamedObject(what, path, mode, kind, kMaxPathLength);
+}
+
+bool AcceptUnixConnections(
+    int listener, const std::string& what, const TransportOptions& options,
+    absl::FunctionRef<bool(UniqueFd connection, const PeerCredentials& peer)> on_connection) {
+  for (;;) {
+    UniqueFd client(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!client.valid()) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of descriptors: the pending connection stays queued (and the
+        // socket readable: waiting for readability would spin). Look again
+        // in a while.
+        IPCRPC_LOG(ERROR) << what << ": accept: " << std::strerror(errno)
+                          << " (raise the limit with ulimit -n); trying again in 100 ms";
+        DescriptorWatch::BackOffFromHandler(absl::Milliseconds(100));
+        return true;
+      }
+      IPCRPC_LOG(ERROR) << what << ": stops accepting: accept: " << std::strerror(errno);
+      return false;
+    }
+    auto peer = UnixPeerCredentials(client.get(), what);
+    if (!peer.ok()) {
+      IPCRPC_LOG(WARNING) << what << ": refusing a connection: " << peer.status();
+      continue;
+    }
+    if (!options.AllowsUid(peer->uid)) {
+      IPCRPC_LOG(WARNING) << what << ": refusing a connection from pid " << peer->pid << ": uid "
+                          << peer->uid << " is not ours and not in ServerOptions::allowed_uids";
+      continue;
+    }
+    if (!on_connection(std::move(client), *peer)) return false;
+  }
 }
 
 absl::Status ValidateUnixAddress(const Endpoint& endpoint) {
