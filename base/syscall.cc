@@ -78,6 +78,59 @@ absl::Status PollUntil(struct pollfd* fds, size_t count, int64_t deadline_ns, in
 }
 
 thread_local bool sigpipe_blocked_in_this_thread = false;
+thread_local bool sigpipe_is_ours __attribute__((tls_model("initial-exec"))) = false;
+std::atomic<bool> sigpipe_handled_without_mask{false};
+
+namespace {
+
+// SIG_DFL in substance: a SIGPIPE raised by a write inside WithoutSigpipe is
+// swallowed (the write fails with EPIPE); any other one kills the process as
+// the default action would. Only async-signal-safe calls.
+extern "C" void SigpipeAsDefault(int) {
+  if (sigpipe_is_ours) return;
+  struct sigaction default_action;
+  std::memset(&default_action, 0, sizeof(default_action));
+  default_action.sa_handler = SIG_DFL;
+  sigaction(SIGPIPE, &default_action, nullptr);
+  // Blocked while this handler runs: delivered, with the default action,
+  // when it returns.
+  raise(SIGPIPE);
+}
+
+}  // namespace
+
+void PrepareForSigpipe() {
+  struct sigaction current;
+  if (sigaction(SIGPIPE, nullptr, &current) != 0) {
+    sigpipe_handled_without_mask.store(false, std::memory_order_relaxed);
+    return;
+  }
+  const bool is_handler = (current.sa_flags & SA_SIGINFO) == 0;
+  if (is_handler && current.sa_handler == SIG_DFL) {
+    struct sigaction ours;
+    std::memset(&ours, 0, sizeof(ours));
+    ours.sa_handler = SigpipeAsDefault;
+    ours.sa_flags = SA_RESTART;
+    sigemptyset(&ours.sa_mask);
+    // Another thread may have installed something meanwhile: keep theirs
+    // (the check below then sees it on the next connection).
+    struct sigaction before;
+    if (sigaction(SIGPIPE, &ours, &before) != 0) {
+      sigpipe_handled_without_mask.store(false, std::memory_order_relaxed);
+      return;
+    }
+    if ((before.sa_flags & SA_SIGINFO) != 0 || before.sa_handler != SIG_DFL) {
+      sigaction(SIGPIPE, &before, nullptr);
+      sigpipe_handled_without_mask.store(false, std::memory_order_relaxed);
+      return;
+    }
+    sigpipe_handled_without_mask.store(true, std::memory_order_relaxed);
+    return;
+  }
+  sigpipe_handled_without_mask.store(
+      is_handler && (current.sa_handler == SIG_IGN || current.sa_handler == SigpipeAsDefault),
+      std::memory_order_relaxed);
+}
 
 void BlockSigpipeInThisThread() {
   sigset_t block;

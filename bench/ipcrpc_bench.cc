@@ -3,13 +3,18 @@
 // way.
 //
 //   ipcrpc_bench [--transports shm,mq,fifo,pipe,unix] [--sizes 64,1024,4096,65536]
-//                [--seconds S] [--pin same|split|none] [--concurrency N]
+//                [--seconds S | --calls N] [--pin same|split|none] [--concurrency N]
 //
 // One line per measurement:
 //   rpc <transport> <size> p50_us=<x> p99_us=<y> calls_per_s=<z> MBps=<w>
 //   raw <transport> <size> p50_us=<x> p99_us=<y> calls_per_s=<z> MBps=<w>
 //   rpc_async <transport> <size> calls_per_s=<z>          (with --concurrency N)
 // MBps counts the payload of one direction (size x round trips per second).
+// Each rpc and raw line ends with the system calls per round trip in the
+// measured loop, client and server side, counted in-process by the kernel
+// (bench/syscall_counter.h): syscalls=<client+server> client=<c> server=<s>,
+// or syscalls=n/a where perf events are refused. --calls N runs exactly N
+// round trips instead of --seconds (the CI budget check: bench_syscall_budget).
 // Process start-up is never inside a measured interval.
 #include <fcntl.h>
 #include <mqueue.h>
@@ -33,9 +38,11 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "echo.ipcrpc.h"
+#include "syscall_counter.h"
 
 namespace {
 
@@ -61,6 +68,17 @@ struct Placement {
 struct Result {
   std::vector<int64_t> latencies_ns;
   double seconds = 0;
+  // System calls in the measured loop; -1: not counted.
+  int64_t client_syscalls = -1;
+  int64_t server_syscalls = -1;
+};
+
+// Exactly this many round trips per measurement when > 0 (else --seconds).
+int64_t fixed_calls = 0;
+
+// Who to count: the client (this process) and the server process(es).
+struct Counted {
+  std::vector<pid_t> server_pids;
 };
 
 void Print(const char* kind, const std::string& transport, size_t size, Result result) {
@@ -70,27 +88,63 @@ void Print(const char* kind, const std::string& transport, size_t size, Result r
     return v.empty() ? 0.0 : v[std::min(v.size() - 1, static_cast<size_t>(q * v.size()))] / 1000.0;
   };
   const double per_s = v.size() / result.seconds;
-  std::printf("%s %s %zu p50_us=%.2f p99_us=%.2f calls_per_s=%.0f MBps=%.1f\n", kind,
-              transport.c_str(), size, at(0.5), at(0.99), per_s, per_s * size / 1e6);
+  std::string syscalls = " syscalls=n/a";
+  if (result.client_syscalls >= 0 && result.server_syscalls >= 0 && !v.empty()) {
+    const double n = static_cast<double>(v.size());
+    syscalls = absl::StrFormat(" syscalls=%.2f client=%.2f server=%.2f",
+                               (result.client_syscalls + result.server_syscalls) / n,
+                               result.client_syscalls / n, result.server_syscalls / n);
+  }
+  std::printf("%s %s %zu p50_us=%.2f p99_us=%.2f calls_per_s=%.0f MBps=%.1f%s\n", kind,
+              transport.c_str(), size, at(0.5), at(0.99), per_s, per_s * size / 1e6,
+              syscalls.c_str());
   std::fflush(stdout);
 }
 
-// Runs `once` repeatedly for `seconds` (after a short warm-up), timing each.
+// Runs `once` repeatedly for `seconds` (or fixed_calls times), after a short
+// warm-up, timing each, and counts the system calls of the client and of
+// `counted`'s servers over the measured calls.
 template <typename F>
-Result Loop(double seconds, F&& once) {
+Result Loop(double seconds, const Counted& counted, F&& once) {
   for (int i = 0; i < 200; ++i) {
     if (!once()) return {};
   }
   Result result;
-  result.latencies_ns.reserve(1 << 20);
+  result.latencies_ns.reserve(fixed_calls > 0 ? fixed_calls : 1 << 20);
+  // Opened after the warm-up, when every thread exists (later ones are
+  // inherited); the two reads around the loop are its only system calls.
+  bench::SyscallCounter client, server;
+  bool counting = client.Add(getpid());
+  for (pid_t pid : counted.server_pids) counting = counting && server.Add(pid);
+  static bool reported = false;
+  if (!counting && !reported) {
+    reported = true;
+    std::fprintf(stderr, "ipcrpc_bench: not counting system calls: %s\n",
+                 (client.error().empty() ? server.error() : client.error()).c_str());
+  }
+  const uint64_t client_before = client.Read();
+  const uint64_t server_before = server.Read();
   const int64_t start = NowNs();
   const int64_t end = start + static_cast<int64_t>(seconds * 1e9);
   int64_t now = start;
-  while (now < end) {
+  while (fixed_calls > 0 ? static_cast<int64_t>(result.latencies_ns.size()) < fixed_calls
+                         : now < end) {
     if (!once()) break;
     const int64_t after = NowNs();
     result.latencies_ns.push_back(after - now);
     now = after;
+  }
+  if (counting) {
+    const uint64_t server_after = server.Read();
+    const uint64_t client_after = client.Read();
+    // The client's count includes the reads of the counters themselves
+    // between the two snapshots (at most one per counter each time): not
+    // calls.
+    result.client_syscalls =
+        static_cast<int64_t>(client_after - client_before) -
+        static_cast<int64_t>(2 * server.fds() + client.fds());
+    result.server_syscalls = static_cast<int64_t>(server_after - server_before);
+    if (result.client_syscalls < 0) result.client_syscalls = 0;
   }
   result.seconds = (now - start) / 1e9;
   return result;
@@ -197,7 +251,13 @@ void BenchRpc(const std::string& self, const std::string& transport, size_t size
   bench::Echo::Stub stub(channel);
   bench::Payload request;
   request.set_data(std::string(size, 'x'));
-  Print("rpc", transport, size, Loop(seconds, [&] {
+  Counted counted;
+  if (pid > 0) {
+    counted.server_pids.push_back(pid);
+  } else {
+    counted.server_pids = bench::ChildrenOf(getpid());  // SpawnChild's child
+  }
+  Print("rpc", transport, size, Loop(seconds, counted, [&] {
           auto reply = stub.Echo(request);
           return reply.ok() && reply->data().size() == size;
         }));
@@ -286,9 +346,10 @@ bool WriteFull(int fd, const char* p, size_t n) {
 }
 
 // A ping-pong over a pair of byte streams (pipe, FIFO, socket).
-Result StreamPingPong(int to_server, int from_server, size_t size, double seconds) {
+Result StreamPingPong(int to_server, int from_server, size_t size, double seconds,
+                      const Counted& counted) {
   std::vector<char> buffer(size, 'x');
-  return Loop(seconds, [&] {
+  return Loop(seconds, counted, [&] {
     return WriteFull(to_server, buffer.data(), size) && ReadFull(from_server, buffer.data(), size);
   });
 }
@@ -339,7 +400,7 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
     });
     close(a[0]);
     close(b[1]);
-    result = StreamPingPong(a[1], b[0], size, seconds);
+    result = StreamPingPong(a[1], b[0], size, seconds, Counted{{pid}});
     close(a[1]);
     close(b[0]);
     waitpid(pid, nullptr, 0);
@@ -370,13 +431,22 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
       }
     });
     std::vector<char> buffer(8192, 'x');
-    result = Loop(seconds, [&] {
+    // At most a queue's worth of chunks ahead of the echo: with more, both
+    // sides would block in mq_send, each on a queue the other fills.
+    const size_t window = static_cast<size_t>(attr.mq_maxmsg);
+    result = Loop(seconds, Counted{{pid}}, [&] {
+      size_t received = 0;
+      auto receive_one = [&] {
+        WaitReadable(b);
+        ++received;
+        return mq_receive(b, buffer.data(), buffer.size(), nullptr) >= 0;
+      };
       for (size_t i = 0; i < count; ++i) {
+        if (i >= window && !receive_one()) return false;
         if (mq_send(a, buffer.data(), chunk, 0) < 0) return false;
       }
-      for (size_t i = 0; i < count; ++i) {
-        WaitReadable(b);
-        if (mq_receive(b, buffer.data(), buffer.size(), nullptr) < 0) return false;
+      while (received < count) {
+        if (!receive_one()) return false;
       }
       return true;
     });
@@ -412,7 +482,7 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
       }
     });
     uint64_t sequence = 0;
-    result = Loop(seconds, [&] {
+    result = Loop(seconds, Counted{{pid}}, [&] {
       std::memcpy(shared->data, buffer.data(), size);
       shared->ping.store(++sequence, std::memory_order_release);
       for (int spins = 0; shared->pong.load(std::memory_order_acquire) != sequence;) {
@@ -462,6 +532,7 @@ int main(int argc, char** argv) {
     else if (take("transports")) transports = value;
     else if (take("sizes")) sizes = value;
     else if (take("seconds")) seconds = std::atof(value.c_str());
+    else if (take("calls")) fixed_calls = std::atoll(value.c_str());
     else if (take("pin")) pin = value;
     else if (take("concurrency")) concurrency = std::atoi(value.c_str());
     else if (take("only")) only = value;

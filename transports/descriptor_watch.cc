@@ -20,9 +20,7 @@ std::shared_ptr<DescriptorWatch> DescriptorWatch::Start(asio::io_context& io, Un
   return watch;
 }
 
-DescriptorWatch::~DescriptorWatch() {
-  if (readable_.has_value()) readable_->release();
-}
+DescriptorWatch::~DescriptorWatch() { readable_.reset(); }
 
 namespace {
 // Set by BackOffFromHandler during a handler (which runs on this thread).
@@ -59,8 +57,7 @@ void DescriptorWatch::Run() {
 
 void DescriptorWatch::Wait() {
   auto self = shared_from_this();
-  readable_->async_wait(asio::posix::stream_descriptor::wait_read,
-                        [self](const asio::error_code& ec) {
+  readable_->AsyncWait([self](const asio::error_code& ec) {
                           if (ec || self->stopped()) {
                             self->stopped_.store(true, std::memory_order_release);
                             self->Release();
@@ -83,10 +80,7 @@ void DescriptorWatch::ShutdownSocket() {
 
 void DescriptorWatch::Release() {
   if (pause_.has_value()) pause_->cancel();
-  if (readable_.has_value()) {
-    readable_->release();  // cancels the pending wait; the fd stays ours
-    readable_.reset();
-  }
+  readable_.reset();  // cancels the pending wait; the fd stays ours
   {
     std::lock_guard<std::mutex> lock(fd_mu_);
     fd_.Reset();

@@ -8,7 +8,9 @@
 //   watch->Stop();  // any thread
 //
 // The descriptor is owned and closed on the loop once the watch stops, so it
-// is never closed under a pending wait.
+// is never closed under a pending wait. The handler must take everything
+// that is there (read until EAGAIN) or back off (BackOffFromHandler): the
+// wait for more is edge-triggered and costs no system call (ReadWatch).
 #ifndef IPCRPC_TRANSPORTS_DESCRIPTOR_WATCH_H_
 #define IPCRPC_TRANSPORTS_DESCRIPTOR_WATCH_H_
 
@@ -20,9 +22,9 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/time/time.h"
 #include "asio/io_context.hpp"
-#include "asio/posix/stream_descriptor.hpp"
 #include "asio/steady_timer.hpp"
 #include "base/syscall.h"
+#include "transports/read_watch.h"
 
 namespace ipcrpc::internal {
 
@@ -65,7 +67,7 @@ class DescriptorWatch : public std::enable_shared_from_this<DescriptorWatch> {
   std::mutex fd_mu_;  // ShutdownSocket (any thread) against Release (the loop)
   UniqueFd fd_;
   Handler on_readable_;
-  std::optional<asio::posix::stream_descriptor> readable_;
+  std::optional<ReadWatch> readable_;
   std::optional<asio::steady_timer> pause_;
   std::atomic<bool> stopped_{false};
 };

@@ -55,6 +55,7 @@ absl::StatusOr<std::shared_ptr<StreamConnection>> StreamConnection::Create(
     status = SetNonBlocking(write_fd.get(), true, description);
     if (!status.ok()) return status;
   }
+  if (!is_socket) PrepareForSigpipe();  // writes go through WithoutSigpipe
   UniqueFd close_event(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!close_event.valid()) return ErrnoStatus(errno, "eventfd", description);
   UniqueFd wake_event(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -82,7 +83,7 @@ StreamConnection::StreamConnection(UniqueFd read_fd, UniqueFd write_fd, UniqueFd
 StreamConnection::~StreamConnection() {
   // Not started, or finished: the descriptor wrapper is gone already, and
   // UniqueFd closes what is left.
-  if (readable_.has_value()) readable_->release();
+  readable_.reset();
 }
 
 void StreamConnection::Start(asio::io_context& io, MessageHandler on_message,
@@ -110,14 +111,15 @@ void StreamConnection::StartLoopReading() {
   // both ask): one chain of waits only, or stopping one would abort the
   // other's wait.
   if (readable_.has_value()) return;
-  readable_.emplace(*io_.load(std::memory_order_acquire), read_fd_);
+  // Level-triggered: OnReadable may stop after a short read (see there);
+  // it always waits again or releases the watch before it returns.
+  readable_.emplace(*io_.load(std::memory_order_acquire), read_fd_, ReadWatch::kLevel);
   OnReadable();  // data may already be there
 }
 
 void StreamConnection::WaitReadable() {
   auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
-  readable_->async_wait(asio::posix::stream_descriptor::wait_read,
-                        [self](const asio::error_code& ec) {
+  readable_->AsyncWait([self](const asio::error_code& ec) {
                           if (self->finished_) return;
                           if (ec) {
                             self->Finish(absl::UnavailableError(
@@ -170,10 +172,10 @@ void StreamConnection::OnReadable() {
     switch (ReadOnce(&why, &drained)) {
       case Got::kMessages:
         // A read that took less than it had room for emptied the stream: no
-        // second read only to see EAGAIN. The wait below re-arms the
-        // descriptor (asio's async_wait is an EPOLL_CTL_MOD, which reports
-        // at once what came meanwhile), and a direct reader polls before
-        // it reads.
+        // second read only to see EAGAIN. The wait below costs no system
+        // call, and being level-triggered it reports at once what came
+        // meanwhile, or an end of file that came with these bytes; a direct
+        // reader polls before it reads.
         if (drained) break;
         continue;
       case Got::kEnded:
@@ -189,7 +191,6 @@ void StreamConnection::OnReadable() {
   } else {
     // Nothing is expected: stop watching (a direct reader or EnsureReader
     // starts again), so that what arrives next wakes only whoever waits.
-    readable_->release();
     readable_.reset();
   }
 }
@@ -420,10 +421,7 @@ void StreamConnection::Finish(absl::Status reason) {
   uint64_t one = 1;
   ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
   (void)ignored;
-  if (readable_.has_value()) {
-    readable_->release();  // cancels the pending wait; we keep the descriptor
-    readable_.reset();
-  }
+  readable_.reset();  // cancels the pending wait; the descriptor stays ours
   {
     MutexLock lock(&write_mu_);
     write_fd_closed_ = true;

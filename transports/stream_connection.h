@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "asio/io_context.hpp"
-#include "asio/posix/stream_descriptor.hpp"
 #include "base/syscall.h"
 #include "transports/read_role.h"
+#include "transports/read_watch.h"
 #include "transports/transport.h"
 #include "base/mutex.h"
 
@@ -88,7 +88,7 @@ class StreamConnection final : public Connection {
 
   // Loop-thread state.
   std::atomic<asio::io_context*> io_{nullptr};
-  std::optional<asio::posix::stream_descriptor> readable_;
+  std::optional<ReadWatch> readable_;
   CloseHandler on_closed_;
   // The read role's holder's state (the loop's, or a direct reader's).
   MessageHandler on_message_;

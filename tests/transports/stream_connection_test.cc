@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <string>
@@ -50,6 +51,93 @@ TEST(StreamConnectionTest, WritingToADeadReaderIsUnavailableNotSigpipe) {
   sigset_t pending;
   sigpending(&pending);
   EXPECT_EQ(sigismember(&pending, SIGPIPE), 0);
+}
+
+// Runs `body` in a forked child (a fresh SIGPIPE disposition to play with)
+// and returns its wait status.
+template <typename F>
+int InChild(F&& body) {
+  const pid_t pid = fork();
+  if (pid == 0) _exit(body());
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+// With SIG_DFL, a connection's writes cost no system call for SIGPIPE (the
+// disposition is decided once, at Create), and the process still dies of a
+// SIGPIPE raised by a write that is not ipcrpc's, as SIG_DFL would have it.
+TEST(StreamConnectionTest, WithTheDefaultDispositionAForeignSigpipeStillKills) {
+  const int status = InChild([] {
+    signal(SIGPIPE, SIG_DFL);
+    PipePair pipes;
+    pipes.b_read.Reset();
+    auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
+                                               /*is_socket=*/false, {}, "test pipe", 1 << 20);
+    if (!connection.ok()) return 10;
+    std::string_view parts[] = {"hello"};
+    if ((*connection)->Send(parts, 0).code() != absl::StatusCode::kUnavailable) return 11;
+    sigset_t pending;
+    sigpending(&pending);
+    if (sigismember(&pending, SIGPIPE) != 0) return 12;
+    // The application's own write to a dead pipe: SIGPIPE kills, as before.
+    int p[2];
+    if (pipe(p) != 0) return 13;
+    close(p[0]);
+    ssize_t ignored = write(p[1], "x", 1);
+    (void)ignored;
+    return 14;  // not reached
+  });
+  ASSERT_TRUE(WIFSIGNALED(status)) << "exit status " << WEXITSTATUS(status);
+  EXPECT_EQ(WTERMSIG(status), SIGPIPE);
+}
+
+// An application's own SIGPIPE handler never sees ipcrpc's SIGPIPE.
+int handled_sigpipes = 0;
+TEST(StreamConnectionTest, AnApplicationsSigpipeHandlerNeverSeesOurs) {
+  const int status = InChild([] {
+    signal(SIGPIPE, [](int) { ++handled_sigpipes; });
+    PipePair pipes;
+    pipes.b_read.Reset();
+    auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
+                                               /*is_socket=*/false, {}, "test pipe", 1 << 20);
+    if (!connection.ok()) return 10;
+    std::string_view parts[] = {"hello"};
+    if ((*connection)->Send(parts, 0).code() != absl::StatusCode::kUnavailable) return 11;
+    if (handled_sigpipes != 0) return 12;
+    // Its own still reach it.
+    raise(SIGPIPE);
+    return handled_sigpipes == 1 ? 0 : 13;
+  });
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+// With SIGPIPE blocked by the application in the writing thread, no SIGPIPE
+// is left pending by ipcrpc's write.
+TEST(StreamConnectionTest, NoSigpipeLeftPendingWhereTheApplicationBlocksIt) {
+  const int status = InChild([] {
+    signal(SIGPIPE, SIG_DFL);
+    sigset_t block;
+    sigemptyset(&block);
+    sigaddset(&block, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &block, nullptr);
+    PipePair pipes;
+    pipes.b_read.Reset();
+    auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
+                                               /*is_socket=*/false, {}, "test pipe", 1 << 20);
+    if (!connection.ok()) return 10;
+    std::string_view parts[] = {"hello"};
+    if ((*connection)->Send(parts, 0).code() != absl::StatusCode::kUnavailable) return 11;
+    sigset_t pending;
+    sigpending(&pending);
+    if (sigismember(&pending, SIGPIPE) != 0) return 12;
+    // Unblocked, nothing arrives that would kill us.
+    pthread_sigmask(SIG_UNBLOCK, &block, nullptr);
+    return 0;
+  });
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 TEST(StreamConnectionTest, MessagesArriveWholeAndInOrderAcrossPartialReads) {

@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
+#include "transports/read_watch.h"
 #include "asio/post.hpp"
 #include "base/clock.h"
 #include "base/logging.h"
@@ -212,7 +213,7 @@ class MqConnection final : public Connection {
   }
 
   ~MqConnection() override {
-    if (readable_.has_value()) readable_->release();
+    readable_.reset();
     if (peer_watch_.has_value()) peer_watch_->release();
   }
 
@@ -587,16 +588,15 @@ class MqConnection final : public Connection {
     if (!read_role_.LoopKeepsReading()) {
       // Nothing expected: stop watching; a direct reader or EnsureReader
       // starts again.
-      readable_->release();
       readable_.reset();
       return;
     }
+    // The queue is empty (EAGAIN above): the wait costs no system call.
     auto self = std::static_pointer_cast<MqConnection>(shared_from_this());
-    readable_->async_wait(asio::posix::stream_descriptor::wait_read,
-                          [self](const asio::error_code& ec) {
-                            if (ec || self->finished_) return;
-                            self->ReadQueue();
-                          });
+    readable_->AsyncWait([self](const asio::error_code& ec) {
+      if (ec || self->finished_) return;
+      self->ReadQueue();
+    });
   }
 
   void Finish(absl::Status reason) {
@@ -609,10 +609,7 @@ class MqConnection final : public Connection {
     uint64_t one = 1;
     ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
     (void)ignored;
-    if (readable_.has_value()) {
-      readable_->release();
-      readable_.reset();
-    }
+    readable_.reset();
     if (peer_watch_.has_value()) {
       peer_watch_->release();
       peer_watch_.reset();
@@ -655,7 +652,7 @@ class MqConnection final : public Connection {
 
   // Loop only.
   bool started_ = false;
-  std::optional<asio::posix::stream_descriptor> readable_;
+  std::optional<ReadWatch> readable_;
   std::optional<asio::posix::stream_descriptor> peer_watch_;
   MessageHandler on_message_;
   CloseHandler on_closed_;
