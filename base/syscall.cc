@@ -57,13 +57,6 @@ absl::Status SetNonBlocking(int fd, bool non_blocking, std::string_view object) 
   return absl::OkStatus();
 }
 
-// The technique: block SIGPIPE in this thread; a write that hits a closed pipe
-// then leaves SIGPIPE pending (for the thread) instead of delivering it; after
-// the write, if it was not pending before, consume it with sigtimedwait.
-// Two system calls on the common path (block, unblock); the pending-signal
-// checks only when they can matter: before, only if SIGPIPE was blocked
-// already (unblocked, a pending SIGPIPE would have been delivered); after,
-// only if the write failed with EPIPE.
 absl::Status PollUntil(struct pollfd* fds, size_t count, int64_t deadline_ns, int64_t now_ns,
                        std::string_view what) {
   struct timespec timeout;
@@ -179,6 +172,15 @@ void DiscardPendingSigpipe() {
   }
 }
 
+// SigpipeGuard, for an application's thread whose process has its own
+// SIGPIPE handler (see PrepareForSigpipe for the other cases): block SIGPIPE
+// in this thread; a write that hits a closed pipe then leaves SIGPIPE pending
+// (for the thread) instead of delivering it; after the write, if it was not
+// pending before, consume it with sigtimedwait. Two system calls on the
+// common path (block, unblock); the pending-signal checks only when they can
+// matter: before, only if SIGPIPE was blocked already (unblocked, a pending
+// SIGPIPE would have been delivered); after, only if the write failed with
+// EPIPE.
 SigpipeGuard::SigpipeGuard() {
   sigset_t block;
   sigemptyset(&block);

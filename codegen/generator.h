@@ -1,5 +1,7 @@
-// protoc-gen-ipcrpc's generator: for every .proto with services it writes
-// NAME.ipcrpc.h and NAME.ipcrpc.cc next to protobuf's NAME.pb.*. The code is
+// protoc-gen-ipcrpc's generator: for every .proto it writes NAME.ipcrpc.h and
+// NAME.ipcrpc.cc next to protobuf's NAME.pb.* (for a .proto without services
+// they only include its .pb.h, so that build rules can name their outputs up
+// front). The code is
 // plain functions that print $var$ templates; everything generated uses fully
 // qualified names (::ipcrpc::, ::absl::, ::std::) and only the public API.
 #ifndef IPCRPC_CODEGEN_GENERATOR_H_
