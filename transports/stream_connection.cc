@@ -1,6 +1,9 @@
 #include "transports/stream_connection.h"
 
+#include <fcntl.h>
 #include <limits.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -23,6 +26,9 @@ constexpr size_t kPrefixSize = 4;
 constexpr size_t kInitialBuffer = 64 * 1024;
 // A buffer grown past this for one large message is released once empty.
 constexpr size_t kKeepBuffer = 1024 * 1024;
+// How long a TrySend that found room for a large message waits for the rest
+// if the kernel took only part of it (it should not).
+constexpr int64_t kLargeTrySendBoundNs = 100'000'000;
 
 uint32_t LoadLe32(const char* p) {
   const auto* u = reinterpret_cast<const unsigned char*>(p);
@@ -44,6 +50,25 @@ Iovecs Gather(size_t total, absl::Span<const std::string_view> parts,
   return iov;
 }
 
+// The largest message that a non-blocking write takes whole when nothing
+// is queued on `fd` (EmptyForWriting): an empty pipe takes its capacity
+// (F_GETPIPE_SZ: its pages, each filled whole by one write); an idle Unix
+// stream socket takes one buffer of up to half its send buffer (less the
+// kernel's overhead, for which a page is kept). PIPE_BUF where unknown.
+size_t WholeWriteLimit(int fd, bool is_socket) {
+  if (is_socket) {
+    int send_buffer = 0;
+    socklen_t length = sizeof(send_buffer);
+    if (::getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &send_buffer, &length) != 0 ||
+        send_buffer / 2 <= 4096 + PIPE_BUF) {
+      return PIPE_BUF;
+    }
+    return static_cast<size_t>(send_buffer / 2 - 4096);
+  }
+  const int capacity = ::fcntl(fd, F_GETPIPE_SZ);
+  return capacity > PIPE_BUF ? static_cast<size_t>(capacity) : PIPE_BUF;
+}
+
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<StreamConnection>> StreamConnection::Create(
@@ -60,10 +85,11 @@ absl::StatusOr<std::shared_ptr<StreamConnection>> StreamConnection::Create(
   if (!close_event.valid()) return ErrnoStatus(errno, "eventfd", description);
   UniqueFd wake_event(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake_event.valid()) return ErrnoStatus(errno, "eventfd", description);
-  return std::make_shared<StreamConnection>(std::move(read_fd), std::move(write_fd),
-                                            std::move(close_event), std::move(wake_event),
-                                            is_socket, peer,
-                                            std::move(description), max_message_size);
+  auto connection = std::make_shared<StreamConnection>(
+      std::move(read_fd), std::move(write_fd), std::move(close_event), std::move(wake_event),
+      is_socket, peer, std::move(description), max_message_size);
+  connection->whole_write_limit_ = WholeWriteLimit(connection->write_fd_, is_socket);
+  return connection;
 }
 
 StreamConnection::StreamConnection(UniqueFd read_fd, UniqueFd write_fd, UniqueFd close_event,
@@ -314,18 +340,44 @@ bool StreamConnection::TrySend(absl::Span<const std::string_view> parts, int /*p
   for (std::string_view part : parts) total += part.size();
   // Up to PIPE_BUF bytes a non-blocking write to a pipe or FIFO is all or
   // nothing, and so is one to a Unix stream socket (a single buffer): never
-  // half a message left for somebody else to finish.
-  if (kPrefixSize + total > PIPE_BUF) return false;
+  // half a message left for somebody else to finish. A larger message goes
+  // only where it is sure to go whole (FitsWhole, under write_mu_).
+  const bool small = kPrefixSize + total <= PIPE_BUF;
+  if (!small && kPrefixSize + total > whole_write_limit_) return false;
   unsigned char prefix[kPrefixSize];
   Iovecs iov = Gather(total, parts, prefix);
   if (!write_mu_.TryLock()) return false;  // another sender, maybe waiting for room
-  const bool done = WriteLocked(absl::MakeSpan(iov), /*try_first=*/true, error);
+  if (!small && !EmptyForWriting()) {
+    write_mu_.Unlock();
+    return false;
+  }
+  // A large message was checked to go whole; should the kernel still take
+  // only part of it (memory pressure on a socket), its rest may wait for the
+  // client only briefly: a loop must not wait on a peer, and a stream left
+  // in the middle of a message can only be closed.
+  const int64_t give_up_ns = small ? kNoDeadline : MonotonicNowNs() + kLargeTrySendBoundNs;
+  const bool done = WriteLocked(absl::MakeSpan(iov), /*try_first=*/true, error, give_up_ns);
   write_mu_.Unlock();
+  if (done && !small && !error->ok() && absl::IsDeadlineExceeded(*error)) {
+    IPCRPC_LOG(WARNING) << description_ << ": closing: a " << total
+                        << "-byte message the client did not take within "
+                        << kLargeTrySendBoundNs / 1'000'000 << " ms";
+    Close();
+  }
   return done;
 }
 
+bool StreamConnection::EmptyForWriting() {
+  if (write_fd_closed_) return false;
+  int queued = -1;
+  // A pipe's or FIFO's unread bytes (FIONREAD works on its write end too);
+  // a socket's bytes not yet taken by the peer (SIOCOUTQ, which is TIOCOUTQ).
+  if (::ioctl(write_fd_, is_socket_ ? TIOCOUTQ : FIONREAD, &queued) != 0) return false;
+  return queued == 0;
+}
+
 bool StreamConnection::WriteLocked(absl::Span<struct iovec> iov, bool try_first,
-                                   absl::Status* result) {
+                                   absl::Status* result, int64_t give_up_ns) {
   size_t first = 0;
   bool first_write = true;
   while (first < iov.size()) {
@@ -349,7 +401,7 @@ bool StreamConnection::WriteLocked(absl::Span<struct iovec> iov, bool try_first,
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         if (try_first && first_write) return false;
-        absl::Status waited = WaitWritable();
+        absl::Status waited = WaitWritable(give_up_ns);
         if (!waited.ok()) {
           *result = first_write ? MarkNotDelivered(std::move(waited)) : std::move(waited);
           return true;
@@ -380,10 +432,14 @@ bool StreamConnection::WriteLocked(absl::Span<struct iovec> iov, bool try_first,
   return true;
 }
 
-absl::Status StreamConnection::WaitWritable() {
+absl::Status StreamConnection::WaitWritable(int64_t give_up_ns) {
   struct pollfd fds[2] = {{write_fd_, POLLOUT, 0}, {close_event_.get(), POLLIN, 0}};
-  int n = RetryEintr([&] { return ::poll(fds, 2, -1); });
+  int n = RetryEintr([&] { return ::poll(fds, 2, PollTimeoutMs(give_up_ns)); });
   if (n < 0) return ErrnoStatus(errno, "poll", description_);
+  if (n == 0) {
+    return absl::DeadlineExceededError(
+        absl::StrCat(description_, ": the peer took no more of a message"));
+  }
   if (fds[1].revents != 0) {
     return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
   }

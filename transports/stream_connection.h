@@ -5,7 +5,10 @@
 #ifndef IPCRPC_TRANSPORTS_STREAM_CONNECTION_H_
 #define IPCRPC_TRANSPORTS_STREAM_CONNECTION_H_
 
+#include <limits.h>
+
 #include <atomic>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -64,11 +67,19 @@ class StreamConnection final : public Connection {
   // Parses whole messages out of the buffer; not OK if the connection ended.
   absl::Status DeliverMessages();
   void Finish(absl::Status reason);  // on the loop: close fds, run on_closed once
-  absl::Status WaitWritable();       // EAGAIN on write: poll until writable or closed
+  // EAGAIN on write: poll until writable, closed, or give_up_ns
+  // (DEADLINE_EXCEEDED; base/clock.h's kNoDeadline: never).
+  absl::Status WaitWritable(int64_t give_up_ns);
   // Writes iov[first...] whole, waiting for room; `try_first`: if the first
   // write finds no room at all, returns false with nothing written.
-  bool WriteLocked(absl::Span<struct iovec> iov, bool try_first, absl::Status* result)
+  bool WriteLocked(absl::Span<struct iovec> iov, bool try_first, absl::Status* result,
+                   int64_t give_up_ns = std::numeric_limits<int64_t>::max())
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // Whether nothing is queued on the write side (one ioctl): then a message
+  // of up to whole_write_limit_ bytes goes whole in one non-blocking write,
+  // so TrySend may take it (a server's loop answers 4-64 KiB itself instead
+  // of handing the answer to a handler thread).
+  bool EmptyForWriting() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
   const int read_fd_;
   const int write_fd_;
@@ -76,6 +87,7 @@ class StreamConnection final : public Connection {
   const PeerCredentials peer_;
   const std::string description_;
   const size_t max_message_size_;
+  size_t whole_write_limit_ = PIPE_BUF;  // set by Create (WholeWriteLimit)
 
   UniqueFd owned_read_fd_;   // closed on the loop, in Finish
   UniqueFd owned_write_fd_;  // closed in Finish under write_mu_

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -222,6 +223,57 @@ TEST(StreamConnectionTest, CloseWakesABlockedSender) {
   EXPECT_TRUE(returned.WaitForNotificationWithTimeout(absl::Seconds(10)));
   sender.join();
   EXPECT_THAT(status, StatusIs(absl::StatusCode::kUnavailable));
+}
+
+// TrySend (a server loop's send, which must never wait for a peer) takes a
+// message larger than PIPE_BUF only when nothing is queued, so that it goes
+// whole in one non-blocking write; otherwise it declines with nothing
+// written, and a thread that may wait sends it.
+TEST(StreamConnectionTest, TrySendTakesALargeMessageOnlyIntoAnEmptyPipeOrSocket) {
+  for (bool is_socket : {false, true}) {
+    SCOPED_TRACE(is_socket ? "socket" : "pipe");
+    UniqueFd ours_read, ours_write, peer;
+    if (is_socket) {
+      int pair[2];
+      ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+      ours_read.Reset(pair[0]);
+      peer.Reset(pair[1]);
+    } else {
+      int ours[2], theirs[2];
+      ASSERT_EQ(pipe2(ours, O_CLOEXEC), 0);    // peer -> us (unused here)
+      ASSERT_EQ(pipe2(theirs, O_CLOEXEC), 0);  // us -> peer
+      ours_read.Reset(ours[0]);
+      close(ours[1]);
+      ours_write.Reset(theirs[1]);
+      peer.Reset(theirs[0]);
+    }
+    auto connection = StreamConnection::Create(std::move(ours_read), std::move(ours_write),
+                                               is_socket, {}, "c", 1 << 20);
+    ASSERT_THAT(connection, IsOk());
+    const std::string large(48 * 1024, 'L');
+    std::string_view parts[] = {large};
+    absl::Status error;
+    // Empty: taken, whole.
+    ASSERT_TRUE((*connection)->TrySend(parts, 0, &error));
+    EXPECT_THAT(error, IsOk());
+    // Not read yet: declined, nothing written.
+    EXPECT_FALSE((*connection)->TrySend(parts, 0, &error));
+    std::string received(4 + large.size(), '\0');
+    size_t got = 0;
+    while (got < received.size()) {
+      const ssize_t n = read(peer.get(), received.data() + got, received.size() - got);
+      ASSERT_GT(n, 0);
+      got += static_cast<size_t>(n);
+    }
+    EXPECT_EQ(received.substr(4), large);
+    // Nothing else came (the declined one wrote nothing).
+    ASSERT_EQ(fcntl(peer.get(), F_SETFL, O_NONBLOCK), 0);
+    char extra;
+    EXPECT_EQ(read(peer.get(), &extra, 1), -1);
+    // Read, the pipe or socket is empty again: taken.
+    EXPECT_TRUE((*connection)->TrySend(parts, 0, &error));
+    EXPECT_THAT(error, IsOk());
+  }
 }
 
 }  // namespace
