@@ -144,6 +144,9 @@ class ShmRecordReader {
 
   uint64_t announced() const { return length_; }
 
+  // Whether a message is partly gathered (more of it is on its way).
+  bool in_message() const { return !pending_.empty(); }
+
   // Drops a partly gathered message.
   void Clear() {
     pending_.clear();

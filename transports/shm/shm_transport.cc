@@ -58,6 +58,21 @@ constexpr int kLooksPerClockRead = 8;
 // long, in case its peer needs the CPU to answer; it learns to yield sooner
 // when answers come right after its yields (both on one CPU), see Spinner.
 constexpr int64_t kYieldAfterNs = 10'000;
+// A reader in the middle of a message (larger than the ring, or not yet
+// wholly written) looks for the rest this long before it sleeps, whatever
+// its budget: the writer is at work (a writer publishes every
+// kPublishEvery bytes, 10-20 us of copying), and a sleep would cost a
+// wake-up per ring's worth. Bounded, because a peer that stops in the middle
+// of a message and rings the doorbell holds the loop this long per ring
+// (four times the longest ordinary look).
+constexpr int64_t kInMessageSpinNs = 200'000;
+// A writer of a large message lets the reader see what it has written every
+// this many bytes, so that the reader takes it while the rest is written.
+constexpr size_t kPublishEvery = 64 * 1024;
+// A writer that finds the ring full pauses this many times (spinning), then
+// yields, and naps only once the reader has made no room for this long.
+constexpr int kFullRingPauses = 200;
+constexpr int64_t kStalledReaderNs = 2'000'000;
 
 void PutLe(char* p, uint64_t value, int bytes) {
   for (int i = 0; i < bytes; ++i) p[i] = static_cast<char>((value >> (8 * i)) & 0xff);
@@ -90,7 +105,8 @@ class Spinner {
     yielded_ = false;
   }
   // The ring was empty: true to look again, false to sleep now.
-  bool KeepLooking() {
+  // `in_message`: a message is partly read (kInMessageSpinNs).
+  bool KeepLooking(bool in_message = false) {
     ++looks_;
     if (looks_ % kLooksPerClockRead != 0) {
       CpuRelax();
@@ -99,7 +115,7 @@ class Spinner {
     }
     const int64_t now = MonotonicNowNs();
     if (started_ns_ == 0) started_ns_ = now;
-    if (now - started_ns_ >= budget_ns_) {
+    if (now - started_ns_ >= (in_message ? std::max(budget_ns_, kInMessageSpinNs) : budget_ns_)) {
       slept_at_ns_ = now;
       return false;
     }
@@ -304,7 +320,7 @@ class ShmConnection final : public Connection {
         }
         break;
       }
-      if (caller_spinner_.KeepLooking()) continue;
+      if (caller_spinner_.KeepLooking(records_.in_message())) continue;
       // Sleep on the doorbell (and watch the socket for the peer's end).
       if (!DrainDoorbell(doorbell_.get())) {
         ended = absl::UnavailableError(
@@ -418,14 +434,21 @@ class ShmConnection final : public Connection {
   }
 
   // Writes `bytes` whole, waiting for room when the ring is full: a message
-  // larger than the ring is streamed through it.
+  // larger than the ring is streamed through it. The reader sees a large
+  // message every kPublishEvery bytes (and takes it while the rest is
+  // written); while the reader makes room (it has taken something within
+  // kStalledReaderNs) the writer looks again at once, yielding its CPU (on
+  // one CPU the reader must run to make room), so a message larger than the
+  // ring does not wait on a timer. Only a reader that stopped taking (a slow
+  // handler, a stopped or hostile peer) makes it back off to short sleeps.
   absl::Status WriteAll(std::string_view bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
     int idle = 0;
+    int64_t full_since_ns = 0;  // when the ring was last found full (0: not now)
     while (!bytes.empty()) {
       if (closing_.load()) {
         return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
       }
-      absl::StatusOr<size_t> written = producer_.Write(bytes);
+      absl::StatusOr<size_t> written = producer_.Write(bytes.substr(0, kPublishEvery));
       if (!written.ok()) {
         IPCRPC_LOG(WARNING) << description_ << ": closing: " << written.status();
         Close();
@@ -434,18 +457,25 @@ class ShmConnection final : public Connection {
       bytes.remove_prefix(*written);
       if (*written > 0) {
         idle = 0;
+        full_since_ns = 0;
+        if (!bytes.empty()) PublishAndRing();
         continue;
       }
-      // Full: let the reader see what is there, then wait for room - spin a
-      // little, then back off to short sleeps (a full ring is the rare case
-      // of a message larger than the ring or a slow reader).
+      // Full: let the reader see what is there (ringing it if it sleeps).
       PublishAndRing();
-      if (++idle < 1000) {
+      if (++idle < kFullRingPauses) {
         CpuRelax();
-      } else {
-        struct timespec pause = {0, std::min<long>(1'000'000, 1000L << std::min(idle - 1000, 10))};
-        ::nanosleep(&pause, nullptr);
+        continue;
       }
+      const int64_t now = MonotonicNowNs();
+      if (full_since_ns == 0) full_since_ns = now;
+      if (now - full_since_ns < kStalledReaderNs) {
+        ::sched_yield();
+        continue;
+      }
+      const int backoff = std::min(idle - kFullRingPauses, 10);
+      struct timespec pause = {0, std::min<long>(1'000'000, 1000L << backoff)};
+      ::nanosleep(&pause, nullptr);
     }
     return absl::OkStatus();
   }
@@ -527,7 +557,7 @@ class ShmConnection final : public Connection {
           return;
         }
         asked = true;
-        if (loop_spinner_.KeepLooking()) continue;
+        if (loop_spinner_.KeepLooking(records_.in_message())) continue;
         if (!read_role_.LoopKeepsReading()) {
           doorbell_watch_->release();
           doorbell_watch_.reset();
