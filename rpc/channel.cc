@@ -31,9 +31,6 @@ absl::Status DeferConnect() {
   return status;
 }
 
-bool IsDeferConnect(const absl::Status& status) {
-  return !status.ok() && status.GetPayload(kDeferConnectPayload).has_value();
-}
 
 thread_local uint64_t calls_started_on_this_thread = 0;
 
@@ -55,6 +52,10 @@ TransportOptions ToTransportOptions(const ChannelOptions& options) {
 }
 
 }  // namespace
+
+bool IsDeferConnect(const absl::Status& status) {
+  return !status.ok() && status.GetPayload(kDeferConnectPayload).has_value();
+}
 
 uint64_t CallsStartedOnThisThread() { return calls_started_on_this_thread; }
 
@@ -546,7 +547,12 @@ Call ChannelCore::CallAsync(std::string_view method, std::string_view request,
   if (IsDeferConnect(started)) {
     CallOptions kept = options;
     kept.response_metadata = nullptr;  // in the callback already
-    Defer({call, std::string(method), std::string(request), std::move(kept)});
+    DeferredCall deferred;
+    deferred.call = call;
+    deferred.method = std::string(method);
+    deferred.request = std::string(request);
+    deferred.options = std::move(kept);
+    Defer(std::move(deferred));
   } else if (!started.ok()) {
     return fail(std::move(started));
   }
@@ -649,7 +655,7 @@ void ChannelCore::RunDeferred() {
       }
       call->defer_connect = false;
       absl::Status started = StartCall(call, deferred.method, deferred.request, deferred.options,
-                                       call->deadline_ns);
+                                       call->deadline_ns, deferred.flags, deferred.head);
       if (!started.ok()) {
         FailAsync(call, std::move(started));
         continue;

@@ -188,6 +188,10 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// Whether StartCall's status says the call must wait for the connect thread
+// (an async call or stream with no usable connection): then Defer it.
+bool IsDeferConnect(const absl::Status& status);
+
 class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
  public:
   ChannelCore(std::unique_ptr<Connector> connector, const ChannelOptions& options);
@@ -276,6 +280,9 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
     std::string request;
     CallOptions options;
     uint64_t seq = 0;  // order of queueing (deferred_seq_)
+    // A stream's REQUEST (StartStream): its flags and head.
+    uint16_t flags = 0;
+    std::string head;
   };
   // The current connection if a call can start on it without connecting;
   // the DeferConnect() mark otherwise; CANCELLED if the channel is shut

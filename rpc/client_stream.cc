@@ -75,9 +75,25 @@ absl::Status ChannelCore::StartStream(const std::shared_ptr<PendingCall>& call,
   PutLe(&head, static_cast<uint64_t>(stream.window), 4);
   const uint16_t flags =
       kFlagStream | (request != nullptr ? kFlagWithMessage | kFlagHalfClose : 0);
-  IPCRPC_RETURN_IF_ERROR(StartCall(call, method,
-                                   request != nullptr ? *request : std::string_view(), options,
-                                   call->deadline_ns, flags, head));
+  const std::string_view request_bytes = request != nullptr ? *request : std::string_view();
+  absl::Status started = StartCall(call, method, request_bytes, options, call->deadline_ns, flags,
+                                   head);
+  if (IsDeferConnect(started)) {
+    // An async stream (call->defer_connect): the connect thread starts it.
+    CallOptions kept = options;
+    kept.response_metadata = nullptr;  // in the stream's state already
+    kept.parent_call = nullptr;        // hooked below
+    DeferredCall deferred;
+    deferred.call = call;
+    deferred.method = std::string(method);
+    deferred.request = std::string(request_bytes);
+    deferred.options = std::move(kept);
+    deferred.flags = flags;
+    deferred.head = std::move(head);
+    Defer(std::move(deferred));
+  } else if (!started.ok()) {
+    return started;
+  }
   if (options.parent_call != nullptr) {
     std::weak_ptr<PendingCall> weak = call;
     std::weak_ptr<ChannelCore> core = weak_from_this();
@@ -119,6 +135,8 @@ Call ChannelCore::CallServerStreamAsync(std::string_view method, std::string_vie
     };
   }
   Call handle(weak_from_this(), call);
+  // Connecting is the connect thread's, never the caller's (as CallAsync).
+  call->defer_connect = true;
   absl::Status started = StartStream(call, method, &request, options, std::move(on_message));
   if (!started.ok()) {
     Complete(call, std::move(started));  // posted to the loop: never on this stack

@@ -5,6 +5,7 @@
 // the connection.)
 #include <signal.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -219,6 +220,56 @@ TEST_P(TimeBoundsTest, AnAsyncCallNeverWaitsToConnect) {
   call(&again, absl::Seconds(10));
   ASSERT_TRUE(again.done.WaitForNotificationWithTimeout(absl::Seconds(15)));
   EXPECT_TRUE(again.status.ok()) << again.status;
+}
+
+// The same for an async server stream (CallServerStreamAsync): its start
+// waits for the connect thread, never on the caller's thread.
+TEST_P(TimeBoundsTest, AnAsyncStreamNeverWaitsToConnect) {
+  ASSERT_NO_FATAL_FAILURE(ConnectThenStickTheSuccessor());
+
+  struct Outcome {
+    ipcrpc::internal::Notification done;
+    absl::Status status;
+    absl::Time at;
+    std::atomic<int> messages{0};
+  };
+  auto stream = [&](Outcome* outcome, absl::Duration timeout) {
+    CallOptions options;
+    options.timeout = timeout;
+    return channel_->CallServerStreamAsync(
+        "test.Test/Count", "3 8", options,
+        [outcome](std::string_view) { outcome->messages.fetch_add(1); },
+        [outcome](absl::Status status) {
+          outcome->status = status;
+          outcome->at = absl::Now();
+          outcome->done.Notify();
+        });
+  };
+  Outcome timed, cancelled;
+  const absl::Time start = absl::Now();
+  stream(&timed, absl::Seconds(2));
+  const absl::Duration returned = absl::Now() - start;
+  Call to_cancel = stream(&cancelled, absl::Seconds(30));
+  // Generous (the other CPU may be busy), yet far below the 2 s it spent
+  // connecting before.
+  EXPECT_LT(returned, absl::Milliseconds(500)) << "CallServerStreamAsync took " << returned;
+  const absl::Time cancel_at = absl::Now();
+  to_cancel.Cancel();
+  ASSERT_TRUE(cancelled.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(cancelled.status.code(), absl::StatusCode::kCancelled) << cancelled.status;
+  EXPECT_LT(cancelled.at - cancel_at, absl::Seconds(1));
+  ASSERT_TRUE(timed.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(timed.status.code(), absl::StatusCode::kDeadlineExceeded) << timed.status;
+  EXPECT_GE(timed.at - start, absl::Seconds(2));
+  EXPECT_LT(timed.at - start, absl::Seconds(3)) << "the deadline's callback came late";
+  EXPECT_EQ(timed.messages.load(), 0);
+
+  kill(successor_->pid(), SIGCONT);
+  Outcome again;
+  stream(&again, absl::Seconds(10));
+  ASSERT_TRUE(again.done.WaitForNotificationWithTimeout(absl::Seconds(15)));
+  EXPECT_TRUE(again.status.ok()) << again.status;
+  EXPECT_EQ(again.messages.load(), 3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TimeBoundsTest,
