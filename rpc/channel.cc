@@ -348,10 +348,11 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
     // is no use to anyone, and its data() may be null).
     std::string_view stream_parts[] = {prefix, head, request};
     std::string_view unary_parts[] = {prefix, request};
-    absl::Status sent = connection->transport->Send(
+    // Waiting for room (a server that does not read) ends at the deadline.
+    absl::Status sent = connection->transport->SendWithin(
         head.empty() ? absl::Span<const std::string_view>(unary_parts)
                      : absl::Span<const std::string_view>(stream_parts),
-        options.priority);
+        options.priority, deadline_ns);
     if (!sent.ok()) {
       // The connection is broken even if its loop has not seen it yet: the
       // next call must not pick it again. The call comes out before the
@@ -360,6 +361,7 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
       const bool taken = connection->Take(call->id) != nullptr;
       connection->transport->Close();
       if (taken) {
+        if (absl::IsDeadlineExceeded(sent)) return DeadlineExceeded(method);
         // Nothing went out (the server left while the connection was
         // idle): once more, on a new connection.
         if (IsNotDelivered(sent) && attempt == 0) continue;

@@ -319,7 +319,12 @@ absl::Status StreamConnection::DeliverMessages() {
   return absl::OkStatus();
 }
 
-absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts, int /*priority*/) {
+absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts, int priority) {
+  return SendWithin(parts, priority, kNoDeadline);
+}
+
+absl::Status StreamConnection::SendWithin(absl::Span<const std::string_view> parts,
+                                          int /*priority*/, int64_t deadline_ns) {
   size_t total = 0;
   for (std::string_view part : parts) total += part.size();
   if (total > max_message_size_) {
@@ -328,9 +333,17 @@ absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts, in
   }
   unsigned char prefix[kPrefixSize];
   Iovecs iov = Gather(total, parts, prefix);
-  MutexLock lock(&write_mu_);
   absl::Status result;
-  WriteLocked(absl::MakeSpan(iov), /*try_first=*/false, &result);
+  {
+    MutexLock lock(&write_mu_);
+    WriteLocked(absl::MakeSpan(iov), /*try_first=*/false, &result, deadline_ns);
+  }
+  if (absl::IsDeadlineExceeded(result) && !IsNotDelivered(result)) {
+    // Part of the message went out: the stream cannot carry another (the
+    // caller closes it, see SendWithin).
+    IPCRPC_LOG(WARNING) << description_ << ": the peer took only part of a " << total
+                        << "-byte message before its deadline";
+  }
   return result;
 }
 

@@ -39,6 +39,8 @@ class StreamConnection final : public Connection {
 
   void Start(asio::io_context& io, MessageHandler on_message, CloseHandler on_closed) override;
   absl::Status Send(absl::Span<const std::string_view> parts, int priority) override;
+  absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
+                          int64_t deadline_ns) override;
   bool TrySend(absl::Span<const std::string_view> parts, int priority,
                absl::Status* error) override;
   void Close() override;

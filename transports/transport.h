@@ -151,6 +151,20 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // RESOURCE_EXHAUSTED if the message is over max_message_size.
   virtual absl::Status Send(absl::Span<const std::string_view> parts, int priority) = 0;
 
+  // Send, but waiting for room (a peer that does not read: stopped, stuck)
+  // no later than `deadline_ns` (base/clock.h; kNoDeadline: as Send): past
+  // it, DEADLINE_EXCEEDED, marked MarkNotDelivered if nothing of the message
+  // went out. A connection left in the middle of a message cannot carry
+  // another: the caller must Close it (the channel closes a connection after
+  // any failed send, once it has taken the call out, so that the call ends
+  // with its own status and not the connection's loss). For a call's
+  // request, bounded by the call's deadline. The default ignores the
+  // deadline (a transport whose Send never waits for the peer).
+  virtual absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
+                                  int64_t /*deadline_ns*/) {
+    return Send(parts, priority);
+  }
+
   // Whether Send to a peer that has left fails, with nothing sent, rather
   // than queueing the message where nobody reads (a pipe, FIFO or stream
   // socket whose reader closed: EPIPE). If so, a client need not look for

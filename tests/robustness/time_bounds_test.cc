@@ -222,6 +222,40 @@ TEST_P(TimeBoundsTest, AnAsyncCallNeverWaitsToConnect) {
   EXPECT_TRUE(again.status.ok()) << again.status;
 }
 
+// A request the server does not take (stopped, with the transport full of
+// it): the sync call returns at its deadline; before, it waited in its send
+// until the server read again, whatever its deadline. The connection, left
+// in the middle of a message, is closed; the channel goes on.
+TEST_P(TimeBoundsTest, ARequestTheServerDoesNotTakeEndsAtTheCallsDeadline) {
+  auto server = ConformanceServerProcess::Start(GetParam());
+  ASSERT_THAT(server, IsOk());
+  ChannelOptions options;
+  options.max_message_size = 8 << 20;
+  auto channel = Channel::Connect(
+      (*server)->ClientArgs()[0].substr(std::string("--endpoint=").size()), options);
+  ASSERT_THAT(channel, IsOk());
+  ASSERT_THAT((*channel)->CallMethod("test.Test/Echo", "warm"), IsOk());
+  ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
+  // Larger than any transport holds (a pipe 64 KiB, a ring 256 KiB, a
+  // queue ten messages).
+  const std::string big(2 << 20, 'b');
+  CallOptions call;
+  call.timeout = absl::Milliseconds(300);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<std::string> reply = (*channel)->CallMethod("test.Test/Echo", big, call);
+  const absl::Duration took = absl::Now() - start;
+  kill((*server)->pid(), SIGCONT);
+  EXPECT_EQ(reply.status().code(), absl::StatusCode::kDeadlineExceeded) << reply.status();
+  EXPECT_GE(took, absl::Milliseconds(290)) << "gave up before the deadline";
+  // Generous (another process may hold the other CPU).
+  EXPECT_LT(took, absl::Seconds(3)) << "the call took " << took;
+  // The channel goes on, on a new connection if that one was closed.
+  CallOptions later;
+  later.timeout = absl::Seconds(20);
+  EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", "after", later), IsOk());
+}
+
 // The same for an async server stream (CallServerStreamAsync): its start
 // waits for the connect thread, never on the caller's thread.
 TEST_P(TimeBoundsTest, AnAsyncStreamNeverWaitsToConnect) {

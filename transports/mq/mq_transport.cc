@@ -399,6 +399,27 @@ class MqConnection final : public Connection {
   }
 
   absl::Status Send(absl::Span<const std::string_view> parts, int priority) override {
+    return SendWithin(parts, priority, kNoDeadline);
+  }
+
+  absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
+                          int64_t deadline_ns) override {
+    bool broken = false;
+    absl::Status sent = SendMessage(parts, priority, deadline_ns, &broken);
+    if (broken) {
+      // Part of the message is in the peer's queue: the connection cannot
+      // carry another (the caller closes it, see SendWithin).
+      IPCRPC_LOG(WARNING) << description_
+                          << ": the peer took only part of a message before its deadline";
+    }
+    return sent;
+  }
+
+ private:
+  // Send's work, under write_mu_; `*broken`: the deadline passed after part
+  // of the message went out.
+  absl::Status SendMessage(absl::Span<const std::string_view> parts, int priority,
+                           int64_t deadline_ns, bool* broken) {
     size_t total = 0;
     for (std::string_view part : parts) total += part.size();
     if (total > max_message_size_) {
@@ -445,12 +466,20 @@ class MqConnection final : public Connection {
         ++part;
         part_offset = 0;
       }
-      IPCRPC_RETURN_IF_ERROR(SendOne(send_buffer_.data(), kMqHeaderSize + chunk, mq_priority));
+      absl::Status sent =
+          SendOne(send_buffer_.data(), kMqHeaderSize + chunk, mq_priority, deadline_ns);
+      if (absl::IsDeadlineExceeded(sent)) {
+        if (offset == 0) return MarkNotDelivered(std::move(sent));
+        *broken = true;
+        return sent;
+      }
+      IPCRPC_RETURN_IF_ERROR(sent);
       offset += chunk;
     } while (offset < total);
     return absl::OkStatus();
   }
 
+ public:
   void Close() override {
     if (closing_.exchange(true)) return;
     uint64_t one = 1;
@@ -469,7 +498,7 @@ class MqConnection final : public Connection {
   const std::string& description() const override { return description_; }
 
  private:
-  absl::Status SendOne(const char* data, size_t size, unsigned priority)
+  absl::Status SendOne(const char* data, size_t size, unsigned priority, int64_t deadline_ns)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
     for (;;) {
       if (closing_.load()) {
@@ -484,8 +513,12 @@ class MqConnection final : public Connection {
         // hundred clients of one full server queue made that a storm that
         // starved the server. Slices of 10 ms, to notice Close and the
         // peer's death.
-        absl::Status waited = WaitInLine(data, size, priority);
+        absl::Status waited = WaitInLine(data, size, priority, deadline_ns);
         if (waited.ok() || !absl::IsDeadlineExceeded(waited)) return waited;
+        if (MonotonicNowNs() >= deadline_ns) {
+          return absl::DeadlineExceededError(
+              absl::StrCat(description_, ": the peer's queue stayed full"));
+        }
         continue;
       }
       return ErrnoStatus(errno, "mq_send", description_);
@@ -494,14 +527,17 @@ class MqConnection final : public Connection {
 
   // One blocking mq_timedsend of up to 10 ms (the descriptor is made
   // blocking for it: senders hold write_mu_). DEADLINE_EXCEEDED: try again.
-  absl::Status WaitInLine(const char* data, size_t size, unsigned priority)
+  absl::Status WaitInLine(const char* data, size_t size, unsigned priority, int64_t deadline_ns)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
     struct mq_attr blocking = {};
     struct mq_attr nonblocking = {};
     nonblocking.mq_flags = O_NONBLOCK;
+    // 10 ms, or what is left before the deadline.
+    const int64_t slice_ns =
+        std::clamp<int64_t>(deadline_ns - MonotonicNowNs(), 0, 10'000'000);
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);  // mq_timedsend's clock
-    until.tv_nsec += 10'000'000;
+    until.tv_nsec += static_cast<long>(slice_ns);
     if (until.tv_nsec >= 1'000'000'000) {
       until.tv_nsec -= 1'000'000'000;
       ++until.tv_sec;

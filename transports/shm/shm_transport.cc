@@ -374,7 +374,12 @@ class ShmConnection final : public Connection {
     if (self_bell_.valid()) Ring(self_bell_.get());
   }
 
-  absl::Status Send(absl::Span<const std::string_view> parts, int /*priority*/) override {
+  absl::Status Send(absl::Span<const std::string_view> parts, int priority) override {
+    return SendWithin(parts, priority, kNoDeadline);
+  }
+
+  absl::Status SendWithin(absl::Span<const std::string_view> parts, int /*priority*/,
+                          int64_t deadline_ns) override {
     size_t total = 0;
     for (std::string_view part : parts) total += part.size();
     if (total > max_message_size_) {
@@ -385,8 +390,20 @@ class ShmConnection final : public Connection {
     char prefix[4];
     PutLe(prefix, total, 4);
     MutexLock lock(&write_mu_);
-    IPCRPC_RETURN_IF_ERROR(WriteAll(std::string_view(prefix, 4)));
-    for (std::string_view part : parts) IPCRPC_RETURN_IF_ERROR(WriteAll(part));
+    bool wrote_any = false;
+    absl::Status written = WriteAll(std::string_view(prefix, 4), deadline_ns, &wrote_any);
+    for (std::string_view part : parts) {
+      if (written.ok()) written = WriteAll(part, deadline_ns, &wrote_any);
+    }
+    if (absl::IsDeadlineExceeded(written)) {
+      if (!wrote_any) return MarkNotDelivered(std::move(written));
+      // Part of the message is in the ring: the connection cannot carry
+      // another (the caller closes it, see SendWithin).
+      IPCRPC_LOG(WARNING) << description_ << ": the peer took only part of a " << total
+                          << "-byte message before its deadline";
+      return written;
+    }
+    IPCRPC_RETURN_IF_ERROR(written);
     PublishAndRing();
     return absl::OkStatus();
   }
@@ -441,7 +458,10 @@ class ShmConnection final : public Connection {
   // one CPU the reader must run to make room), so a message larger than the
   // ring does not wait on a timer. Only a reader that stopped taking (a slow
   // handler, a stopped or hostile peer) makes it back off to short sleeps.
-  absl::Status WriteAll(std::string_view bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
+  // Past `deadline_ns` with the ring still full: DEADLINE_EXCEEDED.
+  // `*wrote_any` is set once a byte is written.
+  absl::Status WriteAll(std::string_view bytes, int64_t deadline_ns = kNoDeadline,
+                        bool* wrote_any = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
     int idle = 0;
     int64_t full_since_ns = 0;  // when the ring was last found full (0: not now)
     while (!bytes.empty()) {
@@ -456,6 +476,7 @@ class ShmConnection final : public Connection {
       }
       bytes.remove_prefix(*written);
       if (*written > 0) {
+        if (wrote_any != nullptr) *wrote_any = true;
         idle = 0;
         full_since_ns = 0;
         if (!bytes.empty()) PublishAndRing();
@@ -468,6 +489,10 @@ class ShmConnection final : public Connection {
         continue;
       }
       const int64_t now = MonotonicNowNs();
+      if (now >= deadline_ns) {
+        return absl::DeadlineExceededError(
+            absl::StrCat(description_, ": the peer's ring stayed full"));
+      }
       if (full_since_ns == 0) full_since_ns = now;
       if (now - full_since_ns < kStalledReaderNs) {
         ::sched_yield();
