@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/little_endian.h"  // PutLe, GetLe: every wire field
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
@@ -113,10 +114,6 @@ absl::StatusOr<FrameView> DecodeFrame(std::string_view bytes, size_t max_payload
 Metadata DecodeMetadata(std::string_view block);
 
 const char* FrameTypeName(FrameType type);
-
-// Little-endian integers, as every wire field is.
-void PutLe(std::string* out, uint64_t value, int bytes);
-uint64_t GetLe(const char* p, int bytes);
 
 // A configured stream_window as used: within [kMinStreamWindow, kMaxStreamWindow].
 inline int64_t ClampStreamWindow(size_t window) {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "asio/post.hpp"
 #include "base/clock.h"
+#include "base/little_endian.h"
 #include "base/logging.h"
 #include "base/mutex.h"
 
@@ -30,18 +31,12 @@ constexpr size_t kKeepBuffer = 1024 * 1024;
 // if the kernel took only part of it (it should not).
 constexpr int64_t kLargeTrySendBoundNs = 100'000'000;
 
-uint32_t LoadLe32(const char* p) {
-  const auto* u = reinterpret_cast<const unsigned char*>(p);
-  return static_cast<uint32_t>(u[0]) | static_cast<uint32_t>(u[1]) << 8 |
-         static_cast<uint32_t>(u[2]) << 16 | static_cast<uint32_t>(u[3]) << 24;
-}
-
 using Iovecs = absl::InlinedVector<struct iovec, 8>;
 
 // The length prefix (written into `prefix`) and the parts, as one writev.
 Iovecs Gather(size_t total, absl::Span<const std::string_view> parts,
               unsigned char (&prefix)[kPrefixSize]) {
-  for (size_t i = 0; i < kPrefixSize; ++i) prefix[i] = static_cast<unsigned char>(total >> (8 * i));
+  PutLe(reinterpret_cast<char*>(prefix), total, kPrefixSize);
   Iovecs iov;
   iov.push_back({prefix, kPrefixSize});
   for (std::string_view part : parts) {
@@ -293,7 +288,7 @@ void StreamConnection::EnsureReader() {
 
 absl::Status StreamConnection::DeliverMessages() {
   while (end_ - begin_ >= kPrefixSize) {
-    const uint32_t length = LoadLe32(buffer_.data() + begin_);
+    const uint32_t length = static_cast<uint32_t>(GetLe(buffer_.data() + begin_, kPrefixSize));
     if (length > max_message_size_) {
       IPCRPC_LOG(WARNING) << description_ << ": closing: peer announced a message of " << length
                           << " bytes, over max_message_size " << max_message_size_;

@@ -17,6 +17,7 @@
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
 #include "asio/post.hpp"
+#include "base/little_endian.h"
 #include "base/clock.h"
 #include "base/logging.h"
 #include "base/status_macros.h"
@@ -34,18 +35,6 @@ constexpr char kAckMagic[4] = {'I', 'F', 'C', 'A'};
 constexpr uint16_t kRecordVersion = 1;
 
 static_assert(kFifoRecordSize <= PIPE_BUF, "connect records must be written atomically");
-
-void PutLe(char* p, uint64_t value, int bytes) {
-  for (int i = 0; i < bytes; ++i) p[i] = static_cast<char>((value >> (8 * i)) & 0xff);
-}
-
-uint64_t GetLe(const char* p, int bytes) {
-  uint64_t value = 0;
-  for (int i = 0; i < bytes; ++i) {
-    value |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
-  }
-  return value;
-}
 
 // A client's directory as named in a record: absolute, no "." or ".."
 // components, no NUL.

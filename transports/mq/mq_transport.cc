@@ -25,6 +25,7 @@
 #include "asio/posix/stream_descriptor.hpp"
 #include "transports/read_watch.h"
 #include "asio/post.hpp"
+#include "base/little_endian.h"
 #include "base/clock.h"
 #include "base/logging.h"
 #include "base/status_macros.h"
@@ -41,18 +42,6 @@ namespace {
 constexpr char kConnectMagic[4] = {'I', 'M', 'Q', 'C'};
 constexpr uint32_t kMqVersion = 1;
 constexpr int kConnectPriority = 31;  // new clients are not stuck behind queued work
-
-void PutLe(char* p, uint64_t value, int bytes) {
-  for (int i = 0; i < bytes; ++i) p[i] = static_cast<char>((value >> (8 * i)) & 0xff);
-}
-
-uint64_t GetLe(const char* p, int bytes) {
-  uint64_t value = 0;
-  for (int i = 0; i < bytes; ++i) {
-    value |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
-  }
-  return value;
-}
 
 long ReadProcLong(const char* path, long fallback) {
   std::ifstream in(path);

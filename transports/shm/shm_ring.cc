@@ -5,6 +5,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "base/little_endian.h"
 
 namespace ipcrpc::internal {
 
@@ -92,12 +93,7 @@ bool ShmRingConsumer::PrepareToSleep() {
 absl::StatusOr<size_t> ShmRecordReader::Take(
     std::string_view first, std::string_view second,
     absl::FunctionRef<void(std::string_view)> on_message) {
-  auto length_at = [](const char* p) {
-    return uint64_t{static_cast<unsigned char>(p[0])} |
-           uint64_t{static_cast<unsigned char>(p[1])} << 8 |
-           uint64_t{static_cast<unsigned char>(p[2])} << 16 |
-           uint64_t{static_cast<unsigned char>(p[3])} << 24;
-  };
+  auto length_at = [](const char* p) { return GetLe(p, 4); };
   if (pending_.empty() && first.size() >= 4) {
     // The common case: the whole message lies contiguous in the ring.
     length_ = length_at(first.data());

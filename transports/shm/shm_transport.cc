@@ -24,6 +24,7 @@
 #include "asio/posix/stream_descriptor.hpp"
 #include "asio/post.hpp"
 #include "asio/steady_timer.hpp"
+#include "base/little_endian.h"
 #include "base/clock.h"
 #include "base/logging.h"
 #include "base/status_macros.h"
@@ -73,18 +74,6 @@ constexpr size_t kPublishEvery = 64 * 1024;
 // yields, and naps only once the reader has made no room for this long.
 constexpr int kFullRingPauses = 200;
 constexpr int64_t kStalledReaderNs = 2'000'000;
-
-void PutLe(char* p, uint64_t value, int bytes) {
-  for (int i = 0; i < bytes; ++i) p[i] = static_cast<char>((value >> (8 * i)) & 0xff);
-}
-
-uint64_t GetLe(const char* p, int bytes) {
-  uint64_t value = 0;
-  for (int i = 0; i < bytes; ++i) {
-    value |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
-  }
-  return value;
-}
 
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
