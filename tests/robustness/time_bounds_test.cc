@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -179,32 +180,41 @@ TEST_P(TimeBoundsTest, AnExpiryNeverWaitsForAFullTransport) {
 // at once (before: it connected inside, for up to the call's deadline), the
 // callback says DEADLINE_EXCEEDED at the deadline, a Cancel ends a waiting
 // call at once, and once the successor runs the channel works again.
-TEST_P(TimeBoundsTest, AnAsyncCallNeverWaitsToConnect) {
-  ASSERT_NO_FATAL_FAILURE(ConnectThenStickTheSuccessor());
+// What an async call or stream reported, and when.
+struct Outcome {
+  ipcrpc::internal::Notification done;
+  absl::Status status;
+  absl::Time at;
+  std::atomic<int> messages{0};
 
-  struct Outcome {
-    ipcrpc::internal::Notification done;
-    absl::Status status;
-    absl::Time at;
-  };
-  auto call = [&](Outcome* outcome, absl::Duration timeout) {
-    CallOptions options;
-    options.timeout = timeout;
-    return channel_->CallMethodAsync("test.Test/Echo", "async", options,
-                                       [outcome](absl::StatusOr<std::string> reply) {
-                                         outcome->status = reply.status();
-                                         outcome->at = absl::Now();
-                                         outcome->done.Notify();
-                                       });
-  };
+  void Record(absl::Status ended) {
+    status = std::move(ended);
+    at = absl::Now();
+    done.Notify();
+  }
+};
+
+CallOptions WithTimeout(absl::Duration timeout) {
+  CallOptions options;
+  options.timeout = timeout;
+  return options;
+}
+
+// With the server dead and its successor stopped: `start(outcome, timeout)`
+// (an async call or stream) returns at once, ends at its deadline or at
+// Cancel, and works once the successor runs; `*after` is how that last one
+// ended.
+void ExpectNeverWaitsToConnect(
+    const std::function<Call(Outcome*, absl::Duration)>& start, pid_t successor,
+    Outcome* after) {
   Outcome timed, cancelled;
-  const absl::Time start = absl::Now();
-  call(&timed, absl::Seconds(2));
-  const absl::Duration returned = absl::Now() - start;
-  Call to_cancel = call(&cancelled, absl::Seconds(30));
-  // Generous (the other CPU may be busy), yet far below the 2 s the call
-  // spent connecting before.
-  EXPECT_LT(returned, absl::Milliseconds(500)) << "CallMethodAsync took " << returned;
+  const absl::Time begin = absl::Now();
+  start(&timed, absl::Seconds(2));
+  const absl::Duration returned = absl::Now() - begin;
+  Call to_cancel = start(&cancelled, absl::Seconds(30));
+  // Generous (the other CPU may be busy), yet far below the 2 s it spent
+  // connecting before.
+  EXPECT_LT(returned, absl::Milliseconds(500)) << "the async start took " << returned;
   const absl::Time cancel_at = absl::Now();
   to_cancel.Cancel();
   ASSERT_TRUE(cancelled.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
@@ -212,14 +222,42 @@ TEST_P(TimeBoundsTest, AnAsyncCallNeverWaitsToConnect) {
   EXPECT_LT(cancelled.at - cancel_at, absl::Seconds(1));
   ASSERT_TRUE(timed.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
   EXPECT_EQ(timed.status.code(), absl::StatusCode::kDeadlineExceeded) << timed.status;
-  EXPECT_GE(timed.at - start, absl::Seconds(2));
-  EXPECT_LT(timed.at - start, absl::Seconds(3)) << "the deadline's callback came late";
+  EXPECT_GE(timed.at - begin, absl::Seconds(2));
+  EXPECT_LT(timed.at - begin, absl::Seconds(3)) << "the deadline's callback came late";
+  EXPECT_EQ(timed.messages.load(), 0);
 
-  kill(successor_->pid(), SIGCONT);
-  Outcome again;
-  call(&again, absl::Seconds(10));
-  ASSERT_TRUE(again.done.WaitForNotificationWithTimeout(absl::Seconds(15)));
-  EXPECT_TRUE(again.status.ok()) << again.status;
+  kill(successor, SIGCONT);
+  start(after, absl::Seconds(10));
+  ASSERT_TRUE(after->done.WaitForNotificationWithTimeout(absl::Seconds(15)));
+  EXPECT_TRUE(after->status.ok()) << after->status;
+}
+
+TEST_P(TimeBoundsTest, AnAsyncCallNeverWaitsToConnect) {
+  ASSERT_NO_FATAL_FAILURE(ConnectThenStickTheSuccessor());
+  Outcome after;
+  ExpectNeverWaitsToConnect(
+      [&](Outcome* outcome, absl::Duration timeout) {
+        return channel_->CallMethodAsync(
+            "test.Test/Echo", "async", WithTimeout(timeout),
+            [outcome](absl::StatusOr<std::string> reply) { outcome->Record(reply.status()); });
+      },
+      successor_->pid(), &after);
+}
+
+// The same for an async server stream (CallServerStreamAsync): its start
+// waits for the connect thread, never on the caller's thread.
+TEST_P(TimeBoundsTest, AnAsyncStreamNeverWaitsToConnect) {
+  ASSERT_NO_FATAL_FAILURE(ConnectThenStickTheSuccessor());
+  Outcome after;
+  ExpectNeverWaitsToConnect(
+      [&](Outcome* outcome, absl::Duration timeout) {
+        return channel_->CallServerStreamAsync(
+            "test.Test/Count", "3 8", WithTimeout(timeout),
+            [outcome](std::string_view) { outcome->messages.fetch_add(1); },
+            [outcome](absl::Status status) { outcome->Record(std::move(status)); });
+      },
+      successor_->pid(), &after);
+  EXPECT_EQ(after.messages.load(), 3);
 }
 
 // A request the server does not take (stopped, with the transport full of
@@ -254,56 +292,6 @@ TEST_P(TimeBoundsTest, ARequestTheServerDoesNotTakeEndsAtTheCallsDeadline) {
   CallOptions later;
   later.timeout = absl::Seconds(20);
   EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", "after", later), IsOk());
-}
-
-// The same for an async server stream (CallServerStreamAsync): its start
-// waits for the connect thread, never on the caller's thread.
-TEST_P(TimeBoundsTest, AnAsyncStreamNeverWaitsToConnect) {
-  ASSERT_NO_FATAL_FAILURE(ConnectThenStickTheSuccessor());
-
-  struct Outcome {
-    ipcrpc::internal::Notification done;
-    absl::Status status;
-    absl::Time at;
-    std::atomic<int> messages{0};
-  };
-  auto stream = [&](Outcome* outcome, absl::Duration timeout) {
-    CallOptions options;
-    options.timeout = timeout;
-    return channel_->CallServerStreamAsync(
-        "test.Test/Count", "3 8", options,
-        [outcome](std::string_view) { outcome->messages.fetch_add(1); },
-        [outcome](absl::Status status) {
-          outcome->status = status;
-          outcome->at = absl::Now();
-          outcome->done.Notify();
-        });
-  };
-  Outcome timed, cancelled;
-  const absl::Time start = absl::Now();
-  stream(&timed, absl::Seconds(2));
-  const absl::Duration returned = absl::Now() - start;
-  Call to_cancel = stream(&cancelled, absl::Seconds(30));
-  // Generous (the other CPU may be busy), yet far below the 2 s it spent
-  // connecting before.
-  EXPECT_LT(returned, absl::Milliseconds(500)) << "CallServerStreamAsync took " << returned;
-  const absl::Time cancel_at = absl::Now();
-  to_cancel.Cancel();
-  ASSERT_TRUE(cancelled.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_EQ(cancelled.status.code(), absl::StatusCode::kCancelled) << cancelled.status;
-  EXPECT_LT(cancelled.at - cancel_at, absl::Seconds(1));
-  ASSERT_TRUE(timed.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  EXPECT_EQ(timed.status.code(), absl::StatusCode::kDeadlineExceeded) << timed.status;
-  EXPECT_GE(timed.at - start, absl::Seconds(2));
-  EXPECT_LT(timed.at - start, absl::Seconds(3)) << "the deadline's callback came late";
-  EXPECT_EQ(timed.messages.load(), 0);
-
-  kill(successor_->pid(), SIGCONT);
-  Outcome again;
-  stream(&again, absl::Seconds(10));
-  ASSERT_TRUE(again.done.WaitForNotificationWithTimeout(absl::Seconds(15)));
-  EXPECT_TRUE(again.status.ok()) << again.status;
-  EXPECT_EQ(again.messages.load(), 3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TimeBoundsTest,

@@ -65,22 +65,30 @@ int InChild(F&& body) {
   return status;
 }
 
+// In a child: a connection's send to a pipe whose reader is gone. 0 if it
+// failed UNAVAILABLE (and, with `check_pending`, left no SIGPIPE pending),
+// else an exit code that says which part did not.
+int SendToADeadReader(bool check_pending = true) {
+  PipePair pipes;
+  pipes.b_read.Reset();
+  auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
+                                             /*is_socket=*/false, {}, "test pipe", 1 << 20);
+  if (!connection.ok()) return 10;
+  std::string_view parts[] = {"hello"};
+  if ((*connection)->Send(parts, 0).code() != absl::StatusCode::kUnavailable) return 11;
+  if (!check_pending) return 0;
+  sigset_t pending;
+  sigpending(&pending);
+  return sigismember(&pending, SIGPIPE) != 0 ? 12 : 0;
+}
+
 // With SIG_DFL, a connection's writes cost no system call for SIGPIPE (the
 // disposition is decided once, at Create), and the process still dies of a
 // SIGPIPE raised by a write that is not ipcrpc's, as SIG_DFL would have it.
 TEST(StreamConnectionTest, WithTheDefaultDispositionAForeignSigpipeStillKills) {
   const int status = InChild([] {
     signal(SIGPIPE, SIG_DFL);
-    PipePair pipes;
-    pipes.b_read.Reset();
-    auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
-                                               /*is_socket=*/false, {}, "test pipe", 1 << 20);
-    if (!connection.ok()) return 10;
-    std::string_view parts[] = {"hello"};
-    if ((*connection)->Send(parts, 0).code() != absl::StatusCode::kUnavailable) return 11;
-    sigset_t pending;
-    sigpending(&pending);
-    if (sigismember(&pending, SIGPIPE) != 0) return 12;
+    if (const int failed = SendToADeadReader(); failed != 0) return failed;
     // The application's own write to a dead pipe: SIGPIPE kills, as before.
     int p[2];
     if (pipe(p) != 0) return 13;
@@ -98,13 +106,7 @@ int handled_sigpipes = 0;
 TEST(StreamConnectionTest, AnApplicationsSigpipeHandlerNeverSeesOurs) {
   const int status = InChild([] {
     signal(SIGPIPE, [](int) { ++handled_sigpipes; });
-    PipePair pipes;
-    pipes.b_read.Reset();
-    auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
-                                               /*is_socket=*/false, {}, "test pipe", 1 << 20);
-    if (!connection.ok()) return 10;
-    std::string_view parts[] = {"hello"};
-    if ((*connection)->Send(parts, 0).code() != absl::StatusCode::kUnavailable) return 11;
+    if (const int failed = SendToADeadReader(/*check_pending=*/false); failed != 0) return failed;
     if (handled_sigpipes != 0) return 12;
     // Its own still reach it.
     raise(SIGPIPE);
@@ -123,16 +125,7 @@ TEST(StreamConnectionTest, NoSigpipeLeftPendingWhereTheApplicationBlocksIt) {
     sigemptyset(&block);
     sigaddset(&block, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &block, nullptr);
-    PipePair pipes;
-    pipes.b_read.Reset();
-    auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
-                                               /*is_socket=*/false, {}, "test pipe", 1 << 20);
-    if (!connection.ok()) return 10;
-    std::string_view parts[] = {"hello"};
-    if ((*connection)->Send(parts, 0).code() != absl::StatusCode::kUnavailable) return 11;
-    sigset_t pending;
-    sigpending(&pending);
-    if (sigismember(&pending, SIGPIPE) != 0) return 12;
+    if (const int failed = SendToADeadReader(); failed != 0) return failed;
     // Unblocked, nothing arrives that would kill us.
     pthread_sigmask(SIG_UNBLOCK, &block, nullptr);
     return 0;
