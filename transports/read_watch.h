@@ -72,7 +72,7 @@ class ReadWatch {
     const int error = reactor_.register_descriptor(fd_, data_);
     if (error != 0) {
       error_ = asio::error_code(error, asio::error::get_system_category());
-      data_ = nullptr;
+      reactor_.cleanup_descriptor_data(data_);  // sets it to null
       return;
     }
     if (mode == kLevel) {

@@ -27,9 +27,7 @@ constexpr size_t kPrefixSize = 4;
 constexpr size_t kInitialBuffer = 64 * 1024;
 // A buffer grown past this for one large message is released once empty.
 constexpr size_t kKeepBuffer = 1024 * 1024;
-// How long a TrySend that found room for a large message waits for the rest
-// if the kernel took only part of it (it should not).
-constexpr int64_t kLargeTrySendBoundNs = 100'000'000;
+
 
 using Iovecs = absl::InlinedVector<struct iovec, 8>;
 
@@ -359,24 +357,23 @@ bool StreamConnection::TrySend(absl::Span<const std::string_view> parts, int /*p
     write_mu_.Unlock();
     return false;
   }
-  // A large message was checked to go whole; should the kernel still take
-  // only part of it (memory pressure on a socket), its rest may wait for the
-  // client only briefly: a loop must not wait on a peer, and a stream left
-  // in the middle of a message can only be closed.
-  const int64_t give_up_ns = small ? kNoDeadline : MonotonicNowNs() + kLargeTrySendBoundNs;
+  // A large message was checked to go whole. Should the kernel still take
+  // only part of it (memory pressure on a socket; a client that shrank its
+  // pipe with F_SETPIPE_SZ), the loop does not wait for the rest: a stream
+  // left in the middle of a message can only be closed, at once.
+  const int64_t give_up_ns = small ? kNoDeadline : 0;
   const bool done = WriteLocked(absl::MakeSpan(iov), /*try_first=*/true, error, give_up_ns);
   write_mu_.Unlock();
   if (done && !small && !error->ok() && absl::IsDeadlineExceeded(*error)) {
-    IPCRPC_LOG(WARNING) << description_ << ": closing: a " << total
-                        << "-byte message the client did not take within "
-                        << kLargeTrySendBoundNs / 1'000'000 << " ms";
+    IPCRPC_LOG(WARNING) << description_ << ": closing: the client took only part of a " << total
+                        << "-byte message";
     Close();
   }
   return done;
 }
 
 bool StreamConnection::EmptyForWriting() {
-  if (write_fd_closed_) return false;
+  if (write_fd_closed_ || write_broken_) return false;
   int queued = -1;
   // A pipe's or FIFO's unread bytes (FIONREAD works on its write end too);
   // a socket's bytes not yet taken by the peer (SIOCOUTQ, which is TIOCOUTQ).
@@ -389,7 +386,7 @@ bool StreamConnection::WriteLocked(absl::Span<struct iovec> iov, bool try_first,
   size_t first = 0;
   bool first_write = true;
   while (first < iov.size()) {
-    if (write_fd_closed_ || closing_.load(std::memory_order_acquire)) {
+    if (write_fd_closed_ || write_broken_ || closing_.load(std::memory_order_acquire)) {
       *result = absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
       if (first_write) *result = MarkNotDelivered(std::move(*result));
       return true;
@@ -411,6 +408,10 @@ bool StreamConnection::WriteLocked(absl::Span<struct iovec> iov, bool try_first,
         if (try_first && first_write) return false;
         absl::Status waited = WaitWritable(give_up_ns);
         if (!waited.ok()) {
+          // Half a message went out: no other message may follow it on this
+          // stream, not even one whose sender takes write_mu_ before the
+          // connection is closed.
+          if (!first_write) write_broken_ = true;
           *result = first_write ? MarkNotDelivered(std::move(waited)) : std::move(waited);
           return true;
         }

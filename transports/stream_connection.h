@@ -112,6 +112,9 @@ class StreamConnection final : public Connection {
 
   Mutex write_mu_;
   bool write_fd_closed_ ABSL_GUARDED_BY(write_mu_) = false;
+  // A write gave up after part of a message went out (a deadline): no other
+  // message may be written after it; the connection is about to close.
+  bool write_broken_ ABSL_GUARDED_BY(write_mu_) = false;
 };
 
 }  // namespace ipcrpc::internal

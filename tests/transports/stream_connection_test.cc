@@ -14,6 +14,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/util/status_matchers.h"
+#include "base/clock.h"
 #include "base/mutex.h"
 
 namespace ipcrpc::internal {
@@ -267,6 +268,40 @@ TEST(StreamConnectionTest, TrySendTakesALargeMessageOnlyIntoAnEmptyPipeOrSocket)
     EXPECT_TRUE((*connection)->TrySend(parts, 0, &error));
     EXPECT_THAT(error, IsOk());
   }
+}
+
+// A send that gives up at its deadline after part of its message went out
+// leaves the stream in the middle of that message: no later send may write
+// after it (the connection is about to be closed by the caller).
+TEST(StreamConnectionTest, NothingIsWrittenAfterHalfAMessage) {
+  PipePair pipes;  // nobody reads b_read yet
+  auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
+                                             false, {}, "c", 8 << 20);
+  ASSERT_THAT(connection, IsOk());
+  const std::string big(1 << 20, 'B');  // more than the pipe holds
+  std::string_view parts[] = {big};
+  const absl::Status half =
+      (*connection)->SendWithin(parts, 0, MonotonicNowNs() + 50'000'000);
+  EXPECT_EQ(half.code(), absl::StatusCode::kDeadlineExceeded) << half;
+  EXPECT_FALSE(IsNotDelivered(half));
+  // Room now: still refused, with nothing of it sent.
+  std::string drained(256 * 1024, '\0');
+  ASSERT_EQ(fcntl(pipes.b_read.get(), F_SETFL, O_NONBLOCK), 0);
+  const ssize_t got = read(pipes.b_read.get(), drained.data(), drained.size());
+  ASSERT_GT(got, 0);
+  std::string_view small[] = {"next"};
+  const absl::Status next = (*connection)->Send(small, 0);
+  EXPECT_EQ(next.code(), absl::StatusCode::kUnavailable) << next;
+  EXPECT_TRUE(IsNotDelivered(next));
+  absl::Status error;
+  EXPECT_TRUE((*connection)->TrySend(small, 0, &error));
+  EXPECT_EQ(error.code(), absl::StatusCode::kUnavailable) << error;
+  // Only the first message's bytes were ever written.
+  drained.resize(static_cast<size_t>(got));
+  char more[64];
+  const ssize_t rest = read(pipes.b_read.get(), more, sizeof(more));
+  EXPECT_EQ(rest, -1);
+  EXPECT_EQ(drained.find("next"), std::string::npos);
 }
 
 }  // namespace

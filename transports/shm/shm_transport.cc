@@ -379,6 +379,10 @@ class ShmConnection final : public Connection {
     char prefix[4];
     PutLe(prefix, total, 4);
     MutexLock lock(&write_mu_);
+    if (write_broken_) {
+      return MarkNotDelivered(
+          absl::UnavailableError(absl::StrCat(description_, ": connection closed")));
+    }
     bool wrote_any = false;
     absl::Status written = WriteAll(std::string_view(prefix, 4), deadline_ns, &wrote_any);
     for (std::string_view part : parts) {
@@ -387,7 +391,9 @@ class ShmConnection final : public Connection {
     if (absl::IsDeadlineExceeded(written)) {
       if (!wrote_any) return MarkNotDelivered(std::move(written));
       // Part of the message is in the ring: the connection cannot carry
-      // another (the caller closes it, see SendWithin).
+      // another (the caller closes it, see SendWithin), and no sender that
+      // takes write_mu_ before that may write after it.
+      write_broken_ = true;
       IPCRPC_LOG(WARNING) << description_ << ": the peer took only part of a " << total
                           << "-byte message before its deadline";
       return written;
@@ -405,6 +411,10 @@ class ShmConnection final : public Connection {
     if (total > max_message_size_) return false;  // Send says why
     if (!write_mu_.TryLock()) return false;
     absl::Cleanup unlock = [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { write_mu_.Unlock(); };
+    if (write_broken_) {
+      *error = absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+      return true;
+    }
     absl::StatusOr<size_t> room = producer_.Room(4 + total);
     if (room.ok() && *room < 4 + total) return false;
     char prefix[4];
@@ -452,7 +462,8 @@ class ShmConnection final : public Connection {
   absl::Status WriteAll(std::string_view bytes, int64_t deadline_ns = kNoDeadline,
                         bool* wrote_any = nullptr) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
     int idle = 0;
-    int64_t full_since_ns = 0;  // when the ring was last found full (0: not now)
+    int64_t full_since_ns = 0;  // when the ring was found full (0: not now)
+    size_t room_made = 0;       // bytes written since then
     while (!bytes.empty()) {
       if (closing_.load()) {
         return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
@@ -467,7 +478,13 @@ class ShmConnection final : public Connection {
       if (*written > 0) {
         if (wrote_any != nullptr) *wrote_any = true;
         idle = 0;
-        full_since_ns = 0;
+        // Only real progress counts: a reader that frees a byte at a time
+        // must not keep the writer yielding forever.
+        room_made += *written;
+        if (room_made >= kPublishEvery) {
+          full_since_ns = 0;
+          room_made = 0;
+        }
         if (!bytes.empty()) PublishAndRing();
         continue;
       }
@@ -655,6 +672,9 @@ class ShmConnection final : public Connection {
   std::atomic<bool> closing_{false};
   std::atomic<asio::io_context*> io_{nullptr};
   Mutex write_mu_;
+  // A send gave up after part of a message went into the ring (a deadline):
+  // nothing may be written after it; the connection is about to close.
+  bool write_broken_ ABSL_GUARDED_BY(write_mu_) = false;
 
   std::atomic<bool> finished_{false};
   ReadRole read_role_;
