@@ -655,6 +655,13 @@ void ChannelCore::RunDeferred() {
         FailAsync(call, connection.status());
         continue;
       }
+      // Its deadline may have passed while the connect, or the start of an
+      // earlier call of the batch (which may wait for room up to its own
+      // deadline), ran: it ends now, unsent.
+      if (call->deadline_ns <= MonotonicNowNs()) {
+        FailAsync(call, DeadlineExceeded(deferred.method));
+        continue;
+      }
       call->defer_connect = false;
       absl::Status started = StartCall(call, deferred.method, deferred.request, deferred.options,
                                        call->deadline_ns, deferred.flags, deferred.head);
