@@ -31,7 +31,6 @@ absl::Status DeferConnect() {
   return status;
 }
 
-
 thread_local uint64_t calls_started_on_this_thread = 0;
 
 TransportOptions ToTransportOptions(const ChannelOptions& options) {

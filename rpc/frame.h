@@ -18,9 +18,9 @@
 #include <utility>
 #include <vector>
 
-#include "base/little_endian.h"  // PutLe, GetLe: every wire field
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "base/little_endian.h"  // PutLe, GetLe: every wire field
 
 namespace ipcrpc::internal {
 

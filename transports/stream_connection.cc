@@ -347,7 +347,7 @@ bool StreamConnection::TrySend(absl::Span<const std::string_view> parts, int /*p
   // Up to PIPE_BUF bytes a non-blocking write to a pipe or FIFO is all or
   // nothing, and so is one to a Unix stream socket (a single buffer): never
   // half a message left for somebody else to finish. A larger message goes
-  // only where it is sure to go whole (FitsWhole, under write_mu_).
+  // only where it is sure to go whole (EmptyForWriting, under write_mu_).
   const bool small = kPrefixSize + total <= PIPE_BUF;
   if (!small && kPrefixSize + total > whole_write_limit_) return false;
   unsigned char prefix[kPrefixSize];
