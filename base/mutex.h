@@ -8,6 +8,9 @@
 // pthread, which TSan intercepts in any library. The interface is the subset
 // of absl's that ipcrpc uses, with the same meaning: a Condition is
 // re-evaluated, with the mutex held, whenever another thread releases it.
+// Mutex is a capability for clang's -Wthread-safety analysis, and so are
+// the scoped locks: what ABSL_GUARDED_BY(mu) names is checked (libstdc++'s
+// std::mutex carries no annotations, so a field guarded by one is not).
 //
 //   Mutex mu;
 //   bool done ABSL_GUARDED_BY(mu) = false;
@@ -49,6 +52,8 @@ class Condition {
  private:
   std::function<bool()> eval_;
 };
+
+class CondVar;
 
 class ABSL_LOCKABLE Mutex {
  public:
@@ -102,24 +107,44 @@ class ABSL_LOCKABLE Mutex {
   // waiters re-evaluate, as on Unlock. After a wake-up the thread has only
   // evaluated its condition: waking the others again would only make them
   // wake each other for nothing.
-  bool Wait(const std::chrono::steady_clock::time_point* deadline, bool wake_others) {
+  bool Wait(const std::chrono::steady_clock::time_point* deadline, bool wake_others)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(this) {
     if (wake_others && waiters_ > 0) cv_.notify_all();
     ++waiters_;
-    std::unique_lock<std::mutex> lock(mu_, std::adopt_lock);
-    bool in_time = true;
-    if (deadline == nullptr) {
-      cv_.wait(lock);
-    } else {
-      in_time = cv_.wait_until(lock, *deadline) == std::cv_status::no_timeout;
-    }
-    lock.release();
+    const bool in_time = WaitOn(cv_, deadline);
     --waiters_;
     return in_time;
   }
 
+  // A CondVar's wait: it releases the mutex too, so Await's waiters
+  // re-evaluate, as on Unlock.
+  bool WaitForCondVar(std::condition_variable& cv,
+                      const std::chrono::steady_clock::time_point* deadline)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(this) {
+    if (waiters_ > 0) cv_.notify_all();
+    return WaitOn(cv, deadline);
+  }
+
+  // Releases mu_ while waiting on `cv`, holds it again on return; false if
+  // `deadline` passed.
+  bool WaitOn(std::condition_variable& cv, const std::chrono::steady_clock::time_point* deadline)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(this) {
+    std::unique_lock<std::mutex> lock(mu_, std::adopt_lock);
+    bool in_time = true;
+    if (deadline == nullptr) {
+      cv.wait(lock);
+    } else {
+      in_time = cv.wait_until(lock, *deadline) == std::cv_status::no_timeout;
+    }
+    lock.release();
+    return in_time;
+  }
+
+  friend class CondVar;
+
   std::mutex mu_;
   std::condition_variable cv_;
-  int waiters_ = 0;  // guarded by mu_
+  int waiters_ ABSL_GUARDED_BY(this) = 0;
 };
 
 class ABSL_SCOPED_LOCKABLE MutexLock {
@@ -131,6 +156,60 @@ class ABSL_SCOPED_LOCKABLE MutexLock {
 
  private:
   Mutex* const mu_;
+};
+
+// As MutexLock, for a scope that lets go of the mutex for a while (as
+// std::unique_lock's unlock and lock): Unlock, then Lock again; the
+// destructor unlocks only if held.
+class ABSL_SCOPED_LOCKABLE ReleasableMutexLock {
+ public:
+  explicit ReleasableMutexLock(Mutex* mu) ABSL_EXCLUSIVE_LOCK_FUNCTION(mu) : mu_(mu) {
+    mu_->Lock();
+  }
+  ~ReleasableMutexLock() ABSL_UNLOCK_FUNCTION() {
+    if (held_) mu_->Unlock();
+  }
+  ReleasableMutexLock(const ReleasableMutexLock&) = delete;
+  ReleasableMutexLock& operator=(const ReleasableMutexLock&) = delete;
+
+  void Unlock() ABSL_UNLOCK_FUNCTION() {
+    mu_->Unlock();
+    held_ = false;
+  }
+  void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() {
+    mu_->Lock();
+    held_ = true;
+  }
+
+ private:
+  Mutex* const mu_;
+  bool held_ = true;
+};
+
+// A condition variable for a Mutex, as CondVar: for code that wakes one
+// waiter, or only at points it chooses (Await wakes every waiter on every
+// unlock). A wait releases the mutex and holds it again when it returns; a
+// wake-up may be spurious, so the caller waits in a loop on its own
+// condition. Signal and SignalAll may be called with or without the mutex.
+class CondVar {
+ public:
+  CondVar() = default;
+  CondVar(const CondVar&) = delete;
+  CondVar& operator=(const CondVar&) = delete;
+
+  void Wait(Mutex* mu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { mu->WaitForCondVar(cv_, nullptr); }
+  // As Wait; false once `deadline` has passed. The steady clock is
+  // CLOCK_MONOTONIC: a wall-clock jump neither shortens nor stretches it.
+  bool WaitUntil(Mutex* mu, std::chrono::steady_clock::time_point deadline)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    return mu->WaitForCondVar(cv_, &deadline);
+  }
+
+  void Signal() { cv_.notify_one(); }
+  void SignalAll() { cv_.notify_all(); }
+
+ private:
+  std::condition_variable cv_;
 };
 
 // A one-shot event, as Notification.

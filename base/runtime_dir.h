@@ -4,8 +4,8 @@
 // missing; refused if it exists but is not a directory owned by us with no
 // access for others (someone could otherwise watch or replace what we put
 // there).
-#ifndef IPCRPC_TRANSPORTS_RUNTIME_DIR_H_
-#define IPCRPC_TRANSPORTS_RUNTIME_DIR_H_
+#ifndef IPCRPC_BASE_RUNTIME_DIR_H_
+#define IPCRPC_BASE_RUNTIME_DIR_H_
 
 #include <string>
 
@@ -21,4 +21,4 @@ absl::Status EnsurePrivateDirectory(const std::string& path);
 
 }  // namespace ipcrpc::internal
 
-#endif  // IPCRPC_TRANSPORTS_RUNTIME_DIR_H_
+#endif  // IPCRPC_BASE_RUNTIME_DIR_H_

@@ -16,7 +16,7 @@
 #include "ipcrpc/ipcrpc.h"
 
 #include "rpc/channel_core.h"
-#include "rpc/frame.h"
+#include "wire/frame.h"
 #include "transports/shm/shm_ring.h"
 
 // GCC sees malloc/free behind operator new/delete and warns of a mismatch

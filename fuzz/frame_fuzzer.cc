@@ -10,8 +10,8 @@
 #include <string_view>
 
 #include "absl/status/status.h"
-#include "rpc/frame.h"
-#include "rpc/status_details.h"
+#include "wire/frame.h"
+#include "wire/status_details.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace ipcrpc::internal;

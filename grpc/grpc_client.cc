@@ -31,7 +31,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
-#include "rpc/status_details.h"
+#include "wire/status_details.h"
 
 namespace ipcrpc::internal {
 namespace {

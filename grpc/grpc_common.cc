@@ -21,7 +21,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/slice.h"
-#include "rpc/status_details.h"
+#include "wire/status_details.h"
 
 namespace ipcrpc::internal {
 namespace {

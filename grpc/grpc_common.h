@@ -15,7 +15,7 @@
 #include "absl/types/span.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/string_ref.h"
-#include "rpc/frame.h"
+#include "wire/frame.h"
 #include "transports/transport.h"
 
 namespace ipcrpc::internal {

@@ -33,7 +33,7 @@
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/server_posix.h"
-#include "rpc/status_details.h"
+#include "wire/status_details.h"
 
 namespace ipcrpc::internal {
 namespace {

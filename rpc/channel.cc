@@ -12,8 +12,8 @@
 #include "ipcrpc/channel.h"
 #include "ipcrpc/server_context.h"
 #include "rpc/channel_core.h"
-#include "rpc/frame.h"
-#include "rpc/status_details.h"
+#include "wire/frame.h"
+#include "wire/status_details.h"
 #include "rpc/server_call_state.h"
 #include "base/mutex.h"
 
@@ -340,7 +340,7 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
       IPCRPC_ASSIGN_OR_RETURN(connection, connect());
     }
     call->SetWhere(connection->next_id.fetch_add(1, std::memory_order_relaxed), connection);
-    for (int i = 0; i < 8; ++i) prefix[8 + i] = static_cast<char>((call->id >> (8 * i)) & 0xff);
+    SetFrameRequestId(call->id, &prefix);
     absl::Status why;
     if (!connection->Insert(call, &why)) return why;
     // A unary call has no head: two parts, as before streams (an empty part
@@ -382,20 +382,20 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
 void ChannelCore::Complete(const std::shared_ptr<PendingCall>& call,
                            absl::StatusOr<std::string> result) {
   if (call->stream != nullptr) {
-    std::lock_guard<std::mutex> lock(call->mu);
+    MutexLock lock(&call->mu);
     // Unless the server ended it, an ended stream reads nothing more.
     if (!call->stream->ended_by_server) call->stream->inbox.clear();
   }
   if (!call->is_async) {
     {
-      std::lock_guard<std::mutex> lock(call->mu);
+      MutexLock lock(&call->mu);
       call->result.emplace(std::move(result));
       call->done = true;
       call->completed.store(true, std::memory_order_release);
     }
     // After unlocking, so the waiter does not wake into a held mutex; `call`
     // is shared, so the condition variable outlives the waiter's return.
-    call->cv.notify_all();
+    call->cv.SignalAll();
     return;
   }
   auto run = [call](absl::StatusOr<std::string> value) {
@@ -484,14 +484,16 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
       connection->transport->ReadUntil(
           deadline_ns, [&call] { return call->completed.load(std::memory_order_acquire); });
     }
-    std::unique_lock<std::mutex> lock(call->mu);
+    ReleasableMutexLock lock(&call->mu);
     if (deadline_ns == kNoDeadline) {
-      call->cv.wait(lock, [&] { return call->done; });
+      while (!call->done) call->cv.Wait(&call->mu);
     } else {
-      call->cv.wait_until(lock, SteadyTimeOf(deadline_ns), [&] { return call->done; });
+      const auto deadline = SteadyTimeOf(deadline_ns);
+      bool in_time = true;
+      while (!call->done && in_time) in_time = call->cv.WaitUntil(&call->mu, deadline);
     }
     if (!call->done) {
-      lock.unlock();
+      lock.Unlock();
       if (auto connection = call->connection.lock()) {
         if (connection->Take(call->id) != nullptr) {
           SendCancel(connection, call->id, /*may_wait=*/false);
@@ -499,8 +501,8 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
         }
       }
       // Someone else took it out and is completing it now.
-      lock.lock();
-      call->cv.wait(lock, [&] { return call->done; });
+      lock.Lock();
+      while (!call->done) call->cv.Wait(&call->mu);
     }
     if (call->result->ok() || !IsNotDelivered(call->result->status())) {
       if (options.response_metadata != nullptr) {
@@ -512,7 +514,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
     // more, on a new connection, within the same deadline.
     absl::Status refused = WithoutDeliveryMark(call->result->status());
     if (attempt > 0 || MonotonicNowNs() >= deadline_ns) return refused;
-    lock.unlock();
+    lock.Unlock();
     call = std::make_shared<PendingCall>(deadline_ns, nullptr);
     call->sink = sink;
   }
@@ -756,7 +758,7 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
         Complete(call, absl::DeadlineExceededError("deadline exceeded"));
       } else if (call->stream != nullptr) {
         {
-          std::lock_guard<std::mutex> lock(call->mu);
+          MutexLock lock(&call->mu);
           call->stream->ended_by_server = true;
         }
         if ((frame->header.flags & kFlagRefused) != 0) connection->Drain();

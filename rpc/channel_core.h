@@ -13,7 +13,6 @@
 #define IPCRPC_RPC_CHANNEL_CORE_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -30,7 +29,7 @@
 #include "asio/io_context.hpp"
 #include "asio/steady_timer.hpp"
 #include "ipcrpc/channel.h"
-#include "rpc/frame.h"
+#include "wire/frame.h"
 #include "transports/transport.h"
 #include "base/mutex.h"
 
@@ -78,8 +77,9 @@ class PendingCall {
       : deadline_ns(deadline), is_async(on_done != nullptr), callback(std::move(on_done)) {}
 
   // A finished sync call that nobody else holds any more, made ready for
-  // the next call of the same thread (no allocation per call).
-  void Reuse(int64_t deadline) {
+  // the next call of the same thread (no allocation per call). No lock: no
+  // other thread can reach the call, which the analysis cannot know.
+  void Reuse(int64_t deadline) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     id = 0;
     deadline_ns = deadline;
     sink = nullptr;
@@ -114,19 +114,19 @@ class PendingCall {
   Callback callback;
   std::optional<asio::steady_timer> timer;  // loop only
 
-  // Sync calls: the waiter blocks here. std::condition_variable waits on
-  // CLOCK_MONOTONIC (wait_until with steady_clock), so a wall-clock jump
-  // neither shortens nor stretches a deadline.
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;  // guarded by mu
+  // Sync calls: the waiter blocks here. CondVar waits on CLOCK_MONOTONIC
+  // (WaitUntil with steady_clock), so a wall-clock jump neither shortens
+  // nor stretches a deadline.
+  Mutex mu;
+  CondVar cv;
+  bool done ABSL_GUARDED_BY(mu) = false;
   // Sync calls through CallMethodInto: where a successful response goes.
   // Written only by whoever took the call out of its table, while the
   // caller waits.
   std::string* sink = nullptr;
   // Set with `done`: what a caller reading its own response polls.
   std::atomic<bool> completed{false};
-  std::optional<absl::StatusOr<std::string>> result;  // guarded by mu
+  std::optional<absl::StatusOr<std::string>> result ABSL_GUARDED_BY(mu);
   // The RESPONSE's metadata (ServerContext::AddResponseMetadata): written,
   // like `sink`, only by whoever took the call out of its table, before it
   // completes; read by the caller after.

@@ -19,7 +19,7 @@
 #include "ipcrpc/server_context.h"
 #include "ipcrpc/stream.h"
 #include "rpc/channel_core.h"
-#include "rpc/frame.h"
+#include "wire/frame.h"
 #include "rpc/server_call_state.h"
 
 namespace ipcrpc {
@@ -38,15 +38,15 @@ int64_t TakeGrant(ClientStreamState& stream) {
   return grant;
 }
 
-// With `lock` (of call->mu) held: waits for a notification, or until the
-// call's deadline. False once the deadline has passed.
-bool WaitForProgress(PendingCall& call, std::unique_lock<std::mutex>& lock) {
+// Waits for a notification, or until the call's deadline. False once the
+// deadline has passed.
+bool WaitForProgress(PendingCall& call) ABSL_EXCLUSIVE_LOCKS_REQUIRED(call.mu) {
   if (call.deadline_ns == kNoDeadline) {
-    call.cv.wait(lock);
+    call.cv.Wait(&call.mu);
     return true;
   }
   if (MonotonicNowNs() >= call.deadline_ns) return false;
-  call.cv.wait_until(lock, SteadyTimeOf(call.deadline_ns));
+  call.cv.WaitUntil(&call.mu, SteadyTimeOf(call.deadline_ns));
   return MonotonicNowNs() < call.deadline_ns;
 }
 
@@ -184,8 +184,8 @@ void ChannelCore::ExpireStream(const std::shared_ptr<PendingCall>& call) {
   if (connection == nullptr || connection->Take(call->id, /*drain=*/true) == nullptr) {
     // Somebody else took it and is completing it (perhaps blocked in a
     // send): wait for that, without spinning on a passed deadline.
-    std::unique_lock<std::mutex> lock(call->mu);
-    call->cv.wait(lock, [&call] { return call->done; });
+    MutexLock lock(&call->mu);
+    while (!call->done) call->cv.Wait(&call->mu);
     return;
   }
   SendCancel(connection, call->id, /*may_wait=*/false);
@@ -209,15 +209,15 @@ bool ChannelCore::StreamWrite(const std::shared_ptr<PendingCall>& call,
   }
   std::lock_guard<std::mutex> send_lock(stream.send_mu);
   {
-    std::unique_lock<std::mutex> lock(call->mu);
+    ReleasableMutexLock lock(&call->mu);
     for (;;) {
       if (call->done || stream.writes_done) return false;
       // Room while anything of the window is left (the message may use
       // more than what is left: a writer never waits for room that a
       // large message could never get).
       if (stream.sent < stream.send_limit) break;
-      if (!WaitForProgress(*call, lock)) {
-        lock.unlock();
+      if (!WaitForProgress(*call)) {
+        lock.Unlock();
         ExpireStream(call);
         return false;
       }
@@ -230,7 +230,7 @@ bool ChannelCore::StreamWrite(const std::shared_ptr<PendingCall>& call,
 bool ChannelCore::StreamWritesDone(const std::shared_ptr<PendingCall>& call) {
   std::lock_guard<std::mutex> send_lock(call->stream->send_mu);
   {
-    std::lock_guard<std::mutex> lock(call->mu);
+    MutexLock lock(&call->mu);
     if (call->done) return false;
     if (call->stream->writes_done) return true;
     call->stream->writes_done = true;
@@ -240,22 +240,22 @@ bool ChannelCore::StreamWritesDone(const std::shared_ptr<PendingCall>& call) {
 
 bool ChannelCore::StreamRead(const std::shared_ptr<PendingCall>& call, std::string* message) {
   ClientStreamState& stream = *call->stream;
-  std::unique_lock<std::mutex> lock(call->mu);
+  ReleasableMutexLock lock(&call->mu);
   for (;;) {
     if (!stream.inbox.empty() && (!call->done || stream.ended_by_server)) {
       message->swap(stream.inbox.front());
       stream.inbox.pop_front();
       stream.consumed_ungranted += StreamCost(message->size());
       const int64_t grant = call->done ? 0 : TakeGrant(stream);
-      lock.unlock();
+      lock.Unlock();
       SendGrant(call, grant);
       return true;
     }
     if (call->done) return false;
-    if (!WaitForProgress(*call, lock)) {
-      lock.unlock();
+    if (!WaitForProgress(*call)) {
+      lock.Unlock();
       ExpireStream(call);
-      lock.lock();
+      lock.Lock();
     }
   }
 }
@@ -265,7 +265,7 @@ absl::Status ChannelCore::StreamFinish(const std::shared_ptr<PendingCall>& call)
   ClientStreamState& stream = *call->stream;
   int64_t grant = 0;
   {
-    std::lock_guard<std::mutex> lock(call->mu);
+    MutexLock lock(&call->mu);
     // What is not read is dropped, and granted back, so that a server
     // blocked on its window can finish.
     stream.discard = true;
@@ -280,12 +280,12 @@ absl::Status ChannelCore::StreamFinish(const std::shared_ptr<PendingCall>& call)
     }
   }
   SendGrant(call, grant);
-  std::unique_lock<std::mutex> lock(call->mu);
+  ReleasableMutexLock lock(&call->mu);
   while (!call->done) {
-    if (!WaitForProgress(*call, lock)) {
-      lock.unlock();
+    if (!WaitForProgress(*call)) {
+      lock.Unlock();
       ExpireStream(call);
-      lock.lock();
+      lock.Lock();
     }
   }
   if (stream.response_metadata != nullptr) *stream.response_metadata = call->response_metadata;
@@ -314,10 +314,10 @@ void ChannelCore::OnStreamFrame(const std::shared_ptr<ClientConnection>& connect
   ClientStreamState& stream = *call->stream;
   if (frame.header.type == FrameType::kWindow) {
     {
-      std::lock_guard<std::mutex> lock(call->mu);
+      MutexLock lock(&call->mu);
       stream.send_limit += static_cast<int64_t>(GetLe(frame.payload.data(), 8));
     }
-    call->cv.notify_all();
+    call->cv.SignalAll();
     return;
   }
   const int64_t cost = StreamCost(frame.payload.size());
@@ -325,7 +325,7 @@ void ChannelCore::OnStreamFrame(const std::shared_ptr<ClientConnection>& connect
   bool deliver = false;
   bool over_window = false;
   {
-    std::lock_guard<std::mutex> lock(call->mu);
+    MutexLock lock(&call->mu);
     over_window = stream.received >= stream.receive_limit;
     if (!over_window) stream.received += cost;
     if (over_window) {
@@ -354,7 +354,7 @@ void ChannelCore::OnStreamFrame(const std::shared_ptr<ClientConnection>& connect
       if (call->callback && call->stream->on_message) call->stream->on_message(message);
       int64_t granted = 0;
       {
-        std::lock_guard<std::mutex> lock(call->mu);
+        MutexLock lock(&call->mu);
         call->stream->consumed_ungranted += cost;
         granted = TakeGrant(*call->stream);
       }
@@ -363,7 +363,7 @@ void ChannelCore::OnStreamFrame(const std::shared_ptr<ClientConnection>& connect
     return;
   }
   if (grant == 0) {
-    call->cv.notify_all();
+    call->cv.SignalAll();
   } else {
     SendGrant(call, grant);
   }

@@ -24,20 +24,20 @@ void HandlerScheduler::Post(int priority, int64_t deadline_ns,
                             absl::AnyInvocable<void() &&> task) {
   bool wake = false;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (priority < kControlPriority) queued_calls_.fetch_add(1, std::memory_order_release);
     queue_.push(Task{priority, deadline_ns, next_sequence_++, std::move(task)});
     wake = idle_ > 0;
   }
-  if (wake) work_.notify_one();
+  if (wake) work_.Signal();
 }
 
 void HandlerScheduler::Join() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
-  work_.notify_all();
+  work_.SignalAll();
   for (std::thread& thread : threads_) {
     if (thread.joinable()) thread.join();
   }
@@ -47,10 +47,10 @@ void HandlerScheduler::Work() {
   for (;;) {
     absl::AnyInvocable<void() &&> run;
     {
-      std::unique_lock<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       while (queue_.empty() && !stopping_) {
         ++idle_;
-        work_.wait(lock);
+        work_.Wait(&mu_);
         --idle_;
       }
       if (queue_.empty()) return;  // stopping, and nothing left
@@ -65,17 +65,17 @@ void HandlerScheduler::Work() {
 }
 
 bool StreamThreads::Run(absl::AnyInvocable<void() &&> task) {
-  std::unique_lock<std::mutex> lock(mu_);
+  ReleasableMutexLock lock(&mu_);
   if (stopping_) return false;
   const uint64_t id = next_task_++;
   tasks_.emplace_back(id, std::move(task));
   if (idle_ >= static_cast<int>(tasks_.size())) {
-    lock.unlock();
-    work_.notify_one();
+    lock.Unlock();
+    work_.Signal();
     return true;
   }
   ++live_;
-  lock.unlock();
+  lock.Unlock();
   // Detached: Join waits for `live_` to reach zero instead, so that threads
   // that left after idling need no joining.
   try {
@@ -86,8 +86,8 @@ bool StreamThreads::Run(absl::AnyInvocable<void() &&> task) {
   } catch (const std::system_error&) {
     // No thread (EAGAIN: the system's limit). Take the task back, unless a
     // thread that became idle meanwhile took it (then it runs).
-    lock.lock();
-    if (--live_ == 0) gone_.notify_all();
+    lock.Lock();
+    if (--live_ == 0) gone_.SignalAll();
     for (auto it = tasks_.begin(); it != tasks_.end(); ++it) {
       if (it->first == id) {
         tasks_.erase(it);
@@ -100,31 +100,32 @@ bool StreamThreads::Run(absl::AnyInvocable<void() &&> task) {
 }
 
 void StreamThreads::Join() {
-  std::unique_lock<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   stopping_ = true;
-  work_.notify_all();
-  gone_.wait(lock, [this] { return live_ == 0; });
+  work_.SignalAll();
+  while (live_ != 0) gone_.Wait(&mu_);
 }
 
 void StreamThreads::Work() {
-  std::unique_lock<std::mutex> lock(mu_);
+  ReleasableMutexLock lock(&mu_);
   for (;;) {
-    while (tasks_.empty() && !stopping_) {
+    if (tasks_.empty() && !stopping_) {
       ++idle_;
-      const bool woken = work_.wait_for(lock, std::chrono::milliseconds(kIdleExitMs),
-                                        [this] { return !tasks_.empty() || stopping_; });
+      const auto deadline =
+          std::chrono::steady_clock::now() + std::chrono::milliseconds(kIdleExitMs);
+      bool in_time = true;
+      while (tasks_.empty() && !stopping_ && in_time) in_time = work_.WaitUntil(&mu_, deadline);
       --idle_;
-      if (!woken) break;
     }
     if (tasks_.empty()) break;  // stopping, or idle for long
     absl::AnyInvocable<void() &&> run = std::move(tasks_.front().second);
     tasks_.pop_front();
-    lock.unlock();
+    lock.Unlock();
     std::move(run)();
     run = nullptr;  // what the task held goes before the thread counts as idle
-    lock.lock();
+    lock.Lock();
   }
-  if (--live_ == 0) gone_.notify_all();
+  if (--live_ == 0) gone_.SignalAll();
 }
 
 }  // namespace ipcrpc::internal

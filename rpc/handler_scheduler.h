@@ -6,10 +6,8 @@
 #define IPCRPC_RPC_HANDLER_SCHEDULER_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
-#include <mutex>
 #include <utility>
 #include <queue>
 #include <thread>
@@ -17,6 +15,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
+#include "base/mutex.h"
 
 namespace ipcrpc::internal {
 
@@ -58,11 +57,11 @@ class HandlerScheduler {
 
   void Work();
 
-  // A plain mutex and condition variable, not Mutex/Await: Post wakes one
-  // idle thread, and nothing else wakes anybody (an Await would wake every
-  // idle thread on every unlock).
-  std::mutex mu_;
-  std::condition_variable work_;
+  // A condition variable, not Await: Post wakes one idle thread, and
+  // nothing else wakes anybody (an Await would wake every idle thread on
+  // every unlock).
+  Mutex mu_;
+  CondVar work_;
   std::priority_queue<Task, std::vector<Task>, Later> queue_ ABSL_GUARDED_BY(mu_);
   uint64_t next_sequence_ ABSL_GUARDED_BY(mu_) = 0;
   int idle_ ABSL_GUARDED_BY(mu_) = 0;
@@ -96,9 +95,9 @@ class StreamThreads {
  private:
   void Work();
 
-  std::mutex mu_;
-  std::condition_variable work_;
-  std::condition_variable gone_;
+  Mutex mu_;
+  CondVar work_;
+  CondVar gone_;
   std::deque<std::pair<uint64_t, absl::AnyInvocable<void() &&>>> tasks_ ABSL_GUARDED_BY(mu_);
   uint64_t next_task_ ABSL_GUARDED_BY(mu_) = 0;
   int idle_ ABSL_GUARDED_BY(mu_) = 0;

@@ -25,11 +25,11 @@
 #include "base/status_macros.h"
 #include "base/strings.h"
 #include "rpc/builtin_services.h"
-#include "rpc/frame.h"
+#include "wire/frame.h"
 #include "rpc/handler_scheduler.h"
 #include "rpc/server_call_state.h"
 #include "rpc/server_registry.h"
-#include "rpc/status_details.h"
+#include "wire/status_details.h"
 #include "transports/transport.h"
 #include "base/mutex.h"
 

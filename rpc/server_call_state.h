@@ -21,7 +21,7 @@
 #include "absl/status/status.h"
 #include "asio/steady_timer.hpp"
 #include "base/clock.h"
-#include "rpc/frame.h"
+#include "wire/frame.h"
 #include "base/mutex.h"
 
 namespace ipcrpc::internal {

@@ -21,7 +21,7 @@
 #include "base/strings.h"
 #include "base/syscall.h"
 #include "google/protobuf/util/json_util.h"
-#include "transports/runtime_dir.h"
+#include "base/runtime_dir.h"
 
 namespace ipcrpc::internal {
 namespace {

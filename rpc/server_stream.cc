@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/clock.h"
 #include "ipcrpc/stream.h"
-#include "rpc/frame.h"
+#include "wire/frame.h"
 #include "rpc/server_call_state.h"
 
 namespace ipcrpc {

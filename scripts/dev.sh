@@ -4,6 +4,7 @@
 #   bash scripts/dev.sh example   # install what is missing, build, run the echo pair
 #   bash scripts/dev.sh test      # install what is missing, build, run every test
 #   bash scripts/dev.sh fuzz 600  # the libFuzzer targets, 600 s each (clang)
+#   bash scripts/dev.sh tsa       # the runtime built by clang with -Wthread-safety -Werror
 #
 # Environment: BUILD_DIR (default build), IPCRPC_WERROR=ON, IPCRPC_SANITIZE=address|thread,
 # BUILD_TYPE (default RelWithDebInfo), JOBS (default 2), IPCRPC_CMAKE_ARGS (more -D options),
@@ -111,6 +112,22 @@ run_fuzz() {
   done
 }
 
+# The runtime (library, tools, gRPC bridge; not the tests) built with
+# clang's -Wthread-safety and -Werror in build-clang-tsa/: the lock
+# annotations (ABSL_GUARDED_BY and the rest, on base/mutex.h's Mutex) are
+# checked, and a field read without its lock fails the build. Debug: the
+# analysis does not depend on optimisation, and Debug compiles faster.
+run_tsa() {
+  PACKAGES+=(clang-14)
+  install_missing "${PACKAGES[@]}"
+  local dir=build-clang-tsa
+  CXX=clang++-14 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Debug -DIPCRPC_WERROR=ON \
+    -DCMAKE_CXX_FLAGS=-Wthread-safety \
+    -DIPCRPC_BUILD_TESTS=OFF -DIPCRPC_BUILD_EXAMPLES=OFF -DIPCRPC_BUILD_BENCH=OFF \
+    $(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
+  cmake --build "$dir" -j "$JOBS"
+}
+
 case "${1:-}" in
   example) install_missing "${PACKAGES[@]}"; configure_and_build; run_example ;;
   test) install_missing "${PACKAGES[@]}"; configure_and_build; run_tests ;;
@@ -121,5 +138,6 @@ case "${1:-}" in
       $(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
     cmake --build "$BUILD_DIR" -j "$JOBS" --target "$2" ;;
   fuzz) run_fuzz "${2:-30}" ;;  # fuzz [SECONDS]: each libFuzzer target for SECONDS
-  *) echo "usage: $0 example|test|build-target TARGET|fuzz [SECONDS]" >&2; exit 2 ;;
+  tsa) run_tsa ;;
+  *) echo "usage: $0 example|test|build-target TARGET|fuzz [SECONDS]|tsa" >&2; exit 2 ;;
 esac

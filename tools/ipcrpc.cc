@@ -320,7 +320,7 @@ struct Schema {
 // A plain gRPC server (not ipcrpc) describes its services through gRPC's
 // standard reflection service: one bidirectional stream on which each
 // request gets one response. Its few messages are coded here by hand, as
-// rpc/status_details.cc codes google.rpc.Status: nothing is vendored, and
+// wire/status_details.cc codes google.rpc.Status: nothing is vendored, and
 // the tool needs neither gRPC's headers nor its reflection library.
 // grpc/reflection/v1alpha/reflection.proto:
 //   ServerReflectionRequest { string host = 1; oneof { string file_by_filename = 3;

@@ -18,7 +18,7 @@
 #include "transports/fifo/fifo_transport.h"
 #include "transports/mq/mq_transport.h"
 #include "transports/named_object.h"
-#include "transports/runtime_dir.h"
+#include "base/runtime_dir.h"
 #include "transports/transport.h"
 #include "transports/unix/unix_transport.h"
 

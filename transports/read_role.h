@@ -13,11 +13,12 @@
 #ifndef IPCRPC_TRANSPORTS_READ_ROLE_H_
 #define IPCRPC_TRANSPORTS_READ_ROLE_H_
 
-#include <mutex>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/functional/function_ref.h"
+#include "base/mutex.h"
 #include "transports/transport.h"
 
 namespace ipcrpc::internal {
@@ -31,21 +32,21 @@ class ReadRole {
   // nobody reads at first: nothing is expected yet (the first caller reads
   // what the connection's start brought).
   void SetPolicy(absl::AnyInvocable<bool()> keep_loop_reading) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     keep_loop_reading_ = std::move(keep_loop_reading);
     holder_ = Holder::kNobody;
   }
 
   // On the loop, when the connection starts: whether the loop reads now.
   bool LoopReadsAtStart() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     return holder_ == Holder::kLoop;
   }
 
   // A caller takes the role if nobody holds it (and the connection has not
   // finished).
   bool TryTakeForCaller() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (holder_ != Holder::kNobody || finished_) return false;
     holder_ = Holder::kCaller;
     return true;
@@ -59,7 +60,7 @@ class ReadRole {
   };
   // The caller is done reading.
   AfterCaller ReleaseFromCaller() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (finished_) {
       holder_ = Holder::kNobody;
       return AfterCaller::kFinished;
@@ -71,7 +72,7 @@ class ReadRole {
   // The loop has read everything there was: true if it goes on watching,
   // false if it stops (nobody reads until a caller or EnsureReader).
   bool LoopKeepsReading() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (holder_ == Holder::kLoop && !KeepLoopReadingLocked()) holder_ = Holder::kNobody;
     return holder_ == Holder::kLoop;
   }
@@ -80,7 +81,7 @@ class ReadRole {
   // nobody was reading, and the role is now the loop's (the caller makes the
   // loop start). A caller reading hands over when it is done.
   bool EnsureReader() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (holder_ != Holder::kNobody || finished_) return false;
     holder_ = Holder::kLoop;
     return true;
@@ -114,18 +115,20 @@ class ReadRole {
   // The connection ended (on the loop): true if a caller is reading right
   // now, so the reading state must be left alone until it lets go.
   bool Finish() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     finished_ = true;
     return holder_ == Holder::kCaller;
   }
 
  private:
-  bool KeepLoopReadingLocked() { return !keep_loop_reading_ || keep_loop_reading_(); }
+  bool KeepLoopReadingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !keep_loop_reading_ || keep_loop_reading_();
+  }
 
-  std::mutex mu_;
-  Holder holder_ = Holder::kLoop;
-  bool finished_ = false;
-  absl::AnyInvocable<bool()> keep_loop_reading_;
+  Mutex mu_;
+  Holder holder_ ABSL_GUARDED_BY(mu_) = Holder::kLoop;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  absl::AnyInvocable<bool()> keep_loop_reading_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace ipcrpc::internal

@@ -1,4 +1,4 @@
-#include "rpc/frame.h"
+#include "wire/frame.h"
 
 #include <cstring>
 
@@ -94,6 +94,12 @@ absl::Status EncodeFramePrefix(const FrameHeader& header, std::string_view name,
     out->append(value);
   }
   return absl::OkStatus();
+}
+
+void SetFrameRequestId(uint64_t request_id, std::string* prefix) {
+  // docs/PROTOCOL.md: magic 4, version 1, type 1, flags 2, then the id.
+  constexpr size_t kRequestIdOffset = 8;
+  PutLe(prefix->data() + kRequestIdOffset, request_id, 8);
 }
 
 absl::StatusOr<FrameView> DecodeFrame(std::string_view bytes, size_t max_payload_size) {

@@ -8,8 +8,8 @@
 // anything is allocated or copied; a frame that fails is reported as
 // DATA_LOSS (corrupt), RESOURCE_EXHAUSTED (over a limit) or
 // FAILED_PRECONDITION (a protocol version we do not speak).
-#ifndef IPCRPC_RPC_FRAME_H_
-#define IPCRPC_RPC_FRAME_H_
+#ifndef IPCRPC_WIRE_FRAME_H_
+#define IPCRPC_WIRE_FRAME_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -107,6 +107,11 @@ absl::Status EncodeFramePrefix(const FrameHeader& header, std::string_view name,
                                const Metadata& metadata, size_t payload_size,
                                size_t max_payload_size, std::string* out);
 
+// Rewrites the request id in a prefix EncodeFramePrefix wrote, leaving the
+// rest as it is: a call's frame is encoded before the call has a connection,
+// which numbers it.
+void SetFrameRequestId(uint64_t request_id, std::string* prefix);
+
 // Decodes one whole frame; see the file comment for the errors.
 absl::StatusOr<FrameView> DecodeFrame(std::string_view bytes, size_t max_payload_size);
 
@@ -129,4 +134,4 @@ inline int64_t StreamCost(size_t payload_size) {
 
 }  // namespace ipcrpc::internal
 
-#endif  // IPCRPC_RPC_FRAME_H_
+#endif  // IPCRPC_WIRE_FRAME_H_

@@ -1,4 +1,4 @@
-#include "rpc/status_details.h"
+#include "wire/status_details.h"
 
 #include <cstdint>
 #include <utility>

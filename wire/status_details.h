@@ -9,14 +9,14 @@
 // encoding is written and read here by hand (three fields), so that the
 // runtime does not define a google.rpc.Status of its own that would clash
 // with a user's copy of googleapis.
-#ifndef IPCRPC_RPC_STATUS_DETAILS_H_
-#define IPCRPC_RPC_STATUS_DETAILS_H_
+#ifndef IPCRPC_WIRE_STATUS_DETAILS_H_
+#define IPCRPC_WIRE_STATUS_DETAILS_H_
 
 #include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
-#include "rpc/frame.h"
+#include "wire/frame.h"
 
 namespace ipcrpc::internal {
 
@@ -39,4 +39,4 @@ Metadata TakeResponseMetadata(std::string_view block, absl::Status* status);
 
 }  // namespace ipcrpc::internal
 
-#endif  // IPCRPC_RPC_STATUS_DETAILS_H_
+#endif  // IPCRPC_WIRE_STATUS_DETAILS_H_

@@ -22,7 +22,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "ipcrpc/ipcrpc.h"
-#include "rpc/frame.h"
+#include "wire/frame.h"
 #include "tests/conformance/conformance_server_process.h"
 #include "tests/conformance/test_service.h"
 #include "tests/util/process.h"

@@ -26,7 +26,7 @@
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
 #include "transports/leftovers.h"
-#include "transports/runtime_dir.h"
+#include "base/runtime_dir.h"
 #include "transports/mq/mq_transport.h"
 
 namespace ipcrpc::testing {

@@ -30,7 +30,7 @@
 #include "gtest/gtest.h"
 #include "ipcrpc/introspection.pb.h"
 #include "base/mutex.h"
-#include "rpc/frame.h"
+#include "wire/frame.h"
 #include "tests/conformance/conformance_server_process.h"
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"

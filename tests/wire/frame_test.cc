@@ -1,5 +1,5 @@
-#include "rpc/frame.h"
-#include "rpc/status_details.h"
+#include "wire/frame.h"
+#include "wire/status_details.h"
 
 #include <cstring>
 
@@ -68,6 +68,22 @@ TEST(FrameTest, HeaderLayoutIsTheDocumentedOne) {
   EXPECT_EQ(bytes[26], 4);                      // status code
   EXPECT_EQ(bytes[28], 4);                      // name length
   EXPECT_EQ(bytes[36], 2);                      // payload length
+}
+
+TEST(FrameTest, SetFrameRequestIdChangesOnlyTheId) {
+  const std::string original = ValidRequest();
+  std::string bytes = original;
+  SetFrameRequestId(0xfedcba9876543210, &bytes);
+  auto frame = DecodeFrame(bytes, kMax);
+  ASSERT_THAT(frame, IsOk());
+  EXPECT_EQ(frame->header.request_id, 0xfedcba9876543210u);
+  // Every other byte is as encoded.
+  ASSERT_EQ(bytes.size(), original.size());
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    if (i < 8 || i >= 16) {
+      EXPECT_EQ(bytes[i], original[i]) << "byte " << i;
+    }
+  }
 }
 
 TEST(FrameTest, EmptyPayloadAndNoMetadata) {

@@ -24,7 +24,7 @@
 #include "base/syscall.h"
 #include "transports/descriptor_watch.h"
 #include "transports/named_object.h"
-#include "transports/runtime_dir.h"
+#include "base/runtime_dir.h"
 #include "transports/stream_connection.h"
 
 namespace ipcrpc::internal {

@@ -354,37 +354,9 @@ class MqConnection final : public Connection {
     for (std::string_view part : parts) total += part.size();
     if (total > write_message_size_ - kMqHeaderSize) return false;
     if (!write_mu_.TryLock()) return false;
-    absl::Cleanup unlock = [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { write_mu_.Unlock(); };
-    if (closing_.load()) {
-      *error = absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
-      return true;
-    }
-    MqHeader header;
-    header.kind = MqKind::kData;
-    header.sequence = next_sequence_;
-    header.connection = connection_id_;
-    header.total_length = static_cast<uint32_t>(total);
-    header.offset = 0;
-    header.last = true;
-    EncodeMqHeader(header, send_buffer_.data());
-    size_t filled = kMqHeaderSize;
-    for (std::string_view part : parts) {
-      if (part.empty()) continue;  // its data() may be null
-      std::memcpy(send_buffer_.data() + filled, part.data(), part.size());
-      filled += part.size();
-    }
-    const unsigned mq_priority = static_cast<unsigned>(std::clamp(priority, 0, 31));
-    for (;;) {
-      if (mq_send(write_queue_.get(), send_buffer_.data(), filled, mq_priority) == 0) {
-        ++next_sequence_;
-        *error = absl::OkStatus();
-        return true;
-      }
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) return false;  // full: nothing sent
-      *error = ErrnoStatus(errno, "mq_send", description_);
-      return true;
-    }
+    const bool done = TrySendLocked(parts, total, priority, error);
+    write_mu_.Unlock();
+    return done;
   }
 
   absl::Status Send(absl::Span<const std::string_view> parts, int priority) override {
@@ -487,6 +459,41 @@ class MqConnection final : public Connection {
   const std::string& description() const override { return description_; }
 
  private:
+  // TrySend's work, with write_mu_ held: `total` bytes of `parts`.
+  bool TrySendLocked(absl::Span<const std::string_view> parts, size_t total, int priority,
+                     absl::Status* error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
+    if (closing_.load()) {
+      *error = absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+      return true;
+    }
+    MqHeader header;
+    header.kind = MqKind::kData;
+    header.sequence = next_sequence_;
+    header.connection = connection_id_;
+    header.total_length = static_cast<uint32_t>(total);
+    header.offset = 0;
+    header.last = true;
+    EncodeMqHeader(header, send_buffer_.data());
+    size_t filled = kMqHeaderSize;
+    for (std::string_view part : parts) {
+      if (part.empty()) continue;  // its data() may be null
+      std::memcpy(send_buffer_.data() + filled, part.data(), part.size());
+      filled += part.size();
+    }
+    const unsigned mq_priority = static_cast<unsigned>(std::clamp(priority, 0, 31));
+    for (;;) {
+      if (mq_send(write_queue_.get(), send_buffer_.data(), filled, mq_priority) == 0) {
+        ++next_sequence_;
+        *error = absl::OkStatus();
+        return true;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return false;  // full: nothing sent
+      *error = ErrnoStatus(errno, "mq_send", description_);
+      return true;
+    }
+  }
+
   absl::Status SendOne(const char* data, size_t size, unsigned priority, int64_t deadline_ns)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
     for (;;) {

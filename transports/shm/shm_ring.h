@@ -78,9 +78,13 @@ class ShmRingProducer {
   // woken (the caller rings its doorbell).
   bool Publish();
 
-  // Tells the consumer that nothing more will come (the connection closes).
-  // One atomic store: safe from any thread, beside a writer.
-  void MarkClosed() { control_->producer_closed.store(1, std::memory_order_release); }
+  // Tells the consumer of the ring `control` belongs to that nothing more
+  // will come (the connection closes). One atomic store: safe from any
+  // thread, beside a writer. Static, so that it needs no access to the
+  // producer, which its owner guards with the writers' lock.
+  static void MarkClosed(ShmRingControl* control) {
+    control->producer_closed.store(1, std::memory_order_release);
+  }
 
  private:
   ShmRingControl* const control_;

@@ -18,7 +18,6 @@
 #include <string>
 #include <vector>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
@@ -228,6 +227,7 @@ class ShmConnection final : public Connection {
         region_(std::move(region)),
         consumer_(region_->control(in), region_->data(in), region_->ring_size),
         producer_(region_->control(out), region_->data(out), region_->ring_size),
+        out_control_(region_->control(out)),
         doorbell_(std::move(doorbell)),
         self_bell_(std::move(self_bell)),
         peer_(peer),
@@ -410,7 +410,32 @@ class ShmConnection final : public Connection {
     for (std::string_view part : parts) total += part.size();
     if (total > max_message_size_) return false;  // Send says why
     if (!write_mu_.TryLock()) return false;
-    absl::Cleanup unlock = [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { write_mu_.Unlock(); };
+    const bool done = TrySendLocked(parts, total, error);
+    write_mu_.Unlock();
+    return done;
+  }
+
+  void Close() override {
+    if (closing_.exchange(true)) return;
+    // The peer sees it at once: in the ring, and by EOF. (MarkClosed is one
+    // atomic store: no write_mu_, which a failing Send holds when it closes.)
+    ShmRingProducer::MarkClosed(out_control_);
+    ::shutdown(socket_.get(), SHUT_RDWR);
+    if (asio::io_context* io = io_.load(); io != nullptr) {
+      auto self = std::static_pointer_cast<ShmConnection>(shared_from_this());
+      asio::post(*io, [self] {
+        self->Finish(absl::CancelledError(absl::StrCat(self->description_, ": closed")));
+      });
+    }
+  }
+
+  const PeerCredentials& peer() const override { return peer_; }
+  const std::string& description() const override { return description_; }
+
+ private:
+  // TrySend's work, with write_mu_ held: `total` bytes of `parts`.
+  bool TrySendLocked(absl::Span<const std::string_view> parts, size_t total, absl::Status* error)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
     if (write_broken_) {
       *error = absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
       return true;
@@ -427,24 +452,6 @@ class ShmConnection final : public Connection {
     return true;
   }
 
-  void Close() override {
-    if (closing_.exchange(true)) return;
-    // The peer sees it at once: in the ring, and by EOF. (MarkClosed is one
-    // atomic store: no write_mu_, which a failing Send holds when it closes.)
-    producer_.MarkClosed();
-    ::shutdown(socket_.get(), SHUT_RDWR);
-    if (asio::io_context* io = io_.load(); io != nullptr) {
-      auto self = std::static_pointer_cast<ShmConnection>(shared_from_this());
-      asio::post(*io, [self] {
-        self->Finish(absl::CancelledError(absl::StrCat(self->description_, ": closed")));
-      });
-    }
-  }
-
-  const PeerCredentials& peer() const override { return peer_; }
-  const std::string& description() const override { return description_; }
-
- private:
   void PublishAndRing() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_) {
     if (producer_.Publish()) Ring(doorbell_.get());
   }
@@ -636,7 +643,7 @@ class ShmConnection final : public Connection {
     // A direct reader may be inside Take: the ring state and the handler
     // stay until the connection is destroyed.
     const bool caller_reads = read_role_.Finish();
-    producer_.MarkClosed();
+    ShmRingProducer::MarkClosed(out_control_);
     ::shutdown(socket_.get(), SHUT_RDWR);
     if (socket_watch_.has_value()) {
       socket_watch_->release();
@@ -662,7 +669,9 @@ class ShmConnection final : public Connection {
   const UniqueFd socket_;
   const std::shared_ptr<Region> region_;
   ShmRingConsumer consumer_;  // the read role's holder only
-  ShmRingProducer producer_ ABSL_GUARDED_BY(write_mu_);  // MarkClosed: any thread
+  ShmRingProducer producer_ ABSL_GUARDED_BY(write_mu_);
+  // The ring producer_ writes, for MarkClosed: any thread, without write_mu_.
+  ShmRingControl* const out_control_;
   const UniqueFd doorbell_;
   const UniqueFd self_bell_;
   const PeerCredentials peer_;
