@@ -534,7 +534,7 @@ Call ChannelCore::CallAsync(std::string_view method, std::string_view request,
       std::move(done)(std::move(result));
     };
   }
-  Call handle(weak_from_this(), call);
+  Call handle = Channel::Core::CallHandle(*this, call);
   auto fail = [&](absl::Status status) {
     FailAsync(call, std::move(status));  // never on the caller's stack: through the loop
     return handle;
@@ -844,7 +844,15 @@ void Call::Cancel() {
   if (core != nullptr && call != nullptr) core->Cancel(call);
 }
 
-Channel::Channel(std::shared_ptr<internal::ChannelCore> core) : core_(std::move(core)) {}
+absl::StatusOr<std::shared_ptr<Channel>> Channel::Core::Open(
+    std::unique_ptr<internal::Connector> connector, const ChannelOptions& options) {
+  auto core = std::make_shared<Core>(std::move(connector), options);
+  IPCRPC_RETURN_IF_ERROR(core->Start());
+  // Not make_shared: the constructor is private.
+  return std::shared_ptr<Channel>(new Channel(std::move(core)));
+}
+
+Channel::Channel(std::shared_ptr<Core> core) : core_(std::move(core)) {}
 
 Channel::~Channel() { core_->Shutdown(); }
 
@@ -853,9 +861,7 @@ absl::StatusOr<std::shared_ptr<Channel>> Channel::Connect(std::string_view endpo
   IPCRPC_ASSIGN_OR_RETURN(
       auto connector,
       internal::CreateConnector(endpoint, internal::ToTransportOptions(options)));
-  auto core = std::make_shared<internal::ChannelCore>(std::move(connector), options);
-  IPCRPC_RETURN_IF_ERROR(core->Start());
-  return std::make_shared<Channel>(std::move(core));
+  return Core::Open(std::move(connector), options);
 }
 
 absl::StatusOr<std::shared_ptr<Channel>> SpawnChild(const std::vector<std::string>& argv,
@@ -863,9 +869,7 @@ absl::StatusOr<std::shared_ptr<Channel>> SpawnChild(const std::vector<std::strin
   IPCRPC_ASSIGN_OR_RETURN(
       auto connector,
       internal::SpawnChildConnector(argv, internal::ToTransportOptions(options)));
-  auto core = std::make_shared<internal::ChannelCore>(std::move(connector), options);
-  IPCRPC_RETURN_IF_ERROR(core->Start());
-  return std::make_shared<Channel>(std::move(core));
+  return Channel::Core::Open(std::move(connector), options);
 }
 
 absl::StatusOr<std::string> Channel::CallMethod(std::string_view method, std::string_view request,
@@ -909,13 +913,13 @@ Channel::Stats Channel::stats() const { return core_->stats(); }
 const std::string& Channel::endpoint() const { return core_->endpoint(); }
 
 CallOptions CallOptions::From(const ServerContext& parent, absl::Duration shave) {
+  const std::shared_ptr<ServerContext::State>& call = ServerContext::State::Of(parent);
   CallOptions options;
-  const int64_t parent_deadline = parent.state()->deadline_ns;
-  if (parent_deadline != internal::kNoDeadline) {
-    options.deadline = internal::MonotonicToWall(parent_deadline) - shave;
+  if (call->deadline_ns != internal::kNoDeadline) {
+    options.deadline = internal::MonotonicToWall(call->deadline_ns) - shave;
   }
-  options.priority = parent.state()->priority;
-  options.parent_call = parent.state();
+  options.priority = call->priority;
+  options.parent_call = call;
   return options;
 }
 

@@ -69,11 +69,18 @@ struct ClientStreamState {
   Metadata* response_metadata = nullptr;
 };
 
-class PendingCall {
+}  // namespace ipcrpc::internal
+
+namespace ipcrpc {
+
+// One outgoing call, internal::PendingCall to the runtime. Call::State is
+// its name in the public headers, which hold it opaque (Call,
+// GenericClientStream).
+class Call::State {
  public:
   using Callback = absl::AnyInvocable<void(absl::StatusOr<std::string>) &&>;
 
-  PendingCall(int64_t deadline, Callback on_done)
+  State(int64_t deadline, Callback on_done)
       : deadline_ns(deadline), is_async(on_done != nullptr), callback(std::move(on_done)) {}
 
   // A finished sync call that nobody else holds any more, made ready for
@@ -93,18 +100,18 @@ class PendingCall {
   uint64_t id = 0;  // set before the call is inserted into a table
   int64_t deadline_ns;  // set before the call is inserted into a table
   const bool is_async;
-  std::weak_ptr<ClientConnection> connection;
+  std::weak_ptr<internal::ClientConnection> connection;
 
   // `id` and `connection` as Cancel and the deadline timer read them: a
   // deferred call (ChannelCore::Defer) gets them on the connect thread
   // while those may run on others, so StartCall writes them under
   // `where_mu` and these read them under it.
-  void SetWhere(uint64_t new_id, const std::shared_ptr<ClientConnection>& where) {
+  void SetWhere(uint64_t new_id, const std::shared_ptr<internal::ClientConnection>& where) {
     std::lock_guard<std::mutex> lock(where_mu);
     id = new_id;
     connection = where;
   }
-  std::pair<uint64_t, std::shared_ptr<ClientConnection>> Where() {
+  std::pair<uint64_t, std::shared_ptr<internal::ClientConnection>> Where() {
     std::lock_guard<std::mutex> lock(where_mu);
     return {id, connection.lock()};
   }
@@ -117,8 +124,8 @@ class PendingCall {
   // Sync calls: the waiter blocks here. CondVar waits on CLOCK_MONOTONIC
   // (WaitUntil with steady_clock), so a wall-clock jump neither shortens
   // nor stretches a deadline.
-  Mutex mu;
-  CondVar cv;
+  internal::Mutex mu;
+  internal::CondVar cv;
   bool done ABSL_GUARDED_BY(mu) = false;
   // Sync calls through CallMethodInto: where a successful response goes.
   // Written only by whoever took the call out of its table, while the
@@ -130,7 +137,7 @@ class PendingCall {
   // The RESPONSE's metadata (ServerContext::AddResponseMetadata): written,
   // like `sink`, only by whoever took the call out of its table, before it
   // completes; read by the caller after.
-  Metadata response_metadata;
+  internal::Metadata response_metadata;
 
   // An async unary call does not connect on its caller's thread: when it
   // finds no usable connection, the channel's connect thread starts it
@@ -143,9 +150,16 @@ class PendingCall {
   std::atomic<bool> cancel_requested{false};
 
   // Streams only.
-  std::unique_ptr<ClientStreamState> stream;
+  std::unique_ptr<internal::ClientStreamState> stream;
   std::string method;  // for messages
 };
+
+}  // namespace ipcrpc
+
+namespace ipcrpc::internal {
+
+// The runtime's name for Call::State.
+using PendingCall = Call::State;
 
 // One transport connection and the calls pending on it.
 class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
@@ -192,9 +206,10 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
 // (an async call or stream with no usable connection): then Defer it.
 bool IsDeferConnect(const absl::Status& status);
 
+// Made only as a Channel::Core (below), the name the public handles hold
+// it by.
 class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
  public:
-  ChannelCore(std::unique_ptr<Connector> connector, const ChannelOptions& options);
   ~ChannelCore();
 
   // Starts the loop thread and connects.
@@ -232,6 +247,9 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
 
   Channel::Stats stats() const;
   const std::string& endpoint() const { return connector_->endpoint(); }
+
+ protected:
+  ChannelCore(std::unique_ptr<Connector> connector, const ChannelOptions& options);
 
  private:
   // The current connection, connecting first if there is none usable. One
@@ -328,5 +346,40 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
 };
 
 }  // namespace ipcrpc::internal
+
+namespace ipcrpc {
+
+// The core as the public headers name it, opaque (Channel, Call,
+// GenericClientStream hold it). Everything is internal::ChannelCore's: the
+// members of a class nested in Channel could only be defined in namespace
+// ipcrpc, outside internal, where none of the runtime's names are found.
+// Being nested, it may use Channel's private members, and the handles
+// befriend it: their constructors are the runtime's only.
+class Channel::Core final : public internal::ChannelCore {
+ public:
+  Core(std::unique_ptr<internal::Connector> connector, const ChannelOptions& options)
+      : ChannelCore(std::move(connector), options) {}
+
+  // Connect and SpawnChild: a channel on `connector`, started.
+  static absl::StatusOr<std::shared_ptr<Channel>> Open(
+      std::unique_ptr<internal::Connector> connector, const ChannelOptions& options);
+
+  // The handles of `call`, a call on `core`.
+  static Call CallHandle(internal::ChannelCore& core, const std::shared_ptr<Call::State>& call) {
+    return Call(Of(core), call);
+  }
+  static GenericClientStream StreamHandle(internal::ChannelCore& core,
+                                          std::shared_ptr<Call::State> call) {
+    return GenericClientStream(Of(core), std::move(call));
+  }
+
+ private:
+  // Every ChannelCore is a Core (its constructor is protected; Core is final).
+  static std::shared_ptr<Core> Of(internal::ChannelCore& core) {
+    return std::static_pointer_cast<Core>(core.shared_from_this());
+  }
+};
+
+}  // namespace ipcrpc
 
 #endif  // IPCRPC_RPC_CHANNEL_CORE_H_

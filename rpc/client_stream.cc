@@ -110,7 +110,7 @@ GenericClientStream ChannelCore::OpenStream(std::string_view method,
                                             const std::string_view* request,
                                             const CallOptions& options) {
   auto call = std::make_shared<PendingCall>(DeadlineOf(options), nullptr);
-  GenericClientStream handle(shared_from_this(), call);
+  GenericClientStream handle = Channel::Core::StreamHandle(*this, call);
   absl::Status started = StartStream(call, method, request, options);
   // Never started: its Finish says why.
   if (!started.ok()) Complete(call, std::move(started));
@@ -134,7 +134,7 @@ Call ChannelCore::CallServerStreamAsync(std::string_view method, std::string_vie
       std::move(done)(std::move(result));
     };
   }
-  Call handle(weak_from_this(), call);
+  Call handle = Channel::Core::CallHandle(*this, call);
   // Connecting is the connect thread's, never the caller's (as CallAsync).
   call->defer_connect = true;
   absl::Status started = StartStream(call, method, &request, options, std::move(on_message));

@@ -132,9 +132,10 @@ struct MethodEntry {
 // Handlers run on the handler threads (HandlerScheduler: highest priority,
 // then earliest deadline first), except short ones (MethodEntry), which run
 // on the loop when nothing is queued for the handler threads.
-class ServerCore final : public IntrospectionSource {
+//
+// Made only as a Server::Core (below), the name Server holds it by.
+class ServerCore : public IntrospectionSource {
  public:
-  explicit ServerCore(const ServerOptions& options);
   ~ServerCore() override;
 
   absl::Status RegisterService(Service* service);
@@ -152,6 +153,9 @@ class ServerCore final : public IntrospectionSource {
   ServerRecord Record() const override;
   std::vector<std::string> MethodNames() const override;
   void FillStats(ServerStats* stats) const override;
+
+ protected:
+  explicit ServerCore(const ServerOptions& options);
 
  private:
   enum class State { kNew, kRunning, kDone };
@@ -563,7 +567,11 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
   for (const auto& [key, value] : call->metadata) {
     held += 64 + static_cast<int64_t>(key.size() + value.size());
   }
-  const int64_t first_message = is_stream ? call->stream->unread_bytes : 0;
+  int64_t first_message = 0;
+  if (is_stream) {
+    MutexLock lock(&call->stream->mu);  // uncontended: nobody else has the stream yet
+    first_message = call->stream->unread_bytes;
+  }
   held += first_message;
   if (bytes_in_flight_.fetch_add(held) + held > max_bytes_in_flight_) {
     bytes_in_flight_.fetch_sub(held);
@@ -621,8 +629,8 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     // Read and Write wait on the stream: wake them when it is cancelled.
     ServerStreamState* stream = call->stream.get();
     call->OnCancel([stream] {
-      { std::lock_guard<std::mutex> lock(stream->mu); }
-      stream->cv.notify_all();
+      { MutexLock lock(&stream->mu); }
+      stream->cv.SignalAll();
     });
     if (!stream_threads_.Run([this, connection, call, entry] {
           RunStreamHandler(connection, call, entry);
@@ -630,7 +638,7 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
       // Never started: answered at once, like a call over a limit.
       IPCRPC_LOG(WARNING) << "cannot start a thread for a stream of " << call->method;
       {
-        std::lock_guard<std::mutex> lock(call->stream->mu);
+        MutexLock lock(&call->stream->mu);
         call->stream->handler_done = true;
         bytes_in_flight_.fetch_sub(call->stream->unread_bytes);
         call->stream->unread_bytes = 0;
@@ -656,19 +664,24 @@ std::unique_ptr<ServerStreamState> ServerCore::NewStreamState(
     const std::shared_ptr<ServerConnection>& connection, const FrameView& frame) {
   auto stream = std::make_unique<ServerStreamState>();
   stream->window = ClampStreamWindow(options_.stream_window);
-  stream->receive_limit = stream->window;
-  // DecodeFrame checked the head: the client's window, then the message.
-  stream->send_limit = static_cast<int64_t>(GetLe(frame.payload.data(), 4));
   stream->max_message_size = options_.max_message_size;
   stream->charged = &bytes_in_flight_;
-  if ((frame.header.flags & kFlagWithMessage) != 0) {
-    std::string_view first = frame.payload.substr(kStreamHeadSize);
-    stream->received = StreamCost(first.size());
-    stream->unread_bytes = stream->received;
-    stream->messages_received = 1;
-    stream->inbox.emplace_back(first);
+  {
+    // Nobody else has the stream yet: the lock is uncontended, and keeps
+    // the fields' annotations checked here too.
+    MutexLock lock(&stream->mu);
+    stream->receive_limit = stream->window;
+    // DecodeFrame checked the head: the client's window, then the message.
+    stream->send_limit = static_cast<int64_t>(GetLe(frame.payload.data(), 4));
+    if ((frame.header.flags & kFlagWithMessage) != 0) {
+      std::string_view first = frame.payload.substr(kStreamHeadSize);
+      stream->received = StreamCost(first.size());
+      stream->unread_bytes = stream->received;
+      stream->messages_received = 1;
+      stream->inbox.emplace_back(first);
+    }
+    stream->half_closed = (frame.header.flags & kFlagHalfClose) != 0;
   }
-  stream->half_closed = (frame.header.flags & kFlagHalfClose) != 0;
   std::weak_ptr<ServerConnection> weak = connection;
   stream->send = [this, weak, id = frame.header.request_id](FrameType type,
                                                             std::string_view payload) {
@@ -707,7 +720,7 @@ void ServerCore::RunStreamHandler(const std::shared_ptr<ServerConnection>& conne
     calls_handled_.fetch_add(1);
     bool grant = false;
     {
-      std::lock_guard<std::mutex> lock(stream.mu);
+      MutexLock lock(&stream.mu);
       grant = !stream.half_closed && stream.window > kInitialStreamWindow;
     }
     if (grant) {
@@ -716,8 +729,8 @@ void ServerCore::RunStreamHandler(const std::shared_ptr<ServerConnection>& conne
       PutLe(&payload, static_cast<uint64_t>(stream.window - kInitialStreamWindow), 8);
       stream.send(FrameType::kWindow, payload);
     }
-    ServerContext context(call);
-    GenericServerStream server_stream(call);
+    ServerContext context = ServerCallState::MakeContext(call);
+    GenericServerStream server_stream = ServerCallState::MakeStream(call);
     try {
       status = (*method->stream_handler)(context, server_stream);
     } catch (const std::exception& e) {
@@ -727,7 +740,7 @@ void ServerCore::RunStreamHandler(const std::shared_ptr<ServerConnection>& conne
     }
   }
   {
-    std::lock_guard<std::mutex> lock(stream.mu);
+    MutexLock lock(&stream.mu);
     if (stream.failed) status = stream.failure;
     // From here on messages are dropped uncharged (OnStreamFrame): the call
     // leaves its connection's table only in FinishCall.
@@ -761,7 +774,7 @@ void ServerCore::OnStreamFrame(const std::shared_ptr<ServerConnection>& connecti
     violation = "a stream frame for a unary call";
   } else {
     ServerStreamState& stream = *call->stream;
-    std::lock_guard<std::mutex> lock(stream.mu);
+    MutexLock lock(&stream.mu);
     switch (frame.header.type) {
       case FrameType::kWindow:
         stream.send_limit += static_cast<int64_t>(GetLe(frame.payload.data(), 8));
@@ -807,7 +820,7 @@ void ServerCore::OnStreamFrame(const std::shared_ptr<ServerConnection>& connecti
     return;
   }
   if (over_limit) call->Cancel();  // wakes the handler (OnCancel), outside the stream's lock
-  call->stream->cv.notify_all();
+  call->stream->cv.SignalAll();
 }
 
 void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
@@ -833,7 +846,7 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
                  : absl::CancelledError(absl::StrCat(call->method, " cancelled before it started"));
   } else {
     calls_handled_.fetch_add(1);
-    ServerContext context(call);
+    ServerContext context = ServerCallState::MakeContext(call);
     const uint64_t calls_before = CallsStartedOnThisThread();
     const int64_t started_ns = MonotonicNowNs();
     try {
@@ -1173,6 +1186,15 @@ void ServerCore::Shutdown(absl::Duration grace) {
 
 }  // namespace internal
 
+// The core as Server holds it (opaque in the public header). Everything is
+// internal::ServerCore's: the members of a class nested in Server could only
+// be defined outside namespace internal, where the runtime's names are not
+// found.
+class Server::Core final : public internal::ServerCore {
+ public:
+  explicit Core(const ServerOptions& options) : ServerCore(options) {}
+};
+
 Server::Stats internal::ServerCore::stats() const {
   Server::Stats stats;
   stats.calls_in_flight = calls_in_flight_.load();
@@ -1253,7 +1275,7 @@ void internal::ServerCore::FillStats(ServerStats* out) const {
       call_info->set_cancelled(call->WasCancelled() || call->cancelled_by_client.load());
       if (call->stream != nullptr) {
         ServerStreamState& stream = *call->stream;
-        std::lock_guard<std::mutex> lock(stream.mu);
+        MutexLock lock(&stream.mu);
         StreamInfo* stream_info = call_info->mutable_stream();
         stream_info->set_messages_received(stream.messages_received);
         stream_info->set_messages_sent(stream.messages_sent);
@@ -1272,8 +1294,7 @@ Server::Stats Server::stats() const { return core_->stats(); }
 
 std::vector<std::string> Server::endpoints() const { return core_->endpoints(); }
 
-Server::Server(const ServerOptions& options)
-    : core_(std::make_shared<internal::ServerCore>(options)) {}
+Server::Server(const ServerOptions& options) : core_(std::make_shared<Core>(options)) {}
 
 Server::~Server() = default;
 
@@ -1289,8 +1310,7 @@ void Server::Shutdown(absl::Duration grace) { core_->Shutdown(grace); }
 
 // -------------------------------------------------------------- ServerContext
 
-ServerContext::ServerContext(std::shared_ptr<internal::ServerCallState> state)
-    : state_(std::move(state)) {}
+ServerContext::ServerContext(std::shared_ptr<State> state) : state_(std::move(state)) {}
 
 absl::Time ServerContext::deadline() const { return internal::MonotonicToWall(state_->deadline_ns); }
 

@@ -7,10 +7,8 @@
 #include <sys/types.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
-#include <mutex>
 #include <memory>
 #include <optional>
 #include <string>
@@ -21,6 +19,8 @@
 #include "absl/status/status.h"
 #include "asio/steady_timer.hpp"
 #include "base/clock.h"
+#include "ipcrpc/server_context.h"
+#include "ipcrpc/stream.h"
 #include "wire/frame.h"
 #include "base/mutex.h"
 
@@ -35,25 +35,25 @@ uint64_t CallsStartedOnThisThread();
 // accounting is in totals of message costs (StreamCost) since the start.
 struct ServerStreamState {
   // Held across a writer's check of the window and its send, so that
-  // frames leave in the order they were counted. Taken before mu.
-  std::mutex send_mu;
-  std::mutex mu;
-  std::condition_variable cv;  // messages, grants, half-close, cancellation
-  std::deque<std::string> inbox;   // guarded by mu
-  int64_t window = 0;              // ours: ServerOptions::stream_window (fixed)
-  int64_t received = 0;            // guarded by mu
-  int64_t messages_received = 0;   // guarded by mu
-  int64_t messages_sent = 0;       // guarded by mu
-  int64_t unread_bytes = 0;        // guarded by mu: the costs in inbox
-  int64_t receive_limit = 0;       // guarded by mu: our window plus our grants
-  int64_t consumed_ungranted = 0;  // guarded by mu
-  bool half_closed = false;        // guarded by mu: the client sends no more
-  int64_t sent = 0;                // guarded by mu
-  int64_t send_limit = 0;          // guarded by mu: the client's window plus its grants
-  bool failed = false;             // guarded by mu: GenericServerStream::Fail
-  bool handler_done = false;       // guarded by mu: nothing reads the inbox any more
-  absl::Status failure;            // guarded by mu
-  size_t max_message_size = 0;     // fixed
+  // frames leave in the order they were counted.
+  Mutex send_mu ABSL_ACQUIRED_BEFORE(mu);
+  Mutex mu;
+  CondVar cv;  // messages, grants, half-close, cancellation
+  std::deque<std::string> inbox ABSL_GUARDED_BY(mu);
+  int64_t window = 0;  // ours: ServerOptions::stream_window (fixed)
+  int64_t received ABSL_GUARDED_BY(mu) = 0;
+  int64_t messages_received ABSL_GUARDED_BY(mu) = 0;
+  int64_t messages_sent ABSL_GUARDED_BY(mu) = 0;
+  int64_t unread_bytes ABSL_GUARDED_BY(mu) = 0;   // the costs in inbox
+  int64_t receive_limit ABSL_GUARDED_BY(mu) = 0;  // our window plus our grants
+  int64_t consumed_ungranted ABSL_GUARDED_BY(mu) = 0;
+  bool half_closed ABSL_GUARDED_BY(mu) = false;  // the client sends no more
+  int64_t sent ABSL_GUARDED_BY(mu) = 0;
+  int64_t send_limit ABSL_GUARDED_BY(mu) = 0;     // the client's window plus its grants
+  bool failed ABSL_GUARDED_BY(mu) = false;        // GenericServerStream::Fail
+  bool handler_done ABSL_GUARDED_BY(mu) = false;  // nothing reads the inbox any more
+  absl::Status failure ABSL_GUARDED_BY(mu);
+  size_t max_message_size = 0;  // fixed
   // Where the inbox's bytes are charged (the server's bytes in flight,
   // ServerOptions::max_bytes_in_flight): each message's cost while unread.
   std::atomic<int64_t>* charged = nullptr;  // fixed
@@ -63,10 +63,17 @@ struct ServerStreamState {
   absl::AnyInvocable<bool(FrameType type, std::string_view payload)> send;
 };
 
-class ServerCallState {
+}  // namespace ipcrpc::internal
+
+namespace ipcrpc {
+
+// One incoming call, internal::ServerCallState to the runtime.
+// ServerContext::State is its name in the public headers, which hold it
+// opaque (ServerContext, GenericServerStream, CallOptions::parent_call).
+class ServerContext::State {
  public:
-  ServerCallState(uint64_t id, int64_t deadline, int call_priority, std::string method_name,
-                  Metadata call_metadata, pid_t pid, uid_t uid)
+  State(uint64_t id, int64_t deadline, int call_priority, std::string method_name,
+        internal::Metadata call_metadata, pid_t pid, uid_t uid)
       : request_id(id),
         deadline_ns(deadline),
         priority(call_priority),
@@ -80,7 +87,7 @@ class ServerCallState {
   // it runs itself: no allocation per call). Never for a call that had a
   // deadline timer (its handler may still hold a weak reference).
   void Reuse(uint64_t id, int64_t deadline, int call_priority, std::string_view method_name,
-             Metadata call_metadata, pid_t pid, uid_t uid) {
+             internal::Metadata call_metadata, pid_t pid, uid_t uid) {
     request_id = id;
     deadline_ns = deadline;
     priority = call_priority;
@@ -88,12 +95,12 @@ class ServerCallState {
     metadata = std::move(call_metadata);
     peer_pid = pid;
     peer_uid = uid;
-    started_ns = MonotonicNowNs();
+    started_ns = internal::MonotonicNowNs();
     cancelled_by_client.store(false, std::memory_order_relaxed);
     deadline_timer.reset();
     cancelled_.store(false, std::memory_order_relaxed);
     responded_.store(false, std::memory_order_relaxed);
-    MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     finished_ = false;
     callbacks_.clear();
     response_metadata_.clear();
@@ -106,10 +113,10 @@ class ServerCallState {
   int64_t deadline_ns;
   int priority;
   std::string method;
-  Metadata metadata;
+  internal::Metadata metadata;
   pid_t peer_pid;
   uid_t peer_uid;
-  int64_t started_ns = MonotonicNowNs();  // when the request was read
+  int64_t started_ns = internal::MonotonicNowNs();  // when the request was read
 
   bool WasCancelled() const { return cancelled_.load(std::memory_order_acquire); }
 
@@ -117,7 +124,7 @@ class ServerCallState {
   // and run the OnCancel callbacks).
   bool IsCancelled() const {
     return cancelled_.load(std::memory_order_acquire) ||
-           (deadline_ns != kNoDeadline && MonotonicNowNs() >= deadline_ns);
+           (deadline_ns != internal::kNoDeadline && internal::MonotonicNowNs() >= deadline_ns);
   }
 
   // Marks the call cancelled and runs the OnCancel callbacks on this thread.
@@ -125,7 +132,7 @@ class ServerCallState {
   bool Cancel() {
     std::vector<absl::AnyInvocable<void() &&>> callbacks;
     {
-      MutexLock lock(&mu_);
+      internal::MutexLock lock(&mu_);
       if (finished_ || cancelled_.load(std::memory_order_relaxed)) return false;
       cancelled_.store(true, std::memory_order_release);
       callbacks.swap(callbacks_);
@@ -136,7 +143,7 @@ class ServerCallState {
 
   void OnCancel(absl::AnyInvocable<void() &&> callback) {
     {
-      MutexLock lock(&mu_);
+      internal::MutexLock lock(&mu_);
       if (finished_) return;
       if (!cancelled_.load(std::memory_order_relaxed)) {
         callbacks_.push_back(std::move(callback));
@@ -149,18 +156,18 @@ class ServerCallState {
   // The handler returned: later cancellations run no callbacks.
   void Finish() {
     std::vector<absl::AnyInvocable<void() &&>> dropped;
-    MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     finished_ = true;
     dropped.swap(callbacks_);
   }
 
   // ServerContext::AddResponseMetadata: sent with the RESPONSE.
   void AddResponseMetadata(std::string key, std::string value) {
-    MutexLock lock(&mu_);
+    internal::MutexLock lock(&mu_);
     response_metadata_.emplace_back(std::move(key), std::move(value));
   }
-  Metadata TakeResponseMetadata() {
-    MutexLock lock(&mu_);
+  internal::Metadata TakeResponseMetadata() {
+    internal::MutexLock lock(&mu_);
     return std::move(response_metadata_);
   }
 
@@ -174,16 +181,35 @@ class ServerCallState {
   std::optional<asio::steady_timer> deadline_timer;
 
   // Streams only (set before the call is in its connection's table).
-  std::unique_ptr<ServerStreamState> stream;
+  std::unique_ptr<internal::ServerStreamState> stream;
+
+  // The public objects on a call (their constructors are the runtime's: a
+  // class nested in ServerContext may use its private members, and
+  // GenericServerStream befriends this one).
+  static ServerContext MakeContext(std::shared_ptr<State> call) {
+    return ServerContext(std::move(call));
+  }
+  static GenericServerStream MakeStream(std::shared_ptr<State> call) {
+    return GenericServerStream(std::move(call));
+  }
+  // The call `context` is on (CallOptions::From).
+  static const std::shared_ptr<State>& Of(const ServerContext& context) { return context.state_; }
 
  private:
   std::atomic<bool> cancelled_{false};
   std::atomic<bool> responded_{false};
-  Mutex mu_;
+  internal::Mutex mu_;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<absl::AnyInvocable<void() &&>> callbacks_ ABSL_GUARDED_BY(mu_);
-  Metadata response_metadata_ ABSL_GUARDED_BY(mu_);
+  internal::Metadata response_metadata_ ABSL_GUARDED_BY(mu_);
 };
+
+}  // namespace ipcrpc
+
+namespace ipcrpc::internal {
+
+// The runtime's name for ServerContext::State.
+using ServerCallState = ServerContext::State;
 
 }  // namespace ipcrpc::internal
 

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/clock.h"
+#include "base/mutex.h"
 #include "ipcrpc/stream.h"
 #include "wire/frame.h"
 #include "rpc/server_call_state.h"
@@ -17,14 +18,14 @@ namespace {
 using internal::ServerCallState;
 using internal::ServerStreamState;
 
-// With `lock` (of stream.mu) held: waits for a notification or the call's
-// deadline (after which IsCancelled() is true).
-void WaitForProgress(const ServerCallState& call, ServerStreamState& stream,
-                     std::unique_lock<std::mutex>& lock) {
+// Waits for a notification or the call's deadline (after which
+// IsCancelled() is true).
+void WaitForProgress(const ServerCallState& call, ServerStreamState& stream)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(stream.mu) {
   if (call.deadline_ns == internal::kNoDeadline) {
-    stream.cv.wait(lock);
+    stream.cv.Wait(&stream.mu);
   } else {
-    stream.cv.wait_until(lock, internal::SteadyTimeOf(call.deadline_ns));
+    stream.cv.WaitUntil(&stream.mu, internal::SteadyTimeOf(call.deadline_ns));
   }
 }
 
@@ -34,12 +35,12 @@ bool GenericServerStream::Read(std::string* message) {
   ServerStreamState& stream = *state_->stream;
   int64_t grant = 0;
   {
-    std::unique_lock<std::mutex> lock(stream.mu);
+    internal::MutexLock lock(&stream.mu);
     for (;;) {
       if (state_->IsCancelled()) return false;
       if (!stream.inbox.empty()) break;
       if (stream.half_closed) return false;
-      WaitForProgress(*state_, stream, lock);
+      WaitForProgress(*state_, stream);
     }
     message->swap(stream.inbox.front());
     stream.inbox.pop_front();
@@ -69,15 +70,15 @@ bool GenericServerStream::Write(std::string_view message) {
         " bytes exceeds the server's max_message_size ", stream.max_message_size)));
     return false;
   }
-  std::lock_guard<std::mutex> send_lock(stream.send_mu);
+  internal::MutexLock send_lock(&stream.send_mu);
   {
-    std::unique_lock<std::mutex> lock(stream.mu);
+    internal::MutexLock lock(&stream.mu);
     for (;;) {
       if (state_->IsCancelled()) return false;
       // Room while anything of the client's window is left (see
       // docs/PROTOCOL.md: a message may use more than what is left).
       if (stream.sent < stream.send_limit) break;
-      WaitForProgress(*state_, stream, lock);
+      WaitForProgress(*state_, stream);
     }
     stream.sent += internal::StreamCost(message.size());
     ++stream.messages_sent;
@@ -88,7 +89,7 @@ bool GenericServerStream::Write(std::string_view message) {
 void GenericServerStream::Fail(absl::Status status) {
   ServerStreamState& stream = *state_->stream;
   {
-    std::lock_guard<std::mutex> lock(stream.mu);
+    internal::MutexLock lock(&stream.mu);
     if (stream.failed) return;
     stream.failed = true;
     stream.failure = std::move(status);

@@ -16,40 +16,18 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "ipcrpc/options.h"
-#include "ipcrpc/stream.h"
 
 namespace ipcrpc {
 
-namespace internal {
-class ChannelCore;
-class PendingCall;
-}  // namespace internal
-
-// Handle of an async call; cheap to copy or drop. Dropping it does not
-// cancel the call.
-class Call {
- public:
-  Call() = default;
-
-  // The callback then runs with CANCELLED, unless it already ran (or is
-  // running). The server is told (best effort) and its handler sees
-  // IsCancelled(). Safe from any thread, any number of times.
-  void Cancel();
-
- private:
-  friend class internal::ChannelCore;
-  Call(std::weak_ptr<internal::ChannelCore> core, std::weak_ptr<internal::PendingCall> call)
-      : core_(std::move(core)), call_(std::move(call)) {}
-
-  std::weak_ptr<internal::ChannelCore> core_;
-  std::weak_ptr<internal::PendingCall> call_;
-};
+class Call;
+class GenericClientStream;
 
 // A connection to one server endpoint, with a response thread that resolves
 // pending calls and enforces async deadlines. Thread-safe: any number of
@@ -122,11 +100,77 @@ class Channel {
 
   const std::string& endpoint() const;
 
-  // For SpawnChild and Connect only.
-  explicit Channel(std::shared_ptr<internal::ChannelCore> core);
+  // The runtime's side of a channel (rpc/channel_core.h). Opaque: declared
+  // here only so that the handles below can hold it.
+  class Core;
 
  private:
-  std::shared_ptr<internal::ChannelCore> core_;
+  explicit Channel(std::shared_ptr<Core> core);
+
+  std::shared_ptr<Core> core_;
+};
+
+// Handle of an async call; cheap to copy or drop. Dropping it does not
+// cancel the call.
+class Call {
+ public:
+  Call() = default;
+
+  // The callback then runs with CANCELLED, unless it already ran (or is
+  // running). The server is told (best effort) and its handler sees
+  // IsCancelled(). Safe from any thread, any number of times.
+  void Cancel();
+
+  // The runtime's state of one outgoing call (rpc/channel_core.h). Opaque,
+  // as Channel::Core.
+  class State;
+
+ private:
+  friend class Channel::Core;
+  Call(std::weak_ptr<Channel::Core> core, std::weak_ptr<State> call)
+      : core_(std::move(core)), call_(std::move(call)) {}
+
+  std::weak_ptr<Channel::Core> core_;
+  std::weak_ptr<State> call_;
+};
+
+// The client end of a stream, untyped (Channel::OpenStream); the typed
+// streams of ipcrpc/stream.h sit on it. Move-only. Destroying it before
+// Finish returned cancels the call. Thread-safety: one thread writes (Write,
+// WritesDone, Finish) while another may Read; Cancel from any thread.
+// (Finish from a second thread while a Write waits for the window waits for
+// that Write to return.)
+class GenericClientStream {
+ public:
+  GenericClientStream() = default;
+  GenericClientStream(GenericClientStream&& other) noexcept = default;
+  GenericClientStream& operator=(GenericClientStream&& other) noexcept;
+  ~GenericClientStream();
+
+  // Sends one message; blocks while the server's window is used up. False
+  // once the call has ended (then call Finish) or after WritesDone.
+  bool Write(std::string_view message);
+  // Tells the server no more messages come. False if the call has ended.
+  bool WritesDone();
+  // The next message, in order; blocks. False once the stream has ended
+  // (the server finished it, or it was cancelled, or its deadline passed):
+  // then call Finish.
+  bool Read(std::string* message);
+  // Implies WritesDone, drops messages not read, and waits for the call's
+  // final status (at most until the deadline).
+  absl::Status Finish();
+  // Ends the call CANCELLED (unless it has ended already); the server's
+  // handler sees IsCancelled(). Safe from any thread.
+  void Cancel();
+
+ private:
+  friend class Channel::Core;
+  GenericClientStream(std::shared_ptr<Channel::Core> core, std::shared_ptr<Call::State> call)
+      : core_(std::move(core)), call_(std::move(call)) {}
+
+  std::shared_ptr<Channel::Core> core_;
+  std::shared_ptr<Call::State> call_;
+  bool finished_ = false;
 };
 
 // pipe: starts argv[0] (searched in PATH) as a child process connected by two

@@ -15,13 +15,9 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "ipcrpc/server_context.h"
 
 namespace ipcrpc {
-
-class ServerContext;
-namespace internal {
-class ServerCallState;
-}  // namespace internal
 
 // grpc: endpoints (docs/GRPC.md). Plaintext is allowed on loopback
 // addresses (127.0.0.0/8, ::1, localhost) and on grpc:unix:; any other
@@ -153,7 +149,9 @@ struct CallOptions {
                           absl::Duration shave = absl::ZeroDuration());
 
   // Set by From(): the incoming call whose cancellation cancels this one.
-  std::shared_ptr<internal::ServerCallState> parent_call;
+  // Opaque; a public member so that CallOptions stays an aggregate
+  // (designated initializers: `{.timeout = absl::Milliseconds(50)}`).
+  std::shared_ptr<ServerContext::State> parent_call;
 };
 
 }  // namespace ipcrpc

@@ -21,10 +21,6 @@
 
 namespace ipcrpc {
 
-namespace internal {
-class ServerCore;
-}  // namespace internal
-
 // Thread-safe. Handlers run on a pool of ServerOptions::handler_threads; a
 // request whose deadline has passed is answered DEADLINE_EXCEEDED without
 // running its handler; an unknown method gets UNIMPLEMENTED.
@@ -71,7 +67,9 @@ class Server {
   std::vector<std::string> endpoints() const;
 
  private:
-  std::shared_ptr<internal::ServerCore> core_;
+  class Core;  // the runtime's side (rpc/server.cc)
+
+  std::shared_ptr<Core> core_;
 };
 
 }  // namespace ipcrpc

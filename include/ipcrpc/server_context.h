@@ -14,16 +14,10 @@
 
 namespace ipcrpc {
 
-namespace internal {
-class ServerCallState;
-}  // namespace internal
-
 // The context of one incoming call, valid while its handler runs.
 // Thread-safe: IsCancelled and OnCancel may be called from any thread.
 class ServerContext {
  public:
-  explicit ServerContext(std::shared_ptr<internal::ServerCallState> state);
-
   // The call's deadline (InfiniteFuture if none).
   absl::Time deadline() const;
   // True once the client cancelled, the deadline passed, the client went away
@@ -47,10 +41,15 @@ class ServerContext {
   // of the handler's answer.
   void AddResponseMetadata(std::string key, std::string value);
 
-  const std::shared_ptr<internal::ServerCallState>& state() const { return state_; }
+  // The runtime's state of the call (rpc/server_call_state.h). Opaque:
+  // declared here only so that the public classes can hold it.
+  class State;
 
  private:
-  std::shared_ptr<internal::ServerCallState> state_;
+  // Made by the runtime, through State (a member, so it has access).
+  explicit ServerContext(std::shared_ptr<State> state);
+
+  std::shared_ptr<State> state_;
 };
 
 }  // namespace ipcrpc

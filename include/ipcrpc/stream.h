@@ -13,9 +13,9 @@
 // Write blocks while it has none left, so a slow reader slows its writer and
 // neither process buffers more than that per stream.
 //
-// The untyped classes (GenericClientStream, GenericServerStream) carry
-// serialized bytes, for code without a .proto; the typed templates below sit
-// on them.
+// The untyped classes (GenericClientStream, in ipcrpc/channel.h, and
+// GenericServerStream) carry serialized bytes, for code without a .proto;
+// the typed templates below sit on them.
 #ifndef IPCRPC_STREAM_H_
 #define IPCRPC_STREAM_H_
 
@@ -27,14 +27,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "ipcrpc/channel.h"
+#include "ipcrpc/server_context.h"
 
 namespace ipcrpc {
-
-namespace internal {
-class ChannelCore;
-class PendingCall;
-class ServerCallState;
-}  // namespace internal
 
 // The kinds of method. A stream started as one kind on a method registered
 // as another is refused UNIMPLEMENTED.
@@ -45,51 +41,10 @@ enum class MethodKind {
   kBidiStreaming,    // both ways
 };
 
-// The client end of a stream, untyped (Channel::OpenStream). Move-only.
-// Destroying it before Finish returned cancels the call. Thread-safety: one
-// thread writes (Write, WritesDone, Finish) while another may Read; Cancel
-// from any thread. (Finish from a second thread while a Write waits for the
-// window waits for that Write to return.)
-class GenericClientStream {
- public:
-  GenericClientStream() = default;
-  GenericClientStream(GenericClientStream&& other) noexcept = default;
-  GenericClientStream& operator=(GenericClientStream&& other) noexcept;
-  ~GenericClientStream();
-
-  // Sends one message; blocks while the server's window is used up. False
-  // once the call has ended (then call Finish) or after WritesDone.
-  bool Write(std::string_view message);
-  // Tells the server no more messages come. False if the call has ended.
-  bool WritesDone();
-  // The next message, in order; blocks. False once the stream has ended
-  // (the server finished it, or it was cancelled, or its deadline passed):
-  // then call Finish.
-  bool Read(std::string* message);
-  // Implies WritesDone, drops messages not read, and waits for the call's
-  // final status (at most until the deadline).
-  absl::Status Finish();
-  // Ends the call CANCELLED (unless it has ended already); the server's
-  // handler sees IsCancelled(). Safe from any thread.
-  void Cancel();
-
- private:
-  friend class internal::ChannelCore;
-  GenericClientStream(std::shared_ptr<internal::ChannelCore> core,
-                      std::shared_ptr<internal::PendingCall> call)
-      : core_(std::move(core)), call_(std::move(call)) {}
-
-  std::shared_ptr<internal::ChannelCore> core_;
-  std::shared_ptr<internal::PendingCall> call_;
-  bool finished_ = false;
-};
-
 // The server end of a stream, untyped: what a handler added with
 // Service::AddStreamMethod gets. Valid while the handler runs.
 class GenericServerStream {
  public:
-  explicit GenericServerStream(std::shared_ptr<internal::ServerCallState> state)
-      : state_(std::move(state)) {}
   GenericServerStream(const GenericServerStream&) = delete;
   GenericServerStream& operator=(const GenericServerStream&) = delete;
 
@@ -107,7 +62,11 @@ class GenericServerStream {
   void Fail(absl::Status status);
 
  private:
-  std::shared_ptr<internal::ServerCallState> state_;
+  friend class ServerContext::State;
+  explicit GenericServerStream(std::shared_ptr<ServerContext::State> state)
+      : state_(std::move(state)) {}
+
+  std::shared_ptr<ServerContext::State> state_;
 };
 
 // ------------------------------------------------------------ typed: client
