@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "transports/mq/mq_transport.h"
+#include "transports/mq/mq_wire.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace ipcrpc::internal;

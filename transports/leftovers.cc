@@ -16,7 +16,7 @@
 #include "base/strings.h"
 #include "base/syscall.h"
 #include "transports/fifo/fifo_transport.h"
-#include "transports/mq/mq_transport.h"
+#include "transports/mq/mq_liveness.h"
 #include "transports/named_object.h"
 #include "base/runtime_dir.h"
 #include "transports/transport.h"

@@ -1,5 +1,6 @@
 // The transport registry: endpoint syntax and the table of schemes. Adding a
-// transport means adding its row here and its folder beside this file.
+// transport means adding its row here and its folder beside this file (or,
+// for a test's own transport, RegisterTransport).
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,9 +10,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/clock.h"
+#include "base/mutex.h"
 #include "base/status_macros.h"
 #include "base/strings.h"
 #include "transports/fifo/fifo_transport.h"
+#include "transports/inproc/inproc_transport.h"
 #include "transports/mq/mq_transport.h"
 #include "transports/pipe/pipe_transport.h"
 #include "transports/shm/shm_transport.h"
@@ -24,44 +27,71 @@
 namespace ipcrpc::internal {
 namespace {
 
-using ListenerFactory = absl::StatusOr<std::unique_ptr<Listener>> (*)(const Endpoint&,
-                                                                      const TransportOptions&);
-using ConnectorFactory = absl::StatusOr<std::unique_ptr<Connector>> (*)(const Endpoint&,
-                                                                        const TransportOptions&);
-
 struct Transport {
-  const char* scheme;
-  ListenerFactory listen;    // nullptr: reserved, not built yet
+  std::string scheme;
+  ListenerFactory listen;  // empty: reserved, not in this build
   ConnectorFactory connect;
 };
 
-constexpr Transport kTransports[] = {
-    {"unix", &CreateUnixListener, &CreateUnixConnector},
-    {"pipe", &CreatePipeListener, &CreatePipeConnector},
-    {"fifo", &CreateFifoListener, &CreateFifoConnector},
-    {"mq", &CreateMqListener, &CreateMqConnector},
-    {"shm", &CreateShmListener, &CreateShmConnector},
-#ifdef IPCRPC_HAVE_GRPC
-    // Real gRPC, the one transport that reads frames (grpc/grpc_transport.h).
-    {"grpc", &CreateGrpcListener, &CreateGrpcConnector},
-#else
-    {"grpc", nullptr, nullptr},
-#endif
+struct Registry {
+  Mutex mu;
+  std::vector<Transport> transports ABSL_GUARDED_BY(mu);
+  size_t built_in ABSL_GUARDED_BY(mu) = 0;  // the first ones, never removed
 };
 
-absl::StatusOr<const Transport*> Find(const Endpoint& endpoint) {
-  for (const Transport& transport : kTransports) {
+Registry& TheRegistry() {
+  static Registry* const registry = [] {
+    auto* r = new Registry;  // never destroyed: used until exit
+    MutexLock lock(&r->mu);
+    r->transports = {
+        {"unix", &CreateUnixListener, &CreateUnixConnector},
+        {"pipe", &CreatePipeListener, &CreatePipeConnector},
+        {"fifo", &CreateFifoListener, &CreateFifoConnector},
+        {"mq", &CreateMqListener, &CreateMqConnector},
+        {"shm", &CreateShmListener, &CreateShmConnector},
+        {"inproc", &CreateInprocListener, &CreateInprocConnector},
+#ifdef IPCRPC_HAVE_GRPC
+        // Real gRPC, the one transport that reads frames (grpc/grpc_transport.h).
+        {"grpc", &CreateGrpcListener, &CreateGrpcConnector},
+#else
+        {"grpc", nullptr, nullptr},
+#endif
+    };
+    r->built_in = r->transports.size();
+    return r;
+  }();
+  return *registry;
+}
+
+absl::Status CheckScheme(std::string_view text, std::string_view scheme) {
+  if (scheme.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("endpoint '", Av(text), "': empty scheme"));
+  }
+  for (char c : scheme) {
+    if (!std::islower(static_cast<unsigned char>(c))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "endpoint '", Av(text), "': scheme '", Av(scheme), "' is not lower-case letters"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A copy of the row, so that it can be used without the registry's lock.
+absl::StatusOr<Transport> Find(const Endpoint& endpoint) {
+  Registry& registry = TheRegistry();
+  MutexLock lock(&registry.mu);
+  for (const Transport& transport : registry.transports) {
     if (endpoint.scheme != transport.scheme) continue;
-    if (transport.listen == nullptr) {
+    if (!transport.listen) {
       return absl::UnimplementedError(absl::StrCat(
           "endpoint '", endpoint.text, "': transport '", endpoint.scheme,
           ":' is not in this build (ipcrpc was configured without gRPC: install "
           "libgrpc++-dev and configure with -DIPCRPC_GRPC=ON)"));
     }
-    return &transport;
+    return transport;
   }
   std::vector<std::string> schemes;
-  for (const Transport& transport : kTransports) schemes.push_back(transport.scheme);
+  for (const Transport& transport : registry.transports) schemes.push_back(transport.scheme);
   return absl::InvalidArgumentError(absl::StrCat("endpoint '", endpoint.text,
                                                  "': unknown scheme '", endpoint.scheme,
                                                  "' (known: ", absl::StrJoin(schemes, ", "), ")"));
@@ -116,6 +146,36 @@ absl::Status TransportOptions::CheckServerUid(std::string_view endpoint, uid_t u
       "; nothing was sent to it"));
 }
 
+absl::Status RegisterTransport(std::string_view scheme, ListenerFactory listen,
+                               ConnectorFactory connect) {
+  IPCRPC_RETURN_IF_ERROR(CheckScheme(absl::StrCat(Av(scheme), ":"), scheme));
+  if (!listen || !connect) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("transport '", Av(scheme), ":': a listener and a connector factory are needed"));
+  }
+  Registry& registry = TheRegistry();
+  MutexLock lock(&registry.mu);
+  for (const Transport& transport : registry.transports) {
+    if (transport.scheme == scheme) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("transport '", Av(scheme), ":' is registered already"));
+    }
+  }
+  registry.transports.push_back({std::string(scheme), std::move(listen), std::move(connect)});
+  return absl::OkStatus();
+}
+
+void UnregisterTransport(std::string_view scheme) {
+  Registry& registry = TheRegistry();
+  MutexLock lock(&registry.mu);
+  for (size_t i = registry.built_in; i < registry.transports.size(); ++i) {
+    if (registry.transports[i].scheme == scheme) {
+      registry.transports.erase(registry.transports.begin() + static_cast<ptrdiff_t>(i));
+      return;
+    }
+  }
+}
+
 absl::StatusOr<Endpoint> ParseEndpoint(std::string_view text) {
   size_t colon = text.find(':');
   if (colon == std::string_view::npos) {
@@ -124,15 +184,7 @@ absl::StatusOr<Endpoint> ParseEndpoint(std::string_view text) {
                      "': no scheme (expected scheme:address, e.g. unix:/run/app.sock or pipe:)"));
   }
   std::string_view scheme = text.substr(0, colon);
-  if (scheme.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("endpoint '", Av(text), "': empty scheme"));
-  }
-  for (char c : scheme) {
-    if (!std::islower(static_cast<unsigned char>(c))) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("endpoint '", Av(text), "': scheme '", Av(scheme), "' is not lower-case letters"));
-    }
-  }
+  IPCRPC_RETURN_IF_ERROR(CheckScheme(text, scheme));
   Endpoint endpoint{std::string(scheme), std::string(text.substr(colon + 1)), std::string(text)};
   IPCRPC_RETURN_IF_ERROR(Find(endpoint).status());
   return endpoint;
@@ -141,15 +193,15 @@ absl::StatusOr<Endpoint> ParseEndpoint(std::string_view text) {
 absl::StatusOr<std::unique_ptr<Listener>> CreateListener(std::string_view text,
                                                          const TransportOptions& options) {
   IPCRPC_ASSIGN_OR_RETURN(Endpoint endpoint, ParseEndpoint(text));
-  IPCRPC_ASSIGN_OR_RETURN(const Transport* transport, Find(endpoint));
-  return transport->listen(endpoint, options);
+  IPCRPC_ASSIGN_OR_RETURN(Transport transport, Find(endpoint));
+  return transport.listen(endpoint, options);
 }
 
 absl::StatusOr<std::unique_ptr<Connector>> CreateConnector(std::string_view text,
                                                            const TransportOptions& options) {
   IPCRPC_ASSIGN_OR_RETURN(Endpoint endpoint, ParseEndpoint(text));
-  IPCRPC_ASSIGN_OR_RETURN(const Transport* transport, Find(endpoint));
-  return transport->connect(endpoint, options);
+  IPCRPC_ASSIGN_OR_RETURN(Transport transport, Find(endpoint));
+  return transport.connect(endpoint, options);
 }
 
 }  // namespace ipcrpc::internal

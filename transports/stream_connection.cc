@@ -14,11 +14,11 @@
 
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
-#include "asio/post.hpp"
 #include "base/clock.h"
 #include "base/little_endian.h"
 #include "base/logging.h"
 #include "base/mutex.h"
+#include "base/status_macros.h"
 
 namespace ipcrpc::internal {
 namespace {
@@ -88,11 +88,11 @@ absl::StatusOr<std::shared_ptr<StreamConnection>> StreamConnection::Create(
 StreamConnection::StreamConnection(UniqueFd read_fd, UniqueFd write_fd, UniqueFd close_event,
                                    UniqueFd wake_event, bool is_socket, PeerCredentials peer, std::string description,
                                    size_t max_message_size)
-    : read_fd_(read_fd.get()),
+    : PolledConnection(std::move(description)),
+      read_fd_(read_fd.get()),
       write_fd_(write_fd.valid() ? write_fd.get() : read_fd.get()),
       is_socket_(is_socket),
       peer_(peer),
-      description_(std::move(description)),
       max_message_size_(max_message_size),
       owned_read_fd_(std::move(read_fd)),
       owned_write_fd_(std::move(write_fd)),
@@ -105,51 +105,18 @@ StreamConnection::~StreamConnection() {
   readable_.reset();
 }
 
-void StreamConnection::Start(asio::io_context& io, MessageHandler on_message,
-                             CloseHandler on_closed) {
-  io_.store(&io, std::memory_order_release);
-  on_message_ = std::move(on_message);
-  on_closed_ = std::move(on_closed);
-  auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
-  asio::post(io, [self] {
-    if (self->closing_.load(std::memory_order_acquire)) {
-      self->Finish(absl::CancelledError(absl::StrCat(self->description_, ": closed")));
-      return;
-    }
-    if (self->read_role_.LoopReadsAtStart()) self->StartLoopReading();
-  });
+bool StreamConnection::BeginWatching() {
+  if (readable_.has_value()) return false;
+  // Level-triggered: LoopRead may stop after a short read (see there); it
+  // always waits again or stops watching before it returns.
+  readable_.emplace(io(), read_fd_, ReadWatch::kLevel);
+  return true;
 }
 
-void StreamConnection::StartLoopReading() {
-  if (finished_) return;
-  if (closing_.load(std::memory_order_acquire)) {
-    Finish(absl::CancelledError(absl::StrCat(description_, ": closed")));
-    return;
-  }
-  // Already reading (the start of the connection and an EnsureReader can
-  // both ask): one chain of waits only, or stopping one would abort the
-  // other's wait.
-  if (readable_.has_value()) return;
-  // Level-triggered: OnReadable may stop after a short read (see there);
-  // it always waits again or releases the watch before it returns.
-  readable_.emplace(*io_.load(std::memory_order_acquire), read_fd_, ReadWatch::kLevel);
-  OnReadable();  // data may already be there
-}
+void StreamConnection::AwaitReadable() { readable_->AsyncWait(ReadableHandler()); }
 
-void StreamConnection::WaitReadable() {
-  auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
-  readable_->AsyncWait([self](const asio::error_code& ec) {
-                          if (self->finished_) return;
-                          if (ec) {
-                            self->Finish(absl::UnavailableError(
-                                absl::StrCat(self->description_, ": wait: ", ec.message())));
-                            return;
-                          }
-                          self->OnReadable();
-                        });
-}
-
-StreamConnection::Got StreamConnection::ReadOnce(absl::Status* why, bool* drained) {
+PolledConnection::Got StreamConnection::ReceiveOnce(Reader /*reader*/, absl::Status* why,
+                                                    bool* drained) {
   for (;;) {
     if (closing_.load(std::memory_order_acquire)) {
       *why = absl::CancelledError(absl::StrCat(description_, ": closed"));
@@ -169,7 +136,7 @@ StreamConnection::Got StreamConnection::ReadOnce(absl::Status* why, bool* draine
     ssize_t n = ::read(read_fd_, buffer_.data() + end_, room);
     if (n > 0) {
       end_ += static_cast<size_t>(n);
-      if (drained != nullptr) *drained = static_cast<size_t>(n) < room;
+      *drained = static_cast<size_t>(n) < room;
       *why = DeliverMessages();
       return why->ok() ? Got::kMessages : Got::kEnded;
     }
@@ -184,104 +151,27 @@ StreamConnection::Got StreamConnection::ReadOnce(absl::Status* why, bool* draine
   }
 }
 
-void StreamConnection::OnReadable() {
-  for (;;) {
-    absl::Status why;
-    bool drained = false;
-    switch (ReadOnce(&why, &drained)) {
-      case Got::kMessages:
-        // A read that took less than it had room for emptied the stream: no
-        // second read only to see EAGAIN. The wait below costs no system
-        // call, and being level-triggered it reports at once what came
-        // meanwhile, or an end of file that came with these bytes; a direct
-        // reader polls before it reads.
-        if (drained) break;
-        continue;
-      case Got::kEnded:
-        Finish(std::move(why));
-        return;
-      case Got::kNothing:
-        break;
-    }
-    break;
+absl::Status StreamConnection::WaitForMore(int64_t deadline_ns, int64_t now) {
+  struct pollfd fds[3] = {
+      {read_fd_, POLLIN, 0}, {close_event_.get(), POLLIN, 0}, {wake_event_.get(), POLLIN, 0}};
+  IPCRPC_RETURN_IF_ERROR(PollUntil(fds, 3, deadline_ns, now, description_));
+  if (fds[2].revents != 0) {
+    uint64_t count;
+    ssize_t ignored = ::read(wake_event_.get(), &count, sizeof(count));
+    (void)ignored;
   }
-  if (read_role_.LoopKeepsReading()) {
-    WaitReadable();
-  } else {
-    // Nothing is expected: stop watching (a direct reader or EnsureReader
-    // starts again), so that what arrives next wakes only whoever waits.
-    readable_.reset();
-  }
+  return absl::OkStatus();
 }
 
-Connection::ReadResult StreamConnection::ReadUntil(int64_t deadline_ns,
-                                                   absl::FunctionRef<bool()> done) {
-  if (!read_role_.TryTakeForCaller()) {
-    return finished_ || closing_.load(std::memory_order_acquire) ? ReadResult::kClosed
-                                                                 : ReadResult::kBusy;
-  }
-  ReadResult result = ReadResult::kTimeout;
-  absl::Status ended;
-  // Right after a request went out its answer cannot be there yet: wait
-  // first, read after (one system call less per call). A check with a past
-  // deadline reads at once.
-  bool readable = deadline_ns <= MonotonicNowNs();
-  for (;;) {
-    if (done()) {
-      result = ReadResult::kDone;
-      break;
-    }
-    bool drained = false;
-    const Got got = readable ? ReadOnce(&ended, &drained) : Got::kNothing;
-    readable = true;
-    if (got == Got::kEnded) {
-      result = ReadResult::kClosed;
-      break;
-    }
-    if (got == Got::kMessages) {
-      // Not what we wait for, and the stream is empty: poll, then read.
-      readable = !drained;
-      continue;
-    }
-    const int64_t now = MonotonicNowNs();
-    if (now >= deadline_ns) break;
-    struct pollfd fds[3] = {
-        {read_fd_, POLLIN, 0}, {close_event_.get(), POLLIN, 0}, {wake_event_.get(), POLLIN, 0}};
-    ended = PollUntil(fds, 3, deadline_ns, now, description_);
-    if (!ended.ok()) {
-      result = ReadResult::kClosed;
-      break;
-    }
-    if (fds[2].revents != 0) {
-      uint64_t count;
-      ssize_t ignored = ::read(wake_event_.get(), &count, sizeof(count));
-      (void)ignored;
-    }
-  }
-  auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
-  asio::io_context& io = *io_.load(std::memory_order_acquire);
-  return read_role_.EndCallerRead(
-      result,
-      [&] {
-        // Finish left the reading state to us (its handler holds the owner).
-        buffer_.clear();
-        buffer_.shrink_to_fit();
-        on_message_ = nullptr;
-      },
-      [&] { asio::post(io, [self, ended] { self->Finish(ended); }); },
-      [&] { asio::post(io, [self] { self->StartLoopReading(); }); });
+void StreamConnection::ReleaseReadState() {
+  buffer_.clear();
+  buffer_.shrink_to_fit();
 }
 
 void StreamConnection::WakeReader() {
   uint64_t one = 1;
   ssize_t ignored = ::write(wake_event_.get(), &one, sizeof(one));
   (void)ignored;
-}
-
-void StreamConnection::EnsureReader() {
-  if (!read_role_.EnsureReader()) return;
-  auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
-  asio::post(*io_.load(std::memory_order_acquire), [self] { self->StartLoopReading(); });
 }
 
 absl::Status StreamConnection::DeliverMessages() {
@@ -458,51 +348,23 @@ absl::Status StreamConnection::WaitWritable(int64_t give_up_ns) {
   return absl::OkStatus();
 }
 
-void StreamConnection::Close() {
-  if (closing_.exchange(true, std::memory_order_acq_rel)) return;
+void StreamConnection::OnClose() {
   uint64_t one = 1;
   ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
   (void)ignored;
-  {
-    MutexLock lock(&write_mu_);
-    // The peer sees EOF at once, even before the loop closes the descriptor.
-    if (!write_fd_closed_ && is_socket_) ::shutdown(write_fd_, SHUT_RDWR);
-  }
-  if (asio::io_context* io = io_.load(std::memory_order_acquire); io != nullptr) {
-    auto self = std::static_pointer_cast<StreamConnection>(shared_from_this());
-    asio::post(*io, [self] {
-      self->Finish(absl::CancelledError(absl::StrCat(self->description_, ": closed")));
-    });
-  }
+  MutexLock lock(&write_mu_);
+  // The peer sees EOF at once, even before the loop closes the descriptor.
+  if (!write_fd_closed_ && is_socket_) ::shutdown(write_fd_, SHUT_RDWR);
 }
 
-void StreamConnection::Finish(absl::Status reason) {
-  if (finished_) return;
-  finished_ = true;
-  closing_.store(true, std::memory_order_release);
-  // A direct reader may be inside ReadOnce: its descriptor, buffer and
-  // handler stay until the connection is destroyed.
-  const bool caller_reads = read_role_.Finish();
+void StreamConnection::OnFinish(bool caller_reads) {
   uint64_t one = 1;
   ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
   (void)ignored;
-  readable_.reset();  // cancels the pending wait; the descriptor stays ours
-  {
-    MutexLock lock(&write_mu_);
-    write_fd_closed_ = true;
-    if (!caller_reads) owned_read_fd_.Reset();
-    owned_write_fd_.Reset();
-  }
-  if (!caller_reads) {
-    buffer_.clear();
-    buffer_.shrink_to_fit();
-    on_message_ = nullptr;
-  }
-  if (on_closed_) {
-    CloseHandler on_closed = std::move(on_closed_);
-    on_closed_ = nullptr;
-    std::move(on_closed)(std::move(reason));
-  }
+  MutexLock lock(&write_mu_);
+  write_fd_closed_ = true;
+  if (!caller_reads) owned_read_fd_.Reset();
+  owned_write_fd_.Reset();
 }
 
 }  // namespace ipcrpc::internal

@@ -16,14 +16,14 @@
 
 #include "asio/io_context.hpp"
 #include "base/syscall.h"
-#include "transports/read_role.h"
+#include "transports/polled_connection.h"
 #include "transports/read_watch.h"
 #include "transports/transport.h"
 #include "base/mutex.h"
 
 namespace ipcrpc::internal {
 
-class StreamConnection final : public Connection {
+class StreamConnection final : public PolledConnection {
  public:
   // `read_fd` and `write_fd` may be the same descriptor (a socket); both are
   // owned and set non-blocking. `is_socket` selects send(MSG_NOSIGNAL) over
@@ -37,38 +37,32 @@ class StreamConnection final : public Connection {
                    PeerCredentials peer, std::string description, size_t max_message_size);
   ~StreamConnection() override;
 
-  void Start(asio::io_context& io, MessageHandler on_message, CloseHandler on_closed) override;
   absl::Status Send(absl::Span<const std::string_view> parts, int priority) override;
   absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
                           int64_t deadline_ns) override;
   bool TrySend(absl::Span<const std::string_view> parts, int priority,
                absl::Status* error) override;
-  void Close() override;
   // A pipe or FIFO whose reader closed, a socket whose peer closed: EPIPE.
   // (The fifo: client writes through a write-only descriptor for this.)
   bool SendSeesPeerLeave() const override { return true; }
   const PeerCredentials& peer() const override { return peer_; }
-  const std::string& description() const override { return description_; }
-  void SetLoopReadPolicy(absl::AnyInvocable<bool()> keep_loop_reading) override {
-    read_role_.SetPolicy(std::move(keep_loop_reading));
-  }
-  ReadResult ReadUntil(int64_t deadline_ns, absl::FunctionRef<bool()> done) override;
-  void EnsureReader() override;
   void WakeReader() override;
 
  private:
-  enum class Got { kMessages, kNothing, kEnded };
-  void WaitReadable();
-  void OnReadable();
-  // On the loop: starts (again) to watch the descriptor and reads.
-  void StartLoopReading();
-  // Whoever holds the read role: one read(2), and delivery of every whole
-  // message. kEnded with *why set if the connection ended. `*drained`: the
-  // read took less than it had room for, so nothing more was there.
-  Got ReadOnce(absl::Status* why, bool* drained = nullptr);
+  // PolledConnection's hooks. ReceiveOnce is one read(2), and delivery of
+  // every whole message; `*drained`: the read took less than it had room
+  // for, so nothing more was there.
+  Got ReceiveOnce(Reader reader, absl::Status* why, bool* drained) override;
+  absl::Status WaitForMore(int64_t deadline_ns, int64_t now) override;
+  void ReleaseReadState() override;
+  bool BeginWatching() override;
+  void AwaitReadable() override;
+  void StopWatching() override { readable_.reset(); }
+  void OnClose() override;
+  void OnFinish(bool caller_reads) override;
+
   // Parses whole messages out of the buffer; not OK if the connection ended.
   absl::Status DeliverMessages();
-  void Finish(absl::Status reason);  // on the loop: close fds, run on_closed once
   // EAGAIN on write: poll until writable, closed, or give_up_ns
   // (DEADLINE_EXCEEDED; base/clock.h's kNoDeadline: never).
   absl::Status WaitWritable(int64_t give_up_ns);
@@ -87,7 +81,6 @@ class StreamConnection final : public Connection {
   const int write_fd_;
   const bool is_socket_;
   const PeerCredentials peer_;
-  const std::string description_;
   const size_t max_message_size_;
   size_t whole_write_limit_ = PIPE_BUF;  // set by Create (WholeWriteLimit)
 
@@ -96,16 +89,9 @@ class StreamConnection final : public Connection {
   UniqueFd close_event_;     // eventfd: wakes blocked senders on Close
   UniqueFd wake_event_;      // eventfd: WakeReader
 
-  std::atomic<bool> closing_{false};
-  std::atomic<bool> finished_{false};
-  ReadRole read_role_;
-
   // Loop-thread state.
-  std::atomic<asio::io_context*> io_{nullptr};
   std::optional<ReadWatch> readable_;
-  CloseHandler on_closed_;
   // The read role's holder's state (the loop's, or a direct reader's).
-  MessageHandler on_message_;
   std::vector<char> buffer_;
   size_t begin_ = 0;  // first unparsed byte
   size_t end_ = 0;    // one past the last received byte

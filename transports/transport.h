@@ -265,6 +265,22 @@ class Connector {
 };
 
 // The registry: by scheme.
+using ListenerFactory = std::function<absl::StatusOr<std::unique_ptr<Listener>>(
+    const Endpoint& endpoint, const TransportOptions& options)>;
+using ConnectorFactory = std::function<absl::StatusOr<std::unique_ptr<Connector>>(
+    const Endpoint& endpoint, const TransportOptions& options)>;
+
+// Adds a transport for endpoints "scheme:..." to this process's registry:
+// the seam through which a test puts a transport of its own (one that fails
+// on cue, or wraps inproc:) under a Server and a Channel. INVALID_ARGUMENT
+// for a scheme that is not lower-case letters, ALREADY_EXISTS for a scheme
+// taken (the built-in ones included). Thread-safe.
+absl::Status RegisterTransport(std::string_view scheme, ListenerFactory listen,
+                               ConnectorFactory connect);
+// Removes a scheme RegisterTransport added (built-in ones stay). Endpoints
+// already created keep working.
+void UnregisterTransport(std::string_view scheme);
+
 absl::StatusOr<std::unique_ptr<Listener>> CreateListener(std::string_view endpoint,
                                                          const TransportOptions& options);
 absl::StatusOr<std::unique_ptr<Connector>> CreateConnector(std::string_view endpoint,

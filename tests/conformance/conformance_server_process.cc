@@ -23,9 +23,10 @@
 #include "rpc/server_registry.h"
 #include "tests/util/process.h"
 #include "transports/fifo/fifo_transport.h"
-#include "transports/mq/mq_transport.h"
+#include "transports/mq/mq_wire.h"
+#include "transports/shm/shm_handshake.h"
+#include "transports/shm/shm_region.h"
 #include "transports/shm/shm_ring.h"
-#include "transports/shm/shm_transport.h"
 
 namespace ipcrpc::testing {
 

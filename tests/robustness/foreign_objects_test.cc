@@ -27,7 +27,7 @@
 #include "tests/util/status_matchers.h"
 #include "transports/leftovers.h"
 #include "base/runtime_dir.h"
-#include "transports/mq/mq_transport.h"
+#include "transports/mq/mq_liveness.h"
 
 namespace ipcrpc::testing {
 namespace {

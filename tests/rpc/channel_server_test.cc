@@ -1,4 +1,6 @@
-// Channel and Server behaviour in one process, over unix: sockets.
+// Channel and Server behaviour in one process, over unix: sockets, and
+// built a second time (channel_server_inproc_test, IPCRPC_TEST_INPROC) over
+// inproc:, where the same rules hold without any kernel object.
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -25,7 +27,16 @@ namespace {
 using internal::UniqueFd;
 using ::testing::HasSubstr;
 
+#ifdef IPCRPC_TEST_INPROC
+constexpr bool kInproc = true;
+std::string Endpoint() { return "inproc:" + UniqueName("rpc-test"); }
+#else
+constexpr bool kInproc = false;
 std::string Endpoint() { return "unix:" + UniqueName("/tmp/ipcrpc-rpc-test") + ".sock"; }
+#endif
+// Tests whose peer is a raw Unix socket run only in the unix: build.
+#define SKIP_UNLESS_UNIX() \
+  if (kInproc) GTEST_SKIP() << "a raw unix: socket peer; runs in channel_server_test"
 
 // A server with TestService plus methods for these tests.
 class ExtraService : public Service {
@@ -132,6 +143,7 @@ TEST_F(ChannelServerTest, TheEarlierOfTimeoutAndDeadlineWins) {
 }
 
 TEST_F(ChannelServerTest, ExpiredRequestIsAnsweredWithoutRunningTheHandler) {
+  SKIP_UNLESS_UNIX();
   StartServer();
   // A raw peer sends a REQUEST whose deadline (1 ns after boot) has passed.
   std::string path = endpoint_.substr(5);
@@ -361,6 +373,7 @@ TEST_F(ChannelServerTest, NestedCallInheritsDeadlineAndCancellation) {
 // A server that is a raw peer: it answers an id nobody asked for, then
 // sends garbage.
 TEST(HostileServerTest, LateResponsesAreCountedAndGarbageClosesTheConnection) {
+  SKIP_UNLESS_UNIX();
   const std::string path = UniqueName("/tmp/ipcrpc-hostile") + ".sock";
   UniqueFd listener(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_un addr = {};

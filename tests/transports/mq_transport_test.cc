@@ -27,7 +27,7 @@
 #include "tests/util/process.h"
 #include "tests/transports/other_uid_check.h"
 #include "tests/util/status_matchers.h"
-#include "transports/mq/mq_transport.h"
+#include "transports/mq/mq_wire.h"
 #include "transports/transport.h"
 
 namespace ipcrpc::testing {

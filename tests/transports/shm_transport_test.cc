@@ -30,8 +30,9 @@
 #include "tests/util/process.h"
 #include "tests/transports/other_uid_check.h"
 #include "tests/util/status_matchers.h"
+#include "transports/shm/shm_handshake.h"
+#include "transports/shm/shm_region.h"
 #include "transports/shm/shm_ring.h"
-#include "transports/shm/shm_transport.h"
 
 namespace ipcrpc::testing {
 namespace {

@@ -10,6 +10,11 @@
 // so a SIGKILL of either side leaves nothing behind.
 //
 // Layout and handshake: docs/PROTOCOL.md ("shm:").
+//
+// Where it is: shm_region.h (the shared memory's layout and mapping),
+// shm_ring.h (the rings), shm_handshake.h (the rendezvous socket, HELLO and
+// ACK), shm_connection.h, shm_spinner.h (how a reader waits),
+// shm_listener.cc, shm_connector.cc.
 #ifndef IPCRPC_TRANSPORTS_SHM_SHM_TRANSPORT_H_
 #define IPCRPC_TRANSPORTS_SHM_SHM_TRANSPORT_H_
 
@@ -19,11 +24,6 @@
 #include "transports/transport.h"
 
 namespace ipcrpc::internal {
-
-inline constexpr size_t kShmHeaderSize = 4096;   // header page: magic, sizes, ring controls
-inline constexpr size_t kShmMinRingSize = 4096;
-inline constexpr size_t kShmMaxRingSize = 64u << 20;
-inline constexpr size_t kShmHelloSize = 24;
 
 absl::StatusOr<std::unique_ptr<Listener>> CreateShmListener(const Endpoint& endpoint,
                                                             const TransportOptions& options);

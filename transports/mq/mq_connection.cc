@@ -1,0 +1,373 @@
+#include "transports/mq/mq_connection.h"
+
+#include <fcntl.h>
+#include <mqueue.h>
+#include <poll.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "base/logging.h"
+#include "base/status_macros.h"
+
+namespace ipcrpc::internal {
+
+MqConnection::MqConnection(UniqueFd read_queue, UniqueFd write_queue, long write_message_size,
+                           uint64_t connection_id, UniqueFd peer_pidfd, PeerCredentials peer,
+                           std::string description, size_t max_message_size, UniqueFd close_event)
+    : PolledConnection(std::move(description)),
+      read_queue_(std::move(read_queue)),
+      write_queue_(std::move(write_queue)),
+      write_message_size_(static_cast<size_t>(write_message_size)),
+      connection_id_(connection_id),
+      peer_pidfd_(std::move(peer_pidfd)),
+      peer_(peer),
+      close_event_(std::move(close_event)),
+      reassembler_(max_message_size, kMqMaxPartialMessages),
+      max_message_size_(max_message_size) {
+  if (read_queue_.valid()) {
+    struct mq_attr attr;
+    mq_getattr(read_queue_.get(), &attr);
+    receive_buffer_.resize(static_cast<size_t>(attr.mq_msgsize));
+  }
+  send_buffer_.resize(write_message_size_);
+}
+
+MqConnection::~MqConnection() {
+  readable_.reset();
+  if (peer_watch_.has_value()) peer_watch_->release();
+}
+
+void MqConnection::OnStart(asio::io_context& io) {
+  started_ = true;
+  peer_watch_.emplace(io, peer_pidfd_.get());
+  peer_watch_->async_wait(
+      asio::posix::stream_descriptor::wait_read,
+      EndWhenFired(absl::UnavailableError(
+          absl::StrCat(description_, ": peer pid ", peer_.pid, " exited"))));
+  // Fragments that came before Start (a server's connection).
+  for (auto& [header, chunk] : early_) {
+    if (finished_) break;
+    Deliver(header, chunk);
+  }
+  early_.clear();
+}
+
+void MqConnection::Deliver(const MqHeader& header, std::string_view chunk) {
+  if (finished_) return;
+  if (!started_) {
+    early_.emplace_back(header, std::string(chunk));
+    return;
+  }
+  absl::Status delivered = DeliverStarted(header, chunk);
+  if (!delivered.ok()) Finish(std::move(delivered));
+}
+
+absl::Status MqConnection::DeliverStarted(const MqHeader& header, std::string_view chunk) {
+  if (header.kind == MqKind::kClose) {
+    return absl::UnavailableError(absl::StrCat(description_, ": the peer closed the connection"));
+  }
+  if (header.kind != MqKind::kData) {
+    IPCRPC_LOG(WARNING) << description_ << ": closing: unexpected message kind "
+                        << static_cast<int>(header.kind);
+    return absl::DataLossError(absl::StrCat(description_, ": unexpected message kind"));
+  }
+  auto message = reassembler_.Add(header, chunk);
+  if (!message.ok()) {
+    IPCRPC_LOG(WARNING) << description_ << ": closing: " << message.status();
+    return message.status();
+  }
+  if (message->has_value()) on_message_(**message);
+  if (closing_.load() || finished_) {
+    return absl::CancelledError(absl::StrCat(description_, ": closed"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MqConnection::WaitForMore(int64_t deadline_ns, int64_t now) {
+  struct pollfd fds[4] = {{read_queue_.get(), POLLIN, 0},
+                          {close_event_.get(), POLLIN, 0},
+                          {peer_pidfd_.get(), POLLIN, 0},
+                          {wake_event_.get(), POLLIN, 0}};
+  IPCRPC_RETURN_IF_ERROR(PollUntil(fds, 4, deadline_ns, now, description_));
+  if (fds[3].revents != 0) {
+    uint64_t count;
+    ssize_t ignored = ::read(wake_event_.get(), &count, sizeof(count));
+    (void)ignored;
+  }
+  if (fds[2].revents != 0 && fds[0].revents == 0) {
+    return absl::UnavailableError(absl::StrCat(description_, ": peer pid ", peer_.pid, " exited"));
+  }
+  return absl::OkStatus();
+}
+
+void MqConnection::WakeReader() {
+  uint64_t one = 1;
+  ssize_t ignored = ::write(wake_event_.get(), &one, sizeof(one));
+  (void)ignored;
+}
+
+bool MqConnection::TrySend(absl::Span<const std::string_view> parts, int priority,
+                           absl::Status* error) {
+  size_t total = 0;
+  for (std::string_view part : parts) total += part.size();
+  if (total > write_message_size_ - kMqHeaderSize) return false;
+  if (!write_mu_.TryLock()) return false;
+  const bool done = TrySendLocked(parts, total, priority, error);
+  write_mu_.Unlock();
+  return done;
+}
+
+absl::Status MqConnection::SendWithin(absl::Span<const std::string_view> parts, int priority,
+                                      int64_t deadline_ns) {
+  bool broken = false;
+  absl::Status sent = SendMessage(parts, priority, deadline_ns, &broken);
+  if (broken) {
+    // Part of the message is in the peer's queue: the connection cannot
+    // carry another (the caller closes it, see SendWithin).
+    IPCRPC_LOG(WARNING) << description_
+                        << ": the peer took only part of a message before its deadline";
+  }
+  return sent;
+}
+
+absl::Status MqConnection::SendMessage(absl::Span<const std::string_view> parts, int priority,
+                                       int64_t deadline_ns, bool* broken) {
+  size_t total = 0;
+  for (std::string_view part : parts) total += part.size();
+  if (total > max_message_size_) {
+    return absl::ResourceExhaustedError(absl::StrCat(description_, ": message of ", total,
+                                                     " bytes exceeds max_message_size ",
+                                                     max_message_size_));
+  }
+  const unsigned mq_priority = static_cast<unsigned>(std::clamp(priority, 0, 31));
+  MutexLock lock(&write_mu_);
+  if (closing_.load()) {
+    return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+  }
+  MqHeader header;
+  header.kind = MqKind::kData;
+  header.sequence = next_sequence_++;
+  header.connection = connection_id_;
+  header.total_length = static_cast<uint32_t>(total);
+  const size_t room = write_message_size_ - kMqHeaderSize;
+  size_t part = 0;
+  size_t part_offset = 0;
+  size_t offset = 0;
+  do {
+    const size_t chunk = std::min(room, total - offset);
+    header.offset = static_cast<uint32_t>(offset);
+    header.last = offset + chunk == total;
+    EncodeMqHeader(header, send_buffer_.data());
+    // Gather the chunk from the parts (mq_send takes one buffer).
+    size_t filled = 0;
+    while (filled < chunk) {
+      const size_t n = std::min(chunk - filled, parts[part].size() - part_offset);
+      // (An empty part's data() may be null: memcpy must not see it.)
+      if (n > 0) {
+        std::memcpy(send_buffer_.data() + kMqHeaderSize + filled,
+                    parts[part].data() + part_offset, n);
+      }
+      filled += n;
+      part_offset += n;
+      if (part_offset == parts[part].size()) {
+        ++part;
+        part_offset = 0;
+      }
+    }
+    while (part < parts.size() && parts[part].size() == part_offset) {
+      ++part;
+      part_offset = 0;
+    }
+    absl::Status sent =
+        SendOne(send_buffer_.data(), kMqHeaderSize + chunk, mq_priority, deadline_ns);
+    if (absl::IsDeadlineExceeded(sent)) {
+      if (offset == 0) return MarkNotDelivered(std::move(sent));
+      *broken = true;
+      return sent;
+    }
+    IPCRPC_RETURN_IF_ERROR(sent);
+    offset += chunk;
+  } while (offset < total);
+  return absl::OkStatus();
+}
+
+void MqConnection::OnClose() {
+  uint64_t one = 1;
+  ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
+  (void)ignored;
+  SayClose();
+}
+
+bool MqConnection::TrySendLocked(absl::Span<const std::string_view> parts, size_t total,
+                                 int priority, absl::Status* error) {
+  if (closing_.load()) {
+    *error = absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+    return true;
+  }
+  MqHeader header;
+  header.kind = MqKind::kData;
+  header.sequence = next_sequence_;
+  header.connection = connection_id_;
+  header.total_length = static_cast<uint32_t>(total);
+  header.offset = 0;
+  header.last = true;
+  EncodeMqHeader(header, send_buffer_.data());
+  size_t filled = kMqHeaderSize;
+  for (std::string_view part : parts) {
+    if (part.empty()) continue;  // its data() may be null
+    std::memcpy(send_buffer_.data() + filled, part.data(), part.size());
+    filled += part.size();
+  }
+  const unsigned mq_priority = static_cast<unsigned>(std::clamp(priority, 0, 31));
+  for (;;) {
+    if (mq_send(write_queue_.get(), send_buffer_.data(), filled, mq_priority) == 0) {
+      ++next_sequence_;
+      *error = absl::OkStatus();
+      return true;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return false;  // full: nothing sent
+    *error = ErrnoStatus(errno, "mq_send", description_);
+    return true;
+  }
+}
+
+absl::Status MqConnection::SendOne(const char* data, size_t size, unsigned priority,
+                                   int64_t deadline_ns) {
+  for (;;) {
+    if (closing_.load()) {
+      return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+    }
+    if (mq_send(write_queue_.get(), data, size, priority) == 0) return absl::OkStatus();
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {
+      // The peer's queue is full: wait for room, or for the end. In the
+      // kernel's own line of senders (it wakes one per freed slot), not in
+      // poll(POLLOUT), which wakes every waiting sender for each slot: a
+      // hundred clients of one full server queue made that a storm that
+      // starved the server. Slices of 10 ms, to notice Close and the
+      // peer's death.
+      absl::Status waited = WaitInLine(data, size, priority, deadline_ns);
+      if (waited.ok() || !absl::IsDeadlineExceeded(waited)) return waited;
+      if (MonotonicNowNs() >= deadline_ns) {
+        return absl::DeadlineExceededError(
+            absl::StrCat(description_, ": the peer's queue stayed full"));
+      }
+      continue;
+    }
+    return ErrnoStatus(errno, "mq_send", description_);
+  }
+}
+
+absl::Status MqConnection::WaitInLine(const char* data, size_t size, unsigned priority,
+                                      int64_t deadline_ns) {
+  struct mq_attr blocking = {};
+  struct mq_attr nonblocking = {};
+  nonblocking.mq_flags = O_NONBLOCK;
+  // 10 ms, or what is left before the deadline.
+  const int64_t slice_ns =
+      std::clamp<int64_t>(deadline_ns - MonotonicNowNs(), 0, 10'000'000);
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);  // mq_timedsend's clock
+  until.tv_nsec += static_cast<long>(slice_ns);
+  if (until.tv_nsec >= 1'000'000'000) {
+    until.tv_nsec -= 1'000'000'000;
+    ++until.tv_sec;
+  }
+  mq_setattr(write_queue_.get(), &blocking, nullptr);
+  const int sent = mq_timedsend(write_queue_.get(), data, size, priority, &until);
+  const int error = errno;
+  mq_setattr(write_queue_.get(), &nonblocking, nullptr);
+  if (sent == 0) return absl::OkStatus();
+  if (error != ETIMEDOUT && error != EINTR) return ErrnoStatus(error, "mq_send", description_);
+  if (closing_.load()) {
+    return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
+  }
+  struct pollfd peer = {peer_pidfd_.get(), POLLIN, 0};
+  if (peer.fd >= 0 && ::poll(&peer, 1, 0) > 0) {
+    return absl::UnavailableError(absl::StrCat(description_, ": the peer exited"));
+  }
+  return absl::DeadlineExceededError("no room yet");
+}
+
+void MqConnection::SayClose() {
+  MutexLock lock(&write_mu_);
+  if (said_close_ || !write_queue_.valid()) return;
+  said_close_ = true;
+  MqHeader header;
+  header.kind = MqKind::kClose;
+  header.connection = connection_id_;
+  char message[kMqHeaderSize];
+  EncodeMqHeader(header, message);
+  mq_send(write_queue_.get(), message, sizeof(message), 0);
+}
+
+PolledConnection::Got MqConnection::ReceiveOnce(Reader /*reader*/, absl::Status* why,
+                                                bool* /*drained*/) {
+  for (;;) {
+    if (finished_ || closing_.load()) {
+      *why = absl::CancelledError(absl::StrCat(description_, ": closed"));
+      return Got::kEnded;
+    }
+    unsigned priority = 0;
+    ssize_t n = mq_receive(read_queue_.get(), receive_buffer_.data(), receive_buffer_.size(),
+                           &priority);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return Got::kNothing;
+      *why = ErrnoStatus(errno, "mq_receive", description_);
+      return Got::kEnded;
+    }
+    std::string_view message(receive_buffer_.data(), static_cast<size_t>(n));
+    auto header = DecodeMqHeader(message);
+    if (!header.ok()) {
+      IPCRPC_LOG(WARNING) << description_ << ": closing: " << header.status();
+      *why = header.status();
+      return Got::kEnded;
+    }
+    *why = DeliverStarted(*header, message.substr(kMqHeaderSize));
+    return why->ok() ? Got::kMessages : Got::kEnded;
+  }
+}
+
+bool MqConnection::BeginWatching() {
+  if (readable_.has_value()) return false;
+  readable_.emplace(io(), read_queue_.get());
+  return true;
+}
+
+void MqConnection::OnFinish(bool caller_reads) {
+  // A direct reader may be inside ReceiveOnce: the queue and the pidfd it
+  // polls stay until the connection is destroyed.
+  uint64_t one = 1;
+  ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
+  (void)ignored;
+  if (peer_watch_.has_value()) {
+    peer_watch_->release();
+    peer_watch_.reset();
+  }
+  SayClose();
+  {
+    MutexLock lock(&write_mu_);
+    write_queue_.Reset();
+    if (!caller_reads) {
+      read_queue_.Reset();
+      peer_pidfd_.Reset();
+    }
+  }
+  if (on_finish_) std::move(on_finish_)();
+  on_finish_ = nullptr;
+}
+
+absl::StatusOr<UniqueFd> NewCloseEvent(std::string_view what) {
+  UniqueFd fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!fd.valid()) return ErrnoStatus(errno, "eventfd", what);
+  return fd;
+}
+
+}  // namespace ipcrpc::internal

@@ -1,0 +1,133 @@
+#ifndef IPCRPC_TRANSPORTS_MQ_MQ_CONNECTION_H_
+#define IPCRPC_TRANSPORTS_MQ_MQ_CONNECTION_H_
+
+#include <sys/eventfd.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "asio/io_context.hpp"
+#include "asio/posix/stream_descriptor.hpp"
+#include "base/clock.h"
+#include "base/mutex.h"
+#include "base/syscall.h"
+#include "transports/mq/mq_wire.h"
+#include "transports/polled_connection.h"
+#include "transports/read_watch.h"
+#include "transports/transport.h"
+
+namespace ipcrpc::internal {
+
+// One connection, on either side. Writes go to the peer's queue, fragmented.
+// Reads: the client reads its own reply queue; on the server, the listener
+// reads /NAME and hands this connection its fragments (Deliver).
+class MqConnection final : public PolledConnection {
+ public:
+  MqConnection(UniqueFd read_queue, UniqueFd write_queue, long write_message_size,
+               uint64_t connection_id, UniqueFd peer_pidfd, PeerCredentials peer,
+               std::string description, size_t max_message_size, UniqueFd close_event);
+
+  ~MqConnection() override;
+
+  // Server side: runs on the loop when the connection ends (to unroute it).
+  void SetOnFinish(absl::AnyInvocable<void() &&> on_finish) { on_finish_ = std::move(on_finish); }
+
+  // On the loop: one message of this connection (DATA or CLOSE).
+  void Deliver(const MqHeader& header, std::string_view chunk);
+
+  // The read role's holder: one message; not OK if the connection ended.
+  absl::Status DeliverStarted(const MqHeader& header, std::string_view chunk);
+
+  void WakeReader() override;
+
+  // One fragment only (a message in several could be left half sent), and
+  // only if the peer's queue has room now.
+  bool TrySend(absl::Span<const std::string_view> parts, int priority,
+               absl::Status* error) override;
+
+  absl::Status Send(absl::Span<const std::string_view> parts, int priority) override {
+    return SendWithin(parts, priority, kNoDeadline);
+  }
+
+  absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
+                          int64_t deadline_ns) override;
+
+  const PeerCredentials& peer() const override { return peer_; }
+
+ private:
+  // Send's work, under write_mu_; `*broken`: the deadline passed after part
+  // of the message went out.
+  absl::Status SendMessage(absl::Span<const std::string_view> parts, int priority,
+                           int64_t deadline_ns, bool* broken);
+
+  // TrySend's work, with write_mu_ held: `total` bytes of `parts`.
+  bool TrySendLocked(absl::Span<const std::string_view> parts, size_t total, int priority,
+                     absl::Status* error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+
+  absl::Status SendOne(const char* data, size_t size, unsigned priority, int64_t deadline_ns)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+
+  // One blocking mq_timedsend of up to 10 ms (the descriptor is made
+  // blocking for it: senders hold write_mu_). DEADLINE_EXCEEDED: try again.
+  absl::Status WaitInLine(const char* data, size_t size, unsigned priority, int64_t deadline_ns)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+
+  // Tells the peer the connection is over, once, at once (best effort: if
+  // its queue is full it learns from our pid instead).
+  void SayClose();
+
+  // PolledConnection's hooks. Only a client's connection reads itself (its
+  // reply queue); the listener reads a server's and calls Deliver.
+  // ReceiveOnce is one mq_receive and its delivery.
+  bool ReadsItself() const override { return has_reply_queue_; }
+  Got ReceiveOnce(Reader reader, absl::Status* why, bool* drained) override;
+  absl::Status WaitForMore(int64_t deadline_ns, int64_t now) override;
+  void ReleaseReadState() override {}
+  bool BeginWatching() override;
+  void AwaitReadable() override { readable_->AsyncWait(ReadableHandler()); }
+  void StopWatching() override { readable_.reset(); }
+  void OnStart(asio::io_context& io) override;
+  void OnClose() override;
+  void OnFinish(bool caller_reads) override;
+
+  UniqueFd read_queue_;
+  UniqueFd write_queue_;
+  const size_t write_message_size_;
+  const uint64_t connection_id_;
+  UniqueFd peer_pidfd_;
+  const PeerCredentials peer_;
+  UniqueFd close_event_;
+
+  const bool has_reply_queue_ = read_queue_.valid();  // a client's connection
+  UniqueFd wake_event_{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};  // WakeReader (-1: none)
+  // Loop only.
+  bool started_ = false;
+  std::optional<ReadWatch> readable_;
+  std::optional<asio::posix::stream_descriptor> peer_watch_;
+  absl::AnyInvocable<void() &&> on_finish_;
+  MqReassembler reassembler_;
+  std::vector<char> receive_buffer_;
+  std::vector<std::pair<MqHeader, std::string>> early_;
+  const size_t max_message_size_;
+
+  Mutex write_mu_;
+  uint32_t next_sequence_ ABSL_GUARDED_BY(write_mu_) = 0;
+  bool said_close_ ABSL_GUARDED_BY(write_mu_) = false;
+  std::vector<char> send_buffer_ ABSL_GUARDED_BY(write_mu_);
+};
+
+// The eventfd that Close signals, to wake whoever polls for the connection.
+absl::StatusOr<UniqueFd> NewCloseEvent(std::string_view what);
+
+}  // namespace ipcrpc::internal
+
+#endif  // IPCRPC_TRANSPORTS_MQ_MQ_CONNECTION_H_
