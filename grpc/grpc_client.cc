@@ -68,7 +68,9 @@ class GrpcClientConnection final : public GrpcBridgeConnection {
     io_ = &io;
     GrpcBridgeConnection::Start(io, std::move(on_message), std::move(on_closed));
   }
-  absl::Status Send(absl::Span<const std::string_view> parts, int /*priority*/) override;
+  // Never waits for the peer (gRPC queues): the deadline is not needed.
+  absl::Status SendWithin(absl::Span<const std::string_view> parts, int /*priority*/,
+                          int64_t deadline_ns) override;
   void Close() override;
 
   // For the calls: hands a frame to the RPC layer, on the loop, in order.
@@ -328,7 +330,8 @@ class StreamClientCall final : public ClientCall,
   grpc::ByteBuffer read_buffer_;
 };
 
-absl::Status GrpcClientConnection::Send(absl::Span<const std::string_view> parts, int) {
+absl::Status GrpcClientConnection::SendWithin(absl::Span<const std::string_view> parts, int,
+                                              int64_t /*deadline_ns*/) {
   std::string bytes;
   for (std::string_view part : parts) bytes.append(part);
   {

@@ -82,7 +82,9 @@ class PeerConnection final : public GrpcBridgeConnection {
         state_(std::move(state)),
         peer_name_(std::move(peer)) {}
 
-  absl::Status Send(absl::Span<const std::string_view> parts, int priority) override;
+  // Never waits for the peer (gRPC queues): the deadline is not needed.
+  absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
+                          int64_t deadline_ns) override;
   void Close() override;
 
   // Hands a frame to the server, on its loop (the listener's: Start, which
@@ -537,7 +539,8 @@ void ServerCall::Pump() {
   }
 }
 
-absl::Status PeerConnection::Send(absl::Span<const std::string_view> parts, int) {
+absl::Status PeerConnection::SendWithin(absl::Span<const std::string_view> parts, int,
+                                        int64_t /*deadline_ns*/) {
   std::string bytes;
   for (std::string_view part : parts) bytes.append(part);
   auto frame = DecodeFrame(bytes, state_->max_payload);

@@ -202,10 +202,6 @@ absl::Status StreamConnection::DeliverMessages() {
   return absl::OkStatus();
 }
 
-absl::Status StreamConnection::Send(absl::Span<const std::string_view> parts, int priority) {
-  return SendWithin(parts, priority, kNoDeadline);
-}
-
 absl::Status StreamConnection::SendWithin(absl::Span<const std::string_view> parts,
                                           int /*priority*/, int64_t deadline_ns) {
   size_t total = 0;

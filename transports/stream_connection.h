@@ -37,7 +37,6 @@ class StreamConnection final : public PolledConnection {
                    PeerCredentials peer, std::string description, size_t max_message_size);
   ~StreamConnection() override;
 
-  absl::Status Send(absl::Span<const std::string_view> parts, int priority) override;
   absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
                           int64_t deadline_ns) override;
   bool TrySend(absl::Span<const std::string_view> parts, int priority,

@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "base/clock.h"
 
 namespace asio {
 class io_context;
@@ -149,7 +150,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // UNAVAILABLE if the peer is gone or the connection closed (marked
   // MarkNotDelivered if nothing of the message went out),
   // RESOURCE_EXHAUSTED if the message is over max_message_size.
-  virtual absl::Status Send(absl::Span<const std::string_view> parts, int priority) = 0;
+  absl::Status Send(absl::Span<const std::string_view> parts, int priority) {
+    return SendWithin(parts, priority, kNoDeadline);
+  }
 
   // Send, but waiting for room (a peer that does not read: stopped, stuck)
   // no later than `deadline_ns` (base/clock.h; kNoDeadline: as Send): past
@@ -158,12 +161,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // another: the caller must Close it (the channel closes a connection after
   // any failed send, once it has taken the call out, so that the call ends
   // with its own status and not the connection's loss). For a call's
-  // request, bounded by the call's deadline. The default ignores the
-  // deadline (a transport whose Send never waits for the peer).
+  // request, bounded by the call's deadline. A transport whose sends never
+  // wait for the peer (grpc:) ignores the deadline.
   virtual absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
-                                  int64_t /*deadline_ns*/) {
-    return Send(parts, priority);
-  }
+                                  int64_t deadline_ns) = 0;
 
   // Whether Send to a peer that has left fails, with nothing sent, rather
   // than queueing the message where nobody reads (a pipe, FIFO or stream

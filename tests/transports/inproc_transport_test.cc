@@ -144,10 +144,11 @@ Pair Connect(Loop& server_loop, Loop& client_loop, TransportOptions options = {}
 }
 
 TEST(InprocTransportTest, MessagesArriveWholeAndInOrderBothWays) {
+  // Outlives the loops, whose handlers write into it.
+  Received at_server, at_client;
   Loop server_loop, client_loop;
   Pair pair = Connect(server_loop, client_loop);
   ASSERT_NE(pair.server, nullptr);
-  Received at_server, at_client;
   // Sent before the server's end starts: kept, then delivered in order.
   for (int i = 0; i < 3; ++i) {
     std::string n = std::to_string(i);
@@ -172,10 +173,11 @@ TEST(InprocTransportTest, MessagesArriveWholeAndInOrderBothWays) {
 }
 
 TEST(InprocTransportTest, CloseEndsBothSidesOnceAndStopsSends) {
+  // Outlives the loops, whose handlers write into it.
+  Received at_server, at_client;
   Loop server_loop, client_loop;
   Pair pair = Connect(server_loop, client_loop);
   ASSERT_NE(pair.server, nullptr);
-  Received at_server, at_client;
   at_server.Start(*pair.server, server_loop.io());
   at_client.Start(*pair.client, client_loop.io());
   std::string_view parts[] = {"last"};
@@ -216,12 +218,13 @@ TEST(InprocTransportTest, AMessageOverTheLimitIsRefusedBySenderAndReceiver) {
 }
 
 TEST(InprocTransportTest, AMessageOverTheReceiversLimitEndsTheConnection) {
+  // Outlives the loops, whose handlers write into it.
+  Received at_server, at_client;
   Loop server_loop, client_loop;
   TransportOptions small;
   small.max_message_size = 100;
   Pair pair = Connect(server_loop, client_loop, small, TransportOptions{});
   ASSERT_NE(pair.server, nullptr);
-  Received at_server, at_client;
   at_server.Start(*pair.server, server_loop.io());
   at_client.Start(*pair.client, client_loop.io());
   std::string big(101, 'x');
@@ -238,6 +241,8 @@ TEST(InprocTransportTest, AMessageOverTheReceiversLimitEndsTheConnection) {
 }
 
 TEST(InprocTransportTest, ASenderWaitsForALoopThatDoesNotTakeOnlyUntilItsDeadline) {
+  // Outlives the loops, whose handlers write into it.
+  Received at_server;
   Loop server_loop, client_loop;
   TransportOptions options;
   options.max_message_size = kInprocQueueLimit;
@@ -255,7 +260,6 @@ TEST(InprocTransportTest, ASenderWaitsForALoopThatDoesNotTakeOnlyUntilItsDeadlin
   EXPECT_TRUE(IsNotDelivered(sent));
   EXPECT_GE(MonotonicNowNs(), deadline);
   // Once the server's loop takes them, there is room again.
-  Received at_server;
   at_server.Start(*pair.server, server_loop.io());
   ASSERT_TRUE(at_server.WaitFor(4, 0));
   EXPECT_THAT(pair.client->Send(parts, 0), IsOk());
@@ -290,18 +294,15 @@ class CutConnection final : public Connection {
   void Start(asio::io_context& io, MessageHandler on_message, CloseHandler on_closed) override {
     inner_->Start(io, std::move(on_message), std::move(on_closed));
   }
-  absl::Status Send(absl::Span<const std::string_view> parts, int priority) override {
+  absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
+                          int64_t deadline_ns) override {
     int left = control_->fail_next_sends_undelivered.load();
     while (left > 0 && !control_->fail_next_sends_undelivered.compare_exchange_weak(left, left - 1)) {
     }
     if (left > 0) {
       return MarkNotDelivered(absl::UnavailableError("cut: this send failed before a byte went"));
     }
-    return inner_->Send(parts, priority);
-  }
-  absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
-                          int64_t /*deadline_ns*/) override {
-    return Send(parts, priority);
+    return inner_->SendWithin(parts, priority, deadline_ns);
   }
   bool SendSeesPeerLeave() const override { return inner_->SendSeesPeerLeave(); }
   void Close() override { inner_->Close(); }

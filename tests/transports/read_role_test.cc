@@ -3,6 +3,7 @@
 #include "transports/read_role.h"
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -439,8 +440,9 @@ TEST(ReadRoleTest, FinishSaysWhetherACallerReads) {
 TEST(ReadRoleTest, AtMostOneHolderUnderContention) {
   constexpr int kCallers = 3;
   constexpr int kTakesEach = 1000;
-  // How long a holder holds the role, in checks of the others.
-  constexpr int kWindow = 200;
+  // How long a holder holds the role (busy, watching the others): not for
+  // synchronisation, only to widen the window a second holder would show in.
+  constexpr auto kWindow = std::chrono::microseconds(20);
 
   ReadRole role;
   uint64_t random = 0x9e3779b97f4a7c15;  // touched only by the policy, under the role's mutex
@@ -508,7 +510,8 @@ TEST(ReadRoleTest, AtMostOneHolderUnderContention) {
         ++work;
         // The caller holds the role a while (a window for a second holder to
         // show), watching for the loop.
-        for (int k = 0; k < kWindow; ++k) {
+        for (const auto end = std::chrono::steady_clock::now() + kWindow;
+             std::chrono::steady_clock::now() < end;) {
           if (loop_holds.load(std::memory_order_relaxed)) taken_from_the_loop.fetch_add(1);
         }
         holders.fetch_sub(1);
@@ -551,7 +554,8 @@ TEST(ReadRoleTest, AtMostOneHolderUnderContention) {
         ++work;
         ++loop_reads;
         // It reads a while, watching for a caller.
-        for (int k = 0; k < kWindow; ++k) {
+        for (const auto end = std::chrono::steady_clock::now() + kWindow;
+             std::chrono::steady_clock::now() < end;) {
           if (holders.load(std::memory_order_relaxed) != 0) taken_from_the_loop.fetch_add(1);
         }
         loop_holds = false;

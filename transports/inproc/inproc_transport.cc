@@ -151,10 +151,6 @@ class InprocConnection final : public Connection {
     }
   }
 
-  absl::Status Send(absl::Span<const std::string_view> parts, int priority) override {
-    return SendWithin(parts, priority, kNoDeadline);
-  }
-
   absl::Status SendWithin(absl::Span<const std::string_view> parts, int /*priority*/,
                           int64_t deadline_ns) override {
     std::string message;

@@ -54,10 +54,6 @@ class MqConnection final : public PolledConnection {
   bool TrySend(absl::Span<const std::string_view> parts, int priority,
                absl::Status* error) override;
 
-  absl::Status Send(absl::Span<const std::string_view> parts, int priority) override {
-    return SendWithin(parts, priority, kNoDeadline);
-  }
-
   absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
                           int64_t deadline_ns) override;
 

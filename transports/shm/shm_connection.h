@@ -42,10 +42,6 @@ class ShmConnection final : public PolledConnection {
   // Only a client reads directly (and keeps the pair's other end for this).
   void WakeReader() override;
 
-  absl::Status Send(absl::Span<const std::string_view> parts, int priority) override {
-    return SendWithin(parts, priority, kNoDeadline);
-  }
-
   absl::Status SendWithin(absl::Span<const std::string_view> parts, int /*priority*/,
                           int64_t deadline_ns) override;
 
