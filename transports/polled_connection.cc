@@ -15,9 +15,11 @@ void PolledConnection::Start(asio::io_context& io, MessageHandler on_message,
                              CloseHandler on_closed) {
   on_message_ = std::move(on_message);
   on_closed_ = std::move(on_closed);
-  io_.store(&io, std::memory_order_release);
+  // Sequentially consistent, with Close's exchange and load: one of the two
+  // sees the other, so a Close racing Start never loses the Finish.
+  io_.store(&io);
   asio::post(io, [self = Shared<PolledConnection>(), &io] {
-    if (self->closing_.load(std::memory_order_acquire)) {
+    if (self->closing_.load()) {
       self->Finish(self->ClosedStatus());
       return;
     }
@@ -27,9 +29,9 @@ void PolledConnection::Start(asio::io_context& io, MessageHandler on_message,
 }
 
 void PolledConnection::Close() {
-  if (closing_.exchange(true, std::memory_order_acq_rel)) return;
+  if (closing_.exchange(true)) return;
   OnClose();
-  if (io_.load(std::memory_order_acquire) != nullptr) PostFinish(ClosedStatus());
+  if (io_.load() != nullptr) PostFinish(ClosedStatus());
 }
 
 void PolledConnection::PostFinish(absl::Status reason) {

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "asio/executor_work_guard.hpp"
 #include "asio/io_context.hpp"
+#include "asio/post.hpp"
 #include "base/clock.h"
 #include "base/mutex.h"
 #include "gmock/gmock.h"
@@ -119,28 +120,42 @@ Pair Connect(Loop& server_loop, Loop& client_loop, TransportOptions options = {}
   const std::string endpoint = UniqueInproc();
   auto listener = CreateListener(endpoint, options);
   EXPECT_THAT(listener, IsOk());
+  if (!listener.ok()) return pair;
   pair.listener = *std::move(listener);
-  Mutex mu;
-  std::shared_ptr<Connection> accepted;
+  // Shared with the accept handler, which the listener keeps.
+  struct Accepted {
+    Mutex mu;
+    std::shared_ptr<Connection> connection;
+  };
+  auto accepted = std::make_shared<Accepted>();
   EXPECT_THAT(pair.listener->Start(server_loop.io(),
-                                   [&](std::shared_ptr<Connection> connection) {
-                                     MutexLock lock(&mu);
-                                     accepted = std::move(connection);
+                                   [accepted](std::shared_ptr<Connection> connection) {
+                                     MutexLock lock(&accepted->mu);
+                                     accepted->connection = std::move(connection);
                                    }),
               IsOk());
   auto connector = CreateConnector(endpoint, client_options.value_or(options));
   EXPECT_THAT(connector, IsOk());
+  if (!connector.ok()) return pair;
   auto client = (*connector)->Connect(client_loop.io(), kNoDeadline);
   EXPECT_THAT(client, IsOk());
+  if (!client.ok()) return pair;
   pair.client = *std::move(client);
-  MutexLock lock(&mu);
-  EXPECT_TRUE(mu.AwaitWithTimeout(Condition(+[](std::shared_ptr<Connection>* c) {
-                                               return *c != nullptr;
-                                             },
-                                             &accepted),
-                                   absl::Seconds(30)));
-  pair.server = std::move(accepted);
+  MutexLock lock(&accepted->mu);
+  EXPECT_TRUE(accepted->mu.AwaitWithTimeout(Condition(+[](std::shared_ptr<Connection>* c) {
+                                                        return *c != nullptr;
+                                                      },
+                                                      &accepted->connection),
+                                            absl::Seconds(30)));
+  pair.server = std::move(accepted->connection);
   return pair;
+}
+
+// Runs everything posted to `loop` before now.
+void Flush(Loop& loop) {
+  Notification done;
+  asio::post(loop.io(), [&done] { done.Notify(); });
+  EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
 }
 
 TEST(InprocTransportTest, MessagesArriveWholeAndInOrderBothWays) {
@@ -164,8 +179,14 @@ TEST(InprocTransportTest, MessagesArriveWholeAndInOrderBothWays) {
   }
   std::string_view back[] = {"reply"};
   ASSERT_THAT(pair.server->Send(back, 0), IsOk());
+  std::string_view again[] = {"again"};
+  ASSERT_THAT(pair.server->Send(again, 0), IsOk());
   ASSERT_TRUE(at_server.WaitFor(100, 0));
-  ASSERT_TRUE(at_client.WaitFor(1, 0));
+  ASSERT_TRUE(at_client.WaitFor(2, 0));
+  {
+    MutexLock lock(&at_client.mu);
+    EXPECT_THAT(at_client.messages, ::testing::ElementsAre("reply", "again"));
+  }
   MutexLock lock(&at_server.mu);
   for (int i = 0; i < 100; ++i) EXPECT_EQ(at_server.messages[i], absl::StrCat("m", i));
   EXPECT_EQ(pair.server->peer().pid, getpid());
@@ -191,6 +212,9 @@ TEST(InprocTransportTest, CloseEndsBothSidesOnceAndStopsSends) {
   absl::Status sent = pair.server->Send(parts, 0);
   EXPECT_THAT(sent, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_TRUE(IsNotDelivered(sent));
+  // A second end, had one been posted by the later Closes, would run now.
+  Flush(server_loop);
+  Flush(client_loop);
   {
     MutexLock lock(&at_server.mu);
     EXPECT_THAT(at_server.messages, ::testing::ElementsAre("last"));
@@ -203,11 +227,36 @@ TEST(InprocTransportTest, CloseEndsBothSidesOnceAndStopsSends) {
   EXPECT_THAT(at_client.ends[0], StatusIs(absl::StatusCode::kCancelled));
 }
 
-TEST(InprocTransportTest, AMessageOverTheLimitIsRefusedBySenderAndReceiver) {
+TEST(InprocTransportTest, NothingIsDeliveredAfterThisEndsOwnClose) {
+  // A server closes a connection from inside its message handler (a bad
+  // frame): what the client sent after that frame is never handled.
+  std::atomic<int> handled{0};
+  Notification ended;
+  Loop server_loop, client_loop;
+  Pair pair = Connect(server_loop, client_loop);
+  ASSERT_NE(pair.server, nullptr);
+  std::string_view parts[] = {"frame"};
+  for (int i = 0; i < 5; ++i) ASSERT_THAT(pair.client->Send(parts, 0), IsOk());
+  Connection* server = pair.server.get();
+  pair.server->Start(
+      server_loop.io(),
+      [&handled, server](std::string_view) {
+        handled.fetch_add(1);
+        server->Close();
+      },
+      [&ended](absl::Status) { ended.Notify(); });
+  ASSERT_TRUE(ended.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  Flush(server_loop);
+  EXPECT_EQ(handled.load(), 1);
+  pair.client->Close();
+  Flush(server_loop);
+  Flush(client_loop);
+}
+
+TEST(InprocTransportTest, AMessageOverTheSendersLimitIsRefusedUnsent) {
   Loop server_loop, client_loop;
   TransportOptions small;
   small.max_message_size = 100;
-  // The client may send more than the server takes.
   Pair pair = Connect(server_loop, client_loop, small);
   ASSERT_NE(pair.server, nullptr);
   std::string big(101, 'x');
@@ -405,6 +454,8 @@ TEST_F(CutTransportTest, AnUndeliveredSendGoesAgainAndTheCallRunsOnce) {
   EXPECT_THAT((*channel)->CallMethod("t.T/Count", ""), IsOk());
   EXPECT_EQ(runs_.load(), 1);
   EXPECT_EQ(control_.fail_next_sends_undelivered.load(), 0);
+  // It went again on a new connection (a failed send closes the old one).
+  EXPECT_EQ(control_.connects.load(), 2);
   server->Shutdown(absl::Seconds(5));
 }
 
@@ -431,6 +482,8 @@ TEST_F(CutTransportTest, ACallInFlightOnACutConnectionEndsOnceAndTheNextReconnec
   EXPECT_EQ(control_.connects.load(), connects + 1);
   EXPECT_EQ(completions.load(), 1);
   server->Shutdown(absl::Seconds(5));
+  // The channel's loop runs (or drops) what it still holds as it goes.
+  channel->reset();
   EXPECT_EQ(completions.load(), 1);
 }
 
@@ -448,7 +501,8 @@ TEST_F(CutTransportTest, ACallToADrainingServerRunsOnceOnItsSuccessor) {
   // The name is free once the first server stopped listening, at the start
   // of its drain.
   std::unique_ptr<Server> second;
-  for (int i = 0; i < 30000 && second == nullptr; ++i) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (second == nullptr && absl::Now() < give_up) {
     auto candidate = std::make_unique<Server>(ServerOptions{});
     ASSERT_THAT(candidate->RegisterService(&service_), IsOk());
     if (candidate->Listen(endpoint_).ok()) {

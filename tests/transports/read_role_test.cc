@@ -436,10 +436,10 @@ TEST(ReadRoleTest, FinishSaysWhetherACallerReads) {
 //   at once.
 // Bounded (each caller takes the role kTakesEach times) and without sleeps:
 // a caller that finds the role taken waits until someone lets go of it (as
-// a real one waits for its response), so that no thread spins.
+// a real one waits for its response) instead of spinning.
 TEST(ReadRoleTest, AtMostOneHolderUnderContention) {
   constexpr int kCallers = 3;
-  constexpr int kTakesEach = 1000;
+  constexpr int kTakesEach = 500;
   // How long a holder holds the role (busy, watching the others): not for
   // synchronisation, only to widen the window a second holder would show in.
   constexpr auto kWindow = std::chrono::microseconds(20);

@@ -62,9 +62,10 @@ void Take(const std::shared_ptr<Link>& link, int to, const std::string& message)
     MutexLock lock(&link->mu);
     link->side[to].queued_bytes -= message.size();
     link->room.SignalAll();
-    // After the end has run, or after a message this end refused, nothing
-    // more is delivered. (An end merely posted comes after this message.)
-    if (link->finished[to] || link->refused[to]) return;
+    // Nothing more is delivered once this end is closed (or dropped), has
+    // refused a message, or has ended. (An end merely posted comes after
+    // this message.)
+    if (link->side[to].close_called || link->finished[to] || link->refused[to]) return;
     // The receiver's own limit, as a kernel transport checks a length
     // prefix against it.
     if (message.size() > link->max_message_size[to]) {
@@ -120,11 +121,15 @@ class InprocConnection final : public Connection {
     peer_.uid = ::geteuid();
   }
   // An end dropped without Close: its peer sees the connection end. Its
-  // own loop is not posted to (it may be gone with its owner).
+  // own loop is not posted to from now on (it may be gone with its owner):
+  // its end counts as scheduled, and what is queued for it is dropped.
   ~InprocConnection() override {
     MutexLock lock(&link_->mu);
-    if (link_->side[index_].close_called) return;
-    link_->side[index_].close_called = true;
+    Side& side = link_->side[index_];
+    side.early.clear();
+    if (side.close_called) return;
+    side.close_called = true;
+    side.end_scheduled = true;
     BreakLocked();
   }
 
@@ -147,7 +152,7 @@ class InprocConnection final : public Connection {
         RunEnd(link, i, reason);
       });
     } else if (side.close_called) {
-      ScheduleEndLocked(link_, index_, absl::CancelledError("connection closed"));
+      ScheduleEndLocked(link_, index_, ClosedReason());
     }
   }
 
@@ -201,7 +206,7 @@ class InprocConnection final : public Connection {
     if (side.close_called) return;
     side.close_called = true;
     // Not started: Start (if it comes) posts the end.
-    if (side.started) ScheduleEndLocked(link_, index_, absl::CancelledError("connection closed"));
+    if (side.started) ScheduleEndLocked(link_, index_, ClosedReason());
     BreakLocked();
   }
 
@@ -227,6 +232,10 @@ class InprocConnection final : public Connection {
   bool HasRoomLocked(size_t size) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(link_->mu) {
     const size_t queued = link_->side[1 - index_].queued_bytes;
     return queued == 0 || queued + size <= kInprocQueueLimit;
+  }
+
+  absl::Status ClosedReason() const {
+    return absl::CancelledError(absl::StrCat(description(), ": closed"));
   }
 
   absl::Status Closed() const {
