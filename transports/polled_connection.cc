@@ -66,6 +66,10 @@ void PolledConnection::StartLoopReading() {
     Finish(ClosedStatus());
     return;
   }
+  // Two starts may be posted (the connection's start, an EnsureReader);
+  // the first may read, stop, and a caller take the role before the second
+  // runs: then the loop must not read.
+  if (!read_role_.LoopHolds()) return;
   // Already watching: one chain of waits only, or stopping one would abort
   // the other's wait.
   if (!BeginWatching()) return;

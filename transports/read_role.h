@@ -43,6 +43,15 @@ class ReadRole {
     return holder_ == Holder::kLoop;
   }
 
+  // Whether the loop holds the role now. Only the loop itself gives it up
+  // (LoopKeepsReading) and nobody takes it from the loop, so on the loop
+  // the answer stays true until the loop acts: a posted start of the loop's
+  // reading that finds the role given away meanwhile does nothing.
+  bool LoopHolds() {
+    MutexLock lock(&mu_);
+    return holder_ == Holder::kLoop && !finished_;
+  }
+
   // A caller takes the role if nobody holds it (and the connection has not
   // finished).
   bool TryTakeForCaller() {

@@ -72,6 +72,27 @@ TEST(ReadRoleTest, WithPolicyLoopKeepsReadingIsFalseWhileNobodyReads) {
 
 // ---- TryTakeForCaller.
 
+// The loop's posted start reads only if the role is still the loop's: two
+// starts can be posted, and between them the first may stop and a caller
+// take the role.
+TEST(ReadRoleTest, LoopHoldsOnlyWhileTheRoleIsTheLoops) {
+  bool keep = true;
+  ReadRole role;
+  role.SetPolicy([&keep] { return keep; });
+  EXPECT_FALSE(role.LoopHolds());  // nobody, at first
+  ASSERT_TRUE(role.EnsureReader());
+  EXPECT_TRUE(role.LoopHolds());
+  keep = false;
+  EXPECT_FALSE(role.LoopKeepsReading());  // the first start read and stopped
+  ASSERT_TRUE(role.TryTakeForCaller());
+  EXPECT_FALSE(role.LoopHolds());  // the second start must not read now
+  EXPECT_EQ(role.ReleaseFromCaller(), AfterCaller::kNobodyReads);
+  keep = true;
+  ASSERT_TRUE(role.EnsureReader());
+  role.Finish();
+  EXPECT_FALSE(role.LoopHolds());
+}
+
 TEST(ReadRoleTest, TryTakeForCallerWhenNobodyReads) {
   ReadRole role;
   Policy policy;
