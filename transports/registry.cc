@@ -107,6 +107,18 @@ absl::Status MarkNotDelivered(absl::Status status) {
   return status;
 }
 
+absl::StatusOr<size_t> SendSize(absl::Span<const std::string_view> parts,
+                                size_t max_message_size, std::string_view description) {
+  size_t total = 0;
+  for (std::string_view part : parts) total += part.size();
+  if (total > max_message_size) {
+    return absl::ResourceExhaustedError(absl::StrCat(Av(description), ": message of ", total,
+                                                     " bytes exceeds max_message_size ",
+                                                     max_message_size));
+  }
+  return total;
+}
+
 bool IsNotDelivered(const absl::Status& status) {
   return !status.ok() && status.GetPayload(kNotDeliveredUrl).has_value();
 }

@@ -215,14 +215,9 @@ class InprocConnection final : public Connection {
 
  private:
   absl::Status Assemble(absl::Span<const std::string_view> parts, std::string* message) const {
-    size_t size = 0;
-    for (std::string_view part : parts) size += part.size();
-    if (size > link_->max_message_size[index_]) {
-      return MarkNotDelivered(absl::ResourceExhaustedError(
-          absl::StrCat(description(), ": a message of ", size, " bytes is over max_message_size (",
-                       link_->max_message_size[index_], ")")));
-    }
-    message->reserve(size);
+    absl::StatusOr<size_t> size = SendSize(parts, link_->max_message_size[index_], description());
+    if (!size.ok()) return MarkNotDelivered(size.status());
+    message->reserve(*size);
     for (std::string_view part : parts) message->append(part);
     return absl::OkStatus();
   }

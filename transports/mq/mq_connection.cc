@@ -137,13 +137,7 @@ absl::Status MqConnection::SendWithin(absl::Span<const std::string_view> parts, 
 
 absl::Status MqConnection::SendMessage(absl::Span<const std::string_view> parts, int priority,
                                        int64_t deadline_ns, bool* broken) {
-  size_t total = 0;
-  for (std::string_view part : parts) total += part.size();
-  if (total > max_message_size_) {
-    return absl::ResourceExhaustedError(absl::StrCat(description_, ": message of ", total,
-                                                     " bytes exceeds max_message_size ",
-                                                     max_message_size_));
-  }
+  IPCRPC_ASSIGN_OR_RETURN(const size_t total, SendSize(parts, max_message_size_, description_));
   const unsigned mq_priority = static_cast<unsigned>(std::clamp(priority, 0, 31));
   MutexLock lock(&write_mu_);
   if (closing_.load()) {

@@ -146,13 +146,7 @@ void ShmConnection::WakeReader() {
 
 absl::Status ShmConnection::SendWithin(absl::Span<const std::string_view> parts, int /*priority*/,
                                        int64_t deadline_ns) {
-  size_t total = 0;
-  for (std::string_view part : parts) total += part.size();
-  if (total > max_message_size_) {
-    return absl::ResourceExhaustedError(absl::StrCat(description_, ": message of ", total,
-                                                     " bytes exceeds max_message_size ",
-                                                     max_message_size_));
-  }
+  IPCRPC_ASSIGN_OR_RETURN(const size_t total, SendSize(parts, max_message_size_, description_));
   char prefix[4];
   PutLe(prefix, total, 4);
   MutexLock lock(&write_mu_);
