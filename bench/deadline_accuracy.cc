@@ -12,7 +12,11 @@
 //
 // One line per measurement:
 //   deadline <transport> <sync|async> calls=<n> late_p50_us=<x> late_p99_us=<y> late_max_us=<z>
+// and after each, the raw primitive in the same run, under the same load: a
+// thread that does nothing but wait for the same deadlines on a timerfd:
+//   deadline <transport> <sync|async>-raw calls=<n> ...
 #include <sched.h>
+#include <sys/timerfd.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <mqueue.h>
@@ -87,6 +91,44 @@ void Report(const std::string& transport, const char* mode, std::vector<int64_t>
   std::fflush(stdout);
 }
 
+// The raw primitive: how late a thread that only waits on a timerfd wakes
+// for `timeouts_ns` (relative to now): one after another (`sequential`), or
+// all armed at once, the timer set for the earliest not yet passed.
+std::vector<int64_t> RawTimerLateness(const std::vector<int64_t>& timeouts_ns, bool sequential) {
+  std::vector<int64_t> late;
+  const int timer = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+  if (timer < 0) return late;
+  auto wait_until = [timer](int64_t when_ns) {
+    struct itimerspec at = {};
+    at.it_value.tv_sec = when_ns / 1'000'000'000;
+    at.it_value.tv_nsec = when_ns % 1'000'000'000;
+    timerfd_settime(timer, TFD_TIMER_ABSTIME, &at, nullptr);
+    uint64_t expirations;
+    ssize_t ignored = read(timer, &expirations, sizeof expirations);
+    (void)ignored;
+  };
+  if (sequential) {
+    for (int64_t timeout : timeouts_ns) {
+      const int64_t deadline = NowNs() + timeout;
+      wait_until(deadline);
+      late.push_back(NowNs() - deadline);
+    }
+  } else {
+    const int64_t start = NowNs();
+    std::vector<int64_t> deadlines;
+    for (int64_t timeout : timeouts_ns) deadlines.push_back(start + timeout);
+    std::sort(deadlines.begin(), deadlines.end());
+    size_t next = 0;
+    while (next < deadlines.size()) {
+      wait_until(deadlines[next]);
+      const int64_t now = NowNs();
+      while (next < deadlines.size() && deadlines[next] <= now) late.push_back(now - deadlines[next++]);
+    }
+  }
+  close(timer);
+  return late;
+}
+
 int Measure(const std::string& self, const std::string& transport, int sync_calls,
             int async_calls) {
   std::shared_ptr<ipcrpc::Channel> channel;
@@ -122,11 +164,14 @@ int Measure(const std::string& self, const std::string& transport, int sync_call
     channel = *connected;
   }
   std::mt19937 rng(42);
+  std::vector<int64_t> sync_timeouts, async_timeouts;
+  for (int i = 0; i < sync_calls; ++i) sync_timeouts.push_back(1'000'000 + rng() % 9'000'000);
+  for (int i = 0; i < async_calls; ++i) async_timeouts.push_back(1'000'000 + rng() % 99'000'000);
 
   std::vector<int64_t> late;
   for (int i = 0; i < sync_calls; ++i) {
     ipcrpc::CallOptions options;
-    const int64_t timeout_ns = 1'000'000 + rng() % 9'000'000;
+    const int64_t timeout_ns = sync_timeouts[i];
     // An absolute deadline, read here with this measurement's clock: a
     // relative timeout would start when the call reads the clock, and a
     // preemption between the two reads (likely with --load) would count
@@ -143,13 +188,14 @@ int Measure(const std::string& self, const std::string& transport, int sync_call
     late.push_back(now - deadline);
   }
   Report(transport, "sync", late);
+  Report(transport, "sync-raw", RawTimerLateness(sync_timeouts, /*sequential=*/true));
 
   std::vector<int64_t> async_late(async_calls);
   absl::BlockingCounter done(async_calls);
   std::atomic<int> wrong{0};
   for (int i = 0; i < async_calls; ++i) {
     ipcrpc::CallOptions options;
-    const int64_t timeout_ns = 1'000'000 + rng() % 99'000'000;
+    const int64_t timeout_ns = async_timeouts[i];
     const absl::Time wall_now = absl::Now();
     const int64_t deadline = NowNs() + timeout_ns;
     options.deadline = wall_now + absl::Nanoseconds(timeout_ns);
@@ -163,6 +209,7 @@ int Measure(const std::string& self, const std::string& transport, int sync_call
   done.Wait();
   if (wrong.load() > 0) std::fprintf(stderr, "%d async calls ended otherwise\n", wrong.load());
   Report(transport, "async", async_late);
+  Report(transport, "async-raw", RawTimerLateness(async_timeouts, /*sequential=*/false));
 
   channel.reset();
   if (server > 0) {

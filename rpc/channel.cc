@@ -130,6 +130,11 @@ void ClientConnection::Drain() {
   draining_ = true;
 }
 
+bool ClientConnection::Lost() {
+  MutexLock lock(&mu_);
+  return !lost_.ok();
+}
+
 bool ClientConnection::HasPending() {
   MutexLock lock(&mu_);
   return !pending_.empty() || !draining_streams_.empty();
@@ -199,6 +204,12 @@ void ChannelCore::Shutdown() {
   }
   if (deferred.joinable()) deferred.join();
   connector_->Shutdown();
+  // CANCELs still waiting for room go with their connections (closed above).
+  asio::post(io_, [this] {
+    cancels_stopped_ = true;
+    unsent_cancels_.clear();
+    if (cancel_retry_.has_value()) cancel_retry_->cancel();
+  });
   work_.reset();
   if (OnLoopThread()) {
     loop_thread_.detach();  // the loop ends once its last handler returns
@@ -415,23 +426,71 @@ void ChannelCore::Complete(const std::shared_ptr<PendingCall>& call,
   }
 }
 
-void ChannelCore::SendCancel(const std::shared_ptr<ClientConnection>& connection, uint64_t id,
-                             bool may_wait) {
+bool ChannelCore::TrySendCancel(ClientConnection& connection, uint64_t id) {
   FrameHeader header;
   header.type = FrameType::kCancel;
   header.request_id = id;
   std::string frame;
-  if (!EncodeFramePrefix(header, "", {}, 0, 0, &frame).ok()) return;
+  if (!EncodeFramePrefix(header, "", {}, 0, 0, &frame).ok()) return true;
   std::string_view parts[] = {frame};
-  // Best effort: if the connection is gone, so is the call on the server.
-  if (may_wait) {
-    connection->transport->Send(parts, 0).IgnoreError();
-    return;
-  }
+  // A send that fails is as good as sent: if the connection is gone, so is
+  // the call on the server.
   absl::Status sent;
-  if (!connection->transport->TrySend(parts, 0, &sent)) {
-    cancels_not_sent_.fetch_add(1, std::memory_order_relaxed);
+  return connection.transport->TrySend(parts, 0, &sent);
+}
+
+void ChannelCore::SendCancel(const std::shared_ptr<ClientConnection>& connection, uint64_t id,
+                             CancelKind kind) {
+  switch (kind) {
+    case CancelKind::kExpiredOnLoop:
+      if (!TrySendCancel(*connection, id)) {
+        cancels_not_sent_.fetch_add(1, std::memory_order_relaxed);
+      }
+      return;
+    case CancelKind::kExpiredByCaller:
+      asio::post(io_, [this, connection, id] {
+        SendCancel(connection, id, CancelKind::kExpiredOnLoop);
+      });
+      return;
+    case CancelKind::kMustArrive:
+      if (TrySendCancel(*connection, id)) return;
+      if (OnLoopThread()) {
+        QueueCancel(connection, id);
+      } else {
+        asio::post(io_, [this, weak = std::weak_ptr<ClientConnection>(connection), id] {
+          QueueCancel(weak, id);
+        });
+      }
+      return;
   }
+}
+
+void ChannelCore::QueueCancel(std::weak_ptr<ClientConnection> connection, uint64_t id) {
+  if (cancels_stopped_) return;
+  unsent_cancels_.emplace_back(std::move(connection), id);
+  if (unsent_cancels_.size() > 1) return;  // a retry is armed already
+  cancel_backoff_ns_ = 1'000'000;
+  RetryCancels();
+}
+
+void ChannelCore::RetryCancels() {
+  cancel_retry_.emplace(io_, std::chrono::nanoseconds(cancel_backoff_ns_));
+  cancel_retry_->async_wait([this](const asio::error_code& ec) {
+    if (ec || cancels_stopped_) return;
+    // In order; one with no room keeps its place (and those after it on
+    // the same connection theirs: a send that found no room will not find
+    // it for the next one either).
+    std::deque<std::pair<std::weak_ptr<ClientConnection>, uint64_t>> left;
+    for (auto& [weak, id] : unsent_cancels_) {
+      auto connection = weak.lock();
+      if (connection == nullptr || connection->Lost()) continue;  // gone: so is the call
+      if (!TrySendCancel(*connection, id)) left.emplace_back(std::move(weak), id);
+    }
+    unsent_cancels_ = std::move(left);
+    if (unsent_cancels_.empty()) return;
+    cancel_backoff_ns_ = std::min<int64_t>(cancel_backoff_ns_ * 2, 100'000'000);
+    RetryCancels();
+  });
 }
 
 absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
@@ -496,7 +555,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
       lock.Unlock();
       if (auto connection = call->connection.lock()) {
         if (connection->Take(call->id) != nullptr) {
-          SendCancel(connection, call->id, /*may_wait=*/false);
+          SendCancel(connection, call->id, CancelKind::kExpiredByCaller);
           return DeadlineExceeded(method);
         }
       }
@@ -699,8 +758,10 @@ void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
       if (connection->Take(id, /*drain=*/expired->stream != nullptr) == nullptr) {
         return;
       }
-      SendCancel(connection, id, /*may_wait=*/false);
+      // Completed first: the CANCEL wakes the server, which may take this
+      // CPU from the loop before the caller hears of its deadline.
       Complete(expired, absl::DeadlineExceededError("deadline exceeded"));
+      SendCancel(connection, id, CancelKind::kExpiredOnLoop);
     });
   });
 }
@@ -716,7 +777,7 @@ void ChannelCore::Cancel(const std::shared_ptr<PendingCall>& call) {
       connection->Take(id, /*drain=*/call->stream != nullptr) == nullptr) {
     return;
   }
-  SendCancel(connection, id);
+  SendCancel(connection, id, CancelKind::kMustArrive);
   Complete(call, absl::CancelledError("call cancelled by the client"));
   // Its caller may be reading the connection, waiting for the response.
   if (!call->is_async) connection->transport->WakeReader();

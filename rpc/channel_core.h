@@ -20,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -189,6 +190,8 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   // The server said GOAWAY: no new calls here.
   void Drain();
   bool Usable();
+  // Whether it failed or ended (MarkLost, TakeAll): nothing more goes on it.
+  bool Lost();
   // Whether any call waits for a response here (the loop keeps reading).
   bool HasPending();
 
@@ -279,12 +282,31 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   void OnStreamFrame(const std::shared_ptr<ClientConnection>& connection, const FrameView& frame);
   // Completes a call that was taken out of its table.
   void Complete(const std::shared_ptr<PendingCall>& call, absl::StatusOr<std::string> result);
-  // `may_wait` false (a deadline passed): the CANCEL goes only if it needs
-  // no waiting (the transport has room, nobody else is sending), else it is
-  // dropped: the server's own timer ends the call at the same deadline, and
-  // neither the caller nor the loop may wait for a stopped or busy server.
+  // Tells the server that call `id` is abandoned. Never waits for room in
+  // the transport, on any thread (a server's loop cancelling a call it made
+  // downstream included): neither a caller nor a loop may wait for a stopped
+  // or busy server.
+  enum class CancelKind {
+    // Its deadline passed, seen on the loop: sent now if the transport has
+    // room (nobody else sending), else dropped: the server's own timer ends
+    // the call at the same deadline (counted: expiry_cancels_not_sent).
+    kExpiredOnLoop,
+    // Its deadline passed, seen by a caller about to return: the loop sends
+    // it as kExpiredOnLoop, after the caller has gone (off its path).
+    kExpiredByCaller,
+    // Cancel(), or a stream the client ends: the server has no timer for
+    // it, so it must arrive. Sent now if there is room, else the loop tries
+    // again (backing off, 1 to 100 ms) until it goes or the connection ends.
+    kMustArrive,
+  };
   void SendCancel(const std::shared_ptr<ClientConnection>& connection, uint64_t id,
-                  bool may_wait = true);
+                  CancelKind kind);
+  // The loop's: true when the CANCEL went (or the connection failed), false
+  // when the transport has no room now.
+  bool TrySendCancel(ClientConnection& connection, uint64_t id);
+  // The loop's: queues a kMustArrive CANCEL that found no room, and retries.
+  void QueueCancel(std::weak_ptr<ClientConnection> connection, uint64_t id);
+  void RetryCancels();
   void OnMessage(const std::shared_ptr<ClientConnection>& connection, std::string_view message);
   void OnClosed(const std::shared_ptr<ClientConnection>& connection, absl::Status reason);
   void ArmTimer(const std::shared_ptr<PendingCall>& call);
@@ -338,6 +360,13 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   uint64_t deferred_seq_ ABSL_GUARDED_BY(deferred_mu_) = 0;       // next DeferredCall::seq
   bool deferred_closed_ ABSL_GUARDED_BY(deferred_mu_) = false;   // Shutdown ran
   std::thread deferred_thread_ ABSL_GUARDED_BY(deferred_mu_);
+
+  // kMustArrive CANCELs that found no room, and their retry timer: the
+  // loop's alone.
+  std::deque<std::pair<std::weak_ptr<ClientConnection>, uint64_t>> unsent_cancels_;
+  std::optional<asio::steady_timer> cancel_retry_;
+  int64_t cancel_backoff_ns_ = 0;
+  bool cancels_stopped_ = false;
 
   std::atomic<uint64_t> calls_started_{0};
   std::atomic<uint64_t> late_responses_{0};

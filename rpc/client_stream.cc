@@ -162,14 +162,25 @@ bool ChannelCore::SendStreamFrame(const std::shared_ptr<PendingCall>& call, Fram
     return false;
   }
   std::string_view parts[] = {prefix, payload};
-  absl::Status sent = connection->transport->Send(parts, header.priority);
-  if (!sent.ok()) {
-    // As StartCall: the connection is broken; its loss ends the call.
-    connection->MarkLost(sent);
-    connection->transport->Close();
+  // Waiting for room (a server that does not read) ends at the call's
+  // deadline, as for its REQUEST.
+  absl::Status sent =
+      connection->transport->SendWithin(parts, header.priority, call->deadline_ns);
+  if (sent.ok()) return true;
+  if (absl::IsDeadlineExceeded(sent) && IsNotDelivered(sent)) {
+    // Nothing of it went out: the connection is whole; only this call ends.
+    ExpireStream(call);
     return false;
   }
-  return true;
+  // As StartCall: the connection is broken (or holds half a message); its
+  // loss ends the other calls. A stream whose deadline passed comes out
+  // first, so that it ends with its own status.
+  connection->MarkLost(sent);
+  const bool expired = absl::IsDeadlineExceeded(sent) &&
+                       connection->Take(call->id, /*drain=*/true) != nullptr;
+  connection->transport->Close();
+  if (expired) Complete(call, DeadlineExceeded(call->method));
+  return false;
 }
 
 void ChannelCore::SendGrant(const std::shared_ptr<PendingCall>& call, int64_t grant) {
@@ -188,7 +199,7 @@ void ChannelCore::ExpireStream(const std::shared_ptr<PendingCall>& call) {
     while (!call->done) call->cv.Wait(&call->mu);
     return;
   }
-  SendCancel(connection, call->id, /*may_wait=*/false);
+  SendCancel(connection, call->id, CancelKind::kExpiredByCaller);
   Complete(call, DeadlineExceeded(call->method));
 }
 
@@ -199,7 +210,7 @@ bool ChannelCore::StreamWrite(const std::shared_ptr<PendingCall>& call,
     // The call ends: the server must not see a stream with a hole in it.
     auto connection = call->connection.lock();
     if (connection != nullptr && connection->Take(call->id, /*drain=*/true) != nullptr) {
-      SendCancel(connection, call->id);
+      SendCancel(connection, call->id, CancelKind::kMustArrive);
       Complete(call, absl::ResourceExhaustedError(absl::StrCat(
                          call->method, ": stream message of ", message.size(),
                          " bytes exceeds ChannelOptions::max_message_size ",

@@ -294,6 +294,40 @@ TEST_P(TimeBoundsTest, ARequestTheServerDoesNotTakeEndsAtTheCallsDeadline) {
   EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", "after", later), IsOk());
 }
 
+// The same for a stream's later message: a Write the server does not take
+// ends at the call's deadline (before: it waited until the server read
+// again), and the stream ends DEADLINE_EXCEEDED.
+TEST_P(TimeBoundsTest, AStreamMessageTheServerDoesNotTakeEndsAtTheCallsDeadline) {
+  auto server = ConformanceServerProcess::Start(GetParam());
+  ASSERT_THAT(server, IsOk());
+  ChannelOptions options;
+  options.max_message_size = 8 << 20;
+  auto channel = Channel::Connect(
+      (*server)->ClientArgs()[0].substr(std::string("--endpoint=").size()), options);
+  ASSERT_THAT(channel, IsOk());
+  ASSERT_THAT((*channel)->CallMethod("test.Test/Echo", "warm"), IsOk());
+  CallOptions call;
+  call.deadline = absl::Now() + absl::Seconds(1);
+  GenericClientStream stream = (*channel)->OpenStream("test.Test/Sum", call);
+  ASSERT_TRUE(stream.Write("first"));
+  ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
+  // Larger than any transport holds (see above).
+  const bool written = stream.Write(std::string(2 << 20, 'b'));
+  const absl::Time returned = absl::Now();
+  kill((*server)->pid(), SIGCONT);
+  EXPECT_FALSE(written);
+  EXPECT_GE(returned, call.deadline - absl::Milliseconds(10)) << "gave up before the deadline";
+  // Generous (another process may hold the other CPU).
+  EXPECT_LT(returned, call.deadline + absl::Seconds(2))
+      << "returned " << (returned - call.deadline) << " after the deadline";
+  EXPECT_THAT(stream.Finish(), StatusIs(absl::StatusCode::kDeadlineExceeded));
+  // The channel goes on, on a new connection if that one was closed.
+  CallOptions later;
+  later.timeout = absl::Seconds(20);
+  EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", "after", later), IsOk());
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, TimeBoundsTest,
                          ::testing::Values(TransportTraits{"fifo", true},
                                            TransportTraits{"mq", true},

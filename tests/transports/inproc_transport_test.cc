@@ -25,6 +25,7 @@
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
 #include "transports/transport.h"
+#include "wire/frame.h"
 
 namespace ipcrpc::internal {
 namespace {
@@ -321,8 +322,36 @@ TEST(InprocTransportTest, ASenderWaitsForALoopThatDoesNotTakeOnlyUntilItsDeadlin
 struct CutControl {
   std::atomic<int> connects{0};
   std::atomic<int> fail_next_sends_undelivered{0};
+  // CANCEL frames: while `hold_cancels`, a send of one (TrySend or Send)
+  // waits until `cancels_released`, as a transport with no room would make
+  // a Send wait; while `decline_cancels`, TrySend finds no room for one.
+  // Every attempt's thread is recorded.
+  std::atomic<bool> hold_cancels{false};
+  std::atomic<bool> decline_cancels{false};
+  Notification cancels_released;
+  Notification cancel_attempted;
   Mutex mu;
   std::vector<std::weak_ptr<Connection>> clients ABSL_GUARDED_BY(mu);
+  std::vector<std::thread::id> cancel_threads ABSL_GUARDED_BY(mu);
+
+  static bool IsCancel(absl::Span<const std::string_view> parts) {
+    std::string bytes;
+    for (std::string_view part : parts) bytes.append(part);
+    auto frame = DecodeFrame(bytes, 1 << 20);
+    return frame.ok() && frame->header.type == FrameType::kCancel;
+  }
+  void OnCancelSend() {
+    {
+      MutexLock lock(&mu);
+      cancel_threads.push_back(std::this_thread::get_id());
+    }
+    if (!cancel_attempted.HasBeenNotified()) cancel_attempted.Notify();
+    if (hold_cancels.load()) cancels_released.WaitForNotificationWithTimeout(absl::Seconds(60));
+  }
+  std::vector<std::thread::id> CancelThreads() {
+    MutexLock lock(&mu);
+    return cancel_threads;
+  }
 
   void CutAll() {
     std::vector<std::shared_ptr<Connection>> live;
@@ -351,7 +380,16 @@ class CutConnection final : public Connection {
     if (left > 0) {
       return MarkNotDelivered(absl::UnavailableError("cut: this send failed before a byte went"));
     }
+    if (CutControl::IsCancel(parts)) control_->OnCancelSend();
     return inner_->SendWithin(parts, priority, deadline_ns);
+  }
+  bool TrySend(absl::Span<const std::string_view> parts, int priority,
+               absl::Status* error) override {
+    if (CutControl::IsCancel(parts)) {
+      if (control_->decline_cancels.load()) return false;
+      control_->OnCancelSend();
+    }
+    return inner_->TrySend(parts, priority, error);
   }
   bool SendSeesPeerLeave() const override { return inner_->SendSeesPeerLeave(); }
   void Close() override { inner_->Close(); }
@@ -409,6 +447,14 @@ class CutTransportTest : public ::testing::Test {
       out = std::to_string(++runs_);
       return absl::OkStatus();
     });
+    service_.AddMethod("t.T/AwaitCancel", [this](ServerContext& context, std::string_view,
+                                                 std::string&) {
+      auto cancelled = std::make_shared<Notification>();
+      context.OnCancel([cancelled] { cancelled->Notify(); });
+      blocked_.Notify();
+      if (cancelled->WaitForNotificationWithTimeout(absl::Seconds(60))) server_saw_cancel_.Notify();
+      return absl::CancelledError("cancelled");
+    });
     service_.AddMethod("t.T/Block", [this](ServerContext&, std::string_view, std::string&) {
       blocked_.Notify();
       release_.WaitForNotification();
@@ -417,6 +463,7 @@ class CutTransportTest : public ::testing::Test {
   }
   void TearDown() override {
     if (!release_.HasBeenNotified()) release_.Notify();
+    if (!control_.cancels_released.HasBeenNotified()) control_.cancels_released.Notify();
     UnregisterTransport("cut");
   }
   std::unique_ptr<Server> StartServer() {
@@ -431,7 +478,7 @@ class CutTransportTest : public ::testing::Test {
   std::string endpoint_;
   Service service_;
   std::atomic<int> runs_{0};
-  Notification blocked_, release_;
+  Notification blocked_, release_, server_saw_cancel_;
 };
 
 TEST_F(CutTransportTest, ASchemeIsRegisteredOnceAndBuiltInsCannotBeTaken) {
@@ -485,6 +532,71 @@ TEST_F(CutTransportTest, ACallInFlightOnACutConnectionEndsOnceAndTheNextReconnec
   // The channel's loop runs (or drops) what it still holds as it goes.
   channel->reset();
   EXPECT_EQ(completions.load(), 1);
+}
+
+// A sync caller past its deadline returns first; the loop sends its CANCEL
+// afterwards (before: the caller sent it, and returned only once the
+// transport had taken it).
+TEST_F(CutTransportTest, ACallerPastItsDeadlineReturnsBeforeItsCancelIsSent) {
+  auto server = StartServer();
+  auto channel = Channel::Connect(endpoint_);
+  ASSERT_THAT(channel, IsOk());
+  control_.hold_cancels = true;
+  Notification returned;
+  absl::Status status;
+  std::thread::id caller_thread;
+  std::thread caller([&] {
+    caller_thread = std::this_thread::get_id();
+    CallOptions options;
+    options.timeout = absl::Milliseconds(100);
+    status = (*channel)->CallMethod("t.T/Block", "", options).status();
+    returned.Notify();
+  });
+  const bool in_time = returned.WaitForNotificationWithTimeout(absl::Seconds(20));
+  control_.cancels_released.Notify();
+  caller.join();
+  EXPECT_TRUE(in_time) << "the caller waited for its CANCEL to be sent";
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kDeadlineExceeded));
+  // The CANCEL still went, from another thread (the channel's loop).
+  ASSERT_TRUE(control_.cancel_attempted.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  for (std::thread::id sender : control_.CancelThreads()) EXPECT_NE(sender, caller_thread);
+  release_.Notify();
+  server->Shutdown(absl::Seconds(5));
+}
+
+// Cancel() never waits for room in the transport (it may run on a server's
+// loop, cancelling a call made downstream); the CANCEL goes once there is.
+TEST_F(CutTransportTest, CancelNeverWaitsForRoomAndItsCancelArrivesOnceThereIs) {
+  auto server = StartServer();
+  auto channel = Channel::Connect(endpoint_);
+  ASSERT_THAT(channel, IsOk());
+  control_.decline_cancels = true;  // no room now ...
+  control_.hold_cancels = true;     // ... and a Send would wait
+  Notification done;
+  absl::Status status;
+  Call call = (*channel)->CallMethodAsync("t.T/AwaitCancel", "", {},
+                                          [&](absl::StatusOr<std::string> result) {
+                                            status = result.status();
+                                            done.Notify();
+                                          });
+  ASSERT_TRUE(blocked_.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  Notification cancel_returned;
+  std::thread canceller([&] {
+    call.Cancel();
+    cancel_returned.Notify();
+  });
+  const bool in_time = cancel_returned.WaitForNotificationWithTimeout(absl::Seconds(20));
+  control_.cancels_released.Notify();
+  canceller.join();
+  EXPECT_TRUE(in_time) << "Cancel waited for room in the transport";
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
+  EXPECT_FALSE(server_saw_cancel_.HasBeenNotified());
+  // Room again: the channel's loop sends it, and the handler sees it.
+  control_.hold_cancels = false;
+  control_.decline_cancels = false;
+  EXPECT_TRUE(server_saw_cancel_.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  server->Shutdown(absl::Seconds(5));
 }
 
 TEST_F(CutTransportTest, ACallToADrainingServerRunsOnceOnItsSuccessor) {
