@@ -81,6 +81,10 @@ int Serve(const std::string& endpoint, int ready_fd) {
 }
 
 void Report(const std::string& transport, const char* mode, std::vector<int64_t> late_ns) {
+  if (late_ns.empty()) {
+    std::printf("deadline %s %s calls=0\n", transport.c_str(), mode);
+    return;
+  }
   std::sort(late_ns.begin(), late_ns.end());
   auto at = [&](double q) {
     return late_ns[std::min(late_ns.size() - 1, static_cast<size_t>(q * late_ns.size()))] / 1000.0;

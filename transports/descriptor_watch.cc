@@ -7,14 +7,16 @@
 namespace ipcrpc::internal {
 
 std::shared_ptr<DescriptorWatch> DescriptorWatch::Start(asio::io_context& io, UniqueFd fd,
-                                                        Handler on_readable) {
-  auto watch = std::make_shared<DescriptorWatch>(io, std::move(fd), std::move(on_readable));
+                                                        Handler on_readable,
+                                                        ReadWatch::Mode mode) {
+  auto watch =
+      std::make_shared<DescriptorWatch>(io, std::move(fd), std::move(on_readable), mode);
   asio::post(io, [watch] {
     if (watch->stopped()) {
       watch->Release();
       return;
     }
-    watch->readable_.emplace(watch->io_, watch->fd_.get());
+    watch->readable_.emplace(watch->io_, watch->fd_.get(), watch->mode_);
     watch->Run();
   });
   return watch;
@@ -36,7 +38,7 @@ void DescriptorWatch::Run() {
     Release();
     return;
   }
-  if (back_off > absl::ZeroDuration()) {
+  if (back_off > absl::ZeroDuration() && mode_ == ReadWatch::kEdge) {
     const absl::Duration pause = back_off;
     back_off = absl::ZeroDuration();
     if (!pause_.has_value()) pause_.emplace(io_);

@@ -34,8 +34,12 @@ class DescriptorWatch : public std::enable_shared_from_this<DescriptorWatch> {
   // start); returns false to stop watching.
   using Handler = absl::AnyInvocable<bool()>;
 
+  // `mode` kLevel (ReadWatch): the handler may leave data there; the loop
+  // runs it again at its next turn. Then it must not BackOffFromHandler (the
+  // descriptor would stay readable with no wait queued: the loop would spin).
   static std::shared_ptr<DescriptorWatch> Start(asio::io_context& io, UniqueFd fd,
-                                                Handler on_readable);
+                                                Handler on_readable,
+                                                ReadWatch::Mode mode = ReadWatch::kEdge);
 
   // Stops watching and closes the descriptor (on the loop). Idempotent; safe
   // from any thread, also from inside the handler.
@@ -54,8 +58,8 @@ class DescriptorWatch : public std::enable_shared_from_this<DescriptorWatch> {
 
   bool stopped() const { return stopped_.load(std::memory_order_acquire); }
 
-  DescriptorWatch(asio::io_context& io, UniqueFd fd, Handler on_readable)
-      : io_(io), fd_(std::move(fd)), on_readable_(std::move(on_readable)) {}
+  DescriptorWatch(asio::io_context& io, UniqueFd fd, Handler on_readable, ReadWatch::Mode mode)
+      : io_(io), fd_(std::move(fd)), on_readable_(std::move(on_readable)), mode_(mode) {}
   ~DescriptorWatch();
 
  private:
@@ -67,6 +71,7 @@ class DescriptorWatch : public std::enable_shared_from_this<DescriptorWatch> {
   std::mutex fd_mu_;  // ShutdownSocket (any thread) against Release (the loop)
   UniqueFd fd_;
   Handler on_readable_;
+  const ReadWatch::Mode mode_;
   std::optional<ReadWatch> readable_;
   std::optional<asio::steady_timer> pause_;
   std::atomic<bool> stopped_{false};

@@ -27,6 +27,7 @@
 #include "transports/descriptor_watch.h"
 #include "transports/mq/mq_connection.h"
 #include "transports/mq/mq_liveness.h"
+#include "base/clock.h"
 #include "transports/mq/mq_queue.h"
 #include "transports/mq/mq_transport.h"
 #include "transports/mq/mq_wire.h"
@@ -53,20 +54,39 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
   // CANCELs come through it while the server drains).
   std::atomic<bool> accepting{true};
 
-  // Receives and handles every message that is there; false stops serving.
+  // The queue is watched level-triggered: a wake-up may leave messages
+  // there, and the loop's next turn comes back for them at once. A wake-up
+  // that finds one message (a sync caller's request: the usual case) takes
+  // just that one, with no mq_receive that finds the queue empty. Wake-ups
+  // that come back to back (a backlog) read to EAGAIN, until a drain finds
+  // two messages or fewer (where one at a time costs no more).
+  bool draining = false;
+  int64_t last_return_ns = 0;
+  static constexpr int64_t kBackToBackNs = 5'000;
+
+  // Receives and handles what is there (see above); false stops serving.
   bool ReadMessages(int queue) {
+    if (!draining && MonotonicNowNs() - last_return_ns < kBackToBackNs) draining = true;
+    int handled = 0;
     for (;;) {
+      if (!draining && handled == 1) break;
       unsigned priority = 0;
       ssize_t n = mq_receive(queue, buffer.data(), buffer.size(), &priority);
       if (n < 0) {
         if (errno == EINTR) continue;
-        if (errno == EAGAIN) return true;
+        if (errno == EAGAIN) {
+          if (draining && handled <= 2) draining = false;
+          break;
+        }
         IPCRPC_LOG(ERROR) << description << ": stops serving: mq_receive: "
                           << std::strerror(errno);
         return false;
       }
       HandleMessage(std::string_view(buffer.data(), static_cast<size_t>(n)));
+      ++handled;
     }
+    last_return_ns = MonotonicNowNs();
+    return true;
   }
 
   // A CONNECT's reply queue name: "/name", one component, at most 255 bytes.
@@ -257,8 +277,9 @@ class MqListener final : public Listener {
     acceptor->on_accept = std::move(on_accept);
     const int fd = queue.get();
     acceptor_ = acceptor;
-    watch_ = DescriptorWatch::Start(io, std::move(queue),
-                                    [acceptor, fd] { return acceptor->ReadMessages(fd); });
+    watch_ = DescriptorWatch::Start(
+        io, std::move(queue), [acceptor, fd] { return acceptor->ReadMessages(fd); },
+        ReadWatch::kLevel);
     return absl::OkStatus();
   }
 
