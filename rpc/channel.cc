@@ -456,8 +456,10 @@ void ChannelCore::SendCancel(const std::shared_ptr<ClientConnection>& connection
       }
       return;
     case CancelKind::kExpiredByCaller:
-      asio::post(io_, [this, connection, id] {
-        SendCancel(connection, id, CancelKind::kExpiredOnLoop);
+      // Weak: a post after Shutdown never runs, and must not keep the
+      // connection until the io_context goes.
+      asio::post(io_, [this, weak = std::weak_ptr<ClientConnection>(connection), id] {
+        if (auto alive = weak.lock()) SendCancel(alive, id, CancelKind::kExpiredOnLoop);
       });
       return;
     case CancelKind::kMustArrive:
@@ -475,7 +477,7 @@ void ChannelCore::SendCancel(const std::shared_ptr<ClientConnection>& connection
 
 void ChannelCore::QueueCancel(std::weak_ptr<ClientConnection> connection, uint64_t id) {
   if (cancels_stopped_) return;
-  unsent_cancels_.emplace_back(std::move(connection), id);
+  unsent_cancels_.push_back(UnsentCancel{std::move(connection), id, MonotonicNowNs()});
   if (unsent_cancels_.size() > 1) return;  // a retry is armed already
   cancel_backoff_ns_ = 1'000'000;
   RetryCancels();
@@ -485,14 +487,31 @@ void ChannelCore::RetryCancels() {
   cancel_retry_.emplace(io_, std::chrono::nanoseconds(cancel_backoff_ns_));
   cancel_retry_->async_wait([this](const asio::error_code& ec) {
     if (ec || cancels_stopped_) return;
-    // In order; one with no room keeps its place (and those after it on
-    // the same connection theirs: a send that found no room will not find
-    // it for the next one either).
-    std::deque<std::pair<std::weak_ptr<ClientConnection>, uint64_t>> left;
-    for (auto& [weak, id] : unsent_cancels_) {
-      auto connection = weak.lock();
+    // In order. A connection that declined one keeps the rest of its own
+    // for the next round (they would find no room either), in order.
+    std::deque<UnsentCancel> left;
+    std::vector<ClientConnection*> declined;
+    const int64_t now = MonotonicNowNs();
+    for (UnsentCancel& unsent : unsent_cancels_) {
+      auto connection = unsent.connection.lock();
       if (connection == nullptr || connection->Lost()) continue;  // gone: so is the call
-      if (!TrySendCancel(*connection, id)) left.emplace_back(std::move(weak), id);
+      if (std::find(declined.begin(), declined.end(), connection.get()) != declined.end()) {
+        left.push_back(std::move(unsent));
+        continue;
+      }
+      if (TrySendCancel(*connection, unsent.id)) continue;
+      if (now - unsent.queued_ns >= kCancelGiveUpNs) {
+        // A server that takes not even a CANCEL for this long reads nothing:
+        // the connection ends, which cancels every call on it there.
+        IPCRPC_LOG(WARNING) << connection->transport->description()
+                            << ": closing the connection: the server took no CANCEL for "
+                            << (now - unsent.queued_ns) / 1'000'000 << " ms";
+        connection->MarkLost(absl::UnavailableError("the server took no CANCEL"));
+        connection->transport->Close();
+        continue;
+      }
+      declined.push_back(connection.get());
+      left.push_back(std::move(unsent));
     }
     unsent_cancels_ = std::move(left);
     if (unsent_cancels_.empty()) return;

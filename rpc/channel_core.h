@@ -216,6 +216,10 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
 // for its departure before sending (ChannelCore::StartCall).
 inline constexpr int64_t kHeardRecentlyNs = 1'000'000;
 
+// How long a CANCEL that must arrive waits for room before its connection is
+// closed instead (ChannelCore::CancelKind::kMustArrive).
+inline constexpr int64_t kCancelGiveUpNs = 10'000'000'000;
+
 // Whether StartCall's status says the call must wait for the connect thread
 // (an async call or stream with no usable connection): then Defer it.
 bool IsDeferConnect(const absl::Status& status);
@@ -307,13 +311,15 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
     kExpiredByCaller,
     // Cancel(), or a stream the client ends: the server has no timer for
     // it, so it must arrive. Sent now if there is room, else the loop tries
-    // again (backing off, 1 to 100 ms) until it goes or the connection ends.
+    // again (backing off, 1 to 100 ms) until it goes or the connection ends;
+    // a server that takes none for kCancelGiveUpNs loses the connection
+    // (whose end cancels every call on it there).
     kMustArrive,
   };
   void SendCancel(const std::shared_ptr<ClientConnection>& connection, uint64_t id,
                   CancelKind kind);
-  // The loop's: true when the CANCEL went (or the connection failed), false
-  // when the transport has no room now.
+  // True when the CANCEL went (or the connection failed), false when the
+  // transport has no room now. Any thread; never waits.
   bool TrySendCancel(ClientConnection& connection, uint64_t id);
   // The loop's: queues a kMustArrive CANCEL that found no room, and retries.
   void QueueCancel(std::weak_ptr<ClientConnection> connection, uint64_t id);
@@ -374,7 +380,12 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
 
   // kMustArrive CANCELs that found no room, and their retry timer: the
   // loop's alone.
-  std::deque<std::pair<std::weak_ptr<ClientConnection>, uint64_t>> unsent_cancels_;
+  struct UnsentCancel {
+    std::weak_ptr<ClientConnection> connection;
+    uint64_t id = 0;
+    int64_t queued_ns = 0;
+  };
+  std::deque<UnsentCancel> unsent_cancels_;
   std::optional<asio::steady_timer> cancel_retry_;
   int64_t cancel_backoff_ns_ = 0;
   bool cancels_stopped_ = false;

@@ -194,7 +194,10 @@ void ChannelCore::ExpireStream(const std::shared_ptr<PendingCall>& call) {
   auto connection = call->connection.lock();
   if (connection == nullptr || connection->Take(call->id, /*drain=*/true) == nullptr) {
     // Somebody else took it and is completing it (perhaps blocked in a
-    // send): wait for that, without spinning on a passed deadline.
+    // send). An async call's completion never sets `done` (its callback
+    // runs instead), and the loop must not wait for anyone: return.
+    if (call->is_async || OnLoopThread()) return;
+    // A sync caller waits for that, without spinning on a passed deadline.
     MutexLock lock(&call->mu);
     while (!call->done) call->cv.Wait(&call->mu);
     return;

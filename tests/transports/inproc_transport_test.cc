@@ -567,13 +567,14 @@ TEST_F(CutTransportTest, ACallerPastItsDeadlineReturnsBeforeItsCancelIsSent) {
 // Cancel() never waits for room in the transport (it may run on a server's
 // loop, cancelling a call made downstream); the CANCEL goes once there is.
 TEST_F(CutTransportTest, CancelNeverWaitsForRoomAndItsCancelArrivesOnceThereIs) {
+  // Before the channel, whose end may run the callback that writes them.
+  Notification done;
+  absl::Status status;
   auto server = StartServer();
   auto channel = Channel::Connect(endpoint_);
   ASSERT_THAT(channel, IsOk());
   control_.decline_cancels = true;  // no room now ...
   control_.hold_cancels = true;     // ... and a Send would wait
-  Notification done;
-  absl::Status status;
   Call call = (*channel)->CallMethodAsync("t.T/AwaitCancel", "", {},
                                           [&](absl::StatusOr<std::string> result) {
                                             status = result.status();
