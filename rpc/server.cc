@@ -67,11 +67,10 @@ struct ServerConnection {
   std::atomic<int> sends_waiting{0};
   std::atomic<int64_t> send_progress_ns{0};
 
-  // Send, counted for the watchdog; waiting for room no later than
-  // `deadline_ns`.
-  absl::Status Send(absl::Span<const std::string_view> parts, int64_t deadline_ns = kNoDeadline) {
+  // Send, counted for the watchdog.
+  absl::Status Send(absl::Span<const std::string_view> parts) {
     if (sends_waiting.fetch_add(1) == 0) send_progress_ns.store(MonotonicNowNs());
-    absl::Status sent = transport->SendWithin(parts, 0, deadline_ns);
+    absl::Status sent = transport->Send(parts, 0);
     send_progress_ns.store(MonotonicNowNs());
     sends_waiting.fetch_sub(1);
     return sent;
@@ -684,9 +683,8 @@ std::unique_ptr<ServerStreamState> ServerCore::NewStreamState(
     stream->half_closed = (frame.header.flags & kFlagHalfClose) != 0;
   }
   std::weak_ptr<ServerConnection> weak = connection;
-  stream->send = [this, weak, id = frame.header.request_id,
-                  deadline_ns = frame.header.deadline_ns](FrameType type,
-                                                          std::string_view payload) {
+  stream->send = [this, weak, id = frame.header.request_id](FrameType type,
+                                                            std::string_view payload) {
     auto alive = weak.lock();
     if (alive == nullptr) return false;
     FrameHeader header;
@@ -698,19 +696,12 @@ std::unique_ptr<ServerStreamState> ServerCore::NewStreamState(
       return false;
     }
     std::string_view parts[] = {prefix, payload};
-    // A client that takes nothing holds a writer no later than the call's
-    // deadline (then the handler is cancelled anyway).
-    absl::Status sent = alive->Send(parts, deadline_ns);
-    if (!sent.ok()) {
-      if (absl::IsDeadlineExceeded(sent) && !IsNotDelivered(sent)) {
-        // Half a message went out: nothing more can follow it.
-        IPCRPC_LOG(WARNING) << alive->transport->description()
-                            << ": closing the connection: the client took only part of a "
-                               "stream message before the call's deadline";
-        alive->transport->Close();
-      }
-      return false;
-    }
+    // Not bounded by the call's deadline: past it the client drains the
+    // stream (reads and drops until the RESPONSE), so the send completes;
+    // one cut at the deadline would leave half a message and cost the
+    // connection. A client that takes nothing loses its connection after
+    // ServerOptions::send_timeout (the watchdog).
+    if (!alive->Send(parts).ok()) return false;
     bytes_sent_.fetch_add(static_cast<int64_t>(prefix.size() + payload.size()),
                           std::memory_order_relaxed);
     return true;
