@@ -371,6 +371,14 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
         head.empty() ? absl::Span<const std::string_view>(unary_parts)
                      : absl::Span<const std::string_view>(stream_parts),
         options.priority, deadline_ns);
+    if (absl::IsDeadlineExceeded(sent) && IsNotDelivered(sent)) {
+      // Nothing of it went out by the deadline (the server took nothing, or
+      // another send held the connection): the connection is whole, and
+      // another caller's send may be in the middle of a message on it; only
+      // this call ends.
+      if (connection->Take(call->id) != nullptr) return DeadlineExceeded(method);
+      return absl::OkStatus();  // whoever took it completes it
+    }
     if (!sent.ok()) {
       // The connection is broken even if its loop has not seen it yet: the
       // next call must not pick it again. The call comes out before the
@@ -718,33 +726,37 @@ void ChannelCore::RunDeferred() {
       attempt_seq = deferred_seq_;
     }
     absl::StatusOr<std::shared_ptr<ClientConnection>> connection = GetConnection(latest);
-    std::deque<DeferredCall> batch;
-    {
-      MutexLock lock(&deferred_mu_);
-      if (connection.ok()) {
-        batch.swap(deferred_);
-      } else {
-        // A failed connect fails only the calls that waited for it; a call
-        // queued meanwhile gets its own attempt (the next round).
+    if (!connection.ok()) {
+      // A failed connect fails only the calls that waited for it; a call
+      // queued meanwhile gets its own attempt (the next round).
+      std::deque<DeferredCall> failed;
+      {
+        MutexLock lock(&deferred_mu_);
         while (!deferred_.empty() && deferred_.front().seq < attempt_seq) {
-          batch.push_back(std::move(deferred_.front()));
+          failed.push_back(std::move(deferred_.front()));
           deferred_.pop_front();
         }
       }
-      if (batch.empty() && deferred_.empty()) {
-        deferred_running_ = false;
-        return;
-      }
+      for (DeferredCall& deferred : failed) FailAsync(deferred.call, connection.status());
+      continue;  // the next round, or the end if none is left
     }
-    for (DeferredCall& deferred : batch) {
-      const std::shared_ptr<PendingCall>& call = deferred.call;
-      if (!connection.ok()) {
-        FailAsync(call, connection.status());
-        continue;
+    // Started one at a time, each taken from the queue only when its turn
+    // comes: a start may wait for room up to its own call's deadline, and
+    // meanwhile the calls after it are still in the queue, where their own
+    // deadlines and Cancel end them (before: taken out all at once, they
+    // ended only when the earlier start returned).
+    for (;;) {
+      DeferredCall deferred;
+      {
+        MutexLock lock(&deferred_mu_);
+        if (deferred_.empty()) break;
+        deferred = std::move(deferred_.front());
+        deferred_.pop_front();
       }
+      const std::shared_ptr<PendingCall>& call = deferred.call;
       // Its deadline may have passed while the connect, or the start of an
-      // earlier call of the batch (which may wait for room up to its own
-      // deadline), ran: it ends now, unsent.
+      // earlier call (which may wait for room up to its own deadline), ran:
+      // it ends now, unsent.
       if (call->deadline_ns <= MonotonicNowNs()) {
         FailAsync(call, DeadlineExceeded(deferred.method));
         continue;

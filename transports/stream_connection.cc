@@ -207,8 +207,14 @@ absl::Status StreamConnection::SendWithin(absl::Span<const std::string_view> par
   IPCRPC_ASSIGN_OR_RETURN(const size_t total, SendSize(parts, max_message_size_, description_));
   unsigned char prefix[kPrefixSize];
   Iovecs iov = Gather(total, parts, prefix);
+  // Behind another sender that waits for room, no later than our deadline.
+  if (!turn_.Acquire(deadline_ns)) {
+    return MarkNotDelivered(absl::DeadlineExceededError(absl::StrCat(
+        description_, ": another send held the connection past the deadline")));
+  }
   absl::Status result;
   {
+    SendTurn::Holder turn(&turn_);
     MutexLock lock(&write_mu_);
     WriteLocked(absl::MakeSpan(iov), /*try_first=*/false, &result, deadline_ns);
   }

@@ -18,6 +18,7 @@
 #include "base/syscall.h"
 #include "transports/polled_connection.h"
 #include "transports/read_watch.h"
+#include "transports/send_turn.h"
 #include "transports/transport.h"
 #include "base/mutex.h"
 
@@ -95,6 +96,7 @@ class StreamConnection final : public PolledConnection {
   size_t begin_ = 0;  // first unparsed byte
   size_t end_ = 0;    // one past the last received byte
 
+  SendTurn turn_;  // taken before write_mu_ by a send that may wait
   Mutex write_mu_;
   bool write_fd_closed_ ABSL_GUARDED_BY(write_mu_) = false;
   // A write gave up after part of a message went out (a deadline): no other

@@ -4,8 +4,12 @@
 // needs no answer from the server to connect: the kernel's backlog takes
 // the connection.)
 #include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -49,6 +53,19 @@ bool WaitStopped(pid_t pid, absl::Duration timeout) {
     absl::SleepFor(absl::Milliseconds(1));
   }
   return false;
+}
+
+// How many times thread `tid` of this process has slept (voluntary context
+// switches, /proc), or -1.
+int64_t VoluntarySwitches(pid_t tid) {
+  std::ifstream status(absl::StrCat("/proc/self/task/", tid, "/status"));
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("voluntary_ctxt_switches:", 0) == 0) {
+      return std::atoll(line.c_str() + std::strlen("voluntary_ctxt_switches:"));
+    }
+  }
+  return -1;
 }
 
 class TimeBoundsTest : public ::testing::TestWithParam<TransportTraits> {
@@ -294,6 +311,56 @@ TEST_P(TimeBoundsTest, ARequestTheServerDoesNotTakeEndsAtTheCallsDeadline) {
   EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", "after", later), IsOk());
 }
 
+// Two callers on one connection to a stopped server: the first one's send
+// waits for room, holding the connection, up to its deadline (3 s); the
+// second waits behind it no later than its own (300 ms; before: until the
+// first send returned), and the connection is left to the first.
+TEST_P(TimeBoundsTest, ASendBehindAWaitingSendEndsAtItsOwnDeadline) {
+  auto server = ConformanceServerProcess::Start(GetParam());
+  ASSERT_THAT(server, IsOk());
+  ChannelOptions options;
+  options.max_message_size = 8 << 20;
+  auto channel = Channel::Connect(
+      (*server)->ClientArgs()[0].substr(std::string("--endpoint=").size()), options);
+  ASSERT_THAT(channel, IsOk());
+  ASSERT_THAT((*channel)->CallMethod("test.Test/Echo", "warm"), IsOk());
+  ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
+  Outcome first;
+  std::atomic<pid_t> first_tid{0};
+  std::atomic<int64_t> first_switches{-1};
+  std::thread first_caller([&] {
+    const pid_t tid = static_cast<pid_t>(::syscall(SYS_gettid));
+    first_switches = VoluntarySwitches(tid);
+    first_tid = tid;
+    first.Record((*channel)
+                     ->CallMethod("test.Test/Echo", std::string(2 << 20, 'b'),
+                                  WithTimeout(absl::Seconds(3)))
+                     .status());
+  });
+  // Once the first caller has slept, it is waiting for room inside its send
+  // (nothing else in a call to a ready connection sleeps). Should the
+  // second take the connection first after all, its request fits and it
+  // still ends at its deadline: the test cannot fail for that, only test
+  // less.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < give_up &&
+         (first_tid.load() == 0 || VoluntarySwitches(first_tid.load()) <= first_switches.load())) {
+    std::this_thread::yield();
+  }
+  const absl::Time begin = absl::Now();
+  absl::StatusOr<std::string> second =
+      (*channel)->CallMethod("test.Test/Echo", "second", WithTimeout(absl::Milliseconds(300)));
+  const absl::Duration took = absl::Now() - begin;
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kDeadlineExceeded) << second.status();
+  EXPECT_GE(took, absl::Milliseconds(290));
+  // Generous (another process may hold the other CPU), yet far below 3 s.
+  EXPECT_LT(took, absl::Milliseconds(1500)) << "the second call took " << took;
+  first_caller.join();
+  EXPECT_EQ(first.status.code(), absl::StatusCode::kDeadlineExceeded) << first.status;
+  kill((*server)->pid(), SIGCONT);
+}
+
 // The same for a stream's later message: a Write the server does not take
 // ends at the call's deadline (before: it waited until the server read
 // again), and the stream ends DEADLINE_EXCEEDED.
@@ -327,6 +394,44 @@ TEST_P(TimeBoundsTest, AStreamMessageTheServerDoesNotTakeEndsAtTheCallsDeadline)
   later.timeout = absl::Seconds(20);
   EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", "after", later), IsOk());
 }
+
+// Async calls queued while the channel connects start one at a time once it
+// has; a start waits for room up to its own call's deadline. A call queued
+// behind one whose start waits ends at its own deadline (before: only when
+// that start returned, here 3 s instead of 300 ms). If the connect thread
+// was quicker and the second call started on the caller's thread, its send
+// waits for the first one's turn on the connection, also no later than its
+// own deadline (before: until the first send returned). unix: only: a
+// stopped server's kernel backlog takes the connection, so the connect
+// succeeds and the start is what waits.
+class TimeBoundsQueueTest : public TimeBoundsTest {};
+
+TEST_P(TimeBoundsQueueTest, ACallQueuedBehindAWaitingStartEndsAtItsOwnDeadline) {
+  ASSERT_NO_FATAL_FAILURE(ConnectThenStickTheSuccessor());
+  Outcome big, small;
+  const absl::Time begin = absl::Now();
+  // Larger than the socket's buffer: its start waits for the stopped server.
+  channel_->CallMethodAsync("test.Test/Echo", std::string(2 << 20, 'b'),
+                            WithTimeout(absl::Seconds(3)),
+                            [&big](absl::StatusOr<std::string> reply) { big.Record(reply.status()); });
+  channel_->CallMethodAsync(
+      "test.Test/Echo", "small", WithTimeout(absl::Milliseconds(300)),
+      [&small](absl::StatusOr<std::string> reply) { small.Record(reply.status()); });
+  ASSERT_TRUE(small.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(small.status.code(), absl::StatusCode::kDeadlineExceeded) << small.status;
+  EXPECT_GE(small.at - begin, absl::Milliseconds(290));
+  // Generous (the other CPU may be busy), yet far below the 3 s of the
+  // start it was queued behind.
+  EXPECT_LT(small.at - begin, absl::Milliseconds(1500))
+      << "ended " << (small.at - begin) << " after it was made";
+  ASSERT_TRUE(big.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(big.status.code(), absl::StatusCode::kDeadlineExceeded) << big.status;
+  kill(successor_->pid(), SIGCONT);
+}
+
+INSTANTIATE_TEST_SUITE_P(Unix, TimeBoundsQueueTest,
+                         ::testing::Values(TransportTraits{"unix", true}),
+                         [](const auto& test_info) { return test_info.param.name; });
 
 INSTANTIATE_TEST_SUITE_P(Transports, TimeBoundsTest,
                          ::testing::Values(TransportTraits{"fifo", true},

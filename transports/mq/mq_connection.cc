@@ -139,6 +139,12 @@ absl::Status MqConnection::SendMessage(absl::Span<const std::string_view> parts,
                                        int64_t deadline_ns, bool* broken) {
   IPCRPC_ASSIGN_OR_RETURN(const size_t total, SendSize(parts, max_message_size_, description_));
   const unsigned mq_priority = static_cast<unsigned>(std::clamp(priority, 0, 31));
+  // Behind another sender that waits for room, no later than our deadline.
+  if (!turn_.Acquire(deadline_ns)) {
+    return MarkNotDelivered(absl::DeadlineExceededError(absl::StrCat(
+        description_, ": another send held the connection past the deadline")));
+  }
+  SendTurn::Holder turn(&turn_);
   MutexLock lock(&write_mu_);
   if (closing_.load()) {
     return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));

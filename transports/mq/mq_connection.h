@@ -23,6 +23,7 @@
 #include "transports/mq/mq_wire.h"
 #include "transports/polled_connection.h"
 #include "transports/read_watch.h"
+#include "transports/send_turn.h"
 #include "transports/transport.h"
 
 namespace ipcrpc::internal {
@@ -115,6 +116,7 @@ class MqConnection final : public PolledConnection {
   std::vector<std::pair<MqHeader, std::string>> early_;
   const size_t max_message_size_;
 
+  SendTurn turn_;  // taken before write_mu_ by a send that may wait
   Mutex write_mu_;
   uint32_t next_sequence_ ABSL_GUARDED_BY(write_mu_) = 0;
   bool said_close_ ABSL_GUARDED_BY(write_mu_) = false;

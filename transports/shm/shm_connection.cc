@@ -149,6 +149,12 @@ absl::Status ShmConnection::SendWithin(absl::Span<const std::string_view> parts,
   IPCRPC_ASSIGN_OR_RETURN(const size_t total, SendSize(parts, max_message_size_, description_));
   char prefix[4];
   PutLe(prefix, total, 4);
+  // Behind another sender that waits for room, no later than our deadline.
+  if (!turn_.Acquire(deadline_ns)) {
+    return MarkNotDelivered(absl::DeadlineExceededError(absl::StrCat(
+        description_, ": another send held the connection past the deadline")));
+  }
+  SendTurn::Holder turn(&turn_);
   MutexLock lock(&write_mu_);
   if (write_broken_) {
     return MarkNotDelivered(

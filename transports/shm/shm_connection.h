@@ -21,6 +21,7 @@
 #include "base/mutex.h"
 #include "base/syscall.h"
 #include "transports/polled_connection.h"
+#include "transports/send_turn.h"
 #include "transports/shm/shm_region.h"
 #include "transports/shm/shm_ring.h"
 #include "transports/shm/shm_spinner.h"
@@ -114,6 +115,7 @@ class ShmConnection final : public PolledConnection {
   const PeerCredentials peer_;
   const size_t max_message_size_;
 
+  SendTurn turn_;  // taken before write_mu_ by a send that may wait
   Mutex write_mu_;
   // A send gave up after part of a message went into the ring (a deadline):
   // nothing may be written after it; the connection is about to close.
