@@ -342,16 +342,13 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
     // (a call made from an async callback): there what it delivers would run
     // other calls' callbacks inside this one, and a call they make would
     // overwrite this thread's prefix before it is sent.
-    // A sync call skips it if the server was heard from in the last
-    // kHeardRecently: it was there then, and a draining one refuses the
-    // call (then it goes again); one that left since is seen while the call
-    // waits (UNAVAILABLE), as one that leaves just after a probe would be.
-    // Saves a system call per call in a run of calls (mq: the receive that
-    // finds the reply queue empty).
-    const bool probe =
-        !OnLoopThread() &&
-        (call->is_async || (!connection->transport->SendSeesPeerLeave() &&
-                            !connection->HeardWithin(kHeardRecentlyNs)));
+    // (On mq this receive is the one system call a sync call makes over
+    // raw + 2. Skipping it when the server was heard from recently was
+    // tried and not kept: a server that says GOAWAY and closes in that
+    // window, as an idle one shutting down does, would fail the next call
+    // UNAVAILABLE instead of letting it go to its successor.)
+    const bool probe = !OnLoopThread() &&
+                       (call->is_async || !connection->transport->SendSeesPeerLeave());
     if ((probe && connection->transport->ReadUntil(0, [] { return false; }) ==
                       Connection::ReadResult::kClosed) ||
         !connection->Usable()) {
@@ -824,7 +821,6 @@ void ChannelCore::Cancel(const std::shared_ptr<PendingCall>& call) {
 
 void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
                             std::string_view message) {
-  connection->last_heard_ns.store(MonotonicNowNs(), std::memory_order_relaxed);
   auto frame = DecodeFrame(message, options_.max_message_size);
   if (!frame.ok()) {
     IPCRPC_LOG(WARNING) << connection->transport->description()

@@ -198,12 +198,6 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
 
   std::atomic<uint64_t> next_id{1};
 
-  // When a message from the server last arrived (monotonic ns).
-  std::atomic<int64_t> last_heard_ns{0};
-  bool HeardWithin(int64_t window_ns) const {
-    return MonotonicNowNs() - last_heard_ns.load(std::memory_order_relaxed) < window_ns;
-  }
-
  private:
   Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<PendingCall>> pending_ ABSL_GUARDED_BY(mu_);
@@ -211,10 +205,6 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   absl::Status lost_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
 };
-
-// A server heard from this recently was there: a sync call need not look
-// for its departure before sending (ChannelCore::StartCall).
-inline constexpr int64_t kHeardRecentlyNs = 1'000'000;
 
 // How long a CANCEL that must arrive waits for room before its connection is
 // closed instead (ChannelCore::CancelKind::kMustArrive).

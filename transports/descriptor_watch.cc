@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include "asio/post.hpp"
+#include "base/logging.h"
 
 namespace ipcrpc::internal {
 
@@ -38,7 +39,12 @@ void DescriptorWatch::Run() {
     Release();
     return;
   }
-  if (back_off > absl::ZeroDuration() && mode_ == ReadWatch::kEdge) {
+  if (back_off > absl::ZeroDuration() && mode_ == ReadWatch::kLevel) {
+    // Not supported (descriptor_watch.h): the watch waits again at once.
+    IPCRPC_LOG(ERROR) << "DescriptorWatch: BackOffFromHandler ignored on a level-triggered watch";
+    back_off = absl::ZeroDuration();
+  }
+  if (back_off > absl::ZeroDuration()) {
     const absl::Duration pause = back_off;
     back_off = absl::ZeroDuration();
     if (!pause_.has_value()) pause_.emplace(io_);

@@ -163,12 +163,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Send, but waiting for room (a peer that does not read: stopped, stuck)
   // no later than `deadline_ns` (base/clock.h; kNoDeadline: as Send): past
   // it, DEADLINE_EXCEEDED, marked MarkNotDelivered if nothing of the message
-  // went out. A connection left in the middle of a message cannot carry
-  // another: the caller must Close it (the channel closes a connection after
-  // any failed send, once it has taken the call out, so that the call ends
-  // with its own status and not the connection's loss). For a call's
-  // request, bounded by the call's deadline. A transport whose sends never
-  // wait for the peer (grpc:) ignores the deadline.
+  // went out; also when another send held the connection past the deadline
+  // (a send waits for its turn no later than its own deadline:
+  // transports/send_turn.h). A connection left in the middle of a message
+  // cannot carry another: the caller must Close it (the channel closes a
+  // connection after any failed send that may have delivered part of one,
+  // once it has taken the call out, so that the call ends with its own
+  // status and not the connection's loss; one that delivered nothing by its
+  // deadline leaves the connection as it is). For a call's request, bounded
+  // by the call's deadline. A transport whose sends never wait for the peer
+  // (grpc:) ignores the deadline.
   virtual absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
                                   int64_t deadline_ns) = 0;
 
