@@ -96,6 +96,24 @@ class TimeBoundsTest : public ::testing::TestWithParam<TransportTraits> {
     ASSERT_TRUE(WaitStopped(successor_->pid(), absl::Seconds(10)));
   }
 
+  // A channel (8 MiB messages) that has made one call to its server, which
+  // is now stopped: its transport fills and is never read.
+  void ConnectThenStopTheServer() {
+    auto server = ConformanceServerProcess::Start(GetParam());
+    ASSERT_THAT(server, IsOk());
+    server_ = *std::move(server);
+    ChannelOptions options;
+    options.max_message_size = 8 << 20;
+    auto channel = Channel::Connect(
+        server_->ClientArgs()[0].substr(std::string("--endpoint=").size()), options);
+    ASSERT_THAT(channel, IsOk());
+    channel_ = *std::move(channel);
+    ASSERT_THAT(channel_->CallMethod("test.Test/Echo", "warm"), IsOk());
+    ASSERT_EQ(kill(server_->pid(), SIGSTOP), 0);
+    ASSERT_TRUE(WaitStopped(server_->pid(), absl::Seconds(10)));
+  }
+
+  std::unique_ptr<ConformanceServerProcess> server_;
   std::unique_ptr<ConformanceServerProcess> first_;
   std::unique_ptr<ConformanceServerProcess> successor_;
   std::shared_ptr<Channel> channel_;
@@ -282,25 +300,16 @@ TEST_P(TimeBoundsTest, AnAsyncStreamNeverWaitsToConnect) {
 // until the server read again, whatever its deadline. The connection, left
 // in the middle of a message, is closed; the channel goes on.
 TEST_P(TimeBoundsTest, ARequestTheServerDoesNotTakeEndsAtTheCallsDeadline) {
-  auto server = ConformanceServerProcess::Start(GetParam());
-  ASSERT_THAT(server, IsOk());
-  ChannelOptions options;
-  options.max_message_size = 8 << 20;
-  auto channel = Channel::Connect(
-      (*server)->ClientArgs()[0].substr(std::string("--endpoint=").size()), options);
-  ASSERT_THAT(channel, IsOk());
-  ASSERT_THAT((*channel)->CallMethod("test.Test/Echo", "warm"), IsOk());
-  ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
-  ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
+  ASSERT_NO_FATAL_FAILURE(ConnectThenStopTheServer());
   // Larger than any transport holds (a pipe 64 KiB, a ring 256 KiB, a
   // queue ten messages).
   const std::string big(2 << 20, 'b');
   CallOptions call;
   call.timeout = absl::Milliseconds(300);
   const absl::Time start = absl::Now();
-  absl::StatusOr<std::string> reply = (*channel)->CallMethod("test.Test/Echo", big, call);
+  absl::StatusOr<std::string> reply = channel_->CallMethod("test.Test/Echo", big, call);
   const absl::Duration took = absl::Now() - start;
-  kill((*server)->pid(), SIGCONT);
+  kill(server_->pid(), SIGCONT);
   EXPECT_EQ(reply.status().code(), absl::StatusCode::kDeadlineExceeded) << reply.status();
   EXPECT_GE(took, absl::Milliseconds(290)) << "gave up before the deadline";
   // Generous (another process may hold the other CPU).
@@ -308,7 +317,7 @@ TEST_P(TimeBoundsTest, ARequestTheServerDoesNotTakeEndsAtTheCallsDeadline) {
   // The channel goes on, on a new connection if that one was closed.
   CallOptions later;
   later.timeout = absl::Seconds(20);
-  EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", "after", later), IsOk());
+  EXPECT_THAT(channel_->CallMethod("test.Test/Echo", "after", later), IsOk());
 }
 
 // Two callers on one connection to a stopped server: the first one's send
@@ -316,16 +325,7 @@ TEST_P(TimeBoundsTest, ARequestTheServerDoesNotTakeEndsAtTheCallsDeadline) {
 // second waits behind it no later than its own (300 ms; before: until the
 // first send returned), and the connection is left to the first.
 TEST_P(TimeBoundsTest, ASendBehindAWaitingSendEndsAtItsOwnDeadline) {
-  auto server = ConformanceServerProcess::Start(GetParam());
-  ASSERT_THAT(server, IsOk());
-  ChannelOptions options;
-  options.max_message_size = 8 << 20;
-  auto channel = Channel::Connect(
-      (*server)->ClientArgs()[0].substr(std::string("--endpoint=").size()), options);
-  ASSERT_THAT(channel, IsOk());
-  ASSERT_THAT((*channel)->CallMethod("test.Test/Echo", "warm"), IsOk());
-  ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
-  ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
+  ASSERT_NO_FATAL_FAILURE(ConnectThenStopTheServer());
   Outcome first;
   std::atomic<pid_t> first_tid{0};
   std::atomic<int64_t> first_switches{-1};
@@ -333,7 +333,7 @@ TEST_P(TimeBoundsTest, ASendBehindAWaitingSendEndsAtItsOwnDeadline) {
     const pid_t tid = static_cast<pid_t>(::syscall(SYS_gettid));
     first_switches = VoluntarySwitches(tid);
     first_tid = tid;
-    first.Record((*channel)
+    first.Record(channel_
                      ->CallMethod("test.Test/Echo", std::string(2 << 20, 'b'),
                                   WithTimeout(absl::Seconds(3)))
                      .status());
@@ -350,7 +350,7 @@ TEST_P(TimeBoundsTest, ASendBehindAWaitingSendEndsAtItsOwnDeadline) {
   }
   const absl::Time begin = absl::Now();
   absl::StatusOr<std::string> second =
-      (*channel)->CallMethod("test.Test/Echo", "second", WithTimeout(absl::Milliseconds(300)));
+      channel_->CallMethod("test.Test/Echo", "second", WithTimeout(absl::Milliseconds(300)));
   const absl::Duration took = absl::Now() - begin;
   EXPECT_EQ(second.status().code(), absl::StatusCode::kDeadlineExceeded) << second.status();
   EXPECT_GE(took, absl::Milliseconds(290));
@@ -358,7 +358,7 @@ TEST_P(TimeBoundsTest, ASendBehindAWaitingSendEndsAtItsOwnDeadline) {
   EXPECT_LT(took, absl::Milliseconds(1500)) << "the second call took " << took;
   first_caller.join();
   EXPECT_EQ(first.status.code(), absl::StatusCode::kDeadlineExceeded) << first.status;
-  kill((*server)->pid(), SIGCONT);
+  kill(server_->pid(), SIGCONT);
 }
 
 // The same for a stream's later message: a Write the server does not take
