@@ -345,8 +345,17 @@ bool BacklogServedOnceDescriptorsAreFree() {
   const uint32_t size = static_cast<uint32_t>(frame.size());
   std::string message(reinterpret_cast<const char*>(&size), 4);
   message += frame;
-  EXPECT_EQ(send(waiting.get(), message.data(), message.size(), MSG_NOSIGNAL),
-            static_cast<ssize_t>(message.size()));
+  const ssize_t sent = send(waiting.get(), message.data(), message.size(), MSG_NOSIGNAL);
+  if (sent < 0 && (errno == EPIPE || errno == ECONNRESET)) {
+    // The server freed a descriptor of its own in the window and accepted
+    // the connection early, then had none for its state and dropped it
+    // before the request went (as the EOF below, seen sooner): this try
+    // proved nothing. (Seen once in CI: the server's log said "dropping a
+    // connection: ... eventfd ...: Too many open files".)
+    EXPECT_EQ(prlimit(pid, RLIMIT_NOFILE, &original, nullptr), 0) << std::strerror(errno);
+    return false;
+  }
+  EXPECT_EQ(sent, static_cast<ssize_t>(message.size())) << std::strerror(errno);
   // Out of descriptors, the server must not spin.
   const int64_t ticks_before = ProcessCpuTicks(pid);
   absl::SleepFor(absl::Milliseconds(500));  // a measurement window, not synchronisation
