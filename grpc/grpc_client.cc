@@ -15,8 +15,12 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
+#include "absl/cleanup/cleanup.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "asio/io_context.hpp"
 #include "asio/post.hpp"
@@ -29,6 +33,8 @@
 #include "grpc/grpc_transport.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
+#include "grpcpp/impl/client_unary_call.h"
+#include "grpcpp/impl/rpc_method.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "wire/status_details.h"
@@ -41,6 +47,7 @@ absl::Status FromGrpc(const grpc::Status& status) {
 }
 
 class GrpcClientConnection;
+class UnaryClientCall;
 
 // One call in flight on the connection: what the RPC layer's frames for
 // its request id act on.
@@ -72,15 +79,32 @@ class GrpcClientConnection final : public GrpcBridgeConnection {
   absl::Status SendWithin(absl::Span<const std::string_view> parts, int /*priority*/,
                           int64_t deadline_ns) override;
   void Close() override;
+  // A sync caller's unary call is made on its thread, as gRPC's generated
+  // sync stubs make theirs (a blocking call that polls on the caller's
+  // thread): no hand-off from gRPC's callback thread to wake the caller.
+  bool CallsHere() const override { return true; }
+  absl::Status CallHere(std::string_view request, absl::FunctionRef<bool()> done) override;
+  // A sync call was completed by another thread (cancelled): a call made
+  // here for it is cancelled in gRPC, so that its caller returns now (its
+  // CANCEL may have come before the call was in the table).
+  void WakeReader() override;
 
   // For the calls: hands a frame to the RPC layer, on the loop, in order.
   void Deliver(std::string frame) { PostFrame(io_, std::move(frame)); }
   // gRPC may end a call DEADLINE_EXCEEDED a little before the deadline the
   // RPC layer set (its clocks and rounding, the server's): the RPC layer
   // says that only at the deadline, so the answer waits for it.
-  void DeliverEnd(std::string frame, const grpc::Status& status, int64_t deadline_ns) {
+  // `here`: a unary call's RESPONSE, handed to the RPC layer on this
+  // thread (gRPC's) if it can be: a sync caller is woken from here, not
+  // from the loop after a hand-off to it (GrpcBridgeConnection::DeliverHere).
+  void DeliverEnd(std::string frame, const grpc::Status& status, int64_t deadline_ns,
+                  bool here = false) {
     if (status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED ||
         deadline_ns == kWireNoDeadline || MonotonicNowNs() >= deadline_ns) {
+      // Only a well-formed frame (ResponseFrame makes no other): the RPC
+      // layer closes the connection on a bad one, which it must not do
+      // from inside Finish (Close waits for Finish).
+      if (here && DecodeFrame(frame, max_payload_).ok() && DeliverHere(frame)) return;
       Deliver(std::move(frame));
       return;
     }
@@ -90,6 +114,29 @@ class GrpcClientConnection final : public GrpcBridgeConnection {
       auto self = std::static_pointer_cast<GrpcClientConnection>(weak.lock());
       if (self != nullptr) self->DeliverOnLoop(frame);
     });
+  }
+  // A unary call's end, with its RESPONSE frame: out of the table, then
+  // the frame to the RPC layer (here, on this thread, if `here`). Close
+  // waits for it, unless called from inside this very delivery (the RPC
+  // layer closed the connection while handling the frame).
+  void Finish(uint64_t id, std::string frame, const grpc::Status& status, int64_t deadline_ns,
+              bool here) {
+    std::shared_ptr<ClientCall> call;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = calls_.find(id);
+      if (it != calls_.end()) {
+        call = std::move(it->second);
+        calls_.erase(it);
+      }
+      ++finishing_;
+    }
+    DeliverEnd(std::move(frame), status, deadline_ns, here);
+    // Notified under the lock: Close may return (and this connection go)
+    // as soon as nothing is left.
+    std::lock_guard<std::mutex> lock(mu_);
+    --finishing_;
+    done_.notify_all();
   }
   // The call's last act: it leaves the table (Close waits for that).
   std::shared_ptr<ClientCall> Take(uint64_t id) {
@@ -111,6 +158,15 @@ class GrpcClientConnection final : public GrpcBridgeConnection {
 
  private:
   void StartCall(const FrameView& frame);
+  // A unary call's context set up from its REQUEST and the call put in the
+  // table; null if it is not to be made (refused: its RESPONSE is on its
+  // way; or the connection is closed).
+  std::shared_ptr<UnaryClientCall> PrepareUnary(const FrameView& frame);
+  // gRPC's method for `name` ("/pkg.Service/Method"), registered with the
+  // channel once (as generated stubs do: the path is not interned again
+  // per call); a name past kMaxRegisteredMethods is not kept.
+  const grpc::internal::RpcMethod* RegisteredMethod(const std::string& name);
+  static constexpr size_t kMaxRegisteredMethods = 1024;
   std::shared_ptr<ClientCall> Find(uint64_t id) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = calls_.find(id);
@@ -126,6 +182,13 @@ class GrpcClientConnection final : public GrpcBridgeConnection {
   std::condition_variable done_;
   bool closed_ = false;  // guarded by mu_
   absl::flat_hash_map<uint64_t, std::shared_ptr<ClientCall>> calls_;  // guarded by mu_
+  int finishing_ = 0;  // guarded by mu_: Finish calls between the table and their end
+  // Calls being made by CallHere, with their callers' done().
+  std::vector<std::pair<UnaryClientCall*, const absl::FunctionRef<bool()>*>> here_;  // guarded by mu_
+  std::mutex methods_mu_;
+  // Node-stable: each method's name points into its key.
+  absl::node_hash_map<std::string, std::unique_ptr<grpc::internal::RpcMethod>>
+      methods_;  // guarded by methods_mu_
 };
 
 // Sets up a call's context from its REQUEST: deadline and metadata.
@@ -364,6 +427,7 @@ absl::Status GrpcClientConnection::SendWithin(absl::Span<const std::string_view>
 }
 
 void GrpcClientConnection::StartCall(const FrameView& frame) {
+  KeepGrpcCallbackQueueAlive();  // first: every call made here uses gRPC's callback API
   const uint64_t id = frame.header.request_id;
   const std::string method = absl::StrCat("/", Av(frame.name));
   const bool stream = (frame.header.flags & kFlagStream) != 0;
@@ -371,26 +435,17 @@ void GrpcClientConnection::StartCall(const FrameView& frame) {
     Deliver(ResponseFrame(id, std::move(status), {}, {}, max_payload_));
   };
   if (!stream) {
-    auto call = std::make_shared<UnaryClientCall>();
-    if (absl::Status configured = Configure(frame, &call->context); !configured.ok()) {
-      return refuse(absl::Status(configured.code(), absl::StrCat("calling ", Av(frame.name),
-                                                                 " over gRPC: ",
-                                                                 configured.message())));
-    }
-    call->request = StringToByteBuffer(frame.payload);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (closed_) return;
-      calls_[id] = call;
-    }
+    std::shared_ptr<UnaryClientCall> call = PrepareUnary(frame);
+    if (call == nullptr) return;
     UnaryClientCall* raw = call.get();
     stub_.UnaryCall(&raw->context, method, grpc::StubOptions(), &raw->request, &raw->response,
                     [this, id, raw, deadline_ns = frame.header.deadline_ns](grpc::Status status) {
                       std::string payload;
                       if (status.ok()) payload = ByteBufferToString(raw->response);
-                      DeliverEnd(ResponseFromGrpc(id, status, raw->context, payload, max_payload_),
-                                 status, deadline_ns);
-                      std::shared_ptr<ClientCall> self = Take(id);  // last
+                      std::string response =
+                          ResponseFromGrpc(id, status, raw->context, payload, max_payload_);
+                      // `raw` goes with the table's reference: not used after this.
+                      Finish(id, std::move(response), status, deadline_ns, /*here=*/true);  // last
                     });
     return;
   }
@@ -412,6 +467,88 @@ void GrpcClientConnection::StartCall(const FrameView& frame) {
   call->Begin(method, first, (frame.header.flags & kFlagHalfClose) != 0);
 }
 
+std::shared_ptr<UnaryClientCall> GrpcClientConnection::PrepareUnary(const FrameView& frame) {
+  const uint64_t id = frame.header.request_id;
+  auto call = std::make_shared<UnaryClientCall>();
+  if (absl::Status configured = Configure(frame, &call->context); !configured.ok()) {
+    Deliver(ResponseFrame(id,
+                          absl::Status(configured.code(),
+                                       absl::StrCat("calling ", Av(frame.name),
+                                                    " over gRPC: ", configured.message())),
+                          {}, {}, max_payload_));
+    return nullptr;
+  }
+  call->request = StringToByteBuffer(frame.payload);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) return nullptr;
+  calls_[id] = call;
+  return call;
+}
+
+const grpc::internal::RpcMethod* GrpcClientConnection::RegisteredMethod(const std::string& name) {
+  std::lock_guard<std::mutex> lock(methods_mu_);
+  auto it = methods_.find(name);
+  if (it != methods_.end()) return it->second.get();
+  if (methods_.size() >= kMaxRegisteredMethods) return nullptr;
+  it = methods_.emplace(name, nullptr).first;
+  it->second = std::make_unique<grpc::internal::RpcMethod>(
+      it->first.c_str(), grpc::internal::RpcMethod::NORMAL_RPC, channel_);
+  return it->second.get();
+}
+
+absl::Status GrpcClientConnection::CallHere(std::string_view request,
+                                            absl::FunctionRef<bool()> done) {
+  auto frame = DecodeFrame(request, max_payload_);
+  if (!frame.ok() || frame->header.type != FrameType::kRequest ||
+      (frame->header.flags & kFlagStream) != 0) {
+    return absl::InternalError(absl::StrCat(description(), ": CallHere given no unary REQUEST"));
+  }
+  if (done()) return absl::OkStatus();  // cancelled before it went: nothing to send
+  const uint64_t id = frame->header.request_id;
+  auto call = std::make_shared<UnaryClientCall>();
+  if (absl::Status configured = Configure(*frame, &call->context); !configured.ok()) {
+    return absl::Status(configured.code(), absl::StrCat("calling ", Av(frame->name),
+                                                        " over gRPC: ", configured.message()));
+  }
+  call->request = StringToByteBuffer(frame->payload);
+  {
+    // From here a cancellation reaches it: a CANCEL through the table, or
+    // WakeReader, which comes after the call is completed.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) {
+      return MarkNotDelivered(absl::UnavailableError(description() + ": closed"));
+    }
+    calls_[id] = call;
+    here_.emplace_back(call.get(), &done);
+  }
+  if (done()) call->context.TryCancel();  // cancelled meanwhile: gRPC ends it at once
+  const std::string name = absl::StrCat("/", Av(frame->name));
+  const grpc::internal::RpcMethod* registered = RegisteredMethod(name);
+  const grpc::internal::RpcMethod unregistered(name.c_str(),
+                                               grpc::internal::RpcMethod::NORMAL_RPC);
+  // On this thread, until gRPC's answer (a CANCEL from another thread
+  // cancels it through the table, as for any call).
+  const grpc::Status status = grpc::internal::BlockingUnaryCall(
+      channel_.get(), registered != nullptr ? *registered : unregistered, &call->context,
+      call->request, &call->response);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::erase_if(here_, [&](const auto& entry) { return entry.first == call.get(); });
+  }
+  std::string payload;
+  if (status.ok()) payload = ByteBufferToString(call->response);
+  Finish(id, ResponseFromGrpc(id, status, call->context, payload, max_payload_), status,
+         frame->header.deadline_ns, /*here=*/true);
+  return absl::OkStatus();
+}
+
+void GrpcClientConnection::WakeReader() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [call, done] : here_) {
+    if ((*done)()) call->context.TryCancel();
+  }
+}
+
 void GrpcClientConnection::Close() {
   std::vector<std::shared_ptr<ClientCall>> calls;
   {
@@ -420,14 +557,21 @@ void GrpcClientConnection::Close() {
     closed_ = true;
     for (auto& [id, call] : calls_) calls.push_back(call);
   }
+  // The RPC layer goes once this returns (and PostClosed ran): nothing of
+  // gRPC's threads may be inside it by then.
+  StopDeliveringHere(/*wait=*/true);
   for (auto& call : calls) call->Cancel();
   calls.clear();
-  // Every call's last act is to leave the table; after that gRPC calls
-  // nothing of ours. Cancelled calls end at once.
+  // Every call's last act is to leave the table (and, for a unary one, to
+  // finish its delivery); after that gRPC calls nothing of ours. Cancelled
+  // calls end at once. A Close from inside a delivery (the RPC layer closed
+  // the connection handling its frame) does not wait for that one.
   {
     // (They refer to this connection until then: no time limit.)
+    const int mine = DeliveringHereOnThisThread() ? 1 : 0;
     std::unique_lock<std::mutex> lock(mu_);
-    while (!done_.wait_for(lock, std::chrono::seconds(10), [&] { return calls_.empty(); })) {
+    while (!done_.wait_for(lock, std::chrono::seconds(10),
+                           [&] { return calls_.empty() && finishing_ <= mine; })) {
       IPCRPC_LOG(ERROR) << description() << ": " << calls_.size()
                         << " gRPC calls have not ended 10 s after their cancellation";
     }
@@ -498,7 +642,10 @@ class GrpcConnector final : public Connector {
 
 absl::StatusOr<std::unique_ptr<Connector>> CreateGrpcConnector(const Endpoint& endpoint,
                                                                const TransportOptions& options) {
-  KeepGrpcCallbackQueueAlive();
+  // (KeepGrpcCallbackQueueAlive: at a connection's first call through
+  // gRPC's callback API, StartCall. A process that makes only sync unary
+  // calls never starts the callback queue's threads, which would otherwise
+  // take every answer off the socket and hand it to the caller.)
   const bool tls = options.grpc_use_tls || !options.grpc_root_certificates_file.empty();
   IPCRPC_ASSIGN_OR_RETURN(GrpcAddress address,
                           ParseGrpcAddress(endpoint, tls, options.grpc_allow_plaintext_off_host));

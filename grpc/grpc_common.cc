@@ -233,8 +233,49 @@ GrpcBridgeConnection::GrpcBridgeConnection(std::string description,
 
 void GrpcBridgeConnection::Start(asio::io_context&, MessageHandler on_message,
                                  CloseHandler on_closed) {
-  on_message_ = std::move(on_message);
+  on_message_ = std::make_shared<MessageHandler>(std::move(on_message));
   on_closed_ = std::move(on_closed);
+  std::lock_guard<std::mutex> lock(direct_mu_);
+  // Closed already (a Close between the server's accept and this Start):
+  // everything goes through the loop, which drops it once closed.
+  if (!direct_stopped_) direct_ = on_message_;
+}
+
+namespace {
+// The connection whose DeliverHere runs on this thread, innermost first (a
+// handler run there may deliver on another connection).
+thread_local const GrpcBridgeConnection* delivering_on = nullptr;
+}  // namespace
+
+bool GrpcBridgeConnection::DeliverHere(std::string_view frame) {
+  std::shared_ptr<MessageHandler> handler;
+  {
+    std::lock_guard<std::mutex> lock(direct_mu_);
+    if (direct_ == nullptr) return false;
+    handler = direct_;
+    ++direct_running_;
+  }
+  const GrpcBridgeConnection* outer = delivering_on;
+  delivering_on = this;
+  (*handler)(frame);
+  delivering_on = outer;
+  std::lock_guard<std::mutex> lock(direct_mu_);
+  if (--direct_running_ == 0) direct_idle_.notify_all();
+  return true;
+}
+
+void GrpcBridgeConnection::StopDeliveringHere(bool wait) {
+  std::unique_lock<std::mutex> lock(direct_mu_);
+  direct_ = nullptr;
+  direct_stopped_ = true;
+  if (!wait || DeliveringHereOnThisThread()) return;
+  direct_idle_.wait(lock, [&] { return direct_running_ == 0; });
+}
+
+bool GrpcBridgeConnection::DeliveringHereOnThisThread() const {
+  // (Nested deliveries on several connections are not made: a handler run
+  // inside one makes no call; only the innermost is known.)
+  return delivering_on == this;
 }
 
 void GrpcBridgeConnection::PostFrame(asio::io_context* io, std::string frame) {
@@ -253,7 +294,11 @@ void GrpcBridgeConnection::PostClosed(asio::io_context* io, absl::Status reason)
     auto self = std::static_pointer_cast<GrpcBridgeConnection>(weak.lock());
     if (self == nullptr || self->closed_on_loop_) return;
     self->closed_on_loop_ = true;
-    MessageHandler on_message = std::move(self->on_message_);
+    {
+      std::lock_guard<std::mutex> lock(self->direct_mu_);
+      self->direct_ = nullptr;
+    }
+    std::shared_ptr<MessageHandler> on_message = std::move(self->on_message_);
     self->on_message_ = nullptr;
     CloseHandler on_closed = std::move(self->on_closed_);
     self->on_closed_ = nullptr;

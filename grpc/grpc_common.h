@@ -4,8 +4,11 @@
 #define IPCRPC_GRPC_GRPC_COMMON_H_
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -98,8 +101,24 @@ class GrpcBridgeConnection : public Connection {
   void PostFrame(asio::io_context* io, std::string frame);
   // On the loop: at once.
   void DeliverOnLoop(std::string_view frame) {
-    if (on_message_ && !closed_on_loop_) on_message_(frame);
+    if (on_message_ != nullptr && !closed_on_loop_) (*on_message_)(frame);
   }
+  // Off the loop, on gRPC's thread: hands `frame` to the RPC layer here and
+  // now, and returns true; false if the connection has not started or is
+  // closing (then post it). No hand-off to the loop and back, which gRPC's
+  // own servers and stubs do not make either (docs/GRPC.md, "What the
+  // bridge costs"). Only for a unary call's one REQUEST (server) or
+  // RESPONSE (client): frames whose order against the connection's others
+  // does not matter, and which the RPC layer handles on any thread
+  // (Connection::Start).
+  bool DeliverHere(std::string_view frame);
+  // No DeliverHere after this (nor after a Start that comes later). With
+  // `wait`, returns once those running have returned, unless called from
+  // inside one on this thread (its handler closed the connection): then
+  // at once.
+  void StopDeliveringHere(bool wait);
+  // Whether this thread is inside DeliverHere on this connection.
+  bool DeliveringHereOnThisThread() const;
   // Ends the connection for the RPC layer, on `io`: on_closed runs once,
   // nothing is delivered after it, and the handlers are dropped.
   void PostClosed(asio::io_context* io, absl::Status reason);
@@ -107,9 +126,16 @@ class GrpcBridgeConnection : public Connection {
  private:
   const std::string description_;
   PeerCredentials peer_;
-  MessageHandler on_message_;    // loop only
-  CloseHandler on_closed_;       // loop only
-  bool closed_on_loop_ = false;  // loop only: on_closed ran
+  // Shared with DeliverHere (direct_, a copy of the pointer): the loop's
+  // copy is dropped on close, DeliverHere's by StopDeliveringHere.
+  std::shared_ptr<MessageHandler> on_message_;  // loop only
+  CloseHandler on_closed_;                      // loop only
+  bool closed_on_loop_ = false;                 // loop only: on_closed ran
+  std::mutex direct_mu_;
+  std::condition_variable direct_idle_;
+  std::shared_ptr<MessageHandler> direct_;  // guarded by direct_mu_
+  int direct_running_ = 0;                  // guarded by direct_mu_
+  bool direct_stopped_ = false;             // guarded by direct_mu_
 };
 
 // gRPC 1.51 runs callback-API calls (on Linux, where its I/O manager does

@@ -69,6 +69,11 @@ struct ListenerState {
   // grpc:unix: connections the listener accepted itself and handed to gRPC
   // (their calls' peer is "fd:N"): who is at the other end (SO_PEERCRED).
   absl::flat_hash_map<std::string, PeerCredentials> fd_peers;  // guarded by mu
+  // Requests being handed to the server on gRPC's threads (DeliverHere):
+  // the listener, and the server with it, goes only once there are none.
+  std::mutex delivering_mu;
+  std::condition_variable delivered;
+  int delivering = 0;  // guarded by delivering_mu
 };
 
 class PeerConnection final : public GrpcBridgeConnection {
@@ -92,6 +97,25 @@ class PeerConnection final : public GrpcBridgeConnection {
   void Deliver(std::string frame) { PostFrame(LoopOrNull(), std::move(frame)); }
   // On the loop only: at once.
   void DeliverNow(std::string_view frame) { DeliverOnLoop(frame); }
+  // A unary call's REQUEST, on gRPC's thread: handled here if the server
+  // has started this connection, else posted (after its on_accept). False
+  // if it went nowhere (no loop: the listener never started).
+  bool DeliverHereOrPost(std::string frame) {
+    {
+      std::lock_guard<std::mutex> lock(state_->delivering_mu);
+      ++state_->delivering;
+    }
+    const bool here = DeliverHere(frame);
+    {
+      std::lock_guard<std::mutex> lock(state_->delivering_mu);
+      if (--state_->delivering == 0) state_->delivered.notify_all();
+    }
+    if (here) return true;
+    asio::io_context* io = LoopOrNull();
+    if (io == nullptr) return false;
+    PostFrame(io, std::move(frame));
+    return true;
+  }
 
   // Under state_->mu.
   uint64_t AddCall(std::shared_ptr<ServerCall> call) {
@@ -203,7 +227,11 @@ class ServerCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
       // The CANCEL follows the REQUEST, or neither goes (a call cancelled
       // before its REQUEST went never reaches the server).
       std::lock_guard<std::mutex> lock(mu_);
-      if (request_sent_ && connection_ != nullptr) {
+      if (delivering_) {
+        // The REQUEST is being handed over on another thread: the CANCEL
+        // follows once it is in (OnReadDone).
+        cancel_after_delivery_ = true;
+      } else if (request_sent_ && connection_ != nullptr) {
         connection_->Deliver(StreamFrame(FrameType::kCancel, id_, ""));
       }
     }
@@ -245,6 +273,8 @@ class ServerCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
   bool done_ = false;                       // guarded by mu_: OnDone ran
   bool begun_ = false;                      // guarded by mu_
   bool request_sent_ = false;               // guarded by mu_: the REQUEST went to the server
+  bool delivering_ = false;                 // guarded by mu_: OnReadDone hands it over here
+  bool cancel_after_delivery_ = false;      // guarded by mu_: OnCancel came meanwhile
   bool finished_ = false;                   // guarded by mu_: Finish called
   std::optional<grpc::Status> finish_;      // guarded by mu_: to call once writes are done
   std::optional<grpc::ByteBuffer> unary_response_;  // guarded by mu_
@@ -432,10 +462,25 @@ void ServerCall::OnReadDone(bool ok) {
       return;
     }
     frame.append(request);
-    std::lock_guard<std::mutex> lock(mu_);
-    if (finished_ || finish_.has_value()) return;  // cancelled meanwhile: never runs
-    request_sent_ = true;
-    connection_->Deliver(std::move(frame));  // posts: safe under the lock
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_ || finish_.has_value()) return;  // cancelled meanwhile: never runs
+      request_sent_ = true;
+      delivering_ = true;
+    }
+    // Here, on gRPC's thread: a short handler runs here and answers (its
+    // RESPONSE comes back to OnResponse on this thread), a longer one is
+    // queued for a handler thread. Posted to the loop only while the
+    // connection has not started there.
+    const bool delivered = connection_->DeliverHereOrPost(std::move(frame));
+    bool cancelled;
+    {
+      // A cancellation that came meanwhile waited for the REQUEST to be in.
+      std::lock_guard<std::mutex> lock(mu_);
+      delivering_ = false;
+      cancelled = cancel_after_delivery_;
+    }
+    if (delivered && cancelled) connection_->Deliver(StreamFrame(FrameType::kCancel, id_, ""));
     return;
   }
   if (ok) {
@@ -654,6 +699,10 @@ bool PeerConnection::EvictIfIdleLocked() {
 }
 
 void PeerConnection::Close() {
+  // Nothing new reaches the server from gRPC's threads; those on their way
+  // finish (the listener waits for them before it goes: the loop, which
+  // may close a connection, must not wait for a handler).
+  StopDeliveringHere(/*wait=*/false);
   std::vector<std::shared_ptr<ServerCall>> calls;
   {
     std::lock_guard<std::mutex> lock(state_->mu);
@@ -738,6 +787,10 @@ class GrpcListener final : public Listener {
     // connections first); gRPC cancels any left.
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     server_->Wait();
+    // gRPC runs nothing of ours after its Wait; a request handed over on
+    // one of its threads is over by then as well, made sure of here.
+    std::unique_lock<std::mutex> lock(state_->delivering_mu);
+    state_->delivered.wait(lock, [&] { return state_->delivering == 0; });
   }
 
   absl::Status Start(asio::io_context& io, AcceptHandler on_accept) override {

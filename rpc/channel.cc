@@ -359,6 +359,13 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
     SetFrameRequestId(call->id, &prefix);
     absl::Status why;
     if (!connection->Insert(call, &why)) return why;
+    if (!call->is_async && call->stream == nullptr && head.empty() &&
+        connection->transport->CallsHere()) {
+      // The caller makes the exchange on its own thread (CallSync), once a
+      // parent's cancellation can reach the call.
+      call->here_request.assign(prefix).append(request);
+      return absl::OkStatus();
+    }
     // A unary call has no head: two parts, as before streams (an empty part
     // is no use to anyone, and its data() may be null).
     std::string_view stream_parts[] = {prefix, head, request};
@@ -571,9 +578,26 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
     // Read the response on this thread if nobody else reads the connection:
     // no hand-off from a response thread. Whatever the outcome (done, the
     // deadline, another reader, the connection's end) the wait below sees it.
+    // On a transport that answers on threads of its own (grpc:), the whole
+    // exchange is made here instead.
     if (auto connection = call->connection.lock()) {
-      connection->transport->ReadUntil(
-          deadline_ns, [&call] { return call->completed.load(std::memory_order_acquire); });
+      auto done = [&call] { return call->completed.load(std::memory_order_acquire); };
+      if (!call->here_request.empty()) {
+        const std::string request_frame = std::move(call->here_request);
+        call->here_request.clear();
+        absl::Status sent = connection->transport->CallHere(request_frame, done);
+        if (!sent.ok() && connection->Take(call->id) != nullptr) {
+          // Not made: as a failed send in StartCall. Nothing went out over
+          // a connection that is closing: once more, on a new one.
+          if (IsNotDelivered(sent)) {
+            connection->MarkLost(sent);
+            if (attempt == 0) continue;
+          }
+          return WithoutDeliveryMark(std::move(sent));
+        }
+      } else {
+        connection->transport->ReadUntil(deadline_ns, done);
+      }
     }
     ReleasableMutexLock lock(&call->mu);
     if (deadline_ns == kNoDeadline) {

@@ -97,6 +97,7 @@ class Call::State {
     result.reset();
     response_metadata.clear();
     completed.store(false, std::memory_order_relaxed);
+    here_request.clear();
   }
 
   uint64_t id = 0;  // set before the call is inserted into a table
@@ -135,6 +136,11 @@ class Call::State {
   std::string* sink = nullptr;
   // Set with `done`: what a caller reading its own response polls.
   std::atomic<bool> completed{false};
+  // A sync unary call on a transport that makes a caller's call on its
+  // thread (Connection::CallsHere, grpc:): the REQUEST, which StartCall
+  // leaves to the caller, who sends it with CallHere once its cancellation
+  // is wired. Empty otherwise (and once sent).
+  std::string here_request;
   std::optional<absl::StatusOr<std::string>> result ABSL_GUARDED_BY(mu);
   // The RESPONSE's metadata (ServerContext::AddResponseMetadata): written,
   // like `sink`, only by whoever took the call out of its table, before it

@@ -131,7 +131,11 @@ struct MethodEntry {
 // The inside of a Server. Frames are read and dispatched on one loop thread.
 // Handlers run on the handler threads (HandlerScheduler: highest priority,
 // then earliest deadline first), except short ones (MethodEntry), which run
-// on the loop when nothing is queued for the handler threads.
+// on the loop when nothing is queued for the handler threads. grpc: hands
+// a unary call's REQUEST over on gRPC's own thread (transport.h): OnRequest
+// runs there as on the loop (a short handler runs there too), except that
+// the loop's spare call state is left alone and rejections go through a
+// handler thread.
 //
 // Made only as a Server::Core (below), the name Server holds it by.
 class ServerCore : public IntrospectionSource {
@@ -188,6 +192,9 @@ class ServerCore : public IntrospectionSource {
   void FinishCall(const std::shared_ptr<ServerConnection>& connection,
                   const std::shared_ptr<ServerCallState>& call, const absl::Status& status,
                   const std::string& response);
+  // Gives back a place counted in calls_in_flight_ (and wakes Shutdown
+  // when it waits for the last).
+  void ReleaseCall();
   // Sends a RESPONSE (from a pool thread, or Shutdown's).
   // `flags`: kFlagRefused for a call refused without starting.
   // `rejection`: an answer that needs no handler (counted by QueueControl if
@@ -534,7 +541,11 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
                             options_.max_open_streams, ") reached")));
     return;
   }
-  if (calls_in_flight_.load() >= options_.max_calls_in_flight) {
+  // Counted before it is checked: requests may be taken on several threads
+  // at once (grpc:), and the limit holds all the same. Every refusal below
+  // gives the place back (ReleaseCall).
+  if (calls_in_flight_.fetch_add(1) >= options_.max_calls_in_flight) {
+    ReleaseCall();
     Reject(connection, id,
            absl::ResourceExhaustedError(
                absl::StrCat("server overloaded: ServerOptions::max_calls_in_flight (",
@@ -549,7 +560,8 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
   const bool run_here =
       !is_stream && entry->RunsInline(inline_limit_ns_) && pool_->queued_calls() == 0;
   std::shared_ptr<ServerCallState> call;
-  if (run_here && connection->spare_call != nullptr && connection->spare_call.use_count() == 1) {
+  if (run_here && on_a_server_loop && connection->spare_call != nullptr &&
+      connection->spare_call.use_count() == 1) {
     call = std::move(connection->spare_call);
     call->Reuse(id, frame.header.deadline_ns, frame.header.priority, frame.name,
                 DecodeMetadata(frame.metadata), peer.pid, peer.uid);
@@ -575,6 +587,7 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
   held += first_message;
   if (bytes_in_flight_.fetch_add(held) + held > max_bytes_in_flight_) {
     bytes_in_flight_.fetch_sub(held);
+    ReleaseCall();
     Reject(connection, id,
            absl::ResourceExhaustedError(absl::StrCat(
                "server overloaded: ServerOptions::max_bytes_in_flight (",
@@ -583,30 +596,33 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
   }
   call->held_bytes = held - first_message;
   bool over_connection_limit = false;
+  bool duplicate = false;
   {
     MutexLock lock(&connection->mu);
     over_connection_limit =
         static_cast<int>(connection->calls.size()) >= options_.max_calls_per_connection;
-    if (over_connection_limit) {
-      // Answered below, outside the lock.
-    } else if (!connection->calls.emplace(id, call).second) {
-      IPCRPC_LOG(WARNING) << connection->transport->description()
-                          << ": closing the connection: request id " << id
-                          << " is already in flight";
-      bytes_in_flight_.fetch_sub(held);
-      connection->transport->Close();
-      return;
-    }
+    // Either is answered below, outside the lock (Close may wait for a
+    // thread that waits for it: grpc:'s direct deliveries).
+    if (!over_connection_limit) duplicate = !connection->calls.emplace(id, call).second;
+  }
+  if (duplicate) {
+    IPCRPC_LOG(WARNING) << connection->transport->description()
+                        << ": closing the connection: request id " << id
+                        << " is already in flight";
+    bytes_in_flight_.fetch_sub(held);
+    ReleaseCall();
+    connection->transport->Close();
+    return;
   }
   if (over_connection_limit) {
     bytes_in_flight_.fetch_sub(held);
+    ReleaseCall();
     Reject(connection, id,
            absl::ResourceExhaustedError(absl::StrCat(
                "server overloaded: ServerOptions::max_calls_per_connection (",
                options_.max_calls_per_connection, ") reached")));
     return;
   }
-  calls_in_flight_.fetch_add(1);
   if (is_stream) open_streams_.fetch_add(1);
   if (run_here) {
     // No deadline timer: the loop could not fire it before the handler
@@ -614,7 +630,8 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     RunHandler(connection, call, entry, frame.payload);
     // Nobody else holds the state now (FinishCall took it out of the
     // table; no timer ever referred to it): keep it for the next call.
-    if (call.use_count() == 1) connection->spare_call = std::move(call);
+    // (The spare is the loop's: not kept by a transport's own thread.)
+    if (on_a_server_loop && call.use_count() == 1) connection->spare_call = std::move(call);
     return;
   }
   if (call->deadline_ns != kNoDeadline) {
@@ -911,6 +928,10 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
     responses_dropped_.fetch_add(1, std::memory_order_relaxed);
   }
   bytes_in_flight_.fetch_sub(call->held_bytes);
+  ReleaseCall();
+}
+
+void ServerCore::ReleaseCall() {
   // Only Shutdown waits for the count (to reach zero, under mu_): take the
   // lock, which wakes it, only then. seq_cst on both sides: either this sees
   // draining_, or Shutdown (which sets it first) sees the count.
@@ -976,7 +997,7 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
                        << request_id << " not sent: the client does not read";
       return;
     }
-  } else if (on_a_server_loop) {
+  } else if (on_a_server_loop || rejection) {
     // An inline handler's response, or a rejection. The loop must never wait
     // for a peer to read: a client whose own send waits for this loop to
     // read would wait forever. If the transport has no room now, a handler
@@ -1010,16 +1031,10 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
 void ServerCore::Reject(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
                         absl::Status status, uint16_t flags) {
   calls_rejected_.fetch_add(1);
-  if (on_a_server_loop) {
-    // Answered at once, from the thread that read the request: a rejection
-    // never waits for a handler thread, however busy they all are.
-    SendResponse(connection, request_id, status, "", flags, /*rejection=*/true);
-    return;
-  }
-  pool_->Post(HandlerScheduler::kControlPriority, 0,
-              [this, connection, request_id, status = std::move(status), flags] {
-    SendResponse(connection, request_id, status, "", flags);
-  });
+  // Answered at once, from the thread that read the request (the loop, or
+  // a transport's own: grpc:) if the transport has room: a rejection never
+  // waits for a handler thread, however busy they all are.
+  SendResponse(connection, request_id, status, "", flags, /*rejection=*/true);
 }
 
 void ServerCore::SendControl(const std::shared_ptr<ServerConnection>& connection, FrameType type,

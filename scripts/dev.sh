@@ -77,6 +77,13 @@ run_tests() {
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
   export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp}
+  # bench.syscall_budget counts system calls with the kernel's
+  # raw_syscalls tracepoint, whose id is read from tracefs: a fresh Debian
+  # VM may not have it mounted (the test then skips, or fails in CI).
+  if [[ $EUID -eq 0 && -d /sys/kernel/tracing && ! -e /sys/kernel/tracing/events ]]; then
+    mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null ||
+      echo "dev.sh: cannot mount tracefs on /sys/kernel/tracing; bench.syscall_budget cannot count" >&2
+  fi
   # IPCRPC_CTEST_ARGS: extra ctest arguments, e.g. "-LE consumer".
   # shellcheck disable=SC2086
   ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" --timeout 900 ${IPCRPC_CTEST_ARGS:-}

@@ -134,7 +134,12 @@ absl::StatusOr<size_t> SendSize(absl::Span<const std::string_view> parts,
 // One connection: a stream of whole messages in each direction.
 //
 // Thread-safety: Send and Close may be called from any thread, concurrently.
-// Start is called once. The callbacks run on the io_context's thread.
+// Start is called once. The callbacks run on the io_context's thread, with
+// two exceptions the RPC layer is written for: a caller's direct read
+// (ReadUntil) delivers on the caller's thread, and grpc: delivers a unary
+// call's one REQUEST (server) or RESPONSE (client) on gRPC's own thread,
+// concurrently with the loop and with other such deliveries (the frames
+// whose order against the connection's others does not matter).
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   // `message` is valid only during the call.
@@ -229,6 +234,26 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Wakes a thread inside ReadUntil so that it asks done() again (its call
   // was completed by another thread: cancelled).
   virtual void WakeReader() {}
+
+  // ---- A sync caller's call on its own thread (optional).
+  // Whether this transport answers a call on threads of its own (grpc:), so
+  // that a sync caller would be woken by a hand-off from one, and offers
+  // CallHere instead. Then the RPC layer sends a sync unary call's REQUEST
+  // only through CallHere.
+  virtual bool CallsHere() const { return false; }
+  // A sync unary call's whole exchange on the calling thread: sends
+  // `request` (a REQUEST frame) and delivers the RESPONSE through
+  // on_message on this thread before it returns OK; unless done() is true
+  // already (the call ended, cancelled), then nothing is sent. A CANCEL for
+  // it sent from another thread meanwhile cancels it. Bounded by the
+  // request's deadline. An error if the call was not made (the caller takes
+  // it out and ends it with that): marked MarkNotDelivered if nothing went
+  // out because the connection is closing. (gRPC's own sync stubs make a
+  // call on the caller's thread the same way.)
+  virtual absl::Status CallHere(std::string_view /*request*/,
+                                absl::FunctionRef<bool()> /*done*/) {
+    return absl::UnimplementedError("CallHere");
+  }
 
   // For logs: "unix:/run/x.sock peer pid 123".
   virtual const std::string& description() const = 0;

@@ -407,7 +407,7 @@ TEST_F(CliTest, CallsAPlainGrpcServerThroughGrpcServerReflection) {
   EXPECT_EQ(no_method.exit_code, static_cast<int>(absl::StatusCode::kNotFound)) << no_method.err;
   EXPECT_THAT(no_method.err,
               HasSubstr("service interop.Interop has no method Nope (it has Echo, Count, Sleep, "
-                        "Cancellations, Fail)"));
+                        "Cancellations, Sleeping, Fail)"));
   EXPECT_EQ(LineCount(no_method.err), 1) << no_method.err;
   EXPECT_EQ(no_method.out, "");
   CliResult no_service = RunCli({"call", endpoint, "interop.Nope/Echo", "{}"});

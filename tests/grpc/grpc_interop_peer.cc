@@ -169,6 +169,11 @@ class InteropService final : public interop::Interop::Service {
   grpc::Status Sleep(grpc::ServerContext* context, const interop::Msg* request,
                      interop::Msg*) override {
     const auto until = std::chrono::steady_clock::now() + milliseconds(request->n());
+    sleeping_.fetch_add(1);
+    struct Leave {
+      std::atomic<int>& sleeping;
+      ~Leave() { sleeping.fetch_sub(1); }
+    } leave{sleeping_};
     while (std::chrono::steady_clock::now() < until) {
       if (context->IsCancelled()) {
         cancellations_.fetch_add(1);
@@ -176,6 +181,11 @@ class InteropService final : public interop::Interop::Service {
       }
       std::this_thread::sleep_for(milliseconds(2));
     }
+    return grpc::Status::OK;
+  }
+  grpc::Status Sleeping(grpc::ServerContext*, const interop::Msg*,
+                        interop::Msg* reply) override {
+    reply->set_n(sleeping_.load());
     return grpc::Status::OK;
   }
   grpc::Status Cancellations(grpc::ServerContext*, const interop::Msg*,
@@ -195,6 +205,7 @@ class InteropService final : public interop::Interop::Service {
   }
 
   std::atomic<int> cancellations_{0};
+  std::atomic<int> sleeping_{0};
 };
 
 int RunServer() {

@@ -13,10 +13,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -302,6 +304,112 @@ TEST(GrpcInteropTest, AnIpcrpcStubCallsAGrpcGeneratedServer) {
   std::optional<int> status = WaitForExit(*pid, absl::Seconds(20));
   ASSERT_TRUE(status.has_value());
   EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << *status;
+}
+
+// A handler that calls on: its Sleep is the gRPC server's Sleep, called
+// synchronously as part of the incoming call (CallOptions::From).
+class RelayImpl final : public interop::Interop::Service {
+ public:
+  explicit RelayImpl(std::shared_ptr<Channel> next) : next_(std::move(next)) {}
+  absl::Status Sleep(ServerContext& context, const interop::Msg& request,
+                     interop::Msg& reply) override {
+    const absl::Time start = absl::Now();
+    absl::StatusOr<interop::Msg> next = next_.Sleep(request, CallOptions::From(context));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      inner_status_ = next.status();
+      inner_took_ = absl::Now() - start;
+    }
+    done_.Notify();
+    if (!next.ok()) return next.status();
+    reply = *next;
+    return absl::OkStatus();
+  }
+  internal::Notification done_;
+  std::mutex mu_;
+  absl::Status inner_status_;
+  absl::Duration inner_took_;
+
+ private:
+  interop::Interop::Stub next_;
+};
+
+// A sync call over grpc: is made on its caller's thread (Connection::
+// CallHere); the incoming call's cancellation must still reach it there,
+// and through it the gRPC server.
+TEST(GrpcInteropTest, ASyncCallToAGrpcServerEndsWhenTheCallItServesIsCancelled) {
+  int out[2];
+  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
+  internal::UniqueFd out_read(out[0]), out_write(out[1]);
+  auto pid = Spawn({IPCRPC_GRPC_PEER, "server"}, {}, {}, out_write.get());
+  ASSERT_THAT(pid, IsOk());
+  out_write.Reset();
+  // Gone whatever the test's outcome (it would hold ctest's output open).
+  absl::Cleanup stop_peer = [&] {
+    kill(*pid, SIGTERM);
+    WaitForExit(*pid, absl::Seconds(20));
+  };
+  auto line = ReadLine(out_read.get(), absl::Seconds(20));
+  ASSERT_THAT(line, IsOk());
+  int port = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(absl::StripPrefix(*line, "PORT "), &port)) << *line;
+  auto grpc_channel = Channel::Connect(absl::StrCat("grpc:127.0.0.1:", port));
+  ASSERT_THAT(grpc_channel, IsOk());
+  interop::Interop::Stub grpc_stub(*grpc_channel);
+  auto before = grpc_stub.Cancellations(interop::Msg());
+  ASSERT_THAT(before, IsOk());
+
+  RelayImpl relay(*grpc_channel);
+  ServerOptions options;
+  options.registry = false;
+  Server server(options);
+  ASSERT_THAT(server.RegisterService(&relay), IsOk());
+  const std::string path = "/tmp/" + UniqueName("ipcrpc-relay") + ".sock";
+  ASSERT_THAT(server.Listen("unix:" + path), IsOk());
+  ASSERT_THAT(server.Start(), IsOk());
+  auto channel = Channel::Connect("unix:" + path);
+  ASSERT_THAT(channel, IsOk());
+  interop::Interop::Stub stub(*channel);
+
+  interop::Msg request;
+  request.set_n(20000);  // 20 s unless cancelled
+  internal::Notification done;
+  absl::Status status;
+  Call call = stub.SleepAsync(request, CallOptions(), [&](absl::StatusOr<interop::Msg> result) {
+    status = result.status();
+    done.Notify();
+  });
+  // Cancelled once the gRPC server runs the relayed Sleep.
+  int sleeping = 0;
+  for (const absl::Time until = absl::Now() + absl::Seconds(20);
+       sleeping == 0 && absl::Now() < until; absl::SleepFor(absl::Milliseconds(5))) {
+    auto now = grpc_stub.Sleeping(interop::Msg());
+    ASSERT_THAT(now, IsOk());
+    sleeping = now->n();
+  }
+  ASSERT_EQ(sleeping, 1);
+  call.Cancel();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
+  ASSERT_TRUE(relay.done_.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  {
+    std::lock_guard<std::mutex> lock(relay.mu_);
+    EXPECT_THAT(relay.inner_status_, StatusIs(absl::StatusCode::kCancelled));
+    EXPECT_LT(relay.inner_took_, absl::Seconds(10));  // not the 20 s of the Sleep
+  }
+  // The gRPC server's handler saw the cancellation.
+  int seen = before->n();
+  for (const absl::Time until = absl::Now() + absl::Seconds(10);
+       seen <= before->n() && absl::Now() < until; absl::SleepFor(absl::Milliseconds(10))) {
+    auto after = grpc_stub.Cancellations(interop::Msg());
+    ASSERT_THAT(after, IsOk());
+    seen = after->n();
+  }
+  EXPECT_EQ(seen, before->n() + 1);
+
+  server.Shutdown(absl::Seconds(1));
+  channel->reset();
+  grpc_channel->reset();
 }
 
 // TLS and the plaintext rule, with a certificate made for the test
