@@ -177,7 +177,9 @@ class ServerContext::State {
   // The client withdrew the call (CANCEL frame): no response is sent.
   std::atomic<bool> cancelled_by_client{false};
 
-  // The deadline timer; touched only on the server's loop.
+  // The deadline timer: made and armed by the thread that takes the
+  // request (the server's loop, or gRPC's for a grpc: unary call), before
+  // its handler is queued; after that touched only on the server's loop.
   std::optional<asio::steady_timer> deadline_timer;
 
   // Streams only (set before the call is in its connection's table).
