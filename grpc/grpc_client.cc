@@ -61,6 +61,14 @@ class ClientCall {
   virtual void Grant(int64_t /*bytes*/) {}
 };
 
+// A connection closed from inside its own delivery on this thread (Close
+// does not wait for that one): held until the delivery's Finish ends.
+thread_local std::shared_ptr<Connection> closed_in_delivery;
+void KeepForDelivery(std::shared_ptr<Connection> connection) {
+  closed_in_delivery = std::move(connection);
+}
+std::shared_ptr<Connection> TakeClosedInDelivery() { return std::move(closed_in_delivery); }
+
 class GrpcClientConnection final : public GrpcBridgeConnection {
  public:
   GrpcClientConnection(std::shared_ptr<grpc::Channel> channel, std::string endpoint,
@@ -132,9 +140,13 @@ class GrpcClientConnection final : public GrpcBridgeConnection {
       ++finishing_;
     }
     DeliverEnd(std::move(frame), status, deadline_ns, here);
+    // A Close made inside that delivery left this connection alive for us
+    // (ClosedInDelivery): it may go when this returns, after the unlock.
+    std::shared_ptr<Connection> last;
     // Notified under the lock: Close may return (and this connection go)
     // as soon as nothing is left.
     std::lock_guard<std::mutex> lock(mu_);
+    last = TakeClosedInDelivery();
     --finishing_;
     done_.notify_all();
   }
@@ -569,6 +581,10 @@ void GrpcClientConnection::Close() {
   {
     // (They refer to this connection until then: no time limit.)
     const int mine = DeliveringHereOnThisThread() ? 1 : 0;
+    // Then the delivery's Finish goes on after this returns: it keeps the
+    // connection alive until it is done (the RPC layer may drop its own
+    // reference as soon as it sees the close).
+    if (mine == 1) KeepForDelivery(shared_from_this());
     std::unique_lock<std::mutex> lock(mu_);
     while (!done_.wait_for(lock, std::chrono::seconds(10),
                            [&] { return calls_.empty() && finishing_ <= mine; })) {

@@ -110,15 +110,23 @@ struct MethodEntry {
     return limit_ns > 0 && short_runs.load(std::memory_order_relaxed) >= kShortRunsToInline;
   }
   void Learn(int64_t ran_ns, int64_t limit_ns, bool made_calls) {
+    // A compare-exchange, not a store: handlers of one method return on
+    // several threads at once (handler threads, the loop, grpc:'s), and
+    // kNeverInline, once set, must never be overwritten by a racing count.
     int runs = short_runs.load(std::memory_order_relaxed);
-    if (runs == kNeverInline) return;
-    if (made_calls) {
-      short_runs.store(kNeverInline, std::memory_order_relaxed);
-    } else if (ran_ns > limit_ns) {
-      short_runs.store(0, std::memory_order_relaxed);
-    } else if (runs < kShortRunsToInline) {
-      // Racing handler threads may lose a count: learning only takes longer.
-      short_runs.store(runs + 1, std::memory_order_relaxed);
+    for (;;) {
+      if (runs == kNeverInline) return;
+      int next;
+      if (made_calls) {
+        next = kNeverInline;
+      } else if (ran_ns > limit_ns) {
+        next = 0;
+      } else if (runs < kShortRunsToInline) {
+        next = runs + 1;
+      } else {
+        return;
+      }
+      if (short_runs.compare_exchange_weak(runs, next, std::memory_order_relaxed)) return;
     }
   }
 
@@ -552,6 +560,15 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
                             options_.max_calls_in_flight, ") reached")));
     return;
   }
+  if (draining_.load()) {
+    // Shutdown began since the check above (on another thread: grpc:).
+    // Counted first, then checked again, as Shutdown sets draining_ and then
+    // reads the count (both seq_cst): either it waits for this call, or
+    // this call sees it and is refused.
+    ReleaseCall();
+    Reject(connection, id, absl::UnavailableError("the server is shutting down"), kFlagRefused);
+    return;
+  }
   const PeerCredentials& peer = connection->transport->peer();
   MethodEntry* entry = method->second.get();
   // A short handler runs here, on the thread that read the request: no
@@ -597,6 +614,7 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
   call->held_bytes = held - first_message;
   bool over_connection_limit = false;
   bool duplicate = false;
+  bool closed = false;
   {
     MutexLock lock(&connection->mu);
     over_connection_limit =
@@ -604,6 +622,17 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     // Either is answered below, outside the lock (Close may wait for a
     // thread that waits for it: grpc:'s direct deliveries).
     if (!over_connection_limit) duplicate = !connection->calls.emplace(id, call).second;
+    // Ended meanwhile (OnClosed sets `closed` before it cancels what is in
+    // the table, under this lock): not started, as nobody would cancel it.
+    if (!over_connection_limit && !duplicate && connection->closed.load()) {
+      connection->calls.erase(id);
+      closed = true;
+    }
+  }
+  if (closed) {
+    bytes_in_flight_.fetch_sub(held);
+    ReleaseCall();
+    return;  // nobody to answer
   }
   if (duplicate) {
     IPCRPC_LOG(WARNING) << connection->transport->description()
