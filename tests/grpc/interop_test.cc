@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "base/mutex.h"
+#include "base/status_macros.h"
 #include "base/syscall.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -131,6 +132,44 @@ Ran RunToEnd(const std::vector<std::string>& argv) {
   return ran;
 }
 
+// grpc_interop_peer's server (grpc_cpp_plugin's code) in a process of its
+// own, on a port it picked.
+struct GrpcPeerServer {
+  pid_t pid = -1;
+  int port = 0;
+};
+absl::StatusOr<GrpcPeerServer> StartGrpcPeerServer() {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return absl::InternalError("pipe2");
+  internal::UniqueFd out_read(out[0]), out_write(out[1]);
+  GrpcPeerServer peer;
+  IPCRPC_ASSIGN_OR_RETURN(peer.pid, Spawn({IPCRPC_GRPC_PEER, "server"}, {}, {}, out_write.get()));
+  out_write.Reset();
+  absl::StatusOr<std::string> line = ReadLine(out_read.get(), absl::Seconds(20));
+  if (!line.ok() || !absl::SimpleAtoi(absl::StripPrefix(*line, "PORT "), &peer.port)) {
+    kill(peer.pid, SIGKILL);
+    WaitForExit(peer.pid, absl::Seconds(20));
+    return absl::InternalError(absl::StrCat("grpc_interop_peer said no port: ",
+                                            line.ok() ? *line : line.status().ToString()));
+  }
+  return peer;
+}
+
+// Waits (10 s at most) until the Interop server behind `stub` has counted
+// more than `before` cancelled Sleeps (it counts once the handler has
+// returned); what it counts by then.
+int WaitForCancellations(interop::Interop::Stub& stub, int before) {
+  int seen = before;
+  for (const absl::Time until = absl::Now() + absl::Seconds(10);
+       seen <= before && absl::Now() < until; absl::SleepFor(absl::Milliseconds(10))) {
+    auto after = stub.Cancellations(interop::Msg());
+    EXPECT_THAT(after, IsOk());
+    if (!after.ok()) break;
+    seen = after->n();
+  }
+  return seen;
+}
+
 TEST(GrpcInteropTest, AGrpcGeneratedClientCallsAnIpcrpcServer) {
   IpcrpcGrpcServer server;
   Ran client = RunToEnd({IPCRPC_GRPC_PEER, "client", server.target});
@@ -209,18 +248,10 @@ TEST(GrpcInteropTest, APythonGrpcioClientCallsAnIpcrpcServer) {
 }
 
 TEST(GrpcInteropTest, AnIpcrpcStubCallsAGrpcGeneratedServer) {
-  int out[2];
-  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
-  internal::UniqueFd out_read(out[0]), out_write(out[1]);
-  auto pid = Spawn({IPCRPC_GRPC_PEER, "server"}, {}, {}, out_write.get());
-  ASSERT_THAT(pid, IsOk());
-  out_write.Reset();
-  auto line = ReadLine(out_read.get(), absl::Seconds(20));
-  ASSERT_THAT(line, IsOk());
-  int port = 0;
-  ASSERT_TRUE(absl::SimpleAtoi(absl::StripPrefix(*line, "PORT "), &port)) << *line;
+  absl::StatusOr<GrpcPeerServer> peer = StartGrpcPeerServer();
+  ASSERT_THAT(peer, IsOk());
 
-  auto channel = Channel::Connect(absl::StrCat("grpc:127.0.0.1:", port));
+  auto channel = Channel::Connect(absl::StrCat("grpc:127.0.0.1:", peer->port));
   ASSERT_THAT(channel, IsOk());
   interop::Interop::Stub stub(*channel);
   {
@@ -280,15 +311,8 @@ TEST(GrpcInteropTest, AnIpcrpcStubCallsAGrpcGeneratedServer) {
     call.Cancel();
     ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
     EXPECT_THAT(status, StatusIs(absl::StatusCode::kCancelled));
-    // The gRPC server's handler saw it (it counts once it has returned).
-    int seen = before->n();
-    for (const absl::Time until = absl::Now() + absl::Seconds(10);
-         seen <= before->n() && absl::Now() < until; absl::SleepFor(absl::Milliseconds(10))) {
-      auto after = stub.Cancellations(interop::Msg());
-      ASSERT_THAT(after, IsOk());
-      seen = after->n();
-    }
-    EXPECT_EQ(seen, before->n() + 1);
+    // The gRPC server's handler saw it.
+    EXPECT_EQ(WaitForCancellations(stub, before->n()), before->n() + 1);
   }
   {
     auto failed = stub.Fail(interop::Msg());
@@ -300,8 +324,8 @@ TEST(GrpcInteropTest, AnIpcrpcStubCallsAGrpcGeneratedServer) {
     EXPECT_EQ(detail.text(), "detail");
   }
   channel->reset();
-  kill(*pid, SIGTERM);
-  std::optional<int> status = WaitForExit(*pid, absl::Seconds(20));
+  kill(peer->pid, SIGTERM);
+  std::optional<int> status = WaitForExit(peer->pid, absl::Seconds(20));
   ASSERT_TRUE(status.has_value());
   EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << *status;
 }
@@ -338,22 +362,14 @@ class RelayImpl final : public interop::Interop::Service {
 // CallHere); the incoming call's cancellation must still reach it there,
 // and through it the gRPC server.
 TEST(GrpcInteropTest, ASyncCallToAGrpcServerEndsWhenTheCallItServesIsCancelled) {
-  int out[2];
-  ASSERT_EQ(pipe2(out, O_CLOEXEC), 0);
-  internal::UniqueFd out_read(out[0]), out_write(out[1]);
-  auto pid = Spawn({IPCRPC_GRPC_PEER, "server"}, {}, {}, out_write.get());
-  ASSERT_THAT(pid, IsOk());
-  out_write.Reset();
+  absl::StatusOr<GrpcPeerServer> peer = StartGrpcPeerServer();
+  ASSERT_THAT(peer, IsOk());
   // Gone whatever the test's outcome (it would hold ctest's output open).
   absl::Cleanup stop_peer = [&] {
-    kill(*pid, SIGTERM);
-    WaitForExit(*pid, absl::Seconds(20));
+    kill(peer->pid, SIGTERM);
+    WaitForExit(peer->pid, absl::Seconds(20));
   };
-  auto line = ReadLine(out_read.get(), absl::Seconds(20));
-  ASSERT_THAT(line, IsOk());
-  int port = 0;
-  ASSERT_TRUE(absl::SimpleAtoi(absl::StripPrefix(*line, "PORT "), &port)) << *line;
-  auto grpc_channel = Channel::Connect(absl::StrCat("grpc:127.0.0.1:", port));
+  auto grpc_channel = Channel::Connect(absl::StrCat("grpc:127.0.0.1:", peer->port));
   ASSERT_THAT(grpc_channel, IsOk());
   interop::Interop::Stub grpc_stub(*grpc_channel);
   auto before = grpc_stub.Cancellations(interop::Msg());
@@ -398,14 +414,7 @@ TEST(GrpcInteropTest, ASyncCallToAGrpcServerEndsWhenTheCallItServesIsCancelled) 
     EXPECT_LT(relay.inner_took_, absl::Seconds(10));  // not the 20 s of the Sleep
   }
   // The gRPC server's handler saw the cancellation.
-  int seen = before->n();
-  for (const absl::Time until = absl::Now() + absl::Seconds(10);
-       seen <= before->n() && absl::Now() < until; absl::SleepFor(absl::Milliseconds(10))) {
-    auto after = grpc_stub.Cancellations(interop::Msg());
-    ASSERT_THAT(after, IsOk());
-    seen = after->n();
-  }
-  EXPECT_EQ(seen, before->n() + 1);
+  EXPECT_EQ(WaitForCancellations(grpc_stub, before->n()), before->n() + 1);
 
   server.Shutdown(absl::Seconds(1));
   channel->reset();
