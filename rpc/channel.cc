@@ -758,7 +758,19 @@ void ChannelCore::RunDeferred() {
           deferred_.pop_front();
         }
       }
-      for (DeferredCall& deferred : failed) FailAsync(deferred.call, connection.status());
+      for (DeferredCall& deferred : failed) {
+        // A connect that ended at a call's deadline (the connector says
+        // UNAVAILABLE: it knows only its bound) ends that call
+        // DEADLINE_EXCEEDED, as a sync call's connect does (StartCall), and
+        // as its timer would have a moment later.
+        absl::Status status = connection.status();
+        if (!absl::IsDeadlineExceeded(status) &&
+            MonotonicNowNs() >= deferred.call->deadline_ns) {
+          status = absl::DeadlineExceededError(absl::StrCat(
+              "deadline exceeded while connecting to ", endpoint(), ": ", status.message()));
+        }
+        FailAsync(deferred.call, std::move(status));
+      }
       continue;  // the next round, or the end if none is left
     }
     // Started one at a time, each taken from the queue only when its turn
