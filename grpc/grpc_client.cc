@@ -19,7 +19,6 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/node_hash_map.h"
-#include "absl/cleanup/cleanup.h"
 #include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "asio/io_context.hpp"
@@ -203,10 +202,14 @@ class GrpcClientConnection final : public GrpcBridgeConnection {
       methods_;  // guarded by methods_mu_
 };
 
-// Sets up a call's context from its REQUEST: deadline and metadata.
+// Sets up a call's context from its REQUEST: deadline and metadata. The
+// error, if any, names the call ("calling M over gRPC: ...").
 absl::Status Configure(const FrameView& frame, grpc::ClientContext* context) {
   Metadata metadata = DecodeMetadata(frame.metadata);
-  IPCRPC_RETURN_IF_ERROR(CheckGrpcMetadata(metadata));
+  if (absl::Status checked = CheckGrpcMetadata(metadata); !checked.ok()) {
+    return absl::Status(checked.code(), absl::StrCat("calling ", Av(frame.name), " over gRPC: ",
+                                                     checked.message()));
+  }
   for (auto& [key, value] : metadata) context->AddMetadata(key, value);
   if (frame.header.deadline_ns != kWireNoDeadline) {
     context->set_deadline(GrpcDeadline(frame.header.deadline_ns));
@@ -443,9 +446,6 @@ void GrpcClientConnection::StartCall(const FrameView& frame) {
   const uint64_t id = frame.header.request_id;
   const std::string method = absl::StrCat("/", Av(frame.name));
   const bool stream = (frame.header.flags & kFlagStream) != 0;
-  auto refuse = [&](absl::Status status) {
-    Deliver(ResponseFrame(id, std::move(status), {}, {}, max_payload_));
-  };
   if (!stream) {
     std::shared_ptr<UnaryClientCall> call = PrepareUnary(frame);
     if (call == nullptr) return;
@@ -467,9 +467,8 @@ void GrpcClientConnection::StartCall(const FrameView& frame) {
   if ((frame.header.flags & kFlagWithMessage) != 0) first = frame.payload.substr(kStreamHeadSize);
   auto call = std::make_shared<StreamClientCall>(this, id, window, frame.header.deadline_ns);
   if (absl::Status configured = Configure(frame, &call->context); !configured.ok()) {
-    return refuse(absl::Status(configured.code(), absl::StrCat("calling ", Av(frame.name),
-                                                               " over gRPC: ",
-                                                               configured.message())));
+    Deliver(ResponseFrame(id, std::move(configured), {}, {}, max_payload_));
+    return;
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -483,11 +482,7 @@ std::shared_ptr<UnaryClientCall> GrpcClientConnection::PrepareUnary(const FrameV
   const uint64_t id = frame.header.request_id;
   auto call = std::make_shared<UnaryClientCall>();
   if (absl::Status configured = Configure(frame, &call->context); !configured.ok()) {
-    Deliver(ResponseFrame(id,
-                          absl::Status(configured.code(),
-                                       absl::StrCat("calling ", Av(frame.name),
-                                                    " over gRPC: ", configured.message())),
-                          {}, {}, max_payload_));
+    Deliver(ResponseFrame(id, std::move(configured), {}, {}, max_payload_));
     return nullptr;
   }
   call->request = StringToByteBuffer(frame.payload);
@@ -518,10 +513,7 @@ absl::Status GrpcClientConnection::CallHere(std::string_view request,
   if (done()) return absl::OkStatus();  // cancelled before it went: nothing to send
   const uint64_t id = frame->header.request_id;
   auto call = std::make_shared<UnaryClientCall>();
-  if (absl::Status configured = Configure(*frame, &call->context); !configured.ok()) {
-    return absl::Status(configured.code(), absl::StrCat("calling ", Av(frame->name),
-                                                        " over gRPC: ", configured.message()));
-  }
+  IPCRPC_RETURN_IF_ERROR(Configure(*frame, &call->context));
   call->request = StringToByteBuffer(frame->payload);
   {
     // From here a cancellation reaches it: a CANCEL through the table, or
