@@ -29,6 +29,9 @@
 #include "transports/named_object.h"
 #include "transports/unix/unix_transport.h"
 #include "grpcpp/generic/async_generic_service.h"
+#include "grpcpp/impl/codegen/server_callback_handlers.h"
+#include "grpcpp/impl/rpc_service_method.h"
+#include "grpcpp/impl/service_type.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
@@ -47,8 +50,8 @@ constexpr int64_t kAnnouncedWindow = 1 << 20;
 // connection per call: measured, that cost ~20 us a call.
 constexpr auto kIdlePeerLinger = std::chrono::seconds(5);
 
+class BridgedCall;
 class PeerConnection;
-class ServerCall;
 
 // What the listener, its connections and its calls share. Outlives every
 // call: the listener shuts the gRPC server down (which waits for them)
@@ -61,7 +64,7 @@ struct ListenerState {
   std::mutex mu;
   asio::io_context* io = nullptr;                  // guarded by mu; set by Start
   Listener::AcceptHandler on_accept;               // guarded by mu
-  std::vector<std::shared_ptr<ServerCall>> waiting;  // guarded by mu: calls before Start
+  std::vector<std::shared_ptr<BridgedCall>> waiting;  // guarded by mu: calls before Start
   bool closing = false;                            // guarded by mu
   // One connection per gRPC peer with calls in flight, or idle for less
   // than kIdlePeerLinger.
@@ -118,7 +121,7 @@ class PeerConnection final : public GrpcBridgeConnection {
   }
 
   // Under state_->mu.
-  uint64_t AddCall(std::shared_ptr<ServerCall> call) {
+  uint64_t AddCall(std::shared_ptr<BridgedCall> call) {
     const uint64_t id = next_id_++;
     calls_[id] = std::move(call);
     return id;
@@ -141,7 +144,7 @@ class PeerConnection final : public GrpcBridgeConnection {
     std::lock_guard<std::mutex> lock(state_->mu);
     return state_->io;
   }
-  std::shared_ptr<ServerCall> Find(uint64_t id) {
+  std::shared_ptr<BridgedCall> Find(uint64_t id) {
     std::lock_guard<std::mutex> lock(state_->mu);
     auto it = calls_.find(id);
     return it == calls_.end() ? nullptr : it->second;
@@ -150,7 +153,7 @@ class PeerConnection final : public GrpcBridgeConnection {
   const std::shared_ptr<ListenerState> state_;
   const std::string peer_name_;
   // Guarded by state_->mu.
-  absl::flat_hash_map<uint64_t, std::shared_ptr<ServerCall>> calls_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<BridgedCall>> calls_;
   uint64_t next_id_ = 1;
   bool closed_ = false;
   std::chrono::steady_clock::time_point idle_since_;  // when calls_ last became empty
@@ -160,29 +163,68 @@ class PeerConnection final : public GrpcBridgeConnection {
   std::shared_ptr<asio::steady_timer> linger_;
 };
 
+// A gRPC call handed to the server: what its connection knows of it.
 // Owned by itself (self_) until gRPC's OnDone, and by its connection's
 // table while it is in it: a frame for it that races with its end finds it
 // alive, and finished (every method is then a no-op).
-class ServerCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
-                         public std::enable_shared_from_this<ServerCall> {
+class BridgedCall : public std::enable_shared_from_this<BridgedCall> {
+ public:
+  virtual ~BridgedCall() = default;
+
+  // On the loop: a call that came before the listener started begins.
+  virtual void Begin() = 0;
+  // Frames from the server for this call.
+  virtual void OnResponse(const FrameView& frame) = 0;
+  virtual void QueueWrite(std::string_view /*message*/) {}  // streams only
+  virtual void Grant(int64_t /*bytes*/) {}                   // streams only
+  // Ends the call with `status` now (the connection closed, the listener
+  // is shutting down).
+  virtual void Abort(grpc::Status status) = 0;
+
+  std::shared_ptr<BridgedCall> self_;
+
+ protected:
+  explicit BridgedCall(std::shared_ptr<ListenerState> state) : state_(std::move(state)) {}
+
+  enum class Joined {
+    kRefused,  // not admitted: *refusal says why (the caller aborts the call)
+    kWaiting,  // the listener has not started: its Start posts Begin
+    kJoined,   // in its connection, whose on_accept is posted to *io
+  };
+  // On the thread gRPC made the call on: joins the connection of the
+  // call's `peer`, making one within the server's connection limit (an idle
+  // peer's lingering connection makes room).
+  Joined Join(const std::string& peer, asio::io_context** io, grpc::Status* refusal);
+  // The RESPONSE's status, and the metadata gRPC can carry (`trailing`).
+  grpc::Status ToGrpcStatus(const FrameView& frame, std::string_view method, Metadata* trailing);
+
+  const std::shared_ptr<ListenerState> state_;
+  // Set by Join, before the call's first frame.
+  std::shared_ptr<PeerConnection> connection_;
+  uint64_t id_ = 0;
+};
+
+// A call of a method the listener hands over as a bidirectional stream
+// (gRPC's generic callback service): streams, unary methods the server did
+// not have yet when the listener was made, and names it does not have.
+class ServerCall final : public BridgedCall,
+                         public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   ServerCall(std::shared_ptr<ListenerState> state, grpc::GenericCallbackServerContext* context)
-      : state_(std::move(state)), context_(context) {
+      : BridgedCall(std::move(state)), context_(context) {
     method_ = context->method();
     if (!method_.empty() && method_[0] == '/') method_.erase(0, 1);
     deadline_ns_ = WireDeadline(context->deadline());
     AppendGrpcMetadata(context->client_metadata(), &metadata_);
   }
 
-  // Joins a connection (on the thread gRPC made it on); false if the call
-  // was answered instead.
+  // Joins a connection (on the thread gRPC made it on), or is answered.
   void Admit();
   // On the loop: the call starts.
-  void Begin();
+  void Begin() override;
 
-  // Frames from the server for this call.
-  void OnResponse(const FrameView& frame);
-  void QueueWrite(std::string_view message) {
+  void OnResponse(const FrameView& frame) override;
+  void QueueWrite(std::string_view message) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (finished_ || finish_.has_value()) return;
@@ -190,16 +232,14 @@ class ServerCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
     }
     Pump();
   }
-  void Grant(int64_t bytes) {
+  void Grant(int64_t bytes) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
       read_limit_ += bytes;
     }
     Pump();
   }
-  // Ends the call with `status` now (the connection closed, the listener
-  // is shutting down).
-  void Abort(grpc::Status status) {
+  void Abort(grpc::Status status) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (finished_ || finish_.has_value()) return;
@@ -245,26 +285,18 @@ class ServerCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
       idle_.wait(lock, [&] { return starting_ == 0; });
     }
     if (connection_ != nullptr) connection_->RemoveCall(id_);
-    std::shared_ptr<ServerCall> last = std::move(self_);  // may free this: last
+    std::shared_ptr<BridgedCall> last = std::move(self_);  // may free this: last
   }
-
-  std::shared_ptr<ServerCall> self_;
 
  private:
   // Starts what may start now: a write, the finish once writes are done, a
   // read within the server's window (streams).
   void Pump();
-  // The RESPONSE's status, and the metadata gRPC can carry (`trailing`).
-  grpc::Status ToGrpcStatus(const FrameView& frame, Metadata* trailing);
 
-  const std::shared_ptr<ListenerState> state_;
   grpc::GenericCallbackServerContext* const context_;
   std::string method_;
   int64_t deadline_ns_;
   Metadata metadata_;
-  // Set by Admit, before the call's first frame.
-  std::shared_ptr<PeerConnection> connection_;
-  uint64_t id_ = 0;
   bool streaming_ = false;  // guarded by mu_: set by Begin
 
   std::mutex mu_;
@@ -289,14 +321,13 @@ class ServerCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::
   grpc::ByteBuffer write_buffer_;
 };
 
-void ServerCall::Admit() {
-  std::unique_lock<std::mutex> lock(state_->mu);
+BridgedCall::Joined BridgedCall::Join(const std::string& peer, asio::io_context** io,
+                                      grpc::Status* refusal) {
+  std::lock_guard<std::mutex> lock(state_->mu);
   if (state_->closing) {
-    lock.unlock();
-    Abort(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
-    return;
+    *refusal = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down");
+    return Joined::kRefused;
   }
-  const std::string peer = context_->peer();
   auto it = state_->peers.find(peer);
   bool accepted = false;
   if (it == state_->peers.end() || it->second->closed()) {
@@ -316,14 +347,13 @@ void ServerCall::Admit() {
     }
     if (!room) {
       if (options.refused_connections != nullptr) options.refused_connections->fetch_add(1);
-      lock.unlock();
       IPCRPC_LOG(WARNING) << state_->endpoint << ": refusing gRPC peer " << peer
                           << ": ServerOptions::max_connections (" << options.max_connections
                           << ") reached";
-      Abort(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                         absl::StrCat("server overloaded: ServerOptions::max_connections (",
-                                      options.max_connections, ") reached")));
-      return;
+      *refusal = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                              absl::StrCat("server overloaded: ServerOptions::max_connections (",
+                                           options.max_connections, ") reached"));
+      return Joined::kRefused;
     }
     std::optional<PeerCredentials> credentials;
     if (auto known = state_->fd_peers.find(peer); known != state_->fd_peers.end()) {
@@ -341,14 +371,31 @@ void ServerCall::Admit() {
     // Listen has bound the port, Start has not run yet: Start posts
     // on_accept for the connection, then Begin.
     state_->waiting.push_back(shared_from_this());
-    return;
+    return Joined::kWaiting;
   }
-  asio::io_context& io = *state_->io;
+  *io = state_->io;
   if (accepted) {
-    asio::post(io, [state = state_, connection = connection_] {
+    // Under the lock: whatever is posted for this connection after it
+    // (on any thread) comes after its on_accept.
+    asio::post(**io, [state = state_, connection = connection_] {
       // Set once, by Start, before anything is posted.
       state->on_accept(connection);
     });
+  }
+  return Joined::kJoined;
+}
+
+void ServerCall::Admit() {
+  asio::io_context* io = nullptr;
+  grpc::Status refusal;
+  switch (Join(context_->peer(), &io, &refusal)) {
+    case Joined::kRefused:
+      Abort(std::move(refusal));
+      return;
+    case Joined::kWaiting:
+      return;
+    case Joined::kJoined:
+      break;
   }
   // A unary method the server has begins here, on gRPC's thread: it only
   // starts the read, and its REQUEST is posted after the on_accept above.
@@ -363,11 +410,10 @@ void ServerCall::Admit() {
                      options.grpc_method_streams &&
                      options.grpc_method_streams(method_) == std::optional<bool>(false);
   if (unary) {
-    lock.unlock();  // Begin takes this call's lock, which comes before state_->mu
     Begin();
     return;
   }
-  asio::post(io, [call = shared_from_this()] { call->Begin(); });
+  asio::post(*io, [call = shared_from_this()] { call->Begin(); });
 }
 
 void ServerCall::Begin() {
@@ -499,7 +545,8 @@ void ServerCall::OnReadDone(bool ok) {
   Pump();
 }
 
-grpc::Status ServerCall::ToGrpcStatus(const FrameView& frame, Metadata* trailing) {
+grpc::Status BridgedCall::ToGrpcStatus(const FrameView& frame, std::string_view method,
+                                       Metadata* trailing) {
   absl::StatusCode code = static_cast<absl::StatusCode>(frame.header.status_code);
   std::string message(frame.name);
   if ((frame.header.flags & kFlagRefused) != 0) code = absl::StatusCode::kUnavailable;
@@ -510,7 +557,7 @@ grpc::Status ServerCall::ToGrpcStatus(const FrameView& frame, Metadata* trailing
       continue;
     }
     if (absl::Status valid = CheckGrpcMetadata({{key, value}}); !valid.ok()) {
-      IPCRPC_LOG(WARNING) << state_->endpoint << ": " << method_
+      IPCRPC_LOG(WARNING) << state_->endpoint << ": " << method
                           << ": response metadata not sent to the gRPC client: "
                           << valid.message();
       continue;
@@ -522,7 +569,7 @@ grpc::Status ServerCall::ToGrpcStatus(const FrameView& frame, Metadata* trailing
 
 void ServerCall::OnResponse(const FrameView& frame) {
   Metadata trailing;
-  grpc::Status status = ToGrpcStatus(frame, &trailing);
+  grpc::Status status = ToGrpcStatus(frame, method_, &trailing);
   {
     // The context is gRPC's until OnDone: touched only while this call is
     // not finished, under the lock that finishing takes.
@@ -703,7 +750,7 @@ void PeerConnection::Close() {
   // finish (the listener waits for them before it goes: the loop, which
   // may close a connection, must not wait for a handler).
   StopDeliveringHere(/*wait=*/false);
-  std::vector<std::shared_ptr<ServerCall>> calls;
+  std::vector<std::shared_ptr<BridgedCall>> calls;
   {
     std::lock_guard<std::mutex> lock(state_->mu);
     // A linger timer would hold the server's loop (and its Shutdown).
@@ -737,6 +784,181 @@ class GenericService final : public grpc::CallbackGenericService {
 
  private:
   const std::shared_ptr<ListenerState> state_;
+};
+
+// A call of a unary method the server had when the listener was made,
+// which the listener registers with gRPC as a unary callback method: gRPC
+// hands over the request whole, on its thread, and runs this reactor's
+// OnCancel and OnDone on the thread that ends the call. A generic
+// (bidirectional) reactor's OnDone always goes to gRPC's executor thread:
+// one more thread switch a call (docs/GRPC.md, "What the bridge costs").
+class UnaryCall final : public BridgedCall, public grpc::ServerUnaryReactor {
+ public:
+  // `method` belongs to the listener's UnaryMethods, which outlive every
+  // call; `response` to gRPC, until OnDone.
+  UnaryCall(std::shared_ptr<ListenerState> state, grpc::CallbackServerContext* context,
+            const std::string& method, grpc::ByteBuffer* response)
+      : BridgedCall(std::move(state)), context_(context), method_(method), response_(response) {}
+
+  // In the method's handler, on gRPC's thread: joins a connection and hands
+  // the REQUEST to the server, here if it can (DeliverHereOrPost), or is
+  // answered.
+  void Start(const grpc::ByteBuffer& request);
+  // On the loop: the REQUEST of a call that came before the listener started.
+  void Begin() override;
+  void OnResponse(const FrameView& frame) override;
+  void Abort(grpc::Status status) override;
+
+  void OnCancel() override;
+  void OnDone() override {
+    if (connection_ != nullptr) connection_->RemoveCall(id_);
+    std::shared_ptr<BridgedCall> last = std::move(self_);  // may free this: last
+  }
+  // Lets gRPC run OnCancel and OnDone where the call ends instead of on its
+  // executor: both only take short locks and post to the loop. (gRPC marks
+  // this "not API, for internal reactors with trivial reactions"; its own
+  // default unary reactor does the same. Checked against gRPC 1.51's
+  // CallbackUnaryHandler, the version Debian 12 ships.)
+  bool InternalInlineable() override { return true; }
+
+ private:
+  // Finishes the call once (the first of a RESPONSE and an abort).
+  void FinishOnce(grpc::Status status, const Metadata& trailing, std::string_view payload);
+
+  grpc::CallbackServerContext* const context_;
+  const std::string& method_;
+  grpc::ByteBuffer* const response_;
+
+  std::mutex mu_;  // before state_->mu
+  bool finished_ = false;      // guarded by mu_: Finish called
+  bool request_sent_ = false;  // guarded by mu_: the REQUEST went to the server
+  std::string frame_;          // guarded by mu_: the REQUEST, until Begin
+};
+
+void UnaryCall::Start(const grpc::ByteBuffer& request) {
+  FrameHeader header;
+  header.type = FrameType::kRequest;
+  header.deadline_ns = WireDeadline(context_->deadline());
+  Metadata metadata;
+  AppendGrpcMetadata(context_->client_metadata(), &metadata);
+  const std::string payload = ByteBufferToString(request);
+  std::string frame;
+  absl::Status encoded =
+      EncodeFramePrefix(header, method_, metadata, payload.size(), state_->max_payload, &frame);
+  if (!encoded.ok()) {
+    Abort(grpc::Status(static_cast<grpc::StatusCode>(encoded.code()),
+                       std::string(encoded.message())));
+    return;
+  }
+  frame.append(payload);
+  asio::io_context* io = nullptr;
+  grpc::Status refusal;
+  bool joined = false;
+  {
+    // Held across Join: a Begin the listener's Start posts meanwhile finds
+    // the frame.
+    std::lock_guard<std::mutex> lock(mu_);
+    switch (Join(context_->peer(), &io, &refusal)) {
+      case Joined::kRefused:
+        break;
+      case Joined::kWaiting:
+        SetFrameRequestId(id_, &frame);
+        frame_ = std::move(frame);
+        return;
+      case Joined::kJoined:
+        SetFrameRequestId(id_, &frame);
+        request_sent_ = true;
+        joined = true;
+        break;
+    }
+  }
+  if (!joined) {
+    Abort(std::move(refusal));
+    return;
+  }
+  // Here, on gRPC's thread: a short handler runs here and answers (its
+  // RESPONSE comes back to OnResponse on this thread, and gRPC sends it
+  // once this handler returns), a longer one is queued for a handler
+  // thread. Posted to the loop while the server has not started the
+  // connection. gRPC calls OnCancel only after this returns: its CANCEL
+  // follows the REQUEST.
+  connection_->DeliverHereOrPost(std::move(frame));
+}
+
+void UnaryCall::Begin() {
+  std::string frame;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Answered already (refused, cancelled): it never reaches the server.
+    if (finished_ || frame_.empty()) return;
+    frame = std::move(frame_);
+    request_sent_ = true;
+  }
+  connection_->DeliverNow(frame);
+}
+
+void UnaryCall::OnResponse(const FrameView& frame) {
+  Metadata trailing;
+  grpc::Status status = ToGrpcStatus(frame, method_, &trailing);
+  FinishOnce(std::move(status), trailing, frame.payload);
+}
+
+void UnaryCall::Abort(grpc::Status status) { FinishOnce(std::move(status), {}, {}); }
+
+void UnaryCall::OnCancel() {
+  bool sent;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sent = request_sent_;
+  }
+  // The CANCEL follows the REQUEST (posted after it), or neither goes.
+  if (sent) connection_->Deliver(StreamFrame(FrameType::kCancel, id_, ""));
+  Abort(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the gRPC client"));
+}
+
+void UnaryCall::FinishOnce(grpc::Status status, const Metadata& trailing,
+                           std::string_view payload) {
+  {
+    // The context is gRPC's until OnDone: touched only before Finish, under
+    // the lock that decides who finishes.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return;
+    finished_ = true;
+    for (const auto& [key, value] : trailing) context_->AddTrailingMetadata(key, value);
+    if (status.ok()) *response_ = StringToByteBuffer(payload);
+  }
+  Finish(std::move(status));
+}
+
+// The unary methods the server had when the listener was made, as gRPC
+// unary callback methods (UnaryCall); everything else reaches the generic
+// service.
+class UnaryMethods final : public grpc::Service {
+ public:
+  UnaryMethods(const std::shared_ptr<ListenerState>& state, const std::vector<std::string>& names) {
+    for (const std::string& name : names) {
+      names_.push_back(name);
+      paths_.push_back(absl::StrCat("/", name));
+      const std::string* method = &names_.back();
+      AddMethod(new grpc::internal::RpcServiceMethod(
+          paths_.back().c_str(), grpc::internal::RpcMethod::NORMAL_RPC, nullptr));
+      MarkMethodRawCallback(
+          static_cast<int>(names_.size() - 1),
+          new grpc::internal::CallbackUnaryHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
+              [state, method](grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                              grpc::ByteBuffer* response) -> grpc::ServerUnaryReactor* {
+                auto call = std::make_shared<UnaryCall>(state, context, *method, response);
+                call->self_ = call;
+                call->Start(*request);
+                return call.get();
+              }));
+    }
+  }
+  bool empty() const { return names_.empty(); }
+
+ private:
+  std::deque<std::string> names_;  // a deque: what the handlers point at stays put
+  std::deque<std::string> paths_;  // RpcServiceMethod keeps the pointer
 };
 
 // grpc:unix: without TLS: the listener accepts the connections itself, so
@@ -774,10 +996,11 @@ struct UnixAcceptState {
 class GrpcListener final : public Listener {
  public:
   GrpcListener(std::shared_ptr<ListenerState> state, std::unique_ptr<GenericService> service,
-               std::unique_ptr<grpc::Server> server, UniqueFd unix_socket = UniqueFd(),
-               PublishedObject published = PublishedObject())
+               std::unique_ptr<UnaryMethods> unary_methods, std::unique_ptr<grpc::Server> server,
+               UniqueFd unix_socket = UniqueFd(), PublishedObject published = PublishedObject())
       : state_(std::move(state)),
         service_(std::move(service)),
+        unary_methods_(std::move(unary_methods)),
         server_(std::move(server)),
         unix_socket_(std::move(unix_socket)),
         published_(std::move(published)) {}
@@ -835,7 +1058,9 @@ class GrpcListener final : public Listener {
 
  private:
   const std::shared_ptr<ListenerState> state_;
+  // Both outlive the gRPC server (destroyed after it).
   const std::unique_ptr<GenericService> service_;
+  const std::unique_ptr<UnaryMethods> unary_methods_;
   const std::unique_ptr<grpc::Server> server_;
   UniqueFd unix_socket_;  // until Start
   PublishedObject published_;
@@ -888,6 +1113,9 @@ absl::StatusOr<std::unique_ptr<Listener>> CreateGrpcListener(const Endpoint& end
   state->options = options;
   state->max_payload = options.max_message_size - kMaxFrameOverhead;
   auto service = std::make_unique<GenericService>(state);
+  auto unary_methods = std::make_unique<UnaryMethods>(
+      state, options.grpc_unary_methods ? options.grpc_unary_methods()
+                                        : std::vector<std::string>());
   // grpc:unix: in plaintext: our own socket, whose connections we hand to
   // gRPC (UnixAcceptState); with TLS, gRPC's own listener.
   const bool own_unix_socket = address.is_unix && !tls;
@@ -901,6 +1129,7 @@ absl::StatusOr<std::unique_ptr<Listener>> CreateGrpcListener(const Endpoint& end
   if (!own_unix_socket) {
     builder.AddListeningPort(address.target, credentials, address.is_unix ? nullptr : &port);
   }
+  if (!unary_methods->empty()) builder.RegisterService(unary_methods.get());
   builder.RegisterCallbackGenericService(service.get());
   const int max = static_cast<int>(std::min<size_t>(state->max_payload, INT32_MAX));
   builder.SetMaxReceiveMessageSize(max);
@@ -924,7 +1153,8 @@ absl::StatusOr<std::unique_ptr<Listener>> CreateGrpcListener(const Endpoint& end
     ::chmod(address.path.c_str(), options.mode);
   }
   state->endpoint = GrpcEndpointText(address, port);
-  return std::make_unique<GrpcListener>(std::move(state), std::move(service), std::move(server),
+  return std::make_unique<GrpcListener>(std::move(state), std::move(service),
+                                        std::move(unary_methods), std::move(server),
                                         std::move(unix_socket.first),
                                         std::move(unix_socket.second));
 }

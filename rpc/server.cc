@@ -303,6 +303,16 @@ ServerCore::ServerCore(const ServerOptions& options) : options_(options) {
     if (method == methods_.end()) return std::nullopt;
     return method->second->kind != MethodKind::kUnary;
   };
+  // Asked by Listen, which holds no lock while it makes a listener.
+  transport_options_.grpc_unary_methods = [this] {
+    MutexLock lock(&mu_);
+    std::vector<std::string> names;
+    for (const auto& [name, method] : methods_) {
+      if (method->kind == MethodKind::kUnary) names.push_back(name);
+    }
+    std::sort(names.begin(), names.end());
+    return names;
+  };
   int threads = options.handler_threads;
   if (threads <= 0) {
     threads = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));

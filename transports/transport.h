@@ -103,6 +103,10 @@ struct TransportOptions {
   // or nullopt if the server has no such method. gRPC's wire does not say
   // how a call is to be framed; the server's methods do.
   std::function<std::optional<bool>(std::string_view method)> grpc_method_streams;
+  // grpc: server side: the unary methods the server has now (a listener
+  // registers them with gRPC as unary methods; others it serves as
+  // streams, and learns which they are from grpc_method_streams).
+  std::function<std::vector<std::string>()> grpc_unary_methods;
 };
 
 // A parsed endpoint "scheme:address".

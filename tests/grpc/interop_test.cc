@@ -88,15 +88,23 @@ class InteropImpl final : public interop::Interop::Service {
   std::atomic<uid_t> last_peer_uid_{0};
 };
 
-// An ipcrpc server with InteropImpl on grpc:127.0.0.1, port picked.
+// An ipcrpc server with InteropImpl on grpc:127.0.0.1, port picked. The
+// listener registers the unary methods the server has when it is made with
+// gRPC as unary methods, and serves the rest through gRPC's generic
+// service: `register_after_listen` makes every method take that second way.
 struct IpcrpcGrpcServer {
-  explicit IpcrpcGrpcServer(int max_connections = 0) {
+  explicit IpcrpcGrpcServer(int max_connections = 0, bool register_after_listen = false) {
     ServerOptions options;
     options.registry = false;
     if (max_connections > 0) options.max_connections = max_connections;
     server = std::make_unique<Server>(options);
-    EXPECT_THAT(server->RegisterService(&impl), IsOk());
+    if (!register_after_listen) {
+      EXPECT_THAT(server->RegisterService(&impl), IsOk());
+    }
     EXPECT_THAT(server->Listen("grpc:127.0.0.1:0"), IsOk());
+    if (register_after_listen) {
+      EXPECT_THAT(server->RegisterService(&impl), IsOk());
+    }
     EXPECT_THAT(server->Start(), IsOk());
     target = std::string(absl::StripPrefix(server->endpoints().at(0), "grpc:"));
   }
@@ -171,11 +179,15 @@ int WaitForCancellations(interop::Interop::Stub& stub, int before) {
 }
 
 TEST(GrpcInteropTest, AGrpcGeneratedClientCallsAnIpcrpcServer) {
-  IpcrpcGrpcServer server;
-  Ran client = RunToEnd({IPCRPC_GRPC_PEER, "client", server.target});
-  EXPECT_EQ(client.status, 0) << client.out;
-  EXPECT_THAT(client.out, Not(::testing::ContainsRegex("(^|\n)FAIL "))) << client.out;
-  EXPECT_THAT(client.out, HasSubstr("ok   error status with details")) << client.out;
+  for (bool register_after_listen : {false, true}) {
+    SCOPED_TRACE(register_after_listen ? "service registered after Listen"
+                                       : "service registered before Listen");
+    IpcrpcGrpcServer server(/*max_connections=*/0, register_after_listen);
+    Ran client = RunToEnd({IPCRPC_GRPC_PEER, "client", server.target});
+    EXPECT_EQ(client.status, 0) << client.out;
+    EXPECT_THAT(client.out, Not(::testing::ContainsRegex("(^|\n)FAIL "))) << client.out;
+    EXPECT_THAT(client.out, HasSubstr("ok   error status with details")) << client.out;
+  }
 }
 
 // A gRPC peer's server connection outlives its last call for a while (so

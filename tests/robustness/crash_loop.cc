@@ -120,13 +120,8 @@ class CrashLoop {
     if (::mkdtemp(dir) == nullptr) return Failure{"mkdtemp failed"};
     dir_ = dir;
     ::setenv("XDG_RUNTIME_DIR", dir, 1);  // our servers' registry, fifo: private dirs
-    struct statfs fs;
-    if (::statfs("/dev/mqueue", &fs) < 0 || fs.f_type != 0x19800202) {
-      ::mkdir("/dev/mqueue", 01777);
-      if (::mount("none", "/dev/mqueue", "mqueue", 0, nullptr) < 0) {
-        return Failure{absl::StrCat("/dev/mqueue is not mounted and mounting it failed: ",
-                                    std::strerror(errno))};
-      }
+    if (absl::Status mounted = EnsureMqueueMounted(); !mounted.ok()) {
+      return Failure{std::string(mounted.message())};
     }
     baseline_ = Snapshot();
     return std::nullopt;

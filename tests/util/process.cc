@@ -4,6 +4,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -202,6 +205,18 @@ int64_t ProcessRssBytes(pid_t pid) {
 std::string UniqueName(const std::string& prefix) {
   static std::atomic<int> counter{0};
   return absl::StrCat(prefix, "-", getpid(), "-", counter.fetch_add(1));
+}
+
+absl::Status EnsureMqueueMounted() {
+  constexpr long kMqueueMagic = 0x19800202;
+  struct statfs fs;
+  if (::statfs("/dev/mqueue", &fs) == 0 && fs.f_type == kMqueueMagic) return absl::OkStatus();
+  ::mkdir("/dev/mqueue", 01777);
+  if (::mount("none", "/dev/mqueue", "mqueue", 0, nullptr) < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "/dev/mqueue is not mounted and mounting it failed: ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace ipcrpc::testing

@@ -56,11 +56,17 @@ absl::StatusOr<std::string> FirstLineAsUid(const std::vector<std::string>& argv,
 // not spin.
 int64_t ProcessCpuTicks(pid_t pid);
 
-// A name unique to this process and call: "<prefix>-<pid>-<n>".
 // Resident memory of `pid` (VmRSS), or -1.
 int64_t ProcessRssBytes(pid_t pid);
 
+// A name unique to this process and call: "<prefix>-<pid>-<n>".
 std::string UniqueName(const std::string& prefix);
+
+// Makes sure the POSIX queue file system is mounted on /dev/mqueue, where
+// `ipcrpc gc` and `ls` list queues (a fresh Debian VM may not have it):
+// mounts it if not (root only). Not OK, saying why, if it is not and
+// cannot be.
+absl::Status EnsureMqueueMounted();
 
 }  // namespace ipcrpc::testing
 
