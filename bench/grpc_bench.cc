@@ -46,7 +46,11 @@ class CalculatorImpl final : public calc::Calculator::Service {
   }
 };
 
-int Serve(const std::string& endpoint, int ready_fd) {
+// `register_after`: the service is registered after Listen, so that the
+// grpc: listener serves its unary methods through gRPC's generic service
+// (bidirectional reactors) instead of as gRPC unary methods: the way it
+// took before, for comparison (--register=after; docs/GRPC.md).
+int Serve(const std::string& endpoint, int ready_fd, bool register_after) {
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
@@ -56,8 +60,11 @@ int Serve(const std::string& endpoint, int ready_fd) {
   options.max_calls_in_flight = 1 << 16;
   options.max_calls_per_connection = 1 << 16;
   ipcrpc::Server server(options);
-  absl::Status status = server.RegisterService(&calculator);
-  if (status.ok()) status = server.Listen(endpoint);
+  absl::Status status =
+      register_after ? server.Listen(endpoint) : server.RegisterService(&calculator);
+  if (status.ok()) {
+    status = register_after ? server.RegisterService(&calculator) : server.Listen(endpoint);
+  }
   if (status.ok()) status = server.Start();
   if (!status.ok()) {
     std::fprintf(stderr, "grpc_bench: %s\n", status.ToString().c_str());
@@ -163,12 +170,14 @@ int main(int argc, char** argv) {
   grpc_bench::TakeFlag(&flags, "networks", &networks);
   grpc_bench::TakeFlag(&flags, "peer", &peer);
   grpc_bench::TakeFlag(&flags, "rounds", &rounds_text);
+  std::string register_when = "before";
+  grpc_bench::TakeFlag(&flags, "register", &register_when);
   if (!grpc_bench::NoFlagsLeft("grpc_bench", flags)) return 2;
   const int rounds = std::max(1, std::atoi(rounds_text.c_str()));
   const double seconds = flags.seconds;
   const int threads = flags.threads;
   grpc_bench::Pin(flags.cpu);
-  if (!flags.serve.empty()) return Serve(flags.serve, flags.ready_fd);
+  if (!flags.serve.empty()) return Serve(flags.serve, flags.ready_fd, register_when == "after");
   if (!flags.call.empty()) return Call(flags.call, seconds, threads);
 
   int client_cpu = -1, server_cpu = -1;
