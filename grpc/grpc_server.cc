@@ -274,8 +274,14 @@ class ServerCall final : public BridgedCall,
       } else if (request_sent_ && connection_ != nullptr) {
         connection_->Deliver(StreamFrame(FrameType::kCancel, id_, ""));
       }
+      // In the same critical section: a REQUEST not sent by now never goes
+      // (each sender looks at finish_ under this lock).
+      if (!finished_ && !finish_.has_value()) {
+        writes_.clear();
+        finish_ = grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the gRPC client");
+      }
     }
-    Abort(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the gRPC client"));
+    Pump();
   }
   void OnDone() override {
     {
@@ -447,6 +453,7 @@ void ServerCall::Begin() {
     if (EncodeFramePrefix(header, method_, {}, 0, state_->max_payload, &frame).ok()) {
       {
         std::lock_guard<std::mutex> lock(mu_);
+        if (finished_ || finish_.has_value()) return;  // cancelled meanwhile
         read_done_ = true;  // nothing of the client's is read
         request_sent_ = true;
       }
@@ -474,6 +481,7 @@ void ServerCall::Begin() {
     frame.append(head);
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (finished_ || finish_.has_value()) return;  // cancelled meanwhile
       request_sent_ = true;
     }
     connection_->DeliverNow(frame);
@@ -836,6 +844,12 @@ class UnaryCall final : public BridgedCall, public grpc::ServerUnaryReactor {
 };
 
 void UnaryCall::Start(const grpc::ByteBuffer& request) {
+  if (!request.Valid()) {
+    // The client half-closed without a message (gRPC hands a raw method
+    // an empty buffer then), as the generic path answers it.
+    Abort(grpc::Status(grpc::StatusCode::INTERNAL, "no request message"));
+    return;
+  }
   FrameHeader header;
   header.type = FrameType::kRequest;
   header.deadline_ns = WireDeadline(context_->deadline());
@@ -910,6 +924,8 @@ void UnaryCall::OnCancel() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     sent = request_sent_;
+    // A REQUEST not sent by now (waiting for Begin) never goes.
+    frame_.clear();
   }
   // The CANCEL follows the REQUEST (posted after it), or neither goes.
   if (sent) connection_->Deliver(StreamFrame(FrameType::kCancel, id_, ""));
