@@ -1,4 +1,5 @@
 #include "ipcrpc/server.h"
+#include "ipcrpc/scratch.h"
 
 #include <algorithm>
 #include <limits>
@@ -890,11 +891,13 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
   absl::Status status;
   // This thread's response buffer: a warm call's response reuses its
   // capacity (a thread runs one handler at a time; the loop's inline ones
-  // never nest). A buffer grown past 1 MiB is given back afterwards.
+  // never nest). A buffer grown past ScratchString::kKeptBytes (2 MiB)
+  // is given back afterwards; up to that, a large response's pages are
+  // faulted in once per thread, not once per call (include/ipcrpc/scratch.h).
   thread_local std::string response;
   response.clear();
   absl::Cleanup trim = [] {
-    if (response.capacity() > (1u << 20)) std::string().swap(response);
+    if (response.capacity() > ScratchString::kKeptBytes) std::string().swap(response);
   };
   const bool expired = MonotonicNowNs() >= call->deadline_ns;
   if (expired || call->IsCancelled()) {

@@ -5,6 +5,7 @@
 
 #include "ipcrpc/channel.h"
 #include "ipcrpc/options.h"
+#include "ipcrpc/scratch.h"
 #include "ipcrpc/server.h"
 #include "ipcrpc/server_context.h"
 #include "ipcrpc/service.h"

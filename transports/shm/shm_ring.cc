@@ -8,6 +8,18 @@
 #include "base/little_endian.h"
 
 namespace ipcrpc::internal {
+namespace {
+
+// A gathered message's buffer: reserved up to this at first (a 1 MiB
+// message and its frame's header fit), then grown with what arrives, at
+// most doubling and never past the announced length; kept between messages
+// up to kKeptGatherBytes, so that a connection carrying large messages does
+// not fault in fresh pages for each (measured: a 1 MiB call over shm: spent
+// most of its time in page faults, two thirds of them in this buffer).
+constexpr size_t kFirstGatherReserve = (1u << 20) + (64u << 10);
+constexpr size_t kKeptGatherBytes = (2u << 20) + (64u << 10);
+
+}  // namespace
 
 absl::StatusOr<size_t> ShmRingProducer::Room(size_t wanted) {
   size_t free = size_ - (position_ - cached_consumer_);
@@ -110,7 +122,7 @@ absl::StatusOr<size_t> ShmRecordReader::Take(
       pending_.assign(first.data(), 4 + length_);
       on_message(std::string_view(pending_).substr(4));
       pending_.clear();
-      if (pending_.capacity() > (1u << 20)) pending_.shrink_to_fit();
+      if (pending_.capacity() > kKeptGatherBytes) pending_.shrink_to_fit();
       return 4 + length_;
     }
   }
@@ -119,6 +131,10 @@ absl::StatusOr<size_t> ShmRecordReader::Take(
   size_t took = 0;
   for (std::string_view span : {first, second}) {
     const size_t n = std::min(want - took, span.size());
+    if (pending_.size() >= 4 && pending_.size() + n > pending_.capacity()) {
+      pending_.reserve(std::min<uint64_t>(
+          4 + length_, std::max(pending_.size() + n, 2 * pending_.capacity())));
+    }
     pending_.append(span.data(), n);
     took += n;
     if (took == want) break;
@@ -129,12 +145,12 @@ absl::StatusOr<size_t> ShmRecordReader::Take(
       return absl::ResourceExhaustedError(absl::StrCat(
           "message of ", length_, " bytes exceeds max_message_size ", max_message_size_));
     }
-    pending_.reserve(4 + std::min<uint64_t>(length_, 1u << 20));
+    pending_.reserve(std::min<uint64_t>(4 + length_, kFirstGatherReserve));
   }
   if (pending_.size() >= 4 && pending_.size() == 4 + length_) {
     on_message(std::string_view(pending_).substr(4));
     pending_.clear();
-    if (pending_.capacity() > (1u << 20)) pending_.shrink_to_fit();
+    if (pending_.capacity() > kKeptGatherBytes) pending_.shrink_to_fit();
   }
   return took;
 }

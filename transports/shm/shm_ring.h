@@ -131,9 +131,11 @@ class ShmRingConsumer {
 // buffer of the reader's own before it is handed over: the peer can write the
 // ring at any time, so nothing may read it twice (a length checked in one
 // read and used in the next). A message that wraps, or is larger than the
-// ring and arrives in pieces, is gathered (growing with what arrives, never
-// to the announced length at once). Every length is read once and checked
-// against the limit before anything is gathered.
+// ring and arrives in pieces, is gathered (into a buffer reserved up to
+// 1 MiB and a frame header at first, then growing with what arrives, never
+// to the announced length at once; kept for the next message up to 2 MiB).
+// Every length is read once and checked against the limit before anything
+// is gathered.
 class ShmRecordReader {
  public:
   explicit ShmRecordReader(size_t max_message_size) : max_message_size_(max_message_size) {}

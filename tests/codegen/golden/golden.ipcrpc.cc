@@ -16,11 +16,13 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 
 ::absl::StatusOr<::golden::v1::EchoReply> Echo::Stub::Echo(
     const ::golden::v1::EchoRequest& request, const ::ipcrpc::CallOptions& options) {
-  ::std::string request_bytes;
-  request.SerializePartialToString(&request_bytes);
-  ::absl::StatusOr<::std::string> response_bytes =
-      ipcrpc_channel_->CallMethod("golden.v1.Echo/Echo", request_bytes, options);
-  if (!response_bytes.ok()) return ::std::move(response_bytes).status();
+  // This thread's kept buffers: no fresh pages for a large message.
+  ::ipcrpc::ScratchString request_bytes;
+  request.SerializePartialToString(request_bytes.get());
+  ::ipcrpc::ScratchString response_bytes;
+  ::absl::Status status = ipcrpc_channel_->CallMethodInto(
+      "golden.v1.Echo/Echo", *request_bytes, response_bytes.get(), options);
+  if (!status.ok()) return status;
   ::golden::v1::EchoReply reply;
   if (!reply.ParseFromString(*response_bytes)) {
     return ::absl::InternalError(
@@ -53,11 +55,13 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 
 ::absl::StatusOr<::google::protobuf::Empty> Echo::Stub::Idle(
     const ::google::protobuf::Empty& request, const ::ipcrpc::CallOptions& options) {
-  ::std::string request_bytes;
-  request.SerializePartialToString(&request_bytes);
-  ::absl::StatusOr<::std::string> response_bytes =
-      ipcrpc_channel_->CallMethod("golden.v1.Echo/Idle", request_bytes, options);
-  if (!response_bytes.ok()) return ::std::move(response_bytes).status();
+  // This thread's kept buffers: no fresh pages for a large message.
+  ::ipcrpc::ScratchString request_bytes;
+  request.SerializePartialToString(request_bytes.get());
+  ::ipcrpc::ScratchString response_bytes;
+  ::absl::Status status = ipcrpc_channel_->CallMethodInto(
+      "golden.v1.Echo/Idle", *request_bytes, response_bytes.get(), options);
+  if (!status.ok()) return status;
   ::google::protobuf::Empty reply;
   if (!reply.ParseFromString(*response_bytes)) {
     return ::absl::InternalError(
@@ -144,11 +148,13 @@ Admin::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 
 ::absl::StatusOr<::google::protobuf::Empty> Admin::Stub::Reset(
     const ::google::protobuf::Empty& request, const ::ipcrpc::CallOptions& options) {
-  ::std::string request_bytes;
-  request.SerializePartialToString(&request_bytes);
-  ::absl::StatusOr<::std::string> response_bytes =
-      ipcrpc_channel_->CallMethod("golden.v1.Admin/Reset", request_bytes, options);
-  if (!response_bytes.ok()) return ::std::move(response_bytes).status();
+  // This thread's kept buffers: no fresh pages for a large message.
+  ::ipcrpc::ScratchString request_bytes;
+  request.SerializePartialToString(request_bytes.get());
+  ::ipcrpc::ScratchString response_bytes;
+  ::absl::Status status = ipcrpc_channel_->CallMethodInto(
+      "golden.v1.Admin/Reset", *request_bytes, response_bytes.get(), options);
+  if (!status.ok()) return status;
   ::google::protobuf::Empty reply;
   if (!reply.ParseFromString(*response_bytes)) {
     return ::absl::InternalError(
