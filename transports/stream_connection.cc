@@ -26,7 +26,10 @@ namespace {
 constexpr size_t kPrefixSize = 4;
 constexpr size_t kInitialBuffer = 64 * 1024;
 // A buffer grown past this for one large message is released once empty.
-constexpr size_t kKeepBuffer = 1024 * 1024;
+// Up to it (a 1 MiB message grows it to 2 MiB), it is kept: with glibc's
+// malloc a buffer released and grown again per message is faulted in afresh
+// each time (include/ipcrpc/scratch.h says more).
+constexpr size_t kKeepBuffer = 2 * 1024 * 1024;
 
 
 using Iovecs = absl::InlinedVector<struct iovec, 8>;
