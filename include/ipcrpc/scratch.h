@@ -17,14 +17,20 @@ namespace ipcrpc {
 // One of this thread's kept buffers, empty, for the life of this object; a
 // fresh one of its own if the thread's are all in use (a nested call from a
 // callback inside another). Not for sharing across threads. A buffer grown
-// past kKeptBytes gives its memory back when released.
+// past kKeptBytes gives its memory back when released; up to that, it is
+// the thread's until it exits (a thread keeps at most kSlots * kKeptBytes,
+// and a sync call uses two buffers).
 class ScratchString {
  public:
   static constexpr size_t kSlots = 4;
   static constexpr size_t kKeptBytes = (2u << 20) + (64u << 10);
 
   ScratchString() {
-    for (Slot& slot : Slots()) {
+    // During this thread's exit, once its buffers are gone (a call from a
+    // destructor of a thread_local or, on the main thread, a static):
+    // a buffer of its own.
+    if (Gone()) return;
+    for (Slot& slot : Pool().slots) {
       if (!slot.in_use) {
         slot.in_use = true;
         slot_ = &slot;
@@ -49,9 +55,19 @@ class ScratchString {
     std::string buffer;
     bool in_use = false;
   };
-  static Slot (&Slots())[kSlots] {
-    thread_local Slot slots[kSlots];
-    return slots;
+  struct Slots {
+    Slot slots[kSlots];
+    ~Slots() { Gone() = true; }
+  };
+  static Slots& Pool() {
+    thread_local Slots pool;
+    return pool;
+  }
+  // Trivially destructible, so still there while the thread's other
+  // thread_locals are destroyed.
+  static bool& Gone() {
+    thread_local bool gone = false;
+    return gone;
   }
 
   Slot* slot_ = nullptr;
