@@ -40,9 +40,11 @@ class Condition {
   // True when func(arg) is.
   template <typename T>
   Condition(bool (*func)(T*), T* arg) : eval_([func, arg] { return func(arg); }) {}
-  // True when (*f)() is; *f must outlive the condition.
+  // True when (*f)() is; *f must outlive the condition. *f may be annotated
+  // ABSL_EXCLUSIVE_LOCKS_REQUIRED(the mutex): Await evaluates it under that
+  // mutex, which the analysis cannot follow through this wrapper.
   template <typename F, typename = std::enable_if_t<std::is_invocable_r_v<bool, const F&>>>
-  explicit Condition(const F* f) : eval_([f] { return (*f)(); }) {}
+  explicit Condition(const F* f) : eval_([f]() ABSL_NO_THREAD_SAFETY_ANALYSIS { return (*f)(); }) {}
   // True when f() is.
   template <typename F, typename = std::enable_if_t<std::is_invocable_r_v<bool, F&>>>
   explicit Condition(F f) : eval_(std::move(f)) {}

@@ -6,9 +6,11 @@
 #   bash scripts/dev.sh fuzz 600  # the libFuzzer targets, 600 s each (clang)
 #   bash scripts/dev.sh tsa       # the runtime built by clang with -Wthread-safety -Werror
 #
-# Environment: BUILD_DIR (default build), IPCRPC_WERROR=ON, IPCRPC_SANITIZE=address|thread,
+# Environment: BUILD_DIR (default build), IPCRPC_WERROR=ON, IPCRPC_SANITIZE=address|thread|fuzzer,
 # BUILD_TYPE (default RelWithDebInfo), JOBS (default 2), IPCRPC_CMAKE_ARGS (more -D options),
-# IPCRPC_CTEST_ARGS (more ctest options).
+# IPCRPC_CTEST_ARGS (more ctest options), CXX (clang++-14: clang is installed too),
+# FUZZ_BUILD_DIR (fuzz: a tree already configured with IPCRPC_SANITIZE=fuzzer to
+# run the fuzzers from; default build-fuzz, configured here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,9 @@ PACKAGES=(cmake g++ make pkg-config ccache
           libgrpc++-dev protobuf-compiler-grpc python3-grpcio openssl)
 
 source scripts/install_missing.sh
+
+# A build by clang (CXX=clang++-14) needs clang and its sanitizer runtimes.
+[[ ${CXX:-} == clang++-14 ]] && PACKAGES+=(clang-14 libclang-rt-14-dev)
 
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-2}
@@ -96,10 +101,12 @@ run_fuzz() {
   local seconds=${1:-30}
   PACKAGES+=(clang-14 libclang-rt-14-dev)
   install_missing "${PACKAGES[@]}"
-  local dir=build-fuzz
-  CXX=clang++-14 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIPCRPC_SANITIZE=fuzzer \
-    -DIPCRPC_BUILD_TESTS=OFF -DIPCRPC_BUILD_EXAMPLES=OFF -DIPCRPC_BUILD_BENCH=OFF \
-    $(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
+  local dir=${FUZZ_BUILD_DIR:-build-fuzz}
+  if ! grep -qs '^IPCRPC_SANITIZE:STRING=fuzzer$' "$dir/CMakeCache.txt"; then
+    CXX=clang++-14 cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DIPCRPC_SANITIZE=fuzzer \
+      -DIPCRPC_BUILD_TESTS=OFF -DIPCRPC_BUILD_EXAMPLES=OFF -DIPCRPC_BUILD_BENCH=OFF \
+      $(command -v ccache >/dev/null && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache) >/dev/null
+  fi
   local targets=(frame_fuzzer mq_reassembly_fuzzer shm_ring_fuzzer)
   cmake --build "$dir" -j "$JOBS" --target "${targets[@]}"
   for target in "${targets[@]}"; do

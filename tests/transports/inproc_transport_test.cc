@@ -72,7 +72,7 @@ struct Received {
         });
   }
   bool WaitFor(size_t messages_wanted, size_t ends_wanted) {
-    auto enough = [&]() {  // under mu
+    auto enough = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
       return messages.size() >= messages_wanted && ends.size() >= ends_wanted;
     };
     MutexLock lock(&mu);
