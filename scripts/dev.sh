@@ -8,7 +8,7 @@
 #
 # Environment: BUILD_DIR (default build), IPCRPC_WERROR=ON, IPCRPC_SANITIZE=address|thread|fuzzer,
 # BUILD_TYPE (default RelWithDebInfo), JOBS (default 2), IPCRPC_CMAKE_ARGS (more -D options),
-# IPCRPC_CTEST_ARGS (more ctest options), CXX (clang++-14: clang is installed too),
+# IPCRPC_CTEST_ARGS (more ctest options), CXX (clang++-14: a clang build),
 # FUZZ_BUILD_DIR (fuzz: a tree already configured with IPCRPC_SANITIZE=fuzzer to
 # run the fuzzers from; default build-fuzz, configured here).
 set -euo pipefail

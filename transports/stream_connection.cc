@@ -325,6 +325,16 @@ bool StreamConnection::WriteLocked(absl::Span<struct iovec> iov, bool try_first,
     if (first < iov.size()) {
       iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + written;
       iov[first].iov_len -= written;
+      // A partial write left the pipe or the socket buffer full: wait for
+      // room at once, not after a write that finds none (a large message
+      // over a pipe is a write and a wait per 64 KiB, not three calls).
+      if (try_first) continue;  // TrySend's loop decides for itself
+      absl::Status waited = WaitWritable(give_up_ns);
+      if (!waited.ok()) {
+        write_broken_ = true;
+        *result = std::move(waited);
+        return true;
+      }
     }
   }
   *result = absl::OkStatus();

@@ -1,7 +1,9 @@
 // The shared-memory ring on its own: wrap-around at every offset, a full
 // ring, impossible positions, the sleep/doorbell handshake, and two threads
-// streaming through it (run under ThreadSanitizer in CI).
+// streaming through it (run under ThreadSanitizer in CI); and the reader's
+// spin policy (Spinner) on a clock the test moves.
 #include "transports/shm/shm_ring.h"
+#include "transports/shm/shm_spinner.h"
 
 #include <atomic>
 #include <cstring>
@@ -186,6 +188,83 @@ TEST(ShmRecordReaderTest, HandsOverACopyThatThePeerCannotChange) {
     EXPECT_EQ(seen, message) << "round " << round;
     ring.consumer.Consume(*took);
   }
+}
+
+// Spinner on a clock the test moves: each look at the ring takes kLookNs,
+// and a sched_yield takes yield_cost_ns (short: nothing else ran on the CPU;
+// long: another thread did).
+int64_t fake_now_ns = 0;
+int64_t yield_cost_ns = 0;
+int yields = 0;
+int64_t FakeNow() { return fake_now_ns; }
+void FakeYield() {
+  ++yields;
+  fake_now_ns += yield_cost_ns;
+}
+constexpr int64_t kLookNs = 100;
+
+// One wait in which the data comes right after the reader's first yield.
+void WaitFindingDataRightAfterAYield(Spinner& spinner) {
+  spinner.Begin();
+  const int before = yields;
+  for (int look = 0; yields == before; ++look) {
+    ASSERT_LT(look, 100000);
+    ASSERT_TRUE(spinner.KeepLooking()) << "slept before it ever yielded";
+    fake_now_ns += kLookNs;
+  }
+  spinner.Found();
+}
+
+// The regression of 2026-12-01: on two CPUs a sched_yield returns at once,
+// and the peer's data, coming from the other CPU, often shows up right
+// after it. Taken as "the peer needed my CPU", that halved the time before
+// the first yield on every call until the reader yielded at every clock
+// reading (6 system calls a 4 KiB call instead of 0.2).
+TEST(SpinnerTest, YieldsThatRanNothingElseDoNotTeachItToYieldSooner) {
+  fake_now_ns = 1'000'000;
+  yield_cost_ns = 500;
+  Spinner spinner(&FakeNow, &FakeYield);
+  for (int wait = 0; wait < 50; ++wait) WaitFindingDataRightAfterAYield(spinner);
+  EXPECT_EQ(spinner.yield_after_ns(), kYieldAfterNs);
+}
+
+// One CPU for both: the peer runs only while the reader yields (the yield
+// takes a time slice's share), so the reader learns to yield sooner.
+TEST(SpinnerTest, YieldsThatLetAnotherThreadRunTeachItToYieldSooner) {
+  fake_now_ns = 1'000'000;
+  yield_cost_ns = 20'000;
+  Spinner spinner(&FakeNow, &FakeYield);
+  for (int wait = 0; wait < 4; ++wait) WaitFindingDataRightAfterAYield(spinner);
+  EXPECT_LE(spinner.yield_after_ns(), kYieldAfterNs / 16);
+}
+
+// A peer that answers within the pauses costs no system call at all, and a
+// peer that never answers costs at most the budget before the reader sleeps.
+TEST(SpinnerTest, PausesFirstThenSleepsWithinItsBudget) {
+  fake_now_ns = 1'000'000;
+  yield_cost_ns = 500;
+  yields = 0;
+  Spinner spinner(&FakeNow, &FakeYield);
+  spinner.Begin();
+  for (int look = 0; look < 50; ++look) {  // 5 us: the data comes
+    ASSERT_TRUE(spinner.KeepLooking());
+    fake_now_ns += kLookNs;
+  }
+  spinner.Found();
+  EXPECT_EQ(yields, 0);
+  EXPECT_EQ(spinner.yield_after_ns(), kYieldAfterNs);
+
+  spinner.Begin();
+  const int64_t began = fake_now_ns;
+  int look = 0;
+  while (spinner.KeepLooking()) {
+    ASSERT_LT(++look, 100000);
+    fake_now_ns += kLookNs;
+  }
+  // From the first clock reading (8 looks in) to the one past the budget,
+  // which may be one reading and one yield late.
+  EXPECT_GE(fake_now_ns - began, spinner.budget_ns());
+  EXPECT_LE(fake_now_ns - began, spinner.budget_ns() + 16 * kLookNs + yield_cost_ns);
 }
 
 }  // namespace

@@ -146,6 +146,14 @@ absl::Status MqConnection::SendMessage(absl::Span<const std::string_view> parts,
   }
   SendTurn::Holder turn(&turn_);
   MutexLock lock(&write_mu_);
+  absl::Status sent = SendFragmentsLocked(parts, total, mq_priority, deadline_ns, broken);
+  if (send_blocking_) SetSendBlocking(false);
+  return sent;
+}
+
+absl::Status MqConnection::SendFragmentsLocked(absl::Span<const std::string_view> parts,
+                                               size_t total, unsigned mq_priority,
+                                               int64_t deadline_ns, bool* broken) {
   if (closing_.load()) {
     return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
   }
@@ -243,33 +251,40 @@ absl::Status MqConnection::SendOne(const char* data, size_t size, unsigned prior
     if (closing_.load()) {
       return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
     }
-    if (mq_send(write_queue_.get(), data, size, priority) == 0) return absl::OkStatus();
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN) {
+    if (!send_blocking_) {
+      if (mq_send(write_queue_.get(), data, size, priority) == 0) return absl::OkStatus();
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) return ErrnoStatus(errno, "mq_send", description_);
       // The peer's queue is full: wait for room, or for the end. In the
       // kernel's own line of senders (it wakes one per freed slot), not in
       // poll(POLLOUT), which wakes every waiting sender for each slot: a
       // hundred clients of one full server queue made that a storm that
-      // starved the server. Slices of 10 ms, to notice Close and the
-      // peer's death.
-      absl::Status waited = WaitInLine(data, size, priority, deadline_ns);
-      if (waited.ok() || !absl::IsDeadlineExceeded(waited)) return waited;
-      if (MonotonicNowNs() >= deadline_ns) {
-        return absl::DeadlineExceededError(
-            absl::StrCat(description_, ": the peer's queue stayed full"));
-      }
-      continue;
+      // starved the server. The descriptor stays blocking until this
+      // message is sent (SendMessage restores it): each further fragment
+      // is then one mq_timedsend, not four system calls (a try, two
+      // mq_setattr and the wait), 128 fragments for a 1 MiB message.
+      SetSendBlocking(true);
     }
-    return ErrnoStatus(errno, "mq_send", description_);
+    absl::Status waited = WaitInLine(data, size, priority, deadline_ns);
+    if (waited.ok() || !absl::IsDeadlineExceeded(waited)) return waited;
+    if (MonotonicNowNs() >= deadline_ns) {
+      return absl::DeadlineExceededError(
+          absl::StrCat(description_, ": the peer's queue stayed full"));
+    }
   }
+}
+
+void MqConnection::SetSendBlocking(bool blocking) {
+  struct mq_attr attr = {};
+  attr.mq_flags = blocking ? 0 : O_NONBLOCK;
+  mq_setattr(write_queue_.get(), &attr, nullptr);
+  send_blocking_ = blocking;
 }
 
 absl::Status MqConnection::WaitInLine(const char* data, size_t size, unsigned priority,
                                       int64_t deadline_ns) {
-  struct mq_attr blocking = {};
-  struct mq_attr nonblocking = {};
-  nonblocking.mq_flags = O_NONBLOCK;
-  // 10 ms, or what is left before the deadline.
+  // 10 ms (to notice Close and the peer's death), or what is left before
+  // the deadline.
   const int64_t slice_ns =
       std::clamp<int64_t>(deadline_ns - MonotonicNowNs(), 0, 10'000'000);
   struct timespec until;
@@ -279,10 +294,8 @@ absl::Status MqConnection::WaitInLine(const char* data, size_t size, unsigned pr
     until.tv_nsec -= 1'000'000'000;
     ++until.tv_sec;
   }
-  mq_setattr(write_queue_.get(), &blocking, nullptr);
   const int sent = mq_timedsend(write_queue_.get(), data, size, priority, &until);
   const int error = errno;
-  mq_setattr(write_queue_.get(), &nonblocking, nullptr);
   if (sent == 0) return absl::OkStatus();
   if (error != ETIMEDOUT && error != EINTR) return ErrnoStatus(error, "mq_send", description_);
   if (closing_.load()) {

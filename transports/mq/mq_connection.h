@@ -70,11 +70,21 @@ class MqConnection final : public PolledConnection {
   bool TrySendLocked(absl::Span<const std::string_view> parts, size_t total, int priority,
                      absl::Status* error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
+  // SendMessage's work, with write_mu_ held.
+  absl::Status SendFragmentsLocked(absl::Span<const std::string_view> parts, size_t total,
+                                   unsigned mq_priority, int64_t deadline_ns, bool* broken)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+
   absl::Status SendOne(const char* data, size_t size, unsigned priority, int64_t deadline_ns)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
-  // One blocking mq_timedsend of up to 10 ms (the descriptor is made
-  // blocking for it: senders hold write_mu_). DEADLINE_EXCEEDED: try again.
+  // The write queue's descriptor blocking or not (O_NONBLOCK, mq_setattr).
+  // Blocking only inside one SendMessage, which restores it: every sender
+  // holds write_mu_, and TrySend must never block.
+  void SetSendBlocking(bool blocking) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+
+  // One mq_timedsend of up to 10 ms, on the descriptor made blocking.
+  // DEADLINE_EXCEEDED: try again.
   absl::Status WaitInLine(const char* data, size_t size, unsigned priority, int64_t deadline_ns)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
@@ -121,6 +131,7 @@ class MqConnection final : public PolledConnection {
   uint32_t next_sequence_ ABSL_GUARDED_BY(write_mu_) = 0;
   bool said_close_ ABSL_GUARDED_BY(write_mu_) = false;
   std::vector<char> send_buffer_ ABSL_GUARDED_BY(write_mu_);
+  bool send_blocking_ ABSL_GUARDED_BY(write_mu_) = false;  // see SetSendBlocking
 };
 
 // The eventfd that Close signals, to wake whoever polls for the connection.

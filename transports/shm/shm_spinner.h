@@ -52,6 +52,10 @@ inline void CpuRelax() {
 // looking, or soon after the reader gave up (it should have looked longer).
 class Spinner {
  public:
+  // The clock and the yield are the real ones; a test gives its own.
+  Spinner() = default;
+  Spinner(int64_t (*now_ns)(), void (*yield)()) : now_ns_(now_ns), yield_(yield) {}
+
   // A wait for data begins.
   void Begin() {
     started_ns_ = 0;
@@ -67,7 +71,7 @@ class Spinner {
       yielded_ = false;
       return true;
     }
-    const int64_t now = MonotonicNowNs();
+    const int64_t now = now_ns_();
     if (started_ns_ == 0) started_ns_ = now;
     if (now - started_ns_ >= (in_message ? std::max(budget_ns_, kInMessageSpinNs) : budget_ns_)) {
       slept_at_ns_ = now;
@@ -76,10 +80,10 @@ class Spinner {
     // A yield costs about 0.5 us: only where the peer may need this CPU.
     yielded_ = now - started_ns_ >= yield_after_ns_;
     if (yielded_) {
-      ::sched_yield();
+      yield_();
       // Did it let someone else run? If not, it did not help the peer, and
       // data found right after it says nothing about sharing a CPU.
-      yielded_ = MonotonicNowNs() - now >= kYieldRanOtherNs;
+      yielded_ = now_ns_() - now >= kYieldRanOtherNs;
     } else {
       CpuRelax();
     }
@@ -88,7 +92,7 @@ class Spinner {
   // Data came.
   void Found() {
     if (slept_at_ns_ != 0) {
-      const int64_t slept_ns = MonotonicNowNs() - slept_at_ns_;
+      const int64_t slept_ns = now_ns_() - slept_at_ns_;
       budget_ns_ = slept_ns < kMaxSpinNs ? std::min(kMaxSpinNs, budget_ns_ * 2)
                                          : std::max(kMinSpinNs, budget_ns_ / 2);
       slept_at_ns_ = 0;
@@ -106,7 +110,15 @@ class Spinner {
     Begin();
   }
 
+  // How long a wait looks before it sleeps, and after how long it yields.
+  int64_t budget_ns() const { return budget_ns_; }
+  int64_t yield_after_ns() const { return yield_after_ns_; }
+
  private:
+  static void YieldCpu() { ::sched_yield(); }
+
+  int64_t (*now_ns_)() = &MonotonicNowNs;
+  void (*yield_)() = &YieldCpu;
   int64_t budget_ns_ = kMaxSpinNs;
   int64_t yield_after_ns_ = kYieldAfterNs;
   int64_t started_ns_ = 0;
