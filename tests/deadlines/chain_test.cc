@@ -21,12 +21,13 @@
 #include "gtest/gtest.h"
 #include "ipcrpc/ipcrpc.h"
 #include "tests/util/process.h"
+#include "tests/util/sanitizers.h"
 #include "tests/util/status_matchers.h"
 
 namespace ipcrpc::testing {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#ifdef IPCRPC_TEST_SANITIZED
 constexpr int kSlowdown = 5;
 #else
 constexpr int kSlowdown = 1;

@@ -33,6 +33,7 @@
 #include "wire/frame.h"
 #include "tests/conformance/conformance_server_process.h"
 #include "tests/util/process.h"
+#include "tests/util/sanitizers.h"
 #include "tests/util/status_matchers.h"
 
 namespace ipcrpc::testing {
@@ -375,7 +376,7 @@ bool BacklogServedOnceDescriptorsAreFree() {
 }
 
 TEST(HostileUnixTest, AServerOutOfDescriptorsServesItsBacklogOnceItHasSome) {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#ifdef IPCRPC_TEST_SANITIZED
   // The sanitizers' runtimes need descriptors of their own (UBSan's vptr
   // check makes a pipe to probe memory, and reports an invalid vptr when it
   // cannot): a process without any left fails in them, not in ipcrpc.

@@ -19,6 +19,7 @@
 #include "ipcrpc/ipcrpc.h"
 #include "tests/conformance/test_service.h"
 #include "tests/util/process.h"
+#include "tests/util/sanitizers.h"
 #include "tests/util/status_matchers.h"
 #include "base/mutex.h"
 
@@ -28,7 +29,7 @@ namespace {
 using ::testing::HasSubstr;
 
 // Under the sanitizers everything is several times slower.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#ifdef IPCRPC_TEST_SANITIZED
 constexpr int kSlowdown = 5;
 #else
 constexpr int kSlowdown = 1;
