@@ -296,15 +296,7 @@ bool StreamConnection::WriteLocked(absl::Span<struct iovec> iov, bool try_first,
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         if (try_first && first_write) return false;
-        absl::Status waited = WaitWritable(give_up_ns);
-        if (!waited.ok()) {
-          // Half a message went out: no other message may follow it on this
-          // stream, not even one whose sender takes write_mu_ before the
-          // connection is closed.
-          if (!first_write) write_broken_ = true;
-          *result = first_write ? MarkNotDelivered(std::move(waited)) : std::move(waited);
-          return true;
-        }
+        if (!WaitForRoom(give_up_ns, first_write, result)) return true;
         continue;
       }
       if (errno == EPIPE || errno == ECONNRESET) {
@@ -329,16 +321,22 @@ bool StreamConnection::WriteLocked(absl::Span<struct iovec> iov, bool try_first,
       // room at once, not after a write that finds none (a large message
       // over a pipe is a write and a wait per 64 KiB, not three calls).
       if (try_first) continue;  // TrySend's loop decides for itself
-      absl::Status waited = WaitWritable(give_up_ns);
-      if (!waited.ok()) {
-        write_broken_ = true;
-        *result = std::move(waited);
-        return true;
-      }
+      if (!WaitForRoom(give_up_ns, /*first_write=*/false, result)) return true;
     }
   }
   *result = absl::OkStatus();
   return true;
+}
+
+bool StreamConnection::WaitForRoom(int64_t give_up_ns, bool first_write, absl::Status* result) {
+  absl::Status waited = WaitWritable(give_up_ns);
+  if (waited.ok()) return true;
+  // Half a message went out: no other message may follow it on this
+  // stream, not even one whose sender takes write_mu_ before the
+  // connection is closed.
+  if (!first_write) write_broken_ = true;
+  *result = first_write ? MarkNotDelivered(std::move(waited)) : std::move(waited);
+  return false;
 }
 
 absl::Status StreamConnection::WaitWritable(int64_t give_up_ns) {

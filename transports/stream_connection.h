@@ -66,6 +66,10 @@ class StreamConnection final : public PolledConnection {
   // EAGAIN on write: poll until writable, closed, or give_up_ns
   // (DEADLINE_EXCEEDED; base/clock.h's kNoDeadline: never).
   absl::Status WaitWritable(int64_t give_up_ns);
+  // WriteLocked's wait for room: false, with *result set, if none came
+  // (after part of a message went out, the stream is then broken).
+  bool WaitForRoom(int64_t give_up_ns, bool first_write, absl::Status* result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // Writes iov[first...] whole, waiting for room; `try_first`: if the first
   // write finds no room at all, returns false with nothing written.
   bool WriteLocked(absl::Span<struct iovec> iov, bool try_first, absl::Status* result,
