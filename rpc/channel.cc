@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "asio/post.hpp"
 #include "base/clock.h"
+#include "base/copy.h"
 #include "base/logging.h"
 #include "base/syscall.h"
 #include "base/status_macros.h"
@@ -898,10 +899,10 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
         Complete(call, status.ok() ? absl::StatusOr<std::string>(std::string())
                                    : absl::StatusOr<std::string>(std::move(status)));
       } else if (frame->header.status_code == 0 && call->sink != nullptr) {
-        call->sink->assign(frame->payload);  // the caller waits: see PendingCall::sink
+        AssignBytes(call->sink, frame->payload);  // the caller waits: see PendingCall::sink
         Complete(call, std::string());
       } else if (frame->header.status_code == 0) {
-        Complete(call, std::string(frame->payload));
+        Complete(call, StringOf(frame->payload));
       } else {
         if ((frame->header.flags & kFlagRefused) != 0) {
           // The server is leaving (its GOAWAY may still be on the way): no

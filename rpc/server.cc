@@ -21,6 +21,7 @@
 #include "asio/post.hpp"
 #include "asio/steady_timer.hpp"
 #include "base/clock.h"
+#include "base/copy.h"
 #include "base/logging.h"
 #include "base/syscall.h"
 #include "base/status_macros.h"
@@ -712,7 +713,7 @@ void ServerCore::OnRequest(const std::shared_ptr<ServerConnection>& connection,
     return;
   }
   pool_->Post(call->priority, call->deadline_ns,
-              [this, connection, call, entry, request = std::string(frame.payload)] {
+              [this, connection, call, entry, request = StringOf(frame.payload)] {
     RunHandler(connection, call, entry, request);
   });
 }

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/copy.h"
 #include "base/logging.h"
 #include "base/status_macros.h"
 
@@ -175,11 +176,8 @@ absl::Status MqConnection::SendFragmentsLocked(absl::Span<const std::string_view
     size_t filled = 0;
     while (filled < chunk) {
       const size_t n = std::min(chunk - filled, parts[part].size() - part_offset);
-      // (An empty part's data() may be null: memcpy must not see it.)
-      if (n > 0) {
-        std::memcpy(send_buffer_.data() + kMqHeaderSize + filled,
-                    parts[part].data() + part_offset, n);
-      }
+      CopyBytes(send_buffer_.data() + kMqHeaderSize + filled,
+                parts[part].data() + part_offset, n);
       filled += n;
       part_offset += n;
       if (part_offset == parts[part].size()) {
@@ -227,8 +225,7 @@ bool MqConnection::TrySendLocked(absl::Span<const std::string_view> parts, size_
   EncodeMqHeader(header, send_buffer_.data());
   size_t filled = kMqHeaderSize;
   for (std::string_view part : parts) {
-    if (part.empty()) continue;  // its data() may be null
-    std::memcpy(send_buffer_.data() + filled, part.data(), part.size());
+    CopyBytes(send_buffer_.data() + filled, part.data(), part.size());
     filled += part.size();
   }
   const unsigned mq_priority = static_cast<unsigned>(std::clamp(priority, 0, 31));

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "base/copy.h"
 #include "base/little_endian.h"
 
 namespace ipcrpc::internal {
@@ -61,14 +62,14 @@ absl::StatusOr<std::optional<std::string_view>> MqReassembler::Add(const MqHeade
     std::string& data = partial_[header.sequence];
     // Grows with the fragments that come, not to the length announced.
     data.reserve(std::min<size_t>(total, 64 * 1024));
-    data.append(chunk);
+    AppendBytes(&data, chunk);
     return std::optional<std::string_view>();
   }
   if (it == partial_.end() || it->second.size() != header.offset) {
     return absl::DataLossError(absl::StrCat("fragment of message ", header.sequence, " at offset ",
                                             header.offset, " is out of order"));
   }
-  it->second.append(chunk);
+  AppendBytes(&it->second, chunk);
   if (!ends) return std::optional<std::string_view>();
   complete_ = std::move(it->second);
   partial_.erase(it);

@@ -5,6 +5,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "base/copy.h"
 #include "base/little_endian.h"
 
 namespace ipcrpc::internal {
@@ -45,9 +46,8 @@ absl::StatusOr<size_t> ShmRingProducer::Write(std::string_view bytes) {
   const size_t n = std::min(*free, bytes.size());
   const size_t at = position_ & (size_ - 1);
   const size_t first = std::min(n, size_ - at);
-  // (Never memcpy from an empty view: its data() may be null.)
-  if (first > 0) std::memcpy(data_ + at, bytes.data(), first);
-  if (n > first) std::memcpy(data_, bytes.data() + first, n - first);
+  CopyBytes(data_ + at, bytes.data(), first);
+  if (n > first) CopyBytes(data_, bytes.data() + first, n - first);
   position_ += n;
   return n;
 }
@@ -122,7 +122,7 @@ absl::StatusOr<size_t> ShmRecordReader::Take(
       // counts could see two different values (docs/PROTOCOL.md, "What each
       // side trusts"). The buffer keeps its capacity, so a warm call does
       // not allocate.
-      pending_.assign(first.data(), 4 + length_);
+      AssignBytes(&pending_, first.substr(0, 4 + length_));
       on_message(std::string_view(pending_).substr(4));
       pending_.clear();
       if (pending_.capacity() > kKeptGatherBytes) pending_.shrink_to_fit();
@@ -138,7 +138,7 @@ absl::StatusOr<size_t> ShmRecordReader::Take(
       pending_.reserve(std::min<uint64_t>(
           4 + length_, std::max(pending_.size() + n, 2 * pending_.capacity())));
     }
-    pending_.append(span.data(), n);
+    AppendBytes(&pending_, span.substr(0, n));
     took += n;
     if (took == want) break;
   }

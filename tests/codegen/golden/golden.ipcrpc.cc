@@ -17,11 +17,12 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 ::absl::StatusOr<::golden::v1::EchoReply> Echo::Stub::Echo(
     const ::golden::v1::EchoRequest& request, const ::ipcrpc::CallOptions& options) {
   // This thread's kept buffers: no fresh pages for a large message.
-  ::ipcrpc::ScratchString request_bytes;
-  request.SerializePartialToString(request_bytes.get());
+  ::ipcrpc::ScratchString request_buffer;
+  const ::std::string_view request_bytes =
+      ::ipcrpc::SerializeAfterHeadroom(request, request_buffer.get());
   ::ipcrpc::ScratchString response_bytes;
   ::absl::Status status = ipcrpc_channel_->CallMethodInto(
-      "golden.v1.Echo/Echo", *request_bytes, response_bytes.get(), options);
+      "golden.v1.Echo/Echo", request_bytes, response_bytes.get(), options);
   if (!status.ok()) return status;
   ::golden::v1::EchoReply reply;
   if (!reply.ParseFromString(*response_bytes)) {
@@ -34,8 +35,9 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 ::ipcrpc::Call Echo::Stub::EchoAsync(
     const ::golden::v1::EchoRequest& request, const ::ipcrpc::CallOptions& options,
     ::absl::AnyInvocable<void(::absl::StatusOr<::golden::v1::EchoReply>) &&> done) {
-  ::std::string request_bytes;
-  request.SerializePartialToString(&request_bytes);
+  ::std::string request_buffer;
+  const ::std::string_view request_bytes =
+      ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
   return ipcrpc_channel_->CallMethodAsync(
       "golden.v1.Echo/Echo", request_bytes, options,
       [done = ::std::move(done)](::absl::StatusOr<::std::string> response_bytes) mutable {
@@ -56,11 +58,12 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 ::absl::StatusOr<::google::protobuf::Empty> Echo::Stub::Idle(
     const ::google::protobuf::Empty& request, const ::ipcrpc::CallOptions& options) {
   // This thread's kept buffers: no fresh pages for a large message.
-  ::ipcrpc::ScratchString request_bytes;
-  request.SerializePartialToString(request_bytes.get());
+  ::ipcrpc::ScratchString request_buffer;
+  const ::std::string_view request_bytes =
+      ::ipcrpc::SerializeAfterHeadroom(request, request_buffer.get());
   ::ipcrpc::ScratchString response_bytes;
   ::absl::Status status = ipcrpc_channel_->CallMethodInto(
-      "golden.v1.Echo/Idle", *request_bytes, response_bytes.get(), options);
+      "golden.v1.Echo/Idle", request_bytes, response_bytes.get(), options);
   if (!status.ok()) return status;
   ::google::protobuf::Empty reply;
   if (!reply.ParseFromString(*response_bytes)) {
@@ -73,8 +76,9 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 ::ipcrpc::Call Echo::Stub::IdleAsync(
     const ::google::protobuf::Empty& request, const ::ipcrpc::CallOptions& options,
     ::absl::AnyInvocable<void(::absl::StatusOr<::google::protobuf::Empty>) &&> done) {
-  ::std::string request_bytes;
-  request.SerializePartialToString(&request_bytes);
+  ::std::string request_buffer;
+  const ::std::string_view request_bytes =
+      ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
   return ipcrpc_channel_->CallMethodAsync(
       "golden.v1.Echo/Idle", request_bytes, options,
       [done = ::std::move(done)](::absl::StatusOr<::std::string> response_bytes) mutable {
@@ -149,11 +153,12 @@ Admin::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 ::absl::StatusOr<::google::protobuf::Empty> Admin::Stub::Reset(
     const ::google::protobuf::Empty& request, const ::ipcrpc::CallOptions& options) {
   // This thread's kept buffers: no fresh pages for a large message.
-  ::ipcrpc::ScratchString request_bytes;
-  request.SerializePartialToString(request_bytes.get());
+  ::ipcrpc::ScratchString request_buffer;
+  const ::std::string_view request_bytes =
+      ::ipcrpc::SerializeAfterHeadroom(request, request_buffer.get());
   ::ipcrpc::ScratchString response_bytes;
   ::absl::Status status = ipcrpc_channel_->CallMethodInto(
-      "golden.v1.Admin/Reset", *request_bytes, response_bytes.get(), options);
+      "golden.v1.Admin/Reset", request_bytes, response_bytes.get(), options);
   if (!status.ok()) return status;
   ::google::protobuf::Empty reply;
   if (!reply.ParseFromString(*response_bytes)) {
@@ -166,8 +171,9 @@ Admin::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 ::ipcrpc::Call Admin::Stub::ResetAsync(
     const ::google::protobuf::Empty& request, const ::ipcrpc::CallOptions& options,
     ::absl::AnyInvocable<void(::absl::StatusOr<::google::protobuf::Empty>) &&> done) {
-  ::std::string request_bytes;
-  request.SerializePartialToString(&request_bytes);
+  ::std::string request_buffer;
+  const ::std::string_view request_bytes =
+      ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
   return ipcrpc_channel_->CallMethodAsync(
       "golden.v1.Admin/Reset", request_bytes, options,
       [done = ::std::move(done)](::absl::StatusOr<::std::string> response_bytes) mutable {

@@ -1,0 +1,127 @@
+// The copies that avoid slow `rep movsb` distances (base/copy.h) and the
+// stubs' serialization after a headroom (ipcrpc/scratch.h): every byte
+// lands where memcpy would put it, at every distance and around the piece
+// size, and nothing past the end is touched. (How fast they are is for
+// bench/: ipcrpc_bench prints the memcpy figures it depends on.)
+#include "base/copy.h"
+
+#include <google/protobuf/wrappers.pb.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "ipcrpc/scratch.h"
+
+namespace ipcrpc::internal {
+namespace {
+
+std::string Pattern(size_t n, int seed) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 131 + seed * 7 + i / 251) & 0xff);
+  return s;
+}
+
+TEST(ShortCopyDistanceTest, OneToSixtyThreeBytesAheadModuloFourKiB) {
+  alignas(4096) static char page[3 * 4096];
+  const char* src = page + 100;
+  EXPECT_FALSE(ShortCopyDistance(page + 100, src));
+  EXPECT_TRUE(ShortCopyDistance(page + 101, src));
+  EXPECT_TRUE(ShortCopyDistance(page + 116, src));
+  EXPECT_TRUE(ShortCopyDistance(page + 163, src));
+  EXPECT_FALSE(ShortCopyDistance(page + 164, src));
+  EXPECT_TRUE(ShortCopyDistance(page + 4096 + 116, src));  // modulo 4 KiB
+  EXPECT_FALSE(ShortCopyDistance(page + 84, src));         // behind it
+  EXPECT_FALSE(ShortCopyDistance(page + 4096 + 100, src));
+}
+
+TEST(CopyBytesTest, SameBytesAsMemcpyAtEveryDistanceAndSize) {
+  const std::vector<size_t> sizes = {0,    1,    kCopyPiece - 1, kCopyPiece, kCopyPiece + 1,
+                                     4099, 8192, 65536 + 17};
+  const std::string source = Pattern(70000, 1);
+  std::vector<char> target(70000 + 3 * 4096);
+  for (size_t n : sizes) {
+    for (size_t distance : {0, 1, 15, 16, 31, 32, 63, 64, 65, 4095, 4096, 4112}) {
+      // dst lies `distance` bytes past src modulo 4 KiB.
+      const uintptr_t src_page_offset = reinterpret_cast<uintptr_t>(source.data()) & 4095;
+      const uintptr_t target_page_offset = reinterpret_cast<uintptr_t>(target.data()) & 4095;
+      const size_t at = (src_page_offset + distance - target_page_offset + 8192) & 4095;
+      std::fill(target.begin(), target.end(), '\x5a');
+      char* dst = target.data() + at;
+      EXPECT_EQ(ShortCopyDistance(dst, source.data()), distance % 4096 != 0 && distance % 4096 < 64);
+      CopyBytes(dst, source.data(), n);
+      ASSERT_EQ(std::string(dst, n), source.substr(0, n)) << "n=" << n << " distance=" << distance;
+      for (size_t i = 0; i < at; ++i) ASSERT_EQ(target[i], '\x5a');
+      for (size_t i = at + n; i < target.size(); ++i) ASSERT_EQ(target[i], '\x5a') << i;
+    }
+  }
+}
+
+// A string whose end lies `distance` bytes past `bytes` modulo 4 KiB, by
+// choosing where in `pool` the bytes to append start.
+std::string_view BytesAtDistance(const std::string& out, const std::string& pool, size_t n,
+                                 size_t distance) {
+  const uintptr_t end = reinterpret_cast<uintptr_t>(out.data() + out.size());
+  const uintptr_t base = reinterpret_cast<uintptr_t>(pool.data());
+  const size_t at = (end - distance - base) & 4095;
+  return std::string_view(pool).substr(at, n);
+}
+
+TEST(AppendBytesTest, AppendsWholeAtAShortDistanceAndKeepsWhatWasThere) {
+  const std::string pool = Pattern(80000, 2);
+  for (size_t n : {kCopyPiece + 1, size_t{65536}, size_t{65536 + 5}}) {
+    for (size_t distance : {size_t{0}, size_t{16}, size_t{40}, size_t{64}, size_t{2000}}) {
+      std::string out = "head";
+      out.reserve(n + 4);  // the end stays where it is
+      std::string_view bytes = BytesAtDistance(out, pool, n, distance);
+      ASSERT_EQ(ShortCopyDistance(out.data() + out.size(), bytes.data()),
+                distance != 0 && distance < 64);
+      AppendBytes(&out, bytes);
+      EXPECT_EQ(out, "head" + std::string(bytes)) << "n=" << n << " distance=" << distance;
+    }
+  }
+}
+
+TEST(AppendBytesTest, GrowsAStringWithoutRoom) {
+  const std::string bytes = Pattern(100000, 3);
+  std::string out = "x";
+  AppendBytes(&out, bytes);
+  AppendBytes(&out, std::string_view(bytes).substr(0, 5000));
+  EXPECT_EQ(out, "x" + bytes + bytes.substr(0, 5000));
+}
+
+TEST(AssignBytesTest, ReplacesTheContentsAndKeepsTheBuffer) {
+  const std::string pool = Pattern(80000, 4);
+  std::string out = Pattern(70000, 5);
+  const char* buffer = out.data();
+  std::string_view bytes = std::string_view(pool).substr(16, 65536);
+  AssignBytes(&out, bytes);
+  EXPECT_EQ(out, bytes);
+  EXPECT_EQ(out.data(), buffer);  // a warm call allocates nothing
+  AssignBytes(&out, "short");
+  EXPECT_EQ(out, "short");
+  AssignBytes(&out, "");
+  EXPECT_EQ(out, "");
+  EXPECT_EQ(StringOf(bytes), bytes);
+  EXPECT_EQ(StringOf(""), "");
+}
+
+TEST(SerializeAfterHeadroomTest, TheBytesAreTheMessagesAfterTheHeadroom) {
+  google::protobuf::BytesValue message;
+  message.set_value(Pattern(65536, 6));
+  std::string buffer = "stale contents from the call before";
+  std::string_view bytes = SerializeAfterHeadroom(message, &buffer);
+  EXPECT_EQ(bytes.data(), buffer.data() + kSerializeHeadroom);
+  EXPECT_EQ(bytes, message.SerializePartialAsString());
+  google::protobuf::BytesValue parsed;
+  ASSERT_TRUE(parsed.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())));
+  EXPECT_EQ(parsed.value(), message.value());
+
+  google::protobuf::BytesValue empty;
+  EXPECT_EQ(SerializeAfterHeadroom(empty, &buffer), "");
+}
+
+}  // namespace
+}  // namespace ipcrpc::internal
+
