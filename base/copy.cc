@@ -12,8 +12,10 @@ void AppendBytes(std::string* out, std::string_view bytes) {
   const size_t at = out->size();
   if (out->capacity() - at < bytes.size()) {
     // Grows as append would (at least doubling), so that a buffer filled
-    // piece by piece is not copied again for each piece.
-    out->reserve(std::max(at + bytes.size(), 2 * out->capacity()));
+    // piece by piece is not copied again for each piece; staggered, so that
+    // what is allocated after it is not at a short distance from it. (At
+    // least twice the capacity: libstdc++ then reserves exactly that.)
+    out->reserve(StaggeredCapacity(std::max(at + bytes.size(), 2 * out->capacity())));
   }
   if (!ShortCopyDistance(out->data() + at, bytes.data())) {
     out->append(bytes);

@@ -35,6 +35,20 @@ inline bool ShortCopyDistance(const void* dst, const void* src) {
   return d != 0 && d < 64;
 }
 
+// A string capacity of at least `n` whose heap block ends 2 KiB into a
+// page relative to where it starts: the block glibc's malloc carves next,
+// after it, then starts 2 KiB (not 16 bytes) further into its page, so a
+// copy from this buffer into that block (a response parsed into a fresh
+// message) is not at a short distance. glibc's malloc(c + 1) (a string of
+// capacity c) takes a chunk of c + 1 + 8 bytes rounded up to 16, and the
+// next block's bytes start that far on. Below 4 KiB: `n`.
+inline size_t StaggeredCapacity(size_t n) {
+  if (n < 4096) return n;
+  const size_t chunk = (n + 1 + 8 + 15) & ~size_t{15};
+  const size_t pages = (chunk - 2048 + 4095) / 4096;
+  return pages * 4096 + 2048 - 8 - 1;
+}
+
 // memcpy(dst, src, n); the ranges must not overlap.
 inline void CopyBytes(char* dst, const char* src, size_t n) {
   if (n > kCopyPiece && ShortCopyDistance(dst, src)) {

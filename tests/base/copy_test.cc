@@ -91,6 +91,37 @@ TEST(AppendBytesTest, GrowsAStringWithoutRoom) {
   EXPECT_EQ(out, "x" + bytes + bytes.substr(0, 5000));
 }
 
+TEST(StaggeredCapacityTest, TheNextHeapBlockStartsTwoKiBFurtherIntoItsPage) {
+  EXPECT_EQ(StaggeredCapacity(100), 100u);
+  for (size_t n : {size_t{4096}, size_t{65536}, size_t{65536 + 40}, size_t{100000}}) {
+    const size_t capacity = StaggeredCapacity(n);
+    EXPECT_GE(capacity, n);
+    EXPECT_LT(capacity, n + 4096 + 16);
+    // glibc's chunk for malloc(capacity + 1): 8 bytes of size, rounded to 16.
+    EXPECT_EQ((capacity + 1 + 8) % 4096, 2048u) << n;
+  }
+  // Two blocks allocated in turn (below the mmap threshold) lie 2 KiB +
+  // 16 bytes apart modulo 4 KiB, not 16.
+  std::string first;
+  first.reserve(StaggeredCapacity(20000));
+  std::string second(20000, 'x');
+  const uintptr_t apart =
+      (reinterpret_cast<uintptr_t>(second.data()) - reinterpret_cast<uintptr_t>(first.data())) &
+      4095;
+  if (reinterpret_cast<uintptr_t>(second.data()) > reinterpret_cast<uintptr_t>(first.data()) &&
+      reinterpret_cast<uintptr_t>(second.data()) - reinterpret_cast<uintptr_t>(first.data()) <
+          first.capacity() + 64) {
+    EXPECT_EQ(apart, 2048u);  // adjacent, as a fresh heap gives them
+  }
+}
+
+TEST(AppendBytesTest, GrowsToAStaggeredCapacity) {
+  const std::string bytes = Pattern(70000, 7);
+  std::string out;
+  AppendBytes(&out, bytes);
+  EXPECT_EQ((out.capacity() + 1 + 8) % 4096, 2048u);
+}
+
 TEST(AssignBytesTest, ReplacesTheContentsAndKeepsTheBuffer) {
   const std::string pool = Pattern(80000, 4);
   std::string out = Pattern(70000, 5);
