@@ -4,6 +4,7 @@
 //
 //   ipcrpc_bench [--transports shm,mq,fifo,pipe,unix] [--sizes 64,1024,4096,65536]
 //                [--seconds S | --calls N] [--pin same|split|none] [--concurrency N]
+//                [--mq_client_queue]  # also raw mq with an ipcrpc client's reply queue
 //
 // One line per measurement:
 //   rpc <transport> <size> p50_us=<x> p99_us=<y> calls_per_s=<z> MBps=<w>
@@ -320,6 +321,8 @@ pid_t Fork(int cpu, F&& child) {
 // --poll_floor: every read is preceded by a poll(2) on the descriptor, as
 // any reader that must also wake for a deadline or a cancellation does.
 bool poll_first = false;
+// The raw mq ping-pong with an ipcrpc client's reply-queue geometry.
+bool mq_client_queue = false;
 
 void WaitReadable(int fd) {
   if (!poll_first) return;
@@ -414,29 +417,53 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
     struct mq_attr attr = {};
     attr.mq_maxmsg = 10;
     attr.mq_msgsize = 8192;
+    // The reply queue: 10 x 8 KiB, or with --mq_client_queue the geometry
+    // an ipcrpc client's reply queue gets (4 x 1 KiB, so that a hundred
+    // clients fit in the default RLIMIT_MSGQUEUE of 800 KiB).
+    struct mq_attr reply_attr = attr;
+    if (mq_client_queue) {
+      reply_attr.mq_maxmsg = 4;
+      reply_attr.mq_msgsize = 1024;
+    }
     mqd_t a = mq_open(qa.c_str(), O_CREAT | O_RDWR, 0600, &attr);
-    mqd_t b = mq_open(qb.c_str(), O_CREAT | O_RDWR, 0600, &attr);
+    mqd_t b = mq_open(qb.c_str(), O_CREAT | O_RDWR, 0600, &reply_attr);
     mq_unlink(qa.c_str());
     mq_unlink(qb.c_str());
     if (a < 0 || b < 0) return;
-    // Messages of at most 8 KiB: larger payloads go as several.
-    const size_t chunk = std::min<size_t>(size == 0 ? 1 : size, 8192);
+    // Messages of at most a queue's message size: larger payloads go as
+    // several (the echo re-cuts them for the reply queue).
+    const size_t chunk = std::min<size_t>(size == 0 ? 1 : size, attr.mq_msgsize);
     const size_t count = std::max<size_t>(1, (size + chunk - 1) / chunk);
+    const size_t reply_chunk = std::min<size_t>(size == 0 ? 1 : size, reply_attr.mq_msgsize);
+    const size_t reply_count = std::max<size_t>(1, (size + reply_chunk - 1) / reply_chunk);
     pid_t pid = Fork(placement.server_cpu, [&] {
       std::vector<char> buffer(8192);
       for (;;) {
+        size_t bytes = 0;
         for (size_t i = 0; i < count; ++i) {
           WaitReadable(a);
           ssize_t n = mq_receive(a, buffer.data(), buffer.size(), nullptr);
           if (n < 0) return 0;
           if (n == 1 && buffer[0] == 'Q') return 0;
-          if (mq_send(b, buffer.data(), static_cast<size_t>(n), 0) < 0) return 0;
+          bytes += static_cast<size_t>(n);
+          // Echo what has come, in reply-sized messages (all of it at the end).
+          while (bytes >= reply_chunk || (i + 1 == count && bytes > 0)) {
+            const size_t piece = std::min(bytes, reply_chunk);
+            if (mq_send(b, buffer.data(), piece, 0) < 0) return 0;
+            bytes -= piece;
+          }
         }
       }
     });
     std::vector<char> buffer(8192, 'x');
-    // At most a queue's worth of chunks ahead of the echo: with more, both
-    // sides would block in mq_send, each on a queue the other fills.
+    // How many replies the echo has sent once it has read chunk k.
+    auto caused = [&](size_t k) {
+      return k + 1 == count ? reply_count : std::min(reply_count, (k + 1) * chunk / reply_chunk);
+    };
+    // The request queue holds `window` chunks. Before sending chunk i, take
+    // every reply to chunk i - window: the echo has then read it, so the
+    // queue has room and this send cannot block while the echo blocks on a
+    // full reply queue (both would wait forever).
     const size_t window = static_cast<size_t>(attr.mq_maxmsg);
     result = Loop(seconds, Counted{{pid}}, [&] {
       size_t received = 0;
@@ -446,10 +473,12 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
         return mq_receive(b, buffer.data(), buffer.size(), nullptr) >= 0;
       };
       for (size_t i = 0; i < count; ++i) {
-        if (i >= window && !receive_one()) return false;
+        while (i >= window && received < caused(i - window)) {
+          if (!receive_one()) return false;
+        }
         if (mq_send(a, buffer.data(), chunk, 0) < 0) return false;
       }
-      while (received < count) {
+      while (received < reply_count) {
         if (!receive_one()) return false;
       }
       return true;
@@ -499,7 +528,10 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
     waitpid(pid, nullptr, 0);
     munmap(memory, length);
   }
-  Print(poll_first ? "# raw_poll" : "raw", transport, size, std::move(result));
+  Print(poll_first        ? "# raw_poll"
+        : mq_client_queue ? "# raw_mq_client_queue"
+                          : "raw",
+        transport, size, std::move(result));
 }
 
 }  // namespace
@@ -579,6 +611,7 @@ int main(int argc, char** argv) {
   int concurrency = 0;
   std::string only;  // "rpc" or "raw" for profiling one side; empty runs both
   bool poll_floor = false;  // also the raw ping-pong with a poll before each read
+  bool mq_client_queue_too = false;  // also raw mq with an ipcrpc client's reply queue
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     std::string value;
@@ -605,6 +638,7 @@ int main(int argc, char** argv) {
     else if (take("concurrency")) concurrency = std::atoi(value.c_str());
     else if (take("only")) only = value;
     else if (arg == "--poll_floor") poll_floor = true;
+    else if (arg == "--mq_client_queue") mq_client_queue_too = true;
     else {
       std::fprintf(stderr, "ipcrpc_bench: unknown argument %s\n", arg.c_str());
       return 2;
@@ -637,6 +671,11 @@ int main(int argc, char** argv) {
       if (only != "raw" && size >= 4096 && transport == first_transport) PrintProtobufWork(size);
       if (only != "raw") BenchRpc(self, transport, size, seconds, placement, concurrency);
       if (only != "rpc") BenchRaw(transport, size, seconds, placement);
+      if (only != "rpc" && transport == "mq" && mq_client_queue_too) {
+        mq_client_queue = true;
+        BenchRaw(transport, size, seconds, placement);
+        mq_client_queue = false;
+      }
       if (poll_floor && transport != "shm") {
         poll_first = true;
         BenchRaw(transport, size, seconds, placement);
