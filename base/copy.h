@@ -1,17 +1,18 @@
 // Byte copies for large messages that stay fast where the C library's own
 // would not.
 //
-// glibc 2.36 (Debian 12) copies blocks of about 2 KiB to 512 KiB with
-// `rep movsb`. On AMD EPYC (Zen) without the "fast short rep mov" flag, as on
-// the development VM, that instruction runs at 1.7 GB/s instead of ~30 when
-// the destination lies 1 to 31 bytes past the source modulo 4 KiB
-// (measured: 34-39 us for 64 KiB against 1.5-2.4 us at any other
-// distance). Buffers that a message passes through often sit at exactly
-// such distances (two heap blocks, and a header of a few bytes between
-// them), and they do so on every call. Later glibc avoids `rep movsb` for
-// short distances (Avoid_Short_Distance_REP_MOVSB); these helpers do the
-// same for the library's own copies: at such a distance they copy in pieces
-// below the threshold, which glibc copies with vector moves (11 GB/s there).
+// glibc 2.36 (Debian 12) copies blocks of 2112 bytes to 512 KiB with
+// `rep movsb` on a CPU that reports "fast short rep mov" (FSRM). On AMD
+// EPYC (Zen), as on the development VM, that instruction runs at 1.7 GB/s
+// instead of ~30 when the destination lies 1 to 31 bytes past the source
+// modulo 4 KiB (measured: 34-39 us for 64 KiB against 1.5-2.4 us at any
+// other distance; glibc bug 30994). Buffers that a message passes through
+// often sit at exactly such distances (two heap blocks, and a header of a
+// few bytes between them), and they do so on every call. glibc's own guard
+// against short distances (Avoid_Short_Distance_REP_MOVSB) is set for Intel
+// CPUs only. These helpers keep the library's own copies clear of it: at
+// such a distance they copy in pieces below the threshold, which glibc
+// copies with vector moves (11 GB/s there).
 // docs/PERFORMANCE.md has the measurement.
 #ifndef IPCRPC_BASE_COPY_H_
 #define IPCRPC_BASE_COPY_H_
@@ -41,9 +42,10 @@ inline bool ShortCopyDistance(const void* dst, const void* src) {
 // copy from this buffer into that block (a response parsed into a fresh
 // message) is not at a short distance. glibc's malloc(c + 1) (a string of
 // capacity c) takes a chunk of c + 1 + 8 bytes rounded up to 16, and the
-// next block's bytes start that far on. Below 4 KiB: `n`.
-inline size_t StaggeredCapacity(size_t n) {
-  if (n < 4096) return n;
+// next block's bytes start that far on. Below 4 KiB (and absurdly large):
+// `n`.
+constexpr size_t StaggeredCapacity(size_t n) {
+  if (n < 4096 || n > (size_t{1} << 60)) return n;
   const size_t chunk = (n + 1 + 8 + 15) & ~size_t{15};
   const size_t pages = (chunk - 2048 + 4095) / 4096;
   return pages * 4096 + 2048 - 8 - 1;

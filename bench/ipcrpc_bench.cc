@@ -476,7 +476,9 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
         while (i >= window && received < caused(i - window)) {
           if (!receive_one()) return false;
         }
-        if (mq_send(a, buffer.data(), chunk, 0) < 0) return false;
+        // The last chunk carries what is left (the echo counts bytes).
+        const size_t this_chunk = size == 0 ? 1 : std::min(chunk, size - i * chunk);
+        if (mq_send(a, buffer.data(), this_chunk, 0) < 0) return false;
       }
       while (received < reply_count) {
         if (!receive_one()) return false;

@@ -364,7 +364,8 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
         connection->transport->CallsHere()) {
       // The caller makes the exchange on its own thread (CallSync), once a
       // parent's cancellation can reach the call.
-      call->here_request.assign(prefix).append(request);
+      call->here_request.assign(prefix);
+      AppendBytes(&call->here_request, request);
       return absl::OkStatus();
     }
     // A unary call has no head: two parts, as before streams (an empty part

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "asio/post.hpp"
 #include "base/clock.h"
+#include "base/copy.h"
 #include "base/logging.h"
 #include "base/status_macros.h"
 #include "base/strings.h"
@@ -364,7 +365,7 @@ void ChannelCore::OnStreamFrame(const std::shared_ptr<ClientConnection>& connect
   if (deliver) {
     // Through the loop, in order with the call's end (also posted): never
     // after `done`, always on the response thread.
-    asio::post(io_, [this, call, message = std::string(frame.payload), cost] {
+    asio::post(io_, [this, call, message = StringOf(frame.payload), cost] {
       if (call->callback && call->stream->on_message) call->stream->on_message(message);
       int64_t granted = 0;
       {

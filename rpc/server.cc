@@ -1049,7 +1049,7 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
     if (!connection->transport->TrySend(parts, 0, &sent)) {
       if (rejection && !QueueControl(connection)) return;
       pool_->Post(HandlerScheduler::kControlPriority, 0,
-                  [this, connection, request_id, status, body = std::string(payload), flags,
+                  [this, connection, request_id, status, body = StringOf(payload), flags,
                    rejection, kept = metadata != nullptr ? *metadata : Metadata()] {
         SendResponse(connection, request_id, status, body, flags, false, false, &kept);
         if (rejection) connection->queued_control.fetch_sub(1);

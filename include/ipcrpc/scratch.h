@@ -86,10 +86,10 @@ class ScratchString {
 // heap blocks allocated one after the other lie 16 bytes apart modulo 4 KiB,
 // and a bytes field is serialized a few bytes into the output: serialized
 // from the start of a buffer, a large field copied at such a distance on
-// every call (measured: 27 us instead of 2 for 64 KiB). 64 bytes in front
+// every call (measured: 27 us instead of 2 for 64 KiB). 128 bytes in front
 // put the usual layouts (either block first, or both at the same offset in
-// their pages) 48 or more bytes clear of it. docs/PERFORMANCE.md.
-inline constexpr size_t kSerializeHeadroom = 64;
+// their pages) 112 or more bytes clear of it. docs/PERFORMANCE.md.
+inline constexpr size_t kSerializeHeadroom = 128;
 
 // Serializes `message` (a protobuf message; proto2 required fields are not
 // checked, as SerializePartialToString) into *buffer after

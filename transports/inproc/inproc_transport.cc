@@ -13,6 +13,7 @@
 #include "asio/io_context.hpp"
 #include "asio/post.hpp"
 #include "base/clock.h"
+#include "base/copy.h"
 #include "base/mutex.h"
 #include "base/strings.h"
 
@@ -218,7 +219,7 @@ class InprocConnection final : public Connection {
     absl::StatusOr<size_t> size = SendSize(parts, link_->max_message_size[index_], description());
     if (!size.ok()) return MarkNotDelivered(size.status());
     message->reserve(*size);
-    for (std::string_view part : parts) message->append(part);
+    for (std::string_view part : parts) AppendBytes(message, part);
     return absl::OkStatus();
   }
 

@@ -19,9 +19,10 @@ namespace {
 // not fault in fresh pages for each (measured: a 1 MiB call over shm: spent
 // most of its time in page faults, two thirds of them in this buffer).
 constexpr size_t kFirstGatherReserve = (1u << 20) + (64u << 10);
-// Twice the first reserve: std::string's reserve rounds a request below
-// twice the capacity up to twice it, so any message up to there is kept.
-constexpr size_t kKeptGatherBytes = 2 * kFirstGatherReserve;
+// Twice the first reserve (std::string's reserve rounds a request below
+// twice the capacity up to twice it), staggered as AppendBytes grows it: any
+// message up to there is kept.
+constexpr size_t kKeptGatherBytes = StaggeredCapacity(2 * kFirstGatherReserve);
 
 }  // namespace
 
@@ -135,8 +136,8 @@ absl::StatusOr<size_t> ShmRecordReader::Take(
   for (std::string_view span : {first, second}) {
     const size_t n = std::min(want - took, span.size());
     if (pending_.size() >= 4 && pending_.size() + n > pending_.capacity()) {
-      pending_.reserve(std::min<uint64_t>(
-          4 + length_, std::max(pending_.size() + n, 2 * pending_.capacity())));
+      pending_.reserve(StaggeredCapacity(std::min<uint64_t>(
+          4 + length_, std::max(pending_.size() + n, 2 * pending_.capacity()))));
     }
     AppendBytes(&pending_, span.substr(0, n));
     took += n;
@@ -148,7 +149,7 @@ absl::StatusOr<size_t> ShmRecordReader::Take(
       return absl::ResourceExhaustedError(absl::StrCat(
           "message of ", length_, " bytes exceeds max_message_size ", max_message_size_));
     }
-    pending_.reserve(std::min<uint64_t>(4 + length_, kFirstGatherReserve));
+    pending_.reserve(StaggeredCapacity(std::min<uint64_t>(4 + length_, kFirstGatherReserve)));
   }
   if (pending_.size() >= 4 && pending_.size() == 4 + length_) {
     on_message(std::string_view(pending_).substr(4));
