@@ -80,9 +80,9 @@ class ScratchString {
 // Bytes a stub leaves free at the front of the buffer it serializes a
 // request into (SerializeAfterHeadroom).
 //
-// Why: glibc 2.36 copies 2-512 KiB with `rep movsb`, which on AMD Zen
-// without "fast short rep mov" runs about 20 times slower when the
-// destination lies 1-31 bytes past the source modulo 4 KiB. Two large
+// Why: glibc 2.36 copies 2-512 KiB with `rep movsb` on CPUs that report
+// "fast short rep mov", and on AMD Zen that runs about 20 times slower when
+// the destination lies 1-31 bytes past the source modulo 4 KiB. Two large
 // heap blocks allocated one after the other lie 16 bytes apart modulo 4 KiB,
 // and a bytes field is serialized a few bytes into the output: serialized
 // from the start of a buffer, a large field copied at such a distance on
