@@ -1,6 +1,8 @@
 #include "base/copy.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <new>
 
 namespace ipcrpc::internal {
 
@@ -40,6 +42,34 @@ std::string StringOf(std::string_view bytes) {
   std::string out;
   AssignBytes(&out, bytes);
   return out;
+}
+
+KernelBuffer::~KernelBuffer() { std::free(block_); }
+
+KernelBuffer& KernelBuffer::operator=(KernelBuffer&& other) noexcept {
+  if (this != &other) {
+    std::free(block_);
+    block_ = std::exchange(other.block_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+void KernelBuffer::Resize(size_t size, size_t keep) {
+  keep = std::min({keep, size, size_});
+  char* block = nullptr;
+  if (size > 0) {
+    constexpr size_t kPage = 4096;
+    if (size > SIZE_MAX - kPageOffset - kPage) throw std::bad_alloc();
+    // aligned_alloc wants a multiple of the alignment.
+    const size_t bytes = (kPageOffset + size + kPage - 1) / kPage * kPage;
+    block = static_cast<char*>(std::aligned_alloc(kPage, bytes));
+    if (block == nullptr) throw std::bad_alloc();
+    if (keep > 0) std::memcpy(block + kPageOffset, block_ + kPageOffset, keep);
+  }
+  std::free(block_);
+  block_ = block;
+  size_ = size;
 }
 
 }  // namespace ipcrpc::internal

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <utility>
 
 namespace ipcrpc::internal {
 
@@ -61,6 +62,48 @@ inline void CopyBytes(char* dst, const char* src, size_t n) {
   // (Never memcpy from an empty view: its data() may be null.)
   if (n > 0) std::memcpy(dst, src, n);
 }
+
+// A heap buffer for the kernel to copy messages into and out of (read(2),
+// mq_receive, mq_send): its bytes start kPageOffset bytes into a page.
+//
+// Why: the kernel copies to and from user memory with `rep movsb` on the
+// same CPUs, and meets the same slow distance (above). A pipe's pages and
+// a Unix socket's large buffers start at a page, so a read into a buffer
+// whose bytes start 1-63 bytes into a page (where glibc puts every block
+// it maps, 16 bytes in) ran 3-4x slower: 152 us instead of 36 for 256 KiB
+// from a pipe; mq_receive copies from 48 bytes into a page and mq_send
+// copies to there, so a buffer 32-80 bytes into a page was slow for one or
+// the other. 128 bytes into a page is clear of all of them.
+// docs/PERFORMANCE.md.
+//
+// Unlike std::vector<char>, growing it does not zero the new bytes.
+class KernelBuffer {
+ public:
+  static constexpr size_t kPageOffset = 128;
+
+  KernelBuffer() = default;
+  explicit KernelBuffer(size_t size) { Resize(size, 0); }
+  ~KernelBuffer();
+  KernelBuffer(KernelBuffer&& other) noexcept
+      : block_(std::exchange(other.block_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+  KernelBuffer& operator=(KernelBuffer&& other) noexcept;
+  KernelBuffer(const KernelBuffer&) = delete;
+  KernelBuffer& operator=(const KernelBuffer&) = delete;
+
+  char* data() { return block_ == nullptr ? nullptr : block_ + kPageOffset; }
+  const char* data() const { return block_ == nullptr ? nullptr : block_ + kPageOffset; }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+
+  // Makes the buffer `size` bytes long in a new block (none if 0), keeping
+  // its first `keep` bytes (at most both sizes); the other bytes are
+  // unspecified. Throws std::bad_alloc as std::vector would.
+  void Resize(size_t size, size_t keep);
+
+ private:
+  char* block_ = nullptr;
+  size_t size_ = 0;
+};
 
 // out->append(bytes) and out->assign(bytes) through CopyBytes. `bytes` must
 // not lie inside *out.

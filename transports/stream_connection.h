@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "asio/io_context.hpp"
+#include "base/copy.h"
 #include "base/syscall.h"
 #include "transports/polled_connection.h"
 #include "transports/read_watch.h"
@@ -80,13 +81,24 @@ class StreamConnection final : public PolledConnection {
   // so TrySend may take it (a server's loop answers 4-64 KiB itself instead
   // of handing the answer to a handler thread).
   bool EmptyForWriting() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // Pipes and FIFOs: before writing a message of `frame` bytes (with its
+  // prefix), grows the pipe to hold it whole, up to kMaxPipeCapacity, or
+  // gives a grown pipe back its first size once a message that fits that
+  // comes and the reader has taken the large one (F_SETPIPE_SZ; refused:
+  // as it was). Why: stream_connection.cc.
+  void FitPipeLocked(size_t frame) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
   const int read_fd_;
   const int write_fd_;
   const bool is_socket_;
   const PeerCredentials peer_;
   const size_t max_message_size_;
-  size_t whole_write_limit_ = PIPE_BUF;  // set by Create (WholeWriteLimit)
+  // Set by Create (WholeWriteLimit); a pipe's follows its size.
+  size_t whole_write_limit_ ABSL_GUARDED_BY(write_mu_) = PIPE_BUF;
+  // A pipe's or FIFO's size as Create found it, and now (0: a socket, or
+  // unknown).
+  size_t first_pipe_capacity_ = 0;
+  size_t pipe_capacity_ ABSL_GUARDED_BY(write_mu_) = 0;
 
   UniqueFd owned_read_fd_;   // closed on the loop, in Finish
   UniqueFd owned_write_fd_;  // closed in Finish under write_mu_
@@ -96,7 +108,9 @@ class StreamConnection final : public PolledConnection {
   // Loop-thread state.
   std::optional<ReadWatch> readable_;
   // The read role's holder's state (the loop's, or a direct reader's).
-  std::vector<char> buffer_;
+  // Reads land kPageOffset bytes into a page (base/copy.h: the kernel's
+  // copy out of a pipe's pages or a socket's is slow at a short distance).
+  KernelBuffer buffer_;
   size_t begin_ = 0;  // first unparsed byte
   size_t end_ = 0;    // one past the last received byte
 

@@ -8,7 +8,9 @@
 #include <google/protobuf/wrappers.pb.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -138,6 +140,45 @@ TEST(AssignBytesTest, ReplacesTheContentsAndKeepsTheBuffer) {
   EXPECT_EQ(out, "");
   EXPECT_EQ(StringOf(bytes), bytes);
   EXPECT_EQ(StringOf(""), "");
+}
+
+// KernelBuffer: its bytes start kPageOffset bytes into a page, whatever its
+// size and however often it is resized; a resize keeps what it was told to
+// keep; a moved-from buffer is empty.
+TEST(KernelBufferTest, BytesStartAtThePageOffsetAndResizeKeepsWhatItIsTold) {
+  KernelBuffer buffer;
+  EXPECT_TRUE(buffer.empty());
+  EXPECT_EQ(buffer.data(), nullptr);
+  for (size_t size : {size_t{1}, size_t{100}, size_t{4096 - 128}, size_t{4096},
+                      size_t{64 * 1024}, size_t{200 * 1024}, size_t{3 << 20}}) {
+    SCOPED_TRACE(size);
+    buffer.Resize(size, 0);
+    ASSERT_EQ(buffer.size(), size);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(buffer.data()) % 4096, KernelBuffer::kPageOffset);
+    // Every byte is writable (ASan would see an overrun).
+    std::memset(buffer.data(), 0x5a, size);
+  }
+  const std::string pattern = Pattern(10000, 3);
+  buffer.Resize(pattern.size(), 0);
+  std::memcpy(buffer.data(), pattern.data(), pattern.size());
+  buffer.Resize(2 * pattern.size(), 7000);  // grow, keeping 7000
+  EXPECT_EQ(std::string(buffer.data(), 7000), pattern.substr(0, 7000));
+  buffer.Resize(5000, 99999);  // shrink: keeps at most the new size
+  ASSERT_EQ(buffer.size(), 5000u);
+  EXPECT_EQ(std::string(buffer.data(), 5000), pattern.substr(0, 5000));
+
+  KernelBuffer moved(std::move(buffer));
+  EXPECT_TRUE(buffer.empty());  // NOLINT(bugprone-use-after-move): checked on purpose
+  EXPECT_EQ(buffer.data(), nullptr);
+  ASSERT_EQ(moved.size(), 5000u);
+  EXPECT_EQ(std::string(moved.data(), 5000), pattern.substr(0, 5000));
+  KernelBuffer assigned(16);
+  assigned = std::move(moved);
+  ASSERT_EQ(assigned.size(), 5000u);
+  EXPECT_EQ(std::string(assigned.data(), 5000), pattern.substr(0, 5000));
+  assigned.Resize(0, 0);
+  EXPECT_TRUE(assigned.empty());
+  EXPECT_EQ(assigned.data(), nullptr);
 }
 
 TEST(SerializeAfterHeadroomTest, TheBytesAreTheMessagesAfterTheHeadroom) {

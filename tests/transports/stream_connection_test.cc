@@ -24,6 +24,12 @@ using ::ipcrpc::testing::IsOk;
 using ::ipcrpc::testing::StatusIs;
 using ::testing::HasSubstr;
 
+std::string Pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>((i * 131 + i / 251) & 0xff);
+  return s;
+}
+
 // Two pipes, as a parent and child would hold them.
 struct PipePair {
   UniqueFd a_read, a_write, b_read, b_write;
@@ -302,6 +308,70 @@ TEST(StreamConnectionTest, NothingIsWrittenAfterHalfAMessage) {
   const ssize_t rest = read(pipes.b_read.get(), more, sizeof(more));
   EXPECT_EQ(rest, -1);
   EXPECT_EQ(drained.find("next"), std::string::npos);
+}
+
+
+// A message larger than the pipe grows it (F_SETPIPE_SZ) to hold the
+// message whole, so the writer does not wait for the reader halfway (a
+// wake-up across CPUs each way); up to 256 KiB. The first message that
+// fits the first size gives a grown pipe back its first size, once the
+// reader has taken what it held (until then the kernel refuses, and the
+// message still goes). Every byte arrives in order throughout.
+TEST(StreamConnectionTest, APipeGrowsForALargeMessageAndShrinksBackAfterwards) {
+  PipePair pipes;
+  const int first = fcntl(pipes.b_read.get(), F_GETPIPE_SZ);
+  ASSERT_GT(first, 0);
+  if (first != 64 * 1024) GTEST_SKIP() << "pipes here start at " << first << " bytes, not 64 KiB";
+  auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
+                                             false, {}, "c", 8 << 20);
+  ASSERT_THAT(connection, IsOk());
+  auto read_exactly = [&](size_t n) {
+    std::string bytes(n, '\0');
+    size_t got = 0;
+    while (got < n) {
+      const ssize_t r = read(pipes.b_read.get(), bytes.data() + got, n - got);
+      if (r <= 0) break;
+      got += static_cast<size_t>(r);
+    }
+    bytes.resize(got);
+    return bytes;
+  };
+  auto framed = [](std::string_view message) {
+    std::string bytes(4, '\0');
+    for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>((message.size() >> (8 * i)) & 0xff);
+    bytes.append(message);
+    return bytes;
+  };
+  auto size_now = [&] { return fcntl(pipes.b_read.get(), F_GETPIPE_SZ); };
+
+  // 100 KiB: fits a 128 KiB pipe, so it goes in one write with nobody
+  // reading (the default pipe would block this thread forever).
+  const std::string large = Pattern(100 * 1024);
+  std::string_view large_parts[] = {large};
+  ASSERT_THAT((*connection)->SendWithin(large_parts, 0, MonotonicNowNs() + 10'000'000'000),
+              IsOk());
+  EXPECT_EQ(size_now(), 128 * 1024);
+  // A small message while the large one is unread: the pipe stays as it is.
+  std::string_view small_parts[] = {"small"};
+  ASSERT_THAT((*connection)->Send(small_parts, 0), IsOk());
+  EXPECT_EQ(size_now(), 128 * 1024);
+  EXPECT_EQ(read_exactly(4 + large.size()), framed(large));
+  EXPECT_EQ(read_exactly(4 + 5), framed("small"));
+  // Read: the next small message gives the pipe back its first size.
+  ASSERT_THAT((*connection)->Send(small_parts, 0), IsOk());
+  EXPECT_EQ(size_now(), 64 * 1024);
+  EXPECT_EQ(read_exactly(4 + 5), framed("small"));
+
+  // 1 MiB: the pipe grows to 256 KiB, no more, and the message goes in
+  // pieces to a reader that takes them.
+  const std::string huge = Pattern(1 << 20);
+  std::string received;
+  std::thread reader([&] { received = read_exactly(4 + huge.size()); });
+  std::string_view huge_parts[] = {huge};
+  EXPECT_THAT((*connection)->Send(huge_parts, 0), IsOk());
+  reader.join();
+  EXPECT_EQ(received, framed(huge));
+  EXPECT_EQ(size_now(), 256 * 1024);
 }
 
 }  // namespace

@@ -33,9 +33,9 @@ MqConnection::MqConnection(UniqueFd read_queue, UniqueFd write_queue, long write
   if (read_queue_.valid()) {
     struct mq_attr attr;
     mq_getattr(read_queue_.get(), &attr);
-    receive_buffer_.resize(static_cast<size_t>(attr.mq_msgsize));
+    receive_buffer_.Resize(static_cast<size_t>(attr.mq_msgsize), 0);
   }
-  send_buffer_.resize(write_message_size_);
+  send_buffer_.Resize(write_message_size_, 0);
 }
 
 MqConnection::~MqConnection() {

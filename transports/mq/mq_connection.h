@@ -18,6 +18,7 @@
 #include "asio/io_context.hpp"
 #include "asio/posix/stream_descriptor.hpp"
 #include "base/clock.h"
+#include "base/copy.h"
 #include "base/mutex.h"
 #include "base/syscall.h"
 #include "transports/mq/mq_wire.h"
@@ -122,7 +123,7 @@ class MqConnection final : public PolledConnection {
   std::optional<asio::posix::stream_descriptor> peer_watch_;
   absl::AnyInvocable<void() &&> on_finish_;
   MqReassembler reassembler_;
-  std::vector<char> receive_buffer_;
+  KernelBuffer receive_buffer_;  // base/copy.h: mq_receive copies fast into it
   std::vector<std::pair<MqHeader, std::string>> early_;
   const size_t max_message_size_;
 
@@ -130,7 +131,7 @@ class MqConnection final : public PolledConnection {
   Mutex write_mu_;
   uint32_t next_sequence_ ABSL_GUARDED_BY(write_mu_) = 0;
   bool said_close_ ABSL_GUARDED_BY(write_mu_) = false;
-  std::vector<char> send_buffer_ ABSL_GUARDED_BY(write_mu_);
+  KernelBuffer send_buffer_ ABSL_GUARDED_BY(write_mu_);  // and mq_send out of it
   bool send_blocking_ ABSL_GUARDED_BY(write_mu_) = false;  // see SetSendBlocking
 };
 

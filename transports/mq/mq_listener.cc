@@ -20,6 +20,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "asio/io_context.hpp"
+#include "base/copy.h"
 #include "base/little_endian.h"
 #include "base/logging.h"
 #include "base/status_macros.h"
@@ -47,7 +48,7 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
   std::string description;
   TransportOptions options;
   Listener::AcceptHandler on_accept;
-  std::vector<char> buffer;
+  KernelBuffer buffer;  // base/copy.h: mq_receive copies fast into it
   absl::flat_hash_map<uint64_t, std::weak_ptr<MqConnection>> routes;
   // Cleared by the listener's Close: CONNECTs are refused from then on, but
   // the queue is still read for the connections it has (their requests and
@@ -273,7 +274,7 @@ class MqListener final : public Listener {
     auto acceptor = std::make_shared<MqAcceptor>();
     acceptor->description = endpoint_.text;
     acceptor->options = options_;
-    acceptor->buffer.resize(static_cast<size_t>(attr.mq_msgsize));
+    acceptor->buffer.Resize(static_cast<size_t>(attr.mq_msgsize), 0);
     acceptor->on_accept = std::move(on_accept);
     const int fd = queue.get();
     acceptor_ = acceptor;
