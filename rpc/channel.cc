@@ -537,7 +537,8 @@ void ChannelCore::RetryCancels() {
 absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
                                                   std::string_view request,
                                                   const CallOptions& options,
-                                                  std::string* sink) {
+                                                  std::string* sink,
+                                                  const absl::FunctionRef<void(std::string_view)>* view) {
   // The caller may read the connection itself and, when it stops, post to
   // this core's loop: the core must outlive that, even if the Channel is
   // dropped meanwhile on another thread.
@@ -558,6 +559,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
     call = std::make_shared<PendingCall>(deadline_ns, nullptr);
   }
   call->sink = sink;
+  call->view = view;
   absl::Cleanup keep_spare = [&] {
     if (options.parent_call == nullptr) spare = call;
   };
@@ -634,6 +636,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
     lock.Unlock();
     call = std::make_shared<PendingCall>(deadline_ns, nullptr);
     call->sink = sink;
+    call->view = view;
   }
 }
 
@@ -899,6 +902,9 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
         if ((frame->header.flags & kFlagRefused) != 0) connection->Drain();
         Complete(call, status.ok() ? absl::StatusOr<std::string>(std::string())
                                    : absl::StatusOr<std::string>(std::move(status)));
+      } else if (frame->header.status_code == 0 && call->view != nullptr) {
+        (*call->view)(frame->payload);  // the caller waits: see PendingCall::view
+        Complete(call, std::string());
       } else if (frame->header.status_code == 0 && call->sink != nullptr) {
         AssignBytes(call->sink, frame->payload);  // the caller waits: see PendingCall::sink
         Complete(call, std::string());
@@ -1018,6 +1024,12 @@ absl::Status Channel::CallMethodInto(std::string_view method, std::string_view r
     return absl::InvalidArgumentError("CallMethodInto: response is null");
   }
   return core_->CallSync(method, request, options, response).status();
+}
+
+absl::Status Channel::CallMethodView(std::string_view method, std::string_view request,
+                                     absl::FunctionRef<void(std::string_view)> on_response,
+                                     const CallOptions& options) {
+  return core_->CallSync(method, request, options, nullptr, &on_response).status();
 }
 
 Call Channel::CallMethodAsync(std::string_view method, std::string_view request,

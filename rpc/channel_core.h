@@ -25,6 +25,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "asio/executor_work_guard.hpp"
 #include "asio/io_context.hpp"
@@ -92,6 +93,7 @@ class Call::State {
     id = 0;
     deadline_ns = deadline;
     sink = nullptr;
+    view = nullptr;
     connection.reset();
     done = false;
     result.reset();
@@ -134,6 +136,9 @@ class Call::State {
   // Written only by whoever took the call out of its table, while the
   // caller waits.
   std::string* sink = nullptr;
+  // Sync calls through CallMethodView: what a successful response is handed
+  // to, by whoever took the call out of its table, while the caller waits.
+  const absl::FunctionRef<void(std::string_view)>* view = nullptr;
   // Set with `done`: what a caller reading its own response polls.
   std::atomic<bool> completed{false};
   // A sync unary call on a transport that makes a caller's call on its
@@ -232,10 +237,12 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   // loop. Called by ~Channel.
   void Shutdown();
 
-  // With `sink`, a successful response is written there (the result holds
-  // an empty string).
-  absl::StatusOr<std::string> CallSync(std::string_view method, std::string_view request,
-                                       const CallOptions& options, std::string* sink = nullptr);
+  // With `sink`, a successful response is written there; with `view`, it
+  // is handed to that (the result holds an empty string).
+  absl::StatusOr<std::string> CallSync(
+      std::string_view method, std::string_view request, const CallOptions& options,
+      std::string* sink = nullptr,
+      const absl::FunctionRef<void(std::string_view)>* view = nullptr);
   Call CallAsync(std::string_view method, std::string_view request, const CallOptions& options,
                  PendingCall::Callback done);
   void Cancel(const std::shared_ptr<PendingCall>& call);

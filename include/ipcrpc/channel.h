@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "ipcrpc/options.h"
@@ -62,6 +63,17 @@ class Channel {
   // a warm call over shm: whose response fits it allocates nothing at all.
   absl::Status CallMethodInto(std::string_view method, std::string_view request,
                               std::string* response, const CallOptions& options = {});
+
+  // As CallMethodInto, with the successful response handed to
+  // `on_response` as a view of the transport's own copy instead of copied
+  // into a string: a stub parses it from there (one copy of the response
+  // fewer). `on_response` runs at most once, before this returns, on
+  // whichever thread reads the response (this one, or another reading the
+  // same connection); the view is valid only during that call. It does not
+  // run unless the call succeeds.
+  absl::Status CallMethodView(std::string_view method, std::string_view request,
+                              absl::FunctionRef<void(std::string_view)> on_response,
+                              const CallOptions& options = {});
 
   // An async call: `done` runs once, on the channel's response thread, never
   // inside this function and never after the channel is destroyed.

@@ -37,7 +37,8 @@ class ScratchString {
       if (!slot.in_use) {
         slot.in_use = true;
         slot_ = &slot;
-        slot.buffer.clear();
+        // Emptied by get(), not here: GetSized keeps the bytes the buffer
+        // had, so that growing it to a size it had before writes nothing.
         return;
       }
     }
@@ -50,8 +51,25 @@ class ScratchString {
   ScratchString(const ScratchString&) = delete;
   ScratchString& operator=(const ScratchString&) = delete;
 
-  std::string* get() { return slot_ != nullptr ? &slot_->buffer : &own_; }
+  // The buffer, empty the first time.
+  std::string* get() {
+    std::string* buffer = slot_ != nullptr ? &slot_->buffer : &own_;
+    if (!handed_out_) buffer->clear();
+    handed_out_ = true;
+    return buffer;
+  }
   std::string& operator*() { return *get(); }
+
+  // The buffer, `size` bytes long, with unspecified bytes (what this
+  // thread's last use of it left there): unlike get() and resize(), only
+  // bytes it never had are zeroed, so a warm 1 MiB buffer is not written
+  // over once before it is filled (SerializeAfterHeadroom).
+  std::string* GetSized(size_t size) {
+    std::string* buffer = slot_ != nullptr ? &slot_->buffer : &own_;
+    handed_out_ = true;
+    buffer->resize(size);
+    return buffer;
+  }
 
  private:
   struct Slot {
@@ -74,6 +92,7 @@ class ScratchString {
   }
 
   Slot* slot_ = nullptr;
+  bool handed_out_ = false;
   std::string own_;
 };
 
@@ -107,6 +126,26 @@ std::string_view SerializeAfterHeadroom(const Message& message, std::string* buf
   message.SerializeWithCachedSizesToArray(
       reinterpret_cast<uint8_t*>(buffer->data() + kSerializeHeadroom));
   return std::string_view(*buffer).substr(kSerializeHeadroom);
+}
+
+// The same into a thread's kept buffer (ScratchString::GetSized: a warm
+// buffer is not zeroed first).
+template <typename Message>
+std::string_view SerializeAfterHeadroom(const Message& message, ScratchString* scratch) {
+  const size_t size = message.ByteSizeLong();
+  if (size > static_cast<size_t>(INT_MAX)) return SerializeAfterHeadroom(message, scratch->get());
+  std::string* buffer = scratch->GetSized(kSerializeHeadroom + size);
+  message.SerializeWithCachedSizesToArray(
+      reinterpret_cast<uint8_t*>(buffer->data() + kSerializeHeadroom));
+  return std::string_view(*buffer).substr(kSerializeHeadroom);
+}
+
+// Parses `bytes` into *message (as ParseFromArray: false if they do not
+// parse, or are beyond what protobuf parses).
+template <typename Message>
+bool ParseFromBytes(std::string_view bytes, Message* message) {
+  return bytes.size() <= static_cast<size_t>(INT_MAX) &&
+         message->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()));
 }
 
 }  // namespace ipcrpc

@@ -196,6 +196,32 @@ TEST(SerializeAfterHeadroomTest, TheBytesAreTheMessagesAfterTheHeadroom) {
   EXPECT_EQ(SerializeAfterHeadroom(empty, &buffer), "");
 }
 
+// Into a thread's kept buffer (ScratchString::GetSized, which leaves the
+// last call's bytes in place rather than zeroing them): the bytes are the
+// message's whatever the buffer held before, larger or smaller; get()
+// still starts empty; ParseFromBytes reads them back.
+TEST(SerializeAfterHeadroomTest, IntoAKeptBufferWhateverItHeldBefore) {
+  for (size_t size : {size_t{65536}, size_t{100}, size_t{300 * 1024}, size_t{5000}, size_t{0}}) {
+    SCOPED_TRACE(size);
+    google::protobuf::BytesValue message;
+    message.set_value(Pattern(size, static_cast<int>(size % 251)));
+    ScratchString scratch;
+    std::string_view bytes = SerializeAfterHeadroom(message, &scratch);
+    EXPECT_EQ(bytes, message.SerializePartialAsString());
+    google::protobuf::BytesValue parsed;
+    ASSERT_TRUE(ParseFromBytes(bytes, &parsed));
+    EXPECT_EQ(parsed.value(), message.value());
+  }
+  {
+    ScratchString scratch;
+    EXPECT_TRUE(scratch.get()->empty());  // after a 300 KiB message in it
+    scratch.get()->append("kept");
+    EXPECT_EQ(*scratch.get(), "kept");  // emptied only the first time
+  }
+  google::protobuf::BytesValue parsed;
+  EXPECT_FALSE(ParseFromBytes("\xff\xff\xff", &parsed));
+}
+
 }  // namespace
 }  // namespace ipcrpc::internal
 

@@ -164,6 +164,58 @@ TEST_P(HotPathTest, CallMethodIntoWritesTheResponseIntoTheCallersBuffer) {
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
+// CallMethodView hands a successful response to its callback once, as a
+// view, before it returns, whichever thread read it (several callers share
+// the connection, and one may read another's response); a failed call,
+// and one whose deadline passed, never reach it.
+TEST_P(HotPathTest, CallMethodViewHandsEachSuccessfulResponseToItsCallbackOnce) {
+  auto call = [&](std::string_view method, const std::string& request, int* calls,
+                  std::string* seen, const CallOptions& options = {}) {
+    return channel_->CallMethodView(
+        method, request,
+        [calls, seen](std::string_view bytes) {
+          ++*calls;
+          seen->assign(bytes);
+        },
+        options);
+  };
+  for (const std::string& request :
+       {std::string("first"), std::string(), std::string(300 * 1024, 'v')}) {
+    int calls = 0;
+    std::string seen = "old";
+    ASSERT_THAT(call("test.Test/Echo", request, &calls, &seen), IsOk());
+    EXPECT_EQ(calls, 1);
+    EXPECT_EQ(seen, request);
+  }
+  int calls = 0;
+  std::string seen;
+  EXPECT_THAT(call("test.Test/Nope", "x", &calls, &seen),
+              StatusIs(absl::StatusCode::kUnimplemented));
+  CallOptions short_deadline;
+  short_deadline.timeout = absl::Milliseconds(20);
+  EXPECT_THAT(call("test.Test/Sleep", "2000", &calls, &seen, short_deadline),
+              StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_EQ(calls, 0);
+
+  // Callers on four threads at once, each with its own payload.
+  std::vector<std::thread> threads;
+  std::atomic<int> wrong{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 50; ++i) {
+        const std::string request = absl::StrCat(t, "-", i, "-", std::string(i * 97, 'p'));
+        int n = 0;
+        std::string got;
+        if (!call("test.Test/Echo", request, &n, &got).ok() || n != 1 || got != request) {
+          wrong.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(wrong.load(), 0);
+}
+
 // The caller sits in its own read (poll or doorbell) when its call is
 // cancelled from another thread: it must wake and return at once.
 TEST_P(HotPathTest, CancellingACallWakesItsCallerWhileItReads) {

@@ -16,16 +16,21 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 
 ::absl::StatusOr<::golden::v1::EchoReply> Echo::Stub::Echo(
     const ::golden::v1::EchoRequest& request, const ::ipcrpc::CallOptions& options) {
-  // This thread's kept buffers: no fresh pages for a large message.
+  // This thread's kept buffer: no fresh pages for a large message.
   ::ipcrpc::ScratchString request_buffer;
   const ::std::string_view request_bytes =
-      ::ipcrpc::SerializeAfterHeadroom(request, request_buffer.get());
-  ::ipcrpc::ScratchString response_bytes;
-  ::absl::Status status = ipcrpc_channel_->CallMethodInto(
-      "golden.v1.Echo/Echo", request_bytes, response_bytes.get(), options);
-  if (!status.ok()) return status;
+      ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
+  // The response is parsed from the transport's own copy.
   ::golden::v1::EchoReply reply;
-  if (!reply.ParseFromString(*response_bytes)) {
+  bool parsed = false;
+  ::absl::Status status = ipcrpc_channel_->CallMethodView(
+      "golden.v1.Echo/Echo", request_bytes,
+      [&reply, &parsed](::std::string_view bytes) {
+        parsed = ::ipcrpc::ParseFromBytes(bytes, &reply);
+      },
+      options);
+  if (!status.ok()) return status;
+  if (!parsed) {
     return ::absl::InternalError(
         "golden.v1.Echo/Echo: the response does not parse as golden.v1.EchoReply");
   }
@@ -57,16 +62,21 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 
 ::absl::StatusOr<::google::protobuf::Empty> Echo::Stub::Idle(
     const ::google::protobuf::Empty& request, const ::ipcrpc::CallOptions& options) {
-  // This thread's kept buffers: no fresh pages for a large message.
+  // This thread's kept buffer: no fresh pages for a large message.
   ::ipcrpc::ScratchString request_buffer;
   const ::std::string_view request_bytes =
-      ::ipcrpc::SerializeAfterHeadroom(request, request_buffer.get());
-  ::ipcrpc::ScratchString response_bytes;
-  ::absl::Status status = ipcrpc_channel_->CallMethodInto(
-      "golden.v1.Echo/Idle", request_bytes, response_bytes.get(), options);
-  if (!status.ok()) return status;
+      ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
+  // The response is parsed from the transport's own copy.
   ::google::protobuf::Empty reply;
-  if (!reply.ParseFromString(*response_bytes)) {
+  bool parsed = false;
+  ::absl::Status status = ipcrpc_channel_->CallMethodView(
+      "golden.v1.Echo/Idle", request_bytes,
+      [&reply, &parsed](::std::string_view bytes) {
+        parsed = ::ipcrpc::ParseFromBytes(bytes, &reply);
+      },
+      options);
+  if (!status.ok()) return status;
+  if (!parsed) {
     return ::absl::InternalError(
         "golden.v1.Echo/Idle: the response does not parse as google.protobuf.Empty");
   }
@@ -152,16 +162,21 @@ Admin::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 
 ::absl::StatusOr<::google::protobuf::Empty> Admin::Stub::Reset(
     const ::google::protobuf::Empty& request, const ::ipcrpc::CallOptions& options) {
-  // This thread's kept buffers: no fresh pages for a large message.
+  // This thread's kept buffer: no fresh pages for a large message.
   ::ipcrpc::ScratchString request_buffer;
   const ::std::string_view request_bytes =
-      ::ipcrpc::SerializeAfterHeadroom(request, request_buffer.get());
-  ::ipcrpc::ScratchString response_bytes;
-  ::absl::Status status = ipcrpc_channel_->CallMethodInto(
-      "golden.v1.Admin/Reset", request_bytes, response_bytes.get(), options);
-  if (!status.ok()) return status;
+      ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
+  // The response is parsed from the transport's own copy.
   ::google::protobuf::Empty reply;
-  if (!reply.ParseFromString(*response_bytes)) {
+  bool parsed = false;
+  ::absl::Status status = ipcrpc_channel_->CallMethodView(
+      "golden.v1.Admin/Reset", request_bytes,
+      [&reply, &parsed](::std::string_view bytes) {
+        parsed = ::ipcrpc::ParseFromBytes(bytes, &reply);
+      },
+      options);
+  if (!status.ok()) return status;
+  if (!parsed) {
     return ::absl::InternalError(
         "golden.v1.Admin/Reset: the response does not parse as google.protobuf.Empty");
   }
