@@ -560,6 +560,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
   }
   call->sink = sink;
   call->view = view;
+  call->view_thread = std::this_thread::get_id();
   absl::Cleanup keep_spare = [&] {
     if (options.parent_call == nullptr) spare = call;
   };
@@ -627,6 +628,17 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
       if (options.response_metadata != nullptr) {
         *options.response_metadata = std::move(call->response_metadata);
       }
+      if (view != nullptr && call->result->ok() && !call->viewed) {
+        // Read by another thread, copied: handed over here, on the caller's.
+        const std::string response = std::move(**call->result);
+        lock.Unlock();
+        try {
+          (*view)(response);
+        } catch (...) {
+          return absl::InternalError("the response callback threw an exception");
+        }
+        return std::string();
+      }
       return std::move(*call->result);
     }
     // The server refused the call without starting it (it is leaving): once
@@ -637,6 +649,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
     call = std::make_shared<PendingCall>(deadline_ns, nullptr);
     call->sink = sink;
     call->view = view;
+    call->view_thread = std::this_thread::get_id();
   }
 }
 
@@ -704,6 +717,14 @@ void ChannelCore::FailAsync(const std::shared_ptr<PendingCall>& call, absl::Stat
       std::move(callback)(std::move(status));
     }
   });
+}
+
+Call ChannelCore::FailCallAsync(absl::Status status, PendingCall::Callback done) {
+  if (status.ok()) status = absl::InternalError("FailCallAsync with an OK status");
+  auto call = std::make_shared<PendingCall>(kNoDeadline, std::move(done));
+  Call handle = Channel::Core::CallHandle(*this, call);
+  FailAsync(call, std::move(status));
+  return handle;
 }
 
 void ChannelCore::Defer(DeferredCall deferred) {
@@ -902,9 +923,18 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
         if ((frame->header.flags & kFlagRefused) != 0) connection->Drain();
         Complete(call, status.ok() ? absl::StatusOr<std::string>(std::string())
                                    : absl::StatusOr<std::string>(std::move(status)));
-      } else if (frame->header.status_code == 0 && call->view != nullptr) {
-        (*call->view)(frame->payload);  // the caller waits: see PendingCall::view
-        Complete(call, std::string());
+      } else if (frame->header.status_code == 0 && call->view != nullptr &&
+                 std::this_thread::get_id() == call->view_thread) {
+        // The caller reads its own response: handed over in place.
+        call->viewed = true;
+        absl::Status viewed;
+        try {
+          (*call->view)(frame->payload);
+        } catch (...) {
+          viewed = absl::InternalError("the response callback threw an exception");
+        }
+        Complete(call, viewed.ok() ? absl::StatusOr<std::string>(std::string())
+                                   : absl::StatusOr<std::string>(std::move(viewed)));
       } else if (frame->header.status_code == 0 && call->sink != nullptr) {
         AssignBytes(call->sink, frame->payload);  // the caller waits: see PendingCall::sink
         Complete(call, std::string());
@@ -1036,6 +1066,11 @@ Call Channel::CallMethodAsync(std::string_view method, std::string_view request,
                               const CallOptions& options,
                               absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done) {
   return core_->CallAsync(method, request, options, std::move(done));
+}
+
+Call Channel::FailCallAsync(absl::Status status,
+                            absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done) {
+  return core_->FailCallAsync(std::move(status), std::move(done));
 }
 
 GenericClientStream Channel::OpenStream(std::string_view method, const CallOptions& options) {

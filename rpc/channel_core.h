@@ -94,6 +94,7 @@ class Call::State {
     deadline_ns = deadline;
     sink = nullptr;
     view = nullptr;
+    viewed = false;
     connection.reset();
     done = false;
     result.reset();
@@ -137,8 +138,13 @@ class Call::State {
   // caller waits.
   std::string* sink = nullptr;
   // Sync calls through CallMethodView: what a successful response is handed
-  // to, by whoever took the call out of its table, while the caller waits.
+  // to, in place, when the caller's own thread reads it (`view_thread`);
+  // read by another thread (the loop, another caller), the response is
+  // copied into `result` as for CallMethod and the caller hands that over
+  // itself, so that no thread parses another caller's response.
   const absl::FunctionRef<void(std::string_view)>* view = nullptr;
+  std::thread::id view_thread;
+  bool viewed = false;  // written with `view` by the reader, read by the caller after done
   // Set with `done`: what a caller reading its own response polls.
   std::atomic<bool> completed{false};
   // A sync unary call on a transport that makes a caller's call on its
@@ -245,6 +251,8 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
       const absl::FunctionRef<void(std::string_view)>* view = nullptr);
   Call CallAsync(std::string_view method, std::string_view request, const CallOptions& options,
                  PendingCall::Callback done);
+  // Channel::FailCallAsync.
+  Call FailCallAsync(absl::Status status, PendingCall::Callback done);
   void Cancel(const std::shared_ptr<PendingCall>& call);
 
   // Streams (rpc/client_stream.cc). `request` is the one request of a

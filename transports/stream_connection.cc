@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cerrno>
 #include <cstring>
 
 #include "absl/container/inlined_vector.h"
@@ -287,9 +288,14 @@ bool StreamConnection::TrySend(absl::Span<const std::string_view> parts, int /*p
 // pipe-user-pages-soft (16384 by default), past which every new pipe of
 // that user gets 2 pages, so idle connections keep the default 16.
 void StreamConnection::FitPipeLocked(size_t frame) {
-  if (pipe_capacity_ == 0) return;  // a socket
+  // A socket; or a closed descriptor, whose number may be someone else's
+  // by now (the write that follows fails without touching it).
+  if (pipe_capacity_ == 0 || write_fd_closed_ || write_broken_ ||
+      closing_.load(std::memory_order_acquire)) {
+    return;
+  }
   size_t want = 0;
-  if (frame > pipe_capacity_ && pipe_capacity_ < kMaxPipeCapacity) {
+  if (frame > pipe_capacity_ && pipe_capacity_ < kMaxPipeCapacity && !grow_refused_) {
     want = std::min(std::bit_ceil(frame), kMaxPipeCapacity);
   } else if (frame <= first_pipe_capacity_ && pipe_capacity_ > first_pipe_capacity_) {
     // Refused (EBUSY) while the pipe holds more than that: the reader has
@@ -298,12 +304,15 @@ void StreamConnection::FitPipeLocked(size_t frame) {
   } else {
     return;
   }
-  // Refused (EPERM: beyond /proc/sys/fs/pipe-max-size or the user's pipe
-  // limits): the message goes as before, a pipe's worth at a time.
   const int capacity = ::fcntl(write_fd_, F_SETPIPE_SZ, static_cast<int>(want));
   if (capacity > 0) {
     pipe_capacity_ = static_cast<size_t>(capacity);
     whole_write_limit_ = pipe_capacity_;
+  } else if (errno == EPERM && want > pipe_capacity_) {
+    // Beyond /proc/sys/fs/pipe-max-size or the user's pipe limits: large
+    // messages go as before, a pipe's worth at a time, and this connection
+    // does not ask again.
+    grow_refused_ = true;
   }
 }
 

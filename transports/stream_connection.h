@@ -97,8 +97,9 @@ class StreamConnection final : public PolledConnection {
   size_t whole_write_limit_ ABSL_GUARDED_BY(write_mu_) = PIPE_BUF;
   // A pipe's or FIFO's size as Create found it, and now (0: a socket, or
   // unknown).
-  size_t first_pipe_capacity_ = 0;
+  size_t first_pipe_capacity_ ABSL_GUARDED_BY(write_mu_) = 0;
   size_t pipe_capacity_ ABSL_GUARDED_BY(write_mu_) = 0;
+  bool grow_refused_ ABSL_GUARDED_BY(write_mu_) = false;  // F_SETPIPE_SZ said EPERM
 
   UniqueFd owned_read_fd_;   // closed on the loop, in Finish
   UniqueFd owned_write_fd_;  // closed in Finish under write_mu_

@@ -65,12 +65,15 @@ class Channel {
                               std::string* response, const CallOptions& options = {});
 
   // As CallMethodInto, with the successful response handed to
-  // `on_response` as a view of the transport's own copy instead of copied
-  // into a string: a stub parses it from there (one copy of the response
-  // fewer). `on_response` runs at most once, before this returns, on
-  // whichever thread reads the response (this one, or another reading the
-  // same connection); the view is valid only during that call. It does not
-  // run unless the call succeeds.
+  // `on_response` as a view, valid only during that call: a stub parses it
+  // from there. `on_response` runs at most once, on this thread, before
+  // this returns, and only if the call succeeds. When this thread reads its
+  // own response (the usual case for a sync call) the view is of the
+  // transport's own copy, one copy of the response fewer than
+  // CallMethodInto; when another thread read it (another caller on the same
+  // connection, the response thread), of a copy, as CallMethod's. It runs
+  // inside this thread's read of the connection: it must not block or call
+  // into the channel; an exception it throws ends the call INTERNAL.
   absl::Status CallMethodView(std::string_view method, std::string_view request,
                               absl::FunctionRef<void(std::string_view)> on_response,
                               const CallOptions& options = {});
@@ -80,6 +83,14 @@ class Channel {
   Call CallMethodAsync(std::string_view method, std::string_view request,
                        const CallOptions& options,
                        absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done);
+
+  // An async call that ends before it starts, with `status` (not OK: an OK
+  // one becomes INTERNAL), for a stub whose request cannot be sent (over
+  // the 2 GiB protobuf serializes): `done` runs as CallMethodAsync's does,
+  // once, on the response thread, never inside this function. Nothing is
+  // sent and no connection is made.
+  Call FailCallAsync(absl::Status status,
+                     absl::AnyInvocable<void(absl::StatusOr<std::string>) &&> done);
 
   // Starts a client-streaming or bidirectional stream on `method`
   // ("package.Service/Method"); for server streaming use OpenServerStream,

@@ -17,12 +17,13 @@
 
 namespace ipcrpc {
 
-// One of this thread's kept buffers, empty, for the life of this object; a
-// fresh one of its own if the thread's are all in use (a nested call from a
-// callback inside another). Not for sharing across threads. A buffer grown
-// past kKeptBytes gives its memory back when released; up to that, it is
-// the thread's until it exits (a thread keeps at most kSlots * kKeptBytes,
-// and a sync call uses two buffers).
+// One of this thread's kept buffers, for the life of this object (get():
+// empty at first; GetSized: of a given length); a fresh one of its own if
+// the thread's are all in use (a nested call from a callback inside
+// another). Not for sharing across threads. A buffer grown past kKeptBytes
+// gives its memory back when released; up to that, it is the thread's
+// until it exits (a thread keeps at most kSlots * kKeptBytes; a generated
+// sync stub uses one, for its request).
 class ScratchString {
  public:
   static constexpr size_t kSlots = 4;
@@ -61,9 +62,10 @@ class ScratchString {
   std::string& operator*() { return *get(); }
 
   // The buffer, `size` bytes long, with unspecified bytes (what this
-  // thread's last use of it left there): unlike get() and resize(), only
-  // bytes it never had are zeroed, so a warm 1 MiB buffer is not written
-  // over once before it is filled (SerializeAfterHeadroom).
+  // thread's last use of it left there): it is not emptied first, so only
+  // bytes beyond the length its last user left are zeroed, and a warm 1 MiB
+  // buffer is not written over once before it is filled
+  // (SerializeAfterHeadroom).
   std::string* GetSized(size_t size) {
     std::string* buffer = slot_ != nullptr ? &slot_->buffer : &own_;
     handed_out_ = true;
@@ -113,14 +115,14 @@ inline constexpr size_t kSerializeHeadroom = 128;
 // Serializes `message` (a protobuf message; proto2 required fields are not
 // checked, as SerializePartialToString) into *buffer after
 // kSerializeHeadroom bytes, and returns the serialized bytes (inside
-// *buffer).
+// *buffer). A message over 2 GiB (INT_MAX bytes), which protobuf does not
+// serialize: an empty view whose data() is null, *buffer empty.
 template <typename Message>
 std::string_view SerializeAfterHeadroom(const Message& message, std::string* buffer) {
   const size_t size = message.ByteSizeLong();
   if (size > static_cast<size_t>(INT_MAX)) {
-    // Beyond what protobuf serializes: as SerializePartialToString does.
-    message.SerializePartialToString(buffer);
-    return *buffer;
+    buffer->clear();
+    return std::string_view();
   }
   buffer->resize(kSerializeHeadroom + size);
   message.SerializeWithCachedSizesToArray(
@@ -129,7 +131,7 @@ std::string_view SerializeAfterHeadroom(const Message& message, std::string* buf
 }
 
 // The same into a thread's kept buffer (ScratchString::GetSized: a warm
-// buffer is not zeroed first).
+// buffer is not zeroed first); over 2 GiB, the same null view.
 template <typename Message>
 std::string_view SerializeAfterHeadroom(const Message& message, ScratchString* scratch) {
   const size_t size = message.ByteSizeLong();

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -165,17 +166,21 @@ TEST_P(HotPathTest, CallMethodIntoWritesTheResponseIntoTheCallersBuffer) {
 }
 
 // CallMethodView hands a successful response to its callback once, as a
-// view, before it returns, whichever thread read it (several callers share
-// the connection, and one may read another's response); a failed call,
-// and one whose deadline passed, never reach it.
+// view, on the caller's thread, before it returns, whichever thread read it
+// (several callers share the connection, and one may read another's
+// response); a failed call, and one whose deadline passed, never reach it;
+// a callback that throws ends its call INTERNAL and the channel goes on.
 TEST_P(HotPathTest, CallMethodViewHandsEachSuccessfulResponseToItsCallbackOnce) {
+  std::atomic<int> elsewhere{0};
   auto call = [&](std::string_view method, const std::string& request, int* calls,
                   std::string* seen, const CallOptions& options = {}) {
+    const std::thread::id caller = std::this_thread::get_id();
     return channel_->CallMethodView(
         method, request,
-        [calls, seen](std::string_view bytes) {
+        [calls, seen, caller, &elsewhere](std::string_view bytes) {
           ++*calls;
           seen->assign(bytes);
+          if (std::this_thread::get_id() != caller) elsewhere.fetch_add(1);
         },
         options);
   };
@@ -214,6 +219,41 @@ TEST_P(HotPathTest, CallMethodViewHandsEachSuccessfulResponseToItsCallbackOnce) 
   }
   for (std::thread& thread : threads) thread.join();
   EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(elsewhere.load(), 0);
+
+  EXPECT_THAT(channel_->CallMethodView("test.Test/Echo", "boom",
+                                       [](std::string_view) { throw std::runtime_error("boom"); }),
+              StatusIs(absl::StatusCode::kInternal, ::testing::HasSubstr("threw")));
+  EXPECT_THAT(channel_->CallMethod("test.Test/Echo", "after"), IsOkAndHolds("after"));
+}
+
+// FailCallAsync (a stub whose request cannot be serialized) ends the call
+// with its status through the response thread, never inside the function,
+// once; an OK status is not passed off as success.
+TEST_P(HotPathTest, FailCallAsyncEndsTheCallOnTheResponseThreadOnce) {
+  for (absl::Status status : {absl::InvalidArgumentError("too large"), absl::OkStatus()}) {
+    ipcrpc::internal::Notification done;
+    std::atomic<int> runs{0};
+    std::atomic<bool> here{false};
+    absl::Status got;
+    const std::thread::id caller = std::this_thread::get_id();
+    channel_->FailCallAsync(status, [&](absl::StatusOr<std::string> result) {
+      runs.fetch_add(1);
+      here = std::this_thread::get_id() == caller;
+      got = result.status();
+      done.Notify();
+    });
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+    EXPECT_EQ(runs.load(), 1);
+    EXPECT_FALSE(here.load());
+    if (status.ok()) {
+      EXPECT_THAT(got, StatusIs(absl::StatusCode::kInternal));
+    } else {
+      EXPECT_EQ(got, status);
+    }
+  }
+  // The channel goes on as before.
+  EXPECT_THAT(channel_->CallMethod("test.Test/Echo", "after"), IsOkAndHolds("after"));
 }
 
 // The caller sits in its own read (poll or doorbell) when its call is

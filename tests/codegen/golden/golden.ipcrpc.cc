@@ -20,6 +20,10 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
   ::ipcrpc::ScratchString request_buffer;
   const ::std::string_view request_bytes =
       ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
+  if (request_bytes.data() == nullptr) {
+    return ::absl::InvalidArgumentError(
+        "golden.v1.Echo/Echo: the request is over the 2 GiB protobuf serializes");
+  }
   // The response is parsed from the transport's own copy.
   ::golden::v1::EchoReply reply;
   bool parsed = false;
@@ -43,6 +47,14 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
   ::std::string request_buffer;
   const ::std::string_view request_bytes =
       ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
+  if (request_bytes.data() == nullptr) {
+    return ipcrpc_channel_->FailCallAsync(
+        ::absl::InvalidArgumentError(
+            "golden.v1.Echo/Echo: the request is over the 2 GiB protobuf serializes"),
+        [done = ::std::move(done)](::absl::StatusOr<::std::string> failed) mutable {
+          ::std::move(done)(::std::move(failed).status());
+        });
+  }
   return ipcrpc_channel_->CallMethodAsync(
       "golden.v1.Echo/Echo", request_bytes, options,
       [done = ::std::move(done)](::absl::StatusOr<::std::string> response_bytes) mutable {
@@ -66,6 +78,10 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
   ::ipcrpc::ScratchString request_buffer;
   const ::std::string_view request_bytes =
       ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
+  if (request_bytes.data() == nullptr) {
+    return ::absl::InvalidArgumentError(
+        "golden.v1.Echo/Idle: the request is over the 2 GiB protobuf serializes");
+  }
   // The response is parsed from the transport's own copy.
   ::google::protobuf::Empty reply;
   bool parsed = false;
@@ -89,6 +105,14 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
   ::std::string request_buffer;
   const ::std::string_view request_bytes =
       ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
+  if (request_bytes.data() == nullptr) {
+    return ipcrpc_channel_->FailCallAsync(
+        ::absl::InvalidArgumentError(
+            "golden.v1.Echo/Idle: the request is over the 2 GiB protobuf serializes"),
+        [done = ::std::move(done)](::absl::StatusOr<::std::string> failed) mutable {
+          ::std::move(done)(::std::move(failed).status());
+        });
+  }
   return ipcrpc_channel_->CallMethodAsync(
       "golden.v1.Echo/Idle", request_bytes, options,
       [done = ::std::move(done)](::absl::StatusOr<::std::string> response_bytes) mutable {
@@ -113,8 +137,7 @@ Echo::Service::Service() {
       [this](::ipcrpc::ServerContext& context, ::std::string_view request_bytes,
              ::std::string& response_bytes) -> ::absl::Status {
         ::golden::v1::EchoRequest request;
-        if (!request.ParseFromArray(request_bytes.data(),
-                                    static_cast<int>(request_bytes.size()))) {
+        if (!::ipcrpc::ParseFromBytes(request_bytes, &request)) {
           return ::absl::InvalidArgumentError(
               "golden.v1.Echo/Echo: the request does not parse as golden.v1.EchoRequest");
         }
@@ -130,8 +153,7 @@ Echo::Service::Service() {
       [this](::ipcrpc::ServerContext& context, ::std::string_view request_bytes,
              ::std::string& response_bytes) -> ::absl::Status {
         ::google::protobuf::Empty request;
-        if (!request.ParseFromArray(request_bytes.data(),
-                                    static_cast<int>(request_bytes.size()))) {
+        if (!::ipcrpc::ParseFromBytes(request_bytes, &request)) {
           return ::absl::InvalidArgumentError(
               "golden.v1.Echo/Idle: the request does not parse as google.protobuf.Empty");
         }
@@ -166,6 +188,10 @@ Admin::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
   ::ipcrpc::ScratchString request_buffer;
   const ::std::string_view request_bytes =
       ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
+  if (request_bytes.data() == nullptr) {
+    return ::absl::InvalidArgumentError(
+        "golden.v1.Admin/Reset: the request is over the 2 GiB protobuf serializes");
+  }
   // The response is parsed from the transport's own copy.
   ::google::protobuf::Empty reply;
   bool parsed = false;
@@ -189,6 +215,14 @@ Admin::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
   ::std::string request_buffer;
   const ::std::string_view request_bytes =
       ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
+  if (request_bytes.data() == nullptr) {
+    return ipcrpc_channel_->FailCallAsync(
+        ::absl::InvalidArgumentError(
+            "golden.v1.Admin/Reset: the request is over the 2 GiB protobuf serializes"),
+        [done = ::std::move(done)](::absl::StatusOr<::std::string> failed) mutable {
+          ::std::move(done)(::std::move(failed).status());
+        });
+  }
   return ipcrpc_channel_->CallMethodAsync(
       "golden.v1.Admin/Reset", request_bytes, options,
       [done = ::std::move(done)](::absl::StatusOr<::std::string> response_bytes) mutable {
@@ -213,8 +247,7 @@ Admin::Service::Service() {
       [this](::ipcrpc::ServerContext& context, ::std::string_view request_bytes,
              ::std::string& response_bytes) -> ::absl::Status {
         ::google::protobuf::Empty request;
-        if (!request.ParseFromArray(request_bytes.data(),
-                                    static_cast<int>(request_bytes.size()))) {
+        if (!::ipcrpc::ParseFromBytes(request_bytes, &request)) {
           return ::absl::InvalidArgumentError(
               "golden.v1.Admin/Reset: the request does not parse as google.protobuf.Empty");
         }
