@@ -25,6 +25,7 @@
 #include "asio/post.hpp"
 #include "asio/steady_timer.hpp"
 #include "base/clock.h"
+#include "base/copy.h"
 #include "base/logging.h"
 #include "base/status_macros.h"
 #include "base/strings.h"
@@ -411,7 +412,7 @@ class StreamClientCall final : public ClientCall,
 absl::Status GrpcClientConnection::SendWithin(absl::Span<const std::string_view> parts, int,
                                               int64_t /*deadline_ns*/) {
   std::string bytes;
-  for (std::string_view part : parts) bytes.append(part);
+  for (std::string_view part : parts) AppendBytes(&bytes, part);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return MarkNotDelivered(absl::UnavailableError(description() + ": closed"));

@@ -16,6 +16,7 @@
 #include "asio/io_context.hpp"
 #include "asio/post.hpp"
 #include "base/clock.h"
+#include "base/copy.h"
 #include "base/strings.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
@@ -164,7 +165,7 @@ std::string ByteBufferToString(const grpc::ByteBuffer& buffer) {
   if (!buffer.Dump(&slices).ok()) return out;
   out.reserve(buffer.Length());
   for (const grpc::Slice& slice : slices) {
-    out.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    AppendBytes(&out, std::string_view(reinterpret_cast<const char*>(slice.begin()), slice.size()));
   }
   return out;
 }
@@ -198,7 +199,7 @@ std::string ResponseFrame(uint64_t request_id, absl::Status status, const Metada
     EncodeFramePrefix(header, why, {}, 0, max_payload, &frame).IgnoreError();
     return frame;
   }
-  frame.append(payload);
+  AppendBytes(&frame, payload);
   return frame;
 }
 
@@ -208,7 +209,7 @@ std::string StreamFrame(FrameType type, uint64_t request_id, std::string_view pa
   header.request_id = request_id;
   std::string frame;
   EncodeFramePrefix(header, "", {}, payload.size(), payload.size(), &frame).IgnoreError();
-  frame.append(payload);
+  AppendBytes(&frame, payload);
   return frame;
 }
 

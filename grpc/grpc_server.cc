@@ -19,6 +19,7 @@
 #include "asio/io_context.hpp"
 #include "asio/post.hpp"
 #include "asio/steady_timer.hpp"
+#include "base/copy.h"
 #include "base/logging.h"
 #include "base/syscall.h"
 #include "base/status_macros.h"
@@ -478,7 +479,7 @@ void ServerCall::Begin() {
                          std::string(encoded.message())));
       return;
     }
-    frame.append(head);
+    AppendBytes(&frame, head);
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (finished_ || finish_.has_value()) return;  // cancelled meanwhile
@@ -515,7 +516,7 @@ void ServerCall::OnReadDone(bool ok) {
                          std::string(encoded.message())));
       return;
     }
-    frame.append(request);
+    AppendBytes(&frame, request);
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (finished_ || finish_.has_value()) return;  // cancelled meanwhile: never runs
@@ -642,7 +643,7 @@ void ServerCall::Pump() {
 absl::Status PeerConnection::SendWithin(absl::Span<const std::string_view> parts, int,
                                         int64_t /*deadline_ns*/) {
   std::string bytes;
-  for (std::string_view part : parts) bytes.append(part);
+  for (std::string_view part : parts) AppendBytes(&bytes, part);
   auto frame = DecodeFrame(bytes, state_->max_payload);
   if (!frame.ok()) return frame.status();
   switch (frame->header.type) {
@@ -864,7 +865,7 @@ void UnaryCall::Start(const grpc::ByteBuffer& request) {
                        std::string(encoded.message())));
     return;
   }
-  frame.append(payload);
+  AppendBytes(&frame, payload);
   asio::io_context* io = nullptr;
   grpc::Status refusal;
   bool joined = false;
