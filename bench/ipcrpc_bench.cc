@@ -204,6 +204,10 @@ std::string EndpointFor(const std::string& transport) {
   return absl::StrCat(transport, ":/tmp/", name);
 }
 
+// --mq_reply_queue MxS: the channel's mq reply queue (0: the default).
+int mq_reply_messages = 0;
+size_t mq_reply_size = 0;
+
 // Starts the server process (pinned) and returns a channel to it.
 std::shared_ptr<ipcrpc::Channel> StartServer(const std::string& self, const std::string& transport,
                                              const Placement& placement, pid_t* pid) {
@@ -230,7 +234,12 @@ std::shared_ptr<ipcrpc::Channel> StartServer(const std::string& self, const std:
   const bool ok = read(ready[0], &byte, 1) == 1;
   close(ready[0]);
   if (!ok) return nullptr;
-  auto channel = ipcrpc::Channel::Connect(endpoint);
+  ipcrpc::ChannelOptions channel_options;
+  if (mq_reply_messages > 0) {
+    channel_options.mq_reply_queue_messages = mq_reply_messages;
+    channel_options.mq_reply_message_size = mq_reply_size;
+  }
+  auto channel = ipcrpc::Channel::Connect(endpoint, channel_options);
   if (!channel.ok()) {
     std::fprintf(stderr, "%s: %s\n", transport.c_str(), channel.status().ToString().c_str());
     return nullptr;
@@ -691,6 +700,16 @@ int main(int argc, char** argv) {
     else if (take("only")) only = value;
     else if (arg == "--poll_floor") poll_floor = true;
     else if (arg == "--mq_client_queue") mq_client_queue_too = true;
+    else if (take("mq_reply_queue")) {
+      // ChannelOptions::mq_reply_queue_messages x mq_reply_message_size.
+      std::vector<std::string> parts = absl::StrSplit(value, 'x');
+      if (parts.size() != 2) {
+        std::fprintf(stderr, "ipcrpc_bench: --mq_reply_queue wants MESSAGESxBYTES, e.g. 8x8192\n");
+        return 2;
+      }
+      mq_reply_messages = std::atoi(parts[0].c_str());
+      mq_reply_size = static_cast<size_t>(std::atoll(parts[1].c_str()));
+    }
     else if (take("protobuf_work")) {
       // PrintProtobufWork's child.
       std::printf("%.2f\n", ProtobufWorkP50(static_cast<size_t>(std::atoll(value.c_str()))));

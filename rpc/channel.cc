@@ -41,6 +41,9 @@ TransportOptions ToTransportOptions(const ChannelOptions& options) {
   transport.mode = options.mode;
   transport.child_exit_grace = options.child_exit_grace;
   transport.shm_ring_size = options.shm_ring_size;
+  transport.mq_reply_queue_messages = options.mq_reply_queue_messages;
+  transport.mq_reply_message_size = static_cast<long>(
+      std::min<size_t>(options.mq_reply_message_size, size_t{1} << 30));
   transport.allowed_server_uids = options.allowed_server_uids;
   transport.connect_timeout = options.connect_timeout;
   transport.grpc_certificate_chain_file = options.grpc.certificate_chain_file;

@@ -55,6 +55,9 @@ struct TransportOptions {
   absl::Duration child_exit_grace = absl::Seconds(5);
   // shm: bytes in each of a connection's two rings (a power of two).
   size_t shm_ring_size = 256 * 1024;
+  // mq client side: the reply queue asked for (ChannelOptions).
+  long mq_reply_queue_messages = 4;
+  long mq_reply_message_size = 1024;
   // Server side: the server's connection limit, and how many it serves now
   // (the server keeps the count). A listener whose handshakes take time
   // (shm:) counts its half-open ones against the limit too, so that peers

@@ -53,6 +53,19 @@ struct ChannelOptions {
   // shm: bytes in each of the connection's two rings (a power of two,
   // 4 KiB..64 MiB). Larger messages are streamed through the ring.
   size_t shm_ring_size = 256 * 1024;
+  // mq: the reply queue this client creates: up to this many messages of
+  // this many bytes (each capped by /proc/sys/fs/mqueue/msg_max and
+  // msgsize_max, 10 and 8 KiB by default; a size below 512 is raised). A
+  // response larger than a message goes in pieces, so larger messages make
+  // large responses faster (a 64 KiB one is 65 pieces through the default
+  // queue, 9 through 8 × 8 KiB). The kernel counts messages × size, and
+  // about 100 bytes a message, against the user's RLIMIT_MSGQUEUE (800 KiB
+  // by default) beside its servers' queues: the default (4 × 1 KiB, about
+  // 4.5 KiB) lets a hundred clients of one user connect; 8 × 8 KiB (about
+  // 66 KiB) a handful. Past the limit, the default and then a queue of one
+  // 1 KiB message are tried before the connect fails.
+  int mq_reply_queue_messages = 4;
+  size_t mq_reply_message_size = 1024;
   // Whose servers this channel talks to. Empty: this process's effective uid
   // and root. The server's uid is checked before anything is sent to it
   // (SO_PEERCRED on unix: and shm:, the owner of the FIFO or queue on fifo:

@@ -1,9 +1,11 @@
 // The mq: transport's own rules: many clients, priorities, stale and live
 // queues, the kernel's limits, hostile messages.
+#include <dirent.h>
 #include <fcntl.h>
 #include <mqueue.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,8 +13,10 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -27,6 +31,7 @@
 #include "tests/util/process.h"
 #include "tests/transports/other_uid_check.h"
 #include "tests/util/status_matchers.h"
+#include "transports/mq/mq_queue.h"
 #include "transports/mq/mq_wire.h"
 #include "transports/transport.h"
 
@@ -72,6 +77,73 @@ class MqTransportTest : public ::testing::Test {
   TestService service_;
   std::unique_ptr<Server> server_;
 };
+
+// This process's descriptors of reply queues (named /ipcrpc-<pid>-...):
+// each queue's inode, with its attributes.
+std::vector<std::pair<ino_t, struct mq_attr>> ReplyQueuesOpenHere() {
+  std::vector<std::pair<ino_t, struct mq_attr>> found;
+  DIR* fds = opendir("/proc/self/fd");
+  if (fds == nullptr) return found;
+  const std::string prefix = absl::StrCat("/ipcrpc-", getpid(), "-");
+  while (struct dirent* entry = readdir(fds)) {
+    if (entry->d_name[0] == '.') continue;
+    char target[512];
+    const std::string link = absl::StrCat("/proc/self/fd/", entry->d_name);
+    const ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
+    if (n <= 0 || std::string_view(target, n).substr(0, prefix.size()) != prefix) continue;
+    struct mq_attr attr;
+    struct stat st;
+    const int fd = std::atoi(entry->d_name);
+    if (mq_getattr(fd, &attr) == 0 && fstat(fd, &st) == 0) found.emplace_back(st.st_ino, attr);
+  }
+  closedir(fds);
+  return found;
+}
+
+// ChannelOptions choose the client's reply queue, within the kernel's
+// limits (at least 1 message of 512 bytes); the server fragments its
+// answers to fit whatever the client made, and large answers arrive whole.
+TEST_F(MqTransportTest, TheReplyQueueIsWhatTheChannelOptionsAsk) {
+  StartServer();
+  const internal::MqLimits limits = internal::ReadMqLimits();
+  struct Case {
+    int messages;
+    size_t size;
+    long want_messages;
+    long want_size;
+  };
+  const Case cases[] = {
+      {4, 1024, 4, 1024},
+      {std::min<int>(8, static_cast<int>(limits.max_messages)),
+       std::min<size_t>(8192, static_cast<size_t>(limits.message_size)),
+       std::min<long>(8, limits.max_messages), std::min<long>(8192, limits.message_size)},
+      {1000000, size_t{1} << 40, limits.max_messages, limits.message_size},
+      {0, 1, 1, 512},
+  };
+  const std::string large(100 * 1024 + 7, 'q');
+  for (const Case& c : cases) {
+    SCOPED_TRACE(absl::StrCat(c.messages, " x ", c.size));
+    ChannelOptions options;
+    options.mq_reply_queue_messages = c.messages;
+    options.mq_reply_message_size = c.size;
+    // Queues of earlier cases may still be open on the server's side (it
+    // lets go when it sees their connection close): only new ones count.
+    std::set<ino_t> before;
+    for (const auto& [inode, attr] : ReplyQueuesOpenHere()) before.insert(inode);
+    auto channel = Channel::Connect(endpoint_, options);
+    ASSERT_THAT(channel, IsOk());
+    int seen = 0;
+    for (const auto& [inode, attr] : ReplyQueuesOpenHere()) {
+      if (before.count(inode) != 0) continue;
+      ++seen;
+      EXPECT_EQ(attr.mq_maxmsg, c.want_messages);
+      EXPECT_EQ(attr.mq_msgsize, c.want_size);
+    }
+    // The client's descriptor and the server's (both in this process).
+    EXPECT_EQ(seen, 2);
+    EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", large), IsOkAndHolds(large));
+  }
+}
 
 TEST_F(MqTransportTest, ThirtyTwoClientsAtOnce) {
   // Within the default RLIMIT_MSGQUEUE (800 KiB per user): the reply queues

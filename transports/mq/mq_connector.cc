@@ -90,7 +90,8 @@ class MqConnector final : public Connector {
     // Unpredictable (getrandom), so that nobody can take the name first; if
     // somebody has all the same, another name.
     std::string reply_name;
-    struct mq_attr attr = QueueAttributes(/*server=*/false);
+    struct mq_attr attr = ReplyQueueAttributes(options_.mq_reply_queue_messages,
+                                               options_.mq_reply_message_size);
     UniqueFd reply;
     for (int attempt = 0; attempt < 4 && !reply.valid(); ++attempt) {
       reply_name = absl::StrCat("/ipcrpc-", ::getpid(), "-", counter.fetch_add(1), "-",
@@ -99,10 +100,19 @@ class MqConnector final : public Connector {
           reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0600, &attr)));
       if (!reply.valid() && errno != EEXIST) break;
     }
-    if (!reply.valid() && errno == EMFILE && attr.mq_maxmsg > 1) {
-      // ReplyQueueFallback: RLIMIT_MSGQUEUE (or descriptors) ran out; the
-      // smallest queue still works, one fragment at a time.
-      attr.mq_maxmsg = 1;
+    // ReplyQueueFallback: RLIMIT_MSGQUEUE (or descriptors) ran out. A queue
+    // larger than the default tries the default first; then the smallest
+    // queue still works, one fragment at a time.
+    const struct mq_attr usual = QueueAttributes(/*server=*/false);
+    for (const struct mq_attr& smaller :
+         {usual, [&] {
+            struct mq_attr one = usual;
+            one.mq_maxmsg = 1;
+            return one;
+          }()}) {
+      if (reply.valid() || errno != EMFILE) break;
+      if (smaller.mq_maxmsg * smaller.mq_msgsize >= attr.mq_maxmsg * attr.mq_msgsize) continue;
+      attr = smaller;
       reply.Reset(static_cast<int>(mq_open(
           reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0600, &attr)));
     }

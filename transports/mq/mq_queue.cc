@@ -58,6 +58,14 @@ struct mq_attr QueueAttributes(bool server) {
   return attr;
 }
 
+struct mq_attr ReplyQueueAttributes(long messages, long message_size) {
+  const MqLimits limits = ReadMqLimits();
+  struct mq_attr attr = {};
+  attr.mq_maxmsg = std::clamp<long>(messages, 1, std::max<long>(1, limits.max_messages));
+  attr.mq_msgsize = std::clamp<long>(message_size, 512, std::max<long>(512, limits.message_size));
+  return attr;
+}
+
 absl::Status ValidateMqName(const Endpoint& endpoint) {
   const std::string& name = endpoint.address;
   if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||

@@ -28,6 +28,9 @@ MqLimits ReadMqLimits();
 // fragmented. When the limit is reached all the same, a reply queue of one
 // message is tried before giving up (ReplyQueueFallback).
 struct mq_attr QueueAttributes(bool server);
+// A client's reply queue as its ChannelOptions ask (messages, bytes each),
+// within the kernel's limits and at least 1 × 512 bytes.
+struct mq_attr ReplyQueueAttributes(long messages, long message_size);
 
 // An errno from mq_open as a status that names the limit and how to raise it.
 absl::Status MqOpenError(int error, std::string_view name);
