@@ -708,7 +708,12 @@ int main(int argc, char** argv) {
         return 2;
       }
       mq_reply_messages = std::atoi(parts[0].c_str());
-      mq_reply_size = static_cast<size_t>(std::atoll(parts[1].c_str()));
+      const long long bytes = std::atoll(parts[1].c_str());
+      if (mq_reply_messages <= 0 || bytes <= 0) {
+        std::fprintf(stderr, "ipcrpc_bench: --mq_reply_queue wants positive numbers\n");
+        return 2;
+      }
+      mq_reply_size = static_cast<size_t>(bytes);
     }
     else if (take("protobuf_work")) {
       // PrintProtobufWork's child.

@@ -92,31 +92,36 @@ class MqConnector final : public Connector {
     std::string reply_name;
     struct mq_attr attr = ReplyQueueAttributes(options_.mq_reply_queue_messages,
                                                options_.mq_reply_message_size);
+    // The default, and the smallest queue (one fragment at a time), for
+    // ReplyQueueFallback below; read before any mq_open, whose errno counts.
+    const struct mq_attr usual = QueueAttributes(/*server=*/false);
+    struct mq_attr one = usual;
+    one.mq_maxmsg = 1;
     UniqueFd reply;
+    int error = 0;
     for (int attempt = 0; attempt < 4 && !reply.valid(); ++attempt) {
       reply_name = absl::StrCat("/ipcrpc-", ::getpid(), "-", counter.fetch_add(1), "-",
                                 RandomU64() % 1'000'000'000'000);
       reply.Reset(static_cast<int>(mq_open(
           reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0600, &attr)));
-      if (!reply.valid() && errno != EEXIST) break;
+      error = reply.valid() ? 0 : errno;
+      if (!reply.valid() && error != EEXIST) break;
     }
-    // ReplyQueueFallback: RLIMIT_MSGQUEUE (or descriptors) ran out. A queue
-    // larger than the default tries the default first; then the smallest
-    // queue still works, one fragment at a time.
-    const struct mq_attr usual = QueueAttributes(/*server=*/false);
-    for (const struct mq_attr& smaller :
-         {usual, [&] {
-            struct mq_attr one = usual;
-            one.mq_maxmsg = 1;
-            return one;
-          }()}) {
-      if (reply.valid() || errno != EMFILE) break;
-      if (smaller.mq_maxmsg * smaller.mq_msgsize >= attr.mq_maxmsg * attr.mq_msgsize) continue;
+    // ReplyQueueFallback: RLIMIT_MSGQUEUE (or descriptors) ran out. The
+    // default, then one message, each only if smaller in both ways than
+    // what was tried.
+    for (const struct mq_attr& smaller : {usual, one}) {
+      if (reply.valid() || error != EMFILE) break;
+      if (smaller.mq_maxmsg > attr.mq_maxmsg || smaller.mq_msgsize > attr.mq_msgsize ||
+          (smaller.mq_maxmsg == attr.mq_maxmsg && smaller.mq_msgsize == attr.mq_msgsize)) {
+        continue;
+      }
       attr = smaller;
       reply.Reset(static_cast<int>(mq_open(
           reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0600, &attr)));
+      error = reply.valid() ? 0 : errno;
     }
-    if (!reply.valid()) return MqOpenError(errno, reply_name);
+    if (!reply.valid()) return MqOpenError(error, reply_name);
     // The name goes as soon as the server has opened it, or on any failure.
     absl::Cleanup unlink_reply = [&] { mq_unlink(reply_name.c_str()); };
     if (::fchmod(reply.get(), options_.mode) < 0) return ErrnoStatus(errno, "fchmod", reply_name);

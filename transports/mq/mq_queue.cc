@@ -62,7 +62,10 @@ struct mq_attr ReplyQueueAttributes(long messages, long message_size) {
   const MqLimits limits = ReadMqLimits();
   struct mq_attr attr = {};
   attr.mq_maxmsg = std::clamp<long>(messages, 1, std::max<long>(1, limits.max_messages));
-  attr.mq_msgsize = std::clamp<long>(message_size, 512, std::max<long>(512, limits.message_size));
+  // At least 512 bytes, unless the kernel allows less (every frame the
+  // server must send whole is far smaller).
+  const long least = std::min<long>(512, limits.message_size);
+  attr.mq_msgsize = std::clamp<long>(message_size, least, std::max(least, limits.message_size));
   return attr;
 }
 
