@@ -537,6 +537,20 @@ void ChannelCore::RetryCancels() {
   });
 }
 
+namespace {
+
+// Runs a CallMethodView callback: INTERNAL if it throws.
+absl::Status HandOver(absl::FunctionRef<void(std::string_view)> view, std::string_view response) {
+  try {
+    view(response);
+  } catch (...) {
+    return absl::InternalError("the response callback threw an exception");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
                                                   std::string_view request,
                                                   const CallOptions& options,
@@ -635,11 +649,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
         // Read by another thread, copied: handed over here, on the caller's.
         const std::string response = std::move(**call->result);
         lock.Unlock();
-        try {
-          (*view)(response);
-        } catch (...) {
-          return absl::InternalError("the response callback threw an exception");
-        }
+        IPCRPC_RETURN_IF_ERROR(HandOver(*view, response));
         return std::string();
       }
       return std::move(*call->result);
@@ -930,12 +940,7 @@ void ChannelCore::OnMessage(const std::shared_ptr<ClientConnection>& connection,
                  std::this_thread::get_id() == call->view_thread) {
         // The caller reads its own response: handed over in place.
         call->viewed = true;
-        absl::Status viewed;
-        try {
-          (*call->view)(frame->payload);
-        } catch (...) {
-          viewed = absl::InternalError("the response callback threw an exception");
-        }
+        absl::Status viewed = HandOver(*call->view, frame->payload);
         Complete(call, viewed.ok() ? absl::StatusOr<std::string>(std::string())
                                    : absl::StatusOr<std::string>(std::move(viewed)));
       } else if (frame->header.status_code == 0 && call->sink != nullptr) {

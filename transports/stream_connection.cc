@@ -55,22 +55,19 @@ Iovecs Gather(size_t total, absl::Span<const std::string_view> parts,
 }
 
 // The largest message that a non-blocking write takes whole when nothing
-// is queued on `fd` (EmptyForWriting): an empty pipe takes its capacity
-// (F_GETPIPE_SZ: its pages, each filled whole by one write); an idle Unix
-// stream socket takes one buffer of up to half its send buffer (less the
-// kernel's overhead, for which a page is kept). PIPE_BUF where unknown.
-size_t WholeWriteLimit(int fd, bool is_socket) {
-  if (is_socket) {
-    int send_buffer = 0;
-    socklen_t length = sizeof(send_buffer);
-    if (::getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &send_buffer, &length) != 0 ||
-        send_buffer / 2 <= 4096 + PIPE_BUF) {
-      return PIPE_BUF;
-    }
-    return static_cast<size_t>(send_buffer / 2 - 4096);
+// is queued (EmptyForWriting): an empty pipe takes its capacity (its pages,
+// each filled whole by one write; 0: unknown); an idle Unix stream socket
+// `fd` takes one buffer of up to half its send buffer (less the kernel's
+// overhead, for which a page is kept). PIPE_BUF where unknown.
+size_t PipeWholeWriteLimit(size_t capacity) { return std::max<size_t>(capacity, PIPE_BUF); }
+size_t SocketWholeWriteLimit(int fd) {
+  int send_buffer = 0;
+  socklen_t length = sizeof(send_buffer);
+  if (::getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &send_buffer, &length) != 0 ||
+      send_buffer / 2 <= 4096 + PIPE_BUF) {
+    return PIPE_BUF;
   }
-  const int capacity = ::fcntl(fd, F_GETPIPE_SZ);
-  return capacity > PIPE_BUF ? static_cast<size_t>(capacity) : PIPE_BUF;
+  return static_cast<size_t>(send_buffer / 2 - 4096);
 }
 
 }  // namespace
@@ -94,10 +91,12 @@ absl::StatusOr<std::shared_ptr<StreamConnection>> StreamConnection::Create(
       is_socket, peer, std::move(description), max_message_size);
   {
     MutexLock lock(&connection->write_mu_);
-    connection->whole_write_limit_ = WholeWriteLimit(connection->write_fd_, is_socket);
-    if (!is_socket) {
+    if (is_socket) {
+      connection->whole_write_limit_ = SocketWholeWriteLimit(connection->write_fd_);
+    } else {
       const int capacity = ::fcntl(connection->write_fd_, F_GETPIPE_SZ);
       connection->pipe_capacity_ = capacity > 0 ? static_cast<size_t>(capacity) : 0;
+      connection->whole_write_limit_ = PipeWholeWriteLimit(connection->pipe_capacity_);
     }
     connection->first_pipe_capacity_ = connection->pipe_capacity_;
   }
@@ -307,7 +306,7 @@ void StreamConnection::FitPipeLocked(size_t frame) {
   const int capacity = ::fcntl(write_fd_, F_SETPIPE_SZ, static_cast<int>(want));
   if (capacity > 0) {
     pipe_capacity_ = static_cast<size_t>(capacity);
-    whole_write_limit_ = pipe_capacity_;
+    whole_write_limit_ = PipeWholeWriteLimit(pipe_capacity_);
   } else if (errno == EPERM && want > pipe_capacity_) {
     // Beyond /proc/sys/fs/pipe-max-size or the user's pipe limits: large
     // messages go as before, a pipe's worth at a time, and this connection

@@ -93,7 +93,8 @@ class StreamConnection final : public PolledConnection {
   const bool is_socket_;
   const PeerCredentials peer_;
   const size_t max_message_size_;
-  // Set by Create (WholeWriteLimit); a pipe's follows its size.
+  // Set by Create (SocketWholeWriteLimit, PipeWholeWriteLimit); a pipe's
+  // follows its size.
   size_t whole_write_limit_ ABSL_GUARDED_BY(write_mu_) = PIPE_BUF;
   // A pipe's or FIFO's size as Create found it, and now (0: a socket, or
   // unknown).
