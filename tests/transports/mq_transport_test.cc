@@ -92,10 +92,20 @@ std::vector<std::pair<ino_t, struct mq_attr>> ReplyQueuesOpenHere() {
     const std::string link = absl::StrCat("/proc/self/fd/", entry->d_name);
     const ssize_t n = readlink(link.c_str(), target, sizeof(target) - 1);
     if (n <= 0 || std::string_view(target, n).substr(0, prefix.size()) != prefix) continue;
+    // Not the descriptor itself: the server's side of an earlier case may
+    // close it on its own thread at any moment (and the number be taken
+    // again). A descriptor of our own, opened through the link, names the
+    // same queue; O_NONBLOCK so that a number reused by a FIFO cannot block.
+    internal::UniqueFd own(open(link.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+    if (!own.valid()) continue;
+    const std::string own_link = absl::StrCat("/proc/self/fd/", own.get());
+    const ssize_t m = readlink(own_link.c_str(), target, sizeof(target) - 1);
+    if (m <= 0 || std::string_view(target, m).substr(0, prefix.size()) != prefix) continue;
     struct mq_attr attr;
     struct stat st;
-    const int fd = std::atoi(entry->d_name);
-    if (mq_getattr(fd, &attr) == 0 && fstat(fd, &st) == 0) found.emplace_back(st.st_ino, attr);
+    if (mq_getattr(own.get(), &attr) == 0 && fstat(own.get(), &st) == 0) {
+      found.emplace_back(st.st_ino, attr);
+    }
   }
   closedir(fds);
   return found;
