@@ -86,6 +86,22 @@ bool ReadParsed(GenericClientStream& stream, std::string& buffer, R* message,
   stream.Cancel();
   return false;
 }
+
+// A client's typed Write: `message` serialized into `buffer` and sent. One
+// that protobuf cannot serialize (over 2 GiB) is not sent: the call is
+// cancelled and the reason remembered in `*error` (which Finish reports).
+template <class W>
+bool WriteSerialized(GenericClientStream& stream, std::string& buffer, const W& message,
+                     absl::Status* error) {
+  if (message.SerializePartialToString(&buffer)) return stream.Write(buffer);
+  if (error->ok()) {
+    *error = absl::InvalidArgumentError(absl::StrCat(
+        "a stream message of ", message.ByteSizeLong(), " bytes (", message.GetTypeName(),
+        ") is over the 2 GiB protobuf serializes"));
+  }
+  stream.Cancel();
+  return false;
+}
 }  // namespace internal
 
 template <class R>
@@ -93,12 +109,18 @@ class ClientReader {
  public:
   ClientReader() = default;
   explicit ClientReader(GenericClientStream stream) : stream_(std::move(stream)) {}
+  // A stream that never started (a stub whose request cannot be sent):
+  // Read returns false, Finish returns `failed` (not OK: an OK one becomes
+  // INTERNAL).
+  explicit ClientReader(absl::Status failed)
+      : parse_error_(failed.ok() ? absl::InternalError("a stream failed with an OK status")
+                                 : std::move(failed)) {}
   ClientReader(ClientReader&&) noexcept = default;
   ClientReader& operator=(ClientReader&&) noexcept = default;
 
   bool Read(R* message) { return internal::ReadParsed(stream_, buffer_, message, &parse_error_); }
   absl::Status Finish() {
-    absl::Status status = stream_.Finish();
+    absl::Status status = stream_.Finish();  // (of a stream never started: not used)
     return parse_error_.ok() ? status : parse_error_;
   }
   void Cancel() { stream_.Cancel(); }
@@ -118,12 +140,16 @@ class ClientWriter {
   ClientWriter& operator=(ClientWriter&&) noexcept = default;
 
   bool Write(const W& message) {
-    message.SerializePartialToString(&buffer_);
-    return stream_.Write(buffer_);
+    return internal::WriteSerialized(stream_, buffer_, message, &write_error_);
   }
   bool WritesDone() { return stream_.WritesDone(); }
-  // The server's reply (its one message), or the call's status.
+  // The server's reply (its one message), or the call's status (a message
+  // Write could not serialize: INVALID_ARGUMENT, whatever the server said).
   absl::StatusOr<R> Finish() {
+    if (!write_error_.ok()) {
+      stream_.Finish().IgnoreError();  // cancelled by Write: ends at once
+      return write_error_;
+    }
     stream_.WritesDone();
     std::string bytes;
     const bool got = stream_.Read(&bytes);
@@ -142,6 +168,7 @@ class ClientWriter {
  private:
   GenericClientStream stream_;
   std::string buffer_;
+  absl::Status write_error_;
 };
 
 template <class W, class R>
@@ -153,8 +180,7 @@ class ClientReaderWriter {
   ClientReaderWriter& operator=(ClientReaderWriter&&) noexcept = default;
 
   bool Write(const W& message) {
-    message.SerializePartialToString(&write_buffer_);
-    return stream_.Write(write_buffer_);
+    return internal::WriteSerialized(stream_, write_buffer_, message, &parse_error_);
   }
   bool WritesDone() { return stream_.WritesDone(); }
   bool Read(R* message) {
@@ -170,7 +196,7 @@ class ClientReaderWriter {
   GenericClientStream stream_;
   std::string write_buffer_;
   std::string read_buffer_;
-  absl::Status parse_error_;
+  absl::Status parse_error_;  // or a message Write could not serialize
 };
 
 // ------------------------------------------------------------ typed: server
@@ -181,9 +207,14 @@ template <class W>
 class ServerWriter {
  public:
   explicit ServerWriter(GenericServerStream& stream) : stream_(stream) {}
+  // A message protobuf cannot serialize (over 2 GiB) is not sent: the
+  // stream ends INTERNAL, as a unary reply that cannot be serialized does.
   bool Write(const W& message) {
-    message.SerializePartialToString(&buffer_);
-    return stream_.Write(buffer_);
+    if (message.SerializePartialToString(&buffer_)) return stream_.Write(buffer_);
+    stream_.Fail(absl::InternalError(absl::StrCat(
+        "the handler's stream message of ", message.ByteSizeLong(), " bytes (",
+        message.GetTypeName(), ") is over the 2 GiB protobuf serializes")));
+    return false;
   }
 
  private:

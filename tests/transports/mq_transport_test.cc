@@ -374,6 +374,48 @@ TEST_F(MqTransportTest, AConnectAfterTheListenerClosedIsRefusedAtOnce) {
   }
 }
 
+// A reply queue whose messages cannot hold the ACCEPT (or hold so little
+// that a response would be thousands of fragments) is refused with a CLOSE,
+// which fits: the client learns at once instead of waiting out its connect
+// timeout. Before, a queue of 25-27 bytes was accepted and then sent
+// nothing (the ACCEPT's mq_send failed), and one of 64 was served.
+TEST_F(MqTransportTest, AReplyQueueOfTooSmallMessagesIsToldCloseAtOnce) {
+  StartServer();
+  for (const long size : {static_cast<long>(internal::kMqHeaderSize) + 2, 64L,
+                          internal::kMqMinReplyMessageSize - 1}) {
+    SCOPED_TRACE(absl::StrCat("messages of ", size, " bytes"));
+    const std::string reply_name = absl::StrCat("/", name_, "-small-", size);
+    struct mq_attr attr = {};
+    attr.mq_maxmsg = 4;
+    attr.mq_msgsize = size;
+    internal::UniqueFd reply(static_cast<int>(
+        mq_open(reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_CLOEXEC, 0600, &attr)));
+    ASSERT_TRUE(reply.valid()) << std::strerror(errno);
+    std::string connect(internal::kMqHeaderSize, '\0');
+    MqHeader header;
+    header.kind = MqKind::kConnect;
+    internal::EncodeMqHeader(header, connect.data());
+    char payload[12] = {'I', 'M', 'Q', 'C', 1, 0, 0, 0};
+    const uint32_t pid = static_cast<uint32_t>(::getpid());
+    std::memcpy(payload + 8, &pid, 4);  // little-endian host
+    connect.append(payload, sizeof(payload));
+    connect += reply_name;
+    SendRaw(connect);
+    std::vector<char> answer(static_cast<size_t>(size));
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;  // far beyond "at once"; the old code never answered
+    const ssize_t n = mq_timedreceive(reply.get(), answer.data(), answer.size(), nullptr, &until);
+    const int error = errno;
+    mq_unlink(reply_name.c_str());
+    ASSERT_GT(n, 0) << "no answer within 20 s: " << std::strerror(error);
+    auto got = internal::DecodeMqHeader(std::string_view(answer.data(), static_cast<size_t>(n)));
+    ASSERT_THAT(got, IsOk());
+    EXPECT_EQ(got->kind, MqKind::kClose);
+  }
+  ExpectServed();
+}
+
 // mq: has no SO_PEERCRED: a CONNECT says which pid the client is, and the
 // server watches that pid for the client's death. A client of another uid
 // (65534, allowed) that claims pid 1 (init, uid 0) would have tied its

@@ -161,11 +161,24 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
       SendRefusal(reply.get());
       return;
     }
+    // The reply queue's messages must hold the ACCEPT, and carry enough
+    // of a response each that a large one is not thousands of fragments:
+    // at least 128 bytes, the least msgsize_max the kernel allows (an
+    // ipcrpc client asks for min(512, msgsize_max)). A smaller queue is
+    // told CLOSE when a CLOSE fits, so that its client fails at once.
     struct mq_attr attr;
-    if (mq_getattr(reply.get(), &attr) < 0 ||
-        attr.mq_msgsize < static_cast<long>(kMqHeaderSize) + 1) {
-      IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid
-                          << ": reply queue messages too small";
+    if (mq_getattr(reply.get(), &attr) < 0) {
+      IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid << ": "
+                          << ErrnoStatus(errno, "mq_getattr", reply_name);
+      SendRefusal(reply.get());
+      return;
+    }
+    if (attr.mq_msgsize < kMqMinReplyMessageSize) {
+      IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid << ": reply queue "
+                          << reply_name << " takes messages of " << attr.mq_msgsize
+                          << " bytes, fewer than the " << kMqMinReplyMessageSize
+                          << " a connection needs";
+      if (attr.mq_msgsize >= static_cast<long>(kMqHeaderSize)) SendRefusal(reply.get());
       return;
     }
     auto close_event = NewCloseEvent(description);

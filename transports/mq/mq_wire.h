@@ -18,6 +18,9 @@ namespace ipcrpc::internal {
 // Kinds of queue messages, and the fragment header every message starts with.
 enum class MqKind : uint8_t { kConnect = 1, kAccept = 2, kData = 3, kClose = 4 };
 inline constexpr size_t kMqHeaderSize = 24;
+// The least message size a client's reply queue may have: the least
+// msgsize_max the kernel allows (its clients ask for min(512, msgsize_max)).
+inline constexpr long kMqMinReplyMessageSize = 128;
 inline constexpr size_t kMqMaxPartialMessages = 64;
 
 struct MqHeader {

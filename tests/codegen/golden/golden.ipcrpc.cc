@@ -274,7 +274,10 @@ Feed::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 ::ipcrpc::ClientReader<::golden::v1::Event> Feed::Stub::Watch(
     const ::golden::v1::EchoRequest& request, const ::ipcrpc::CallOptions& options) {
   ::std::string request_bytes;
-  request.SerializePartialToString(&request_bytes);
+  if (!request.SerializePartialToString(&request_bytes)) {
+    return ::ipcrpc::ClientReader<::golden::v1::Event>(::absl::InvalidArgumentError(
+        "golden.v1.Feed/Watch: the request is over the 2 GiB protobuf serializes"));
+  }
   return ::ipcrpc::ClientReader<::golden::v1::Event>(
       ipcrpc_channel_->OpenServerStream("golden.v1.Feed/Watch", request_bytes, options));
 }
@@ -284,7 +287,14 @@ Feed::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
     ::absl::AnyInvocable<void(const ::golden::v1::Event&)> on_message,
     ::absl::AnyInvocable<void(::absl::Status) &&> done) {
   ::std::string request_bytes;
-  request.SerializePartialToString(&request_bytes);
+  if (!request.SerializePartialToString(&request_bytes)) {
+    return ipcrpc_channel_->FailCallAsync(
+        ::absl::InvalidArgumentError(
+            "golden.v1.Feed/Watch: the request is over the 2 GiB protobuf serializes"),
+        [done = ::std::move(done)](::absl::StatusOr<::std::string> failed) mutable {
+          ::std::move(done)(::std::move(failed).status());
+        });
+  }
   // A message that does not parse is skipped, and the call then ends
   // INTERNAL whatever the server says.
   auto parse_failed = ::std::make_shared<bool>(false);
@@ -293,8 +303,7 @@ Feed::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
       [on_message = ::std::move(on_message), parse_failed](
           ::std::string_view message_bytes) mutable {
         ::golden::v1::Event message;
-        if (*parse_failed || !message.ParseFromArray(message_bytes.data(),
-                static_cast<int>(message_bytes.size()))) {
+        if (*parse_failed || !::ipcrpc::ParseFromBytes(message_bytes, &message)) {
           *parse_failed = true;
           return;
         }
