@@ -1,6 +1,7 @@
 // The shm: transport's own rules: a hostile peer's ring or HELLO breaks only
 // its own connection; an idle connection costs no CPU.
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -16,6 +17,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -291,6 +293,52 @@ TEST_F(ShmTransportTest, AnIdleConnectionCostsNoCpu) {
   // A spinning reader would use the whole window (500 ms = 50 ticks).
   EXPECT_LE(server_after - server_before, 2) << "the idle server used CPU";
   EXPECT_LT(ours_ns, 20'000'000) << "the idle client used CPU";
+}
+
+// Both processes on one CPU (pinned before the server is spawned and the
+// channel's threads start, so every thread of both inherits it): each
+// reader sees from the ring that its peer wrote from its own CPU and sleeps
+// on its doorbell at once instead of looking (shm_ring.h, producer_cpu),
+// and a writer publishes a large message whole, giving up the CPU when the
+// ring is full. Every size arrives intact, those larger than the ring too,
+// with several callers at once.
+TEST(ShmOneCpuTest, BothPeersOnOneCpuExchangeEveryMessageSize) {
+  cpu_set_t before;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(before), &before), 0);
+  int cpu = 0;
+  while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &before)) ++cpu;
+  ASSERT_LT(cpu, CPU_SETSIZE);
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
+  absl::Cleanup restore = [&] { sched_setaffinity(0, sizeof(before), &before); };
+  auto server = ConformanceServerProcess::Start({"shm", true});
+  ASSERT_THAT(server, IsOk());
+  std::shared_ptr<Channel> channel = (*server)->channel();
+  const size_t sizes[] = {0, 64, 4096, 65536, 300 * 1024, 1 << 20};
+  for (size_t size : sizes) {
+    std::string request(size, '\0');
+    for (size_t i = 0; i < size; ++i) request[i] = static_cast<char>('a' + (i * 7 + size) % 26);
+    for (int call = 0; call < 20; ++call) {
+      ASSERT_THAT(channel->CallMethod("test.Test/Echo", request), IsOkAndHolds(request))
+          << size << " bytes, call " << call;
+    }
+  }
+  // Callers on four threads (all on the one CPU) share the connection.
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 4; ++t) {
+    callers.emplace_back([&, t] {
+      for (int call = 0; call < 50; ++call) {
+        const std::string request(static_cast<size_t>((t * 50 + call) * 997 % 70000), 'x');
+        absl::StatusOr<std::string> response = channel->CallMethod("test.Test/Echo", request);
+        if (!response.ok() || *response != request) wrong++;
+      }
+    });
+  }
+  for (auto& caller : callers) caller.join();
+  EXPECT_EQ(wrong.load(), 0);
 }
 
 }  // namespace

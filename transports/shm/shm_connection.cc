@@ -109,6 +109,9 @@ PolledConnection::Got ShmConnection::ReceiveOnce(Reader reader, absl::Status* wh
 }
 
 bool ShmConnection::KeepLooking(Reader reader) {
+  // A peer that last wrote from this CPU needs it to write again: sleep at
+  // once, and the doorbell wakes us when it has.
+  if (consumer_.ProducerSharesCpu()) return false;
   return (reader == Reader::kLoop ? loop_spinner_ : caller_spinner_)
       .KeepLooking(records_.in_message());
 }
@@ -245,11 +248,15 @@ absl::Status ShmConnection::WriteAll(std::string_view bytes, int64_t deadline_ns
         full_since_ns = 0;
         room_made = 0;
       }
-      if (!bytes.empty()) PublishAndRing();
+      // A reader on another CPU copies out while we copy in; one on ours
+      // cannot, and would only be woken for a piece.
+      if (!bytes.empty() && !producer_.ConsumerSharesCpu()) PublishAndRing();
       continue;
     }
     // Full: let the reader see what is there (ringing it if it sleeps).
     PublishAndRing();
+    // A reader on this CPU makes room only once we give it up: no pauses.
+    if (idle == 0 && producer_.ConsumerSharesCpu()) idle = kFullRingPauses - 1;
     if (++idle < kFullRingPauses) {
       CpuRelax();
       continue;

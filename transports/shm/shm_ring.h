@@ -54,7 +54,16 @@ struct alignas(kCacheLine) ShmRingControl {
   // socket down): a consumer that nobody woke learns of it without a system
   // call. A producer that dies unannounced is seen by its socket's EOF.
   std::atomic<uint32_t> producer_closed;
+  // The CPU the producer ran on when it last published, plus one (0: not
+  // known). A hint for the consumer only (ShmRingConsumer::ProducerSharesCpu):
+  // in the line the consumer reads anyway, and whatever a peer writes there
+  // changes only how long the consumer looks before it sleeps.
+  std::atomic<uint32_t> producer_cpu;
   alignas(kCacheLine) std::atomic<uint64_t> consumer_position;
+  // The CPU the consumer ran on when it last consumed, plus one (0: not
+  // known). A hint for the producer (ShmRingProducer::ConsumerSharesCpu),
+  // as producer_cpu is for the consumer.
+  std::atomic<uint32_t> consumer_cpu;
   alignas(kCacheLine) std::atomic<uint32_t> consumer_sleeping;
 };
 static_assert(sizeof(ShmRingControl) == 3 * kCacheLine);
@@ -78,6 +87,13 @@ class ShmRingProducer {
   // woken (the caller rings its doorbell).
   bool Publish();
 
+  // Whether the consumer last consumed on the CPU this thread runs on now:
+  // then a large message gains nothing from being published in pieces (the
+  // consumer cannot copy out while we copy in), and on a full ring only
+  // giving up the CPU makes room. A hint, read once (the consumer writes
+  // it); it reads the consumer's cache line, so only for large messages.
+  bool ConsumerSharesCpu() const;
+
   // Tells the consumer of the ring `control` belongs to that nothing more
   // will come (the connection closes). One atomic store: safe from any
   // thread, beside a writer. Static, so that it needs no access to the
@@ -93,6 +109,7 @@ class ShmRingProducer {
   uint64_t position_ = 0;         // ours: the truth
   uint64_t published_ = 0;        // what the consumer may read
   uint64_t cached_consumer_ = 0;  // the consumer's position, as last read
+  uint32_t cpu_hint_ = 0;         // what we last stored as producer_cpu
 };
 
 // The reading side of a ring. Not thread-safe (one consumer).
@@ -113,6 +130,13 @@ class ShmRingConsumer {
   // arrived), false if data arrived meanwhile (the flag is cleared again).
   bool PrepareToSleep();
 
+  // Whether the producer last published from the CPU this thread runs on
+  // now: then it waits for this CPU, and looking for its data before
+  // sleeping only keeps it off (with CFS, sched_yield to a peer that has run
+  // less does not even let it run). A hint, read once: the producer writes
+  // it.
+  bool ProducerSharesCpu() const;
+
   // Whether the producer has said that it closed the connection.
   bool ProducerClosed() const {
     return control_->producer_closed.load(std::memory_order_acquire) != 0;
@@ -124,6 +148,7 @@ class ShmRingConsumer {
   const size_t size_;
   uint64_t position_ = 0;         // ours: the truth
   uint64_t cached_producer_ = 0;  // the producer's position, as last read
+  uint32_t cpu_hint_ = 0;         // what we last stored as consumer_cpu
 };
 
 // Length-prefixed records (a u32 little-endian length, then the message) out
