@@ -180,14 +180,17 @@ class ClientReaderWriter {
   ClientReaderWriter& operator=(ClientReaderWriter&&) noexcept = default;
 
   bool Write(const W& message) {
-    return internal::WriteSerialized(stream_, write_buffer_, message, &parse_error_);
+    return internal::WriteSerialized(stream_, write_buffer_, message, &write_error_);
   }
   bool WritesDone() { return stream_.WritesDone(); }
   bool Read(R* message) {
     return internal::ReadParsed(stream_, read_buffer_, message, &parse_error_);
   }
+  // The call's status, or first a message Write could not serialize
+  // (INVALID_ARGUMENT), then one Read could not parse (INTERNAL).
   absl::Status Finish() {
     absl::Status status = stream_.Finish();
+    if (!write_error_.ok()) return write_error_;
     return parse_error_.ok() ? status : parse_error_;
   }
   void Cancel() { stream_.Cancel(); }
@@ -196,7 +199,9 @@ class ClientReaderWriter {
   GenericClientStream stream_;
   std::string write_buffer_;
   std::string read_buffer_;
-  absl::Status parse_error_;  // or a message Write could not serialize
+  // Apart: one thread may write while another reads.
+  absl::Status write_error_;
+  absl::Status parse_error_;
 };
 
 // ------------------------------------------------------------ typed: server

@@ -5,6 +5,8 @@
 #include "transports/shm/shm_ring.h"
 #include "transports/shm/shm_spinner.h"
 
+#include <sched.h>
+
 #include <atomic>
 #include <cstring>
 #include <random>
@@ -40,6 +42,74 @@ struct TestRing {
     return out;
   }
 };
+
+// Runs `body` on a new thread (whose per-thread view of its affinity starts
+// afresh) with that thread's affinity set to `cpus`. False if the kernel
+// refused the affinity.
+template <typename Body>
+bool OnThreadWithAffinity(const cpu_set_t& cpus, Body body) {
+  bool pinned = false;
+  std::thread thread([&] {
+    pinned = sched_setaffinity(0, sizeof(cpus), &cpus) == 0;
+    if (pinned) body();
+  });
+  thread.join();
+  return pinned;
+}
+
+// The CPU hints (shm_ring.h): a side pinned to one CPU leaves it in its own
+// line, and a peer pinned to the same CPU sees that they share it; any
+// other value a hostile peer writes (another CPU, garbage, 0) reads as not
+// shared.
+TEST(ShmRingTest, SidesPinnedToOneCpuLeaveItAsAHintAndSeeThePeersOnTheirOwn) {
+  cpu_set_t allowed;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
+  int cpu = 0;
+  while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &allowed)) ++cpu;
+  ASSERT_LT(cpu, CPU_SETSIZE);
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  const uint32_t hint = static_cast<uint32_t>(cpu) + 1;
+  TestRing ring(64);
+  const bool pinned = OnThreadWithAffinity(one, [&] {
+    ASSERT_EQ(*ring.producer.Write("x"), 1u);
+    ring.producer.Publish();
+    EXPECT_EQ(ring.control.producer_cpu.load(), hint);
+    EXPECT_EQ(ring.Drain(), "x");
+    EXPECT_EQ(ring.control.consumer_cpu.load(), hint);
+    EXPECT_TRUE(ring.consumer.ProducerSharesCpu());
+    EXPECT_TRUE(ring.producer.ConsumerSharesCpu());
+    for (const uint32_t hostile : {0u, hint + 1, 0xFFFFFFFFu}) {
+      ring.control.producer_cpu.store(hostile);
+      ring.control.consumer_cpu.store(hostile);
+      EXPECT_FALSE(ring.consumer.ProducerSharesCpu()) << hostile;
+      EXPECT_FALSE(ring.producer.ConsumerSharesCpu()) << hostile;
+    }
+  });
+  if (!pinned) GTEST_SKIP() << "this thread may not be pinned here";
+}
+
+// A side that the scheduler may move gives no hint (0) and takes none: its
+// peer's hint naming its CPU of the moment changes nothing.
+TEST(ShmRingTest, AnUnpinnedSideGivesAndTakesNoHint) {
+  cpu_set_t allowed;
+  ASSERT_EQ(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
+  if (CPU_COUNT(&allowed) < 2) GTEST_SKIP() << "one CPU only: every thread is pinned";
+  TestRing ring(64);
+  ASSERT_TRUE(OnThreadWithAffinity(allowed, [&] {
+    ASSERT_EQ(*ring.producer.Write("y"), 1u);
+    ring.producer.Publish();
+    EXPECT_EQ(ring.Drain(), "y");
+    EXPECT_EQ(ring.control.producer_cpu.load(), 0u);
+    EXPECT_EQ(ring.control.consumer_cpu.load(), 0u);
+    const uint32_t now = static_cast<uint32_t>(sched_getcpu()) + 1;
+    ring.control.producer_cpu.store(now);
+    ring.control.consumer_cpu.store(now);
+    EXPECT_FALSE(ring.consumer.ProducerSharesCpu());
+    EXPECT_FALSE(ring.producer.ConsumerSharesCpu());
+  }));
+}
 
 TEST(ShmRingTest, WrapsAroundAtEveryOffset) {
   constexpr size_t kSize = 64;

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -301,7 +302,8 @@ TEST_F(ShmTransportTest, AnIdleConnectionCostsNoCpu) {
 // on its doorbell at once instead of looking (shm_ring.h, producer_cpu),
 // and a writer publishes a large message whole, giving up the CPU when the
 // ring is full. Every size arrives intact, those larger than the ring too,
-// with several callers at once.
+// with several callers at once. (What the hints are is ShmRingTest's; this
+// is the whole transport in that mode: no wake-up lost, nothing stalls.)
 TEST(ShmOneCpuTest, BothPeersOnOneCpuExchangeEveryMessageSize) {
   cpu_set_t before;
   ASSERT_EQ(sched_getaffinity(0, sizeof(before), &before), 0);
@@ -311,7 +313,9 @@ TEST(ShmOneCpuTest, BothPeersOnOneCpuExchangeEveryMessageSize) {
   cpu_set_t one;
   CPU_ZERO(&one);
   CPU_SET(cpu, &one);
-  ASSERT_EQ(sched_setaffinity(0, sizeof(one), &one), 0);
+  if (sched_setaffinity(0, sizeof(one), &one) != 0) {
+    GTEST_SKIP() << "cannot pin this thread: " << std::strerror(errno);
+  }
   absl::Cleanup restore = [&] { sched_setaffinity(0, sizeof(before), &before); };
   auto server = ConformanceServerProcess::Start({"shm", true});
   ASSERT_THAT(server, IsOk());

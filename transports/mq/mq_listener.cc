@@ -182,7 +182,12 @@ struct MqAcceptor : std::enable_shared_from_this<MqAcceptor> {
       return;
     }
     auto close_event = NewCloseEvent(description);
-    if (!close_event.ok()) return;
+    if (!close_event.ok()) {
+      IPCRPC_LOG(WARNING) << description << ": refusing pid " << pid << ": "
+                          << close_event.status();
+      SendRefusal(reply.get());
+      return;
+    }
     uint64_t id = RandomId();
     while (id == 0 || routes.contains(id)) id = RandomId();
     // ACCEPT: the connection id, our pid.

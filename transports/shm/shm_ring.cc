@@ -7,7 +7,6 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "base/clock.h"
 #include "base/copy.h"
 #include "base/little_endian.h"
 
@@ -27,30 +26,31 @@ constexpr size_t kFirstGatherReserve = (1u << 20) + (64u << 10);
 // message up to there is kept.
 constexpr size_t kKeptGatherBytes = StaggeredCapacity(2 * kFirstGatherReserve);
 
-// This thread's CPU as a hint (plus one; 0 if not known). glibc reads it
-// from the thread's rseq area: no system call.
-uint32_t CpuHint() {
-  const int cpu = ::sched_getcpu();
-  return cpu >= 0 ? static_cast<uint32_t>(cpu) + 1 : 0;
-}
-
 // Whether this thread may run on one CPU only (pinned, a cpuset of one, a
 // one-CPU machine): then two peers found on one CPU stay there. Where the
-// scheduler may move them, the hints are not acted on: peers that sleep on
-// each other instead of looking are kept together by its wake-up affinity
-// (measured unpinned, 64 KiB: 46-55 us a call became 56-120 us), while
-// peers that look for each other spread over the CPUs. Asked of the kernel
-// at most once a second per thread.
+// scheduler may move them, no hint is given or acted on: peers that sleep
+// on each other instead of looking are kept together by its wake-up
+// affinity (measured unpinned, 64 KiB: 46-55 us a call became 56-120 us),
+// while peers that look for each other spread over the CPUs. Asked of the
+// kernel once every 4096 uses per thread. (A kernel of more than 1024 CPUs
+// refuses a cpu_set_t: then no hints, as if unpinned.)
 bool RunsOnOneCpu() {
-  thread_local int64_t asked_ns = 0;
+  thread_local uint32_t uses = 0;
   thread_local bool one = false;
-  const int64_t now = MonotonicNowNs();
-  if (asked_ns == 0 || now - asked_ns > 1'000'000'000) {
-    asked_ns = now;
+  if (uses++ % 4096 == 0) {
     cpu_set_t allowed;
     one = ::sched_getaffinity(0, sizeof(allowed), &allowed) == 0 && CPU_COUNT(&allowed) == 1;
   }
   return one;
+}
+
+// This thread's CPU as a hint, plus one; 0 (no hint) unless it may run on
+// that CPU only. glibc reads the CPU from the thread's rseq area: no system
+// call.
+uint32_t CpuHint() {
+  if (!RunsOnOneCpu()) return 0;
+  const int cpu = ::sched_getcpu();
+  return cpu >= 0 ? static_cast<uint32_t>(cpu) + 1 : 0;
 }
 
 }  // namespace
@@ -101,12 +101,12 @@ bool ShmRingProducer::Publish() {
 
 bool ShmRingProducer::ConsumerSharesCpu() const {
   const uint32_t hint = control_->consumer_cpu.load(std::memory_order_relaxed);
-  return hint != 0 && hint == CpuHint() && RunsOnOneCpu();
+  return hint != 0 && hint == CpuHint();
 }
 
 bool ShmRingConsumer::ProducerSharesCpu() const {
   const uint32_t hint = control_->producer_cpu.load(std::memory_order_relaxed);
-  return hint != 0 && hint == CpuHint() && RunsOnOneCpu();
+  return hint != 0 && hint == CpuHint();
 }
 
 absl::Status ShmRingConsumer::Peek(std::string_view* first, std::string_view* second) {

@@ -1,7 +1,8 @@
 // A single-producer single-consumer byte ring in memory shared by two
 // processes. Layout (docs/PROTOCOL.md, "shm: rings"): a control block of
-// three cache lines - the producer's position, the consumer's position, the
-// consumer's "sleeping" flag - and `size` bytes of data (a power of two).
+// three cache lines - the producer's position (with its "closed" flag and
+// CPU hint), the consumer's position (with its CPU hint), the consumer's
+// "sleeping" flag - and `size` bytes of data (a power of two).
 // Positions are byte counts since the start (u64, never wrap in practice);
 // the byte at position p is data[p & (size - 1)].
 //
@@ -54,19 +55,29 @@ struct alignas(kCacheLine) ShmRingControl {
   // socket down): a consumer that nobody woke learns of it without a system
   // call. A producer that dies unannounced is seen by its socket's EOF.
   std::atomic<uint32_t> producer_closed;
-  // The CPU the producer ran on when it last published, plus one (0: not
-  // known). A hint for the consumer only (ShmRingConsumer::ProducerSharesCpu):
-  // in the line the consumer reads anyway, and whatever a peer writes there
-  // changes only how long the consumer looks before it sleeps.
+  // The CPU the producer ran on when it last published, plus one, if it may
+  // run on that CPU only (0: none, or not known). A hint for the consumer
+  // (ShmRingConsumer::ProducerSharesCpu): in the line the consumer reads
+  // anyway, and whatever a peer writes there changes only how long the
+  // consumer looks before it sleeps.
   std::atomic<uint32_t> producer_cpu;
   alignas(kCacheLine) std::atomic<uint64_t> consumer_position;
-  // The CPU the consumer ran on when it last consumed, plus one (0: not
-  // known). A hint for the producer (ShmRingProducer::ConsumerSharesCpu),
-  // as producer_cpu is for the consumer.
+  // The CPU the consumer ran on when it last consumed, plus one, if it may
+  // run on that CPU only (0: none, or not known). A hint for the producer
+  // (ShmRingProducer::ConsumerSharesCpu): whatever a peer writes there
+  // changes only whether a large message is published in pieces and
+  // whether a writer facing a full ring pauses before it yields.
   std::atomic<uint32_t> consumer_cpu;
   alignas(kCacheLine) std::atomic<uint32_t> consumer_sleeping;
 };
 static_assert(sizeof(ShmRingControl) == 3 * kCacheLine);
+// The layout docs/PROTOCOL.md gives (a peer of another build relies on it).
+static_assert(offsetof(ShmRingControl, producer_position) == 0);
+static_assert(offsetof(ShmRingControl, producer_closed) == 8);
+static_assert(offsetof(ShmRingControl, producer_cpu) == 12);
+static_assert(offsetof(ShmRingControl, consumer_position) == 64);
+static_assert(offsetof(ShmRingControl, consumer_cpu) == 72);
+static_assert(offsetof(ShmRingControl, consumer_sleeping) == 128);
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "needs lock-free 64-bit atomics");
 
 // The writing side of a ring. Not thread-safe (one producer).
@@ -87,7 +98,8 @@ class ShmRingProducer {
   // woken (the caller rings its doorbell).
   bool Publish();
 
-  // Whether the consumer last consumed on the CPU this thread runs on now:
+  // Whether the consumer last consumed on the CPU this thread runs on now,
+  // both pinned to it (no hint is given or taken otherwise):
   // then a large message gains nothing from being published in pieces (the
   // consumer cannot copy out while we copy in), and on a full ring only
   // giving up the CPU makes room. A hint, read once (the consumer writes
@@ -131,7 +143,8 @@ class ShmRingConsumer {
   bool PrepareToSleep();
 
   // Whether the producer last published from the CPU this thread runs on
-  // now: then it waits for this CPU, and looking for its data before
+  // now, both pinned to it (no hint is given or taken otherwise): then it
+  // waits for this CPU, and looking for its data before
   // sleeping only keeps it off (with CFS, sched_yield to a peer that has run
   // less does not even let it run). A hint, read once: the producer writes
   // it.
