@@ -141,6 +141,17 @@ Kind KindOf(const MethodDescriptor* method) {
   return Kind::kUnary;
 }
 
+// An async stub's answer to a request protobuf cannot serialize (over
+// 2 GiB): the call ends INVALID_ARGUMENT, through `done`, never inside the
+// stub (after "    return ").
+constexpr char kFailAsyncOverTwoGiB[] =
+    "ipcrpc_channel_->FailCallAsync(\n"
+    "        ::absl::InvalidArgumentError(\n"
+    "            \"$full_method$: the request is over the 2 GiB protobuf serializes\"),\n"
+    "        [done = ::std::move(done)](::absl::StatusOr<::std::string> failed) mutable {\n"
+    "          ::std::move(done)(::std::move(failed).status());\n"
+    "        });\n";
+
 // The stub's methods for a streaming RPC: thin, over the channel's untyped
 // streams and the typed wrappers of ipcrpc/stream.h.
 void PrintStreamStub(Printer& p, const Vars& m, Kind kind) {
@@ -165,12 +176,9 @@ void PrintStreamStub(Printer& p, const Vars& m, Kind kind) {
               "    ::absl::AnyInvocable<void(::absl::Status) &&> done) {\n"
               "  ::std::string request_bytes;\n"
               "  if (!request.SerializePartialToString(&request_bytes)) {\n"
-              "    return ipcrpc_channel_->FailCallAsync(\n"
-              "        ::absl::InvalidArgumentError(\n"
-              "            \"$full_method$: the request is over the 2 GiB protobuf serializes\"),\n"
-              "        [done = ::std::move(done)](::absl::StatusOr<::std::string> failed) mutable {\n"
-              "          ::std::move(done)(::std::move(failed).status());\n"
-              "        });\n"
+              "    return ");
+      p.Print(m, kFailAsyncOverTwoGiB);
+      p.Print(m,
               "  }\n"
               "  // A message that does not parse is skipped, and the call then ends\n"
               "  // INTERNAL whatever the server says.\n"
@@ -450,12 +458,9 @@ void PrintServiceDefinition(Printer& p, const ServiceDescriptor* service) {
             "  const ::std::string_view request_bytes =\n"
             "      ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);\n"
             "  if (request_bytes.data() == nullptr) {\n"
-            "    return ipcrpc_channel_->FailCallAsync(\n"
-            "        ::absl::InvalidArgumentError(\n"
-            "            \"$full_method$: the request is over the 2 GiB protobuf serializes\"),\n"
-            "        [done = ::std::move(done)](::absl::StatusOr<::std::string> failed) mutable {\n"
-            "          ::std::move(done)(::std::move(failed).status());\n"
-            "        });\n"
+            "    return ");
+  p.Print(m, kFailAsyncOverTwoGiB);
+  p.Print(m,
             "  }\n"
             "  return ipcrpc_channel_->CallMethodAsync(\n"
             "      \"$full_method$\", request_bytes, options,\n"

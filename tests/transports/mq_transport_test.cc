@@ -44,6 +44,21 @@ using internal::MqKind;
 using ::testing::HasSubstr;
 
 
+// A CONNECT from this process (its own pid) naming `reply_name`, as the
+// wire has it (docs/PROTOCOL.md), for tests that play the client by hand.
+std::string ConnectMessage(const std::string& reply_name) {
+  std::string connect(internal::kMqHeaderSize, '\0');
+  MqHeader header;
+  header.kind = MqKind::kConnect;
+  internal::EncodeMqHeader(header, connect.data());
+  char payload[12] = {'I', 'M', 'Q', 'C', 1, 0, 0, 0};
+  const uint32_t pid = static_cast<uint32_t>(::getpid());
+  std::memcpy(payload + 8, &pid, 4);  // little-endian host
+  connect.append(payload, sizeof(payload));
+  connect += reply_name;
+  return connect;
+}
+
 class MqTransportTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -342,16 +357,7 @@ TEST_F(MqTransportTest, AConnectAfterTheListenerClosedIsRefusedAtOnce) {
     internal::UniqueFd reply(static_cast<int>(
         mq_open(reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_CLOEXEC, 0600, &attr)));
     ASSERT_TRUE(reply.valid()) << std::strerror(errno);
-    std::string connect(internal::kMqHeaderSize, '\0');
-    MqHeader header;
-    header.kind = MqKind::kConnect;
-    internal::EncodeMqHeader(header, connect.data());
-    char payload[12] = {'I', 'M', 'Q', 'C', 1, 0, 0, 0};
-    const uint32_t pid = static_cast<uint32_t>(::getpid());
-    std::memcpy(payload + 8, &pid, 4);  // little-endian host
-    connect.append(payload, sizeof(payload));
-    connect += reply_name;
-    SendRaw(connect);
+    SendRaw(ConnectMessage(reply_name));
     if (close_first) (*listener)->Close();
     std::thread loop([&] { io.run_for(std::chrono::seconds(10)); });
     std::vector<char> answer(1024);
@@ -391,16 +397,7 @@ TEST_F(MqTransportTest, AReplyQueueOfTooSmallMessagesIsToldCloseAtOnce) {
     internal::UniqueFd reply(static_cast<int>(
         mq_open(reply_name.c_str(), O_CREAT | O_EXCL | O_RDONLY | O_CLOEXEC, 0600, &attr)));
     ASSERT_TRUE(reply.valid()) << std::strerror(errno);
-    std::string connect(internal::kMqHeaderSize, '\0');
-    MqHeader header;
-    header.kind = MqKind::kConnect;
-    internal::EncodeMqHeader(header, connect.data());
-    char payload[12] = {'I', 'M', 'Q', 'C', 1, 0, 0, 0};
-    const uint32_t pid = static_cast<uint32_t>(::getpid());
-    std::memcpy(payload + 8, &pid, 4);  // little-endian host
-    connect.append(payload, sizeof(payload));
-    connect += reply_name;
-    SendRaw(connect);
+    SendRaw(ConnectMessage(reply_name));
     std::vector<char> answer(static_cast<size_t>(size));
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
