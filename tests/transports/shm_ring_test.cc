@@ -16,6 +16,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/util/cpus.h"
 #include "tests/util/status_matchers.h"
 
 namespace ipcrpc::internal {
@@ -64,12 +65,9 @@ bool OnThreadWithAffinity(const cpu_set_t& cpus, Body body) {
 TEST(ShmRingTest, SidesPinnedToOneCpuLeaveItAsAHintAndSeeThePeersOnTheirOwn) {
   cpu_set_t allowed;
   ASSERT_EQ(sched_getaffinity(0, sizeof(allowed), &allowed), 0);
-  int cpu = 0;
-  while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &allowed)) ++cpu;
-  ASSERT_LT(cpu, CPU_SETSIZE);
-  cpu_set_t one;
-  CPU_ZERO(&one);
-  CPU_SET(cpu, &one);
+  const int cpu = ::ipcrpc::testing::FirstCpuOf(allowed);
+  ASSERT_GE(cpu, 0);
+  const cpu_set_t one = ::ipcrpc::testing::OnlyCpu(cpu);
   const uint32_t hint = static_cast<uint32_t>(cpu) + 1;
   TestRing ring(64);
   const bool pinned = OnThreadWithAffinity(one, [&] {

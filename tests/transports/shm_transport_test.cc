@@ -30,6 +30,7 @@
 #include "wire/frame.h"
 #include "tests/conformance/conformance_server_process.h"
 #include "tests/conformance/test_service.h"
+#include "tests/util/cpus.h"
 #include "tests/util/process.h"
 #include "tests/transports/other_uid_check.h"
 #include "tests/util/status_matchers.h"
@@ -307,12 +308,9 @@ TEST_F(ShmTransportTest, AnIdleConnectionCostsNoCpu) {
 TEST(ShmOneCpuTest, BothPeersOnOneCpuExchangeEveryMessageSize) {
   cpu_set_t before;
   ASSERT_EQ(sched_getaffinity(0, sizeof(before), &before), 0);
-  int cpu = 0;
-  while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &before)) ++cpu;
-  ASSERT_LT(cpu, CPU_SETSIZE);
-  cpu_set_t one;
-  CPU_ZERO(&one);
-  CPU_SET(cpu, &one);
+  const int cpu = FirstCpuOf(before);
+  ASSERT_GE(cpu, 0);
+  const cpu_set_t one = OnlyCpu(cpu);
   if (sched_setaffinity(0, sizeof(one), &one) != 0) {
     GTEST_SKIP() << "cannot pin this thread: " << std::strerror(errno);
   }

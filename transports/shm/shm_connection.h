@@ -63,7 +63,8 @@ class ShmConnection final : public PolledConnection {
   // larger than the ring is streamed through it. The reader sees a large
   // message every kPublishEvery bytes (and takes it while the rest is
   // written), unless both are pinned to one CPU (ConsumerSharesCpu: then it
-  // is published when the ring is full, and the writer yields at once); while the reader makes room (it has taken something within
+  // is published when the ring is full, and the writer yields at once);
+  // while the reader makes room (it has taken something within
   // kStalledReaderNs) the writer looks again at once, yielding its CPU (on
   // one CPU the reader must run to make room), so a message larger than the
   // ring does not wait on a timer. Only a reader that stopped taking (a slow
