@@ -4,9 +4,8 @@
 # by the kernel for the client and the server, beside the raw ping-pong of the
 # same primitive in the same run.
 #
-#   pipe, fifo, unix: rpc <= raw + 2 (raw is 4: a write and a read each side)
-#   mq:               rpc <= raw + 3 (the client's receive before each send,
-#                     how a GOAWAY is seen; docs/PERFORMANCE.md)
+#   pipe, fifo, unix, mq: rpc <= raw + 2 (raw is 4: a write and a read
+#                     each side)
 #   shm (split):      rpc <= raw + 0.25 per side (a warm call makes none; the
 #                     spinners' rare yields and naps are what is allowed),
 #                     checked only when CPUs 0 and 1 are free of other
@@ -106,7 +105,7 @@ awk -v busy="$busy" '
         }
         continue
       }
-      allowed = total["raw", t] + (t == "mq" ? 3 : 2) + 0.05
+      allowed = total["raw", t] + 2 + 0.05
       if (total["rpc", t] > allowed) {
         printf "check_syscall_budget: %s over budget: rpc %.2f system calls per call (client %.2f, server %.2f), raw %.2f, at most %.2f\n",
                t, total["rpc", t], client["rpc", t], server["rpc", t], total["raw", t], allowed; failed = 1

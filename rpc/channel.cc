@@ -346,11 +346,12 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
     // (a call made from an async callback): there what it delivers would run
     // other calls' callbacks inside this one, and a call they make would
     // overwrite this thread's prefix before it is sent.
-    // (On mq this receive is the one system call a sync call makes over
-    // raw + 2. Skipping it when the server was heard from recently was
-    // tried and not kept: a server that says GOAWAY and closes in that
-    // window, as an idle one shutting down does, would fail the next call
-    // UNAVAILABLE instead of letting it go to its successor.)
+    // (On mq a sync call makes it and stays within raw + 2: its caller
+    // then waits and receives in one mq_timedreceive. Skipping it when the
+    // server was heard from recently was tried and not kept: a server that
+    // says GOAWAY and closes in that window, as an idle one shutting down
+    // does, would fail the next call UNAVAILABLE instead of letting it go
+    // to its successor.)
     const bool probe = !OnLoopThread() &&
                        (call->is_async || !connection->transport->SendSeesPeerLeave());
     if ((probe && connection->transport->ReadUntil(0, [] { return false; }) ==

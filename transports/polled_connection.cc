@@ -173,6 +173,16 @@ Connection::ReadResult PolledConnection::ReadUntil(int64_t deadline_ns,
       break;
     }
     if (KeepLooking(Reader::kCaller)) continue;
+    if (ReceivesWhileWaiting()) {
+      // Waits and receives in one system call: whatever it delivered (or
+      // a wake, or a slice's end), ask done() and wait again; no look.
+      if (ReceiveWaiting(deadline_ns, now, done, &ended) == Got::kEnded) {
+        result = ReadResult::kClosed;
+        break;
+      }
+      look = false;
+      continue;
+    }
     ended = WaitForMore(deadline_ns, now);
     if (!ended.ok()) {
       result = ReadResult::kClosed;

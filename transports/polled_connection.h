@@ -73,6 +73,20 @@ class PolledConnection : public Connection {
   virtual bool LooksBeforeWaiting() const { return false; }
   // With nothing there: look again at once instead of waiting (a spin).
   virtual bool KeepLooking(Reader /*reader*/) { return false; }
+  // Whether a caller waits with ReceiveWaiting (one system call that waits
+  // and receives, mq:) instead of WaitForMore and then ReceiveOnce.
+  virtual bool ReceivesWhileWaiting() const { return false; }
+  // A caller's wait and receive in one: returns when a message came (and
+  // was delivered: kMessages), or with kNothing when `done()` is true, at
+  // `deadline_ns` or a little before (a slice: the caller asks again), or
+  // when woken (WakeReader, Close, Finish: whoever made done() true or the
+  // connection end must wake a caller inside). Checks done() and closing_
+  // after it announced its wait, so no wake is lost. kEnded: *why says why.
+  virtual Got ReceiveWaiting(int64_t /*deadline_ns*/, int64_t /*now*/,
+                             absl::FunctionRef<bool()> /*done*/, absl::Status* why) {
+    *why = absl::UnimplementedError("ReceiveWaiting");
+    return Got::kEnded;
+  }
   // Before the loop waits: false if something came meanwhile (look again).
   virtual bool ReadyToSleep() { return true; }
   // A caller whose deadline came with nothing read: not OK if the

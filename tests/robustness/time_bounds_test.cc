@@ -295,6 +295,37 @@ TEST_P(TimeBoundsTest, AnAsyncStreamNeverWaitsToConnect) {
   EXPECT_EQ(after.messages.load(), 3);
 }
 
+// A caller waiting for its answer (inside its own read: on mq: blocked in
+// mq_timedreceive, which the server's death does not end) learns at once
+// that the server was killed, and its call ends UNAVAILABLE, not at its
+// deadline a minute later.
+TEST_P(TimeBoundsTest, ACallerWaitingForItsAnswerLearnsAtOnceThatTheServerDied) {
+  auto server = ConformanceServerProcess::Start(GetParam());
+  ASSERT_THAT(server, IsOk());
+  server_ = *std::move(server);
+  auto channel = server_->NewChannel();
+  ASSERT_THAT(channel, IsOk());
+  channel_ = *std::move(channel);
+  ASSERT_THAT(channel_->CallMethod("test.Test/Echo", "warm"), IsOk());
+  Outcome sleeper;
+  std::thread caller([&] {
+    CallOptions options;
+    options.timeout = absl::Seconds(60);
+    sleeper.Record(channel_->CallMethod("test.Test/Sleep", "60000", options).status());
+  });
+  // The Sleep runs on the server (so its caller waits in its read).
+  auto other = server_->NewChannel();
+  ASSERT_THAT(other, IsOk());
+  ASSERT_THAT((*other)->CallMethod("test.Test/WaitForActive", "1"), IsOk());
+  const absl::Time killed = absl::Now();
+  server_->Kill();
+  caller.join();
+  const absl::Duration took = absl::Now() - killed;
+  EXPECT_EQ(sleeper.status.code(), absl::StatusCode::kUnavailable) << sleeper.status;
+  // Generous (another process may hold the other CPU); the deadline is 60 s.
+  EXPECT_LT(took, absl::Seconds(10)) << "the call took " << took;
+}
+
 // A request the server does not take (stopped, with the transport full of
 // it): the sync call returns at its deadline; before, it waited in its send
 // until the server read again, whatever its deadline. The connection, left

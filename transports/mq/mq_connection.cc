@@ -3,10 +3,13 @@
 #include <fcntl.h>
 #include <mqueue.h>
 #include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -16,6 +19,36 @@
 #include "base/status_macros.h"
 
 namespace ipcrpc::internal {
+namespace {
+
+// The longest one mq_timedreceive of a caller waits before it looks at the
+// clocks again (a call without a deadline). Its timeout is on the realtime
+// clock, which can be set: a set wakes the caller at once (AwaitClockSet),
+// and it takes its timeout again from the monotonic deadline.
+constexpr int64_t kWaitSliceNs = 60'000'000'000;
+
+// CLOCK_REALTIME `ns` from now, for mq_timed*.
+struct timespec RealtimeIn(int64_t ns) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += static_cast<time_t>(ns / 1'000'000'000);
+  until.tv_nsec += static_cast<long>(ns % 1'000'000'000);
+  if (until.tv_nsec >= 1'000'000'000) {
+    until.tv_nsec -= 1'000'000'000;
+    ++until.tv_sec;
+  }
+  return until;
+}
+
+// A timer that never expires (in 2096) but fires when the realtime clock is
+// set (TFD_TIMER_CANCEL_ON_SET). False if it could not be armed.
+bool ArmClockSetTimer(int fd) {
+  struct itimerspec spec = {};
+  spec.it_value.tv_sec = 4'000'000'000;
+  return timerfd_settime(fd, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, &spec, nullptr) == 0;
+}
+
+}  // namespace
 
 MqConnection::MqConnection(UniqueFd read_queue, UniqueFd write_queue, long write_message_size,
                            uint64_t connection_id, UniqueFd peer_pidfd, PeerCredentials peer,
@@ -41,15 +74,32 @@ MqConnection::MqConnection(UniqueFd read_queue, UniqueFd write_queue, long write
 MqConnection::~MqConnection() {
   readable_.reset();
   if (peer_watch_.has_value()) peer_watch_->release();
+  if (clock_set_watch_.has_value()) clock_set_watch_->release();
 }
 
 void MqConnection::OnStart(asio::io_context& io) {
   started_ = true;
   peer_watch_.emplace(io, peer_pidfd_.get());
+  // A caller that waits in ReceiveWaiting learns of the peer's death from
+  // here: Finish wakes it.
   peer_watch_->async_wait(
       asio::posix::stream_descriptor::wait_read,
       EndWhenFired(absl::UnavailableError(
           absl::StrCat(description_, ": peer pid ", peer_.pid, " exited"))));
+  if (wait_queue_.valid()) {
+    clock_set_fd_.Reset(::timerfd_create(CLOCK_REALTIME, TFD_CLOEXEC | TFD_NONBLOCK));
+    if (clock_set_fd_.valid() && ArmClockSetTimer(clock_set_fd_.get())) {
+      clock_set_watch_.emplace(io, clock_set_fd_.get());
+      AwaitClockSet();
+    } else {
+      // Then a set of the clock during a wait delays it by the set's jump
+      // back, at most (a wait's slice is kWaitSliceNs).
+      const int error = errno;
+      IPCRPC_LOG(WARNING) << description_ << ": no watch for the realtime clock being set: "
+                          << ErrnoStatus(error, "timerfd", description_);
+      clock_set_fd_.Reset();
+    }
+  }
   // Fragments that came before Start (a server's connection).
   for (auto& [header, chunk] : early_) {
     if (finished_) break;
@@ -68,9 +118,26 @@ void MqConnection::Deliver(const MqHeader& header, std::string_view chunk) {
   if (!delivered.ok()) Finish(std::move(delivered));
 }
 
+void MqConnection::AwaitClockSet() {
+  clock_set_watch_->async_wait(
+      asio::posix::stream_descriptor::wait_read,
+      [self = Shared<MqConnection>()](const asio::error_code& ec) {
+        if (ec || self->finished_ || !self->clock_set_watch_.has_value()) return;
+        uint64_t expirations;
+        // ECANCELED: the clock was set; the timer must be armed again.
+        ssize_t ignored = ::read(self->clock_set_fd_.get(), &expirations, sizeof(expirations));
+        (void)ignored;
+        self->SendWake();
+        if (ArmClockSetTimer(self->clock_set_fd_.get())) self->AwaitClockSet();
+      });
+}
+
 absl::Status MqConnection::DeliverStarted(const MqHeader& header, std::string_view chunk) {
   if (header.kind == MqKind::kClose) {
     return absl::UnavailableError(absl::StrCat(description_, ": the peer closed the connection"));
+  }
+  if (header.kind == MqKind::kWake && has_reply_queue_) {
+    return absl::OkStatus();  // our own (or a server's, as harmless): asks done() again
   }
   if (header.kind != MqKind::kData) {
     IPCRPC_LOG(WARNING) << description_ << ": closing: unexpected message kind "
@@ -90,26 +157,57 @@ absl::Status MqConnection::DeliverStarted(const MqHeader& header, std::string_vi
 }
 
 absl::Status MqConnection::WaitForMore(int64_t deadline_ns, int64_t now) {
-  struct pollfd fds[4] = {{read_queue_.get(), POLLIN, 0},
+  // A WAKE (WakeReader) makes the reply queue readable.
+  struct pollfd fds[3] = {{read_queue_.get(), POLLIN, 0},
                           {close_event_.get(), POLLIN, 0},
-                          {peer_pidfd_.get(), POLLIN, 0},
-                          {wake_event_.get(), POLLIN, 0}};
-  IPCRPC_RETURN_IF_ERROR(PollUntil(fds, 4, deadline_ns, now, description_));
-  if (fds[3].revents != 0) {
-    uint64_t count;
-    ssize_t ignored = ::read(wake_event_.get(), &count, sizeof(count));
-    (void)ignored;
-  }
+                          {peer_pidfd_.get(), POLLIN, 0}};
+  IPCRPC_RETURN_IF_ERROR(PollUntil(fds, 3, deadline_ns, now, description_));
   if (fds[2].revents != 0 && fds[0].revents == 0) {
     return absl::UnavailableError(absl::StrCat(description_, ": peer pid ", peer_.pid, " exited"));
   }
   return absl::OkStatus();
 }
 
-void MqConnection::WakeReader() {
-  uint64_t one = 1;
-  ssize_t ignored = ::write(wake_event_.get(), &one, sizeof(one));
-  (void)ignored;
+PolledConnection::Got MqConnection::ReceiveWaiting(int64_t deadline_ns, int64_t now,
+                                                   absl::FunctionRef<bool()> done,
+                                                   absl::Status* why) {
+  // Announced before done() and closing_ are asked, against the fence in
+  // SendWake: either this sees what the waker changed, or the waker sees
+  // this and sends a WAKE, which the receive below then takes.
+  waiting_.store(true);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  struct Unannounce {
+    std::atomic<bool>* waiting;
+    ~Unannounce() { waiting->store(false, std::memory_order_relaxed); }
+  } unannounce{&waiting_};
+  if (done()) return Got::kNothing;
+  if (finished_ || closing_.load()) {
+    *why = absl::CancelledError(absl::StrCat(description_, ": closed"));
+    return Got::kEnded;
+  }
+  const struct timespec until = RealtimeIn(std::min(deadline_ns - now, kWaitSliceNs));
+  for (;;) {
+    const ssize_t n = mq_timedreceive(wait_queue_.get(), receive_buffer_.data(),
+                                      receive_buffer_.size(), nullptr, &until);
+    if (n >= 0) return DeliverReceived(static_cast<size_t>(n), why);
+    if (errno == ETIMEDOUT) return Got::kNothing;
+    if (errno == EINTR) continue;
+    *why = ErrnoStatus(errno, "mq_timedreceive", description_);
+    return Got::kEnded;
+  }
+}
+
+void MqConnection::WakeReader() { SendWake(); }
+
+void MqConnection::SendWake() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // see ReceiveWaiting
+  if (!wake_queue_.valid() || !waiting_.load()) return;
+  MqHeader header;
+  header.kind = MqKind::kWake;
+  char message[kMqHeaderSize];
+  EncodeMqHeader(header, message);
+  // Full (EAGAIN): then the caller is not blocked; it receives at once.
+  (void)mq_send(wake_queue_.get(), message, sizeof(message), 0);
 }
 
 bool MqConnection::TrySend(absl::Span<const std::string_view> parts, int priority,
@@ -206,6 +304,7 @@ void MqConnection::OnClose() {
   uint64_t one = 1;
   ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
   (void)ignored;
+  SendWake();
   SayClose();
 }
 
@@ -284,13 +383,7 @@ absl::Status MqConnection::WaitInLine(const char* data, size_t size, unsigned pr
   // the deadline.
   const int64_t slice_ns =
       std::clamp<int64_t>(deadline_ns - MonotonicNowNs(), 0, 10'000'000);
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);  // mq_timedsend's clock
-  until.tv_nsec += static_cast<long>(slice_ns);
-  if (until.tv_nsec >= 1'000'000'000) {
-    until.tv_nsec -= 1'000'000'000;
-    ++until.tv_sec;
-  }
+  const struct timespec until = RealtimeIn(slice_ns);  // mq_timedsend's clock
   const int sent = mq_timedsend(write_queue_.get(), data, size, priority, &until);
   const int error = errno;
   if (sent == 0) return absl::OkStatus();
@@ -333,16 +426,20 @@ PolledConnection::Got MqConnection::ReceiveOnce(Reader /*reader*/, absl::Status*
       *why = ErrnoStatus(errno, "mq_receive", description_);
       return Got::kEnded;
     }
-    std::string_view message(receive_buffer_.data(), static_cast<size_t>(n));
-    auto header = DecodeMqHeader(message);
-    if (!header.ok()) {
-      IPCRPC_LOG(WARNING) << description_ << ": closing: " << header.status();
-      *why = header.status();
-      return Got::kEnded;
-    }
-    *why = DeliverStarted(*header, message.substr(kMqHeaderSize));
-    return why->ok() ? Got::kMessages : Got::kEnded;
+    return DeliverReceived(static_cast<size_t>(n), why);
   }
+}
+
+PolledConnection::Got MqConnection::DeliverReceived(size_t size, absl::Status* why) {
+  std::string_view message(receive_buffer_.data(), size);
+  auto header = DecodeMqHeader(message);
+  if (!header.ok()) {
+    IPCRPC_LOG(WARNING) << description_ << ": closing: " << header.status();
+    *why = header.status();
+    return Got::kEnded;
+  }
+  *why = DeliverStarted(*header, message.substr(kMqHeaderSize));
+  return why->ok() ? Got::kMessages : Got::kEnded;
 }
 
 bool MqConnection::BeginWatching() {
@@ -357,9 +454,14 @@ void MqConnection::OnFinish(bool caller_reads) {
   uint64_t one = 1;
   ssize_t ignored = ::write(close_event_.get(), &one, sizeof(one));
   (void)ignored;
+  SendWake();
   if (peer_watch_.has_value()) {
     peer_watch_->release();
     peer_watch_.reset();
+  }
+  if (clock_set_watch_.has_value()) {
+    clock_set_watch_->release();
+    clock_set_watch_.reset();
   }
   SayClose();
   {

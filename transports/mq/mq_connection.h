@@ -1,8 +1,6 @@
 #ifndef IPCRPC_TRANSPORTS_MQ_MQ_CONNECTION_H_
 #define IPCRPC_TRANSPORTS_MQ_MQ_CONNECTION_H_
 
-#include <sys/eventfd.h>
-
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -13,6 +11,7 @@
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "asio/io_context.hpp"
@@ -39,6 +38,14 @@ class MqConnection final : public PolledConnection {
                std::string description, size_t max_message_size, UniqueFd close_event);
 
   ~MqConnection() override;
+
+  // Client side, before Start: two more descriptors of the reply queue,
+  // one blocking, for a caller's wait and receive in one mq_timedreceive,
+  // one to send it a wake (WakeReader, Close, the connection's end).
+  void SetCallerWait(UniqueFd wait_queue, UniqueFd wake_queue) {
+    wait_queue_ = std::move(wait_queue);
+    wake_queue_ = std::move(wake_queue);
+  }
 
   // Server side: runs on the loop when the connection ends (to unroute it).
   void SetOnFinish(absl::AnyInvocable<void() &&> on_finish) { on_finish_ = std::move(on_finish); }
@@ -93,11 +100,24 @@ class MqConnection final : public PolledConnection {
   // its queue is full it learns from our pid instead).
   void SayClose();
 
+  // Wakes a caller blocked in ReceiveWaiting, if one is: a WAKE message in
+  // its own reply queue (if that is full, the caller is not blocked).
+  void SendWake();
+  // On the loop: the realtime clock was set (mq_timedreceive's timeout is
+  // on that clock): wake a waiting caller so that it takes its timeout
+  // again, and watch for the next.
+  void AwaitClockSet();
+
   // PolledConnection's hooks. Only a client's connection reads itself (its
   // reply queue); the listener reads a server's and calls Deliver.
   // ReceiveOnce is one mq_receive and its delivery.
   bool ReadsItself() const override { return has_reply_queue_; }
   Got ReceiveOnce(Reader reader, absl::Status* why, bool* drained) override;
+  bool ReceivesWhileWaiting() const override { return wait_queue_.valid(); }
+  Got ReceiveWaiting(int64_t deadline_ns, int64_t now, absl::FunctionRef<bool()> done,
+                     absl::Status* why) override;
+  // A received queue message: decoded and delivered.
+  Got DeliverReceived(size_t size, absl::Status* why);
   absl::Status WaitForMore(int64_t deadline_ns, int64_t now) override;
   void ReleaseReadState() override {}
   bool BeginWatching() override;
@@ -116,7 +136,15 @@ class MqConnection final : public PolledConnection {
   UniqueFd close_event_;
 
   const bool has_reply_queue_ = read_queue_.valid();  // a client's connection
-  UniqueFd wake_event_{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};  // WakeReader (-1: none)
+  // SetCallerWait's (a client's; kept until destruction, so that a waker
+  // never sends through a descriptor number that was reused).
+  UniqueFd wait_queue_;
+  UniqueFd wake_queue_;
+  // A caller is in ReceiveWaiting (or about to block there).
+  std::atomic<bool> waiting_{false};
+  // A client's watch for the realtime clock being set (timerfd).
+  UniqueFd clock_set_fd_;
+  std::optional<asio::posix::stream_descriptor> clock_set_watch_;
   // Loop only.
   bool started_ = false;
   std::optional<ReadWatch> readable_;

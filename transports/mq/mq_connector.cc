@@ -46,6 +46,23 @@ absl::Status WaitFor(int fd, short events, int close_event, int timeout_ms,
   return absl::OkStatus();
 }
 
+// Another open of the queue `queue`, which this process made as `name`:
+// opened by name, and refused unless it is the same queue (its device and
+// inode), so that one put in the name since cannot stand in for it.
+absl::StatusOr<UniqueFd> ReopenOwnQueue(const UniqueFd& queue, const std::string& name,
+                                        int flags) {
+  UniqueFd again(static_cast<int>(mq_open(name.c_str(), flags | O_CLOEXEC)));
+  if (!again.valid()) return ErrnoStatus(errno, "mq_open", name);
+  struct stat made, opened;
+  if (::fstat(queue.get(), &made) < 0) return ErrnoStatus(errno, "fstat", name);
+  if (::fstat(again.get(), &opened) < 0) return ErrnoStatus(errno, "fstat", name);
+  if (made.st_dev != opened.st_dev || made.st_ino != opened.st_ino) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("reply queue ", name, " was replaced by another before it was opened again"));
+  }
+  return again;
+}
+
 class MqConnector final : public Connector {
  public:
   MqConnector(Endpoint endpoint, TransportOptions options)
@@ -124,6 +141,13 @@ class MqConnector final : public Connector {
     if (!reply.valid()) return MqOpenError(error, reply_name);
     // The name goes as soon as the server has opened it, or on any failure.
     absl::Cleanup unlink_reply = [&] { mq_unlink(reply_name.c_str()); };
+    // The caller's wait (blocking: one mq_timedreceive waits and receives)
+    // and its wake-ups, each its own open of the same queue (O_NONBLOCK is
+    // a property of the open), opened while the mode is still 0600 and
+    // checked to be the queue made above, not one put in its name since.
+    IPCRPC_ASSIGN_OR_RETURN(UniqueFd wait_queue, ReopenOwnQueue(reply, reply_name, O_RDONLY));
+    IPCRPC_ASSIGN_OR_RETURN(UniqueFd wake_queue,
+                            ReopenOwnQueue(reply, reply_name, O_WRONLY | O_NONBLOCK));
     if (::fchmod(reply.get(), options_.mode) < 0) return ErrnoStatus(errno, "fchmod", reply_name);
 
     std::string connect(kMqHeaderSize + 12 + reply_name.size(), '\0');
@@ -181,11 +205,13 @@ class MqConnector final : public Connector {
       return absl::UnavailableError(absl::StrCat(text, ": server pid ", server_pid, " is gone"));
     }
     IPCRPC_ASSIGN_OR_RETURN(UniqueFd close_event, NewCloseEvent(text));
-    return std::make_shared<MqConnection>(
+    auto connection = std::make_shared<MqConnection>(
         std::move(reply), std::move(server), server_attr.mq_msgsize, accept->connection,
         std::move(pidfd), PeerCredentials{server_pid, server_st.st_uid},
         absl::StrCat(text, " server pid ", server_pid), options_.max_message_size,
         std::move(close_event));
+    connection->SetCallerWait(std::move(wait_queue), std::move(wake_queue));
+    return connection;
   }
 
   const std::string& endpoint() const override { return endpoint_.text; }

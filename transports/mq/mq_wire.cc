@@ -25,7 +25,7 @@ absl::StatusOr<MqHeader> DecodeMqHeader(std::string_view message) {
                                             "-byte header"));
   }
   const uint8_t kind = static_cast<uint8_t>(message[0]);
-  if (kind < 1 || kind > 4) return absl::DataLossError(absl::StrCat("unknown message kind ", kind));
+  if (kind < 1 || kind > 5) return absl::DataLossError(absl::StrCat("unknown message kind ", kind));
   MqHeader header;
   header.kind = static_cast<MqKind>(kind);
   header.last = (message[1] & 1) != 0;

@@ -16,7 +16,10 @@
 namespace ipcrpc::internal {
 
 // Kinds of queue messages, and the fragment header every message starts with.
-enum class MqKind : uint8_t { kConnect = 1, kAccept = 2, kData = 3, kClose = 4 };
+// kWake is a client's own, sent to its own reply queue to wake its caller
+// blocked in mq_timedreceive (never to a peer; a client ignores one from
+// its server, a server closes the connection that sends one).
+enum class MqKind : uint8_t { kConnect = 1, kAccept = 2, kData = 3, kClose = 4, kWake = 5 };
 inline constexpr size_t kMqHeaderSize = 24;
 // The least message size a client's reply queue may have: the least
 // msgsize_max the kernel allows (its clients ask for min(512, msgsize_max)).
