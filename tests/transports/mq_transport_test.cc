@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,6 +14,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
+#include <fstream>
 #include <mutex>
 #include <set>
 #include <string>
@@ -28,6 +31,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "ipcrpc/ipcrpc.h"
+#include "rpc/server_call_state.h"
 #include "tests/conformance/test_service.h"
 #include "tests/util/process.h"
 #include "tests/transports/other_uid_check.h"
@@ -182,6 +186,77 @@ TEST_F(MqTransportTest, TheReplyQueueIsWhatTheChannelOptionsAsk) {
     EXPECT_EQ(seen, 4);
     EXPECT_THAT((*channel)->CallMethod("test.Test/Echo", large), IsOkAndHolds(large));
   }
+}
+
+// /proc/self/task/TID: the system call the thread is in (-1: running or
+// unknown), and how many times it has slept.
+long SyscallOf(pid_t tid) {
+  std::ifstream file(absl::StrCat("/proc/self/task/", tid, "/syscall"));
+  long number = -1;
+  if (!(file >> number)) return -1;
+  return number;
+}
+int64_t SleepsOf(pid_t tid) {
+  std::ifstream status(absl::StrCat("/proc/self/task/", tid, "/status"));
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("voluntary_ctxt_switches:", 0) == 0) {
+      return std::atoll(line.c_str() + std::strlen("voluntary_ctxt_switches:"));
+    }
+  }
+  return -1;
+}
+
+// A caller waits for its answer in mq_timedreceive, whose timeout is on the
+// realtime clock: when that clock is set (here to what it reads, so that
+// nothing else notices), the caller is woken to take its timeout again from
+// its monotonic deadline, instead of sleeping on past a clock set back.
+// Needs CAP_SYS_TIME (skipped without).
+TEST_F(MqTransportTest, ACallerWaitingForItsAnswerWakesWhenTheClockIsSet) {
+  StartServer();
+  auto channel = Channel::Connect(endpoint_);
+  ASSERT_THAT(channel, IsOk());
+  ASSERT_THAT((*channel)->CallMethod("test.Test/Echo", "warm"), IsOk());
+  auto parent = std::make_shared<internal::ServerCallState>(
+      1, internal::kNoDeadline, 0, "parent.Parent/Call", internal::Metadata{}, getpid(), getuid());
+  CallOptions options;
+  options.parent_call = parent;  // to end the call when done
+  options.timeout = absl::Seconds(60);
+  std::atomic<pid_t> tid{0};
+  absl::StatusOr<std::string> result;
+  std::thread caller([&] {
+    tid = static_cast<pid_t>(::syscall(SYS_gettid));
+    result = (*channel)->CallMethod("test.Test/Sleep", "30000", options);
+  });
+  // Until the caller is asleep in mq_timedreceive, its call running.
+  auto asleep = [&] {
+    const absl::Time give_up = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < give_up) {
+      if (tid != 0 && server_->stats().calls_in_flight >= 1 &&
+          SyscallOf(tid) == SYS_mq_timedreceive) {
+        return true;
+      }
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    return false;
+  };
+  ASSERT_TRUE(asleep());
+  const int64_t sleeps = SleepsOf(tid);
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  if (clock_settime(CLOCK_REALTIME, &now) != 0) {
+    parent->Cancel();
+    caller.join();
+    GTEST_SKIP() << "cannot set the realtime clock: " << std::strerror(errno);
+  }
+  // Woken: it sleeps once more, within a bound far below the Sleep's 30 s
+  // and the deadline's 60 s (nothing else comes to its queue meanwhile).
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (SleepsOf(tid) <= sleeps && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(1));
+  EXPECT_GT(SleepsOf(tid), sleeps) << "the caller was not woken";
+  parent->Cancel();
+  caller.join();
+  EXPECT_THAT(result, StatusIs(absl::StatusCode::kCancelled));
 }
 
 TEST_F(MqTransportTest, ThirtyTwoClientsAtOnce) {
