@@ -78,7 +78,7 @@ class PolledConnection : public Connection {
   virtual bool ReceivesWhileWaiting() const { return false; }
   // A caller's wait and receive in one: returns when a message came (and
   // was delivered: kMessages), or with kNothing when `done()` is true, at
-  // `deadline_ns` or a little before (a slice: the caller asks again), or
+  // `deadline_ns` (or the end of a slice of it: the caller asks again), or
   // when woken (WakeReader, Close, Finish: whoever made done() true or the
   // connection end must wake a caller inside). Checks done() and closing_
   // after it announced its wait, so no wake is lost. kEnded: *why says why.

@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "asio/io_context.hpp"
 #include "absl/synchronization/barrier.h"
@@ -208,10 +209,11 @@ int64_t SleepsOf(pid_t tid) {
 }
 
 // A caller waits for its answer in mq_timedreceive, whose timeout is on the
-// realtime clock: when that clock is set (here to what it reads, so that
-// nothing else notices), the caller is woken to take its timeout again from
-// its monotonic deadline, instead of sleeping on past a clock set back.
-// Needs CAP_SYS_TIME (skipped without).
+// realtime clock: when that clock is set (here to what it reads: the time
+// does not move, though every timer that watches for sets on the machine
+// fires), the caller is woken to take its timeout again from its monotonic
+// deadline, instead of sleeping on past a clock set back. Needs
+// CAP_SYS_TIME (skipped without).
 TEST_F(MqTransportTest, ACallerWaitingForItsAnswerWakesWhenTheClockIsSet) {
   StartServer();
   auto channel = Channel::Connect(endpoint_);
@@ -240,13 +242,16 @@ TEST_F(MqTransportTest, ACallerWaitingForItsAnswerWakesWhenTheClockIsSet) {
     }
     return false;
   };
-  ASSERT_TRUE(asleep());
+  // However the test ends, the call ends and the caller is joined.
+  absl::Cleanup end_call = [&] {
+    parent->Cancel();
+    caller.join();
+  };
+  ASSERT_TRUE(asleep()) << "the caller did not wait in mq_timedreceive";
   const int64_t sleeps = SleepsOf(tid);
   struct timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
   if (clock_settime(CLOCK_REALTIME, &now) != 0) {
-    parent->Cancel();
-    caller.join();
     GTEST_SKIP() << "cannot set the realtime clock: " << std::strerror(errno);
   }
   // Woken: it sleeps once more, within a bound far below the Sleep's 30 s
@@ -254,8 +259,7 @@ TEST_F(MqTransportTest, ACallerWaitingForItsAnswerWakesWhenTheClockIsSet) {
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
   while (SleepsOf(tid) <= sleeps && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(1));
   EXPECT_GT(SleepsOf(tid), sleeps) << "the caller was not woken";
-  parent->Cancel();
-  caller.join();
+  std::move(end_call).Invoke();
   EXPECT_THAT(result, StatusIs(absl::StatusCode::kCancelled));
 }
 

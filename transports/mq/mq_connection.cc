@@ -40,13 +40,23 @@ struct timespec RealtimeIn(int64_t ns) {
   return until;
 }
 
-// A timer that never expires (in 2096) but fires when the realtime clock is
-// set (TFD_TIMER_CANCEL_ON_SET). False if it could not be armed.
+// A timer that does not expire (in 2096) but fires when the realtime clock
+// is set (TFD_TIMER_CANCEL_ON_SET). False if it could not be armed.
 bool ArmClockSetTimer(int fd) {
   struct itimerspec spec = {};
   spec.it_value.tv_sec = 4'000'000'000;
   return timerfd_settime(fd, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, &spec, nullptr) == 0;
 }
+
+// The WAKE message.
+struct WakeMessage {
+  WakeMessage() {
+    MqHeader header;
+    header.kind = MqKind::kWake;
+    EncodeMqHeader(header, bytes);
+  }
+  char bytes[kMqHeaderSize];
+};
 
 }  // namespace
 
@@ -71,6 +81,21 @@ MqConnection::MqConnection(UniqueFd read_queue, UniqueFd write_queue, long write
   send_buffer_.Resize(write_message_size_, 0);
 }
 
+void MqConnection::SetCallerWait(UniqueFd wait_queue, UniqueFd wake_queue) {
+  wait_queue_ = std::move(wait_queue);
+  wake_queue_ = std::move(wake_queue);
+  if (!wait_queue_.valid()) return;
+  clock_set_fd_.Reset(::timerfd_create(CLOCK_REALTIME, TFD_CLOEXEC | TFD_NONBLOCK));
+  if (!clock_set_fd_.valid() || !ArmClockSetTimer(clock_set_fd_.get())) {
+    // A set of the clock back could then hold a caller in mq_timedreceive
+    // past its deadline: callers wait with ppoll (monotonic) instead.
+    const int error = errno;
+    IPCRPC_LOG(WARNING) << description_ << ": callers wait with ppoll: no watch for the "
+                        << "realtime clock being set: " << ErrnoStatus(error, "timerfd", description_);
+    clock_set_fd_.Reset();
+  }
+}
+
 MqConnection::~MqConnection() {
   readable_.reset();
   if (peer_watch_.has_value()) peer_watch_->release();
@@ -86,19 +111,9 @@ void MqConnection::OnStart(asio::io_context& io) {
       asio::posix::stream_descriptor::wait_read,
       EndWhenFired(absl::UnavailableError(
           absl::StrCat(description_, ": peer pid ", peer_.pid, " exited"))));
-  if (wait_queue_.valid()) {
-    clock_set_fd_.Reset(::timerfd_create(CLOCK_REALTIME, TFD_CLOEXEC | TFD_NONBLOCK));
-    if (clock_set_fd_.valid() && ArmClockSetTimer(clock_set_fd_.get())) {
-      clock_set_watch_.emplace(io, clock_set_fd_.get());
-      AwaitClockSet();
-    } else {
-      // Then a set of the clock during a wait delays it by the set's jump
-      // back, at most (a wait's slice is kWaitSliceNs).
-      const int error = errno;
-      IPCRPC_LOG(WARNING) << description_ << ": no watch for the realtime clock being set: "
-                          << ErrnoStatus(error, "timerfd", description_);
-      clock_set_fd_.Reset();
-    }
+  if (clock_set_fd_.valid()) {
+    clock_set_watch_.emplace(io, clock_set_fd_.get());
+    AwaitClockSet();
   }
   // Fragments that came before Start (a server's connection).
   for (auto& [header, chunk] : early_) {
@@ -124,11 +139,23 @@ void MqConnection::AwaitClockSet() {
       [self = Shared<MqConnection>()](const asio::error_code& ec) {
         if (ec || self->finished_ || !self->clock_set_watch_.has_value()) return;
         uint64_t expirations;
-        // ECANCELED: the clock was set; the timer must be armed again.
-        ssize_t ignored = ::read(self->clock_set_fd_.get(), &expirations, sizeof(expirations));
-        (void)ignored;
+        // ECANCELED: the clock was set. Armed again before the caller is
+        // woken, so that a set after it took its timeout is seen too.
+        const bool set =
+            ::read(self->clock_set_fd_.get(), &expirations, sizeof(expirations)) < 0 &&
+            errno == ECANCELED;
+        const bool armed = set && ArmClockSetTimer(self->clock_set_fd_.get());
         self->SendWake();
-        if (ArmClockSetTimer(self->clock_set_fd_.get())) self->AwaitClockSet();
+        if (armed) {
+          self->AwaitClockSet();
+        } else if (set || errno != EAGAIN) {
+          // (Or the clock is past 2096.) Left unwatched: a set of the clock
+          // back may then hold a waiting caller past its deadline.
+          IPCRPC_LOG(WARNING) << self->description_
+                              << ": no longer watching the realtime clock being set";
+        } else {
+          self->AwaitClockSet();  // woken with nothing to read
+        }
       });
 }
 
@@ -137,7 +164,9 @@ absl::Status MqConnection::DeliverStarted(const MqHeader& header, std::string_vi
     return absl::UnavailableError(absl::StrCat(description_, ": the peer closed the connection"));
   }
   if (header.kind == MqKind::kWake && has_reply_queue_) {
-    return absl::OkStatus();  // our own (or a server's, as harmless): asks done() again
+    // Our own (or a server's, as harmless): the caller asks done() again.
+    wakes_read_.fetch_add(1, std::memory_order_relaxed);
+    return absl::OkStatus();
   }
   if (header.kind != MqKind::kData) {
     IPCRPC_LOG(WARNING) << description_ << ": closing: unexpected message kind "
@@ -157,7 +186,9 @@ absl::Status MqConnection::DeliverStarted(const MqHeader& header, std::string_vi
 }
 
 absl::Status MqConnection::WaitForMore(int64_t deadline_ns, int64_t now) {
-  // A WAKE (WakeReader) makes the reply queue readable.
+  // Only where the realtime clock is not watched (SetCallerWait). A WAKE
+  // (SendWake sends one whenever asked, then) makes the reply queue
+  // readable.
   struct pollfd fds[3] = {{read_queue_.get(), POLLIN, 0},
                           {close_event_.get(), POLLIN, 0},
                           {peer_pidfd_.get(), POLLIN, 0}};
@@ -173,13 +204,30 @@ PolledConnection::Got MqConnection::ReceiveWaiting(int64_t deadline_ns, int64_t 
                                                    absl::Status* why) {
   // Announced before done() and closing_ are asked, against the fence in
   // SendWake: either this sees what the waker changed, or the waker sees
-  // this and sends a WAKE, which the receive below then takes.
+  // this and sends a WAKE, which the receive then takes.
   waiting_.store(true);
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  struct Unannounce {
-    std::atomic<bool>* waiting;
-    ~Unannounce() { waiting->store(false, std::memory_order_relaxed); }
-  } unannounce{&waiting_};
+  Got got = WaitAndReceive(deadline_ns, now, done, why);
+  waiting_.store(false);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // A WAKE sent while this waited but not read (it came after the message
+  // this took, or this did not block): taken now, so that none is left to
+  // fill a small reply queue that nobody reads until the next call. (A
+  // waker that saw the announcement just before it went may still leave
+  // one: the next reader takes it.) WAKEs go first (priority 31).
+  while (got != Got::kEnded && wakes_read_.load(std::memory_order_relaxed) !=
+                                   wakes_sent_.load(std::memory_order_relaxed)) {
+    bool drained = false;
+    const Got more = ReceiveOnce(Reader::kCaller, why, &drained);
+    if (more == Got::kNothing) break;
+    if (more == Got::kEnded) got = Got::kEnded;
+  }
+  return got;
+}
+
+PolledConnection::Got MqConnection::WaitAndReceive(int64_t deadline_ns, int64_t now,
+                                                   absl::FunctionRef<bool()> done,
+                                                   absl::Status* why) {
   if (done()) return Got::kNothing;
   if (finished_ || closing_.load()) {
     *why = absl::CancelledError(absl::StrCat(description_, ": closed"));
@@ -200,14 +248,14 @@ PolledConnection::Got MqConnection::ReceiveWaiting(int64_t deadline_ns, int64_t 
 void MqConnection::WakeReader() { SendWake(); }
 
 void MqConnection::SendWake() {
+  if (!wake_queue_.valid()) return;
   std::atomic_thread_fence(std::memory_order_seq_cst);  // see ReceiveWaiting
-  if (!wake_queue_.valid() || !waiting_.load()) return;
-  MqHeader header;
-  header.kind = MqKind::kWake;
-  char message[kMqHeaderSize];
-  EncodeMqHeader(header, message);
+  if (ReceivesWhileWaiting() && !waiting_.load()) return;
+  static const WakeMessage kWake;
   // Full (EAGAIN): then the caller is not blocked; it receives at once.
-  (void)mq_send(wake_queue_.get(), message, sizeof(message), 0);
+  if (mq_send(wake_queue_.get(), kWake.bytes, sizeof(kWake.bytes), 31) == 0) {
+    wakes_sent_.fetch_add(1, std::memory_order_relaxed);
+  }
 }
 
 bool MqConnection::TrySend(absl::Span<const std::string_view> parts, int priority,

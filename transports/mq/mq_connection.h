@@ -41,11 +41,11 @@ class MqConnection final : public PolledConnection {
 
   // Client side, before Start: two more descriptors of the reply queue,
   // one blocking, for a caller's wait and receive in one mq_timedreceive,
-  // one to send it a wake (WakeReader, Close, the connection's end).
-  void SetCallerWait(UniqueFd wait_queue, UniqueFd wake_queue) {
-    wait_queue_ = std::move(wait_queue);
-    wake_queue_ = std::move(wake_queue);
-  }
+  // one to send it a WAKE (WakeReader, Close, the connection's end, a set
+  // of the realtime clock). Without a timerfd to learn of such sets (the
+  // timeout of mq_timedreceive is on that clock) a caller waits with ppoll
+  // instead (WaitForMore, monotonic), woken by the same WAKEs.
+  void SetCallerWait(UniqueFd wait_queue, UniqueFd wake_queue);
 
   // Server side: runs on the loop when the connection ends (to unroute it).
   void SetOnFinish(absl::AnyInvocable<void() &&> on_finish) { on_finish_ = std::move(on_finish); }
@@ -100,9 +100,13 @@ class MqConnection final : public PolledConnection {
   // its queue is full it learns from our pid instead).
   void SayClose();
 
-  // Wakes a caller blocked in ReceiveWaiting, if one is: a WAKE message in
-  // its own reply queue (if that is full, the caller is not blocked).
+  // Wakes a caller blocked in ReceiveWaiting (or in WaitForMore): a WAKE
+  // message in its own reply queue (if that is full, the caller is not
+  // blocked). With ReceiveWaiting, only if a caller announced its wait.
   void SendWake();
+  // ReceiveWaiting's wait: one mq_timedreceive.
+  Got WaitAndReceive(int64_t deadline_ns, int64_t now, absl::FunctionRef<bool()> done,
+                     absl::Status* why);
   // On the loop: the realtime clock was set (mq_timedreceive's timeout is
   // on that clock): wake a waiting caller so that it takes its timeout
   // again, and watch for the next.
@@ -113,7 +117,7 @@ class MqConnection final : public PolledConnection {
   // ReceiveOnce is one mq_receive and its delivery.
   bool ReadsItself() const override { return has_reply_queue_; }
   Got ReceiveOnce(Reader reader, absl::Status* why, bool* drained) override;
-  bool ReceivesWhileWaiting() const override { return wait_queue_.valid(); }
+  bool ReceivesWhileWaiting() const override { return clock_set_fd_.valid(); }
   Got ReceiveWaiting(int64_t deadline_ns, int64_t now, absl::FunctionRef<bool()> done,
                      absl::Status* why) override;
   // A received queue message: decoded and delivered.
@@ -142,7 +146,12 @@ class MqConnection final : public PolledConnection {
   UniqueFd wake_queue_;
   // A caller is in ReceiveWaiting (or about to block there).
   std::atomic<bool> waiting_{false};
-  // A client's watch for the realtime clock being set (timerfd).
+  // WAKEs sent, and read (by whoever reads): a caller leaves none unread
+  // in its queue when it can help it (ReceiveWaiting).
+  std::atomic<uint64_t> wakes_sent_{0};
+  std::atomic<uint64_t> wakes_read_{0};
+  // A client's watch for the realtime clock being set (a timerfd, armed by
+  // SetCallerWait; invalid: callers wait with WaitForMore).
   UniqueFd clock_set_fd_;
   std::optional<asio::posix::stream_descriptor> clock_set_watch_;
   // Loop only.
