@@ -224,7 +224,7 @@ TEST_F(CliTest, StatsShowsCountersConnectionsAndCallsInFlight) {
   Call wait = (*channel)->CallMethodAsync("clitest.Tester/Wait", "", options,
                                           [&](absl::StatusOr<std::string> result) {
                                             ipcrpc::internal::MutexLock lock(&mu);
-                                            waited = result.status();
+                                            waited = std::move(result).status();
                                           });
 
   // The call reaches the server asynchronously: ask until it is listed.

@@ -349,7 +349,7 @@ TEST_P(ConformanceTest, AHandlersStatusArrivesWholeWithItsResponseMetadata) {
   Entries seen_in_callback;
   channel().CallMethodAsync("test.Test/Reply", request, options,
                             [&](absl::StatusOr<std::string> result) {
-                              async_status = result.status();
+                              async_status = std::move(result).status();
                               seen_in_callback = async_metadata;
                               done.Notify();
                             });

@@ -193,7 +193,7 @@ TEST_P(TimeBoundsTest, AnExpiryNeverWaitsForAFullTransport) {
   const absl::Time start = absl::Now();
   channel.CallMethodAsync("test.Test/Echo", "hurried", options,
                           [&](absl::StatusOr<std::string> reply) {
-                            result = reply.status();
+                            result = std::move(reply).status();
                             done.Notify();
                           });
   std::thread big([&] {

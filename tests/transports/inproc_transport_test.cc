@@ -577,7 +577,7 @@ TEST_F(CutTransportTest, CancelNeverWaitsForRoomAndItsCancelArrivesOnceThereIs) 
   control_.hold_cancels = true;     // ... and a Send would wait
   Call call = (*channel)->CallMethodAsync("t.T/AwaitCancel", "", {},
                                           [&](absl::StatusOr<std::string> result) {
-                                            status = result.status();
+                                            status = std::move(result).status();
                                             done.Notify();
                                           });
   ASSERT_TRUE(blocked_.WaitForNotificationWithTimeout(absl::Seconds(20)));
