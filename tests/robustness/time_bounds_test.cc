@@ -55,19 +55,6 @@ bool WaitStopped(pid_t pid, absl::Duration timeout) {
   return false;
 }
 
-// How many times thread `tid` of this process has slept (voluntary context
-// switches, /proc), or -1.
-int64_t VoluntarySwitches(pid_t tid) {
-  std::ifstream status(absl::StrCat("/proc/self/task/", tid, "/status"));
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("voluntary_ctxt_switches:", 0) == 0) {
-      return std::atoll(line.c_str() + std::strlen("voluntary_ctxt_switches:"));
-    }
-  }
-  return -1;
-}
-
 class TimeBoundsTest : public ::testing::TestWithParam<TransportTraits> {
  protected:
   // A channel whose server has died (after one call), and that server's
@@ -362,7 +349,7 @@ TEST_P(TimeBoundsTest, ASendBehindAWaitingSendEndsAtItsOwnDeadline) {
   std::atomic<int64_t> first_switches{-1};
   std::thread first_caller([&] {
     const pid_t tid = static_cast<pid_t>(::syscall(SYS_gettid));
-    first_switches = VoluntarySwitches(tid);
+    first_switches = ThreadVoluntarySwitches(tid);
     first_tid = tid;
     first.Record(channel_
                      ->CallMethod("test.Test/Echo", std::string(2 << 20, 'b'),
@@ -376,7 +363,7 @@ TEST_P(TimeBoundsTest, ASendBehindAWaitingSendEndsAtItsOwnDeadline) {
   // less.
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
   while (absl::Now() < give_up &&
-         (first_tid.load() == 0 || VoluntarySwitches(first_tid.load()) <= first_switches.load())) {
+         (first_tid.load() == 0 || ThreadVoluntarySwitches(first_tid.load()) <= first_switches.load())) {
     std::this_thread::yield();
   }
   const absl::Time begin = absl::Now();

@@ -190,22 +190,12 @@ TEST_F(MqTransportTest, TheReplyQueueIsWhatTheChannelOptionsAsk) {
 }
 
 // /proc/self/task/TID: the system call the thread is in (-1: running or
-// unknown), and how many times it has slept.
+// unknown).
 long SyscallOf(pid_t tid) {
   std::ifstream file(absl::StrCat("/proc/self/task/", tid, "/syscall"));
   long number = -1;
   if (!(file >> number)) return -1;
   return number;
-}
-int64_t SleepsOf(pid_t tid) {
-  std::ifstream status(absl::StrCat("/proc/self/task/", tid, "/status"));
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("voluntary_ctxt_switches:", 0) == 0) {
-      return std::atoll(line.c_str() + std::strlen("voluntary_ctxt_switches:"));
-    }
-  }
-  return -1;
 }
 
 // A caller waits for its answer in mq_timedreceive, whose timeout is on the
@@ -248,7 +238,7 @@ TEST_F(MqTransportTest, ACallerWaitingForItsAnswerWakesWhenTheClockIsSet) {
     caller.join();
   };
   ASSERT_TRUE(asleep()) << "the caller did not wait in mq_timedreceive";
-  const int64_t sleeps = SleepsOf(tid);
+  const int64_t sleeps = ThreadVoluntarySwitches(tid);
   struct timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
   if (clock_settime(CLOCK_REALTIME, &now) != 0) {
@@ -257,8 +247,10 @@ TEST_F(MqTransportTest, ACallerWaitingForItsAnswerWakesWhenTheClockIsSet) {
   // Woken: it sleeps once more, within a bound far below the Sleep's 30 s
   // and the deadline's 60 s (nothing else comes to its queue meanwhile).
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
-  while (SleepsOf(tid) <= sleeps && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(1));
-  EXPECT_GT(SleepsOf(tid), sleeps) << "the caller was not woken";
+  while (ThreadVoluntarySwitches(tid) <= sleeps && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_GT(ThreadVoluntarySwitches(tid), sleeps) << "the caller was not woken";
   std::move(end_call).Invoke();
   EXPECT_THAT(result, StatusIs(absl::StatusCode::kCancelled));
 }

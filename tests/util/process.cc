@@ -18,6 +18,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "base/clock.h"
@@ -188,18 +189,33 @@ int64_t ProcessCpuTicks(pid_t pid) {
   return ticks;
 }
 
-int64_t ProcessRssBytes(pid_t pid) {
-  std::ifstream status(absl::StrCat("/proc/", pid, "/status"));
+namespace {
+
+// The number after `key` on its line of a /proc status file, or -1.
+int64_t StatusNumber(const std::string& path, std::string_view key) {
+  std::ifstream status(path);
   std::string line;
   while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) {
-      std::istringstream fields(line.substr(6));
-      int64_t kib = 0;
-      fields >> kib;
-      return kib * 1024;
+    if (line.rfind(key, 0) == 0) {
+      std::istringstream fields(line.substr(key.size()));
+      int64_t number = -1;
+      fields >> number;
+      return number;
     }
   }
   return -1;
+}
+
+}  // namespace
+
+int64_t ProcessRssBytes(pid_t pid) {
+  const int64_t kib = StatusNumber(absl::StrCat("/proc/", pid, "/status"), "VmRSS:");
+  return kib < 0 ? -1 : kib * 1024;
+}
+
+int64_t ThreadVoluntarySwitches(pid_t tid) {
+  return StatusNumber(absl::StrCat("/proc/self/task/", tid, "/status"),
+                      "voluntary_ctxt_switches:");
 }
 
 std::string UniqueName(const std::string& prefix) {

@@ -59,6 +59,10 @@ int64_t ProcessCpuTicks(pid_t pid);
 // Resident memory of `pid` (VmRSS), or -1.
 int64_t ProcessRssBytes(pid_t pid);
 
+// How many times thread `tid` of this process has slept (voluntary context
+// switches, /proc/self/task/TID/status), or -1.
+int64_t ThreadVoluntarySwitches(pid_t tid);
+
 // A name unique to this process and call: "<prefix>-<pid>-<n>".
 std::string UniqueName(const std::string& prefix);
 
