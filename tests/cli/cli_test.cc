@@ -20,6 +20,7 @@
 #include <memory>
 #include <string>
 #include <vector>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"

@@ -8,6 +8,7 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -182,7 +183,7 @@ TEST_P(FeedTest, ServerStreamingSyncAndAsync) {
         received.fetch_add(1);
       },
       [&](absl::Status final_status) {
-        status = final_status;
+        status = std::move(final_status);
         done.Notify();
       });
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
@@ -290,7 +291,7 @@ TEST_P(FeedTest, AMessageOverTwoGiBFailsItsCallInvalidArgumentAndNothingElse) {
   feed.WatchAsync(
       huge, Within(absl::Seconds(30)), [](const Event&) {},
       [&](absl::Status status) {
-        async_status = status;
+        async_status = std::move(status);
         done.Notify();
       });
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));

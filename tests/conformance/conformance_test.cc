@@ -14,6 +14,7 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -162,7 +163,7 @@ TEST_P(ConformanceTest, AsyncDeadlineIsEnforcedWithoutAWaiter) {
   const absl::Time start = absl::Now();
   channel().CallMethodAsync("test.Test/Sleep", "10000", options,
                             [&](absl::StatusOr<std::string> response) {
-                              result = response.status();
+                              result = std::move(response).status();
                               finished = absl::Now();
                               done.Notify();
                             });
@@ -178,7 +179,7 @@ TEST_P(ConformanceTest, CancelEndsTheCallAndReachesTheHandler) {
   int runs = 0;
   Call call = channel().CallMethodAsync("test.Test/Sleep", "60000", {},
                                         [&](absl::StatusOr<std::string> response) {
-                                          result = response.status();
+                                          result = std::move(response).status();
                                           ++runs;
                                           done.Notify();
                                         });
@@ -212,7 +213,7 @@ TEST_P(ConformanceTest, ServerKilledMidCallFailsPendingCallsPromptly) {
   absl::Status async_result;
   channel().CallMethodAsync("test.Test/Sleep", "60000", {},
                             [&](absl::StatusOr<std::string> response) {
-                              async_result = response.status();
+                              async_result = std::move(response).status();
                               async_done.Notify();
                             });
   CallOptions wait;

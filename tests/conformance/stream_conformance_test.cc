@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -100,7 +101,7 @@ TEST_P(StreamConformanceTest, FinishAndDoneFillTheResponseMetadata) {
   channel().CallServerStreamAsync(
       "test.Test/Count", "5 1", options, [&](std::string_view) { ++async_messages; },
       [&](absl::Status final_status) {
-        status = final_status;
+        status = std::move(final_status);
         seen_in_done = async_metadata;
         done.Notify();
       });
@@ -426,7 +427,7 @@ TEST_P(StreamConformanceTest, AsyncServerStreamDeliversInOrderThenDoneOnce) {
         messages.fetch_add(1);
       },
       [&](absl::Status status) {
-        final_status = status;
+        final_status = std::move(status);
         dones.fetch_add(1);
         done.Notify();
       });

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "absl/time/clock.h"
 #include "base/syscall.h"
@@ -123,7 +124,7 @@ TEST_F(ChannelServerTest, PastDeadlineFailsAtOnce) {
   ipcrpc::internal::Notification done;
   absl::Status result;
   channel_->CallMethodAsync("extra.Extra/Count", "", options, [&](absl::StatusOr<std::string> r) {
-    result = r.status();
+    result = std::move(r).status();
     done.Notify();
   });
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
@@ -226,7 +227,7 @@ TEST_F(ChannelServerTest, ShutdownLetsHandlersFinishWithinGrace) {
   ipcrpc::internal::Notification done;
   absl::Status result;
   channel_->CallMethodAsync("test.Test/Sleep", "100", {}, [&](absl::StatusOr<std::string> r) {
-    result = r.status();
+    result = std::move(r).status();
     done.Notify();
   });
   CallOptions wait;
@@ -243,7 +244,7 @@ TEST_F(ChannelServerTest, ShutdownCancelsHandlersPastGrace) {
   ipcrpc::internal::Notification done;
   absl::Status result;
   channel_->CallMethodAsync("test.Test/Sleep", "60000", {}, [&](absl::StatusOr<std::string> r) {
-    result = r.status();
+    result = std::move(r).status();
     done.Notify();
   });
   CallOptions wait;
@@ -265,7 +266,7 @@ TEST_F(ChannelServerTest, ChannelDestroyedCompletesPendingAsyncCalls) {
   std::atomic<int> runs{0};
   absl::Status result;
   channel_->CallMethodAsync("test.Test/Sleep", "60000", {}, [&](absl::StatusOr<std::string> r) {
-    result = r.status();
+    result = std::move(r).status();
     runs++;
   });
   CallOptions wait;
@@ -419,7 +420,7 @@ TEST(HostileServerTest, LateResponsesAreCountedAndGarbageClosesTheConnection) {
   ipcrpc::internal::Notification failed;
   absl::Status failure;
   (*channel)->CallMethodAsync("x.Y/Z", "req", {}, [&](absl::StatusOr<std::string> r) {
-    failure = r.status();
+    failure = std::move(r).status();
     failed.Notify();
   });
   const char garbage[] = "\x10\x00\x00\x00this is garbage!";

@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 #include <vector>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "asio/executor_work_guard.hpp"
@@ -514,7 +515,7 @@ TEST_F(CutTransportTest, ACallInFlightOnACutConnectionEndsOnceAndTheNextReconnec
   Notification done;
   absl::Status result;
   (*channel)->CallMethodAsync("t.T/Block", "", {}, [&](absl::StatusOr<std::string> r) {
-    result = r.status();
+    result = std::move(r).status();
     if (completions.fetch_add(1) == 0) done.Notify();
   });
   ASSERT_TRUE(blocked_.WaitForNotificationWithTimeout(absl::Seconds(30)));
