@@ -141,20 +141,22 @@ void MqConnection::AwaitClockSet() {
         uint64_t expirations;
         // ECANCELED: the clock was set. Armed again before the caller is
         // woken, so that a set after it took its timeout is seen too.
-        const bool set =
-            ::read(self->clock_set_fd_.get(), &expirations, sizeof(expirations)) < 0 &&
-            errno == ECANCELED;
-        const bool armed = set && ArmClockSetTimer(self->clock_set_fd_.get());
+        // EAGAIN: woken with nothing to read.
+        const int error =
+            ::read(self->clock_set_fd_.get(), &expirations, sizeof(expirations)) < 0 ? errno : 0;
+        if (error == EAGAIN) {
+          self->AwaitClockSet();
+          return;
+        }
+        const bool armed = error == ECANCELED && ArmClockSetTimer(self->clock_set_fd_.get());
         self->SendWake();
         if (armed) {
           self->AwaitClockSet();
-        } else if (set || errno != EAGAIN) {
+        } else {
           // (Or the clock is past 2096.) Left unwatched: a set of the clock
           // back may then hold a waiting caller past its deadline.
           IPCRPC_LOG(WARNING) << self->description_
                               << ": no longer watching the realtime clock being set";
-        } else {
-          self->AwaitClockSet();  // woken with nothing to read
         }
       });
 }
