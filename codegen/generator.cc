@@ -502,7 +502,7 @@ void PrintServiceDefinition(Printer& p, const ServiceDescriptor* service) {
             "        }\n"
             "        $reply$ reply;\n"
             "        ::absl::Status status = this->$method$(context, request, reply);\n"
-            "        if (status.ok() && !reply.SerializeToString(&response_bytes)) {\n"
+            "        if (status.ok() && !::ipcrpc::SerializeReply(reply, &response_bytes)) {\n"
             "          return ::absl::InternalError(\n"
             "              \"$full_method$: the handler's reply is missing required fields\");\n"
             "        }\n"

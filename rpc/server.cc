@@ -201,7 +201,7 @@ class ServerCore : public IntrospectionSource {
                   std::string_view request);
   void FinishCall(const std::shared_ptr<ServerConnection>& connection,
                   const std::shared_ptr<ServerCallState>& call, const absl::Status& status,
-                  const std::string& response);
+                  std::string_view response);
   // Gives back a place counted in calls_in_flight_ (and wakes Shutdown
   // when it waits for the last).
   void ReleaseCall();
@@ -897,8 +897,18 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
   // faulted in once per thread, not once per call (include/ipcrpc/scratch.h).
   thread_local std::string response;
   response.clear();
-  absl::Cleanup trim = [] {
+  // And its buffer for a generated handler's reply (ipcrpc::SerializeReply),
+  // which keeps its length between calls so that it is not zeroed first.
+  thread_local std::string reply_buffer;
+  ReplySlot slot;
+  slot.response = &response;
+  slot.buffer = &reply_buffer;
+  ReplySlot*& current_slot = CurrentReplySlot();
+  ReplySlot* const outer_slot = current_slot;
+  absl::Cleanup trim = [&current_slot, outer_slot] {
+    current_slot = outer_slot;
     if (response.capacity() > ScratchString::kKeptBytes) std::string().swap(response);
+    if (reply_buffer.capacity() > ScratchString::kKeptBytes) std::string().swap(reply_buffer);
   };
   const bool expired = MonotonicNowNs() >= call->deadline_ns;
   if (expired || call->IsCancelled()) {
@@ -914,6 +924,7 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
     ServerContext context = ServerCallState::MakeContext(call);
     const uint64_t calls_before = CallsStartedOnThisThread();
     const int64_t started_ns = MonotonicNowNs();
+    current_slot = &slot;
     try {
       status = (*method->handler)(context, request, response);
     } catch (const std::exception& e) {
@@ -924,13 +935,19 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
     method->Learn(MonotonicNowNs() - started_ns, inline_limit_ns_,
                   CallsStartedOnThisThread() != calls_before);
   }
+  current_slot = outer_slot;
   call->Finish();
-  FinishCall(connection, call, status, response);
+  FinishCall(connection, call, status, slot.used ? slot.bytes : std::string_view(response));
+}
+
+ReplySlot*& CurrentReplySlot() {
+  thread_local ReplySlot* slot = nullptr;
+  return slot;
 }
 
 void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
                             const std::shared_ptr<ServerCallState>& call,
-                            const absl::Status& status, const std::string& response) {
+                            const absl::Status& status, std::string_view response) {
   {
     MutexLock lock(&connection->mu);
     connection->calls.erase(call->request_id);
@@ -964,7 +981,7 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
                    "", 0, false, false, &response_metadata);
     } else {
       SendResponse(connection, call->request_id, status,
-                   status.ok() ? std::string_view(response) : std::string_view(), 0, false,
+                   status.ok() ? response : std::string_view(), 0, false,
                    false, &response_metadata);
     }
   } else if (call->cancelled_by_client.load()) {

@@ -5,6 +5,7 @@
 // bench/: ipcrpc_bench prints the memcpy figures it depends on.)
 #include "base/copy.h"
 
+#include <google/protobuf/descriptor.pb.h>
 #include <google/protobuf/wrappers.pb.h>
 
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "gtest/gtest.h"
 #include "ipcrpc/scratch.h"
 
@@ -220,6 +222,63 @@ TEST(SerializeAfterHeadroomTest, IntoAKeptBufferWhateverItHeldBefore) {
   }
   google::protobuf::BytesValue parsed;
   EXPECT_FALSE(ParseFromBytes("\xff\xff\xff", &parsed));
+}
+
+// A generated handler's reply (ipcrpc::SerializeReply): into the server's
+// slot, after the headroom, only for the response string the slot was set
+// for, and once; anywhere else into the string itself, as SerializeToString.
+TEST(SerializeReplyTest, IntoTheServersSlotOnlyForItsOwnResponseString) {
+  google::protobuf::BytesValue message;
+  message.set_value(Pattern(65536, 9));
+  const std::string serialized = message.SerializeAsString();
+
+  std::string response;
+  ASSERT_TRUE(SerializeReply(message, &response));  // no slot on this thread
+  EXPECT_EQ(response, serialized);
+
+  // A kept buffer holding a longer reply of the call before.
+  std::string kept = Pattern(kSerializeHeadroom + 100000, 4);
+  std::string server_response;
+  ReplySlot slot;
+  slot.response = &server_response;
+  slot.buffer = &kept;
+  CurrentReplySlot() = &slot;
+  absl::Cleanup unset = [] { CurrentReplySlot() = nullptr; };
+
+  std::string other;  // a handler calling another handler with its own string
+  ASSERT_TRUE(SerializeReply(message, &other));
+  EXPECT_EQ(other, serialized);
+  EXPECT_FALSE(slot.used);
+
+  ASSERT_TRUE(SerializeReply(message, &server_response));
+  EXPECT_TRUE(server_response.empty());
+  ASSERT_TRUE(slot.used);
+  EXPECT_EQ(slot.bytes.data(), kept.data() + kSerializeHeadroom);
+  EXPECT_EQ(slot.bytes, serialized);
+
+  // Once only: a second reply into the same string goes into the string.
+  message.set_value("second");
+  ASSERT_TRUE(SerializeReply(message, &server_response));
+  EXPECT_EQ(server_response, message.SerializeAsString());
+  EXPECT_EQ(slot.bytes, serialized);
+}
+
+TEST(SerializeReplyTest, AReplyMissingARequiredFieldIsRefusedInTheSlotToo) {
+  google::protobuf::UninterpretedOption::NamePart part;  // proto2: two required fields
+  part.set_name_part("x");
+  std::string kept;
+  std::string server_response;
+  ReplySlot slot;
+  slot.response = &server_response;
+  slot.buffer = &kept;
+  CurrentReplySlot() = &slot;
+  absl::Cleanup unset = [] { CurrentReplySlot() = nullptr; };
+  EXPECT_FALSE(SerializeReply(part, &server_response));
+  EXPECT_FALSE(slot.used);
+  part.set_is_extension(true);
+  ASSERT_TRUE(SerializeReply(part, &server_response));
+  ASSERT_TRUE(slot.used);
+  EXPECT_EQ(slot.bytes, part.SerializeAsString());
 }
 
 }  // namespace

@@ -50,6 +50,14 @@ class TypesImpl final : public ::awk::ward::v1::Types::Service {
     reply.set_value(thing.name() + "=" + std::to_string(thing.count()));
     return ::absl::OkStatus();
   }
+  // The request back, without its required name when its count is negative
+  // (a reply that cannot be serialized).
+  ::absl::Status Copy(::ipcrpc::ServerContext&, const ::other::types::Thing& thing,
+                      ::other::types::Thing& reply) override {
+    reply = thing;
+    if (thing.count() < 0) reply.clear_name();
+    return ::absl::OkStatus();
+  }
   // Wait is left UNIMPLEMENTED on purpose.
 };
 

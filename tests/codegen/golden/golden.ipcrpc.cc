@@ -143,7 +143,7 @@ Echo::Service::Service() {
         }
         ::golden::v1::EchoReply reply;
         ::absl::Status status = this->Echo(context, request, reply);
-        if (status.ok() && !reply.SerializeToString(&response_bytes)) {
+        if (status.ok() && !::ipcrpc::SerializeReply(reply, &response_bytes)) {
           return ::absl::InternalError(
               "golden.v1.Echo/Echo: the handler's reply is missing required fields");
         }
@@ -159,7 +159,7 @@ Echo::Service::Service() {
         }
         ::google::protobuf::Empty reply;
         ::absl::Status status = this->Idle(context, request, reply);
-        if (status.ok() && !reply.SerializeToString(&response_bytes)) {
+        if (status.ok() && !::ipcrpc::SerializeReply(reply, &response_bytes)) {
           return ::absl::InternalError(
               "golden.v1.Echo/Idle: the handler's reply is missing required fields");
         }
@@ -253,7 +253,7 @@ Admin::Service::Service() {
         }
         ::google::protobuf::Empty reply;
         ::absl::Status status = this->Reset(context, request, reply);
-        if (status.ok() && !reply.SerializeToString(&response_bytes)) {
+        if (status.ok() && !::ipcrpc::SerializeReply(reply, &response_bytes)) {
           return ::absl::InternalError(
               "golden.v1.Admin/Reset: the handler's reply is missing required fields");
         }
