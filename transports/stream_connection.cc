@@ -14,6 +14,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <new>
 
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
@@ -34,6 +35,10 @@ constexpr size_t kInitialBuffer = 64 * 1024;
 // each time (include/ipcrpc/scratch.h says more).
 constexpr size_t kKeepBuffer = 2 * 1024 * 1024;
 constexpr size_t kPageSize = 4096;
+// The least a message must be for KeepDeliveredMessage to keep it where it
+// lies: below, a copy costs less than giving the buffer away (measured:
+// docs/PERFORMANCE.md).
+constexpr size_t kKeepMessageMin = 64 * 1024;
 // The most a pipe or FIFO grows to for a large message (FitPipeLocked): 64
 // pages. 1 MiB (the default pipe-max-size) measured no faster for 1 MiB
 // messages.
@@ -115,7 +120,8 @@ StreamConnection::StreamConnection(UniqueFd read_fd, UniqueFd write_fd, UniqueFd
       owned_read_fd_(std::move(read_fd)),
       owned_write_fd_(std::move(write_fd)),
       close_event_(std::move(close_event)),
-      wake_event_(std::move(wake_event)) {}
+      wake_event_(std::move(wake_event)),
+      loans_(std::make_shared<Loans>(kKeepBuffer)) {}
 
 StreamConnection::~StreamConnection() {
   // Not started, or finished: the descriptor wrapper is gone already, and
@@ -186,7 +192,42 @@ absl::Status StreamConnection::WaitForMore(int64_t deadline_ns, int64_t now) {
   return absl::OkStatus();
 }
 
-void StreamConnection::ReleaseReadState() { buffer_.Resize(0, 0); }
+void StreamConnection::ReleaseReadState() {
+  buffer_.Resize(0, 0);
+  loans_->DropSpare();
+}
+
+std::shared_ptr<const void> StreamConnection::KeepDeliveredMessage() {
+  if (!delivering_ || kept_) return nullptr;
+  const size_t length = delivering_end_ - begin_ - kPrefixSize;
+  // Half the buffer at least: what a kept buffer holds beyond its message
+  // stays within the message's size (the buffer grows by doubling).
+  if (length < kKeepMessageMin || 2 * (delivering_end_ - begin_) < buffer_.size()) {
+    return nullptr;
+  }
+  std::optional<KernelBuffer> next = loans_->TakeSpare();
+  if (!next.has_value()) return nullptr;  // the other buffer is still out
+  // What came after the message moves to the next buffer, at the same
+  // offset in its page (so reads land as before: ReceiveOnce).
+  const size_t rest = end_ - delivering_end_;
+  const size_t at = delivering_end_ % kPageSize;
+  const size_t want = std::max(at + rest, buffer_.size());
+  if (next->size() < want) {
+    try {
+      next->Resize(want, 0);
+    } catch (const std::bad_alloc&) {
+      loans_->Untake(std::move(*next));
+      return nullptr;  // copied instead
+    }
+  }
+  CopyBytes(next->data() + at, buffer_.data() + delivering_end_, rest);
+  std::shared_ptr<const void> owner = loans_->Lend(std::move(buffer_));
+  buffer_ = std::move(*next);
+  begin_ = at;
+  end_ = at + rest;
+  kept_ = true;
+  return owner;
+}
 
 void StreamConnection::WakeReader() {
   uint64_t one = 1;
@@ -206,8 +247,15 @@ absl::Status StreamConnection::DeliverMessages() {
     }
     const size_t whole = kPrefixSize + length;
     if (end_ - begin_ < whole) return absl::OkStatus();  // more bytes to come
+    delivering_ = true;
+    delivering_end_ = begin_ + whole;
     on_message_(std::string_view(buffer_.data() + begin_ + kPrefixSize, length));
-    begin_ += whole;
+    delivering_ = false;
+    if (kept_) {
+      kept_ = false;  // begin_ is already past it, in the next buffer
+    } else {
+      begin_ += whole;
+    }
     if (closing_.load(std::memory_order_acquire) || finished_) {
       return absl::CancelledError(absl::StrCat(description_, ": closed"));
     }

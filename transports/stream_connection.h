@@ -17,6 +17,7 @@
 #include "asio/io_context.hpp"
 #include "base/copy.h"
 #include "base/syscall.h"
+#include "transports/buffer_loans.h"
 #include "transports/polled_connection.h"
 #include "transports/read_watch.h"
 #include "transports/send_turn.h"
@@ -48,8 +49,16 @@ class StreamConnection final : public PolledConnection {
   bool SendSeesPeerLeave() const override { return true; }
   const PeerCredentials& peer() const override { return peer_; }
   void WakeReader() override;
+  // A message of at least kKeepMessageMin bytes that fills at least half
+  // the read buffer, if no other is kept: the buffer goes with it, and the
+  // connection reads on into its second one (made the first time, then the
+  // one that came back).
+  std::shared_ptr<const void> KeepDeliveredMessage() override;
 
  private:
+  static size_t BufferBytes(const KernelBuffer& buffer) { return buffer.size(); }
+  using Loans = BufferLoans<KernelBuffer, &StreamConnection::BufferBytes>;
+
   // PolledConnection's hooks. ReceiveOnce is one read(2), and delivery of
   // every whole message; `*drained`: the read took less than it had room
   // for, so nothing more was there.
@@ -115,6 +124,13 @@ class StreamConnection final : public PolledConnection {
   KernelBuffer buffer_;
   size_t begin_ = 0;  // first unparsed byte
   size_t end_ = 0;    // one past the last received byte
+  // While on_message_ runs: the end of the message it has (which starts at
+  // begin_), and whether KeepDeliveredMessage took the buffer with it (then
+  // begin_ and end_ are already the next buffer's).
+  bool delivering_ = false;
+  size_t delivering_end_ = 0;
+  bool kept_ = false;
+  const std::shared_ptr<Loans> loans_;
 
   SendTurn turn_;  // taken before write_mu_ by a send that may wait
   Mutex write_mu_;

@@ -210,6 +210,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   virtual const PeerCredentials& peer() const = 0;
 
+  // Inside on_message, on its thread: keeps the message being delivered
+  // where it lies, valid for as long as the returned owner lives (on any
+  // thread), instead of the handler copying it; the transport reads on into
+  // another buffer. Null when it will not (the handler copies): a transport
+  // without the means, a message too small to be worth it, or no spare
+  // buffer (a connection holds at most two). For a large request handed to
+  // a handler thread (rpc/server.cc).
+  virtual std::shared_ptr<const void> KeepDeliveredMessage() { return nullptr; }
+
   // ---- Direct reads (optional; transports/read_role.h tells the design).
   // The owner may let the loop stop reading while nothing is expected:
   // `keep_loop_reading` (asked on any thread, under a transport lock; it

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -24,6 +25,11 @@ namespace {
 
 using ::ipcrpc::testing::IsOk;
 using ::ipcrpc::testing::StatusIs;
+
+struct KeptView {
+  std::string_view view;
+  std::shared_ptr<const void> owner;
+};
 
 struct TestRing {
   explicit TestRing(size_t size)
@@ -256,6 +262,67 @@ TEST(ShmRecordReaderTest, HandsOverACopyThatThePeerCannotChange) {
     EXPECT_EQ(seen, message) << "round " << round;
     ring.consumer.Consume(*took);
   }
+}
+
+// KeepDelivered (a large request kept for its handler thread instead of
+// copied): the kept message stays intact while the reader gathers the next
+// ones into its other buffer; one buffer is out at a time, and it comes
+// back for the next once its owner is done; a small message is not kept.
+TEST(ShmRecordReaderTest, AKeptMessageStaysIntactAndItsBufferComesBack) {
+  constexpr size_t kSize = 256 * 1024;
+  TestRing ring(kSize);
+  ShmRecordReader reader(1 << 20);
+  auto record = [](const std::string& message) {
+    std::string out(4, '\0');
+    for (int i = 0; i < 4; ++i) out[i] = static_cast<char>((message.size() >> (8 * i)) & 0xff);
+    return out + message;
+  };
+  auto pattern = [](size_t n, char seed) {
+    std::string s(n, '\0');
+    for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(seed + i * 7 + i / 253);
+    return s;
+  };
+  // Sends `message` through the ring; the reader takes it and asks to keep it.
+  auto deliver = [&](const std::string& message) {
+    const std::string bytes = record(message);
+    EXPECT_EQ(*ring.producer.Write(bytes), bytes.size());
+    ring.producer.Publish();
+    KeptView kept;
+    bool delivered = false;
+    size_t taken = 0;
+    while (!delivered && taken < bytes.size()) {  // in pieces where it wraps
+      std::string_view first, second;
+      EXPECT_THAT(ring.consumer.Peek(&first, &second), IsOk());
+      absl::StatusOr<size_t> took = reader.Take(first, second, [&](std::string_view view) {
+        EXPECT_TRUE(view == message);
+        kept.view = view;
+        kept.owner = reader.KeepDelivered();
+        delivered = true;
+      });
+      EXPECT_THAT(took, IsOk());
+      if (!took.ok() || *took == 0) break;
+      ring.consumer.Consume(*took);
+      taken += *took;
+    }
+    EXPECT_TRUE(delivered);
+    EXPECT_EQ(taken, bytes.size());
+    std::memset(ring.data.data(), 'X', kSize);  // and the peer writes over the ring
+    return kept;
+  };
+  const std::string a = pattern(100 * 1024, 'a');
+  const std::string b = pattern(100 * 1024, 'b');
+  const std::string c = pattern(100 * 1024, 'c');  // wraps around the ring's end
+  KeptView kept_a = deliver(a);
+  ASSERT_NE(kept_a.owner, nullptr);
+  EXPECT_EQ(deliver(b).owner, nullptr);  // A's buffer is still out
+  EXPECT_TRUE(kept_a.view == a);         // untouched by B, gathered meanwhile
+  kept_a.owner.reset();
+  KeptView kept_c = deliver(c);
+  EXPECT_NE(kept_c.owner, nullptr);
+  EXPECT_EQ(deliver(pattern(60 * 1024, 'd')).owner, nullptr);  // under 64 KiB
+  EXPECT_TRUE(kept_c.view == c);
+  // Outside on_message: nothing to keep.
+  EXPECT_EQ(reader.KeepDelivered(), nullptr);
 }
 
 // Spinner on a clock the test moves: each look at the ring takes kLookNs,

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -213,6 +214,94 @@ TEST(StreamConnectionTest, MessagesSurviveTheBuffersCompactionAndGrowth) {
   writer.join();
   ASSERT_EQ(received.size(), messages.size());
   for (size_t i = 0; i < messages.size(); ++i) EXPECT_EQ(received[i], messages[i]) << i;
+}
+
+// KeepDeliveredMessage: a large message stays where it was read, intact
+// while the connection reads on into its other buffer, and so do the
+// messages read with it; one buffer is out at a time (a second large
+// message is then copied by its handler) and comes back once its owner is
+// done. All messages are in the pipe before the receiver reads, so that
+// one read takes a large message and what follows it.
+struct KeptMessage {
+  std::string_view view;
+  std::shared_ptr<const void> owner;  // (null once given back)
+  bool kept = false;
+};
+
+// Delivers `messages` (all in the pipe first) and asks to keep every one of
+// 64 KiB or more; `release_before_keeping`: the previous kept message's
+// owner is checked and dropped before the next is asked for.
+std::vector<KeptMessage> DeliverAndKeep(const std::vector<std::string>& messages,
+                                        bool release_before_keeping,
+                                        std::vector<std::string>* received) {
+  PipePair pipes;
+  EXPECT_GE(fcntl(pipes.a_write.get(), F_SETPIPE_SZ, 1 << 20), 1 << 20);
+  auto sender = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write), false,
+                                         {}, "sender", 1 << 20);
+  auto receiver = StreamConnection::Create(std::move(pipes.b_read), std::move(pipes.b_write),
+                                           false, {}, "receiver", 1 << 20);
+  EXPECT_THAT(sender, IsOk());
+  EXPECT_THAT(receiver, IsOk());
+  if (!sender.ok() || !receiver.ok()) return {};
+  for (const std::string& message : messages) {
+    std::string_view parts[] = {message};
+    EXPECT_THAT((*sender)->Send(parts, 0), IsOk());
+  }
+  sender->reset();  // EOF after the messages
+  std::vector<KeptMessage> kept;
+  asio::io_context io;
+  StreamConnection* connection = receiver->get();
+  (*receiver)->Start(
+      io,
+      [&](std::string_view message) {
+        received->emplace_back(message);
+        if (message.size() < 64 * 1024) return;
+        if (release_before_keeping && !kept.empty() && kept.back().owner != nullptr) {
+          EXPECT_EQ(kept.back().view, messages[received->size() - 3]);
+          kept.back().owner.reset();
+        }
+        std::shared_ptr<const void> owner = connection->KeepDeliveredMessage();
+        const bool was_kept = owner != nullptr;
+        kept.push_back({message, std::move(owner), was_kept});
+      },
+      [&](absl::Status) {});
+  io.run();
+  return kept;
+}
+
+TEST(StreamConnectionTest, AKeptMessageStaysIntactWhileTheConnectionReadsOn) {
+  const std::vector<std::string> messages = {
+      "a",         Pattern(200 * 1024) + "A", "b", Pattern(200 * 1024) + "B",
+      "c",         Pattern(130 * 1024) + "C", "d", Pattern(1000) + "small",
+      Pattern(140 * 1024) + "D", "e"};
+  std::vector<std::string> received;
+  std::vector<KeptMessage> kept = DeliverAndKeep(messages, false, &received);
+  EXPECT_EQ(received, messages);
+  ASSERT_EQ(kept.size(), 4u);
+  ASSERT_NE(kept[0].owner, nullptr);
+  // Read after it, into the other buffer; it is untouched.
+  EXPECT_EQ(kept[0].view, messages[1]);
+  // Not kept while the first is out (each was copied, above).
+  EXPECT_EQ(kept[1].owner, nullptr);
+  EXPECT_EQ(kept[2].owner, nullptr);
+  EXPECT_EQ(kept[3].owner, nullptr);
+}
+
+TEST(StreamConnectionTest, AKeptBufferComesBackForTheNextLargeMessage) {
+  const std::vector<std::string> messages = {
+      "a", Pattern(200 * 1024) + "A", "b", Pattern(200 * 1024) + "B",
+      "c", Pattern(130 * 1024) + "C", "d", Pattern(150 * 1024) + "D",
+      "e", Pattern(70 * 1024) + "E"};
+  std::vector<std::string> received;
+  std::vector<KeptMessage> kept = DeliverAndKeep(messages, true, &received);
+  EXPECT_EQ(received, messages);
+  ASSERT_EQ(kept.size(), 5u);
+  // Each kept, once the one before was given back (checked intact then)...
+  for (size_t i = 0; i < 4; ++i) EXPECT_TRUE(kept[i].kept) << i;
+  EXPECT_EQ(kept[3].view, messages[7]);
+  // ...but one that fills less than half the buffer (256 KiB here): a kept
+  // buffer holds at most twice its message.
+  EXPECT_FALSE(kept[4].kept);
 }
 
 TEST(StreamConnectionTest, OversizedLengthClosesBeforeAllocating) {

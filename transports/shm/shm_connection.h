@@ -51,6 +51,8 @@ class ShmConnection final : public PolledConnection {
                absl::Status* error) override;
 
   const PeerCredentials& peer() const override { return peer_; }
+  // A gathered message of 64 KiB or more (ShmRecordReader::KeepDelivered).
+  std::shared_ptr<const void> KeepDeliveredMessage() override { return records_.KeepDelivered(); }
 
  private:
   // TrySend's work, with write_mu_ held: `total` bytes of `parts`.

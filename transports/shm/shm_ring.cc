@@ -25,6 +25,9 @@ constexpr size_t kFirstGatherReserve = (1u << 20) + (64u << 10);
 // twice the capacity up to twice it), staggered as AppendBytes grows it: any
 // message up to there is kept.
 constexpr size_t kKeptGatherBytes = StaggeredCapacity(2 * kFirstGatherReserve);
+// The least a message must be for KeepDelivered to keep it (as
+// StreamConnection's).
+constexpr size_t kKeepMessageMin = 64 * 1024;
 
 // Whether this thread may run on one CPU only (pinned, a cpuset of one, a
 // one-CPU machine): then two peers found on one CPU stay there. Where the
@@ -153,6 +156,35 @@ bool ShmRingConsumer::PrepareToSleep() {
   return false;
 }
 
+ShmRecordReader::ShmRecordReader(size_t max_message_size)
+    : max_message_size_(max_message_size),
+      loans_(std::make_shared<BufferLoans<std::string, &ShmRecordReader::StringBytes>>(
+          kKeptGatherBytes)) {}
+
+void ShmRecordReader::Deliver(absl::FunctionRef<void(std::string_view)> on_message) {
+  delivering_ = true;
+  on_message(std::string_view(pending_).substr(4));
+  delivering_ = false;
+  kept_ = false;  // (if it was, pending_ is the spare now)
+  pending_.clear();
+}
+
+std::shared_ptr<const void> ShmRecordReader::KeepDelivered() {
+  if (!delivering_ || kept_) return nullptr;
+  // Half the buffer at least: what a kept buffer holds beyond its message
+  // stays within the message's size.
+  if (pending_.size() - 4 < kKeepMessageMin || 2 * pending_.size() < pending_.capacity()) {
+    return nullptr;
+  }
+  std::optional<std::string> next = loans_->TakeSpare();
+  if (!next.has_value()) return nullptr;  // the other buffer is still out
+  std::shared_ptr<const void> owner = loans_->Lend(std::move(pending_));
+  pending_ = std::move(*next);
+  pending_.clear();
+  kept_ = true;
+  return owner;
+}
+
 absl::StatusOr<size_t> ShmRecordReader::Take(
     std::string_view first, std::string_view second,
     absl::FunctionRef<void(std::string_view)> on_message) {
@@ -171,8 +203,7 @@ absl::StatusOr<size_t> ShmRecordReader::Take(
       // side trusts"). The buffer keeps its capacity, so a warm call does
       // not allocate.
       AssignBytes(&pending_, first.substr(0, 4 + length_));
-      on_message(std::string_view(pending_).substr(4));
-      pending_.clear();
+      Deliver(on_message);
       if (pending_.capacity() > kKeptGatherBytes) pending_.shrink_to_fit();
       return 4 + length_;
     }
@@ -199,8 +230,7 @@ absl::StatusOr<size_t> ShmRecordReader::Take(
     pending_.reserve(StaggeredCapacity(std::min<uint64_t>(4 + length_, kFirstGatherReserve)));
   }
   if (pending_.size() >= 4 && pending_.size() == 4 + length_) {
-    on_message(std::string_view(pending_).substr(4));
-    pending_.clear();
+    Deliver(on_message);
     if (pending_.capacity() > kKeptGatherBytes) pending_.shrink_to_fit();
   }
   return took;

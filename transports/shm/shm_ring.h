@@ -36,6 +36,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -43,6 +44,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "transports/buffer_loans.h"
 
 namespace ipcrpc::internal {
 
@@ -176,7 +178,7 @@ class ShmRingConsumer {
 // is gathered.
 class ShmRecordReader {
  public:
-  explicit ShmRecordReader(size_t max_message_size) : max_message_size_(max_message_size) {}
+  explicit ShmRecordReader(size_t max_message_size);
 
   // Takes what it can of the readable bytes `first` then `second` (as Peek
   // returned them), calling `on_message` for at most one whole message (a
@@ -191,14 +193,28 @@ class ShmRecordReader {
   // Whether a message is partly gathered (more of it is on its way).
   bool in_message() const { return !pending_.empty(); }
 
-  // Drops a partly gathered message.
+  // Drops a partly gathered message (and the spare buffer).
   void Clear() {
     pending_.clear();
     pending_.shrink_to_fit();
+    loans_->DropSpare();
   }
 
+  // Inside on_message: keeps the message delivered now where it lies, for
+  // as long as the returned owner lives (Connection::KeepDeliveredMessage);
+  // the reader gathers on into its spare buffer. Null for a message under
+  // 64 KiB or under half its buffer, or while the other buffer is out.
+  std::shared_ptr<const void> KeepDelivered();
+
  private:
+  static size_t StringBytes(const std::string& buffer) { return buffer.capacity(); }
+  // on_message(the message in pending_), and pending_ emptied for the next.
+  void Deliver(absl::FunctionRef<void(std::string_view)> on_message);
+
   const size_t max_message_size_;
+  bool delivering_ = false;  // on_message runs
+  bool kept_ = false;        // and KeepDelivered took pending_ with the message
+  const std::shared_ptr<BufferLoans<std::string, &ShmRecordReader::StringBytes>> loans_;
   std::string pending_;  // the prefix and the message, while gathered
   uint64_t length_ = 0;  // the message's announced length
 };
