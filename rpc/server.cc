@@ -951,7 +951,10 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
   }
   current_slot = outer_slot;
   call->Finish();
-  FinishCall(connection, call, status, slot.used ? slot.bytes : std::string_view(response));
+  // The reply SerializeReply put in the slot, unless the handler wrote into
+  // `response` after it.
+  const bool from_slot = slot.used && response.empty();
+  FinishCall(connection, call, status, from_slot ? slot.bytes : std::string_view(response));
 }
 
 ReplySlot*& CurrentReplySlot() {

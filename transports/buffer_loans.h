@@ -25,7 +25,7 @@ class BufferLoans : public std::enable_shared_from_this<BufferLoans<Buffer, byte
 
   // The spare to read on into (an empty Buffer if there is none yet), or
   // nothing if a buffer is out: then the message is copied instead. After
-  // a spare is taken, exactly one of Lend or Untake follows.
+  // a spare is taken, exactly one of Lend (that returns) or Untake follows.
   std::optional<Buffer> TakeSpare() {
     MutexLock lock(&mu_);
     if (lent_) return std::nullopt;
@@ -41,37 +41,45 @@ class BufferLoans : public std::enable_shared_from_this<BufferLoans<Buffer, byte
     spare_ = std::move(spare);
   }
 
-  // The owner of `buffer`, which holds the kept message: while it lives the
-  // buffer is untouched; when it goes (on any thread) the buffer is the
-  // spare, unless the reader is gone.
-  std::shared_ptr<const void> Lend(Buffer buffer) {
-    return std::make_shared<Loan>(std::move(buffer), this->weak_from_this());
+  // The owner of *buffer, which holds the kept message, moved out of the
+  // reader's hands: while the owner lives the buffer is untouched; when it
+  // goes (on any thread) the buffer is the spare, unless the reader is gone
+  // or released its state. May throw std::bad_alloc, *buffer untouched
+  // (then Untake).
+  std::shared_ptr<const void> Lend(Buffer* buffer) {
+    auto loan = std::make_shared<Loan>(this->weak_from_this());
+    loan->buffer_ = std::move(*buffer);
+    return loan;
   }
 
-  // Frees the spare (the reader's state is released).
+  // Frees the spare, and any buffer that comes back later (the reader's
+  // state is released).
   void DropSpare() {
     Buffer dropped;
     MutexLock lock(&mu_);
+    released_ = true;
     dropped = std::move(spare_);
   }
 
  private:
   class Loan {
    public:
-    Loan(Buffer buffer, std::weak_ptr<BufferLoans> home)
-        : buffer_(std::move(buffer)), home_(std::move(home)) {}
+    explicit Loan(std::weak_ptr<BufferLoans> home) : home_(std::move(home)) {}
     ~Loan() {
       std::shared_ptr<BufferLoans> home = home_.lock();
       if (home == nullptr) return;
       MutexLock lock(&home->mu_);
       home->lent_ = false;
-      if (bytes(buffer_) <= home->keep_bytes_) home->spare_ = std::move(buffer_);
+      if (!home->released_ && bytes(buffer_) <= home->keep_bytes_) {
+        home->spare_ = std::move(buffer_);
+      }
     }
     Loan(const Loan&) = delete;
     Loan& operator=(const Loan&) = delete;
 
-   private:
     Buffer buffer_;  // (if not given back, freed after the lock is released)
+
+   private:
     std::weak_ptr<BufferLoans> home_;
   };
 
@@ -79,6 +87,7 @@ class BufferLoans : public std::enable_shared_from_this<BufferLoans<Buffer, byte
   Mutex mu_;
   Buffer spare_ ABSL_GUARDED_BY(mu_);
   bool lent_ ABSL_GUARDED_BY(mu_) = false;
+  bool released_ ABSL_GUARDED_BY(mu_) = false;  // DropSpare was called
 };
 
 }  // namespace ipcrpc::internal

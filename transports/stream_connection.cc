@@ -221,7 +221,13 @@ std::shared_ptr<const void> StreamConnection::KeepDeliveredMessage() {
     }
   }
   CopyBytes(next->data() + at, buffer_.data() + delivering_end_, rest);
-  std::shared_ptr<const void> owner = loans_->Lend(std::move(buffer_));
+  std::shared_ptr<const void> owner;
+  try {
+    owner = loans_->Lend(&buffer_);
+  } catch (const std::bad_alloc&) {
+    loans_->Untake(std::move(*next));
+    return nullptr;  // copied instead; nothing moved
+  }
   buffer_ = std::move(*next);
   begin_ = at;
   end_ = at + rest;

@@ -154,7 +154,8 @@ struct ReplySlot {
   // Kept by the thread, with the length its last use left it (so a warm
   // buffer is not zeroed before it is written over).
   std::string* buffer = nullptr;
-  // Once used: the reply's bytes, inside *buffer; *response stays empty.
+  // Once used: the reply's bytes, inside *buffer (*response stays empty;
+  // the server sends these unless the handler then wrote into it).
   std::string_view bytes;
   bool used = false;
 };
@@ -165,22 +166,26 @@ ReplySlot*& CurrentReplySlot();
 }  // namespace internal
 
 // Serializes a unary handler's reply for the server (generated services
-// call it): as reply.SerializeToString(response) (false if proto2
-// required fields are missing), but when the server has a slot for
-// `response`, into a buffer its thread keeps, after kSerializeHeadroom
-// bytes, without zeroing the buffer first. The server then sends the bytes
-// from there. Why: std::string's resize zeroes what it adds, and
-// SerializeToString resizes from empty: 70 us of a 1 MiB echo over
-// `unix:` went to zeroing a response that was then written over.
+// call it): into *response, replacing what it held, as SerializeToString;
+// false if proto2 required fields are missing (checked in every build:
+// protobuf's SerializeToString checks them only in debug builds) or the
+// message is over 2 GiB. When the server has a slot for `response`, and it
+// is empty, the bytes go instead into a buffer the server's thread keeps,
+// after kSerializeHeadroom bytes, without zeroing the buffer first; the
+// server sends them from there unless the handler then writes into
+// `response` itself (whatever is written last is sent). Why: std::string's
+// resize zeroes what it adds, and SerializeToString resizes from empty: 70
+// us of a 1 MiB echo over `unix:` went to zeroing a response that was then
+// written over.
 template <typename Message>
 bool SerializeReply(const Message& reply, std::string* response) {
-  internal::ReplySlot* slot = internal::CurrentReplySlot();
-  if (slot == nullptr || slot->used || slot->response != response || !response->empty()) {
-    return reply.SerializeToString(response);
-  }
   if (!reply.IsInitialized()) return false;
+  internal::ReplySlot* slot = internal::CurrentReplySlot();
+  if (slot == nullptr || slot->response != response || !response->empty()) {
+    return reply.SerializePartialToString(response);
+  }
   const size_t size = reply.ByteSizeLong();
-  if (size > static_cast<size_t>(INT_MAX)) return reply.SerializeToString(response);
+  if (size > static_cast<size_t>(INT_MAX)) return false;
   slot->buffer->resize(kSerializeHeadroom + size);
   reply.SerializeWithCachedSizesToArray(
       reinterpret_cast<uint8_t*>(slot->buffer->data() + kSerializeHeadroom));

@@ -226,7 +226,8 @@ TEST(SerializeAfterHeadroomTest, IntoAKeptBufferWhateverItHeldBefore) {
 
 // A generated handler's reply (ipcrpc::SerializeReply): into the server's
 // slot, after the headroom, only for the response string the slot was set
-// for, and once; anywhere else into the string itself, as SerializeToString.
+// for while that string is empty (a later reply replaces an earlier one);
+// anywhere else into the string itself, as SerializeToString.
 TEST(SerializeReplyTest, IntoTheServersSlotOnlyForItsOwnResponseString) {
   google::protobuf::BytesValue message;
   message.set_value(Pattern(65536, 9));
@@ -256,16 +257,23 @@ TEST(SerializeReplyTest, IntoTheServersSlotOnlyForItsOwnResponseString) {
   EXPECT_EQ(slot.bytes.data(), kept.data() + kSerializeHeadroom);
   EXPECT_EQ(slot.bytes, serialized);
 
-  // Once only: a second reply into the same string goes into the string.
+  // A second reply replaces the first, in the slot...
   message.set_value("second");
   ASSERT_TRUE(SerializeReply(message, &server_response));
+  EXPECT_TRUE(server_response.empty());
+  EXPECT_EQ(slot.bytes, message.SerializeAsString());
+  // ...and into a response the handler wrote into itself, there.
+  server_response = "written by the handler";
+  message.set_value("third");
+  ASSERT_TRUE(SerializeReply(message, &server_response));
   EXPECT_EQ(server_response, message.SerializeAsString());
-  EXPECT_EQ(slot.bytes, serialized);
 }
 
-TEST(SerializeReplyTest, AReplyMissingARequiredFieldIsRefusedInTheSlotToo) {
+TEST(SerializeReplyTest, AReplyMissingARequiredFieldIsRefusedWithOrWithoutASlot) {
   google::protobuf::UninterpretedOption::NamePart part;  // proto2: two required fields
   part.set_name_part("x");
+  std::string response;
+  EXPECT_FALSE(SerializeReply(part, &response));  // no slot: in a release build too
   std::string kept;
   std::string server_response;
   ReplySlot slot;

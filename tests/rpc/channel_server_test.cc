@@ -10,6 +10,9 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
+
+#include <google/protobuf/wrappers.pb.h>
 
 #include "absl/time/clock.h"
 #include "base/syscall.h"
@@ -54,6 +57,15 @@ class ExtraService : public Service {
     });
     AddMethod("extra.Extra/Big", [](ServerContext&, std::string_view, std::string& out) {
       out.assign(200 * 1024, 'b');
+      return absl::OkStatus();
+    });
+    // A reply through ipcrpc::SerializeReply (the server's kept buffer), then,
+    // if asked, bytes written into `out` after it: those are what is sent.
+    AddMethod("extra.Extra/Reply", [](ServerContext&, std::string_view request, std::string& out) {
+      google::protobuf::StringValue reply;
+      reply.set_value(std::string(request.size() * 1000, 'r'));
+      if (!SerializeReply(reply, &out)) return absl::InternalError("not serialized");
+      if (request == "overwrite") out = "written after";
       return absl::OkStatus();
     });
     AddMethod("extra.Extra/Context",
@@ -112,6 +124,27 @@ class ChannelServerTest : public ::testing::Test {
   std::unique_ptr<Server> server_;
   std::shared_ptr<Channel> channel_;
 };
+
+// A generic handler that serializes with SerializeReply: its reply goes out
+// from the server's kept buffer, at every size (the buffer keeps the
+// length of the reply before it); bytes the handler writes into its
+// response afterwards replace it.
+TEST_F(ChannelServerTest, AReplyFromSerializeReplyIsSentUnlessTheHandlerWritesAfterIt) {
+  StartServer();
+  for (const std::string& request :
+       std::vector<std::string>{"abc", "a", std::string(300, 'x'), "ab", "overwrite", "a"}) {
+    SCOPED_TRACE(request.size());
+    absl::StatusOr<std::string> response = channel_->CallMethod("extra.Extra/Reply", request);
+    ASSERT_THAT(response, IsOk());
+    if (request == "overwrite") {
+      EXPECT_EQ(*response, "written after");
+      continue;
+    }
+    google::protobuf::StringValue reply;
+    ASSERT_TRUE(reply.ParseFromString(*response));
+    EXPECT_EQ(reply.value(), std::string(request.size() * 1000, 'r'));
+  }
+}
 
 TEST_F(ChannelServerTest, PastDeadlineFailsAtOnce) {
   StartServer();

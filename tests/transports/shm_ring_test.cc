@@ -319,8 +319,10 @@ TEST(ShmRecordReaderTest, AKeptMessageStaysIntactAndItsBufferComesBack) {
   kept_a.owner.reset();
   KeptView kept_c = deliver(c);
   EXPECT_NE(kept_c.owner, nullptr);
-  EXPECT_EQ(deliver(pattern(60 * 1024, 'd')).owner, nullptr);  // under 64 KiB
   EXPECT_TRUE(kept_c.view == c);
+  kept_c.owner.reset();
+  EXPECT_EQ(deliver(pattern(60 * 1024, 'd')).owner, nullptr);  // under 64 KiB
+  EXPECT_NE(deliver(pattern(70 * 1024, 'e')).owner, nullptr);  // but 70 KiB is kept
   // Outside on_message: nothing to keep.
   EXPECT_EQ(reader.KeepDelivered(), nullptr);
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -178,7 +179,13 @@ std::shared_ptr<const void> ShmRecordReader::KeepDelivered() {
   }
   std::optional<std::string> next = loans_->TakeSpare();
   if (!next.has_value()) return nullptr;  // the other buffer is still out
-  std::shared_ptr<const void> owner = loans_->Lend(std::move(pending_));
+  std::shared_ptr<const void> owner;
+  try {
+    owner = loans_->Lend(&pending_);
+  } catch (const std::bad_alloc&) {
+    loans_->Untake(std::move(*next));
+    return nullptr;  // copied instead; nothing moved
+  }
   pending_ = std::move(*next);
   pending_.clear();
   kept_ = true;

@@ -145,7 +145,8 @@ Echo::Service::Service() {
         ::absl::Status status = this->Echo(context, request, reply);
         if (status.ok() && !::ipcrpc::SerializeReply(reply, &response_bytes)) {
           return ::absl::InternalError(
-              "golden.v1.Echo/Echo: the handler's reply is missing required fields");
+              "golden.v1.Echo/Echo: the handler's reply cannot be serialized "
+              "(required fields missing, or over 2 GiB)");
         }
         return status;
       });
@@ -161,7 +162,8 @@ Echo::Service::Service() {
         ::absl::Status status = this->Idle(context, request, reply);
         if (status.ok() && !::ipcrpc::SerializeReply(reply, &response_bytes)) {
           return ::absl::InternalError(
-              "golden.v1.Echo/Idle: the handler's reply is missing required fields");
+              "golden.v1.Echo/Idle: the handler's reply cannot be serialized "
+              "(required fields missing, or over 2 GiB)");
         }
         return status;
       });
@@ -255,7 +257,8 @@ Admin::Service::Service() {
         ::absl::Status status = this->Reset(context, request, reply);
         if (status.ok() && !::ipcrpc::SerializeReply(reply, &response_bytes)) {
           return ::absl::InternalError(
-              "golden.v1.Admin/Reset: the handler's reply is missing required fields");
+              "golden.v1.Admin/Reset: the handler's reply cannot be serialized "
+              "(required fields missing, or over 2 GiB)");
         }
         return status;
       });
@@ -358,9 +361,10 @@ Feed::Service::Service() {
         ::absl::Status status = this->Upload(context, reader, reply);
         if (!status.ok()) return status;
         ::std::string reply_bytes;
-        if (!reply.SerializeToString(&reply_bytes)) {
+        if (!::ipcrpc::SerializeReply(reply, &reply_bytes)) {
           return ::absl::InternalError(
-              "golden.v1.Feed/Upload: the handler's reply is missing required fields");
+              "golden.v1.Feed/Upload: the handler's reply cannot be serialized "
+              "(required fields missing, or over 2 GiB)");
         }
         stream.Write(reply_bytes);
         return status;
