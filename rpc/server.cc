@@ -919,6 +919,7 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
   slot.buffer = &reply_buffer;
   ReplySlot*& current_slot = CurrentReplySlot();
   ReplySlot* const outer_slot = current_slot;
+  // (The slot is this thread's until RunHandler returns, however it does.)
   absl::Cleanup trim = [&current_slot, outer_slot] {
     current_slot = outer_slot;
     if (response.capacity() > ScratchString::kKeptBytes) std::string().swap(response);
@@ -949,7 +950,6 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
     method->Learn(MonotonicNowNs() - started_ns, inline_limit_ns_,
                   CallsStartedOnThisThread() != calls_before);
   }
-  current_slot = outer_slot;
   call->Finish();
   // The reply SerializeReply put in the slot, unless the handler wrote into
   // `response` after it.

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <new>
 #include <optional>
 #include <utility>
 
@@ -25,7 +26,7 @@ class BufferLoans : public std::enable_shared_from_this<BufferLoans<Buffer, byte
 
   // The spare to read on into (an empty Buffer if there is none yet), or
   // nothing if a buffer is out: then the message is copied instead. After
-  // a spare is taken, exactly one of Lend (that returns) or Untake follows.
+  // a spare is taken, exactly one of Lend or Untake follows.
   std::optional<Buffer> TakeSpare() {
     MutexLock lock(&mu_);
     if (lent_) return std::nullopt;
@@ -41,14 +42,22 @@ class BufferLoans : public std::enable_shared_from_this<BufferLoans<Buffer, byte
     spare_ = std::move(spare);
   }
 
-  // The owner of *buffer, which holds the kept message, moved out of the
-  // reader's hands: while the owner lives the buffer is untouched; when it
-  // goes (on any thread) the buffer is the spare, unless the reader is gone
-  // or released its state. May throw std::bad_alloc, *buffer untouched
-  // (then Untake).
-  std::shared_ptr<const void> Lend(Buffer* buffer) {
-    auto loan = std::make_shared<Loan>(this->weak_from_this());
-    loan->buffer_ = std::move(*buffer);
+  // Lends *current, which holds the kept message, and puts `next` (the
+  // spare TakeSpare gave, made ready by the reader) in its place; returns
+  // the owner of the lent buffer: while it lives the buffer is untouched;
+  // when it goes (on any thread) the buffer is the spare, unless the reader
+  // is gone or released its state. Null if there is no memory for the
+  // owner: then *current is untouched and `next` is the spare again.
+  std::shared_ptr<const void> Lend(Buffer* current, Buffer next) {
+    std::shared_ptr<Loan> loan;
+    try {
+      loan = std::make_shared<Loan>(this->weak_from_this());
+    } catch (const std::bad_alloc&) {
+      Untake(std::move(next));
+      return nullptr;
+    }
+    loan->buffer_ = std::move(*current);
+    *current = std::move(next);
     return loan;
   }
 

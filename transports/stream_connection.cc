@@ -208,27 +208,22 @@ std::shared_ptr<const void> StreamConnection::KeepDeliveredMessage() {
   std::optional<KernelBuffer> next = loans_->TakeSpare();
   if (!next.has_value()) return nullptr;  // the other buffer is still out
   // What came after the message moves to the next buffer, at the same
-  // offset in its page (so reads land as before: ReceiveOnce).
+  // offset in its page (so reads land as before: ReceiveOnce). The next
+  // buffer is as large as this one (which holds at + rest, as that is at
+  // most end_), so the next large message need not grow it again.
   const size_t rest = end_ - delivering_end_;
   const size_t at = delivering_end_ % kPageSize;
-  const size_t want = std::max(at + rest, buffer_.size());
-  if (next->size() < want) {
+  if (next->size() < buffer_.size()) {
     try {
-      next->Resize(want, 0);
+      next->Resize(buffer_.size(), 0);
     } catch (const std::bad_alloc&) {
       loans_->Untake(std::move(*next));
       return nullptr;  // copied instead
     }
   }
   CopyBytes(next->data() + at, buffer_.data() + delivering_end_, rest);
-  std::shared_ptr<const void> owner;
-  try {
-    owner = loans_->Lend(&buffer_);
-  } catch (const std::bad_alloc&) {
-    loans_->Untake(std::move(*next));
-    return nullptr;  // copied instead; nothing moved
-  }
-  buffer_ = std::move(*next);
+  std::shared_ptr<const void> owner = loans_->Lend(&buffer_, std::move(*next));
+  if (owner == nullptr) return nullptr;  // copied instead; nothing moved
   begin_ = at;
   end_ = at + rest;
   kept_ = true;

@@ -14,7 +14,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/cleanup/cleanup.h"
 #include "gtest/gtest.h"
 #include "ipcrpc/scratch.h"
 
@@ -224,6 +223,22 @@ TEST(SerializeAfterHeadroomTest, IntoAKeptBufferWhateverItHeldBefore) {
   EXPECT_FALSE(ParseFromBytes("\xff\xff\xff", &parsed));
 }
 
+// The server's part around a handler, for SerializeReply: this thread's
+// slot for `response`, with `kept` as its buffer, until the end of scope.
+class ScopedReplySlot {
+ public:
+  ScopedReplySlot(std::string* response, std::string* kept) {
+    slot.response = response;
+    slot.buffer = kept;
+    CurrentReplySlot() = &slot;
+  }
+  ~ScopedReplySlot() { CurrentReplySlot() = nullptr; }
+  ScopedReplySlot(const ScopedReplySlot&) = delete;
+  ScopedReplySlot& operator=(const ScopedReplySlot&) = delete;
+
+  ReplySlot slot;
+};
+
 // A generated handler's reply (ipcrpc::SerializeReply): into the server's
 // slot, after the headroom, only for the response string the slot was set
 // for while that string is empty (a later reply replaces an earlier one);
@@ -240,11 +255,8 @@ TEST(SerializeReplyTest, IntoTheServersSlotOnlyForItsOwnResponseString) {
   // A kept buffer holding a longer reply of the call before.
   std::string kept = Pattern(kSerializeHeadroom + 100000, 4);
   std::string server_response;
-  ReplySlot slot;
-  slot.response = &server_response;
-  slot.buffer = &kept;
-  CurrentReplySlot() = &slot;
-  absl::Cleanup unset = [] { CurrentReplySlot() = nullptr; };
+  ScopedReplySlot scoped(&server_response, &kept);
+  const ReplySlot& slot = scoped.slot;
 
   std::string other;  // a handler calling another handler with its own string
   ASSERT_TRUE(SerializeReply(message, &other));
@@ -276,11 +288,8 @@ TEST(SerializeReplyTest, AReplyMissingARequiredFieldIsRefusedWithOrWithoutASlot)
   EXPECT_FALSE(SerializeReply(part, &response));  // no slot: in a release build too
   std::string kept;
   std::string server_response;
-  ReplySlot slot;
-  slot.response = &server_response;
-  slot.buffer = &kept;
-  CurrentReplySlot() = &slot;
-  absl::Cleanup unset = [] { CurrentReplySlot() = nullptr; };
+  ScopedReplySlot scoped(&server_response, &kept);
+  const ReplySlot& slot = scoped.slot;
   EXPECT_FALSE(SerializeReply(part, &server_response));
   EXPECT_FALSE(slot.used);
   part.set_is_extension(true);

@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <new>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
@@ -179,15 +178,9 @@ std::shared_ptr<const void> ShmRecordReader::KeepDelivered() {
   }
   std::optional<std::string> next = loans_->TakeSpare();
   if (!next.has_value()) return nullptr;  // the other buffer is still out
-  std::shared_ptr<const void> owner;
-  try {
-    owner = loans_->Lend(&pending_);
-  } catch (const std::bad_alloc&) {
-    loans_->Untake(std::move(*next));
-    return nullptr;  // copied instead; nothing moved
-  }
-  pending_ = std::move(*next);
-  pending_.clear();
+  next->clear();
+  std::shared_ptr<const void> owner = loans_->Lend(&pending_, std::move(*next));
+  if (owner == nullptr) return nullptr;  // copied instead; nothing moved
   kept_ = true;
   return owner;
 }
