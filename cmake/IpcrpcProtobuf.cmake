@@ -181,8 +181,11 @@ function(ipcrpc_add_proto_library target)
   target_include_directories(${target} PUBLIC "$<BUILD_INTERFACE:${out_dir}>")
   target_link_libraries(${target} PUBLIC ${ARG_DEPS} ipcrpc::ipcrpc protobuf::libprotobuf)
   target_compile_features(${target} PUBLIC cxx_std_20)
+  # UNITY_BUILD OFF: protoc's .pb.cc files define the same file-local names
+  # (schemas, file_default_instances) and cannot share a translation unit.
   set_target_properties(${target} PROPERTIES
     CXX_EXTENSIONS OFF
+    UNITY_BUILD OFF
     IPCRPC_PROTO_NAMES "${names};${provided}"
     IPCRPC_PROTO_IMPORT_DIRS "${search_roots}")
   if(reserved_macro_names)

@@ -35,10 +35,6 @@ constexpr size_t kInitialBuffer = 64 * 1024;
 // each time (include/ipcrpc/scratch.h says more).
 constexpr size_t kKeepBuffer = 2 * 1024 * 1024;
 constexpr size_t kPageSize = 4096;
-// The least a message must be for KeepDeliveredMessage to keep it where it
-// lies: below, a copy costs less than giving the buffer away (measured:
-// docs/PERFORMANCE.md).
-constexpr size_t kKeepMessageMin = 64 * 1024;
 // The most a pipe or FIFO grows to for a large message (FitPipeLocked): 64
 // pages. 1 MiB (the default pipe-max-size) measured no faster for 1 MiB
 // messages.
@@ -202,7 +198,7 @@ std::shared_ptr<const void> StreamConnection::KeepDeliveredMessage() {
   const size_t length = delivering_end_ - begin_ - kPrefixSize;
   // Half the buffer at least: what a kept buffer holds beyond its message
   // stays within the message's size (the buffer grows by doubling).
-  if (length < kKeepMessageMin || 2 * (delivering_end_ - begin_) < buffer_.size()) {
+  if (length < kLendMessageMin || 2 * (delivering_end_ - begin_) < buffer_.size()) {
     return nullptr;
   }
   std::optional<KernelBuffer> next = loans_->TakeSpare();

@@ -49,7 +49,7 @@ class StreamConnection final : public PolledConnection {
   bool SendSeesPeerLeave() const override { return true; }
   const PeerCredentials& peer() const override { return peer_; }
   void WakeReader() override;
-  // A message of at least kKeepMessageMin bytes that fills at least half
+  // A message of at least kLendMessageMin (buffer_loans.h) bytes that fills at least half
   // the read buffer, if no other is kept: the buffer goes with it, and the
   // connection reads on into its second one (made the first time, then the
   // one that came back).

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -42,9 +43,8 @@ TEST_F(LoggingTest, AFloodFromOneSiteIsCappedAndCounted) {
   fake_now += 1'000'000'000;
   Refuse(1);
   ASSERT_EQ(lines_.size(), static_cast<size_t>(kLogLinesPerSecond) + 1);
-  EXPECT_THAT(lines_.back(),
-              ::testing::HasSubstr(std::to_string(100000 - kLogLinesPerSecond) +
-                                   " more lines from here suppressed"));
+  EXPECT_THAT(lines_.back(), ::testing::HasSubstr(absl::StrCat(
+                                 100000 - kLogLinesPerSecond, " more lines from here suppressed")));
 }
 
 TEST_F(LoggingTest, SitesHaveBudgetsOfTheirOwn) {

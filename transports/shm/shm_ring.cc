@@ -25,9 +25,6 @@ constexpr size_t kFirstGatherReserve = (1u << 20) + (64u << 10);
 // twice the capacity up to twice it), staggered as AppendBytes grows it: any
 // message up to there is kept.
 constexpr size_t kKeptGatherBytes = StaggeredCapacity(2 * kFirstGatherReserve);
-// The least a message must be for KeepDelivered to keep it (as
-// StreamConnection's).
-constexpr size_t kKeepMessageMin = 64 * 1024;
 
 // Whether this thread may run on one CPU only (pinned, a cpuset of one, a
 // one-CPU machine): then two peers found on one CPU stay there. Where the
@@ -173,7 +170,7 @@ std::shared_ptr<const void> ShmRecordReader::KeepDelivered() {
   if (!delivering_ || kept_) return nullptr;
   // Half the buffer at least: what a kept buffer holds beyond its message
   // stays within the message's size.
-  if (pending_.size() - 4 < kKeepMessageMin || 2 * pending_.size() < pending_.capacity()) {
+  if (pending_.size() - 4 < kLendMessageMin || 2 * pending_.size() < pending_.capacity()) {
     return nullptr;
   }
   std::optional<std::string> next = loans_->TakeSpare();
