@@ -182,7 +182,9 @@ function(ipcrpc_add_proto_library target)
   target_link_libraries(${target} PUBLIC ${ARG_DEPS} ipcrpc::ipcrpc protobuf::libprotobuf)
   target_compile_features(${target} PUBLIC cxx_std_20)
   # UNITY_BUILD OFF: protoc's .pb.cc files define the same file-local names
-  # (schemas, file_default_instances) and cannot share a translation unit.
+  # (schemas, file_default_instances) and cannot share a translation unit,
+  # and the generated files are built one at a time even in a user's unity
+  # build (CMAKE_UNITY_BUILD).
   set_target_properties(${target} PROPERTIES
     CXX_EXTENSIONS OFF
     UNITY_BUILD OFF

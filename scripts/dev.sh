@@ -8,8 +8,8 @@
 #
 # Environment: BUILD_DIR (default build), IPCRPC_WERROR=ON, IPCRPC_SANITIZE=address|thread|fuzzer,
 # BUILD_TYPE (default RelWithDebInfo), JOBS (default 2), IPCRPC_CMAKE_ARGS (more -D options),
-# LINKER=lld (link with LLVM's lld: 3-5 times faster than ld.bfd, which matters
-# for tests linked with a sanitizer's runtime),
+# LINKER=lld (test: link with LLVM's lld, 3-5 times faster than ld.bfd, which
+# matters for tests linked with a sanitizer's runtime; kept in the tree's cache),
 # IPCRPC_CTEST_ARGS (more ctest options), CXX (clang++-14: a clang build),
 # FUZZ_BUILD_DIR (fuzz: a tree already configured with IPCRPC_SANITIZE=fuzzer to
 # run the fuzzers from; default build-fuzz, configured here).
@@ -37,8 +37,9 @@ JOBS=${JOBS:-2}
 
 # The tests' precompiled header (IPCRPC_TESTS_PCH) defeats ccache unless it
 # may ignore the header's macros and time stamps (ccache's manual,
-# "Precompiled headers").
-export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:-pch_defines,time_macros}
+# "Precompiled headers"); added to what the caller's environment says. (A
+# build run without dev.sh just compiles those files afresh.)
+export CCACHE_SLOPPINESS=${CCACHE_SLOPPINESS:+$CCACHE_SLOPPINESS,}pch_defines,time_macros
 
 configure_and_build() {
   local launcher=()

@@ -16,8 +16,9 @@
 namespace ipcrpc::internal {
 
 // The least a message must be for a reader to lend its buffer with it
-// (StreamConnection's and ShmRecordReader's KeepDelivered): below, a copy
-// costs less than giving the buffer away (measured: docs/PERFORMANCE.md).
+// (StreamConnection::KeepDeliveredMessage, ShmRecordReader::KeepDelivered):
+// below, a copy costs less than giving the buffer away (measured:
+// docs/PERFORMANCE.md).
 inline constexpr size_t kLendMessageMin = 64 * 1024;
 
 // `Buffer` is movable, empty when default-made or moved from; `bytes(b)`
