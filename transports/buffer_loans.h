@@ -21,6 +21,15 @@ namespace ipcrpc::internal {
 // docs/PERFORMANCE.md).
 inline constexpr size_t kLendMessageMin = 64 * 1024;
 
+// Whether a reader lends its buffer of `capacity` bytes with a message of
+// `message` bytes, whose record (the message and its length prefix) fills
+// `record` bytes of it: a large message that fills half the buffer at least,
+// so that what a lent buffer holds beyond its message stays within the
+// message's size.
+inline bool WorthLending(size_t message, size_t record, size_t capacity) {
+  return message >= kLendMessageMin && 2 * record >= capacity;
+}
+
 // `Buffer` is movable, empty when default-made or moved from; `bytes(b)`
 // says how much memory it holds.
 template <typename Buffer, size_t (*bytes)(const Buffer&)>

@@ -195,12 +195,8 @@ void StreamConnection::ReleaseReadState() {
 
 std::shared_ptr<const void> StreamConnection::KeepDeliveredMessage() {
   if (!delivering_ || kept_) return nullptr;
-  const size_t length = delivering_end_ - begin_ - kPrefixSize;
-  // Half the buffer at least: what a kept buffer holds beyond its message
-  // stays within the message's size (the buffer grows by doubling).
-  if (length < kLendMessageMin || 2 * (delivering_end_ - begin_) < buffer_.size()) {
-    return nullptr;
-  }
+  const size_t record = delivering_end_ - begin_;
+  if (!WorthLending(record - kPrefixSize, record, buffer_.size())) return nullptr;
   std::optional<KernelBuffer> next = loans_->TakeSpare();
   if (!next.has_value()) return nullptr;  // the other buffer is still out
   // What came after the message moves to the next buffer, at the same

@@ -49,10 +49,9 @@ class StreamConnection final : public PolledConnection {
   bool SendSeesPeerLeave() const override { return true; }
   const PeerCredentials& peer() const override { return peer_; }
   void WakeReader() override;
-  // A message of at least kLendMessageMin (buffer_loans.h) bytes that fills at least half
-  // the read buffer, if no other is kept: the buffer goes with it, and the
-  // connection reads on into its second one (made the first time, then the
-  // one that came back).
+  // A message that WorthLending (buffer_loans.h) lets go, if no other is
+  // kept: the buffer goes with it, and the connection reads on into its
+  // second one (made the first time, then the one that came back).
   std::shared_ptr<const void> KeepDeliveredMessage() override;
 
  private:

@@ -168,11 +168,7 @@ void ShmRecordReader::Deliver(absl::FunctionRef<void(std::string_view)> on_messa
 
 std::shared_ptr<const void> ShmRecordReader::KeepDelivered() {
   if (!delivering_ || kept_) return nullptr;
-  // Half the buffer at least: what a kept buffer holds beyond its message
-  // stays within the message's size.
-  if (pending_.size() - 4 < kLendMessageMin || 2 * pending_.size() < pending_.capacity()) {
-    return nullptr;
-  }
+  if (!WorthLending(pending_.size() - 4, pending_.size(), pending_.capacity())) return nullptr;
   std::optional<std::string> next = loans_->TakeSpare();
   if (!next.has_value()) return nullptr;  // the other buffer is still out
   next->clear();
