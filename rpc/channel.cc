@@ -10,7 +10,9 @@
 #include "base/syscall.h"
 #include "base/status_macros.h"
 #include "base/strings.h"
+#include "ipcrpc/body_writer.h"
 #include "ipcrpc/channel.h"
+#include "ipcrpc/scratch.h"
 #include "ipcrpc/server_context.h"
 #include "rpc/channel_core.h"
 #include "wire/frame.h"
@@ -300,7 +302,8 @@ absl::StatusOr<std::shared_ptr<ClientConnection>> ChannelCore::Connect(int64_t d
 absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
                                     std::string_view method, std::string_view request,
                                     const CallOptions& options, int64_t deadline_ns,
-                                    uint16_t flags, std::string_view head) {
+                                    uint16_t flags, std::string_view head,
+                                    const BodyWriter* body) {
   calls_started_.fetch_add(1, std::memory_order_relaxed);
   ++calls_started_on_this_thread;
   FrameHeader header;
@@ -319,7 +322,8 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
   // written), so a warm call allocates nothing for it.
   thread_local std::string prefix;
   IPCRPC_RETURN_IF_ERROR(EncodeFramePrefix(header, method, options.metadata,
-                                           head.size() + request.size(),
+                                           head.size() + (body != nullptr ? body->size()
+                                                                          : request.size()),
                                            options_.max_message_size + head.size(), &prefix));
   // A connect inside a call ends by the call's deadline too: then the call
   // says DEADLINE_EXCEEDED, with the connect's reason.
@@ -369,7 +373,12 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
       // The caller makes the exchange on its own thread (CallSync), once a
       // parent's cancellation can reach the call.
       call->here_request.assign(prefix);
-      AppendBytes(&call->here_request, request);
+      if (body != nullptr) {
+        call->here_request.resize(prefix.size() + body->size());
+        body->WriteFlat(call->here_request.data() + prefix.size());
+      } else {
+        AppendBytes(&call->here_request, request);
+      }
       return absl::OkStatus();
     }
     // A unary call has no head: two parts, as before streams (an empty part
@@ -377,10 +386,16 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
     std::string_view stream_parts[] = {prefix, head, request};
     std::string_view unary_parts[] = {prefix, request};
     // Waiting for room (a server that does not read) ends at the deadline.
-    absl::Status sent = connection->transport->SendWithin(
-        head.empty() ? absl::Span<const std::string_view>(unary_parts)
-                     : absl::Span<const std::string_view>(stream_parts),
-        options.priority, deadline_ns);
+    // A body (a sync unary call's large request) is serialized by the
+    // transport, where it says: straight into an shm: ring.
+    absl::Status sent =
+        body != nullptr
+            ? connection->transport->SendBodyWithin(absl::MakeConstSpan(unary_parts, 1), *body,
+                                                    options.priority, deadline_ns)
+            : connection->transport->SendWithin(
+                  head.empty() ? absl::Span<const std::string_view>(unary_parts)
+                               : absl::Span<const std::string_view>(stream_parts),
+                  options.priority, deadline_ns);
     if (absl::IsDeadlineExceeded(sent) && IsNotDelivered(sent)) {
       // Nothing of it went out by the deadline (the server took nothing, or
       // another send held the connection): the connection is whole, and
@@ -398,6 +413,9 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
       connection->transport->Close();
       if (taken) {
         if (absl::IsDeadlineExceeded(sent)) return DeadlineExceeded(method);
+        // The body came out another size than it said: the caller's
+        // request changed while it was sent.
+        if (body != nullptr && absl::IsInternal(sent)) return sent;
         // Nothing went out (the server left while the connection was
         // idle): once more, on a new connection.
         if (IsNotDelivered(sent) && attempt == 0) continue;
@@ -556,7 +574,8 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
                                                   std::string_view request,
                                                   const CallOptions& options,
                                                   std::string* sink,
-                                                  const absl::FunctionRef<void(std::string_view)>* view) {
+                                                  const absl::FunctionRef<void(std::string_view)>* view,
+                                                  const BodyWriter* body) {
   // The caller may read the connection itself and, when it stops, post to
   // this core's loop: the core must outlive that, even if the Channel is
   // dropped meanwhile on another thread.
@@ -588,7 +607,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
     }
   }
   for (int attempt = 0;; ++attempt) {
-    IPCRPC_RETURN_IF_ERROR(StartCall(call, method, request, options, deadline_ns));
+    IPCRPC_RETURN_IF_ERROR(StartCall(call, method, request, options, deadline_ns, 0, {}, body));
     if (options.parent_call != nullptr) {
       std::weak_ptr<PendingCall> weak = call;
       std::weak_ptr<ChannelCore> core = weak_from_this();
@@ -1069,6 +1088,22 @@ absl::Status Channel::CallMethodView(std::string_view method, std::string_view r
                                      absl::FunctionRef<void(std::string_view)> on_response,
                                      const CallOptions& options) {
   return core_->CallSync(method, request, options, nullptr, &on_response).status();
+}
+
+absl::Status Channel::CallMethodView(std::string_view method, const internal::BodyWriter& request,
+                                     absl::FunctionRef<void(std::string_view)> on_response,
+                                     const CallOptions& options) {
+  if (request.size() < internal::kBodyInPlaceMin) {
+    // Small: this thread's kept buffer, then sent as bytes (as a stub did
+    // before bodies), clear of glibc's slow copy distance (scratch.h).
+    ScratchString buffer;
+    std::string* bytes = buffer.GetSized(kSerializeHeadroom + request.size());
+    request.WriteFlat(bytes->data() + kSerializeHeadroom);
+    return core_->CallSync(method, std::string_view(*bytes).substr(kSerializeHeadroom), options,
+                           nullptr, &on_response)
+        .status();
+  }
+  return core_->CallSync(method, {}, options, nullptr, &on_response, &request).status();
 }
 
 Call Channel::CallMethodAsync(std::string_view method, std::string_view request,

@@ -244,11 +244,13 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   void Shutdown();
 
   // With `sink`, a successful response is written there; with `view`, it
-  // is handed to that (the result holds an empty string).
+  // is handed to that (the result holds an empty string). With `body`, the
+  // request is that (serialized where the transport says), not `request`.
   absl::StatusOr<std::string> CallSync(
       std::string_view method, std::string_view request, const CallOptions& options,
       std::string* sink = nullptr,
-      const absl::FunctionRef<void(std::string_view)>* view = nullptr);
+      const absl::FunctionRef<void(std::string_view)>* view = nullptr,
+      const BodyWriter* body = nullptr);
   Call CallAsync(std::string_view method, std::string_view request, const CallOptions& options,
                  PendingCall::Callback done);
   // Channel::FailCallAsync.
@@ -291,10 +293,12 @@ class ChannelCore : public std::enable_shared_from_this<ChannelCore> {
   // Common start of a call: inserted and sent; on error the call is already
   // completed and the status is returned.
   // A stream's REQUEST has `flags` (kFlagStream...) and `head` (its
-  // window) before the request.
+  // window) before the request. With `body` (a sync unary call), the
+  // request is that, not `request`.
   absl::Status StartCall(const std::shared_ptr<PendingCall>& call, std::string_view method,
                          std::string_view request, const CallOptions& options, int64_t deadline_ns,
-                         uint16_t flags = 0, std::string_view head = {});
+                         uint16_t flags = 0, std::string_view head = {},
+                         const BodyWriter* body = nullptr);
   // Stream frames of `call` on its connection: a MESSAGE, HALF_CLOSE or
   // WINDOW. False if the connection is gone (its loss ends the call).
   bool SendStreamFrame(const std::shared_ptr<PendingCall>& call, FrameType type,

@@ -77,6 +77,14 @@ struct ServerConnection {
     sends_waiting.fetch_sub(1);
     return sent;
   }
+  // The same, `parts` then `body` serialized by the transport.
+  absl::Status SendBody(absl::Span<const std::string_view> parts, const BodyWriter& body) {
+    if (sends_waiting.fetch_add(1) == 0) send_progress_ns.store(MonotonicNowNs());
+    absl::Status sent = transport->SendBodyWithin(parts, body, 0, kNoDeadline);
+    send_progress_ns.store(MonotonicNowNs());
+    sends_waiting.fetch_sub(1);
+    return sent;
+  }
 };
 
 // Past this many queued answers that need no handler (or
@@ -204,9 +212,11 @@ class ServerCore : public IntrospectionSource {
   void RunHandler(const std::shared_ptr<ServerConnection>& connection,
                   const std::shared_ptr<ServerCallState>& call, MethodEntry* method,
                   std::string_view request);
+  // With `body`, the response is that (serialized by the transport), not
+  // `response`.
   void FinishCall(const std::shared_ptr<ServerConnection>& connection,
                   const std::shared_ptr<ServerCallState>& call, const absl::Status& status,
-                  std::string_view response);
+                  std::string_view response, const BodyWriter* body = nullptr);
   // Gives back a place counted in calls_in_flight_ (and wakes Shutdown
   // when it waits for the last).
   void ReleaseCall();
@@ -220,7 +230,7 @@ class ServerCore : public IntrospectionSource {
   void SendResponse(const std::shared_ptr<ServerConnection>& connection, uint64_t request_id,
                     const absl::Status& status, std::string_view payload, uint16_t flags = 0,
                     bool rejection = false, bool never_wait = false,
-                    const Metadata* metadata = nullptr);
+                    const Metadata* metadata = nullptr, const BodyWriter* writer = nullptr);
   // Counts one more answer queued for a handler thread; false (and the
   // connection closed) past its limit (kMinQueuedControl, or
   // max_calls_per_connection if more).
@@ -917,6 +927,36 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
   ReplySlot slot;
   slot.response = &response;
   slot.buffer = &reply_buffer;
+  // A generated handler's large reply is sent by SendReply, from inside
+  // the handler (ipcrpc/message_body.h): the call ends there, and what the
+  // server learns of the handler's time is learned before it does (once
+  // the call is released, Shutdown may go on and destroy the server). Not
+  // on a loop, which must never wait for a peer to read.
+  struct BodySender {
+    ServerCore* core;
+    const std::shared_ptr<ServerConnection>* connection;
+    const std::shared_ptr<ServerCallState>* call;
+    MethodEntry* method;
+    uint64_t calls_before = 0;
+    int64_t started_ns = 0;
+    bool sent = false;
+
+    void Learn() const {
+      method->Learn(MonotonicNowNs() - started_ns, core->inline_limit_ns_,
+                    CallsStartedOnThisThread() != calls_before);
+    }
+  } sender{this, &connection, &call, method};
+  if (!on_a_server_loop) {
+    slot.send_context = &sender;
+    slot.send_body = [](ReplySlot* used, const BodyWriter& body) {
+      auto* sending = static_cast<BodySender*>(used->send_context);
+      used->send_body = nullptr;  // once
+      sending->Learn();
+      sending->sent = true;
+      (*sending->call)->Finish();
+      sending->core->FinishCall(*sending->connection, *sending->call, absl::OkStatus(), {}, &body);
+    };
+  }
   ReplySlot*& current_slot = CurrentReplySlot();
   ReplySlot* const outer_slot = current_slot;
   // (The slot is this thread's until RunHandler returns, however it does.)
@@ -937,8 +977,8 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
   } else {
     calls_handled_.fetch_add(1);
     ServerContext context = ServerCallState::MakeContext(call);
-    const uint64_t calls_before = CallsStartedOnThisThread();
-    const int64_t started_ns = MonotonicNowNs();
+    sender.calls_before = CallsStartedOnThisThread();
+    sender.started_ns = MonotonicNowNs();
     current_slot = &slot;
     try {
       status = (*method->handler)(context, request, response);
@@ -947,8 +987,10 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
     } catch (...) {
       status = absl::InternalError(absl::StrCat(call->method, " threw an exception"));
     }
-    method->Learn(MonotonicNowNs() - started_ns, inline_limit_ns_,
-                  CallsStartedOnThisThread() != calls_before);
+    // Ended already, by SendReply (whatever the handler returned after):
+    // nothing of the server may be touched now.
+    if (sender.sent) return;
+    sender.Learn();
   }
   call->Finish();
   // The reply SerializeReply put in the slot, unless the handler wrote into
@@ -964,7 +1006,8 @@ ReplySlot*& CurrentReplySlot() {
 
 void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
                             const std::shared_ptr<ServerCallState>& call,
-                            const absl::Status& status, std::string_view response) {
+                            const absl::Status& status, std::string_view response,
+                            const BodyWriter* body) {
   {
     MutexLock lock(&connection->mu);
     connection->calls.erase(call->request_id);
@@ -990,16 +1033,17 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
                    absl::DeadlineExceededError(
                        absl::StrCat(call->method, ": deadline exceeded on the server")),
                    "", 0, false, false, &response_metadata);
-    } else if (status.ok() && response.size() > options_.max_message_size) {
+    } else if (const size_t size = body != nullptr ? body->size() : response.size();
+               status.ok() && size > options_.max_message_size) {
       SendResponse(connection, call->request_id,
                    absl::ResourceExhaustedError(absl::StrCat(
-                       call->method, ": response of ", response.size(),
+                       call->method, ": response of ", size,
                        " bytes exceeds the server's max_message_size ", options_.max_message_size)),
                    "", 0, false, false, &response_metadata);
     } else {
       SendResponse(connection, call->request_id, status,
                    status.ok() ? response : std::string_view(), 0, false,
-                   false, &response_metadata);
+                   false, &response_metadata, status.ok() ? body : nullptr);
     }
   } else if (call->cancelled_by_client.load()) {
     responses_dropped_.fetch_add(1, std::memory_order_relaxed);
@@ -1020,7 +1064,19 @@ void ServerCore::ReleaseCall() {
 void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connection,
                               uint64_t request_id, const absl::Status& status,
                               std::string_view payload, uint16_t flags, bool rejection,
-                              bool never_wait, const Metadata* metadata) {
+                              bool never_wait, const Metadata* metadata,
+                              const BodyWriter* writer) {
+  // A body (`writer`) goes to the transport to serialize only from a thread that may
+  // wait for the peer (FinishCall's on a handler thread); elsewhere it is
+  // serialized here first.
+  std::string flat;
+  if (writer != nullptr && (never_wait || on_a_server_loop || rejection)) {
+    flat.resize(writer->size());
+    writer->WriteFlat(flat.data());
+    payload = flat;
+    writer = nullptr;
+  }
+  const size_t payload_size = writer != nullptr ? writer->size() : payload.size();
   FrameHeader header;
   header.type = FrameType::kResponse;
   header.flags = flags;
@@ -1041,7 +1097,7 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
     with_details.emplace_back(std::string(kStatusDetailsKey), std::move(details));
     block = &with_details;
   }
-  absl::Status encoded = EncodeFramePrefix(header, message, *block, payload.size(),
+  absl::Status encoded = EncodeFramePrefix(header, message, *block, payload_size,
                                            options_.max_message_size, &prefix);
   if (!encoded.ok() && !block->empty()) {
     // Over the metadata limits: the caller learns that instead of the answer.
@@ -1090,13 +1146,15 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
       });
       return;
     }
+  } else if (writer != nullptr) {
+    sent = connection->SendBody(absl::MakeConstSpan(parts, 1), *writer);
   } else {
     sent = connection->Send(parts);
   }
   if (sent.ok()) {
     const size_t code = std::min<size_t>(static_cast<size_t>(status.code()), 16);
     responses_by_code_[code].fetch_add(1, std::memory_order_relaxed);
-    bytes_sent_.fetch_add(static_cast<int64_t>(prefix.size() + payload.size()),
+    bytes_sent_.fetch_add(static_cast<int64_t>(prefix.size() + payload_size),
                           std::memory_order_relaxed);
   } else {
     responses_dropped_.fetch_add(1, std::memory_order_relaxed);

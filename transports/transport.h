@@ -29,6 +29,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "base/clock.h"
+#include "ipcrpc/body_writer.h"
 
 namespace asio {
 class io_context;
@@ -187,6 +188,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // (grpc:) ignores the deadline.
   virtual absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
                                   int64_t deadline_ns) = 0;
+
+  // SendWithin of `parts` then `body` (ipcrpc/body_writer.h), serialized
+  // where the transport says. The default serializes it into this thread's
+  // kept buffer and sends that; shm: writes a large one straight into its
+  // ring. A body that writes other than its size() bytes: INTERNAL (the
+  // connection, if part of the message went out, must be closed, as after
+  // any failed send).
+  virtual absl::Status SendBodyWithin(absl::Span<const std::string_view> parts,
+                                      const BodyWriter& body, int priority, int64_t deadline_ns);
 
   // Whether Send to a peer that has left fails, with nothing sent, rather
   // than queueing the message where nobody reads (a pipe, FIFO or stream

@@ -26,6 +26,9 @@
 #include "ipcrpc/options.h"
 
 namespace ipcrpc {
+namespace internal {
+class BodyWriter;
+}  // namespace internal
 
 class Call;
 class GenericClientStream;
@@ -75,6 +78,17 @@ class Channel {
   // inside this thread's read of the connection: it must not block or call
   // into the channel; an exception it throws ends the call INTERNAL.
   absl::Status CallMethodView(std::string_view method, std::string_view request,
+                              absl::FunctionRef<void(std::string_view)> on_response,
+                              const CallOptions& options = {});
+
+  // As CallMethodView, with a request that serializes itself where the
+  // transport says (a generated stub's message: ipcrpc/message_body.h): a
+  // large one straight into an shm: ring, without a copy of its own first;
+  // a small one, or on other transports, into this thread's kept buffer,
+  // then sent as bytes. A body that writes other than its size() bytes
+  // (a message changed while it was serialized) ends the call INTERNAL and
+  // closes the connection it was partly written to.
+  absl::Status CallMethodView(std::string_view method, const internal::BodyWriter& request,
                               absl::FunctionRef<void(std::string_view)> on_response,
                               const CallOptions& options = {});
 

@@ -144,6 +144,8 @@ std::string_view SerializeAfterHeadroom(const Message& message, ScratchString* s
 
 namespace internal {
 
+class BodyWriter;
+
 // Where a unary handler's reply may be serialized (SerializeReply): set by
 // the server on the handler's thread for as long as the handler runs.
 struct ReplySlot {
@@ -158,6 +160,12 @@ struct ReplySlot {
   // the server sends these unless the handler then wrote into it).
   std::string_view bytes;
   bool used = false;
+  // On a server's handler thread: sends a generated handler's large reply
+  // now, serialized by the transport (SendReply, ipcrpc/message_body.h),
+  // and ends the call; once. Null elsewhere (the loop's inline handlers),
+  // and once used.
+  void (*send_body)(ReplySlot* slot, const BodyWriter& body) = nullptr;
+  void* send_context = nullptr;  // the server's, for send_body
 };
 
 // This thread's slot, or null outside a server's unary handler.

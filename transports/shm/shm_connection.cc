@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "base/copy.h"
 #include "base/little_endian.h"
 #include "base/logging.h"
 #include "base/status_macros.h"
@@ -147,9 +148,76 @@ void ShmConnection::WakeReader() {
   if (self_bell_.valid()) Ring(self_bell_.get());
 }
 
-absl::Status ShmConnection::SendWithin(absl::Span<const std::string_view> parts, int /*priority*/,
-                                       int64_t deadline_ns) {
-  IPCRPC_ASSIGN_OR_RETURN(const size_t total, SendSize(parts, max_message_size_, description_));
+// A body's way into the ring (SendMessage holds write_mu_ throughout):
+// the pieces WaitForRoom finds, for the body to write into; each is
+// committed (and published as WriteAll's would be) when the next is asked
+// for, or at Finish. Never more pieces than the body's size fills.
+class RingSpans final : public OutputSpans {
+ public:
+  RingSpans(ShmConnection* connection, size_t size, ShmConnection::WriteProgress* progress)
+      : connection_(connection), left_(size), progress_(progress) {}
+
+  absl::Span<char> Next() override {
+    connection_->write_mu_.AssertHeld();
+    Commit();
+    if (!status_.ok()) return {};
+    if (left_ == 0) {
+      overrun_ = true;  // the body has more than it said
+      return {};
+    }
+    absl::StatusOr<absl::Span<char>> room = connection_->WaitForRoom(left_, *progress_);
+    if (!room.ok()) {
+      status_ = room.status();
+      return {};
+    }
+    piece_ = *room;
+    return piece_;
+  }
+
+  void BackUp(size_t n) override { piece_ = piece_.subspan(0, piece_.size() - n); }
+
+  // After the body: OK if exactly its size came; the transport's status if
+  // it failed; INTERNAL if the body wrote another size.
+  absl::Status Finish(const BodyWriter& body) {
+    connection_->write_mu_.AssertHeld();
+    Commit();
+    if (!status_.ok()) return status_;
+    if (overrun_ || left_ != 0) {
+      return absl::InternalError(absl::StrCat(
+          connection_->description_, ": a request or response of ", body.size(),
+          " bytes came out ", overrun_ ? "longer" : "shorter",
+          " when serialized (the message changed while it was sent)"));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  void Commit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(connection_->write_mu_) {
+    if (piece_.empty()) return;
+    left_ -= piece_.size();
+    connection_->Wrote(piece_.size(), left_ > 0, *progress_);
+    piece_ = {};
+  }
+
+  ShmConnection* const connection_;
+  size_t left_;  // bytes of the body not yet committed
+  ShmConnection::WriteProgress* const progress_;
+  absl::Span<char> piece_;  // handed out, not yet committed
+  absl::Status status_;
+  bool overrun_ = false;
+};
+
+absl::Status ShmConnection::SendMessage(absl::Span<const std::string_view> parts,
+                                        const BodyWriter* body, int64_t deadline_ns) {
+  IPCRPC_ASSIGN_OR_RETURN(size_t total, SendSize(parts, max_message_size_, description_));
+  if (body != nullptr) {
+    if (body->size() > max_message_size_ - total) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(description_, ": message of ", total + body->size(),
+                       " bytes exceeds max_message_size ", max_message_size_));
+    }
+    total += body->size();
+  }
   char prefix[4];
   PutLe(prefix, total, 4);
   // Behind another sender that waits for room, no later than our deadline.
@@ -167,6 +235,23 @@ absl::Status ShmConnection::SendWithin(absl::Span<const std::string_view> parts,
   absl::Status written = WriteAll(std::string_view(prefix, 4), deadline_ns, &wrote_any);
   for (std::string_view part : parts) {
     if (written.ok()) written = WriteAll(part, deadline_ns, &wrote_any);
+  }
+  if (written.ok() && body != nullptr && body->size() > 0) {
+    WriteProgress progress;
+    progress.deadline_ns = deadline_ns;
+    progress.wrote_any = &wrote_any;
+    RingSpans spans(this, body->size(), &progress);
+    body->WriteTo(spans);
+    written = spans.Finish(*body);
+    if (absl::IsInternal(written)) {
+      // The ring holds a message that is not what its length says: nothing
+      // may follow it, and the peer must not wait for the rest. (Close
+      // takes no write_mu_.)
+      write_broken_ = true;
+      IPCRPC_LOG(ERROR) << written.message() << "; closing the connection";
+      Close();
+      return written;
+    }
   }
   if (absl::IsDeadlineExceeded(written)) {
     if (!wrote_any) return MarkNotDelivered(std::move(written));
@@ -224,58 +309,69 @@ void ShmConnection::PublishAndRing() {
 }
 
 absl::Status ShmConnection::WriteAll(std::string_view bytes, int64_t deadline_ns, bool* wrote_any) {
-  int idle = 0;
-  int64_t full_since_ns = 0;  // when the ring was found full (0: not now)
-  size_t room_made = 0;       // bytes written since then
+  WriteProgress progress;
+  progress.deadline_ns = deadline_ns;
+  progress.wrote_any = wrote_any;
   while (!bytes.empty()) {
+    IPCRPC_ASSIGN_OR_RETURN(absl::Span<char> room, WaitForRoom(bytes.size(), progress));
+    CopyBytes(room.data(), bytes.data(), room.size());
+    bytes.remove_prefix(room.size());
+    Wrote(room.size(), !bytes.empty(), progress);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<absl::Span<char>> ShmConnection::WaitForRoom(size_t wanted,
+                                                            WriteProgress& progress) {
+  for (;;) {
     if (closing_.load()) {
       return absl::UnavailableError(absl::StrCat(description_, ": connection closed"));
     }
-    absl::StatusOr<size_t> written = producer_.Write(bytes.substr(0, kPublishEvery));
-    if (!written.ok()) {
-      IPCRPC_LOG(WARNING) << description_ << ": closing: " << written.status();
+    absl::StatusOr<absl::Span<char>> room = producer_.Reserve(std::min(wanted, kPublishEvery));
+    if (!room.ok()) {
+      IPCRPC_LOG(WARNING) << description_ << ": closing: " << room.status();
       Close();
-      return absl::UnavailableError(absl::StrCat(description_, ": ", written.status().message()));
+      return absl::UnavailableError(absl::StrCat(description_, ": ", room.status().message()));
     }
-    bytes.remove_prefix(*written);
-    if (*written > 0) {
-      if (wrote_any != nullptr) *wrote_any = true;
-      idle = 0;
-      // Only real progress counts: a reader that frees a byte at a time
-      // must not keep the writer yielding forever.
-      room_made += *written;
-      if (room_made >= kPublishEvery) {
-        full_since_ns = 0;
-        room_made = 0;
-      }
-      // A reader on another CPU copies out while we copy in; one on ours
-      // cannot, and would only be woken for a piece.
-      if (!bytes.empty() && !producer_.ConsumerSharesCpu()) PublishAndRing();
-      continue;
-    }
+    if (!room->empty()) return *room;
     // Full: let the reader see what is there (ringing it if it sleeps).
     PublishAndRing();
     // A reader on this CPU makes room only once we give it up: no pauses.
-    if (idle == 0 && producer_.ConsumerSharesCpu()) idle = kFullRingPauses - 1;
-    if (++idle < kFullRingPauses) {
+    if (progress.idle == 0 && producer_.ConsumerSharesCpu()) progress.idle = kFullRingPauses - 1;
+    if (++progress.idle < kFullRingPauses) {
       CpuRelax();
       continue;
     }
     const int64_t now = MonotonicNowNs();
-    if (now >= deadline_ns) {
+    if (now >= progress.deadline_ns) {
       return absl::DeadlineExceededError(
           absl::StrCat(description_, ": the peer's ring stayed full"));
     }
-    if (full_since_ns == 0) full_since_ns = now;
-    if (now - full_since_ns < kStalledReaderNs) {
+    if (progress.full_since_ns == 0) progress.full_since_ns = now;
+    if (now - progress.full_since_ns < kStalledReaderNs) {
       ::sched_yield();
       continue;
     }
-    const int backoff = std::min(idle - kFullRingPauses, 10);
+    const int backoff = std::min(progress.idle - kFullRingPauses, 10);
     struct timespec pause = {0, std::min<long>(1'000'000, 1000L << backoff)};
     ::nanosleep(&pause, nullptr);
   }
-  return absl::OkStatus();
+}
+
+void ShmConnection::Wrote(size_t n, bool more, WriteProgress& progress) {
+  producer_.Commit(n);
+  if (progress.wrote_any != nullptr) *progress.wrote_any = true;
+  progress.idle = 0;
+  // Only real progress counts: a reader that frees a byte at a time must
+  // not keep the writer yielding forever.
+  progress.room_made += n;
+  if (progress.room_made >= kPublishEvery) {
+    progress.full_since_ns = 0;
+    progress.room_made = 0;
+  }
+  // A reader on another CPU copies out while we copy in; one on ours
+  // cannot, and would only be woken for a piece.
+  if (more && !producer_.ConsumerSharesCpu()) PublishAndRing();
 }
 
 void ShmConnection::WatchSocket() {

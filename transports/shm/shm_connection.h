@@ -29,6 +29,8 @@
 
 namespace ipcrpc::internal {
 
+class RingSpans;
+
 class ShmConnection final : public PolledConnection {
  public:
   // `in` and `out` are ring indexes (0: client to server, 1: server to client).
@@ -44,7 +46,15 @@ class ShmConnection final : public PolledConnection {
   void WakeReader() override;
 
   absl::Status SendWithin(absl::Span<const std::string_view> parts, int /*priority*/,
-                          int64_t deadline_ns) override;
+                          int64_t deadline_ns) override {
+    return SendMessage(parts, nullptr, deadline_ns);
+  }
+
+  // The body is serialized straight into the ring: no copy of its own first.
+  absl::Status SendBodyWithin(absl::Span<const std::string_view> parts, const BodyWriter& body,
+                              int /*priority*/, int64_t deadline_ns) override {
+    return SendMessage(parts, &body, deadline_ns);
+  }
 
   // Only if the whole message fits in the ring now.
   bool TrySend(absl::Span<const std::string_view> parts, int /*priority*/,
@@ -60,6 +70,27 @@ class ShmConnection final : public PolledConnection {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 
   void PublishAndRing() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+
+  // SendWithin, SendBodyWithin: `parts`, then `body` if not null.
+  absl::Status SendMessage(absl::Span<const std::string_view> parts, const BodyWriter* body,
+                           int64_t deadline_ns);
+
+  // One message's way into the ring: WriteAll's, or a body's (RingSpans in
+  // the .cc).
+  struct WriteProgress {
+    int64_t deadline_ns = kNoDeadline;
+    bool* wrote_any = nullptr;  // set once a byte is written
+    int idle = 0;               // looks at a full ring since the last progress
+    int64_t full_since_ns = 0;  // when the ring was found full (0: not now)
+    size_t room_made = 0;       // bytes written since then
+  };
+  // Free space in the ring for up to `wanted` bytes (at most
+  // kPublishEvery), as one piece, waiting for it as WriteAll says.
+  absl::StatusOr<absl::Span<char>> WaitForRoom(size_t wanted, WriteProgress& progress)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  // `n` bytes of that piece were written; `more` of the message follow.
+  void Wrote(size_t n, bool more, WriteProgress& progress) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  friend class RingSpans;
 
   // Writes `bytes` whole, waiting for room when the ring is full: a message
   // larger than the ring is streamed through it. The reader sees a large

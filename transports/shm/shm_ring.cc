@@ -82,6 +82,14 @@ absl::StatusOr<size_t> ShmRingProducer::Write(std::string_view bytes) {
   return n;
 }
 
+absl::StatusOr<absl::Span<char>> ShmRingProducer::Reserve(size_t max) {
+  const size_t at = position_ & (size_ - 1);
+  const size_t wanted = std::min(max, size_ - at);
+  absl::StatusOr<size_t> free = Room(wanted);
+  if (!free.ok()) return free.status();
+  return absl::Span<char>(data_ + at, std::min(*free, wanted));
+}
+
 bool ShmRingProducer::Publish() {
   if (published_ == position_) return false;
   published_ = position_;

@@ -96,6 +96,16 @@ class ShmRingProducer {
   // if fewer than `wanted` looked free). Corrupt as Write.
   absl::StatusOr<size_t> Room(size_t wanted);
 
+  // The free space at the write position, as one piece (up to the end of
+  // the data, where the ring wraps) of at most `max` bytes, for the caller
+  // to write into and then Commit; empty when the ring is full. Corrupt as
+  // Write.
+  absl::StatusOr<absl::Span<char>> Reserve(size_t max);
+
+  // The first `n` bytes of what Reserve gave were written: they go with the
+  // next Publish.
+  void Commit(size_t n) { position_ += n; }
+
   // Publishes what was written; true if the consumer was asleep and must be
   // woken (the caller rings its doorbell).
   bool Publish();

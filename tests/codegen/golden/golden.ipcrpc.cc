@@ -6,6 +6,8 @@
 #include <string_view>
 #include <utility>
 
+#include "ipcrpc/message_body.h"
+
 namespace golden {
 namespace v1 {
 
@@ -16,11 +18,11 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 
 ::absl::StatusOr<::golden::v1::EchoReply> Echo::Stub::Echo(
     const ::golden::v1::EchoRequest& request, const ::ipcrpc::CallOptions& options) {
-  // This thread's kept buffer: no fresh pages for a large message.
-  ::ipcrpc::ScratchString request_buffer;
-  const ::std::string_view request_bytes =
-      ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
-  if (request_bytes.data() == nullptr) {
+  // Serialized by the channel: a small request into this thread's
+  // kept buffer, a large one where the transport says (straight into
+  // an shm: ring).
+  const ::ipcrpc::internal::MessageBody<::golden::v1::EchoRequest> request_body(request);
+  if (request_body.too_large()) {
     return ::absl::InvalidArgumentError(
         "golden.v1.Echo/Echo: the request is over the 2 GiB protobuf serializes");
   }
@@ -28,7 +30,7 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
   ::golden::v1::EchoReply reply;
   bool parsed = false;
   ::absl::Status status = ipcrpc_channel_->CallMethodView(
-      "golden.v1.Echo/Echo", request_bytes,
+      "golden.v1.Echo/Echo", request_body,
       [&reply, &parsed](::std::string_view bytes) {
         parsed = ::ipcrpc::ParseFromBytes(bytes, &reply);
       },
@@ -74,11 +76,11 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 
 ::absl::StatusOr<::google::protobuf::Empty> Echo::Stub::Idle(
     const ::google::protobuf::Empty& request, const ::ipcrpc::CallOptions& options) {
-  // This thread's kept buffer: no fresh pages for a large message.
-  ::ipcrpc::ScratchString request_buffer;
-  const ::std::string_view request_bytes =
-      ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
-  if (request_bytes.data() == nullptr) {
+  // Serialized by the channel: a small request into this thread's
+  // kept buffer, a large one where the transport says (straight into
+  // an shm: ring).
+  const ::ipcrpc::internal::MessageBody<::google::protobuf::Empty> request_body(request);
+  if (request_body.too_large()) {
     return ::absl::InvalidArgumentError(
         "golden.v1.Echo/Idle: the request is over the 2 GiB protobuf serializes");
   }
@@ -86,7 +88,7 @@ Echo::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
   ::google::protobuf::Empty reply;
   bool parsed = false;
   ::absl::Status status = ipcrpc_channel_->CallMethodView(
-      "golden.v1.Echo/Idle", request_bytes,
+      "golden.v1.Echo/Idle", request_body,
       [&reply, &parsed](::std::string_view bytes) {
         parsed = ::ipcrpc::ParseFromBytes(bytes, &reply);
       },
@@ -143,7 +145,9 @@ Echo::Service::Service() {
         }
         ::golden::v1::EchoReply reply;
         ::absl::Status status = this->Echo(context, request, reply);
-        if (status.ok() && !::ipcrpc::SerializeReply(reply, &response_bytes)) {
+        // A large reply is sent from here, serialized straight into
+        // the transport, and the call ends.
+        if (status.ok() && !::ipcrpc::internal::SendReply(reply, &response_bytes)) {
           return ::absl::InternalError(
               "golden.v1.Echo/Echo: the handler's reply cannot be serialized "
               "(required fields missing, or over 2 GiB)");
@@ -160,7 +164,9 @@ Echo::Service::Service() {
         }
         ::google::protobuf::Empty reply;
         ::absl::Status status = this->Idle(context, request, reply);
-        if (status.ok() && !::ipcrpc::SerializeReply(reply, &response_bytes)) {
+        // A large reply is sent from here, serialized straight into
+        // the transport, and the call ends.
+        if (status.ok() && !::ipcrpc::internal::SendReply(reply, &response_bytes)) {
           return ::absl::InternalError(
               "golden.v1.Echo/Idle: the handler's reply cannot be serialized "
               "(required fields missing, or over 2 GiB)");
@@ -186,11 +192,11 @@ Admin::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
 
 ::absl::StatusOr<::google::protobuf::Empty> Admin::Stub::Reset(
     const ::google::protobuf::Empty& request, const ::ipcrpc::CallOptions& options) {
-  // This thread's kept buffer: no fresh pages for a large message.
-  ::ipcrpc::ScratchString request_buffer;
-  const ::std::string_view request_bytes =
-      ::ipcrpc::SerializeAfterHeadroom(request, &request_buffer);
-  if (request_bytes.data() == nullptr) {
+  // Serialized by the channel: a small request into this thread's
+  // kept buffer, a large one where the transport says (straight into
+  // an shm: ring).
+  const ::ipcrpc::internal::MessageBody<::google::protobuf::Empty> request_body(request);
+  if (request_body.too_large()) {
     return ::absl::InvalidArgumentError(
         "golden.v1.Admin/Reset: the request is over the 2 GiB protobuf serializes");
   }
@@ -198,7 +204,7 @@ Admin::Stub::Stub(::std::shared_ptr<::ipcrpc::Channel> channel)
   ::google::protobuf::Empty reply;
   bool parsed = false;
   ::absl::Status status = ipcrpc_channel_->CallMethodView(
-      "golden.v1.Admin/Reset", request_bytes,
+      "golden.v1.Admin/Reset", request_body,
       [&reply, &parsed](::std::string_view bytes) {
         parsed = ::ipcrpc::ParseFromBytes(bytes, &reply);
       },
@@ -255,7 +261,9 @@ Admin::Service::Service() {
         }
         ::google::protobuf::Empty reply;
         ::absl::Status status = this->Reset(context, request, reply);
-        if (status.ok() && !::ipcrpc::SerializeReply(reply, &response_bytes)) {
+        // A large reply is sent from here, serialized straight into
+        // the transport, and the call ends.
+        if (status.ok() && !::ipcrpc::internal::SendReply(reply, &response_bytes)) {
           return ::absl::InternalError(
               "golden.v1.Admin/Reset: the handler's reply cannot be serialized "
               "(required fields missing, or over 2 GiB)");
