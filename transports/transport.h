@@ -192,9 +192,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // SendWithin of `parts` then `body` (ipcrpc/body_writer.h), serialized
   // where the transport says. The default serializes it into this thread's
   // kept buffer and sends that; shm: writes a large one straight into its
-  // ring. A body that writes other than its size() bytes: INTERNAL (the
-  // connection, if part of the message went out, must be closed, as after
-  // any failed send).
+  // ring. A body that writes other than its size() bytes (its message
+  // changed meanwhile; shm: sees it): INTERNAL, and the connection is
+  // closed, since what went out is not what its length says.
   virtual absl::Status SendBodyWithin(absl::Span<const std::string_view> parts,
                                       const BodyWriter& body, int priority, int64_t deadline_ns);
 
