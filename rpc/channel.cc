@@ -404,6 +404,12 @@ absl::Status ChannelCore::StartCall(const std::shared_ptr<PendingCall>& call,
       if (connection->Take(call->id) != nullptr) return DeadlineExceeded(method);
       return absl::OkStatus();  // whoever took it completes it
     }
+    if (absl::IsResourceExhausted(sent) && IsNotDelivered(sent)) {
+      // Nothing went out (no memory to serialize a body): the connection
+      // is whole; only this call ends.
+      if (connection->Take(call->id) != nullptr) return WithoutDeliveryMark(std::move(sent));
+      return absl::OkStatus();
+    }
     if (!sent.ok()) {
       // The connection is broken even if its loop has not seen it yet: the
       // next call must not pick it again. The call comes out before the

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <new>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -71,16 +72,18 @@ struct ServerConnection {
 
   // Send, counted for the watchdog.
   absl::Status Send(absl::Span<const std::string_view> parts) {
-    if (sends_waiting.fetch_add(1) == 0) send_progress_ns.store(MonotonicNowNs());
-    absl::Status sent = transport->Send(parts, 0);
-    send_progress_ns.store(MonotonicNowNs());
-    sends_waiting.fetch_sub(1);
-    return sent;
+    return Counted([&] { return transport->Send(parts, 0); });
   }
   // The same, `parts` then `body` serialized by the transport.
   absl::Status SendBody(absl::Span<const std::string_view> parts, const BodyWriter& body) {
+    return Counted([&] { return transport->SendBodyWithin(parts, body, 0, kNoDeadline); });
+  }
+
+ private:
+  template <typename SendFn>
+  absl::Status Counted(SendFn send) {
     if (sends_waiting.fetch_add(1) == 0) send_progress_ns.store(MonotonicNowNs());
-    absl::Status sent = transport->SendBodyWithin(parts, body, 0, kNoDeadline);
+    absl::Status sent = send();
     send_progress_ns.store(MonotonicNowNs());
     sends_waiting.fetch_sub(1);
     return sent;
@@ -213,10 +216,17 @@ class ServerCore : public IntrospectionSource {
                   const std::shared_ptr<ServerCallState>& call, MethodEntry* method,
                   std::string_view request);
   // With `body`, the response is that (serialized by the transport), not
-  // `response`.
+  // `response`. Unless `release` is false, the call's place is given back
+  // (then the caller must call ReleaseHeld).
   void FinishCall(const std::shared_ptr<ServerConnection>& connection,
                   const std::shared_ptr<ServerCallState>& call, const absl::Status& status,
-                  std::string_view response, const BodyWriter* body = nullptr);
+                  std::string_view response, const BodyWriter* body = nullptr,
+                  bool release = true);
+  // What FinishCall gives back last: the call's bytes and its place.
+  void ReleaseHeld(const ServerCallState& call) {
+    bytes_in_flight_.fetch_sub(call.held_bytes);
+    ReleaseCall();
+  }
   // Gives back a place counted in calls_in_flight_ (and wakes Shutdown
   // when it waits for the last).
   void ReleaseCall();
@@ -928,10 +938,13 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
   slot.response = &response;
   slot.buffer = &reply_buffer;
   // A generated handler's large reply is sent by SendReply, from inside
-  // the handler (ipcrpc/message_body.h): the call ends there, and what the
-  // server learns of the handler's time is learned before it does (once
-  // the call is released, Shutdown may go on and destroy the server). Not
-  // on a loop, which must never wait for a peer to read.
+  // the handler (ipcrpc/message_body.h): the call ends there. What the
+  // server learns of the handler's time counts the reply's serializing and
+  // sending (as a run on the loop counts its serializing, and its sending
+  // could not be larger than the transport's free room), and is learned
+  // before the call's place is given back: from then on Shutdown may go on
+  // and destroy the server. Not on a loop, which must never wait for a
+  // peer to read.
   struct BodySender {
     ServerCore* core;
     const std::shared_ptr<ServerConnection>* connection;
@@ -951,10 +964,13 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
     slot.send_body = [](ReplySlot* used, const BodyWriter& body) {
       auto* sending = static_cast<BodySender*>(used->send_context);
       used->send_body = nullptr;  // once
-      sending->Learn();
       sending->sent = true;
       (*sending->call)->Finish();
-      sending->core->FinishCall(*sending->connection, *sending->call, absl::OkStatus(), {}, &body);
+      // (Sending cannot throw: a failure is a status, counted and logged.)
+      sending->core->FinishCall(*sending->connection, *sending->call, absl::OkStatus(), {}, &body,
+                                /*release=*/false);
+      sending->Learn();
+      sending->core->ReleaseHeld(**sending->call);
     };
   }
   ReplySlot*& current_slot = CurrentReplySlot();
@@ -1007,7 +1023,7 @@ ReplySlot*& CurrentReplySlot() {
 void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
                             const std::shared_ptr<ServerCallState>& call,
                             const absl::Status& status, std::string_view response,
-                            const BodyWriter* body) {
+                            const BodyWriter* body, bool release) {
   {
     MutexLock lock(&connection->mu);
     connection->calls.erase(call->request_id);
@@ -1048,8 +1064,7 @@ void ServerCore::FinishCall(const std::shared_ptr<ServerConnection>& connection,
   } else if (call->cancelled_by_client.load()) {
     responses_dropped_.fetch_add(1, std::memory_order_relaxed);
   }
-  bytes_in_flight_.fetch_sub(call->held_bytes);
-  ReleaseCall();
+  if (release) ReleaseHeld(*call);
 }
 
 void ServerCore::ReleaseCall() {
@@ -1066,12 +1081,20 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
                               std::string_view payload, uint16_t flags, bool rejection,
                               bool never_wait, const Metadata* metadata,
                               const BodyWriter* writer) {
-  // A body (`writer`) goes to the transport to serialize only from a thread that may
-  // wait for the peer (FinishCall's on a handler thread); elsewhere it is
-  // serialized here first.
+  // A body (`writer`) comes only from a handler thread (ReplySlot's
+  // send_body), which may wait for the peer: it goes to the transport to
+  // serialize, below. Should one come from a thread that must not wait,
+  // it is serialized here first.
   std::string flat;
   if (writer != nullptr && (never_wait || on_a_server_loop || rejection)) {
-    flat.resize(writer->size());
+    try {
+      flat.resize(writer->size());
+    } catch (const std::bad_alloc&) {
+      responses_dropped_.fetch_add(1, std::memory_order_relaxed);
+      IPCRPC_LOG(WARNING) << connection->transport->description() << ": response to request "
+                          << request_id << " not sent: no memory to serialize it";
+      return;
+    }
     writer->WriteFlat(flat.data());
     payload = flat;
     writer = nullptr;
@@ -1148,6 +1171,10 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
     }
   } else if (writer != nullptr) {
     sent = connection->SendBody(absl::MakeConstSpan(parts, 1), *writer);
+    // The reply came out another size than it said (changed while it was
+    // sent): what went out is not what its length says, and the client
+    // must not wait for the rest.
+    if (absl::IsInternal(sent)) connection->transport->Close();
   } else {
     sent = connection->Send(parts);
   }

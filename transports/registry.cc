@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <new>
 
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/cord.h"
@@ -114,12 +115,19 @@ absl::Status Connection::SendBodyWithin(absl::Span<const std::string_view> parts
   // This thread's buffer (a send does not nest), kept up to 2 MiB so that a
   // large body's pages are faulted in once, not on every call; the body
   // goes kHeadroom bytes in, clear of glibc's slow copy distance from a
-  // heap block carved beside it (include/ipcrpc/scratch.h,
-  // kSerializeHeadroom).
+  // heap block carved beside it. (The same figures as include/ipcrpc/
+  // scratch.h's kSerializeHeadroom and ScratchString::kKeptBytes, which
+  // this layer may not include.)
   constexpr size_t kHeadroom = 128;
   constexpr size_t kKeptBytes = (2u << 20) + (64u << 10);
   thread_local std::string buffer;
-  buffer.resize(kHeadroom + body.size());
+  try {
+    buffer.resize(kHeadroom + body.size());
+  } catch (const std::bad_alloc&) {
+    std::string().swap(buffer);
+    return MarkNotDelivered(absl::ResourceExhaustedError(absl::StrCat(
+        description(), ": no memory to serialize a message of ", body.size(), " bytes")));
+  }
   body.WriteFlat(buffer.data() + kHeadroom);
   absl::InlinedVector<std::string_view, 4> all(parts.begin(), parts.end());
   all.push_back(std::string_view(buffer).substr(kHeadroom));

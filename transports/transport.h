@@ -193,8 +193,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // where the transport says. The default serializes it into this thread's
   // kept buffer and sends that; shm: writes a large one straight into its
   // ring. A body that writes other than its size() bytes (its message
-  // changed meanwhile; shm: sees it): INTERNAL, and the connection is
-  // closed, since what went out is not what its length says.
+  // changed meanwhile; shm: sees it): INTERNAL, and the connection carries
+  // nothing more (what went out is not what its length says): the caller
+  // must Close it, as after any failed send that may have delivered part
+  // of a message.
   virtual absl::Status SendBodyWithin(absl::Span<const std::string_view> parts,
                                       const BodyWriter& body, int priority, int64_t deadline_ns);
 

@@ -85,9 +85,9 @@ class Channel {
   // transport says (a generated stub's message: ipcrpc/message_body.h): a
   // large one straight into an shm: ring, without a copy of its own first;
   // a small one, or on other transports, into this thread's kept buffer,
-  // then sent as bytes. A body that writes other than its size() bytes
-  // (a message changed while it was serialized) ends the call INTERNAL and
-  // closes the connection it was partly written to.
+  // then sent as bytes. The message must not change until this returns:
+  // on shm: one that comes out another size than it said ends the call
+  // INTERNAL and closes the connection it was partly written to.
   absl::Status CallMethodView(std::string_view method, const internal::BodyWriter& request,
                               absl::FunctionRef<void(std::string_view)> on_response,
                               const CallOptions& options = {});

@@ -59,9 +59,10 @@ bool SendReply(const Message& reply, std::string* response) {
       !response->empty()) {
     return SerializeReply(reply, response);
   }
+  if (!reply.IsInitialized()) return false;
   const MessageBody<Message> body(reply);
-  if (body.size() < kBodyInPlaceMin) return SerializeReply(reply, response);
-  if (body.too_large() || !reply.IsInitialized()) return false;
+  if (body.size() < kBodyInPlaceMin) return SerializeIntoSlot(reply, body.size(), slot);
+  if (body.too_large()) return false;
   slot->send_body(slot, body);
   return true;
 }

@@ -160,10 +160,11 @@ struct ReplySlot {
   // the server sends these unless the handler then wrote into it).
   std::string_view bytes;
   bool used = false;
-  // On a server's handler thread: sends a generated handler's large reply
-  // now, serialized by the transport (SendReply, ipcrpc/message_body.h),
-  // and ends the call; once. Null elsewhere (the loop's inline handlers),
-  // and once used.
+  // Where the server runs a handler on a thread that may wait for the
+  // client (its handler threads, grpc:'s own): sends a generated handler's
+  // large reply now, serialized by the transport (internal::SendReply,
+  // ipcrpc/message_body.h), and ends the call; once. Null on a server's
+  // loop (inline handlers), and once used.
   void (*send_body)(ReplySlot* slot, const BodyWriter& body) = nullptr;
   void* send_context = nullptr;  // the server's, for send_body
 };
@@ -185,14 +186,12 @@ ReplySlot*& CurrentReplySlot();
 // resize zeroes what it adds, and SerializeToString resizes from empty: 70
 // us of a 1 MiB echo over `unix:` went to zeroing a response that was then
 // written over.
+namespace internal {
+
+// SerializeReply's work with the slot: `reply`, whose ByteSizeLong was
+// `size`, into the slot's buffer.
 template <typename Message>
-bool SerializeReply(const Message& reply, std::string* response) {
-  if (!reply.IsInitialized()) return false;
-  internal::ReplySlot* slot = internal::CurrentReplySlot();
-  if (slot == nullptr || slot->response != response || !response->empty()) {
-    return reply.SerializePartialToString(response);
-  }
-  const size_t size = reply.ByteSizeLong();
+bool SerializeIntoSlot(const Message& reply, size_t size, ReplySlot* slot) {
   if (size > static_cast<size_t>(INT_MAX)) return false;
   slot->buffer->resize(kSerializeHeadroom + size);
   reply.SerializeWithCachedSizesToArray(
@@ -200,6 +199,18 @@ bool SerializeReply(const Message& reply, std::string* response) {
   slot->bytes = std::string_view(*slot->buffer).substr(kSerializeHeadroom);
   slot->used = true;
   return true;
+}
+
+}  // namespace internal
+
+template <typename Message>
+bool SerializeReply(const Message& reply, std::string* response) {
+  if (!reply.IsInitialized()) return false;
+  internal::ReplySlot* slot = internal::CurrentReplySlot();
+  if (slot == nullptr || slot->response != response || !response->empty()) {
+    return reply.SerializePartialToString(response);
+  }
+  return internal::SerializeIntoSlot(reply, reply.ByteSizeLong(), slot);
 }
 
 // Parses `bytes` into *message (as ParseFromArray: false if they do not

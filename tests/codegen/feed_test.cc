@@ -265,10 +265,6 @@ TEST_P(FeedTest, AStreamMessageThatDoesNotParseEndsOnlyThatStreamInvalidArgument
   EXPECT_THAT(bad_request.Finish(), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
-// A message over the 2 GiB protobuf serializes is never sent as an empty
-// one: every kind of stub ends its call INVALID_ARGUMENT at once, and the
-// channel goes on serving. (Before, the streaming stubs sent the empty
-// string SerializePartialToString leaves, and Write returned true.)
 // Unary requests and replies around and above the size the transport
 // serializes itself (kBodyInPlaceMin: on shm: straight into the ring, from
 // the stub and from the handler's thread), larger than the 256 KiB ring
@@ -308,6 +304,10 @@ TEST_P(FeedTest, LargeUnaryMessagesArriveWholeFromStubAndHandler) {
   EXPECT_EQ(wrong.load(), 0);
 }
 
+// A message over the 2 GiB protobuf serializes is never sent as an empty
+// one: every kind of stub ends its call INVALID_ARGUMENT at once, and the
+// channel goes on serving. (Before, the streaming stubs sent the empty
+// string SerializePartialToString leaves, and Write returned true.)
 TEST_P(FeedTest, AMessageOverTwoGiBFailsItsCallInvalidArgumentAndNothingElse) {
 #if IPCRPC_TEST_SANITIZED
   GTEST_SKIP() << "2 GiB of message under a sanitizer";

@@ -245,11 +245,11 @@ absl::Status ShmConnection::SendMessage(absl::Span<const std::string_view> parts
     written = spans.Finish(*body);
     if (absl::IsInternal(written)) {
       // The ring holds a message that is not what its length says: nothing
-      // may follow it, and the peer must not wait for the rest. (Close
-      // takes no write_mu_.)
+      // may follow it (the caller closes the connection, as after any
+      // failed send: the channel once it has taken the call out, so that
+      // the call ends with this status).
       write_broken_ = true;
-      IPCRPC_LOG(ERROR) << written.message() << "; closing the connection";
-      Close();
+      IPCRPC_LOG(ERROR) << written.message();
       return written;
     }
   }
@@ -336,6 +336,7 @@ absl::StatusOr<absl::Span<char>> ShmConnection::WaitForRoom(size_t wanted,
     if (!room->empty()) return *room;
     // Full: let the reader see what is there (ringing it if it sleeps).
     PublishAndRing();
+    progress.unpublished = 0;
     // A reader on this CPU makes room only once we give it up: no pauses.
     if (progress.idle == 0 && producer_.ConsumerSharesCpu()) progress.idle = kFullRingPauses - 1;
     if (++progress.idle < kFullRingPauses) {
@@ -369,9 +370,14 @@ void ShmConnection::Wrote(size_t n, bool more, WriteProgress& progress) {
     progress.full_since_ns = 0;
     progress.room_made = 0;
   }
-  // A reader on another CPU copies out while we copy in; one on ours
-  // cannot, and would only be woken for a piece.
-  if (more && !producer_.ConsumerSharesCpu()) PublishAndRing();
+  // Every kPublishEvery bytes of a larger message: a reader on another CPU
+  // copies out while we copy in; one on ours cannot, and would only be
+  // woken for a piece. (Not at the ring's wrap, which only splits a piece.)
+  progress.unpublished += n;
+  if (more && progress.unpublished >= kPublishEvery && !producer_.ConsumerSharesCpu()) {
+    PublishAndRing();
+    progress.unpublished = 0;
+  }
 }
 
 void ShmConnection::WatchSocket() {

@@ -83,6 +83,7 @@ class ShmConnection final : public PolledConnection {
     int idle = 0;               // looks at a full ring since the last progress
     int64_t full_since_ns = 0;  // when the ring was found full (0: not now)
     size_t room_made = 0;       // bytes written since then
+    size_t unpublished = 0;     // bytes written since the last Publish
   };
   // Free space in the ring for up to `wanted` bytes (at most
   // kPublishEvery), as one piece, waiting for it as WriteAll says.

@@ -71,15 +71,16 @@ absl::StatusOr<size_t> ShmRingProducer::Room(size_t wanted) {
 }
 
 absl::StatusOr<size_t> ShmRingProducer::Write(std::string_view bytes) {
-  absl::StatusOr<size_t> free = Room(bytes.size());
-  if (!free.ok()) return free.status();
-  const size_t n = std::min(*free, bytes.size());
-  const size_t at = position_ & (size_ - 1);
-  const size_t first = std::min(n, size_ - at);
-  CopyBytes(data_ + at, bytes.data(), first);
-  if (n > first) CopyBytes(data_, bytes.data() + first, n - first);
-  position_ += n;
-  return n;
+  size_t written = 0;
+  while (written < bytes.size()) {
+    absl::StatusOr<absl::Span<char>> room = Reserve(bytes.size() - written);
+    if (!room.ok()) return room.status();
+    if (room->empty()) break;
+    CopyBytes(room->data(), bytes.data() + written, room->size());
+    Commit(room->size());
+    written += room->size();
+  }
+  return written;
 }
 
 absl::StatusOr<absl::Span<char>> ShmRingProducer::Reserve(size_t max) {

@@ -88,8 +88,9 @@ class ShmRingProducer {
   ShmRingProducer(ShmRingControl* control, char* data, size_t size)
       : control_(control), data_(data), size_(size) {}
 
-  // Writes as much of `bytes` as fits now; returns how much (possibly 0).
-  // Corrupt if the consumer's position is impossible.
+  // Writes as much of `bytes` as fits now (through Reserve and Commit, as
+  // the connection writes); returns how much (possibly 0). Corrupt if the
+  // consumer's position is impossible.
   absl::StatusOr<size_t> Write(std::string_view bytes);
 
   // Bytes that can be written now (re-reading the consumer's position only
