@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <limits>
-#include <new>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -1081,24 +1080,10 @@ void ServerCore::SendResponse(const std::shared_ptr<ServerConnection>& connectio
                               std::string_view payload, uint16_t flags, bool rejection,
                               bool never_wait, const Metadata* metadata,
                               const BodyWriter* writer) {
-  // A body (`writer`) comes only from a handler thread (ReplySlot's
-  // send_body), which may wait for the peer: it goes to the transport to
-  // serialize, below. Should one come from a thread that must not wait,
-  // it is serialized here first.
-  std::string flat;
-  if (writer != nullptr && (never_wait || on_a_server_loop || rejection)) {
-    try {
-      flat.resize(writer->size());
-    } catch (const std::bad_alloc&) {
-      responses_dropped_.fetch_add(1, std::memory_order_relaxed);
-      IPCRPC_LOG(WARNING) << connection->transport->description() << ": response to request "
-                          << request_id << " not sent: no memory to serialize it";
-      return;
-    }
-    writer->WriteFlat(flat.data());
-    payload = flat;
-    writer = nullptr;
-  }
+  // A body (`writer`) comes only from FinishCall on a thread that may wait
+  // for the peer (ReplySlot's send_body is never set on a loop), so never
+  // with never_wait or rejection: it goes to the transport to serialize,
+  // below.
   const size_t payload_size = writer != nullptr ? writer->size() : payload.size();
   FrameHeader header;
   header.type = FrameType::kResponse;

@@ -137,10 +137,11 @@ absl::Status Connection::SendBodyWithin(absl::Span<const std::string_view> parts
 }
 
 absl::StatusOr<size_t> SendSize(absl::Span<const std::string_view> parts,
-                                size_t max_message_size, std::string_view description) {
-  size_t total = 0;
+                                size_t max_message_size, std::string_view description,
+                                size_t body_size) {
+  size_t total = body_size;
   for (std::string_view part : parts) total += part.size();
-  if (total > max_message_size) {
+  if (total > max_message_size || total < body_size) {
     return absl::ResourceExhaustedError(absl::StrCat(Av(description), ": message of ", total,
                                                      " bytes exceeds max_message_size ",
                                                      max_message_size));

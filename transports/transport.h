@@ -133,11 +133,13 @@ absl::Status MarkNotDelivered(absl::Status status);
 bool IsNotDelivered(const absl::Status& status);
 absl::Status WithoutDeliveryMark(absl::Status status);
 
-// The size of the message `parts` make up, or RESOURCE_EXHAUSTED naming
+// The size of the message `parts` make up (and `body_size` bytes after
+// them: SendBodyWithin's body), or RESOURCE_EXHAUSTED naming
 // `description` if it is over `max_message_size`: what every Send checks
 // before anything goes out.
 absl::StatusOr<size_t> SendSize(absl::Span<const std::string_view> parts,
-                                size_t max_message_size, std::string_view description);
+                                size_t max_message_size, std::string_view description,
+                                size_t body_size = 0);
 
 // One connection: a stream of whole messages in each direction.
 //

@@ -209,15 +209,9 @@ class RingSpans final : public OutputSpans {
 
 absl::Status ShmConnection::SendMessage(absl::Span<const std::string_view> parts,
                                         const BodyWriter* body, int64_t deadline_ns) {
-  IPCRPC_ASSIGN_OR_RETURN(size_t total, SendSize(parts, max_message_size_, description_));
-  if (body != nullptr) {
-    if (body->size() > max_message_size_ - total) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat(description_, ": message of ", total + body->size(),
-                       " bytes exceeds max_message_size ", max_message_size_));
-    }
-    total += body->size();
-  }
+  IPCRPC_ASSIGN_OR_RETURN(
+      const size_t total,
+      SendSize(parts, max_message_size_, description_, body != nullptr ? body->size() : 0));
   char prefix[4];
   PutLe(prefix, total, 4);
   // Behind another sender that waits for room, no later than our deadline.
