@@ -3,7 +3,9 @@
 // ChannelOptions::connect_timeout at most, not for a fixed 5 s. (unix:
 // needs no answer from the server to connect: the kernel's backlog takes
 // the connection.)
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -28,6 +30,7 @@
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
 #include "base/mutex.h"
+#include "base/syscall.h"
 
 namespace ipcrpc::testing {
 namespace {
@@ -126,6 +129,45 @@ TEST_P(TimeBoundsTest, ConnectingToAStoppedServerEndsAtConnectTimeout) {
   // Generous (another process may hold the other CPU), yet far below the
   // fixed 5 s of before.
   EXPECT_LT(took, absl::Seconds(3)) << "Connect took " << took;
+}
+
+// fifo: a server killed after the client's connect record went in, before
+// it answered, fails the connect at once (its FIFO has no reader left),
+// not at connect_timeout. (Before: the full timeout, 5 s by default, which
+// a call right after a server's kill -9 sometimes met: the FIFO still open
+// by the dying server when the client opened it.)
+TEST(FifoTimeBoundsTest, AServerKilledBeforeItAnswersFailsTheConnectAtOnce) {
+  auto server = ConformanceServerProcess::Start(TransportTraits{"fifo", true});
+  ASSERT_THAT(server, IsOk());
+  const std::string endpoint =
+      (*server)->ClientArgs()[0].substr(std::string("--endpoint=").size());
+  const std::string path = endpoint.substr(std::string("fifo:").size());
+  ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
+  ChannelOptions options;
+  options.connect_timeout = absl::Seconds(60);
+  absl::Status connected;
+  std::thread client([&] { connected = Channel::Connect(endpoint, options).status(); });
+  // The connect record is in the server's FIFO (read by nobody: the server
+  // is stopped). Looked at through a descriptor of our own, closed before
+  // the kill, so that the server's is the FIFO's only reader.
+  bool pending = false;
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(20);
+       !pending && absl::Now() < give_up;) {
+    internal::UniqueFd look(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+    int bytes = 0;
+    pending = look.valid() && ::ioctl(look.get(), FIONREAD, &bytes) == 0 && bytes > 0;
+    if (!pending) absl::SleepFor(absl::Milliseconds(1));
+  }
+  const absl::Time killed = absl::Now();
+  (*server)->Kill();
+  client.join();
+  const absl::Duration took = absl::Now() - killed;
+  ASSERT_TRUE(pending) << "the client's connect record never reached " << path;
+  EXPECT_EQ(connected.code(), absl::StatusCode::kUnavailable) << connected;
+  EXPECT_THAT(connected.message(), ::testing::HasSubstr("went away"));
+  // Generous (another process may hold the other CPU); the timeout is 60 s.
+  EXPECT_LT(took, absl::Seconds(10)) << "Connect took " << took << " after the kill";
 }
 
 // The server died; its successor on the same endpoint is stuck (stopped).

@@ -343,16 +343,23 @@ class FifoConnector final : public Connector {
       }
       return ErrnoStatus(n < 0 ? errno : EIO, "write", text);
     }
-    server.Reset();
 
+    // Until the answer comes, the server's FIFO stays open for writing: its
+    // descriptor reports POLLERR once the FIFO has no reader, which is how a
+    // server that dies before it answers (killed a moment ago, its FIFO
+    // still open when ours was) is seen at once, not at the deadline.
     char ack[kFifoAckSize];
     size_t got = 0;
     while (got < sizeof(ack)) {
-      struct pollfd pfd = {responses.get(), POLLIN, 0};
-      int ready = RetryEintr([&] { return ::poll(&pfd, 1, PollTimeoutMs(deadline_ns)); });
+      struct pollfd pfds[2] = {{responses.get(), POLLIN, 0}, {server.get(), 0, 0}};
+      int ready = RetryEintr([&] { return ::poll(pfds, 2, PollTimeoutMs(deadline_ns)); });
       if (ready == 0) {
         return absl::UnavailableError(absl::StrCat(
             text, ": the server did not answer the connect record ", deadline.bound));
+      }
+      if (pfds[0].revents == 0 && (pfds[1].revents & POLLERR) != 0) {
+        return absl::UnavailableError(
+            absl::StrCat(text, ": the server went away before it answered the connect record"));
       }
       ssize_t n = ::read(responses.get(), ack + got, sizeof(ack) - got);
       if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
