@@ -7,7 +7,8 @@
 #   bash scripts/dev.sh tsa       # the runtime built by clang with -Wthread-safety -Werror
 #
 # Environment: BUILD_DIR (default build), IPCRPC_WERROR=ON, IPCRPC_SANITIZE=address|thread|fuzzer,
-# BUILD_TYPE (default RelWithDebInfo), JOBS (default 2), IPCRPC_CMAKE_ARGS (more -D options),
+# BUILD_TYPE (default RelWithDebInfo), JOBS (default 2), CTEST_JOBS (tests at once; default
+# JOBS), IPCRPC_CMAKE_ARGS (more -D options),
 # LINKER=lld (test: link with LLVM's lld, 3-5 times faster than ld.bfd, which
 # matters for tests linked with a sanitizer's runtime; kept in the tree's cache),
 # IPCRPC_CTEST_ARGS (more ctest options), CXX (clang++-14: a clang build),
@@ -105,7 +106,7 @@ run_tests() {
   fi
   # IPCRPC_CTEST_ARGS: extra ctest arguments, e.g. "-LE consumer".
   # shellcheck disable=SC2086
-  ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" --timeout 900 ${IPCRPC_CTEST_ARGS:-}
+  ctest --test-dir "$BUILD_DIR" --output-on-failure -j "${CTEST_JOBS:-$JOBS}" --timeout 900 ${IPCRPC_CTEST_ARGS:-}
 }
 
 # libFuzzer targets (fuzz/), built with clang in build-fuzz/, each run for
