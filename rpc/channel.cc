@@ -143,7 +143,17 @@ bool ClientConnection::Lost() {
 
 bool ClientConnection::HasPending() {
   MutexLock lock(&mu_);
-  return !pending_.empty() || !draining_streams_.empty();
+  if (!pending_.empty() || !draining_streams_.empty()) return true;
+  if (late_until_ns_ == 0) return false;
+  if (MonotonicNowNs() < late_until_ns_) return true;
+  late_until_ns_ = 0;
+  return false;
+}
+
+void ClientConnection::ExpectLateResponses() {
+  const int64_t until = MonotonicNowNs() + kLateResponseWindowNs;
+  MutexLock lock(&mu_);
+  late_until_ns_ = until;
 }
 
 bool ClientConnection::Usable() {
@@ -659,6 +669,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
       lock.Unlock();
       if (auto connection = call->connection.lock()) {
         if (connection->Take(call->id) != nullptr) {
+          connection->ExpectLateResponses();
           SendCancel(connection, call->id, CancelKind::kExpiredByCaller);
           return DeadlineExceeded(method);
         }
@@ -895,6 +906,7 @@ void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
       if (connection->Take(id, /*drain=*/expired->stream != nullptr) == nullptr) {
         return;
       }
+      if (expired->stream == nullptr) connection->ExpectLateResponses();
       // Completed first: the CANCEL wakes the server, which may take this
       // CPU from the loop before the caller hears of its deadline.
       Complete(expired, absl::DeadlineExceededError("deadline exceeded"));
@@ -914,6 +926,7 @@ void ChannelCore::Cancel(const std::shared_ptr<PendingCall>& call) {
       connection->Take(id, /*drain=*/call->stream != nullptr) == nullptr) {
     return;
   }
+  if (call->stream == nullptr) connection->ExpectLateResponses();
   SendCancel(connection, id, CancelKind::kMustArrive);
   Complete(call, absl::CancelledError("call cancelled by the client"));
   // Its caller may be reading the connection, waiting for the response.

@@ -212,6 +212,15 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   bool Lost();
   // Whether any call waits for a response here (the loop keeps reading).
   bool HasPending();
+  // A call here ended before its response came (cancelled, or its deadline
+  // passed): responses the server had sent, or was sending, before it saw
+  // the CANCEL still come. The loop keeps reading for kLateResponseWindowNs
+  // after the last such end (HasPending says so), so that they are taken
+  // off the transport: unread, they would fill a small one (mq:'s reply
+  // queue holds four messages) and hold the server's threads that send
+  // them until its send timeout closed the connection.
+  void ExpectLateResponses();
+  static constexpr int64_t kLateResponseWindowNs = 1'000'000'000;
 
   std::atomic<uint64_t> next_id{1};
 
@@ -221,6 +230,7 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   absl::flat_hash_set<uint64_t> draining_streams_ ABSL_GUARDED_BY(mu_);
   absl::Status lost_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t late_until_ns_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // How long a CANCEL that must arrive waits for room before its connection is

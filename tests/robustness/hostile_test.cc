@@ -213,8 +213,14 @@ TEST_P(HostileTest, DecodedMetadataIsChargedAgainstTheServersByteLimit) {
     EXPECT_TRUE(mu.AwaitWithTimeout(internal::Condition(&all_done), absl::Seconds(30)));
   }
   // Others are served (once the sleeping calls, which hold every handler
-  // thread, are cancelled).
+  // thread, are cancelled), soon: refusals the server sent before it saw
+  // the CANCELs are still read by this channel, which has nothing pending.
+  // (Before: left unread, they filled mq:'s reply queue, and the server's
+  // threads that sent them waited up to 15 s for their send timeout.)
+  const absl::Time echo_start = absl::Now();
   EXPECT_THAT((*server)->channel()->CallMethod("test.Test/Echo", "unharmed"), IsOk());
+  const absl::Duration echo_took = absl::Now() - echo_start;
+  EXPECT_LT(echo_took, absl::Seconds(6)) << "the next call waited " << echo_took;
   // No callback after this scope (they use its locals): the channel goes
   // first.
   calls.clear();
