@@ -88,7 +88,8 @@ bool ClientConnection::Insert(const std::shared_ptr<PendingCall>& call, absl::St
   return true;
 }
 
-std::shared_ptr<PendingCall> ClientConnection::Take(uint64_t id, bool drain) {
+std::shared_ptr<PendingCall> ClientConnection::Take(uint64_t id, bool drain, bool expect_late) {
+  const int64_t late_until = expect_late ? MonotonicNowNs() + kLateResponseWindowNs : 0;
   MutexLock lock(&mu_);
   auto it = pending_.find(id);
   if (it == pending_.end()) return nullptr;
@@ -96,6 +97,7 @@ std::shared_ptr<PendingCall> ClientConnection::Take(uint64_t id, bool drain) {
   pending_.erase(it);
   // In the same step, so that HasPending never reads false in between.
   if (drain && lost_.ok()) draining_streams_.insert(id);
+  if (expect_late && lost_.ok()) late_until_ns_ = late_until;
   return call;
 }
 
@@ -150,11 +152,6 @@ bool ClientConnection::HasPending() {
   return false;
 }
 
-void ClientConnection::ExpectLateResponses() {
-  const int64_t until = MonotonicNowNs() + kLateResponseWindowNs;
-  MutexLock lock(&mu_);
-  late_until_ns_ = until;
-}
 
 bool ClientConnection::Usable() {
   MutexLock lock(&mu_);
@@ -668,8 +665,7 @@ absl::StatusOr<std::string> ChannelCore::CallSync(std::string_view method,
     if (!call->done) {
       lock.Unlock();
       if (auto connection = call->connection.lock()) {
-        if (connection->Take(call->id) != nullptr) {
-          connection->ExpectLateResponses();
+        if (connection->Take(call->id, /*drain=*/false, /*expect_late=*/true) != nullptr) {
           SendCancel(connection, call->id, CancelKind::kExpiredByCaller);
           return DeadlineExceeded(method);
         }
@@ -903,10 +899,10 @@ void ChannelCore::ArmTimer(const std::shared_ptr<PendingCall>& call) {
         }
         return;
       }
-      if (connection->Take(id, /*drain=*/expired->stream != nullptr) == nullptr) {
+      if (connection->Take(id, /*drain=*/expired->stream != nullptr,
+                           /*expect_late=*/expired->stream == nullptr) == nullptr) {
         return;
       }
-      if (expired->stream == nullptr) connection->ExpectLateResponses();
       // Completed first: the CANCEL wakes the server, which may take this
       // CPU from the loop before the caller hears of its deadline.
       Complete(expired, absl::DeadlineExceededError("deadline exceeded"));
@@ -923,10 +919,10 @@ void ChannelCore::Cancel(const std::shared_ptr<PendingCall>& call) {
     return;
   }
   if (connection == nullptr ||
-      connection->Take(id, /*drain=*/call->stream != nullptr) == nullptr) {
+      connection->Take(id, /*drain=*/call->stream != nullptr,
+                       /*expect_late=*/call->stream == nullptr) == nullptr) {
     return;
   }
-  if (call->stream == nullptr) connection->ExpectLateResponses();
   SendCancel(connection, id, CancelKind::kMustArrive);
   Complete(call, absl::CancelledError("call cancelled by the client"));
   // Its caller may be reading the connection, waiting for the response.

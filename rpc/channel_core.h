@@ -195,7 +195,7 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   // server's RESPONSE for `id` comes, the loop keeps reading and drops what
   // arrives for it (so that a server writer blocked on a full transport
   // gets through to its cancellation).
-  std::shared_ptr<PendingCall> Take(uint64_t id, bool drain = false);
+  std::shared_ptr<PendingCall> Take(uint64_t id, bool drain = false, bool expect_late = false);
   // The server's RESPONSE to a drained stream came: true if `id` was one.
   bool EndDraining(uint64_t id);
   bool IsDraining(uint64_t id);
@@ -212,14 +212,15 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   bool Lost();
   // Whether any call waits for a response here (the loop keeps reading).
   bool HasPending();
-  // A call here ended before its response came (cancelled, or its deadline
-  // passed): responses the server had sent, or was sending, before it saw
-  // the CANCEL still come. The loop keeps reading for kLateResponseWindowNs
-  // after the last such end (HasPending says so), so that they are taken
-  // off the transport: unread, they would fill a small one (mq:'s reply
-  // queue holds four messages) and hold the server's threads that send
-  // them until its send timeout closed the connection.
-  void ExpectLateResponses();
+  // Take(..., expect_late): a unary call here ends before its response came
+  // (cancelled, or its deadline passed), and responses the server had
+  // sent, or was sending, before it saw the CANCEL may still come. The loop
+  // keeps reading for kLateResponseWindowNs after the last such end
+  // (HasPending says so; set in the same step as the call leaves, so that
+  // HasPending never reads false in between), so that they are taken off
+  // the transport: unread, they would fill a small one (mq:'s reply queue
+  // holds four messages) and hold the server's threads that send them
+  // until its send timeout closed the connection.
   static constexpr int64_t kLateResponseWindowNs = 1'000'000'000;
 
   std::atomic<uint64_t> next_id{1};

@@ -358,8 +358,14 @@ class FifoConnector final : public Connector {
             text, ": the server did not answer the connect record ", deadline.bound));
       }
       if (pfds[0].revents == 0 && (pfds[1].revents & POLLERR) != 0) {
-        return absl::UnavailableError(
-            absl::StrCat(text, ": the server went away before it answered the connect record"));
+        // poll looks at the two in turn: an answer written just before the
+        // server closed its FIFO (a kill, or Shutdown, right after it) may
+        // have come after `responses` was looked at.
+        struct pollfd again = {responses.get(), POLLIN, 0};
+        if (RetryEintr([&] { return ::poll(&again, 1, 0); }) != 1) {
+          return absl::UnavailableError(
+              absl::StrCat(text, ": the server went away before it answered the connect record"));
+        }
       }
       ssize_t n = ::read(responses.get(), ack + got, sizeof(ack) - got);
       if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
