@@ -124,21 +124,36 @@ run_fuzz() {
   fi
   local targets=(frame_fuzzer mq_reassembly_fuzzer shm_ring_fuzzer)
   cmake --build "$dir" -j "$JOBS" --target "${targets[@]}"
+  # The targets run at once (each on its own copy of its corpus), then each
+  # one's summary is printed and its outcome checked.
+  local pids=() logs=() works=() status=0 i
   for target in "${targets[@]}"; do
-    local work
+    local work log
     work=$(mktemp -d)
+    log=$(mktemp)
     cp -r "fuzz/corpus/$target/." "$work/"
+    (cd "$dir" && exec "./fuzz/$target" "$work" -max_total_time="$seconds" -print_final_stats=1       -artifact_prefix="$target-" >"$log" 2>&1) &
+    pids+=($!)
+    logs+=("$log")
+    works+=("$work")
+  done
+  for i in "${!targets[@]}"; do
+    local target=${targets[$i]}
     echo "== $target for ${seconds}s"
-    (cd "$dir" && "./fuzz/$target" "$work" -max_total_time="$seconds" -print_final_stats=1 \
-      -artifact_prefix="$target-" 2>&1 | grep -E "^#[0-9]+ +DONE|ERROR|SUMMARY|stat::number_of_executed_units") ||
-      { rm -rf "$work"; return 1; }
-    rm -rf "$work"
+    if ! wait "${pids[$i]}"; then
+      echo "dev.sh: $target failed:" >&2
+      tail -30 "${logs[$i]}" >&2
+      status=1
+    fi
+    grep -E "^#[0-9]+ +DONE|ERROR|SUMMARY|stat::number_of_executed_units" "${logs[$i]}" || true
+    rm -rf "${works[$i]}" "${logs[$i]}"
     if compgen -G "$dir/$target-crash-*" >/dev/null || compgen -G "$dir/$target-leak-*" >/dev/null ||
        compgen -G "$dir/$target-timeout-*" >/dev/null; then
       echo "dev.sh: $target found a failing input (in $dir/)" >&2
-      return 1
+      status=1
     fi
   done
+  return "$status"
 }
 
 # The runtime (library, tools, gRPC bridge; not the tests) built with
