@@ -152,7 +152,6 @@ bool ClientConnection::HasPending() {
   return false;
 }
 
-
 bool ClientConnection::Usable() {
   MutexLock lock(&mu_);
   return lost_.ok() && !draining_;

@@ -132,7 +132,8 @@ run_fuzz() {
     work=$(mktemp -d)
     log=$(mktemp)
     cp -r "fuzz/corpus/$target/." "$work/"
-    (cd "$dir" && exec "./fuzz/$target" "$work" -max_total_time="$seconds" -print_final_stats=1       -artifact_prefix="$target-" >"$log" 2>&1) &
+    (cd "$dir" && exec "./fuzz/$target" "$work" -max_total_time="$seconds" -print_final_stats=1 \
+      -artifact_prefix="$target-" >"$log" 2>&1) &
     pids+=($!)
     logs+=("$log")
     works+=("$work")
