@@ -15,7 +15,13 @@
 // and after each, the raw primitive in the same run, under the same load: a
 // thread that does nothing but wait for the same deadlines on a timerfd:
 //   deadline <transport> <sync|async>-raw calls=<n> ...
+// and for async also that timer thread while another thread of the process
+// issues the 1000 deadlines and writes a message for each into a pipe (the
+// floor of a process that is busy issuing calls while their deadlines fall):
+//   deadline <transport> async-raw-issuing calls=<n> ...
+#include <fcntl.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -27,8 +33,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <mutex>
+#include <queue>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -43,6 +53,28 @@ int64_t NowNs() {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+// What the channel's loop thread asks for (base/syscall.cc,
+// RequestShortTimeSlice): a 100 us slice, so that the scheduler lets it
+// preempt a thread with a longer one when it wakes (Linux 6.6 and later;
+// refused elsewhere, and then without effect).
+void RequestShortTimeSlice() {
+  struct SchedAttr {
+    uint32_t size;
+    uint32_t sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime;
+    uint64_t sched_deadline;
+    uint64_t sched_period;
+  };
+  SchedAttr attr = {};
+  attr.size = sizeof(attr);
+  attr.sched_policy = SCHED_OTHER;
+  attr.sched_runtime = 100'000;
+  syscall(SYS_sched_setattr, 0, &attr, 0u);
 }
 
 // The handler that never answers (it ignores cancellation; the server is
@@ -133,6 +165,78 @@ std::vector<int64_t> RawTimerLateness(const std::vector<int64_t>& timeouts_ns, b
   return late;
 }
 
+// The floor of the async measurement: the same deadlines timed by a bare
+// timerfd thread (asking for the short time slice the channel's loop thread
+// asks for) while another thread of this process issues the calls, that is
+// registers each deadline (re-arming the timer for a new earliest one) and
+// writes a 64-byte message into a pipe that a child process reads. No ipcrpc
+// in it: what the kernel gives a timer thread in a process that is busy
+// issuing, under the same load.
+std::vector<int64_t> RawTimerLatenessWhileIssuing(const std::vector<int64_t>& timeouts_ns) {
+  std::vector<int64_t> late;
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC) != 0) return late;
+  const pid_t reader = fork();
+  if (reader < 0) {
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
+    return late;
+  }
+  if (reader == 0) {
+    close(pipe_fds[1]);
+    char buffer[65536];
+    while (read(pipe_fds[0], buffer, sizeof buffer) > 0) {
+    }
+    _exit(0);
+  }
+  close(pipe_fds[0]);
+  const int timer = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+  std::mutex mu;
+  std::priority_queue<int64_t, std::vector<int64_t>, std::greater<>> due;  // guarded by mu
+  int64_t armed = INT64_MAX;                                                // guarded by mu
+  auto arm = [timer](int64_t when_ns) {
+    struct itimerspec at = {};
+    at.it_value.tv_sec = when_ns / 1'000'000'000;
+    at.it_value.tv_nsec = when_ns % 1'000'000'000;
+    timerfd_settime(timer, TFD_TIMER_ABSTIME, &at, nullptr);
+  };
+  const size_t total = timeouts_ns.size();
+  std::thread timer_thread([&] {
+    RequestShortTimeSlice();
+    while (late.size() < total) {
+      uint64_t expirations;
+      if (read(timer, &expirations, sizeof expirations) < 0) continue;
+      const int64_t now = NowNs();
+      std::lock_guard<std::mutex> lock(mu);
+      while (!due.empty() && due.top() <= now) {
+        late.push_back(now - due.top());
+        due.pop();
+      }
+      armed = due.empty() ? INT64_MAX : due.top();
+      if (!due.empty()) arm(armed);
+    }
+  });
+  char message[64] = {};
+  for (int64_t timeout : timeouts_ns) {
+    const int64_t deadline = NowNs() + timeout;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      due.push(deadline);
+      if (deadline < armed) {
+        armed = deadline;
+        arm(deadline);
+      }
+    }
+    ssize_t ignored = write(pipe_fds[1], message, sizeof message);
+    (void)ignored;
+  }
+  timer_thread.join();
+  close(pipe_fds[1]);
+  waitpid(reader, nullptr, 0);
+  close(timer);
+  return late;
+}
+
 int Measure(const std::string& self, const std::string& transport, int sync_calls,
             int async_calls) {
   std::shared_ptr<ipcrpc::Channel> channel;
@@ -214,6 +318,7 @@ int Measure(const std::string& self, const std::string& transport, int sync_call
   if (wrong.load() > 0) std::fprintf(stderr, "%d async calls ended otherwise\n", wrong.load());
   Report(transport, "async", async_late);
   Report(transport, "async-raw", RawTimerLateness(async_timeouts, /*sequential=*/false));
+  Report(transport, "async-raw-issuing", RawTimerLatenessWhileIssuing(async_timeouts));
 
   channel.reset();
   if (server > 0) {
