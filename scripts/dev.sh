@@ -146,7 +146,7 @@ run_fuzz() {
       tail -30 "${logs[$i]}" >&2
       status=1
     fi
-    grep -E "^#[0-9]+ +DONE|ERROR|SUMMARY|stat::number_of_executed_units" "${logs[$i]}" || true
+    grep -E "^#[0-9]+[[:space:]]+DONE|ERROR|SUMMARY|stat::number_of_executed_units" "${logs[$i]}" || true
     rm -rf "${works[$i]}" "${logs[$i]}"
     if compgen -G "$dir/$target-crash-*" >/dev/null || compgen -G "$dir/$target-leak-*" >/dev/null ||
        compgen -G "$dir/$target-timeout-*" >/dev/null; then
