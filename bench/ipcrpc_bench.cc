@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -332,6 +333,21 @@ pid_t Fork(int cpu, F&& child) {
 bool poll_first = false;
 // The raw mq ping-pong with an ipcrpc client's reply-queue geometry.
 bool mq_client_queue = false;
+// --vmsplice: the raw pipe and FIFO ping-pongs write with vmsplice(2), which
+// lends the writer's pages to the pipe instead of copying them into it (the
+// reader's read copies them once). Safe here only because each side reuses
+// its buffer after its peer has read it all (the answer has come back).
+bool use_vmsplice = false;
+// The raw pipe and FIFO ping-pongs' pipes are as large as ipcrpc makes its
+// own for a message of that size (transports/stream_connection.cc,
+// FitPipeLocked: room for the whole message, up to 256 KiB; the kernel's
+// 64 KiB for smaller ones), or --raw_pipe_size bytes if given.
+int raw_pipe_size = 0;
+int RawPipeSize(size_t message) {
+  if (raw_pipe_size > 0) return raw_pipe_size;
+  return static_cast<int>(std::min<size_t>(std::bit_ceil(std::max<size_t>(message, 64 * 1024)),
+                                           256 * 1024));
+}
 
 void WaitReadable(int fd) {
   if (!poll_first) return;
@@ -378,7 +394,8 @@ bool ReadFull(int fd, char* p, size_t n) {
 
 bool WriteFull(int fd, const char* p, size_t n) {
   while (n > 0) {
-    ssize_t w = write(fd, p, n);
+    struct iovec lent = {const_cast<char*>(p), n};
+    ssize_t w = use_vmsplice ? vmsplice(fd, &lent, 1, 0) : write(fd, p, n);
     if (w <= 0) return false;
     p += w;
     n -= static_cast<size_t>(w);
@@ -433,6 +450,10 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
       fcntl(b[0], F_SETFL, 0);
       unlink(fifo_a.c_str());
       unlink(fifo_b.c_str());
+    }
+    if (transport != "unix" && RawPipeSize(size) > 64 * 1024) {
+      fcntl(a[1], F_SETPIPE_SZ, RawPipeSize(size));
+      fcntl(b[1], F_SETPIPE_SZ, RawPipeSize(size));
     }
     pid_t pid = Fork(placement.server_cpu, [&] {
       close(a[1]);
@@ -566,6 +587,7 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
   }
   Print(poll_first        ? "# raw_poll"
         : mq_client_queue ? "# raw_mq_client_queue"
+        : use_vmsplice    ? "# raw_vmsplice"
                           : "raw",
         transport, size, std::move(result));
 }
@@ -673,6 +695,7 @@ int main(int argc, char** argv) {
   std::string only;  // "rpc" or "raw" for profiling one side; empty runs both
   bool poll_floor = false;  // also the raw ping-pong with a poll before each read
   bool mq_client_queue_too = false;  // also raw mq with an ipcrpc client's reply queue
+  bool vmsplice_too = false;  // also raw pipe and fifo writing with vmsplice
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     std::string value;
@@ -700,6 +723,8 @@ int main(int argc, char** argv) {
     else if (take("only")) only = value;
     else if (arg == "--poll_floor") poll_floor = true;
     else if (arg == "--mq_client_queue") mq_client_queue_too = true;
+    else if (arg == "--vmsplice") vmsplice_too = true;
+    else if (take("raw_pipe_size")) raw_pipe_size = std::atoi(value.c_str());
     else if (take("mq_reply_queue")) {
       // ChannelOptions::mq_reply_queue_messages x mq_reply_message_size.
       std::vector<std::string> parts = absl::StrSplit(value, 'x');
@@ -756,6 +781,11 @@ int main(int argc, char** argv) {
         mq_client_queue = true;
         BenchRaw(transport, size, seconds, placement);
         mq_client_queue = false;
+      }
+      if (only != "rpc" && vmsplice_too && (transport == "pipe" || transport == "fifo")) {
+        use_vmsplice = true;
+        BenchRaw(transport, size, seconds, placement);
+        use_vmsplice = false;
       }
       if (poll_floor && transport != "shm") {
         poll_first = true;

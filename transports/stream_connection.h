@@ -42,6 +42,22 @@ class StreamConnection final : public PolledConnection {
 
   absl::Status SendWithin(absl::Span<const std::string_view> parts, int priority,
                           int64_t deadline_ns) override;
+  // Pipes and FIFOs: a body of kLendMin..kLendMax bytes is serialized into
+  // the connection's lending buffer and given to the pipe with vmsplice(2),
+  // which lends the buffer's pages instead of copying them (the reader's
+  // read copies them once), when that buffer is free: never lent yet, or
+  // the pipe was seen empty since (FIONREAD: every lent page has been read
+  // out of it). Otherwise, and on sockets, as Connection's (a copy into
+  // this thread's buffer, then SendWithin). Why: stream_connection.cc.
+  // The peer must read with read(2): FIONREAD cannot see pages it moved on
+  // with splice or tee (docs/PROTOCOL.md, "Stream framing").
+  absl::Status SendBodyWithin(absl::Span<const std::string_view> parts, const BodyWriter& body,
+                              int priority, int64_t deadline_ns) override;
+  static constexpr size_t kLendMin = 128 * 1024;
+  static constexpr size_t kLendMax = 2 * 1024 * 1024;
+  // Messages sent by lending pages so far (for tests).
+  uint64_t lent_messages() const { return lent_messages_.load(std::memory_order_relaxed); }
+
   bool TrySend(absl::Span<const std::string_view> parts, int priority,
                absl::Status* error) override;
   // A pipe or FIFO whose reader closed, a socket whose peer closed: EPIPE.
@@ -81,8 +97,10 @@ class StreamConnection final : public PolledConnection {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // Writes iov[first...] whole, waiting for room; `try_first`: if the first
   // write finds no room at all, returns false with nothing written.
+  // `lend`: vmsplice(2) instead of writev(2) (a pipe or FIFO only; the
+  // pages must not change until the pipe has been read empty).
   bool WriteLocked(absl::Span<struct iovec> iov, bool try_first, absl::Status* result,
-                   int64_t give_up_ns = std::numeric_limits<int64_t>::max())
+                   int64_t give_up_ns = std::numeric_limits<int64_t>::max(), bool lend = false)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
   // Whether nothing is queued on the write side (one ioctl): then a message
   // of up to whole_write_limit_ bytes goes whole in one non-blocking write,
@@ -137,6 +155,23 @@ class StreamConnection final : public PolledConnection {
   // A write gave up after part of a message went out (a deadline): no other
   // message may be written after it; the connection is about to close.
   bool write_broken_ ABSL_GUARDED_BY(write_mu_) = false;
+  // The lending buffer (SendBodyWithin): an anonymous mapping of its own,
+  // never the heap's, so that unmapping it while the pipe still holds its
+  // pages is safe (the pages stay as they were, for the pipe alone) and
+  // nothing else of this process ever lands in a page a peer may still
+  // read. `lend_in_pipe_`: lent since the pipe was last seen empty, so not
+  // to be written into.
+  char* lend_data_ ABSL_GUARDED_BY(write_mu_) = nullptr;
+  size_t lend_capacity_ ABSL_GUARDED_BY(write_mu_) = 0;
+  bool lend_in_pipe_ ABSL_GUARDED_BY(write_mu_) = false;
+  int64_t lend_last_ns_ ABSL_GUARDED_BY(write_mu_) = 0;  // when last lent
+  // vmsplice failed outright once: this connection copies.
+  bool lend_refused_ ABSL_GUARDED_BY(write_mu_) = false;
+  std::atomic<uint64_t> lent_messages_{0};
+  // The lending buffer, with room for `bytes`, if it may be written into
+  // now (nullptr: no; the caller copies instead).
+  char* LendingBufferLocked(size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
+  void ReleaseLendingBufferLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_);
 };
 
 }  // namespace ipcrpc::internal

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -505,6 +506,156 @@ TEST(StreamConnectionTest, APipeGrowsForALargeMessageAndShrinksBackAfterwards) {
   reader.join();
   EXPECT_EQ(received, framed(huge));
   EXPECT_EQ(size_now(), 256 * 1024);
+}
+
+// A body given as bytes (a generated stub's is a protobuf message).
+class BytesBody final : public BodyWriter {
+ public:
+  explicit BytesBody(std::string bytes) : BodyWriter(bytes.size()), bytes_(std::move(bytes)) {}
+  void WriteTo(OutputSpans& out) const override {
+    size_t done = 0;
+    while (done < bytes_.size()) {
+      absl::Span<char> piece = out.Next();
+      if (piece.empty()) return;
+      const size_t n = std::min(piece.size(), bytes_.size() - done);
+      std::memcpy(piece.data(), bytes_.data() + done, n);
+      out.BackUp(piece.size() - n);
+      done += n;
+    }
+  }
+  void WriteFlat(char* data) const override { std::memcpy(data, bytes_.data(), bytes_.size()); }
+
+ private:
+  std::string bytes_;
+};
+
+// A large body goes to a pipe by lending the pages of the connection's
+// buffer (vmsplice): the pipe then holds those pages, not a copy. So the
+// next large body must not be serialized into that buffer while the pipe
+// still holds it: it is copied instead, and the first message arrives as
+// it was sent. Once the pipe has been read empty, the buffer is lent again.
+TEST(StreamConnectionTest, ALentBodyIsNeverWrittenOverWhileThePipeHoldsIt) {
+  PipePair pipes;
+  // Room for two large messages with nobody reading, so that the second is
+  // sent while the first is in the pipe, on this thread.
+  if (fcntl(pipes.a_write.get(), F_SETPIPE_SZ, 1 << 20) < (1 << 20)) {
+    GTEST_SKIP() << "F_SETPIPE_SZ to 1 MiB refused here: " << std::strerror(errno);
+  }
+  auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
+                                             false, {}, "c", 8 << 20);
+  ASSERT_THAT(connection, IsOk());
+  auto read_exactly = [&](size_t n) {
+    std::string bytes(n, '\0');
+    size_t got = 0;
+    while (got < n) {
+      const ssize_t r = read(pipes.b_read.get(), bytes.data() + got, n - got);
+      if (r <= 0) break;
+      got += static_cast<size_t>(r);
+    }
+    bytes.resize(got);
+    return bytes;
+  };
+  auto framed = [](std::string_view head, std::string_view body) {
+    const size_t size = head.size() + body.size();
+    std::string bytes(4, '\0');
+    for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>((size >> (8 * i)) & 0xff);
+    bytes.append(head);
+    bytes.append(body);
+    return bytes;
+  };
+  const size_t size = StreamConnection::kLendMin + 1000;
+  const std::string first = Pattern(size);
+  std::string second(size, 'x');
+  const std::string third(size, 'y');
+  std::string_view first_head[] = {"first:"};
+  std::string_view second_head[] = {"second:"};
+  std::string_view third_head[] = {"third:"};
+  const int64_t deadline = MonotonicNowNs() + 10'000'000'000;
+
+  ASSERT_THAT((*connection)->SendBodyWithin(first_head, BytesBody(first), 0, deadline), IsOk());
+  EXPECT_EQ((*connection)->lent_messages(), 1u);
+  ASSERT_THAT((*connection)->SendBodyWithin(second_head, BytesBody(second), 0, deadline), IsOk());
+  EXPECT_EQ((*connection)->lent_messages(), 1u);  // copied: the first is in the pipe
+  EXPECT_EQ(read_exactly(4 + 6 + size), framed("first:", first));
+  EXPECT_EQ(read_exactly(4 + 7 + size), framed("second:", second));
+
+  // The pipe is empty: the buffer is lent again.
+  ASSERT_THAT((*connection)->SendBodyWithin(third_head, BytesBody(third), 0, deadline), IsOk());
+  EXPECT_EQ((*connection)->lent_messages(), 2u);
+  EXPECT_EQ(read_exactly(4 + 6 + size), framed("third:", third));
+
+  // Below kLendMin, or over a socket: copied.
+  std::string_view small_head[] = {"small:"};
+  ASSERT_THAT((*connection)->SendBodyWithin(small_head, BytesBody(std::string(1000, 's')), 0,
+                                            deadline),
+              IsOk());
+  EXPECT_EQ((*connection)->lent_messages(), 2u);
+  EXPECT_EQ(read_exactly(4 + 6 + 1000), framed("small:", std::string(1000, 's')));
+}
+
+// Likewise when the reader has taken part of the lent message: the next
+// large body is copied, and both arrive as sent. Lending goes on across the
+// pipe's growth and its return to its first size.
+TEST(StreamConnectionTest, ALentBodyPartlyReadIsNotWrittenOverEither) {
+  PipePair pipes;
+  if (fcntl(pipes.b_read.get(), F_GETPIPE_SZ) != 64 * 1024) GTEST_SKIP() << "pipes here are not 64 KiB";
+  {
+    PipePair probe;
+    if (fcntl(probe.a_write.get(), F_SETPIPE_SZ, 256 * 1024) < 256 * 1024) {
+      GTEST_SKIP() << "F_SETPIPE_SZ to 256 KiB refused here: " << std::strerror(errno);
+    }
+  }
+  auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
+                                             false, {}, "c", 8 << 20);
+  ASSERT_THAT(connection, IsOk());
+  auto read_exactly = [&](size_t n) {
+    std::string bytes(n, '\0');
+    size_t got = 0;
+    while (got < n) {
+      const ssize_t r = read(pipes.b_read.get(), bytes.data() + got, n - got);
+      if (r <= 0) break;
+      got += static_cast<size_t>(r);
+    }
+    bytes.resize(got);
+    return bytes;
+  };
+  auto framed = [](std::string_view head, std::string_view body) {
+    const size_t size = head.size() + body.size();
+    std::string bytes(4, '\0');
+    for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>((size >> (8 * i)) & 0xff);
+    bytes.append(head);
+    bytes.append(body);
+    return bytes;
+  };
+  const size_t size = StreamConnection::kLendMin + 1000;
+  const std::string first = Pattern(size);
+  const std::string second(size, 'x');
+  const std::string third(size, 'y');
+  std::string_view head[] = {"h:"};
+  const int64_t deadline = MonotonicNowNs() + 10'000'000'000;
+
+  // Grows the pipe to 256 KiB and goes whole, lent.
+  ASSERT_THAT((*connection)->SendBodyWithin(head, BytesBody(first), 0, deadline), IsOk());
+  EXPECT_EQ((*connection)->lent_messages(), 1u);
+  EXPECT_EQ(fcntl(pipes.b_read.get(), F_GETPIPE_SZ), 256 * 1024);
+  const std::string expected_first = framed("h:", first);
+  std::string got_first = read_exactly(expected_first.size() / 2);
+  // Half of it is still in the pipe: the second is copied (it fits beside).
+  ASSERT_THAT((*connection)->SendBodyWithin(head, BytesBody(second), 0, deadline), IsOk());
+  EXPECT_EQ((*connection)->lent_messages(), 1u);
+  got_first += read_exactly(expected_first.size() - got_first.size());
+  EXPECT_EQ(got_first, expected_first);
+  EXPECT_EQ(read_exactly(4 + 2 + size), framed("h:", second));
+
+  // A small message gives the pipe back its first size; the next large
+  // body grows it again, and is lent again.
+  std::string_view small[] = {"small"};
+  ASSERT_THAT((*connection)->Send(small, 0), IsOk());
+  EXPECT_EQ(fcntl(pipes.b_read.get(), F_GETPIPE_SZ), 64 * 1024);
+  EXPECT_EQ(read_exactly(4 + 5), framed("small", ""));
+  ASSERT_THAT((*connection)->SendBodyWithin(head, BytesBody(third), 0, deadline), IsOk());
+  EXPECT_EQ((*connection)->lent_messages(), 2u);
+  EXPECT_EQ(read_exactly(4 + 2 + size), framed("h:", third));
 }
 
 }  // namespace
