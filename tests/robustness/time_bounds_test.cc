@@ -4,6 +4,7 @@
 // needs no answer from the server to connect: the kernel's backlog takes
 // the connection.)
 #include <fcntl.h>
+#include <mqueue.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -164,6 +165,43 @@ TEST(FifoTimeBoundsTest, AServerKilledBeforeItAnswersFailsTheConnectAtOnce) {
   client.join();
   const absl::Duration took = absl::Now() - killed;
   ASSERT_TRUE(pending) << "the client's connect record never reached " << path;
+  EXPECT_EQ(connected.code(), absl::StatusCode::kUnavailable) << connected;
+  EXPECT_THAT(connected.message(), ::testing::HasSubstr("went away"));
+  // Generous (another process may hold the other CPU); the timeout is 60 s.
+  EXPECT_LT(took, absl::Seconds(10)) << "Connect took " << took << " after the kill";
+}
+
+// mq: likewise. The client learns the server's pid from its liveness
+// token (SO_PEERCRED) before it sends CONNECT, and its wait for ACCEPT
+// watches that pid, so a server killed with the CONNECT in its queue fails
+// the connect at once. (Before: the full connect_timeout.)
+TEST(MqTimeBoundsTest, AServerKilledBeforeItAnswersFailsTheConnectAtOnce) {
+  auto server = ConformanceServerProcess::Start(TransportTraits{"mq", true});
+  ASSERT_THAT(server, IsOk());
+  const std::string endpoint =
+      (*server)->ClientArgs()[0].substr(std::string("--endpoint=").size());
+  const std::string queue = "/" + endpoint.substr(std::string("mq:").size());
+  ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
+  ChannelOptions options;
+  options.connect_timeout = absl::Seconds(60);
+  absl::Status connected;
+  std::thread client([&] { connected = Channel::Connect(endpoint, options).status(); });
+  // The CONNECT is in the server's queue (read by nobody: it is stopped).
+  bool pending = false;
+  for (const absl::Time give_up = absl::Now() + absl::Seconds(20);
+       !pending && absl::Now() < give_up;) {
+    const mqd_t look = mq_open(queue.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct mq_attr attr = {};
+    pending = look != static_cast<mqd_t>(-1) && mq_getattr(look, &attr) == 0 && attr.mq_curmsgs > 0;
+    if (look != static_cast<mqd_t>(-1)) mq_close(look);
+    if (!pending) absl::SleepFor(absl::Milliseconds(1));
+  }
+  const absl::Time killed = absl::Now();
+  (*server)->Kill();
+  client.join();
+  const absl::Duration took = absl::Now() - killed;
+  ASSERT_TRUE(pending) << "the client's CONNECT never reached " << queue;
   EXPECT_EQ(connected.code(), absl::StatusCode::kUnavailable) << connected;
   EXPECT_THAT(connected.message(), ::testing::HasSubstr("went away"));
   // Generous (another process may hold the other CPU); the timeout is 60 s.

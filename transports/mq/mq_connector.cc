@@ -90,16 +90,32 @@ class MqConnector final : public Connector {
           absl::StrCat(text, ": the server queue's messages are too small"));
     }
     // A queue whose server's token (docs/PROTOCOL.md) is gone has no
-    // server: say so now rather than after the handshake's timeout.
+    // server: say so now rather than after the handshake's timeout. One
+    // that answers tells us its server's pid (SO_PEERCRED: the kernel's
+    // word, the process that listens), whose pidfd the wait for ACCEPT
+    // watches, so that a server that dies before it answers fails the
+    // connect at once, not at connect_timeout.
+    UniqueFd server_alive;
+    pid_t token_pid = 0;
     {
       UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
       sockaddr_un addr;
       const socklen_t len = MqTokenAddress(endpoint_.address, &addr);
-      if (probe.valid() &&
-          ::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0 &&
-          errno == ECONNREFUSED) {
-        return absl::UnavailableError(absl::StrCat(
-            text, ": no server is listening (queue ", server_name, " is stale)"));
+      if (probe.valid()) {
+        if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0) {
+          if (errno == ECONNREFUSED) {
+            return absl::UnavailableError(absl::StrCat(
+                text, ": no server is listening (queue ", server_name, " is stale)"));
+          }
+        } else {
+          struct ucred cred = {};
+          socklen_t cred_len = sizeof(cred);
+          if (::getsockopt(probe.get(), SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) == 0 &&
+              cred.pid > 0) {
+            token_pid = cred.pid;
+            server_alive = PidFd(cred.pid);
+          }
+        }
       }
     }
 
@@ -171,15 +187,25 @@ class MqConnector final : public Connector {
     std::vector<char> buffer(static_cast<size_t>(attr.mq_msgsize));
     ssize_t n;
     for (;;) {
-      absl::Status waited = WaitFor(reply.get(), POLLIN, -1, PollTimeoutMs(deadline_ns), text);
-      if (!waited.ok()) {
+      struct pollfd fds[2] = {{reply.get(), POLLIN, 0}, {server_alive.get(), POLLIN, 0}};
+      const int ready = RetryEintr(
+          [&] { return ::poll(fds, server_alive.valid() ? 2 : 1, PollTimeoutMs(deadline_ns)); });
+      if (ready < 0) return ErrnoStatus(errno, "poll", text);
+      if (ready == 0) {
         return absl::UnavailableError(absl::StrCat(
             text, ": the server did not accept the connection ", deadline.bound,
             " (its log may say why)"));
       }
+      const bool server_gone = server_alive.valid() && fds[1].revents != 0;
       n = mq_receive(reply.get(), buffer.data(), buffer.size(), nullptr);
       if (n >= 0) break;
       if (errno != EINTR && errno != EAGAIN) return ErrnoStatus(errno, "mq_receive", reply_name);
+      // Its answer, had it sent one, would have been there (the reply
+      // queue was looked at after the pidfd said so).
+      if (server_gone) {
+        return absl::UnavailableError(absl::StrCat(text, ": the server (pid ", token_pid,
+                                                   ") went away before it answered the CONNECT"));
+      }
     }
     auto accept = DecodeMqHeader(std::string_view(buffer.data(), static_cast<size_t>(n)));
     if (accept.ok() && accept->kind == MqKind::kClose) {
