@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -21,6 +22,7 @@
 #include <thread>
 #include <utility>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -145,19 +147,26 @@ TEST(FifoTimeBoundsTest, AServerKilledBeforeItAnswersFailsTheConnectAtOnce) {
   const std::string path = endpoint.substr(std::string("fifo:").size());
   ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
   ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
+  // The connect record is in the server's FIFO (read by nobody: the server
+  // is stopped). Looked at through a descriptor of our own, closed before
+  // the kill, so that the server's is the FIFO's only reader; counted from
+  // what the FIFO held already (the readiness check's own record, if the
+  // server was stopped before it read it).
+  auto queued = [&]() -> int {
+    internal::UniqueFd look(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+    int bytes = 0;
+    return look.valid() && ::ioctl(look.get(), FIONREAD, &bytes) == 0 ? bytes : -1;
+  };
+  const int before = queued();
+  ASSERT_GE(before, 0) << path;
   ChannelOptions options;
   options.connect_timeout = absl::Seconds(60);
   absl::Status connected;
   std::thread client([&] { connected = Channel::Connect(endpoint, options).status(); });
-  // The connect record is in the server's FIFO (read by nobody: the server
-  // is stopped). Looked at through a descriptor of our own, closed before
-  // the kill, so that the server's is the FIFO's only reader.
   bool pending = false;
   for (const absl::Time give_up = absl::Now() + absl::Seconds(20);
        !pending && absl::Now() < give_up;) {
-    internal::UniqueFd look(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
-    int bytes = 0;
-    pending = look.valid() && ::ioctl(look.get(), FIONREAD, &bytes) == 0 && bytes > 0;
+    pending = queued() > before;
     if (!pending) absl::SleepFor(absl::Milliseconds(1));
   }
   const absl::Time killed = absl::Now();
@@ -183,6 +192,18 @@ TEST(MqTimeBoundsTest, AServerKilledBeforeItAnswersFailsTheConnectAtOnce) {
   const std::string queue = "/" + endpoint.substr(std::string("mq:").size());
   ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
   ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
+  // What the queue holds already (the readiness check's own CONNECT, if
+  // the server was stopped before it read it): the client's is one more.
+  auto queued = [&]() -> long {
+    const mqd_t look = mq_open(queue.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (look == static_cast<mqd_t>(-1)) return -1;
+    struct mq_attr attr = {};
+    const long count = mq_getattr(look, &attr) == 0 ? attr.mq_curmsgs : -1;
+    mq_close(look);
+    return count;
+  };
+  const long before = queued();
+  ASSERT_GE(before, 0) << queue;
   ChannelOptions options;
   options.connect_timeout = absl::Seconds(60);
   absl::Status connected;
@@ -191,10 +212,7 @@ TEST(MqTimeBoundsTest, AServerKilledBeforeItAnswersFailsTheConnectAtOnce) {
   bool pending = false;
   for (const absl::Time give_up = absl::Now() + absl::Seconds(20);
        !pending && absl::Now() < give_up;) {
-    const mqd_t look = mq_open(queue.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    struct mq_attr attr = {};
-    pending = look != static_cast<mqd_t>(-1) && mq_getattr(look, &attr) == 0 && attr.mq_curmsgs > 0;
-    if (look != static_cast<mqd_t>(-1)) mq_close(look);
+    pending = queued() > before;
     if (!pending) absl::SleepFor(absl::Milliseconds(1));
   }
   const absl::Time killed = absl::Now();

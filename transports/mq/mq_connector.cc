@@ -46,6 +46,24 @@ absl::Status WaitFor(int fd, short events, int close_event, int timeout_ms,
   return absl::OkStatus();
 }
 
+// Connects to the liveness token of the queue named `name` (PROTOCOL.md):
+// 0 with *connected set when a server listens, else the connect's errno
+// (ECONNREFUSED: nobody holds the token).
+int ProbeToken(const std::string& name, UniqueFd* connected) {
+  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!probe.valid()) return errno;
+  sockaddr_un addr;
+  const socklen_t len = MqTokenAddress(name, &addr);
+  if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0) return errno;
+  *connected = std::move(probe);
+  return 0;
+}
+
+bool TokenRefused(const std::string& name) {
+  UniqueFd ignored;
+  return ProbeToken(name, &ignored) == ECONNREFUSED;
+}
+
 // Another open of the queue `queue`, which this process made as `name`:
 // opened by name, and refused unless it is the same queue (its device and
 // inode), so that one put in the name since cannot stand in for it.
@@ -98,24 +116,18 @@ class MqConnector final : public Connector {
     UniqueFd server_alive;
     pid_t token_pid = 0;
     {
-      UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-      sockaddr_un addr;
-      const socklen_t len = MqTokenAddress(endpoint_.address, &addr);
-      if (probe.valid()) {
-        if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), len) < 0) {
-          if (errno == ECONNREFUSED) {
-            return absl::UnavailableError(absl::StrCat(
-                text, ": no server is listening (queue ", server_name, " is stale)"));
-          }
-        } else {
-          struct ucred cred = {};
-          socklen_t cred_len = sizeof(cred);
-          if (::getsockopt(probe.get(), SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) == 0 &&
-              cred.pid > 0) {
-            token_pid = cred.pid;
-            server_alive = PidFd(cred.pid);
-          }
-        }
+      UniqueFd probe;
+      if (ProbeToken(endpoint_.address, &probe) == ECONNREFUSED) {
+        return absl::UnavailableError(absl::StrCat(
+            text, ": no server is listening (queue ", server_name, " is stale)"));
+      }
+      struct ucred cred = {};
+      socklen_t cred_len = sizeof(cred);
+      if (probe.valid() &&
+          ::getsockopt(probe.get(), SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) == 0 &&
+          cred.pid > 0) {
+        token_pid = cred.pid;
+        server_alive = PidFd(cred.pid);
       }
     }
 
@@ -201,10 +213,16 @@ class MqConnector final : public Connector {
       if (n >= 0) break;
       if (errno != EINTR && errno != EAGAIN) return ErrnoStatus(errno, "mq_receive", reply_name);
       // Its answer, had it sent one, would have been there (the reply
-      // queue was looked at after the pidfd said so).
+      // queue was looked at after the pidfd said so). The token is looked
+      // at again too: the process that listened may have handed it on (a
+      // server that forks after Listen) and the holder live on; then the
+      // wait goes on as before, without the pidfd.
       if (server_gone) {
-        return absl::UnavailableError(absl::StrCat(text, ": the server (pid ", token_pid,
-                                                   ") went away before it answered the CONNECT"));
+        if (TokenRefused(endpoint_.address)) {
+          return absl::UnavailableError(absl::StrCat(
+              text, ": the server (pid ", token_pid, ") went away before it answered the CONNECT"));
+        }
+        server_alive.Reset();
       }
     }
     auto accept = DecodeMqHeader(std::string_view(buffer.data(), static_cast<size_t>(n)));
