@@ -46,6 +46,21 @@ constexpr size_t kPageSize = 4096;
 // messages.
 constexpr size_t kMaxPipeCapacity = 256 * 1024;
 
+// A send that waited for its turn (SendTurn) past its deadline: nothing
+// went out.
+absl::Status TurnNotTaken(const std::string& description) {
+  return MarkNotDelivered(absl::DeadlineExceededError(
+      absl::StrCat(description, ": another send held the connection past the deadline")));
+}
+
+// Part of the message went out before its deadline: the stream cannot carry
+// another (the caller closes it, see Connection::SendWithin).
+void WarnIfCutShort(const absl::Status& result, const std::string& description, size_t total) {
+  if (absl::IsDeadlineExceeded(result) && !IsNotDelivered(result)) {
+    IPCRPC_LOG(WARNING) << description << ": the peer took only part of a " << total
+                        << "-byte message before its deadline";
+  }
+}
 
 using Iovecs = absl::InlinedVector<struct iovec, 8>;
 
@@ -274,10 +289,7 @@ absl::Status StreamConnection::SendWithin(absl::Span<const std::string_view> par
   unsigned char prefix[kPrefixSize];
   Iovecs iov = Gather(total, parts, prefix);
   // Behind another sender that waits for room, no later than our deadline.
-  if (!turn_.Acquire(deadline_ns)) {
-    return MarkNotDelivered(absl::DeadlineExceededError(absl::StrCat(
-        description_, ": another send held the connection past the deadline")));
-  }
+  if (!turn_.Acquire(deadline_ns)) return TurnNotTaken(description_);
   absl::Status result;
   {
     SendTurn::Holder turn(&turn_);
@@ -285,12 +297,7 @@ absl::Status StreamConnection::SendWithin(absl::Span<const std::string_view> par
     FitPipeLocked(kPrefixSize + total);
     WriteLocked(absl::MakeSpan(iov), /*try_first=*/false, &result, deadline_ns);
   }
-  if (absl::IsDeadlineExceeded(result) && !IsNotDelivered(result)) {
-    // Part of the message went out: the stream cannot carry another (the
-    // caller closes it, see SendWithin).
-    IPCRPC_LOG(WARNING) << description_ << ": the peer took only part of a " << total
-                        << "-byte message before its deadline";
-  }
+  WarnIfCutShort(result, description_, total);
   return result;
 }
 
@@ -350,10 +357,7 @@ absl::Status StreamConnection::SendBodyWithin(absl::Span<const std::string_view>
   }
   IPCRPC_ASSIGN_OR_RETURN(const size_t total,
                           SendSize(parts, max_message_size_, description_, body.size()));
-  if (!turn_.Acquire(deadline_ns)) {
-    return MarkNotDelivered(absl::DeadlineExceededError(
-        absl::StrCat(description_, ": another send held the connection past the deadline")));
-  }
+  if (!turn_.Acquire(deadline_ns)) return TurnNotTaken(description_);
   absl::Status result;
   bool lent = false;
   {
@@ -387,10 +391,7 @@ absl::Status StreamConnection::SendBodyWithin(absl::Span<const std::string_view>
   // vmsplice): copied, as any message.
   if (!lent) return Connection::SendBodyWithin(parts, body, priority, deadline_ns);
   lent_messages_.fetch_add(1, std::memory_order_relaxed);
-  if (absl::IsDeadlineExceeded(result) && !IsNotDelivered(result)) {
-    IPCRPC_LOG(WARNING) << description_ << ": the peer took only part of a " << total
-                        << "-byte message before its deadline";
-  }
+  WarnIfCutShort(result, description_, total);
   return result;
 }
 

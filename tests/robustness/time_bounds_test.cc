@@ -23,6 +23,7 @@
 #include <utility>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/functional/function_ref.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -134,50 +135,57 @@ TEST_P(TimeBoundsTest, ConnectingToAStoppedServerEndsAtConnectTimeout) {
   EXPECT_LT(took, absl::Seconds(3)) << "Connect took " << took;
 }
 
-// fifo: a server killed after the client's connect record went in, before
-// it answered, fails the connect at once (its FIFO has no reader left),
-// not at connect_timeout. (Before: the full timeout, 5 s by default, which
-// a call right after a server's kill -9 sometimes met: the FIFO still open
-// by the dying server when the client opened it.)
-TEST(FifoTimeBoundsTest, AServerKilledBeforeItAnswersFailsTheConnectAtOnce) {
-  auto server = ConformanceServerProcess::Start(TransportTraits{"fifo", true});
+// A server of `transport`, stopped, is killed once the client's connect
+// record (a CONNECT on mq:) has reached it (`queued`, looking at what its
+// endpoint holds, shows one more than before: the readiness check's own
+// record may still be there); the connect must fail UNAVAILABLE at once,
+// not at its 60 s connect_timeout.
+void ExpectConnectFailsAtOnceWhenTheServerDiesBeforeAnswering(
+    const char* transport, absl::FunctionRef<long(const std::string& address)> queued) {
+  auto server = ConformanceServerProcess::Start(TransportTraits{transport, true});
   ASSERT_THAT(server, IsOk());
   const std::string endpoint =
       (*server)->ClientArgs()[0].substr(std::string("--endpoint=").size());
-  const std::string path = endpoint.substr(std::string("fifo:").size());
+  const std::string address = endpoint.substr(endpoint.find(':') + 1);
   ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
   ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
-  // The connect record is in the server's FIFO (read by nobody: the server
-  // is stopped). Looked at through a descriptor of our own, closed before
-  // the kill, so that the server's is the FIFO's only reader; counted from
-  // what the FIFO held already (the readiness check's own record, if the
-  // server was stopped before it read it).
-  auto queued = [&]() -> int {
-    internal::UniqueFd look(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
-    int bytes = 0;
-    return look.valid() && ::ioctl(look.get(), FIONREAD, &bytes) == 0 ? bytes : -1;
-  };
-  const int before = queued();
-  ASSERT_GE(before, 0) << path;
+  const long before = queued(address);
+  ASSERT_GE(before, 0) << address;
   ChannelOptions options;
   options.connect_timeout = absl::Seconds(60);
   absl::Status connected;
   std::thread client([&] { connected = Channel::Connect(endpoint, options).status(); });
+  // The record is at the server (read by nobody: it is stopped).
   bool pending = false;
   for (const absl::Time give_up = absl::Now() + absl::Seconds(20);
        !pending && absl::Now() < give_up;) {
-    pending = queued() > before;
+    pending = queued(address) > before;
     if (!pending) absl::SleepFor(absl::Milliseconds(1));
   }
   const absl::Time killed = absl::Now();
   (*server)->Kill();
   client.join();
   const absl::Duration took = absl::Now() - killed;
-  ASSERT_TRUE(pending) << "the client's connect record never reached " << path;
+  ASSERT_TRUE(pending) << "the client's connect record never reached " << address;
   EXPECT_EQ(connected.code(), absl::StatusCode::kUnavailable) << connected;
   EXPECT_THAT(connected.message(), ::testing::HasSubstr("went away"));
   // Generous (another process may hold the other CPU); the timeout is 60 s.
   EXPECT_LT(took, absl::Seconds(10)) << "Connect took " << took << " after the kill";
+}
+
+// fifo: a server killed after the client's connect record went in, before
+// it answered, fails the connect at once (its FIFO has no reader left),
+// not at connect_timeout. (Before: the full timeout, 5 s by default, which
+// a call right after a server's kill -9 sometimes met: the FIFO still open
+// by the dying server when the client opened it.)
+TEST(FifoTimeBoundsTest, AServerKilledBeforeItAnswersFailsTheConnectAtOnce) {
+  // The bytes in the server's FIFO, looked at through a descriptor of our
+  // own, closed before the kill, so that the server's is its only reader.
+  ExpectConnectFailsAtOnceWhenTheServerDiesBeforeAnswering("fifo", [](const std::string& path) {
+    internal::UniqueFd look(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+    int bytes = 0;
+    return look.valid() && ::ioctl(look.get(), FIONREAD, &bytes) == 0 ? long{bytes} : -1L;
+  });
 }
 
 // mq: likewise. The client learns the server's pid from its liveness
@@ -185,45 +193,16 @@ TEST(FifoTimeBoundsTest, AServerKilledBeforeItAnswersFailsTheConnectAtOnce) {
 // watches that pid, so a server killed with the CONNECT in its queue fails
 // the connect at once. (Before: the full connect_timeout.)
 TEST(MqTimeBoundsTest, AServerKilledBeforeItAnswersFailsTheConnectAtOnce) {
-  auto server = ConformanceServerProcess::Start(TransportTraits{"mq", true});
-  ASSERT_THAT(server, IsOk());
-  const std::string endpoint =
-      (*server)->ClientArgs()[0].substr(std::string("--endpoint=").size());
-  const std::string queue = "/" + endpoint.substr(std::string("mq:").size());
-  ASSERT_EQ(kill((*server)->pid(), SIGSTOP), 0);
-  ASSERT_TRUE(WaitStopped((*server)->pid(), absl::Seconds(10)));
-  // What the queue holds already (the readiness check's own CONNECT, if
-  // the server was stopped before it read it): the client's is one more.
-  auto queued = [&]() -> long {
+  // The messages in the server's queue.
+  ExpectConnectFailsAtOnceWhenTheServerDiesBeforeAnswering("mq", [](const std::string& name) {
+    const std::string queue = "/" + name;
     const mqd_t look = mq_open(queue.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (look == static_cast<mqd_t>(-1)) return -1;
+    if (look == static_cast<mqd_t>(-1)) return -1L;
     struct mq_attr attr = {};
-    const long count = mq_getattr(look, &attr) == 0 ? attr.mq_curmsgs : -1;
+    const long count = mq_getattr(look, &attr) == 0 ? attr.mq_curmsgs : -1L;
     mq_close(look);
     return count;
-  };
-  const long before = queued();
-  ASSERT_GE(before, 0) << queue;
-  ChannelOptions options;
-  options.connect_timeout = absl::Seconds(60);
-  absl::Status connected;
-  std::thread client([&] { connected = Channel::Connect(endpoint, options).status(); });
-  // The CONNECT is in the server's queue (read by nobody: it is stopped).
-  bool pending = false;
-  for (const absl::Time give_up = absl::Now() + absl::Seconds(20);
-       !pending && absl::Now() < give_up;) {
-    pending = queued() > before;
-    if (!pending) absl::SleepFor(absl::Milliseconds(1));
-  }
-  const absl::Time killed = absl::Now();
-  (*server)->Kill();
-  client.join();
-  const absl::Duration took = absl::Now() - killed;
-  ASSERT_TRUE(pending) << "the client's CONNECT never reached " << queue;
-  EXPECT_EQ(connected.code(), absl::StatusCode::kUnavailable) << connected;
-  EXPECT_THAT(connected.message(), ::testing::HasSubstr("went away"));
-  // Generous (another process may hold the other CPU); the timeout is 60 s.
-  EXPECT_LT(took, absl::Seconds(10)) << "Connect took " << took << " after the kill";
+  });
 }
 
 // The server died; its successor on the same endpoint is stuck (stopped).

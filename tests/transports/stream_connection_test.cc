@@ -34,6 +34,30 @@ std::string Pattern(size_t n) {
   return s;
 }
 
+// Exactly `n` bytes read from `fd`, or fewer if it ends first.
+std::string ReadExactly(int fd, size_t n) {
+  std::string bytes(n, '\0');
+  size_t got = 0;
+  while (got < n) {
+    const ssize_t r = read(fd, bytes.data() + got, n - got);
+    if (r <= 0) break;
+    got += static_cast<size_t>(r);
+  }
+  bytes.resize(got);
+  return bytes;
+}
+
+// A message as the stream carries it: its length (u32 LE), then `head`
+// and `body`.
+std::string Framed(std::string_view head, std::string_view body) {
+  const size_t size = head.size() + body.size();
+  std::string bytes(4, '\0');
+  for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>((size >> (8 * i)) & 0xff);
+  bytes.append(head);
+  bytes.append(body);
+  return bytes;
+}
+
 // Two pipes, as a parent and child would hold them.
 struct PipePair {
   UniqueFd a_read, a_write, b_read, b_write;
@@ -459,23 +483,8 @@ TEST(StreamConnectionTest, APipeGrowsForALargeMessageAndShrinksBackAfterwards) {
   auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
                                              false, {}, "c", 8 << 20);
   ASSERT_THAT(connection, IsOk());
-  auto read_exactly = [&](size_t n) {
-    std::string bytes(n, '\0');
-    size_t got = 0;
-    while (got < n) {
-      const ssize_t r = read(pipes.b_read.get(), bytes.data() + got, n - got);
-      if (r <= 0) break;
-      got += static_cast<size_t>(r);
-    }
-    bytes.resize(got);
-    return bytes;
-  };
-  auto framed = [](std::string_view message) {
-    std::string bytes(4, '\0');
-    for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>((message.size() >> (8 * i)) & 0xff);
-    bytes.append(message);
-    return bytes;
-  };
+  auto read_exactly = [&](size_t n) { return ReadExactly(pipes.b_read.get(), n); };
+  auto framed = [](std::string_view message) { return Framed(message, ""); };
   auto size_now = [&] { return fcntl(pipes.b_read.get(), F_GETPIPE_SZ); };
 
   // 100 KiB: fits a 128 KiB pipe, so it goes in one write with nobody
@@ -544,25 +553,7 @@ TEST(StreamConnectionTest, ALentBodyIsNeverWrittenOverWhileThePipeHoldsIt) {
   auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
                                              false, {}, "c", 8 << 20);
   ASSERT_THAT(connection, IsOk());
-  auto read_exactly = [&](size_t n) {
-    std::string bytes(n, '\0');
-    size_t got = 0;
-    while (got < n) {
-      const ssize_t r = read(pipes.b_read.get(), bytes.data() + got, n - got);
-      if (r <= 0) break;
-      got += static_cast<size_t>(r);
-    }
-    bytes.resize(got);
-    return bytes;
-  };
-  auto framed = [](std::string_view head, std::string_view body) {
-    const size_t size = head.size() + body.size();
-    std::string bytes(4, '\0');
-    for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>((size >> (8 * i)) & 0xff);
-    bytes.append(head);
-    bytes.append(body);
-    return bytes;
-  };
+  auto read_exactly = [&](size_t n) { return ReadExactly(pipes.b_read.get(), n); };
   const size_t size = StreamConnection::kLendMin + 1000;
   const std::string first = Pattern(size);
   std::string second(size, 'x');
@@ -576,13 +567,13 @@ TEST(StreamConnectionTest, ALentBodyIsNeverWrittenOverWhileThePipeHoldsIt) {
   EXPECT_EQ((*connection)->lent_messages(), 1u);
   ASSERT_THAT((*connection)->SendBodyWithin(second_head, BytesBody(second), 0, deadline), IsOk());
   EXPECT_EQ((*connection)->lent_messages(), 1u);  // copied: the first is in the pipe
-  EXPECT_EQ(read_exactly(4 + 6 + size), framed("first:", first));
-  EXPECT_EQ(read_exactly(4 + 7 + size), framed("second:", second));
+  EXPECT_EQ(read_exactly(4 + 6 + size), Framed("first:", first));
+  EXPECT_EQ(read_exactly(4 + 7 + size), Framed("second:", second));
 
   // The pipe is empty: the buffer is lent again.
   ASSERT_THAT((*connection)->SendBodyWithin(third_head, BytesBody(third), 0, deadline), IsOk());
   EXPECT_EQ((*connection)->lent_messages(), 2u);
-  EXPECT_EQ(read_exactly(4 + 6 + size), framed("third:", third));
+  EXPECT_EQ(read_exactly(4 + 6 + size), Framed("third:", third));
 
   // Below kLendMin, or over a socket: copied.
   std::string_view small_head[] = {"small:"};
@@ -590,7 +581,7 @@ TEST(StreamConnectionTest, ALentBodyIsNeverWrittenOverWhileThePipeHoldsIt) {
                                             deadline),
               IsOk());
   EXPECT_EQ((*connection)->lent_messages(), 2u);
-  EXPECT_EQ(read_exactly(4 + 6 + 1000), framed("small:", std::string(1000, 's')));
+  EXPECT_EQ(read_exactly(4 + 6 + 1000), Framed("small:", std::string(1000, 's')));
 }
 
 // Likewise when the reader has taken part of the lent message: the next
@@ -608,25 +599,7 @@ TEST(StreamConnectionTest, ALentBodyPartlyReadIsNotWrittenOverEither) {
   auto connection = StreamConnection::Create(std::move(pipes.a_read), std::move(pipes.a_write),
                                              false, {}, "c", 8 << 20);
   ASSERT_THAT(connection, IsOk());
-  auto read_exactly = [&](size_t n) {
-    std::string bytes(n, '\0');
-    size_t got = 0;
-    while (got < n) {
-      const ssize_t r = read(pipes.b_read.get(), bytes.data() + got, n - got);
-      if (r <= 0) break;
-      got += static_cast<size_t>(r);
-    }
-    bytes.resize(got);
-    return bytes;
-  };
-  auto framed = [](std::string_view head, std::string_view body) {
-    const size_t size = head.size() + body.size();
-    std::string bytes(4, '\0');
-    for (int i = 0; i < 4; ++i) bytes[i] = static_cast<char>((size >> (8 * i)) & 0xff);
-    bytes.append(head);
-    bytes.append(body);
-    return bytes;
-  };
+  auto read_exactly = [&](size_t n) { return ReadExactly(pipes.b_read.get(), n); };
   const size_t size = StreamConnection::kLendMin + 1000;
   const std::string first = Pattern(size);
   const std::string second(size, 'x');
@@ -638,24 +611,24 @@ TEST(StreamConnectionTest, ALentBodyPartlyReadIsNotWrittenOverEither) {
   ASSERT_THAT((*connection)->SendBodyWithin(head, BytesBody(first), 0, deadline), IsOk());
   EXPECT_EQ((*connection)->lent_messages(), 1u);
   EXPECT_EQ(fcntl(pipes.b_read.get(), F_GETPIPE_SZ), 256 * 1024);
-  const std::string expected_first = framed("h:", first);
+  const std::string expected_first = Framed("h:", first);
   std::string got_first = read_exactly(expected_first.size() / 2);
   // Half of it is still in the pipe: the second is copied (it fits beside).
   ASSERT_THAT((*connection)->SendBodyWithin(head, BytesBody(second), 0, deadline), IsOk());
   EXPECT_EQ((*connection)->lent_messages(), 1u);
   got_first += read_exactly(expected_first.size() - got_first.size());
   EXPECT_EQ(got_first, expected_first);
-  EXPECT_EQ(read_exactly(4 + 2 + size), framed("h:", second));
+  EXPECT_EQ(read_exactly(4 + 2 + size), Framed("h:", second));
 
   // A small message gives the pipe back its first size; the next large
   // body grows it again, and is lent again.
   std::string_view small[] = {"small"};
   ASSERT_THAT((*connection)->Send(small, 0), IsOk());
   EXPECT_EQ(fcntl(pipes.b_read.get(), F_GETPIPE_SZ), 64 * 1024);
-  EXPECT_EQ(read_exactly(4 + 5), framed("small", ""));
+  EXPECT_EQ(read_exactly(4 + 5), Framed("small", ""));
   ASSERT_THAT((*connection)->SendBodyWithin(head, BytesBody(third), 0, deadline), IsOk());
   EXPECT_EQ((*connection)->lent_messages(), 2u);
-  EXPECT_EQ(read_exactly(4 + 2 + size), framed("h:", third));
+  EXPECT_EQ(read_exactly(4 + 2 + size), Framed("h:", third));
 }
 
 }  // namespace

@@ -199,16 +199,16 @@ class MqConnector final : public Connector {
     std::vector<char> buffer(static_cast<size_t>(attr.mq_msgsize));
     ssize_t n;
     for (;;) {
-      struct pollfd fds[2] = {{reply.get(), POLLIN, 0}, {server_alive.get(), POLLIN, 0}};
-      const int ready = RetryEintr(
-          [&] { return ::poll(fds, server_alive.valid() ? 2 : 1, PollTimeoutMs(deadline_ns)); });
-      if (ready < 0) return ErrnoStatus(errno, "poll", text);
-      if (ready == 0) {
-        return absl::UnavailableError(absl::StrCat(
-            text, ": the server did not accept the connection ", deadline.bound,
-            " (its log may say why)"));
+      // The pidfd as WaitFor's close event: UNAVAILABLE once it has exited.
+      absl::Status waited =
+          WaitFor(reply.get(), POLLIN, server_alive.valid() ? server_alive.get() : -1,
+                  PollTimeoutMs(deadline_ns), text);
+      const bool server_gone = absl::IsUnavailable(waited);
+      if (!waited.ok() && !server_gone) {
+        return absl::UnavailableError(absl::StrCat(text,
+                                                   ": the server did not accept the connection ",
+                                                   deadline.bound, " (its log may say why)"));
       }
-      const bool server_gone = server_alive.valid() && fds[1].revents != 0;
       n = mq_receive(reply.get(), buffer.data(), buffer.size(), nullptr);
       if (n >= 0) break;
       if (errno != EINTR && errno != EAGAIN) return ErrnoStatus(errno, "mq_receive", reply_name);
