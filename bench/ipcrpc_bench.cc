@@ -5,6 +5,8 @@
 //   ipcrpc_bench [--transports shm,mq,fifo,pipe,unix] [--sizes 64,1024,4096,65536]
 //                [--seconds S | --calls N] [--pin same|split|none] [--concurrency N]
 //                [--mq_client_queue]  # also raw mq with an ipcrpc client's reply queue
+//                [--poll_floor]       # also raw with a poll(2) before each read
+//                [--uring_floor]      # also raw pipe/fifo/unix waiting through io_uring
 //
 // One line per measurement:
 //   rpc <transport> <size> p50_us=<x> p99_us=<y> calls_per_s=<z> MBps=<w>
@@ -45,6 +47,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "echo.ipcrpc.h"
+#include "raw_uring.h"
 #include "syscall_counter.h"
 
 namespace {
@@ -338,6 +341,11 @@ bool mq_client_queue = false;
 // reader's read copies them once). Safe here only because each side reuses
 // its buffer after its peer has read it all (the answer has come back).
 bool use_vmsplice = false;
+// --uring_floor: the raw pipe, FIFO and socket ping-pongs with each side's
+// write and next read submitted and waited for in one io_uring_enter, the
+// client's read linked to a timeout (bench/raw_uring.h): a reader that can
+// wake for a deadline, at one system call a side.
+bool use_uring = false;
 // The raw pipe and FIFO ping-pongs' pipes are as large as ipcrpc makes its
 // own for a message of that size (transports/stream_connection.cc,
 // FitPipeLocked: room for the whole message, up to 256 KiB; the kernel's
@@ -420,6 +428,38 @@ int StreamEcho(int in, int out, size_t size) {
   return 0;
 }
 
+// The same over io_uring (--uring_floor). The echo reads into one buffer
+// while the reply goes from the other, then swaps them.
+int UringEcho(int in, int out, size_t size) {
+  bench::RawUring ring;
+  if (!ring.Init()) return 1;
+  RawBuffer first(size), second(size);
+  char* request = first.data();
+  char* reply = second.data();
+  if (!ring.WriteThenRead(out, nullptr, 0, in, request, size, 0)) return 0;
+  for (;;) {
+    std::swap(request, reply);
+    if (!ring.WriteThenRead(out, reply, size, in, request, size, 0)) return 0;
+  }
+}
+
+Result UringPingPong(int to_server, int from_server, size_t size, double seconds,
+                     const Counted& counted) {
+  bench::RawUring ring;
+  if (!ring.Init()) {
+    std::fprintf(stderr, "ipcrpc_bench: --uring_floor: %s\n", ring.error().c_str());
+    return {};
+  }
+  RawBuffer request(size, 'x'), reply(size);
+  // A deadline far away: the timeout is armed and cancelled on every call,
+  // as a caller's deadline would be, and never fires.
+  constexpr int64_t kDeadlineNs = 10'000'000'000;
+  return Loop(seconds, counted, [&] {
+    return ring.WriteThenRead(to_server, request.data(), size, from_server, reply.data(), size,
+                              kDeadlineNs);
+  });
+}
+
 void BenchRaw(const std::string& transport, size_t size, double seconds,
               const Placement& placement) {
   Result result;
@@ -458,11 +498,12 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
     pid_t pid = Fork(placement.server_cpu, [&] {
       close(a[1]);
       close(b[0]);
-      return StreamEcho(a[0], b[1], size);
+      return use_uring ? UringEcho(a[0], b[1], size) : StreamEcho(a[0], b[1], size);
     });
     close(a[0]);
     close(b[1]);
-    result = StreamPingPong(a[1], b[0], size, seconds, Counted{{pid}});
+    result = use_uring ? UringPingPong(a[1], b[0], size, seconds, Counted{{pid}})
+                       : StreamPingPong(a[1], b[0], size, seconds, Counted{{pid}});
     close(a[1]);
     close(b[0]);
     waitpid(pid, nullptr, 0);
@@ -585,7 +626,9 @@ void BenchRaw(const std::string& transport, size_t size, double seconds,
     waitpid(pid, nullptr, 0);
     munmap(memory, length);
   }
+  if (use_uring && result.latencies_ns.empty()) return;  // refused: stderr said why
   Print(poll_first        ? "# raw_poll"
+        : use_uring       ? "# raw_uring"
         : mq_client_queue ? "# raw_mq_client_queue"
         : use_vmsplice    ? "# raw_vmsplice"
                           : "raw",
@@ -694,6 +737,7 @@ int main(int argc, char** argv) {
   int concurrency = 0;
   std::string only;  // "rpc" or "raw" for profiling one side; empty runs both
   bool poll_floor = false;  // also the raw ping-pong with a poll before each read
+  bool uring_floor = false;  // also the raw stream ping-pongs over io_uring
   bool mq_client_queue_too = false;  // also raw mq with an ipcrpc client's reply queue
   bool vmsplice_too = false;  // also raw pipe and fifo writing with vmsplice
   for (int i = 1; i < argc; ++i) {
@@ -724,6 +768,7 @@ int main(int argc, char** argv) {
     else if (arg == "--poll_floor") poll_floor = true;
     else if (arg == "--mq_client_queue") mq_client_queue_too = true;
     else if (arg == "--vmsplice") vmsplice_too = true;
+    else if (arg == "--uring_floor") uring_floor = true;
     else if (take("raw_pipe_size")) raw_pipe_size = std::atoi(value.c_str());
     else if (take("mq_reply_queue")) {
       // ChannelOptions::mq_reply_queue_messages x mq_reply_message_size.
@@ -791,6 +836,11 @@ int main(int argc, char** argv) {
         poll_first = true;
         BenchRaw(transport, size, seconds, placement);
         poll_first = false;
+      }
+      if (uring_floor && (transport == "pipe" || transport == "fifo" || transport == "unix")) {
+        use_uring = true;
+        BenchRaw(transport, size, seconds, placement);
+        use_uring = false;
       }
     }
   }
