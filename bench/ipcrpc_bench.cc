@@ -812,7 +812,15 @@ int main(int argc, char** argv) {
               "(-1: not pinned); %.1f s per measurement\n",
               cpus, pin.c_str(), placement.client_cpu, placement.server_cpu, seconds);
   PrintMemcpyFloor();
-  const std::string self = "/proc/self/exe";
+  // This program's path, read once: under valgrind the link (which valgrind
+  // answers with the program it runs) names this program, where exec of
+  // /proc/self/exe itself would start valgrind's tool without its loader.
+  std::string self = "/proc/self/exe";
+  {
+    char path[4096];
+    const ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+    if (n > 0) self.assign(path, static_cast<size_t>(n));
+  }
   const std::vector<std::string> transport_list = absl::StrSplit(transports, ',');
   const std::string first_transport = transport_list.empty() ? "" : transport_list[0];
   for (const std::string& transport : transport_list) {
