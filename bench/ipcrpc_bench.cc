@@ -7,6 +7,7 @@
 //                [--mq_client_queue]  # also raw mq with an ipcrpc client's reply queue
 //                [--poll_floor]       # also raw with a poll(2) before each read
 //                [--uring_floor]      # also raw pipe/fifo/unix waiting through io_uring
+//                [--uring_plain_ring] # its rings without SINGLE_ISSUER|DEFER_TASKRUN
 //
 // One line per measurement:
 //   rpc <transport> <size> p50_us=<x> p99_us=<y> calls_per_s=<z> MBps=<w>
@@ -346,6 +347,8 @@ bool use_vmsplice = false;
 // client's read linked to a timeout (bench/raw_uring.h): a reader that can
 // wake for a deadline, at one system call a side.
 bool use_uring = false;
+// --uring_plain_ring: those rings without SINGLE_ISSUER | DEFER_TASKRUN.
+bool uring_plain_ring = false;
 // The raw pipe and FIFO ping-pongs' pipes are as large as ipcrpc makes its
 // own for a message of that size (transports/stream_connection.cc,
 // FitPipeLocked: room for the whole message, up to 256 KiB; the kernel's
@@ -428,36 +431,57 @@ int StreamEcho(int in, int out, size_t size) {
   return 0;
 }
 
-// The same over io_uring (--uring_floor). The echo reads into one buffer
-// while the reply goes from the other, then swaps them.
+// The same over io_uring (--uring_floor). The echo's reply goes out before
+// its next read starts (linked), so one buffer serves both, as in StreamEcho.
 int UringEcho(int in, int out, size_t size) {
   bench::RawUring ring;
-  if (!ring.Init()) return 1;
-  RawBuffer first(size), second(size);
-  char* request = first.data();
-  char* reply = second.data();
-  if (!ring.WriteThenRead(out, nullptr, 0, in, request, size, 0)) return 0;
-  for (;;) {
-    std::swap(request, reply);
-    if (!ring.WriteThenRead(out, reply, size, in, request, size, 0)) return 0;
+  if (!ring.Init(uring_plain_ring)) return 1;
+  RawBuffer buffer(size);
+  if (!ring.WriteThenRead(out, nullptr, 0, in, buffer.data(), size, 0)) return 0;
+  while (ring.WriteThenRead(out, buffer.data(), size, in, buffer.data(), size, 0)) {
   }
+  return 0;
 }
 
 Result UringPingPong(int to_server, int from_server, size_t size, double seconds,
                      const Counted& counted) {
   bench::RawUring ring;
-  if (!ring.Init()) {
+  if (!ring.Init(uring_plain_ring)) {
     std::fprintf(stderr, "ipcrpc_bench: --uring_floor: %s\n", ring.error().c_str());
     return {};
   }
+  static bool said = false;
+  if (!said) {
+    said = true;
+    std::printf("# raw_uring rings: %s\n", ring.flags());
+  }
   RawBuffer request(size, 'x'), reply(size);
-  // A deadline far away: the timeout is armed and cancelled on every call,
-  // as a caller's deadline would be, and never fires.
+  // Each call's deadline, 10 s on (it never passes): an absolute time the
+  // read's timeout is armed at and cancelled when the answer comes, read off
+  // the clock on every call, as a caller with a deadline does. Each request
+  // carries its number at both ends, and the answer must bring it back: a
+  // read that did not happen, or put its bytes in the wrong place, fails.
   constexpr int64_t kDeadlineNs = 10'000'000'000;
-  return Loop(seconds, counted, [&] {
-    return ring.WriteThenRead(to_server, request.data(), size, from_server, reply.data(), size,
-                              kDeadlineNs);
+  const size_t tag = std::min<size_t>(size / 2, sizeof(uint64_t));
+  uint64_t call = 0;
+  Result result = Loop(seconds, counted, [&] {
+    ++call;
+    std::memcpy(request.data(), &call, tag);
+    std::memcpy(request.data() + size - tag, &call, tag);
+    std::memset(reply.data(), 0, tag);
+    std::memset(reply.data() + size - tag, 0, tag);
+    const bool ok =
+        ring.WriteThenRead(to_server, request.data(), size, from_server, reply.data(), size,
+                           NowNs() + kDeadlineNs) &&
+        std::memcmp(reply.data(), request.data(), tag) == 0 &&
+        std::memcmp(reply.data() + size - tag, request.data() + size - tag, tag) == 0;
+    if (!ok) {
+      std::fprintf(stderr, "ipcrpc_bench: --uring_floor: round trip %llu failed\n",
+                   static_cast<unsigned long long>(call));
+    }
+    return ok;
   });
+  return result;
 }
 
 void BenchRaw(const std::string& transport, size_t size, double seconds,
@@ -769,6 +793,7 @@ int main(int argc, char** argv) {
     else if (arg == "--mq_client_queue") mq_client_queue_too = true;
     else if (arg == "--vmsplice") vmsplice_too = true;
     else if (arg == "--uring_floor") uring_floor = true;
+    else if (arg == "--uring_plain_ring") uring_plain_ring = true;
     else if (take("raw_pipe_size")) raw_pipe_size = std::atoi(value.c_str());
     else if (take("mq_reply_queue")) {
       // ChannelOptions::mq_reply_queue_messages x mq_reply_message_size.
@@ -818,8 +843,13 @@ int main(int argc, char** argv) {
   std::string self = "/proc/self/exe";
   {
     char path[4096];
-    const ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
-    if (n > 0) self.assign(path, static_cast<size_t>(n));
+    const ssize_t n = readlink("/proc/self/exe", path, sizeof(path));
+    // Not when cut short, nor when the file was replaced since ("...
+    // (deleted)"): then /proc/self/exe, which still names this program.
+    if (n > 0 && static_cast<size_t>(n) < sizeof(path)) {
+      std::string real(path, static_cast<size_t>(n));
+      if (access(real.c_str(), X_OK) == 0) self = std::move(real);
+    }
   }
   const std::vector<std::string> transport_list = absl::StrSplit(transports, ',');
   const std::string first_transport = transport_list.empty() ? "" : transport_list[0];

@@ -1,7 +1,7 @@
 // A minimal io_uring for ipcrpc_bench's --uring_floor line: the raw
 // ping-pong over a byte stream with each side's write and next read
 // submitted, and waited for, in one io_uring_enter(2), the reader's read
-// linked to a timeout as a deadline-aware reader's would be. It answers
+// linked to a timeout at the call's deadline. It answers
 // "what does a reader that must also wake for a deadline pay, at the fewest
 // system calls Linux allows" (2 a round trip, raw's plain write + read 4,
 // ipcrpc's poll + read 6). Raw system calls, because liburing is not one of
@@ -36,17 +36,21 @@ class RawUring {
   }
 
   // Sets the ring up (8 entries; one task submits and completions are run
-  // when it waits, where the kernel accepts those flags). False, with
+  // when it waits, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN). False, with
   // error() saying why, where io_uring is refused (a seccomp filter,
   // kernel.io_uring_disabled, an old kernel).
-  bool Init() {
+  // With plain, or where the kernel refuses those flags, a ring of the
+  // default kind (completions run by task work as they come); flags() says
+  // which it got.
+  bool Init(bool plain = false) {
     io_uring_params params{};
-    params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    if (!plain) params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
     fd_ = static_cast<int>(syscall(__NR_io_uring_setup, 8, &params));
-    if (fd_ < 0 && errno == EINVAL) {
+    if (fd_ < 0 && errno == EINVAL && params.flags != 0) {
       params = io_uring_params{};
       fd_ = static_cast<int>(syscall(__NR_io_uring_setup, 8, &params));
     }
+    flags_ = params.flags;
     if (fd_ < 0) {
       error_ = std::string("io_uring_setup: ") + std::strerror(errno);
       return false;
@@ -78,66 +82,83 @@ class RawUring {
     return true;
   }
   const std::string& error() const { return error_; }
+  const char* flags() const { return flags_ != 0 ? "SINGLE_ISSUER|DEFER_TASKRUN" : "default"; }
 
   // Writes out_len bytes to out_fd (none: out_len 0), then reads in_len
   // bytes from in_fd, the read linked after the write (in a ping-pong the
   // answer cannot come before the whole question has gone) and, with
-  // timeout_ns > 0, linked to a timeout of that length; both are submitted
-  // at once and waited for in the same io_uring_enter: one system call a
-  // round trip unless a write or read comes back short. A short write ends
-  // the chain (the kernel cancels the read after it), so waiting for every
-  // completion cannot wait for a read whose question was not all sent.
-  // False on an error, an end of file or a read that timed out.
+  // deadline_ns > 0, linked to a timeout at that CLOCK_MONOTONIC time (an
+  // absolute deadline: a read cut short and sent on keeps it); both are
+  // submitted at once and waited for in the same io_uring_enter: one system
+  // call a round trip unless a write or read comes back short. A short
+  // write fails the chain (the kernel cancels the read linked after it), so
+  // waiting for every completion never waits for a read whose question was
+  // not all sent. The write itself is not bounded: in a ping-pong the
+  // stream has room for it. False on an error, an end of file or a read
+  // that timed out; after false the ring may still hold requests, so it
+  // must not be used again.
   bool WriteThenRead(int out_fd, const char* out, size_t out_len, int in_fd, char* in,
-                     size_t in_len, int64_t timeout_ns) {
-    size_t written = 0, read = 0;
-    __kernel_timespec timeout{timeout_ns / 1'000'000'000, timeout_ns % 1'000'000'000};
-    while (written < out_len || read < in_len) {
+                     size_t in_len, int64_t deadline_ns) {
+    size_t sent = 0, got = 0;
+    const __kernel_timespec deadline{deadline_ns / 1'000'000'000, deadline_ns % 1'000'000'000};
+    while (sent < out_len || got < in_len) {
       unsigned queued = 0;
-      const bool writing = written < out_len;
+      const bool writing = sent < out_len;
       if (writing) {
-        Queue(IORING_OP_WRITE, out_fd, out + written, out_len - written, kWrite, IOSQE_IO_LINK);
+        Queue(IORING_OP_WRITE, out_fd, out + sent, out_len - sent, kWrite, IOSQE_IO_LINK);
         ++queued;
       }
-      Queue(IORING_OP_READ, in_fd, in + read, in_len - read, kRead,
-            timeout_ns > 0 ? IOSQE_IO_LINK : 0);
+      Queue(IORING_OP_READ, in_fd, in + got, in_len - got, kRead,
+            deadline_ns > 0 ? IOSQE_IO_LINK : 0);
       ++queued;
-      if (timeout_ns > 0) {
-        Queue(IORING_OP_LINK_TIMEOUT, -1, &timeout, 1, kTimeout, 0);
+      if (deadline_ns > 0) {
+        Queue(IORING_OP_LINK_TIMEOUT, -1, &deadline, 1, kTimeout, 0, IORING_TIMEOUT_ABS);
         ++queued;
       }
       // Waits for every completion of the chain (a cancelled link's comes
       // too), so that nothing of this round is in flight when the next
-      // round queues the rest.
-      pending_ += queued;
-      bool ok = true;
-      for (unsigned submit = queued; pending_ > 0; submit = 0) {
-        if (syscall(__NR_io_uring_enter, fd_, submit, pending_, IORING_ENTER_GETEVENTS, nullptr,
-                    0) < 0 &&
-            errno != EINTR) {
-          return false;
+      // round queues the rest. Only what the kernel took is waited for: it
+      // may take fewer entries than queued (a request it cannot allocate),
+      // and those are offered again.
+      // (A submission cut short returns at once, without the wait.)
+      unsigned unsubmitted = queued;
+      bool ok = true, write_cut_short = false, read_cancelled = false;
+      while (unsubmitted > 0 || pending_ > 0) {
+        const long taken = syscall(__NR_io_uring_enter, fd_, unsubmitted, pending_ + unsubmitted,
+                                   IORING_ENTER_GETEVENTS, nullptr, 0);
+        if (taken < 0) {
+          if (errno != EINTR) return false;
+        } else if (unsubmitted > 0) {
+          unsubmitted -= static_cast<unsigned>(taken);
+          pending_ += static_cast<unsigned>(taken);
+          if (taken == 0) return false;  // the kernel takes nothing: give up
         }
         unsigned head = *cq_head_;
         while (head != std::atomic_ref<unsigned>(*cq_tail_).load(std::memory_order_acquire)) {
           const io_uring_cqe& cqe = cqes_[head & cq_mask_];
           --pending_;
           if (cqe.user_data == kWrite) {
-            if (cqe.res <= 0)
+            if (cqe.res <= 0) {
               ok = false;
-            else
-              written += static_cast<size_t>(cqe.res);
+            } else {
+              sent += static_cast<size_t>(cqe.res);
+              write_cut_short = sent < out_len;
+            }
           } else if (cqe.user_data == kRead) {
             if (cqe.res > 0) {
-              read += static_cast<size_t>(cqe.res);
-            } else if (!(cqe.res == -ECANCELED && writing && written < out_len)) {
-              ok = false;  // an error, an end of file, or -ECANCELED: the timeout fired
+              got += static_cast<size_t>(cqe.res);
+            } else if (cqe.res == -ECANCELED) {
+              read_cancelled = true;  // by a short write, or by the timeout
+            } else {
+              ok = false;  // an error or an end of file
             }
           }
           ++head;
         }
         std::atomic_ref<unsigned>(*cq_head_).store(head, std::memory_order_release);
       }
-      if (!ok) return false;
+      // A read cancelled though the write went whole: the deadline passed.
+      if (!ok || (read_cancelled && !write_cut_short)) return false;
     }
     return true;
   }
@@ -146,7 +167,7 @@ class RawUring {
   static constexpr uint64_t kWrite = 1, kRead = 2, kTimeout = 3;
 
   void Queue(uint8_t opcode, int fd, const void* addr, size_t len, uint64_t user_data,
-             uint8_t flags) {
+             uint8_t flags, uint32_t timeout_flags = 0) {
     const unsigned tail = *sq_tail_;
     const unsigned index = tail & sq_mask_;
     io_uring_sqe& sqe = static_cast<io_uring_sqe*>(sqes_)[index];
@@ -160,11 +181,13 @@ class RawUring {
     // timeout's offset must be 0.
     sqe.off = opcode == IORING_OP_LINK_TIMEOUT ? 0 : static_cast<uint64_t>(-1);
     sqe.user_data = user_data;
+    sqe.timeout_flags = timeout_flags;
     sq_array_[index] = index;
     std::atomic_ref<unsigned>(*sq_tail_).store(tail + 1, std::memory_order_release);
   }
 
   int fd_ = -1;
+  unsigned flags_ = 0;
   std::string error_;
   unsigned pending_ = 0;  // completions still to come
   void* sq_ring_ = MAP_FAILED;
