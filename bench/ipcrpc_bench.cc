@@ -723,26 +723,37 @@ double ProtobufWorkP50(size_t size) {
   return ns[ns.size() / 2] / 1000.0;
 }
 
+// This program's path, for the children it starts: the link, read once
+// (under valgrind, which answers it with the program it runs, so that a
+// child runs under valgrind too, where exec of /proc/self/exe itself would
+// start valgrind's tool without its loader); /proc/self/exe, which still
+// names this program, when the link is cut short or names a file replaced
+// since ("... (deleted)").
+std::string SelfPath() {
+  char path[4096];
+  const ssize_t n = readlink("/proc/self/exe", path, sizeof(path));
+  if (n > 0 && static_cast<size_t>(n) < sizeof(path)) {
+    std::string real(path, static_cast<size_t>(n));
+    if (access(real.c_str(), X_OK) == 0) return real;
+  }
+  return "/proc/self/exe";
+}
+
 // The work above, measured here and in a child of this program whose glibc
 // never copies with `rep movsb` below 16 MiB (GLIBC_TUNABLES): a handler's
 // copy into a block allocated right after its source meets the slow
 // distance here (PrintMemcpyFloor), so the figure here is what this echo
 // costs on this machine, and the child's the least any protobuf echo
 // costs: with raw, the floor for rpc at large sizes.
-void PrintProtobufWork(size_t size) {
+void PrintProtobufWork(const std::string& self, size_t size) {
   const double here = ProtobufWorkP50(size);
   double floor = -1;
-  char self[4096];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n > 0) {
-    self[n] = '\0';
-    const std::string command =
-        absl::StrCat("GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=16777216 '", self,
-                     "' --protobuf_work ", size);
-    if (FILE* child = popen(command.c_str(), "r")) {
-      if (std::fscanf(child, "%lf", &floor) != 1) floor = -1;
-      pclose(child);
-    }
+  const std::string command =
+      absl::StrCat("GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=16777216 '", self,
+                   "' --protobuf_work ", size);
+  if (FILE* child = popen(command.c_str(), "r")) {
+    if (std::fscanf(child, "%lf", &floor) != 1) floor = -1;
+    pclose(child);
   }
   std::printf("# protobuf %zu p50_us=%.2f (an echo's serialize, parse, copy, serialize, parse, "
               "no IPC: the floor above raw, measured without rep movsb; %.2f with this "
@@ -837,27 +848,16 @@ int main(int argc, char** argv) {
               "(-1: not pinned); %.1f s per measurement\n",
               cpus, pin.c_str(), placement.client_cpu, placement.server_cpu, seconds);
   PrintMemcpyFloor();
-  // This program's path, read once: under valgrind the link (which valgrind
-  // answers with the program it runs) names this program, where exec of
-  // /proc/self/exe itself would start valgrind's tool without its loader.
-  std::string self = "/proc/self/exe";
-  {
-    char path[4096];
-    const ssize_t n = readlink("/proc/self/exe", path, sizeof(path));
-    // Not when cut short, nor when the file was replaced since ("...
-    // (deleted)"): then /proc/self/exe, which still names this program.
-    if (n > 0 && static_cast<size_t>(n) < sizeof(path)) {
-      std::string real(path, static_cast<size_t>(n));
-      if (access(real.c_str(), X_OK) == 0) self = std::move(real);
-    }
-  }
+  const std::string self = SelfPath();
   const std::vector<std::string> transport_list = absl::StrSplit(transports, ',');
   const std::string first_transport = transport_list.empty() ? "" : transport_list[0];
   for (const std::string& transport : transport_list) {
     for (const std::string& size_text : std::vector<std::string>(absl::StrSplit(sizes, ','))) {
       size_t size = 0;
       if (!absl::SimpleAtoi(size_text, &size)) continue;
-      if (only != "raw" && size >= 4096 && transport == first_transport) PrintProtobufWork(size);
+      if (only != "raw" && size >= 4096 && transport == first_transport) {
+        PrintProtobufWork(self, size);
+      }
       if (only != "raw") BenchRpc(self, transport, size, seconds, placement, concurrency);
       if (only != "rpc") BenchRaw(transport, size, seconds, placement);
       if (only != "rpc" && transport == "mq" && mq_client_queue_too) {

@@ -35,13 +35,12 @@ class RawUring {
     if (fd_ >= 0) close(fd_);
   }
 
-  // Sets the ring up (8 entries; one task submits and completions are run
-  // when it waits, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN). False, with
-  // error() saying why, where io_uring is refused (a seccomp filter,
-  // kernel.io_uring_disabled, an old kernel).
-  // With plain, or where the kernel refuses those flags, a ring of the
+  // Sets the ring up: 8 entries, one task submitting and completions run
+  // when it waits (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN),
+  // or, with plain or where the kernel refuses those flags, a ring of the
   // default kind (completions run by task work as they come); flags() says
-  // which it got.
+  // which it got. False, with error() saying why, where io_uring is refused
+  // (a seccomp filter, kernel.io_uring_disabled, an old kernel).
   bool Init(bool plain = false) {
     io_uring_params params{};
     if (!plain) params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
@@ -119,24 +118,24 @@ class RawUring {
       // too), so that nothing of this round is in flight when the next
       // round queues the rest. Only what the kernel took is waited for: it
       // may take fewer entries than queued (a request it cannot allocate),
-      // and those are offered again.
-      // (A submission cut short returns at once, without the wait.)
-      unsigned unsubmitted = queued;
+      // and then returns at once, without the wait; the rest are offered
+      // again.
+      unsigned unsubmitted = queued, pending = 0;
       bool ok = true, write_cut_short = false, read_cancelled = false;
-      while (unsubmitted > 0 || pending_ > 0) {
-        const long taken = syscall(__NR_io_uring_enter, fd_, unsubmitted, pending_ + unsubmitted,
+      while (unsubmitted > 0 || pending > 0) {
+        const long taken = syscall(__NR_io_uring_enter, fd_, unsubmitted, pending + unsubmitted,
                                    IORING_ENTER_GETEVENTS, nullptr, 0);
         if (taken < 0) {
           if (errno != EINTR) return false;
         } else if (unsubmitted > 0) {
           unsubmitted -= static_cast<unsigned>(taken);
-          pending_ += static_cast<unsigned>(taken);
+          pending += static_cast<unsigned>(taken);
           if (taken == 0) return false;  // the kernel takes nothing: give up
         }
         unsigned head = *cq_head_;
         while (head != std::atomic_ref<unsigned>(*cq_tail_).load(std::memory_order_acquire)) {
           const io_uring_cqe& cqe = cqes_[head & cq_mask_];
-          --pending_;
+          --pending;
           if (cqe.user_data == kWrite) {
             if (cqe.res <= 0) {
               ok = false;
@@ -189,7 +188,6 @@ class RawUring {
   int fd_ = -1;
   unsigned flags_ = 0;
   std::string error_;
-  unsigned pending_ = 0;  // completions still to come
   void* sq_ring_ = MAP_FAILED;
   size_t sq_ring_size_ = 0;
   void* sqes_ = MAP_FAILED;
