@@ -20,7 +20,8 @@ cd "$(dirname "$0")/.."
 PACKAGES=(cmake g++ make pkg-config ccache
           libprotobuf-dev libprotoc-dev protobuf-compiler
           libabsl-dev libasio-dev libgtest-dev libgmock-dev libbenchmark-dev
-          libgrpc++-dev protobuf-compiler-grpc python3-grpcio openssl)
+          libgrpc++-dev protobuf-compiler-grpc python3-grpcio openssl
+          valgrind)
 
 source scripts/install_missing.sh
 

@@ -36,6 +36,7 @@
 
 #include <cerrno>
 #include <memory>
+#include <new>
 #include <utility>
 
 #include "absl/functional/any_invocable.h"
@@ -94,13 +95,13 @@ class ReadWatch {
   // Runs `handler` once the descriptor is readable, or at once (through the
   // loop) if it may be already.
   void AsyncWait(Handler handler) {
-    auto op = std::make_unique<Op>(std::move(handler));
+    Op* op = Op::New(std::move(handler));
     if (data_ == nullptr) {
       op->ec_ = error_ ? error_ : asio::error::bad_descriptor;
-      reactor_.post_immediate_completion(op.release(), /*is_continuation=*/true);
+      reactor_.post_immediate_completion(op, /*is_continuation=*/true);
       return;
     }
-    reactor_.start_op(asio::detail::reactor::read_op, fd_, data_, op.release(),
+    reactor_.start_op(asio::detail::reactor::read_op, fd_, data_, op,
                       /*is_continuation=*/true, /*allow_speculative=*/true);
   }
 
@@ -116,20 +117,44 @@ class ReadWatch {
  private:
   class Op : public asio::detail::reactor_op {
    public:
+    // A wait is started after every message a server connection reads:
+    // each thread keeps the memory of one finished Op for its next (a
+    // malloc and a free fewer a call; an Op may outlive its watch, queued
+    // as aborted, so the memory is the thread's, not the watch's).
+    static Op* New(Handler handler) {
+      void* memory = Spare().release();
+      if (memory == nullptr) memory = ::operator new(sizeof(Op));
+      return new (memory) Op(std::move(handler));
+    }
+
+   private:
+    struct FreeMemory {
+      void operator()(void* memory) const { ::operator delete(memory); }
+    };
+    static std::unique_ptr<void, FreeMemory>& Spare() {
+      static thread_local std::unique_ptr<void, FreeMemory> spare;
+      return spare;
+    }
+
     explicit Op(Handler handler)
         : reactor_op(asio::error_code(), &Op::Perform, &Op::Complete),
           handler_(std::move(handler)) {}
 
-   private:
     // Readiness is the whole result, and the handler reads until empty.
     static status Perform(reactor_op*) { return done_and_exhausted; }
     // `owner` is null when the loop is destroyed with the wait pending.
     static void Complete(void* owner, asio::detail::operation* base,
                          const asio::error_code& /*ec*/, std::size_t /*bytes*/) {
-      std::unique_ptr<Op> op(static_cast<Op*>(base));
+      Op* op = static_cast<Op*>(base);
       Handler handler = std::move(op->handler_);
       const asio::error_code ec = op->ec_;
-      op.reset();
+      op->~Op();
+      std::unique_ptr<void, FreeMemory>& spare = Spare();
+      if (spare == nullptr) {
+        spare.reset(op);
+      } else {
+        ::operator delete(op);
+      }
       if (owner != nullptr) handler(ec);
     }
 

@@ -9,6 +9,7 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "ipcrpc/body_writer.h"
@@ -66,6 +67,50 @@ bool SendReply(const Message& reply, std::string* response) {
   slot->send_body(slot, body);
   return true;
 }
+
+// A generated unary handler's request or reply: the message its thread
+// kept from the last call of that type, cleared, instead of a new one each
+// call. A new message and its string fields cost an allocation and a free
+// each (a 64-byte echo's server made 5.7 a call, ~600 of its ~5,700
+// instructions); a cleared message keeps its strings' capacity. `Role`
+// keeps a request and a reply of the same type apart. The thread's spare is
+// out while a call uses it, so a handler that runs another handler of the
+// same type on its thread gets a new message, as before. Kept only after a
+// call whose message was at most kReuseMaxBytes on the wire (KeepIfSmall),
+// so that a thread holds little memory for it: otherwise the message is
+// freed at the end of the call, as before.
+inline constexpr size_t kReuseMaxBytes = 1024;
+
+template <typename Message, int Role>
+class ReusedMessage {
+ public:
+  ReusedMessage() : message_(std::move(Spare())) {
+    if (message_ == nullptr) message_ = std::make_unique<Message>();
+  }
+  ReusedMessage(const ReusedMessage&) = delete;
+  ReusedMessage& operator=(const ReusedMessage&) = delete;
+  ~ReusedMessage() {
+    if (!keep_) return;
+    std::unique_ptr<Message>& spare = Spare();
+    if (spare != nullptr) return;  // a nested call's gave it back first
+    message_->Clear();
+    spare = std::move(message_);
+  }
+
+  Message& operator*() { return *message_; }
+  // After a call whose message was `wire_bytes` long (a parsed request's
+  // bytes; a reply's size once serialized): whether the thread keeps it.
+  void KeepIfSmall(size_t wire_bytes) { keep_ = wire_bytes <= kReuseMaxBytes; }
+
+ private:
+  static std::unique_ptr<Message>& Spare() {
+    static thread_local std::unique_ptr<Message> spare;
+    return spare;
+  }
+
+  std::unique_ptr<Message> message_;
+  bool keep_ = false;
+};
 
 }  // namespace ipcrpc::internal
 

@@ -2,9 +2,11 @@
 // -Wall -Wextra -Wshadow -Werror and works over real transports.
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "ipcrpc/message_body.h"
 #include "tests/codegen/awkward_services.h"
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
@@ -127,6 +129,100 @@ TEST(AwkwardProtoTest, GarbageRequestBytesAreInvalidArgument) {
   ASSERT_THAT(channel, IsOk());
   EXPECT_THAT((*channel)->CallMethod("First/Go", std::string("\xff\xff\xff", 3)),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("Ping")));
+}
+
+// A generated handler's request and reply are its thread's messages from
+// the last call, cleared (ipcrpc::internal::ReusedMessage): nothing of one
+// call may show in the next, neither to the handler nor to the client.
+class PresenceTypes final : public ::awk::ward::v1::Types::Service {
+ public:
+  ::absl::Status Copy(::ipcrpc::ServerContext&, const ::other::types::Thing& thing,
+                      ::other::types::Thing& reply) override {
+    // Handlers of one connection run one after another here (inline on
+    // the loop, or on a handler thread): no lock needed for the test's
+    // sequential calls, but a count of what was seen is kept all the same.
+    ipcrpc::internal::MutexLock lock(&mu_);
+    if (reply.has_name() || reply.has_count() || reply.ByteSizeLong() != 0) ++dirty_replies_;
+    seen_.push_back(thing.has_count() ? thing.name() + "=" + std::to_string(thing.count())
+                                      : thing.name());
+    reply.set_name(thing.name());
+    if (thing.has_count()) reply.set_count(thing.count());
+    return ::absl::OkStatus();
+  }
+  int dirty_replies() {
+    ipcrpc::internal::MutexLock lock(&mu_);
+    return dirty_replies_;
+  }
+  std::vector<std::string> seen() {
+    ipcrpc::internal::MutexLock lock(&mu_);
+    return seen_;
+  }
+
+ private:
+  ipcrpc::internal::Mutex mu_;
+  int dirty_replies_ = 0;
+  std::vector<std::string> seen_;
+};
+
+TEST(GeneratedHandlerTest, NoCallSeesWhatTheCallBeforeItLeftInItsMessages) {
+  PresenceTypes types;
+  ipcrpc::Server server;
+  ASSERT_THAT(server.RegisterService(&types), IsOk());
+  const std::string endpoint = "unix:" + ipcrpc::testing::UniqueName("/tmp/ipcrpc-awk") + ".sock";
+  ASSERT_THAT(server.Listen(endpoint), IsOk());
+  ASSERT_THAT(server.Start(), IsOk());
+  auto channel = ipcrpc::Channel::Connect(endpoint);
+  ASSERT_THAT(channel, IsOk());
+  ::awk::ward::v1::Types::Stub stub(*channel);
+  // Small (kept for the next call), large (over ipcrpc::internal::
+  // kReuseMaxBytes: freed), small again, each without the field the one
+  // before it set.
+  const std::string large(64 * 1024, 'L');
+  std::vector<std::string> expected;
+  for (int round = 0; round < 3; ++round) {
+    ::other::types::Thing with_count;
+    with_count.set_name("a");
+    with_count.set_count(round + 1);
+    auto first = stub.Copy(with_count);
+    ASSERT_THAT(first, IsOk());
+    EXPECT_EQ(first->count(), round + 1);
+    expected.push_back("a=" + std::to_string(round + 1));
+
+    ::other::types::Thing without_count;
+    without_count.set_name(round == 1 ? large : "b");
+    auto second = stub.Copy(without_count);
+    ASSERT_THAT(second, IsOk());
+    EXPECT_EQ(second->name(), without_count.name());
+    EXPECT_FALSE(second->has_count()) << "round " << round << ": the reply kept the count";
+    expected.push_back(without_count.name());
+  }
+  EXPECT_EQ(types.dirty_replies(), 0);
+  EXPECT_EQ(types.seen(), expected);
+}
+
+// The spare's own rules: a nested use of the same type on the same thread
+// gets a message of its own, and a kept one comes back, cleared.
+TEST(ReusedMessageTest, NestedUsesGetTheirOwnMessageAndKeptOnesComeBackCleared) {
+  using Slot = ipcrpc::internal::ReusedMessage<::other::types::Thing, 7>;
+  const ::other::types::Thing* inner_address = nullptr;
+  {
+    Slot outer;
+    (*outer).set_name("outer");
+    {
+      Slot inner;
+      inner_address = &*inner;
+      EXPECT_NE(inner_address, &*outer);
+      EXPECT_FALSE((*inner).has_name());
+      (*inner).set_name("inner");
+      (*inner).set_count(3);
+      inner.KeepIfSmall(10);
+    }  // the thread's spare is the inner's now
+    outer.KeepIfSmall(10);  // a spare is there already: freed
+  }
+  Slot again;
+  EXPECT_EQ(&*again, inner_address) << "the kept message was not handed out again";
+  EXPECT_FALSE((*again).has_name()) << "kept, but not cleared";
+  EXPECT_FALSE((*again).has_count()) << "kept, but not cleared";
 }
 
 }  // namespace

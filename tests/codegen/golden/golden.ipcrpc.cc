@@ -138,12 +138,17 @@ Echo::Service::Service() {
   ::ipcrpc::Service::AddMethod("golden.v1.Echo/Echo",
       [this](::ipcrpc::ServerContext& context, ::std::string_view request_bytes,
              ::std::string& response_bytes) -> ::absl::Status {
-        ::golden::v1::EchoRequest request;
+        // The thread's messages from its last call, cleared (kept
+        // only after small ones: ipcrpc/message_body.h).
+        ::ipcrpc::internal::ReusedMessage<::golden::v1::EchoRequest, 0> request_slot;
+        ::golden::v1::EchoRequest& request = *request_slot;
         if (!::ipcrpc::ParseFromBytes(request_bytes, &request)) {
           return ::absl::InvalidArgumentError(
               "golden.v1.Echo/Echo: the request does not parse as golden.v1.EchoRequest");
         }
-        ::golden::v1::EchoReply reply;
+        request_slot.KeepIfSmall(request_bytes.size());
+        ::ipcrpc::internal::ReusedMessage<::golden::v1::EchoReply, 1> reply_slot;
+        ::golden::v1::EchoReply& reply = *reply_slot;
         ::absl::Status status = this->Echo(context, request, reply);
         // A large reply is sent from here, serialized straight into
         // the transport, and the call ends.
@@ -152,17 +157,24 @@ Echo::Service::Service() {
               "golden.v1.Echo/Echo: the handler's reply cannot be serialized "
               "(required fields missing, or over 2 GiB)");
         }
+        // Serialized, so its size is cached.
+        if (status.ok()) reply_slot.KeepIfSmall(reply.GetCachedSize());
         return status;
       });
   ::ipcrpc::Service::AddMethod("golden.v1.Echo/Idle",
       [this](::ipcrpc::ServerContext& context, ::std::string_view request_bytes,
              ::std::string& response_bytes) -> ::absl::Status {
-        ::google::protobuf::Empty request;
+        // The thread's messages from its last call, cleared (kept
+        // only after small ones: ipcrpc/message_body.h).
+        ::ipcrpc::internal::ReusedMessage<::google::protobuf::Empty, 0> request_slot;
+        ::google::protobuf::Empty& request = *request_slot;
         if (!::ipcrpc::ParseFromBytes(request_bytes, &request)) {
           return ::absl::InvalidArgumentError(
               "golden.v1.Echo/Idle: the request does not parse as google.protobuf.Empty");
         }
-        ::google::protobuf::Empty reply;
+        request_slot.KeepIfSmall(request_bytes.size());
+        ::ipcrpc::internal::ReusedMessage<::google::protobuf::Empty, 1> reply_slot;
+        ::google::protobuf::Empty& reply = *reply_slot;
         ::absl::Status status = this->Idle(context, request, reply);
         // A large reply is sent from here, serialized straight into
         // the transport, and the call ends.
@@ -171,6 +183,8 @@ Echo::Service::Service() {
               "golden.v1.Echo/Idle: the handler's reply cannot be serialized "
               "(required fields missing, or over 2 GiB)");
         }
+        // Serialized, so its size is cached.
+        if (status.ok()) reply_slot.KeepIfSmall(reply.GetCachedSize());
         return status;
       });
 }
@@ -254,12 +268,17 @@ Admin::Service::Service() {
   ::ipcrpc::Service::AddMethod("golden.v1.Admin/Reset",
       [this](::ipcrpc::ServerContext& context, ::std::string_view request_bytes,
              ::std::string& response_bytes) -> ::absl::Status {
-        ::google::protobuf::Empty request;
+        // The thread's messages from its last call, cleared (kept
+        // only after small ones: ipcrpc/message_body.h).
+        ::ipcrpc::internal::ReusedMessage<::google::protobuf::Empty, 0> request_slot;
+        ::google::protobuf::Empty& request = *request_slot;
         if (!::ipcrpc::ParseFromBytes(request_bytes, &request)) {
           return ::absl::InvalidArgumentError(
               "golden.v1.Admin/Reset: the request does not parse as google.protobuf.Empty");
         }
-        ::google::protobuf::Empty reply;
+        request_slot.KeepIfSmall(request_bytes.size());
+        ::ipcrpc::internal::ReusedMessage<::google::protobuf::Empty, 1> reply_slot;
+        ::google::protobuf::Empty& reply = *reply_slot;
         ::absl::Status status = this->Reset(context, request, reply);
         // A large reply is sent from here, serialized straight into
         // the transport, and the call ends.
@@ -268,6 +287,8 @@ Admin::Service::Service() {
               "golden.v1.Admin/Reset: the handler's reply cannot be serialized "
               "(required fields missing, or over 2 GiB)");
         }
+        // Serialized, so its size is cached.
+        if (status.ok()) reply_slot.KeepIfSmall(reply.GetCachedSize());
         return status;
       });
 }
