@@ -17,6 +17,8 @@
 namespace ipcrpc::codegen {
 namespace {
 
+using google::protobuf::Descriptor;
+using google::protobuf::FieldDescriptor;
 using google::protobuf::FileDescriptor;
 using google::protobuf::MethodDescriptor;
 using google::protobuf::ServiceDescriptor;
@@ -117,6 +119,43 @@ std::string CommentsOf(const Descriptor* descriptor, const std::string& indent) 
   google::protobuf::SourceLocation location;
   if (!descriptor->GetSourceLocation(&location)) return "";
   return Comments(location, indent);
+}
+
+// Whether a generated unary handler may take its request or reply of this
+// type from its thread's last call (ipcrpc::internal::ReusedMessage): only
+// messages whose cleared form holds no more than their strings' capacity,
+// which the handler checks before it keeps one. Protobuf's Clear() keeps
+// the elements of repeated fields, maps, submessages and extensions, which
+// a client could grow with a request of a few bytes (an empty element is 2
+// bytes on the wire and tens in memory): such types get new messages every
+// call.
+bool Reusable(const Descriptor* type) {
+  if (type->extension_range_count() > 0) return false;
+  for (int i = 0; i < type->field_count(); ++i) {
+    const FieldDescriptor* field = type->field(i);
+    if (field->is_repeated() || field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+      return false;
+    }
+    if (field->cpp_type() == FieldDescriptor::CPPTYPE_STRING &&
+        field->options().ctype() != google::protobuf::FieldOptions::STRING) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The capacities of a Reusable type's string and bytes fields in `object`,
+// as a C++ list's elements: "reply.name().capacity(), reply.data().capacity()".
+std::string StringCapacities(const Descriptor* type, const std::string& object) {
+  namespace cpp = google::protobuf::compiler::cpp;
+  std::string list;
+  for (int i = 0; i < type->field_count(); ++i) {
+    const FieldDescriptor* field = type->field(i);
+    if (field->cpp_type() != FieldDescriptor::CPPTYPE_STRING) continue;
+    if (!list.empty()) list += ", ";
+    list += object + "." + cpp::FieldName(field) + "().capacity()";
+  }
+  return list;
 }
 
 Vars MethodVars(const ServiceDescriptor* service, const MethodDescriptor* method) {
@@ -495,18 +534,36 @@ void PrintServiceDefinition(Printer& p, const ServiceDescriptor* service) {
     p.Print(m,
             "  ::ipcrpc::Service::AddMethod(\"$full_method$\",\n"
             "      [this](::ipcrpc::ServerContext& context, ::std::string_view request_bytes,\n"
-            "             ::std::string& response_bytes) -> ::absl::Status {\n"
-            "        // The thread's messages from its last call, cleared (kept\n"
-            "        // only after small ones: ipcrpc/message_body.h).\n"
-            "        ::ipcrpc::internal::ReusedMessage<$request$, 0> request_slot;\n"
-            "        $request$& request = *request_slot;\n"
+            "             ::std::string& response_bytes) -> ::absl::Status {\n");
+    const Descriptor* input = service->method(i)->input_type();
+    const Descriptor* output = service->method(i)->output_type();
+    if (Reusable(input)) {
+      p.Print(m,
+              "        // The thread's $request_name$ from its last call, cleared\n"
+              "        // (ipcrpc/message_body.h).\n"
+              "        ::ipcrpc::internal::ReusedMessage<$request$, 0> request_slot;\n"
+              "        $request$& request = *request_slot;\n");
+    } else {
+      p.Print(m, "        $request$ request;\n");
+    }
+    p.Print(m,
             "        if (!::ipcrpc::ParseFromBytes(request_bytes, &request)) {\n"
             "          return ::absl::InvalidArgumentError(\n"
             "              \"$full_method$: the request does not parse as $request_name$\");\n"
-            "        }\n"
-            "        request_slot.KeepIfSmall(request_bytes.size());\n"
-            "        ::ipcrpc::internal::ReusedMessage<$reply$, 1> reply_slot;\n"
-            "        $reply$& reply = *reply_slot;\n"
+            "        }\n");
+    if (Reusable(input)) {
+      p.Print(m,
+              "        request_slot.KeepIf(\n"
+              "            request_bytes.size() <= ::ipcrpc::internal::kReuseMaxBytes);\n");
+    }
+    if (Reusable(output)) {
+      p.Print(m,
+              "        ::ipcrpc::internal::ReusedMessage<$reply$, 1> reply_slot;\n"
+              "        $reply$& reply = *reply_slot;\n");
+    } else {
+      p.Print(m, "        $reply$ reply;\n");
+    }
+    p.Print(m,
             "        ::absl::Status status = this->$method$(context, request, reply);\n"
             "        // A large reply is sent from here, serialized straight into\n"
             "        // the transport, and the call ends.\n"
@@ -514,10 +571,16 @@ void PrintServiceDefinition(Printer& p, const ServiceDescriptor* service) {
             "          return ::absl::InternalError(\n"
             "              \"$full_method$: the handler's reply cannot be serialized \"\n"
             "              \"(required fields missing, or over 2 GiB)\");\n"
-            "        }\n"
-            "        // Serialized, so its size is cached.\n"
-            "        if (status.ok()) reply_slot.KeepIfSmall(reply.GetCachedSize());\n"
-            "        return status;\n"
+            "        }\n");
+    if (Reusable(output)) {
+      Vars kept = m;
+      kept["capacities"] = StringCapacities(output, "reply");
+      p.Print(kept,
+              "        // Serialized, so its size is cached.\n"
+              "        reply_slot.KeepIf(status.ok() && ::ipcrpc::internal::SmallEnoughToKeep(\n"
+              "                                             reply.GetCachedSize(), {$capacities$}));\n");
+    }
+    p.Print("        return status;\n"
             "      });\n");
   }
   p.Print("}\n");

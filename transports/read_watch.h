@@ -122,7 +122,8 @@ class ReadWatch {
     // malloc and a free fewer a call; an Op may outlive its watch, queued
     // as aborted, so the memory is the thread's, not the watch's).
     static Op* New(Handler handler) {
-      void* memory = Spare().release();
+      static_assert(alignof(Op) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
+      void* memory = Gone() ? nullptr : Kept().spare.release();
       if (memory == nullptr) memory = ::operator new(sizeof(Op));
       return new (memory) Op(std::move(handler));
     }
@@ -131,9 +132,20 @@ class ReadWatch {
     struct FreeMemory {
       void operator()(void* memory) const { ::operator delete(memory); }
     };
-    static std::unique_ptr<void, FreeMemory>& Spare() {
-      static thread_local std::unique_ptr<void, FreeMemory> spare;
-      return spare;
+    struct Spare {
+      std::unique_ptr<void, FreeMemory> spare;
+      ~Spare() { Gone() = true; }
+    };
+    static Spare& Kept() {
+      thread_local Spare kept;
+      return kept;
+    }
+    // Trivially destructible, so still there while the thread's other
+    // thread_locals (or, on the main thread, statics) are destroyed: a
+    // loop destroyed then, with a wait pending, frees its Op.
+    static bool& Gone() {
+      thread_local bool gone = false;
+      return gone;
     }
 
     explicit Op(Handler handler)
@@ -149,9 +161,8 @@ class ReadWatch {
       Handler handler = std::move(op->handler_);
       const asio::error_code ec = op->ec_;
       op->~Op();
-      std::unique_ptr<void, FreeMemory>& spare = Spare();
-      if (spare == nullptr) {
-        spare.reset(op);
+      if (!Gone() && Kept().spare == nullptr) {
+        Kept().spare.reset(op);
       } else {
         ::operator delete(op);
       }

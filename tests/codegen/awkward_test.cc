@@ -138,13 +138,13 @@ class PresenceTypes final : public ::awk::ward::v1::Types::Service {
  public:
   ::absl::Status Copy(::ipcrpc::ServerContext&, const ::other::types::Thing& thing,
                       ::other::types::Thing& reply) override {
-    // Handlers of one connection run one after another here (inline on
-    // the loop, or on a handler thread): no lock needed for the test's
-    // sequential calls, but a count of what was seen is kept all the same.
     ipcrpc::internal::MutexLock lock(&mu_);
     if (reply.has_name() || reply.has_count() || reply.ByteSizeLong() != 0) ++dirty_replies_;
     seen_.push_back(thing.has_count() ? thing.name() + "=" + std::to_string(thing.count())
                                       : thing.name());
+    // What the reply's string had room for on entry: more than a new
+    // message's when the thread kept the last call's reply.
+    capacities_.push_back(reply.name().capacity());
     reply.set_name(thing.name());
     if (thing.has_count()) reply.set_count(thing.count());
     return ::absl::OkStatus();
@@ -157,16 +157,25 @@ class PresenceTypes final : public ::awk::ward::v1::Types::Service {
     ipcrpc::internal::MutexLock lock(&mu_);
     return seen_;
   }
+  std::vector<size_t> capacities() {
+    ipcrpc::internal::MutexLock lock(&mu_);
+    return capacities_;
+  }
 
  private:
   ipcrpc::internal::Mutex mu_;
   int dirty_replies_ = 0;
   std::vector<std::string> seen_;
+  std::vector<size_t> capacities_;
 };
 
 TEST(GeneratedHandlerTest, NoCallSeesWhatTheCallBeforeItLeftInItsMessages) {
   PresenceTypes types;
-  ipcrpc::Server server;
+  // One handler thread: the first calls (before the server has seen the
+  // method run short 8 times and runs it inline) all run on it.
+  ipcrpc::ServerOptions options;
+  options.handler_threads = 1;
+  ipcrpc::Server server(options);
   ASSERT_THAT(server.RegisterService(&types), IsOk());
   const std::string endpoint = "unix:" + ipcrpc::testing::UniqueName("/tmp/ipcrpc-awk") + ".sock";
   ASSERT_THAT(server.Listen(endpoint), IsOk());
@@ -174,19 +183,21 @@ TEST(GeneratedHandlerTest, NoCallSeesWhatTheCallBeforeItLeftInItsMessages) {
   auto channel = ipcrpc::Channel::Connect(endpoint);
   ASSERT_THAT(channel, IsOk());
   ::awk::ward::v1::Types::Stub stub(*channel);
-  // Small (kept for the next call), large (over ipcrpc::internal::
-  // kReuseMaxBytes: freed), small again, each without the field the one
-  // before it set.
+  // Pairs: a name of 500 bytes with a count (kept by the thread: under
+  // ipcrpc::internal::kReuseMaxBytes), then one without the count, whose
+  // name is small, 64 KiB (over the limit: that call's messages are freed)
+  // or small again.
+  const std::string medium(500, 'm');
   const std::string large(64 * 1024, 'L');
   std::vector<std::string> expected;
   for (int round = 0; round < 3; ++round) {
     ::other::types::Thing with_count;
-    with_count.set_name("a");
+    with_count.set_name(medium);
     with_count.set_count(round + 1);
     auto first = stub.Copy(with_count);
     ASSERT_THAT(first, IsOk());
     EXPECT_EQ(first->count(), round + 1);
-    expected.push_back("a=" + std::to_string(round + 1));
+    expected.push_back(medium + "=" + std::to_string(round + 1));
 
     ::other::types::Thing without_count;
     without_count.set_name(round == 1 ? large : "b");
@@ -198,11 +209,22 @@ TEST(GeneratedHandlerTest, NoCallSeesWhatTheCallBeforeItLeftInItsMessages) {
   }
   EXPECT_EQ(types.dirty_replies(), 0);
   EXPECT_EQ(types.seen(), expected);
+  const std::vector<size_t> capacities = types.capacities();
+  ASSERT_EQ(capacities.size(), 6u);
+  if (ipcrpc::internal::kReuseMessages) {
+    // The second call of each pair got the first's reply, cleared.
+    for (int round = 0; round < 3; ++round) {
+      EXPECT_GE(capacities[2 * round + 1], medium.size()) << "round " << round;
+    }
+  }
 }
 
 // The spare's own rules: a nested use of the same type on the same thread
 // gets a message of its own, and a kept one comes back, cleared.
 TEST(ReusedMessageTest, NestedUsesGetTheirOwnMessageAndKeptOnesComeBackCleared) {
+  if (!ipcrpc::internal::kReuseMessages) {
+    GTEST_SKIP() << "messages are not reused under AddressSanitizer";
+  }
   using Slot = ipcrpc::internal::ReusedMessage<::other::types::Thing, 7>;
   const ::other::types::Thing* inner_address = nullptr;
   {
@@ -215,14 +237,26 @@ TEST(ReusedMessageTest, NestedUsesGetTheirOwnMessageAndKeptOnesComeBackCleared) 
       EXPECT_FALSE((*inner).has_name());
       (*inner).set_name("inner");
       (*inner).set_count(3);
-      inner.KeepIfSmall(10);
+      inner.KeepIf(true);
     }  // the thread's spare is the inner's now
-    outer.KeepIfSmall(10);  // a spare is there already: freed
+    outer.KeepIf(true);  // a spare is there already: freed
   }
   Slot again;
   EXPECT_EQ(&*again, inner_address) << "the kept message was not handed out again";
   EXPECT_FALSE((*again).has_name()) << "kept, but not cleared";
   EXPECT_FALSE((*again).has_count()) << "kept, but not cleared";
+}
+
+TEST(ReusedMessageTest, AReplyIsKeptOnlyWhenSmallOnTheWireAndInItsStrings) {
+  using ipcrpc::internal::kReuseMaxBytes;
+  using ipcrpc::internal::SmallEnoughToKeep;
+  EXPECT_TRUE(SmallEnoughToKeep(10, {}));
+  EXPECT_TRUE(SmallEnoughToKeep(static_cast<int>(kReuseMaxBytes), {15, kReuseMaxBytes}));
+  EXPECT_FALSE(SmallEnoughToKeep(static_cast<int>(kReuseMaxBytes) + 1, {}));
+  // A handler that grew a string and then shrank it: small on the wire,
+  // large in memory.
+  EXPECT_FALSE(SmallEnoughToKeep(10, {15, kReuseMaxBytes + 1}));
+  EXPECT_FALSE(SmallEnoughToKeep(-1, {}));
 }
 
 }  // namespace

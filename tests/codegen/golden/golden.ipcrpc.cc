@@ -138,15 +138,16 @@ Echo::Service::Service() {
   ::ipcrpc::Service::AddMethod("golden.v1.Echo/Echo",
       [this](::ipcrpc::ServerContext& context, ::std::string_view request_bytes,
              ::std::string& response_bytes) -> ::absl::Status {
-        // The thread's messages from its last call, cleared (kept
-        // only after small ones: ipcrpc/message_body.h).
+        // The thread's golden.v1.EchoRequest from its last call, cleared
+        // (ipcrpc/message_body.h).
         ::ipcrpc::internal::ReusedMessage<::golden::v1::EchoRequest, 0> request_slot;
         ::golden::v1::EchoRequest& request = *request_slot;
         if (!::ipcrpc::ParseFromBytes(request_bytes, &request)) {
           return ::absl::InvalidArgumentError(
               "golden.v1.Echo/Echo: the request does not parse as golden.v1.EchoRequest");
         }
-        request_slot.KeepIfSmall(request_bytes.size());
+        request_slot.KeepIf(
+            request_bytes.size() <= ::ipcrpc::internal::kReuseMaxBytes);
         ::ipcrpc::internal::ReusedMessage<::golden::v1::EchoReply, 1> reply_slot;
         ::golden::v1::EchoReply& reply = *reply_slot;
         ::absl::Status status = this->Echo(context, request, reply);
@@ -158,21 +159,23 @@ Echo::Service::Service() {
               "(required fields missing, or over 2 GiB)");
         }
         // Serialized, so its size is cached.
-        if (status.ok()) reply_slot.KeepIfSmall(reply.GetCachedSize());
+        reply_slot.KeepIf(status.ok() && ::ipcrpc::internal::SmallEnoughToKeep(
+                                             reply.GetCachedSize(), {reply.message().capacity()}));
         return status;
       });
   ::ipcrpc::Service::AddMethod("golden.v1.Echo/Idle",
       [this](::ipcrpc::ServerContext& context, ::std::string_view request_bytes,
              ::std::string& response_bytes) -> ::absl::Status {
-        // The thread's messages from its last call, cleared (kept
-        // only after small ones: ipcrpc/message_body.h).
+        // The thread's google.protobuf.Empty from its last call, cleared
+        // (ipcrpc/message_body.h).
         ::ipcrpc::internal::ReusedMessage<::google::protobuf::Empty, 0> request_slot;
         ::google::protobuf::Empty& request = *request_slot;
         if (!::ipcrpc::ParseFromBytes(request_bytes, &request)) {
           return ::absl::InvalidArgumentError(
               "golden.v1.Echo/Idle: the request does not parse as google.protobuf.Empty");
         }
-        request_slot.KeepIfSmall(request_bytes.size());
+        request_slot.KeepIf(
+            request_bytes.size() <= ::ipcrpc::internal::kReuseMaxBytes);
         ::ipcrpc::internal::ReusedMessage<::google::protobuf::Empty, 1> reply_slot;
         ::google::protobuf::Empty& reply = *reply_slot;
         ::absl::Status status = this->Idle(context, request, reply);
@@ -184,7 +187,8 @@ Echo::Service::Service() {
               "(required fields missing, or over 2 GiB)");
         }
         // Serialized, so its size is cached.
-        if (status.ok()) reply_slot.KeepIfSmall(reply.GetCachedSize());
+        reply_slot.KeepIf(status.ok() && ::ipcrpc::internal::SmallEnoughToKeep(
+                                             reply.GetCachedSize(), {}));
         return status;
       });
 }
@@ -268,15 +272,16 @@ Admin::Service::Service() {
   ::ipcrpc::Service::AddMethod("golden.v1.Admin/Reset",
       [this](::ipcrpc::ServerContext& context, ::std::string_view request_bytes,
              ::std::string& response_bytes) -> ::absl::Status {
-        // The thread's messages from its last call, cleared (kept
-        // only after small ones: ipcrpc/message_body.h).
+        // The thread's google.protobuf.Empty from its last call, cleared
+        // (ipcrpc/message_body.h).
         ::ipcrpc::internal::ReusedMessage<::google::protobuf::Empty, 0> request_slot;
         ::google::protobuf::Empty& request = *request_slot;
         if (!::ipcrpc::ParseFromBytes(request_bytes, &request)) {
           return ::absl::InvalidArgumentError(
               "golden.v1.Admin/Reset: the request does not parse as google.protobuf.Empty");
         }
-        request_slot.KeepIfSmall(request_bytes.size());
+        request_slot.KeepIf(
+            request_bytes.size() <= ::ipcrpc::internal::kReuseMaxBytes);
         ::ipcrpc::internal::ReusedMessage<::google::protobuf::Empty, 1> reply_slot;
         ::google::protobuf::Empty& reply = *reply_slot;
         ::absl::Status status = this->Reset(context, request, reply);
@@ -288,7 +293,8 @@ Admin::Service::Service() {
               "(required fields missing, or over 2 GiB)");
         }
         // Serialized, so its size is cached.
-        if (status.ok()) reply_slot.KeepIfSmall(reply.GetCachedSize());
+        reply_slot.KeepIf(status.ok() && ::ipcrpc::internal::SmallEnoughToKeep(
+                                             reply.GetCachedSize(), {}));
         return status;
       });
 }
