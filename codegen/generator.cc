@@ -535,9 +535,10 @@ void PrintServiceDefinition(Printer& p, const ServiceDescriptor* service) {
             "  ::ipcrpc::Service::AddMethod(\"$full_method$\",\n"
             "      [this](::ipcrpc::ServerContext& context, ::std::string_view request_bytes,\n"
             "             ::std::string& response_bytes) -> ::absl::Status {\n");
-    const Descriptor* input = service->method(i)->input_type();
     const Descriptor* output = service->method(i)->output_type();
-    if (Reusable(input)) {
+    const bool reuse_request = Reusable(service->method(i)->input_type());
+    const bool reuse_reply = Reusable(output);
+    if (reuse_request) {
       p.Print(m,
               "        // The thread's $request_name$ from its last call, cleared\n"
               "        // (ipcrpc/message_body.h).\n"
@@ -551,12 +552,12 @@ void PrintServiceDefinition(Printer& p, const ServiceDescriptor* service) {
             "          return ::absl::InvalidArgumentError(\n"
             "              \"$full_method$: the request does not parse as $request_name$\");\n"
             "        }\n");
-    if (Reusable(input)) {
+    if (reuse_request) {
       p.Print(m,
               "        request_slot.KeepIf(\n"
               "            request_bytes.size() <= ::ipcrpc::internal::kReuseMaxBytes);\n");
     }
-    if (Reusable(output)) {
+    if (reuse_reply) {
       p.Print(m,
               "        ::ipcrpc::internal::ReusedMessage<$reply$, 1> reply_slot;\n"
               "        $reply$& reply = *reply_slot;\n");
@@ -572,7 +573,7 @@ void PrintServiceDefinition(Printer& p, const ServiceDescriptor* service) {
             "              \"$full_method$: the handler's reply cannot be serialized \"\n"
             "              \"(required fields missing, or over 2 GiB)\");\n"
             "        }\n");
-    if (Reusable(output)) {
+    if (reuse_reply) {
       Vars kept = m;
       kept["capacities"] = StringCapacities(output, "reply");
       p.Print(kept,

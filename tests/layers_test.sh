@@ -43,6 +43,8 @@ refused wire rpc/channel_core.h
 allowed transports transports/transport.h
 allowed transports transports/mq/mq_transport.h
 allowed transports grpc/grpc_transport.h
+allowed transports ipcrpc/thread_spare.h
+refused transports ipcrpc/scratch.h
 refused transports wire/frame.h
 refused transports rpc/channel_core.h
 refused transports grpc/grpc_common.h

@@ -45,6 +45,7 @@
 // After io_context.hpp, which they need declared first.
 #include "asio/detail/reactor.hpp"
 #include "asio/detail/reactor_op.hpp"
+#include "ipcrpc/thread_spare.h"
 
 namespace ipcrpc::internal {
 
@@ -123,7 +124,7 @@ class ReadWatch {
     // as aborted, so the memory is the thread's, not the watch's).
     static Op* New(Handler handler) {
       static_assert(alignof(Op) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
-      void* memory = Gone() ? nullptr : Kept().spare.release();
+      void* memory = Spare::Take().release();
       if (memory == nullptr) memory = ::operator new(sizeof(Op));
       return new (memory) Op(std::move(handler));
     }
@@ -132,21 +133,7 @@ class ReadWatch {
     struct FreeMemory {
       void operator()(void* memory) const { ::operator delete(memory); }
     };
-    struct Spare {
-      std::unique_ptr<void, FreeMemory> spare;
-      ~Spare() { Gone() = true; }
-    };
-    static Spare& Kept() {
-      thread_local Spare kept;
-      return kept;
-    }
-    // Trivially destructible, so still there while the thread's other
-    // thread_locals (or, on the main thread, statics) are destroyed: a
-    // loop destroyed then, with a wait pending, frees its Op.
-    static bool& Gone() {
-      thread_local bool gone = false;
-      return gone;
-    }
+    using Spare = ThreadSpare<std::unique_ptr<void, FreeMemory>, Op>;
 
     explicit Op(Handler handler)
         : reactor_op(asio::error_code(), &Op::Perform, &Op::Complete),
@@ -161,8 +148,10 @@ class ReadWatch {
       Handler handler = std::move(op->handler_);
       const asio::error_code ec = op->ec_;
       op->~Op();
-      if (!Gone() && Kept().spare == nullptr) {
-        Kept().spare.reset(op);
+      // (No room: the thread has a spare, or is exiting, maybe with the
+      // loop destroyed by a static's destructor.)
+      if (auto* room = Spare::Room()) {
+        room->reset(op);
       } else {
         ::operator delete(op);
       }

@@ -15,6 +15,7 @@
 
 #include "ipcrpc/body_writer.h"
 #include "ipcrpc/scratch.h"
+#include "ipcrpc/thread_spare.h"
 
 namespace ipcrpc::internal {
 
@@ -114,18 +115,19 @@ template <typename Message, int Role>
 class ReusedMessage {
  public:
   ReusedMessage() {
-    if (kReuseMessages && !Gone()) message_ = std::move(Kept().spare);
+    if (kReuseMessages) message_ = Spare::Take();
     if (message_ == nullptr) message_ = std::make_unique<Message>();
   }
   ReusedMessage(const ReusedMessage&) = delete;
   ReusedMessage& operator=(const ReusedMessage&) = delete;
   ~ReusedMessage() {
-    // During the thread's exit, once its spare is gone: freed.
-    if (!kReuseMessages || !keep_ || Gone()) return;
-    std::unique_ptr<Message>& spare = Kept().spare;
-    if (spare != nullptr) return;  // a nested call's gave it back first
+    if (!kReuseMessages || !keep_) return;
+    // Null when a nested call's gave the thread one back first, or
+    // during the thread's exit: freed.
+    std::unique_ptr<Message>* room = Spare::Room();
+    if (room == nullptr) return;
     message_->Clear();
-    spare = std::move(message_);
+    *room = std::move(message_);
   }
 
   Message& operator*() { return *message_; }
@@ -134,20 +136,7 @@ class ReusedMessage {
   void KeepIf(bool keep) { keep_ = keep; }
 
  private:
-  struct Spare {
-    std::unique_ptr<Message> spare;
-    ~Spare() { Gone() = true; }
-  };
-  static Spare& Kept() {
-    thread_local Spare kept;
-    return kept;
-  }
-  // Trivially destructible, so still there while the thread's other
-  // thread_locals are destroyed (as ScratchString's).
-  static bool& Gone() {
-    thread_local bool gone = false;
-    return gone;
-  }
+  using Spare = ThreadSpare<std::unique_ptr<Message>, ReusedMessage>;
 
   std::unique_ptr<Message> message_;
   bool keep_ = false;
