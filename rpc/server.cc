@@ -1,5 +1,6 @@
 #include "ipcrpc/server.h"
 #include "ipcrpc/scratch.h"
+#include "ipcrpc/body_writer.h"
 
 #include <algorithm>
 #include <limits>
@@ -108,6 +109,55 @@ constexpr size_t kKeepRequestMin = 64 * 1024;
 
 // Set on every server's loop thread: it must never block on a peer.
 thread_local bool on_a_server_loop = false;
+
+// A body whose serializing is timed apart from the send around it: the time
+// inside WriteFlat, or inside WriteTo less the time the transport spent in
+// Next (where it waits for room in the ring). A generated handler's large
+// reply is serialized by the transport (SendReply); on a handler thread the
+// server learns the handler's time with this serializing but without the
+// send, as on the loop, whose send never waits. Counting the send (the
+// kernel's copy, and any wait for the client to read) made a method whose
+// reply takes the send longer than inline_handler_limit stay on the
+// handler threads for good once a slow run had sent it there (a 64 KiB
+// echo over a FIFO: ~20 us to send, a wake-up more a call).
+class TimedBody final : public BodyWriter {
+ public:
+  explicit TimedBody(const BodyWriter& body) : BodyWriter(body.size()), body_(body) {}
+
+  void WriteTo(OutputSpans& out) const override {
+    TimedSpans timed(out);
+    const int64_t start_ns = MonotonicNowNs();
+    body_.WriteTo(timed);
+    serializing_ns_ += MonotonicNowNs() - start_ns - timed.waited_ns();
+  }
+  void WriteFlat(char* data) const override {
+    const int64_t start_ns = MonotonicNowNs();
+    body_.WriteFlat(data);
+    serializing_ns_ += MonotonicNowNs() - start_ns;
+  }
+  int64_t serializing_ns() const { return serializing_ns_; }
+
+ private:
+  class TimedSpans final : public OutputSpans {
+   public:
+    explicit TimedSpans(OutputSpans& out) : out_(out) {}
+    absl::Span<char> Next() override {
+      const int64_t start_ns = MonotonicNowNs();
+      absl::Span<char> piece = out_.Next();
+      waited_ns_ += MonotonicNowNs() - start_ns;
+      return piece;
+    }
+    void BackUp(size_t n) override { out_.BackUp(n); }
+    int64_t waited_ns() const { return waited_ns_; }
+
+   private:
+    OutputSpans& out_;
+    int64_t waited_ns_ = 0;
+  };
+
+  const BodyWriter& body_;
+  mutable int64_t serializing_ns_ = 0;
+};
 
 // A registered method, and what the server has learned of its handler: a
 // handler that returned within ServerOptions::inline_handler_limit the last
@@ -938,12 +988,11 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
   slot.buffer = &reply_buffer;
   // A generated handler's large reply is sent by SendReply, from inside
   // the handler (ipcrpc/message_body.h): the call ends there. What the
-  // server learns of the handler's time counts the reply's serializing and
-  // sending (as a run on the loop counts its serializing, and its sending
-  // could not be larger than the transport's free room), and is learned
-  // before the call's place is given back: from then on Shutdown may go on
-  // and destroy the server. Not on a loop, which must never wait for a
-  // peer to read.
+  // server learns of the handler's time counts the reply's serializing but
+  // not its sending (TimedBody), as a run on the loop counts its
+  // serializing and never waits to send, and is learned before the call's
+  // place is given back: from then on Shutdown may go on and destroy the
+  // server. Not on a loop, which must never wait for a peer to read.
   struct BodySender {
     ServerCore* core;
     const std::shared_ptr<ServerConnection>* connection;
@@ -964,11 +1013,16 @@ void ServerCore::RunHandler(const std::shared_ptr<ServerConnection>& connection,
       auto* sending = static_cast<BodySender*>(used->send_context);
       used->send_body = nullptr;  // once
       sending->sent = true;
+      // The handler's own time ends here; of the send, only the
+      // serializing counts (as on the loop, whose send never waits).
+      const int64_t handler_ns = MonotonicNowNs() - sending->started_ns;
       (*sending->call)->Finish();
+      TimedBody timed(body);
       // (Sending cannot throw: a failure is a status, counted and logged.)
-      sending->core->FinishCall(*sending->connection, *sending->call, absl::OkStatus(), {}, &body,
+      sending->core->FinishCall(*sending->connection, *sending->call, absl::OkStatus(), {}, &timed,
                                 /*release=*/false);
-      sending->Learn();
+      sending->method->Learn(handler_ns + timed.serializing_ns(), sending->core->inline_limit_ns_,
+                             CallsStartedOnThisThread() != sending->calls_before);
       sending->core->ReleaseHeld(**sending->call);
     };
   }

@@ -1,8 +1,18 @@
 // The generated code of a deliberately awkward .proto compiles with
 // -Wall -Wextra -Wshadow -Werror and works over real transports.
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -10,7 +20,10 @@
 #include "tests/codegen/awkward_services.h"
 #include "tests/util/process.h"
 #include "tests/util/status_matchers.h"
+#include "base/little_endian.h"
 #include "base/mutex.h"
+#include "base/syscall.h"
+#include "wire/frame.h"
 
 namespace awk_test {
 namespace {
@@ -217,6 +230,122 @@ TEST(GeneratedHandlerTest, NoCallSeesWhatTheCallBeforeItLeftInItsMessages) {
       EXPECT_GE(capacities[2 * round + 1], medium.size()) << "round " << round;
     }
   }
+}
+
+// Copy, recording the name of the thread each call ran on.
+class WhereTypes final : public ::awk::ward::v1::Types::Service {
+ public:
+  ::absl::Status Copy(::ipcrpc::ServerContext&, const ::other::types::Thing& thing,
+                      ::other::types::Thing& reply) override {
+    char name[32] = {};
+    pthread_getname_np(pthread_self(), name, sizeof(name));
+    reply.set_name(thing.name());
+    ipcrpc::internal::MutexLock lock(&mu_);
+    threads_.push_back(name);
+    return ::absl::OkStatus();
+  }
+  // Waits until `n` calls have run; their threads' names.
+  std::vector<std::string> AwaitCalls(size_t n) {
+    ipcrpc::internal::MutexLock lock(&mu_);
+    struct Arg {
+      std::vector<std::string>* threads;
+      size_t n;
+    } arg{&threads_, n};
+    mu_.Await(ipcrpc::internal::Condition(
+        +[](Arg* a) { return a->threads->size() >= a->n; }, &arg));
+    return threads_;
+  }
+
+ private:
+  ipcrpc::internal::Mutex mu_;
+  std::vector<std::string> threads_;
+};
+
+// Reads one whole message (its 4-byte length, then the frame) from `fd`.
+std::string ReadMessage(int fd) {
+  auto read_exactly = [fd](char* data, size_t size) {
+    for (size_t got = 0; got < size;) {
+      const ssize_t n = ::read(fd, data + got, size - got);
+      if (n <= 0) return false;
+      got += static_cast<size_t>(n);
+    }
+    return true;
+  };
+  char prefix[4];
+  if (!read_exactly(prefix, 4)) return {};
+  std::string frame(static_cast<size_t>(ipcrpc::internal::GetLe(prefix, 4)), '\0');
+  if (!read_exactly(frame.data(), frame.size())) return {};
+  return frame;
+}
+
+// A generated handler's large reply is sent from the handler thread, by the
+// transport (SendReply). What the server learns of the handler's time
+// counts serializing the reply, not sending it: a client slow to read made
+// the handler look slow, and a method once sent to the handler threads by
+// one slow run never came back to the loop while its sends took longer
+// than inline_handler_limit (a 64 KiB echo over a FIFO takes ~20 us to
+// send: one wake-up more a call). Here the first 8 replies wait 250 ms for
+// the client each, against a limit of 100 ms; the 9th call then runs on
+// the loop, as the handler itself was short all 8 times.
+TEST(GeneratedHandlerTest, AReplyWaitingForTheClientIsNotCountedAsTheHandlersTime) {
+  WhereTypes types;
+  ipcrpc::ServerOptions options;
+  options.inline_handler_limit = absl::Milliseconds(100);  // 512 KiB serialize: well below
+  ipcrpc::Server server(options);
+  ASSERT_THAT(server.RegisterService(&types), IsOk());
+  const std::string path = ipcrpc::testing::UniqueName("/tmp/ipcrpc-awk") + ".sock";
+  ASSERT_THAT(server.Listen("unix:" + path), IsOk());
+  ASSERT_THAT(server.Start(), IsOk());
+  // A raw client, which reads its answers only when this test says.
+  ipcrpc::internal::UniqueFd peer(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(peer.valid());
+  sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(::connect(peer.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0)
+      << std::strerror(errno);
+  // 512 KiB: more than the socket holds, so a reply's send waits for the
+  // client to read.
+  ::other::types::Thing thing;
+  thing.set_name(std::string(512 * 1024, 'n'));
+  const std::string payload = thing.SerializeAsString();
+  constexpr int kSlowReads = 8;  // the short runs after which a handler runs inline
+  for (int call = 1; call <= kSlowReads + 1; ++call) {
+    ipcrpc::internal::FrameHeader header;
+    header.type = ipcrpc::internal::FrameType::kRequest;
+    header.request_id = static_cast<uint64_t>(call);
+    std::string frame;
+    ASSERT_THAT(ipcrpc::internal::EncodeFramePrefix(header, "awk.ward.v1.Types/Copy", {},
+                                                    payload.size(), 1 << 30, &frame),
+                IsOk());
+    frame.append(payload);
+    std::string message(4, '\0');  // the stream's length prefix
+    ipcrpc::internal::PutLe(message.data(), frame.size(), 4);
+    message.append(frame);
+    for (size_t sent = 0; sent < message.size();) {
+      const ssize_t n =
+          ::send(peer.get(), message.data() + sent, message.size() - sent, MSG_NOSIGNAL);
+      ASSERT_GT(n, 0) << std::strerror(errno);
+      sent += static_cast<size_t>(n);
+    }
+    const std::vector<std::string> threads = types.AwaitCalls(static_cast<size_t>(call));
+    if (call <= kSlowReads) {
+      // The handler has returned; its reply waits for us (a stimulus, not
+      // a wait for something to happen).
+      absl::SleepFor(absl::Milliseconds(250));
+    } else {
+      EXPECT_EQ(threads.back(), "ipcrpc-server")
+          << "after " << kSlowReads << " short runs whose replies waited for the client, "
+          << "the handler still ran on a handler thread";
+    }
+    const std::string reply = ReadMessage(peer.get());
+    absl::StatusOr<ipcrpc::internal::FrameView> view =
+        ipcrpc::internal::DecodeFrame(reply, 1 << 30);
+    ASSERT_THAT(view, IsOk()) << "call " << call;
+    EXPECT_EQ(view->header.request_id, static_cast<uint64_t>(call));
+    EXPECT_EQ(view->payload, payload) << "call " << call;
+  }
+  server.Shutdown(absl::Seconds(5));
 }
 
 // The spare's own rules: a nested use of the same type on the same thread
