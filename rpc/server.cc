@@ -112,7 +112,8 @@ thread_local bool on_a_server_loop = false;
 
 // A body whose serializing is timed apart from the send around it: the time
 // inside WriteFlat, or inside WriteTo less the time the transport spent in
-// Next (where it waits for room in the ring). A generated handler's large
+// Next (where shm: waits for room in the ring and publishes what was
+// written). A generated handler's large
 // reply is serialized by the transport (SendReply); on a handler thread the
 // server learns the handler's time with this serializing but without the
 // send, as on the loop, whose send never waits. Counting the send (the
