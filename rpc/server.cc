@@ -113,14 +113,14 @@ thread_local bool on_a_server_loop = false;
 // A body whose serializing is timed apart from the send around it: the time
 // inside WriteFlat, or inside WriteTo less the time the transport spent in
 // Next (where shm: waits for room in the ring and publishes what was
-// written). A generated handler's large
-// reply is serialized by the transport (SendReply); on a handler thread the
-// server learns the handler's time with this serializing but without the
-// send, as on the loop, whose send never waits. Counting the send (the
-// kernel's copy, and any wait for the client to read) made a method whose
-// reply takes the send longer than inline_handler_limit stay on the
-// handler threads for good once a slow run had sent it there (a 64 KiB
-// echo over a FIFO: ~20 us to send, a wake-up more a call).
+// written). A generated handler's large reply is serialized by the
+// transport (SendReply); on a handler thread the server learns the
+// handler's time with this serializing but without the send, as on the
+// loop, whose send never waits. Counting the send (the kernel's copy, and
+// any wait for the client to read) kept a method whose reply takes longer
+// to send than inline_handler_limit on the handler threads for good once a
+// slow run had sent it there (a 64 KiB echo over a FIFO: ~20 us to send,
+// a wake-up more a call).
 class TimedBody final : public BodyWriter {
  public:
   explicit TimedBody(const BodyWriter& body) : BodyWriter(body.size()), body_(body) {}
