@@ -15,6 +15,8 @@
 #include <string>
 #include <string_view>
 
+#include "ipcrpc/thread_spare.h"
+
 namespace ipcrpc {
 
 // One of this thread's kept buffers, for the life of this object (get():
@@ -33,8 +35,9 @@ class ScratchString {
     // During this thread's exit, once its buffers are gone (a call from a
     // destructor of a thread_local or, on the main thread, a static):
     // a buffer of its own.
-    if (Gone()) return;
-    for (Slot& slot : Pool().slots) {
+    Slots* pool = internal::ThreadLocalUntilExit<Slots, ScratchString>::Get();
+    if (pool == nullptr) return;
+    for (Slot& slot : pool->slots) {
       if (!slot.in_use) {
         slot.in_use = true;
         slot_ = &slot;
@@ -80,18 +83,7 @@ class ScratchString {
   };
   struct Slots {
     Slot slots[kSlots];
-    ~Slots() { Gone() = true; }
   };
-  static Slots& Pool() {
-    thread_local Slots pool;
-    return pool;
-  }
-  // Trivially destructible, so still there while the thread's other
-  // thread_locals are destroyed.
-  static bool& Gone() {
-    thread_local bool gone = false;
-    return gone;
-  }
 
   Slot* slot_ = nullptr;
   bool handed_out_ = false;
